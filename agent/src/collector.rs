@@ -1,0 +1,406 @@
+//! The collector framework: one [`Collector`] trait, a [`Sink`] that collectors
+//! write samples and events into, and the wrapper that times each collector
+//! and keeps one failure from stopping the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nodewatch_proto::text;
+use nodewatch_proto::v1::event;
+
+/// The Prometheus type of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Gauge,
+    Counter,
+    Histogram,
+    Untyped,
+}
+
+impl MetricKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+            MetricKind::Histogram => "histogram",
+            MetricKind::Untyped => "untyped",
+        }
+    }
+
+    #[must_use]
+    pub fn to_proto(self) -> nodewatch_proto::v1::MetricType {
+        use nodewatch_proto::v1::MetricType as T;
+        match self {
+            MetricKind::Gauge => T::Gauge,
+            MetricKind::Counter => T::Counter,
+            MetricKind::Histogram => T::Histogram,
+            MetricKind::Untyped => T::Untyped,
+        }
+    }
+}
+
+/// Root paths of the host's pseudo file systems, injectable so tests run on
+/// fixture trees (`--path.procfs`, `--path.sysfs`, `--path.rootfs`, as node_exporter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            procfs: "/proc".into(),
+            sysfs: "/sys".into(),
+            rootfs: "/".into(),
+        }
+    }
+}
+
+impl Paths {
+    /// A path below the procfs root, e.g. `proc("net/dev")`.
+    #[must_use]
+    pub fn proc(&self, rel: &str) -> PathBuf {
+        self.procfs.join(rel)
+    }
+
+    /// A path below the sysfs root, e.g. `sys("class/net")`.
+    #[must_use]
+    pub fn sys(&self, rel: &str) -> PathBuf {
+        self.sysfs.join(rel)
+    }
+
+    /// A host path (as seen from the host's root) below the rootfs root.
+    #[must_use]
+    pub fn root(&self, host_path: &str) -> PathBuf {
+        self.rootfs.join(host_path.trim_start_matches('/'))
+    }
+}
+
+/// Why a collector failed this round.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CollectError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn parse(path: &Path, line: usize, msg: impl Into<String>) -> Self {
+        Self::Parse {
+            path: path.to_path_buf(),
+            line,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Reads a whole file, mapping the error to [`CollectError::Io`].
+pub fn read_file(path: &Path) -> Result<String, CollectError> {
+    std::fs::read_to_string(path).map_err(|e| CollectError::io(path, e))
+}
+
+/// A source of samples and events.
+///
+/// `collect` runs on a blocking thread once per collection interval. "No data
+/// on this host" is not an error: return `Ok(())` having written nothing.
+pub trait Collector: Send {
+    fn name(&self) -> &'static str;
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError>;
+}
+
+/// A collector that cannot run on this host, and why (said once at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// One registered collector.
+pub struct CollectorSpec {
+    pub name: &'static str,
+    /// Enabled unless the configuration says otherwise.
+    pub default_enabled: bool,
+    pub build: fn(&Paths) -> Result<Box<dyn Collector>, Unavailable>,
+}
+
+/// One sample as a collector wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Full series name (histograms: `x_bucket`, `x_sum`, `x_count`).
+    pub name: String,
+    /// Labels sorted by name.
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Metadata of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Family {
+    pub kind: MetricKind,
+    pub help: String,
+}
+
+/// Where collectors write. Labels are sorted here, so collectors may pass them in any order.
+#[derive(Debug, Default)]
+pub struct Sink {
+    pub families: BTreeMap<String, Family>,
+    pub samples: Vec<Sample>,
+    pub events: Vec<event::Kind>,
+}
+
+impl Sink {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn family(&mut self, name: &str, kind: MetricKind, help: &str) {
+        if !self.families.contains_key(name) {
+            self.families.insert(
+                name.to_string(),
+                Family {
+                    kind,
+                    help: help.to_string(),
+                },
+            );
+        }
+    }
+
+    fn push(&mut self, name: String, labels: &[(&str, &str)], value: f64) {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        labels.sort_unstable();
+        self.samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.family(name, MetricKind::Gauge, help);
+        self.push(name.to_string(), labels, value);
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.family(name, MetricKind::Counter, help);
+        self.push(name.to_string(), labels, value);
+    }
+
+    pub fn untyped(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.family(name, MetricKind::Untyped, help);
+        self.push(name.to_string(), labels, value);
+    }
+
+    /// A histogram: `buckets` are `(upper bound, cumulative count)` in
+    /// increasing order, without `+Inf` (added here from `count`).
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        self.family(name, MetricKind::Histogram, help);
+        let bucket = format!("{name}_bucket");
+        for (le, n) in buckets {
+            let le = text::fmt_value(*le);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.push(bucket.clone(), &l, *n as f64);
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.push(bucket, &l, count as f64);
+        self.push(format!("{name}_sum"), labels, sum);
+        self.push(format!("{name}_count"), labels, count as f64);
+    }
+
+    /// An event (OOM kill, pool state change, …). Events are never dropped by sampling.
+    pub fn event(&mut self, kind: event::Kind) {
+        self.events.push(kind);
+    }
+
+    /// The family a series name belongs to (strips histogram suffixes when the base is a histogram).
+    #[must_use]
+    pub fn family_of<'a>(&self, series: &'a str) -> &'a str {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = series.strip_suffix(suffix) {
+                if self
+                    .families
+                    .get(base)
+                    .is_some_and(|f| f.kind == MetricKind::Histogram)
+                {
+                    return base;
+                }
+            }
+        }
+        series
+    }
+
+    /// Renders everything in Prometheus text format, families sorted by name,
+    /// series in the order written. Used by `nodewatch-agent --once` and tests.
+    #[must_use]
+    pub fn render_text(&self) -> String {
+        let mut by_family: BTreeMap<&str, Vec<&Sample>> = BTreeMap::new();
+        for s in &self.samples {
+            by_family
+                .entry(self.family_of(&s.name))
+                .or_default()
+                .push(s);
+        }
+        let mut out = String::new();
+        for (name, samples) in by_family {
+            if let Some(f) = self.families.get(name) {
+                out.push_str(&format!(
+                    "# HELP {name} {}\n# TYPE {name} {}\n",
+                    text::escape_help(&f.help),
+                    f.kind.as_str()
+                ));
+            }
+            for s in samples {
+                text::write_sample(
+                    &mut out,
+                    &s.name,
+                    s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    s.value,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A built collector with its bookkeeping.
+pub struct Running {
+    pub collector: Box<dyn Collector>,
+    /// Set after the first failure is logged, so a persistent failure is said once per change.
+    last_error: Option<String>,
+}
+
+impl Running {
+    #[must_use]
+    pub fn new(collector: Box<dyn Collector>) -> Self {
+        Self {
+            collector,
+            last_error: None,
+        }
+    }
+
+    /// Runs the collector, recording `nodewatch_agent_collector_duration_seconds`
+    /// and `nodewatch_agent_collector_success`. A failure writes no partial
+    /// samples for that collector: what it wrote before failing is discarded,
+    /// so a half-parsed file never produces wrong values.
+    pub fn run(&mut self, sink: &mut Sink) {
+        let name = self.collector.name();
+        let mark = sink.samples.len();
+        let start = Instant::now();
+        let result = self.collector.collect(sink);
+        let elapsed = start.elapsed().as_secs_f64();
+        let ok = match result {
+            Ok(()) => {
+                if self.last_error.take().is_some() {
+                    tracing::info!(collector = name, "Collector recovered.");
+                }
+                true
+            }
+            Err(error) => {
+                sink.samples.truncate(mark);
+                let msg = error.to_string();
+                if self.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(collector = name, %error, "Collector failed.");
+                    self.last_error = Some(msg);
+                }
+                false
+            }
+        };
+        sink.gauge(
+            "nodewatch_agent_collector_duration_seconds",
+            "How long a collector took in its last run.",
+            &[("collector", name)],
+            elapsed,
+        );
+        sink.gauge(
+            "nodewatch_agent_collector_success",
+            "Whether a collector succeeded in its last run (1) or failed (0).",
+            &[("collector", name)],
+            if ok { 1.0 } else { 0.0 },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing;
+    impl Collector for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+            sink.gauge("half_written", "x", &[], 1.0);
+            Err(CollectError::Other("boom".into()))
+        }
+    }
+
+    #[test]
+    fn failure_discards_partial_samples_and_is_reported() {
+        let mut sink = Sink::new();
+        let mut r = Running::new(Box::new(Failing));
+        r.run(&mut sink);
+        assert!(sink.samples.iter().all(|s| s.name != "half_written"));
+        let success = sink
+            .samples
+            .iter()
+            .find(|s| s.name == "nodewatch_agent_collector_success")
+            .unwrap();
+        assert!(success.value.abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn histogram_and_text() {
+        let mut sink = Sink::new();
+        sink.histogram(
+            "lat_seconds",
+            "Latency.",
+            &[("device", "sda")],
+            &[(0.001, 2), (0.002, 5)],
+            0.01,
+            7,
+        );
+        let text = sink.render_text();
+        assert!(text.contains("# TYPE lat_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains("lat_seconds_bucket{device=\"sda\",le=\"+Inf\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_seconds_count{device=\"sda\"} 7\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! A small certificate authority for homelabs without cert-manager, for the
+//! demo and for tests: a CA, server certificates, and node/operator client
+//! certificates carrying the identity URI SAN (see [`crate::identity`]).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::identity::Identity;
+
+/// Default lifetime of leaf certificates made here: a year, for homelab use
+/// without rotation. cert-manager deployments use shorter ones.
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Default lifetime of a CA made here.
+pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0:?} is neither a DNS name nor an IP address")]
+    BadName(String),
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Clone, Debug)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pem {
+    /// Writes `<stem>.crt` and `<stem>.key` (mode 0600) into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf), CertError> {
+        let crt = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        write_file(&crt, &self.cert, 0o644)?;
+        write_file(&key, &self.key, 0o600)?;
+        Ok((crt, key))
+    }
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+    let io = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(path, contents).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// What a leaf certificate is for.
+#[derive(Clone, Debug)]
+pub enum Leaf {
+    /// A server (the aggregator): DNS names and IP addresses it is reached at.
+    Server { names: Vec<String> },
+    /// A client with a nodewatch identity (agent or operator).
+    Client(Identity),
+}
+
+/// A certificate authority able to sign leaves.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: Pem,
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = time_now();
+    // Back-date a little so clocks a few minutes apart still agree.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+impl Ca {
+    /// Makes a new self-signed CA.
+    pub fn generate(common_name: &str, lifetime: Duration) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "nodewatch");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, lifetime);
+        let cert = params.self_signed(&key)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// Loads a CA from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self {
+            issuer,
+            pem: Pem {
+                cert: cert_pem.to_string(),
+                key: key_pem.to_string(),
+            },
+        })
+    }
+
+    /// Loads a CA from `<dir>/ca.crt` and `<dir>/ca.key`.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|source| CertError::Io { path: p, source })
+        };
+        Self::from_pem(&read(dir.join("ca.crt"))?, &read(dir.join("ca.key"))?)
+    }
+
+    #[must_use]
+    pub fn pem(&self) -> &Pem {
+        &self.pem
+    }
+
+    /// Signs a new leaf certificate with a fresh key.
+    pub fn issue(&self, leaf: &Leaf, lifetime: Duration) -> Result<Pem, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "nodewatch");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        match leaf {
+            Leaf::Server { names } => {
+                dn.push(
+                    DnType::CommonName,
+                    names.first().map_or("nodewatch-aggregator", String::as_str),
+                );
+                for n in names {
+                    params.subject_alt_names.push(match n.parse::<IpAddr>() {
+                        Ok(ip) => SanType::IpAddress(ip),
+                        Err(_) => SanType::DnsName(
+                            n.clone()
+                                .try_into()
+                                .map_err(|_| CertError::BadName(n.clone()))?,
+                        ),
+                    });
+                }
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+            Leaf::Client(id) => {
+                dn.push(DnType::CommonName, id.to_string());
+                params
+                    .subject_alt_names
+                    .push(SanType::URI(id.uri().try_into()?));
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+        }
+        params.distinguished_name = dn;
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeName;
+
+    #[test]
+    fn client_certificate_carries_identity() {
+        let ca = Ca::generate("test", DEFAULT_CA_VALIDITY).unwrap();
+        let id = Identity::Node(NodeName::new("n1").unwrap());
+        let pem = ca
+            .issue(&Leaf::Client(id.clone()), DEFAULT_LEAF_VALIDITY)
+            .unwrap();
+        let der = rustls_pemfile::certs(&mut pem.cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(Identity::from_cert_der(&der).unwrap(), id);
+        let server = ca
+            .issue(
+                &Leaf::Server {
+                    names: vec!["localhost".into(), "127.0.0.1".into()],
+                },
+                DEFAULT_LEAF_VALIDITY,
+            )
+            .unwrap();
+        let der = rustls_pemfile::certs(&mut server.cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(Identity::from_cert_der(&der).is_err());
+        // Reloading the CA from PEM still signs certificates.
+        let again = Ca::from_pem(&ca.pem().cert, &ca.pem().key).unwrap();
+        again
+            .issue(
+                &Leaf::Client(Identity::Operator("me".into())),
+                DEFAULT_LEAF_VALIDITY,
+            )
+            .unwrap();
+    }
+}

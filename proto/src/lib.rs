@@ -1,0 +1,25 @@
+//! The nodewatch wire protocol and the security pieces every binary shares.
+//!
+//! # Layout
+//! - [`v1`]: generated protobuf messages and tonic clients/servers (`nodewatch.v1`).
+//! - [`identity`]: who a peer is, read from its certificate's URI SAN.
+//! - [`tls`]: rustls configurations (TLS 1.3 only, mutual authentication), the
+//!   server's accept loop that attaches the peer identity to each connection,
+//!   and the client connector.
+//! - [`certs`]: a small CA for homelabs and tests (rcgen).
+
+pub mod certs;
+pub mod identity;
+pub mod text;
+pub mod tls;
+
+/// Generated code for the `nodewatch.v1` protobuf package.
+#[allow(clippy::pedantic, clippy::all, missing_docs, unreachable_pub)]
+pub mod v1 {
+    tonic::include_proto!("nodewatch.v1");
+}
+
+pub use identity::{Identity, NodeName};
+
+/// Version of this build, sent in `Hello` and `Welcome`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

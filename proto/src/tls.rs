@@ -1,0 +1,459 @@
+//! TLS for every gRPC port: TLS 1.3 only, mutual authentication, rustls.
+//!
+//! The server does its own accept loop (rather than tonic's built-in TLS) so
+//! that each connection carries a [`PeerInfo`] with the identity read from the
+//! client certificate, and so that the configuration can be swapped when
+//! cert-manager rotates the files: new handshakes use the new files, streams
+//! already open keep going.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::transport::server::Connected;
+use tracing::{debug, info, warn};
+
+use crate::identity::Identity;
+
+/// How long a client may take to finish the TLS handshake before the
+/// connection is dropped; keeps half-open connections from piling up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in flight at once; more wait in the kernel's accept queue.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+
+/// How often certificate files are checked for changes. cert-manager renews
+/// well before expiry (by default at 2/3 of the lifetime), so seconds are plenty.
+pub const RELOAD_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The three PEM files of one side of mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle that peers' certificates must chain to.
+    pub ca: PathBuf,
+    /// This side's certificate chain.
+    pub cert: PathBuf,
+    /// This side's private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no private key found (expected a PKCS#8, PKCS#1 or SEC1 PEM block)")]
+    NoKey { path: PathBuf },
+    #[error("{path}: bad PEM: {source}")]
+    Pem { path: PathBuf, source: io::Error },
+    #[error("{path}: certificate not usable as a CA: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{what}: {source}")]
+    Rustls {
+        what: &'static str,
+        source: rustls::Error,
+    },
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoKey {
+            path: path.to_path_buf(),
+        })
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        store.add(cert).map_err(|source| TlsError::BadCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(store)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server side: TLS 1.3 only, a client certificate chaining to `files.ca` is required.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = Arc::new(roots(&files.ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|source| TlsError::Rustls {
+            what: "server certificate and key",
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client side: TLS 1.3 only, presents `files.cert`, trusts servers chaining to `files.ca`.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3",
+            source,
+        })?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|source| TlsError::Rustls {
+            what: "client certificate and key",
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A configuration that can be swapped while connections use the old one.
+#[derive(Debug)]
+pub struct Reloadable<T> {
+    current: RwLock<Arc<T>>,
+}
+
+impl<T> Reloadable<T> {
+    pub fn new(value: Arc<T>) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(value),
+        })
+    }
+
+    /// The configuration new connections should use.
+    pub fn get(&self) -> Arc<T> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn set(&self, value: Arc<T>) {
+        match self.current.write() {
+            Ok(mut g) => *g = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+fn mtimes(files: &TlsFiles) -> [Option<SystemTime>; 3] {
+    [&files.ca, &files.cert, &files.key]
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+/// Watches `files` and rebuilds the configuration with `build` when any of
+/// them changes. A failed rebuild (a half-written file during rotation) keeps
+/// the old configuration and is retried on the next change or poll.
+pub fn spawn_reloader<T, F>(
+    files: TlsFiles,
+    target: Arc<Reloadable<T>>,
+    build: F,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&TlsFiles) -> Result<Arc<T>, TlsError> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut seen = mtimes(&files);
+        let mut pending = false;
+        loop {
+            tokio::time::sleep(RELOAD_POLL_INTERVAL).await;
+            let now = mtimes(&files);
+            if now == seen && !pending {
+                continue;
+            }
+            seen = now;
+            match build(&files) {
+                Ok(cfg) => {
+                    target.set(cfg);
+                    pending = false;
+                    info!(path = %files.cert.display(), "TLS certificates reloaded.");
+                }
+                Err(error) => {
+                    pending = true;
+                    warn!(%error, "TLS certificates changed but could not be loaded; keeping the previous ones.");
+                }
+            }
+        }
+    })
+}
+
+/// What the server knows about the peer of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote_addr: SocketAddr,
+    /// The identity from the client certificate, or why there is none.
+    pub identity: Result<Identity, String>,
+}
+
+/// A server-side TLS connection with its peer's identity attached.
+pub struct TlsConn {
+    io: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently, and yields
+/// the connections that succeeded. Failed handshakes (wrong CA, plaintext,
+/// expired certificate) are logged and counted, never yielded.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<Reloadable<ServerConfig>>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let (tcp, remote_addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(error) => {
+                        // EMFILE and friends: back off rather than spin.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let acceptor = TlsAcceptor::from(config.get());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(io)) => {
+                        let identity = io
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .ok_or_else(|| "no client certificate".to_string())
+                            .and_then(|der| {
+                                Identity::from_cert_der(der).map_err(|e| e.to_string())
+                            });
+                        debug!(peer = %remote_addr, identity = ?identity, "TLS handshake done");
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                io,
+                                info: PeerInfo {
+                                    remote_addr,
+                                    identity,
+                                },
+                            }))
+                            .await;
+                    }
+                    Ok(Err(error)) => {
+                        metrics::counter!("nodewatch_tls_handshake_failures_total").increment(1);
+                        warn!(peer = %remote_addr, %error, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        metrics::counter!("nodewatch_tls_handshake_failures_total").increment(1);
+                        warn!(peer = %remote_addr, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Where a client connects: `host:port`, optionally with an `https://` prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("https://").unwrap_or(s);
+        let rest = rest.trim_end_matches('/');
+        if rest.contains("://") {
+            return Err(format!("{s:?}: only https:// (or no scheme) is supported"));
+        }
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(format!("{s:?}: empty host"));
+        }
+        Ok(Self { host, port })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Opens a lazy gRPC channel to `target` over mutual TLS. The client
+/// configuration is read at every (re)connect, so rotated certificates apply
+/// to the next connection. `server_name` overrides the name checked in the
+/// server's certificate (default: the target's host).
+pub fn channel(
+    target: &Target,
+    config: Arc<Reloadable<ClientConfig>>,
+    server_name: Option<String>,
+    connect_timeout: Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    // The scheme is http because TLS happens in the connector below; tonic's
+    // own TLS would otherwise refuse an https URI without its TLS feature.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let target = target.clone();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let config = config.get();
+        let target = target.clone();
+        let server_name = server_name.clone();
+        async move {
+            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = server_name.unwrap_or_else(|| target.host.clone());
+            let name = ServerName::try_from(name)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("https://agg:7443").unwrap(),
+            Target {
+                host: "agg".into(),
+                port: 7443
+            }
+        );
+        assert_eq!(Target::parse("[::1]:1").unwrap().host, "::1");
+        assert_eq!(Target::parse("[::1]:1").unwrap().to_string(), "[::1]:1");
+        assert!(Target::parse("http://x:1").is_err());
+        assert!(Target::parse("x").is_err());
+        assert!(Target::parse("x:y").is_err());
+    }
+}
