@@ -404,3 +404,17 @@ mod tests {
         );
     }
 }
+
+/// Where event sources that fire between collections (eBPF, kernel log)
+/// push their events; the streamer sends a batch at once when one arrives,
+/// so an OOM kill reaches the aggregator in milliseconds, not an interval later.
+/// Bounded: a source that cannot send drops nothing silently, it counts the drop.
+pub type EventSender = tokio::sync::mpsc::Sender<nodewatch_proto::v1::Event>;
+
+/// Milliseconds since the Unix epoch, for event and sample timestamps.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
