@@ -3,6 +3,16 @@
 //! # Layout
 //! - [`collector`]: the `Collector` trait, the `Sink` collectors write into, per-collector timing.
 //! - [`collectors`]: one module per kernel source (`stat`, `meminfo`, `netdev`, …) and the registry list.
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`batch`]: collections and their encoding into wire batches (symbol table per stream).
+//! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
+//! - [`runtime`]: the main loop tying them together.
+//! - [`hostinfo`]: what Hello says about the host.
 
+pub mod batch;
 pub mod collector;
 pub mod collectors;
+pub mod config;
+pub mod hostinfo;
+pub mod runtime;
+pub mod stream;
