@@ -31,6 +31,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// continuously, so a short queue suffices and bounds memory per stream.
 const OUTBOUND_QUEUE: usize = 32;
 
+/// Samples further ahead of the aggregator's clock are refused, as
+/// Prometheus' head refuses out-of-bounds samples.
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
 /// Problems listed in one error frame at most; the rest are counted.
 const MAX_PROBLEMS_LISTED: usize = 5;
 
@@ -217,7 +221,17 @@ impl IngestService {
         }
         let mut samples = Vec::with_capacity(batch.samples.len());
         let mut unknown = 0usize;
+        let mut future = 0usize;
+        let newest_allowed = now_ms() + MAX_FUTURE_MS;
         for smp in &batch.samples {
+            if smp.t_ms > newest_allowed {
+                // A clock far ahead would push the node's own history out of retention.
+                future += 1;
+                if future == 1 {
+                    problem(format!("samples: timestamp {} ms is more than 10 minutes in the future (ref {})", smp.t_ms, smp.r#ref));
+                }
+                continue;
+            }
             match s.refs.get(&smp.r#ref) {
                 Some(id) => samples.push((*id, smp.t_ms, smp.value)),
                 None => {
@@ -424,6 +438,96 @@ impl Ingest for IngestHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodewatch_proto::v1::{Label, MetricMetadata, Sample, SeriesDef};
+    use prost::Message;
+
+    /// SplitMix64: a tiny deterministic generator for the fuzz loop.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn service() -> (IngestService, Session) {
+        let svc = IngestService {
+            store: Store::new(3_600_000),
+            nodes: Arc::new(Nodes::default()),
+            events: Arc::new(EventLog::default()),
+            max_series_per_node: 64,
+        };
+        let node = NodeName::new("fuzz").unwrap();
+        let s = Session { node, hello: Hello::default(), refs: HashMap::new(), last_seq: 0 };
+        (svc, s)
+    }
+
+    /// A timestamp near now, so samples are inside the accepted window.
+    fn t0() -> i64 {
+        static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *T0.get_or_init(now_ms)
+    }
+
+    fn valid_batch(seq: u64) -> Batch {
+        Batch {
+            seq,
+            series_defs: vec![SeriesDef { r#ref: 1, name: "m".into(), labels: vec![Label { name: "a".into(), value: "b".into() }] }],
+            metadata: vec![MetricMetadata { name: "m".into(), r#type: 1, help: "h".into() }],
+            samples: vec![Sample { r#ref: 1, t_ms: t0() + seq as i64, value: 1.5 }],
+            events: vec![Event::default()],
+        }
+    }
+
+    /// Mutated encodings of valid frames: decoding may fail, applying what
+    /// decodes may produce error frames, but nothing panics and the data
+    /// stored by the first valid batch stays.
+    #[test]
+    fn fuzzed_frames_never_panic_or_lose_stored_data() {
+        let (svc, mut s) = service();
+        assert!(svc.apply(&mut s, valid_batch(1)).iter().any(|r| matches!(r, Ok(AggregatorFrame { frame: Some(aggregator_frame::Frame::Ack(_)) }))));
+        let seed = AgentFrame { frame: Some(agent_frame::Frame::Batch(valid_batch(2))) }.encode_to_vec();
+        let mut rng = Rng(42);
+        for _ in 0..20_000 {
+            let mut bytes = seed.clone();
+            for _ in 0..=rng.below(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                match rng.below(4) {
+                    0 => {
+                        let i = rng.below(bytes.len());
+                        bytes[i] ^= 1 << rng.below(8);
+                    }
+                    1 => bytes.truncate(rng.below(bytes.len())),
+                    2 => {
+                        let i = rng.below(bytes.len() + 1);
+                        bytes.insert(i, rng.next() as u8);
+                    }
+                    _ => {
+                        let i = rng.below(bytes.len());
+                        bytes[i] = 0xff;
+                    }
+                }
+            }
+            if let Ok(AgentFrame { frame: Some(agent_frame::Frame::Batch(mut b)) }) = AgentFrame::decode(bytes.as_slice()) {
+                // Keep seqs moving so most batches get past the seq checks and into the body.
+                if rng.below(2) == 0 {
+                    b.seq = s.last_seq + 1;
+                }
+                let _ = svc.apply(&mut s, b);
+            }
+        }
+        let inner = svc.store.read();
+        let id = inner.all().find(|x| x.name() == "m").map(|x| x.samples.front().copied());
+        assert_eq!(id, Some(Some((t0() + 1, 1.5))));
+        assert!(svc.nodes.series_count(&s.node) <= 64, "series limit not enforced");
+    }
 
     #[test]
     fn names() {
