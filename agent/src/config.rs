@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::collector::Paths;
 
-/// Default collection interval: node_exporter's usual scrape interval is
+/// Default collection interval: `node_exporter`'s usual scrape interval is
 /// 15–30 s; 10 s keeps rates fresh at ~1,500 samples per node per interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 

@@ -7,10 +7,10 @@ use crate::collector::Paths;
 /// Builds the Hello for this host and agent instance.
 #[must_use]
 pub fn hello(paths: &Paths, node: &str, collectors: Vec<String>, interval_ms: u64) -> Hello {
-    let boot_id = std::fs::read_to_string(paths.proc("sys/kernel/random/boot_id"))
-        .map(|s| s.trim().to_string())
-        // Hosts without a boot id (FreeBSD) are told apart by their boot time.
-        .unwrap_or_else(|_| format!("boot-{}", sysinfo::System::boot_time().unwrap_or(0)));
+    let boot_id = std::fs::read_to_string(paths.proc("sys/kernel/random/boot_id")).map_or_else(
+        |_| format!("boot-{}", sysinfo::System::boot_time().unwrap_or(0)),
+        |s| s.trim().to_string(),
+    );
     let instance_id = format!("{:016x}", rand::random::<u64>());
     Hello {
         agent_version: nodewatch_proto::VERSION.to_string(),

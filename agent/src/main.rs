@@ -34,7 +34,7 @@ struct Args {
     /// The host's root file system.
     #[arg(long = "path.rootfs")]
     rootfs: Option<PathBuf>,
-    /// Log filter (RUST_LOG syntax).
+    /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }

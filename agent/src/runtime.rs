@@ -48,7 +48,7 @@ pub fn build_collectors(
         match (spec.build)(paths) {
             Ok(c) => out.push(Running::new(c)),
             Err(why) => {
-                info!(collector = spec.name, reason = %why, "Collector unavailable on this host; it stays off.")
+                info!(collector = spec.name, reason = %why, "Collector unavailable on this host; it stays off.");
             }
         }
     }

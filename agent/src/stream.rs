@@ -226,7 +226,7 @@ impl Streamer {
                 }
             }
             let deadline =
-                stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_hours(1));
             tokio::select! {
                 () = self.queue.notify.notified() => {}
                 f = inbound.next() => {

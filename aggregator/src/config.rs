@@ -13,7 +13,7 @@ pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:7443";
 /// Default HTTP listen address (`/metrics`, `/healthz`).
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
 /// Default history kept per series: enough for 5-minute rates with room to spare.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_RETENTION: Duration = Duration::from_mins(15);
 /// Default per-node series limit: a node exports ~1,500 series; 30× headroom
 /// for many disks, interfaces and pods, while a runaway agent stays bounded.
 pub const DEFAULT_MAX_SERIES_PER_NODE: usize = 50_000;

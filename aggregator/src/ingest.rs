@@ -3,6 +3,7 @@
 //! wrong and never disturbs other nodes' streams or data already stored.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub struct IngestService {
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<AggregatorFrame, Status>> + Send>>;
 
+// Returns the outbound stream's item type so call sites can send it as is.
+#[allow(clippy::unnecessary_wraps)]
 fn frame(f: aggregator_frame::Frame) -> Result<AggregatorFrame, Status> {
     Ok(AggregatorFrame { frame: Some(f) })
 }
@@ -228,20 +231,22 @@ impl IngestService {
                 // A clock far ahead would push the node's own history out of retention.
                 future += 1;
                 if future == 1 {
-                    problem(format!("samples: timestamp {} ms is more than 10 minutes in the future (ref {})", smp.t_ms, smp.r#ref));
+                    problem(format!(
+                        "samples: timestamp {} ms is more than 10 minutes in the future (ref {})",
+                        smp.t_ms, smp.r#ref
+                    ));
                 }
                 continue;
             }
-            match s.refs.get(&smp.r#ref) {
-                Some(id) => samples.push((*id, smp.t_ms, smp.value)),
-                None => {
-                    unknown += 1;
-                    if unknown == 1 {
-                        problem(format!(
-                            "samples: unknown series ref {} (not defined on this stream)",
-                            smp.r#ref
-                        ));
-                    }
+            if let Some(id) = s.refs.get(&smp.r#ref) {
+                samples.push((*id, smp.t_ms, smp.value))
+            } else {
+                unknown += 1;
+                if unknown == 1 {
+                    problem(format!(
+                        "samples: unknown series ref {} (not defined on this stream)",
+                        smp.r#ref
+                    ));
                 }
             }
         }
@@ -269,7 +274,7 @@ impl IngestService {
             let more = problem_count.saturating_sub(problems.len());
             let mut msg = format!("batch {seq}: {}", problems.join("; "));
             if more > 0 {
-                msg.push_str(&format!("; and {more} more"));
+                let _ = write!(msg, "; and {more} more");
             }
             warn!(node = %s.node, seq, error = %msg, "Batch partly refused.");
             let code = if limit_hit {
@@ -441,7 +446,7 @@ mod tests {
     use nodewatch_proto::v1::{Label, MetricMetadata, Sample, SeriesDef};
     use prost::Message;
 
-    /// SplitMix64: a tiny deterministic generator for the fuzz loop.
+    /// `SplitMix64`: a tiny deterministic generator for the fuzz loop.
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -464,7 +469,12 @@ mod tests {
             max_series_per_node: 64,
         };
         let node = NodeName::new("fuzz").unwrap();
-        let s = Session { node, hello: Hello::default(), refs: HashMap::new(), last_seq: 0 };
+        let s = Session {
+            node,
+            hello: Hello::default(),
+            refs: HashMap::new(),
+            last_seq: 0,
+        };
         (svc, s)
     }
 
@@ -477,9 +487,24 @@ mod tests {
     fn valid_batch(seq: u64) -> Batch {
         Batch {
             seq,
-            series_defs: vec![SeriesDef { r#ref: 1, name: "m".into(), labels: vec![Label { name: "a".into(), value: "b".into() }] }],
-            metadata: vec![MetricMetadata { name: "m".into(), r#type: 1, help: "h".into() }],
-            samples: vec![Sample { r#ref: 1, t_ms: t0() + seq as i64, value: 1.5 }],
+            series_defs: vec![SeriesDef {
+                r#ref: 1,
+                name: "m".into(),
+                labels: vec![Label {
+                    name: "a".into(),
+                    value: "b".into(),
+                }],
+            }],
+            metadata: vec![MetricMetadata {
+                name: "m".into(),
+                r#type: 1,
+                help: "h".into(),
+            }],
+            samples: vec![Sample {
+                r#ref: 1,
+                t_ms: t0() + seq as i64,
+                value: 1.5,
+            }],
             events: vec![Event::default()],
         }
     }
@@ -490,8 +515,16 @@ mod tests {
     #[test]
     fn fuzzed_frames_never_panic_or_lose_stored_data() {
         let (svc, mut s) = service();
-        assert!(svc.apply(&mut s, valid_batch(1)).iter().any(|r| matches!(r, Ok(AggregatorFrame { frame: Some(aggregator_frame::Frame::Ack(_)) }))));
-        let seed = AgentFrame { frame: Some(agent_frame::Frame::Batch(valid_batch(2))) }.encode_to_vec();
+        assert!(svc.apply(&mut s, valid_batch(1)).iter().any(|r| matches!(
+            r,
+            Ok(AggregatorFrame {
+                frame: Some(aggregator_frame::Frame::Ack(_))
+            })
+        )));
+        let seed = AgentFrame {
+            frame: Some(agent_frame::Frame::Batch(valid_batch(2))),
+        }
+        .encode_to_vec();
         let mut rng = Rng(42);
         for _ in 0..20_000 {
             let mut bytes = seed.clone();
@@ -515,7 +548,10 @@ mod tests {
                     }
                 }
             }
-            if let Ok(AgentFrame { frame: Some(agent_frame::Frame::Batch(mut b)) }) = AgentFrame::decode(bytes.as_slice()) {
+            if let Ok(AgentFrame {
+                frame: Some(agent_frame::Frame::Batch(mut b)),
+            }) = AgentFrame::decode(bytes.as_slice())
+            {
                 // Keep seqs moving so most batches get past the seq checks and into the body.
                 if rng.below(2) == 0 {
                     b.seq = s.last_seq + 1;
@@ -524,9 +560,15 @@ mod tests {
             }
         }
         let inner = svc.store.read();
-        let id = inner.all().find(|x| x.name() == "m").map(|x| x.samples.front().copied());
+        let id = inner
+            .all()
+            .find(|x| x.name() == "m")
+            .map(|x| x.samples.front().copied());
         assert_eq!(id, Some(Some((t0() + 1, 1.5))));
-        assert!(svc.nodes.series_count(&s.node) <= 64, "series limit not enforced");
+        assert!(
+            svc.nodes.series_count(&s.node) <= 64,
+            "series limit not enforced"
+        );
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Query for QueryService {
         let WatchEventsRequest { nodes, follow } = req.into_inner();
         // Subscribe before reading the recent list so nothing falls between the two.
         let rx = self.events.subscribe();
-        let keep = move |e: &Event| nodes.is_empty() || nodes.iter().any(|n| *n == e.node);
+        let keep = move |e: &Event| nodes.is_empty() || nodes.contains(&e.node);
         let recent: Vec<Result<Event, Status>> = self
             .events
             .recent()

@@ -90,7 +90,7 @@ fn matches(labels: &[(String, String)], m: &Matcher) -> bool {
     m.is_match(label(labels, &m.name).unwrap_or(""))
 }
 
-/// Whether a label set satisfies a selector's matchers (PromQL semantics:
+/// Whether a label set satisfies a selector's matchers (`PromQL` semantics:
 /// a missing label matches as the empty string).
 #[must_use]
 pub fn matches_all(labels: &[(String, String)], ms: &Matchers) -> bool {
@@ -138,6 +138,7 @@ impl Inner {
     }
 
     /// Series matching a selector. Uses the name index when `__name__` is fixed.
+    #[must_use]
     pub fn select<'a>(&'a self, ms: &'a Matchers) -> Box<dyn Iterator<Item = &'a Series> + 'a> {
         let by_name = ms
             .matchers

@@ -18,7 +18,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// serde_yaml's message names the key and the line/column.
+    /// `serde_yaml`'s message names the key and the line/column.
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{}", .0)]
@@ -132,12 +132,11 @@ pub struct TlsConfig {
 impl TlsConfig {
     /// Checks all three files and returns them, recording problems under `prefix`.
     pub fn validate(&self, prefix: &str, problems: &mut Problems) -> Option<TlsFiles> {
-        let mut get = |name: &str, v: &Option<PathBuf>| match v {
-            Some(p) => {
+        let mut get = |name: &str, v: &Option<PathBuf>| {
+            if let Some(p) = v {
                 problems.file(&format!("{prefix}.{name}"), p);
                 Some(p.clone())
-            }
-            None => {
+            } else {
                 problems.add(
                     format!("{prefix}.{name}"),
                     "required (mutual TLS is always on)",

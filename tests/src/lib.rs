@@ -110,7 +110,7 @@ impl Pki {
         let ca = Ca::generate("test CA", DEFAULT_CA_VALIDITY).unwrap();
         ca.pem().write(dir.path(), "ca").unwrap();
         let pki = Self { dir, ca };
-        pki.issue(
+        let _ = pki.issue(
             "aggregator",
             &Leaf::Server {
                 names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -125,10 +125,12 @@ impl Pki {
     }
 
     /// Issues `<stem>.crt/.key`.
+    #[must_use]
     pub fn issue(&self, stem: &str, leaf: &Leaf) -> TlsFiles {
         self.issue_for(stem, leaf, DEFAULT_LEAF_VALIDITY)
     }
 
+    #[must_use]
     pub fn issue_for(&self, stem: &str, leaf: &Leaf, validity: Duration) -> TlsFiles {
         let (cert, key) = self
             .ca
@@ -144,6 +146,7 @@ impl Pki {
     }
 
     /// A node certificate (`node-<name>`).
+    #[must_use]
     pub fn node(&self, name: &str) -> TlsFiles {
         self.issue(
             &format!("node-{name}"),
@@ -152,6 +155,7 @@ impl Pki {
     }
 
     /// An operator certificate (`operator-<who>`).
+    #[must_use]
     pub fn operator(&self, who: &str) -> TlsFiles {
         self.issue(
             &format!("operator-{who}"),
@@ -206,6 +210,7 @@ impl Drop for Proc {
 }
 
 /// Spawns `bin` with `args`, output to a log file in `dir`.
+#[must_use]
 pub fn spawn(bin: &Path, args: &[&str], dir: &Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -235,6 +240,7 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Starts an aggregator with `extra` YAML appended to its config.
+    #[must_use]
     pub fn start(pki: &Pki, name: &str, extra: &str) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -284,6 +290,7 @@ impl Aggregator {
 }
 
 /// Starts an agent for `node` streaming to `aggregators`, with `extra` YAML.
+#[must_use]
 pub fn start_agent(pki: &Pki, node: &str, aggregators: &[&Aggregator], extra: &str) -> Proc {
     let files = pki.node(node);
     let config = pki.path(&format!("agent-{node}.yaml"));
@@ -311,6 +318,7 @@ pub fn start_agent(pki: &Pki, node: &str, aggregators: &[&Aggregator], extra: &s
 }
 
 /// A gRPC channel to an aggregator presenting `files`.
+#[must_use]
 pub fn channel(agg: &Aggregator, files: &TlsFiles) -> tonic::transport::Channel {
     let cfg = tls::client_config(files).unwrap();
     tls::channel(

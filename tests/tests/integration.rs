@@ -3,6 +3,7 @@
 //! refused; bad frames get clear errors and hurt nobody else.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use nodewatch_proto::v1::ingest_client::IngestClient;
@@ -88,7 +89,7 @@ impl RawStream {
             Ok(Some(Ok(f))) => Ok(f.frame.expect("frame")),
             Ok(Some(Err(s))) => Err(s),
             Ok(None) => Err(tonic::Status::unknown("stream ended")),
-            Err(_) => panic!("no frame within 10 s"),
+            Err(elapsed) => panic!("no frame within 10 s: {elapsed}"),
         }
     }
 
@@ -269,7 +270,6 @@ async fn plaintext_client_is_refused() {
         assert_ne!(err.code(), tonic::Code::Ok);
     }
     // A raw HTTP request gets no HTTP answer.
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(agg.grpc).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -353,7 +353,7 @@ async fn bad_frames_get_clear_errors_and_hurt_nobody() {
     .await;
     match s.next().await.unwrap() {
         aggregator_frame::Frame::Error(e) => {
-            assert!(e.message.contains("seq 1 is not after"), "{}", e.message)
+            assert!(e.message.contains("seq 1 is not after"), "{}", e.message);
         }
         f => panic!("expected error, got {f:?}"),
     }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use nodewatch_tests::{find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki};
+use nodewatch_tests::{
+    find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki,
+};
 
 #[test]
 fn prometheus_scrapes_node_series_from_the_aggregator() {
@@ -14,7 +16,9 @@ fn prometheus_scrapes_node_series_from_the_aggregator() {
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let _agent = start_agent(&pki, "n1", &[&agg], "");
-    wait_for(Duration::from_secs(30), "agent series", || agg.metrics().contains("node=\"n1\"").then_some(()));
+    wait_for(Duration::from_secs(30), "agent series", || {
+        agg.metrics().contains("node=\"n1\"").then_some(())
+    });
 
     let port = free_port();
     let dir = pki.dir.path();
@@ -39,13 +43,20 @@ fn prometheus_scrapes_node_series_from_the_aggregator() {
     );
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let query = "/api/v1/query?query=node_memory_MemAvailable_bytes%7Bnode%3D%22n1%22%7D";
-    let body = wait_for(Duration::from_secs(60), "Prometheus to return the node's series", || {
-        let (status, body) = http_get(addr, query).ok()?;
-        (status == 200 && body.contains("\"node\":\"n1\"")).then_some(body)
-    });
+    let body = wait_for(
+        Duration::from_mins(1),
+        "Prometheus to return the node's series",
+        || {
+            let (status, body) = http_get(addr, query).ok()?;
+            (status == 200 && body.contains("\"node\":\"n1\"")).then_some(body)
+        },
+    );
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let result = &v["data"]["result"][0];
-    assert_eq!(result["metric"]["__name__"], "node_memory_MemAvailable_bytes");
+    assert_eq!(
+        result["metric"]["__name__"],
+        "node_memory_MemAvailable_bytes"
+    );
     assert_eq!(result["metric"]["job"], "nodewatch");
     let value: f64 = result["value"][1].as_str().unwrap().parse().unwrap();
     assert!(value > 0.0, "MemAvailable {value}");

@@ -31,7 +31,7 @@ struct Args {
     /// Server key (overrides tls.key).
     #[arg(long)]
     tls_key: Option<PathBuf>,
-    /// Log filter (RUST_LOG syntax).
+    /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }

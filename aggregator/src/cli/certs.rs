@@ -39,9 +39,9 @@ pub enum What {
         #[arg(long, default_value = "aggregator")]
         out: String,
     },
-    /// An agent certificate for one node (spiffe://nodewatch/node/<name>).
+    /// An agent certificate for one node (<spiffe://nodewatch/node>/<name>).
     Node { name: String },
-    /// An operator certificate for the CLI (spiffe://nodewatch/operator/<who>).
+    /// An operator certificate for the CLI (<spiffe://nodewatch/operator>/<who>).
     Operator { who: String },
 }
 

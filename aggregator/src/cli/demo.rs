@@ -13,7 +13,7 @@ use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDIT
 use nodewatch_proto::{Identity, NodeName};
 
 /// How long the demo waits for the first samples to show up on /metrics.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_mins(1);
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {

@@ -42,7 +42,7 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Evaluate an instant query, e.g. 'node_memory_MemAvailable_bytes{node="x"}'.
+    /// Evaluate an instant query, e.g. '`node_memory_MemAvailable_bytes{node="x`"}'.
     Query {
         expr: String,
         /// Evaluation time (RFC 3339 or Unix seconds; default now).
