@@ -27,16 +27,16 @@ use std::str::FromStr;
 
 use crate::collector::{CollectError, CollectorSpec};
 
-// pub mod conntrack;
-// pub mod diskstats;
+pub mod conntrack;
+pub mod diskstats;
 // pub mod filesystem;
 pub mod loadavg;
 pub mod meminfo;
-// pub mod netdev;
-// pub mod netstat;
+pub mod netdev;
+pub mod netstat;
 pub mod pressure;
 pub mod stat;
-// pub mod vmstat;
+pub mod vmstat;
 
 #[cfg(test)]
 pub(crate) mod fuzz_util;
@@ -49,12 +49,12 @@ pub fn registry() -> Vec<CollectorSpec> {
         meminfo::SPEC,
         loadavg::SPEC,
         pressure::SPEC,
-        // diskstats::SPEC,
+        diskstats::SPEC,
         // filesystem::SPEC,
-        // netdev::SPEC,
-        // netstat::SPEC,
-        // vmstat::SPEC,
-        // conntrack::SPEC,
+        netdev::SPEC,
+        netstat::SPEC,
+        vmstat::SPEC,
+        conntrack::SPEC,
     ]
 }
 
@@ -71,7 +71,6 @@ pub(crate) fn parse_field<T: FromStr>(
 
 /// Reads a file that may legitimately be absent (a kernel feature not built
 /// or not loaded): `Ok(None)` then, as `node_exporter`'s `ErrNoData`.
-#[allow(dead_code, reason = "used by conntrack, next")]
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
