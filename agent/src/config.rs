@@ -42,6 +42,55 @@ pub struct File {
     /// Roots of the host's pseudo file systems (for containers and tests).
     #[serde(default)]
     pub paths: PathsConfig,
+    /// Where unacknowledged data waits while an aggregator is away.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Local address for `/healthz` and `/readyz` (default `127.0.0.1:9465`; `""` turns them off).
+    #[serde(default)]
+    pub health_listen: Option<String>,
+}
+
+/// Default address of the agent's health endpoints: loopback, since the
+/// kubelet probes a hostNetwork-less pod through its own network namespace.
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9465";
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Folder of the on-disk spool (default `/var/lib/nodewatch/spool`); `""` keeps it in memory only.
+    pub dir: Option<PathBuf>,
+    /// Cap on its size, e.g. `64MiB` (default); past it the oldest samples go first, events last.
+    pub max_size: Option<String>,
+    /// How long acknowledged data stays for an aggregator that restarts (default `15m`).
+    pub retain_acked: Option<String>,
+}
+
+/// The validated spool settings.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    pub dir: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub retain_acked: Duration,
+}
+
+/// Parses `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1000),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
+    .unwrap_or((t, 1));
+    num.parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("bad size {s:?} (e.g. 64MiB)"))
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -65,6 +114,8 @@ pub struct Config {
     pub interval: Duration,
     pub collectors: BTreeMap<String, bool>,
     pub paths: Paths,
+    pub spool: Spool,
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl File {
@@ -138,8 +189,51 @@ impl File {
             sysfs: self.paths.sysfs.clone().unwrap_or(d.sysfs),
             rootfs: self.paths.rootfs.clone().unwrap_or(d.rootfs),
         };
+        let max_bytes = match &self.spool.max_size {
+            None => crate::spool::DEFAULT_CAP_BYTES,
+            Some(v) => parse_size(v)
+                .map_err(|e| p.add("spool.max_size", e))
+                .unwrap_or(crate::spool::DEFAULT_CAP_BYTES),
+        };
+        if max_bytes < crate::spool::SEGMENT_BYTES * 2 {
+            p.add(
+                "spool.max_size",
+                format!(
+                    "must be at least {} bytes (two segments)",
+                    crate::spool::SEGMENT_BYTES * 2
+                ),
+            );
+        }
+        let retain_acked = match &self.spool.retain_acked {
+            None => crate::spool::DEFAULT_RETAIN_ACKED,
+            Some(v) => config::parse_duration(v)
+                .map_err(|e| p.add("spool.retain_acked", e))
+                .unwrap_or_default(),
+        };
+        let dir = match &self.spool.dir {
+            None => Some(PathBuf::from(crate::spool::DEFAULT_DIR)),
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d.clone()),
+        };
+        let health_listen = match self
+            .health_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_LISTEN)
+        {
+            "" => None,
+            a => a
+                .parse()
+                .map_err(|e| p.add("health_listen", format!("{a:?}: {e}")))
+                .ok(),
+        };
         p.into_result()?;
         Ok(Config {
+            health_listen,
+            spool: Spool {
+                dir,
+                max_bytes,
+                retain_acked,
+            },
             node_name: self.node_name.clone(),
             aggregators,
             server_name: self.server_name.clone(),
@@ -175,6 +269,13 @@ mod tests {
         ] {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
     }
 
     #[test]

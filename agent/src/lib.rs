@@ -15,4 +15,5 @@ pub mod collectors;
 pub mod config;
 pub mod hostinfo;
 pub mod runtime;
+pub mod spool;
 pub mod stream;

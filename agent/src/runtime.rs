@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::batch::Collection;
-use crate::collector::{now_ms, CollectorSpec, Paths, Running, Sink};
+use crate::collector::{now_ms, CollectorSpec, Family, Paths, Running, Sample, Sink};
 use crate::config::Config;
-use crate::stream::{Queue, Streamer};
+use crate::spool::{self, Shared, Spool};
+use crate::stream::Streamer;
 
 /// Events waiting for the main loop; sources count what they cannot send.
 pub const EVENT_QUEUE: usize = 4096;
@@ -28,6 +29,72 @@ pub enum AgentError {
     Tls(#[from] tls::TlsError),
     #[error("certificate {path}: {msg}")]
     Identity { path: String, msg: String },
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Opens the spool; an unusable folder falls back to memory, said once.
+fn open_spool(cfg: &Config) -> Result<Arc<Shared>, AgentError> {
+    let n = cfg.aggregators.len();
+    let (s, _) = match Spool::open(
+        cfg.spool.dir.as_deref(),
+        cfg.spool.max_bytes,
+        cfg.spool.retain_acked,
+        n,
+    ) {
+        Ok(r) => r,
+        Err(error) => {
+            warn!(%error, "Spool folder unusable; keeping unacknowledged data in memory only (lost if the agent restarts).");
+            Spool::open(None, cfg.spool.max_bytes, cfg.spool.retain_acked, n)?
+        }
+    };
+    Ok(Shared::new(s, n))
+}
+
+/// The agent's own delivery health, as samples of the next collection.
+fn spool_metrics(spool: &Shared, cfg: &Config, sink: &mut Sink) {
+    let s = spool.lock();
+    for (i, target) in cfg.aggregators.iter().enumerate() {
+        let t = target.to_string();
+        sink.gauge(
+            "nodewatch_agent_pending_batches",
+            "Collections not yet acknowledged by an aggregator.",
+            &[("aggregator", &t)],
+            s.pending(i) as f64,
+        );
+        sink.gauge(
+            "nodewatch_agent_acked_seq",
+            "Highest collection seq an aggregator acknowledged.",
+            &[("aggregator", &t)],
+            s.acked(i) as f64,
+        );
+    }
+    let d = s.dropped();
+    let help = "Data the spool dropped because it was full (samples first, events last).";
+    sink.counter(
+        "nodewatch_agent_spool_dropped_total",
+        help,
+        &[("kind", "samples")],
+        d.samples as f64,
+    );
+    sink.counter(
+        "nodewatch_agent_spool_dropped_total",
+        help,
+        &[("kind", "events")],
+        d.events as f64,
+    );
+    sink.gauge(
+        "nodewatch_agent_spool_bytes",
+        "Size of the spool on disk.",
+        &[],
+        s.bytes() as f64,
+    );
+    sink.counter(
+        "nodewatch_agent_collections_total",
+        "Collections made by this agent instance (its last seq).",
+        &[],
+        (s.next_seq() - 1) as f64,
+    );
 }
 
 /// Builds the enabled collectors, saying once why any cannot run here.
@@ -118,32 +185,59 @@ pub async fn run(
         .map(|c| c.collector.name().to_string())
         .collect();
     info!(%node, collectors = ?names, interval = ?cfg.interval, "Agent starting.");
-    let hello = crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);
+    let mut hello =
+        crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);
 
-    let mut queues = Vec::new();
+    let spool = open_spool(&cfg)?;
+    hello.instance_id = spool.lock().instance_id().to_string();
     let mut streamers = Vec::new();
-    for target in &cfg.aggregators {
-        let queue = Arc::new(Queue::default());
+    for (index, target) in cfg.aggregators.iter().enumerate() {
         let s = Streamer {
             target: target.clone(),
             server_name: cfg.server_name.clone(),
             tls: Arc::clone(&client_tls),
             hello: hello.clone(),
-            queue: Arc::clone(&queue),
+            spool: Arc::clone(&spool),
+            index,
         };
-        queues.push((target.to_string(), queue));
         streamers.push(tokio::spawn(s.run(shutdown.clone(), FLUSH_GRACE)));
     }
 
-    let mut seq = 0u64;
+    // Readiness means "collecting", never "connected": an aggregator outage
+    // must not make Kubernetes restart every agent.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = match cfg.health_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(tokio::spawn(serve_health(
+                l,
+                Arc::clone(&ready),
+                shutdown.clone(),
+            ))),
+            Err(error) => {
+                warn!(%addr, %error, "Health endpoints unavailable.");
+                None
+            }
+        },
+        None => None,
+    };
+
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let enqueue = |c: Collection| {
-        let c = Arc::new(c);
-        for (_, q) in &queues {
-            q.lock().push(Arc::clone(&c));
-            q.notify.notify_one();
+    let enqueue = |t_ms: i64,
+                   families: Arc<BTreeMap<String, Family>>,
+                   samples: Vec<Sample>,
+                   events: Vec<Event>| {
+        let r = spool.lock().append(|seq| Collection {
+            seq,
+            t_ms,
+            families,
+            samples,
+            events,
+        });
+        if let Err(error) = r {
+            warn!(%error, "Could not write to the spool; this collection is not kept.");
         }
+        spool.wake_all();
     };
     loop {
         tokio::select! {
@@ -162,14 +256,10 @@ pub async fn run(
                     }
                 };
                 collectors = cs;
-                for (target, q) in &queues {
-                    let p = q.lock();
-                    sink.gauge("nodewatch_agent_pending_batches", "Batches not yet acknowledged by an aggregator.", &[("aggregator", target)], p.len() as f64);
-                    sink.counter("nodewatch_agent_dropped_samples_total", "Samples dropped because an aggregator was away longer than the queue holds.", &[("aggregator", target)], p.dropped_samples as f64);
-                }
-                seq += 1;
+                spool_metrics(&spool, &cfg, &mut sink);
                 let events = sink.events.drain(..).map(|kind| Event { t_ms, kind: Some(kind), node: String::new() }).collect();
-                enqueue(Collection { seq, t_ms, families: Arc::new(sink.families), samples: sink.samples, events });
+                enqueue(t_ms, Arc::new(sink.families), sink.samples, events);
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Some(first) = events_rx.recv() => {
                 // Send events at once, with whatever else arrived in the same instant.
@@ -177,8 +267,7 @@ pub async fn run(
                 while let Ok(e) = events_rx.try_recv() {
                     events.push(e);
                 }
-                seq += 1;
-                enqueue(Collection { seq, t_ms: now_ms(), families: Arc::new(BTreeMap::new()), samples: Vec::new(), events });
+                enqueue(now_ms(), Arc::new(BTreeMap::new()), Vec::new(), events);
             }
             _ = shutdown.wait_for(|v| *v) => break,
         }
@@ -187,6 +276,43 @@ pub async fn run(
     for s in streamers {
         let _ = s.await;
     }
+    spool.lock().sync();
+    if let Some(h) = health {
+        h.abort();
+    }
     reloader.abort();
     Ok(())
+}
+
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not collecting yet\n")
+                    }
+                }
+            }),
+        );
+    let stop = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(%error, "Health endpoints stopped.");
+    }
 }

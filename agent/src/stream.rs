@@ -2,20 +2,21 @@
 //! connection loop that (re)connects with jittered exponential backoff,
 //! resends everything after the last ack, and drops what is acked.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nodewatch_proto::tls::{self, Reloadable, Target};
 use nodewatch_proto::v1::ingest_client::IngestClient;
 use nodewatch_proto::v1::{agent_frame, aggregator_frame, AgentFrame, ErrorCode, Hello};
 use rand::Rng;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::batch::{Collection, Encoder};
+use crate::batch::Encoder;
+use crate::collector::now_ms;
+use crate::spool::Shared;
 
 /// First reconnect delay; doubled per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -24,82 +25,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long connecting (TCP + TLS + Hello/Welcome) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Unacked data kept per aggregator while it is away (until the on-disk spool takes over).
-pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Frames buffered towards the gRPC stream; gives backpressure from HTTP/2 flow control.
 const OUTBOUND_FRAMES: usize = 8;
-
-/// What one aggregator has not acknowledged yet.
-#[derive(Debug, Default)]
-pub struct Pending {
-    items: VecDeque<Arc<Collection>>,
-    bytes: usize,
-    pub acked: u64,
-    pub dropped_samples: u64,
-    pub dropped_events: u64,
-}
-
-impl Pending {
-    /// Queues a collection, dropping the oldest sample-only collections first
-    /// (events last) when over the cap.
-    pub fn push(&mut self, c: Arc<Collection>) {
-        self.bytes += c.approx_bytes();
-        self.items.push_back(c);
-        while self.bytes > MAX_PENDING_BYTES && self.items.len() > 1 {
-            let idx = self
-                .items
-                .iter()
-                .position(|c| c.events.is_empty())
-                .unwrap_or(0);
-            if let Some(old) = self.items.remove(idx) {
-                self.bytes -= old.approx_bytes();
-                self.dropped_samples += old.samples.len() as u64;
-                self.dropped_events += old.events.len() as u64;
-            }
-        }
-    }
-
-    /// Drops everything up to and including `seq`.
-    pub fn ack(&mut self, seq: u64) {
-        self.acked = self.acked.max(seq);
-        while self.items.front().is_some_and(|c| c.seq <= seq) {
-            if let Some(c) = self.items.pop_front() {
-                self.bytes -= c.approx_bytes();
-            }
-        }
-    }
-
-    /// The first queued collection after `seq`.
-    #[must_use]
-    pub fn next_after(&self, seq: u64) -> Option<Arc<Collection>> {
-        self.items.iter().find(|c| c.seq > seq).cloned()
-    }
-
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-}
-
-/// The shared queue of one aggregator.
-#[derive(Debug, Default)]
-pub struct Queue {
-    pub pending: Mutex<Pending>,
-    pub notify: Notify,
-}
-
-impl Queue {
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
 
 /// Everything one streamer needs.
 pub struct Streamer {
@@ -107,7 +34,9 @@ pub struct Streamer {
     pub server_name: Option<String>,
     pub tls: Arc<Reloadable<rustls::ClientConfig>>,
     pub hello: Hello,
-    pub queue: Arc<Queue>,
+    /// The spool shared by all streams, and this stream's cursor in it.
+    pub spool: Arc<Shared>,
+    pub index: usize,
 }
 
 enum End {
@@ -138,8 +67,8 @@ impl Streamer {
             if *shutdown.borrow() {
                 return;
             }
-            // A session that got as far as Welcome resets the backoff (see session()).
-            let acked = self.queue.lock().acked;
+            // A session that got as far as Welcome resets the backoff.
+            let acked = self.spool.lock().acked(self.index);
             if acked > 0 {
                 backoff = BACKOFF_MIN.max(backoff / 4);
             }
@@ -159,7 +88,7 @@ impl Streamer {
         let mut client = IngestClient::new(channel);
         let (tx, rx) = mpsc::channel::<AgentFrame>(OUTBOUND_FRAMES);
         let mut hello = self.hello.clone();
-        hello.resume_from = self.queue.lock().acked + 1;
+        hello.resume_from = self.spool.lock().acked(self.index) + 1;
         if tx
             .send(AgentFrame {
                 frame: Some(agent_frame::Frame::Hello(hello)),
@@ -194,7 +123,11 @@ impl Streamer {
             Ok(None) => return End::Retry("stream closed before Welcome".into()),
             Err(_) => return End::Retry("no Welcome in time".into()),
         };
-        self.queue.lock().ack(welcome.acked_seq);
+        // An aggregator that restarted knows nothing (acked 0): it gets the
+        // spool's whole retained past again, its backfill.
+        self.spool
+            .lock()
+            .ack(self.index, welcome.acked_seq, now_ms());
         info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
         let mut encoder = Encoder::new();
         let mut sent = welcome.acked_seq;
@@ -202,7 +135,7 @@ impl Streamer {
         loop {
             // Send everything queued that this stream has not carried yet.
             loop {
-                let next = self.queue.lock().next_after(sent);
+                let next = self.spool.lock().next_after(sent);
                 let Some(c) = next else { break };
                 let batch = encoder.encode(&c);
                 sent = c.seq;
@@ -220,7 +153,7 @@ impl Streamer {
                 }
             }
             if let Some(deadline) = stopping {
-                let empty = self.queue.lock().is_empty();
+                let empty = self.spool.lock().pending(self.index) == 0;
                 if empty || tokio::time::Instant::now() >= deadline {
                     return End::Shutdown;
                 }
@@ -228,7 +161,7 @@ impl Streamer {
             let deadline =
                 stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_hours(1));
             tokio::select! {
-                () = self.queue.notify.notified() => {}
+                () = self.spool.notify[self.index].notified() => {}
                 f = inbound.next() => {
                     if let Some(end) = self.handle(f) {
                         return end;
@@ -251,7 +184,7 @@ impl Streamer {
             Some(Ok(frame)) => match frame.frame {
                 Some(aggregator_frame::Frame::Ack(a)) => {
                     debug!(aggregator = %self.target, seq = a.seq, "ack");
-                    self.queue.lock().ack(a.seq);
+                    self.spool.lock().ack(self.index, a.seq, now_ms());
                     None
                 }
                 Some(aggregator_frame::Frame::Error(e)) => {
@@ -275,36 +208,5 @@ impl Streamer {
             ))),
             None => Some(End::Retry("aggregator closed the stream".into())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn c(seq: u64, events: usize) -> Arc<Collection> {
-        Arc::new(Collection {
-            seq,
-            t_ms: 0,
-            families: Arc::new(BTreeMap::new()),
-            samples: vec![],
-            events: vec![nodewatch_proto::v1::Event::default(); events],
-        })
-    }
-
-    #[test]
-    fn ack_and_resend_order() {
-        let mut p = Pending::default();
-        for s in 1..=5 {
-            p.push(c(s, 0));
-        }
-        p.ack(2);
-        assert_eq!(p.len(), 3);
-        assert_eq!(p.next_after(2).map(|c| c.seq), Some(3));
-        assert_eq!(p.next_after(4).map(|c| c.seq), Some(5));
-        assert!(p.next_after(5).is_none());
-        p.ack(5);
-        assert!(p.is_empty());
     }
 }

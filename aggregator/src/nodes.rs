@@ -21,7 +21,7 @@ struct NodeState {
     connected_since_ms: i64,
     last_batch_ms: i64,
     last_seq: u64,
-    /// Highest contiguous stored seq per agent instance (`boot_id/instance_id`).
+    /// Highest stored seq per agent instance.
     cursors: Vec<(String, u64)>,
     series: HashSet<SeriesId>,
 }
@@ -32,8 +32,10 @@ pub struct Nodes {
     inner: Mutex<HashMap<NodeName, NodeState>>,
 }
 
+/// Seqs are per agent instance; the instance id lives in the agent's spool,
+/// so it (and the cursor) survives agent restarts and host reboots.
 fn cursor_key(hello: &Hello) -> String {
-    format!("{}/{}", hello.boot_id, hello.instance_id)
+    hello.instance_id.clone()
 }
 
 impl Nodes {

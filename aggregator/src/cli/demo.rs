@@ -164,7 +164,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     write(
         &dir.join("agent.yaml"),
-        &format!("aggregators: [\"{grpc}\"]\nserver_name: localhost\ninterval: {}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/agent.crt\n  key: {d}/agent.key\n", a.interval),
+        &format!("aggregators: [\"{grpc}\"]\nserver_name: localhost\ninterval: {}\nspool: {{dir: {d}/spool}}\nhealth_listen: 127.0.0.1:{}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/agent.crt\n  key: {d}/agent.key\n", a.interval, free_port()?),
     )?;
     let cli_config = dir.join("nodewatch.yaml");
     write(&cli_config, &format!("aggregator: {grpc}\nserver_name: localhost\ntls:\n  ca: ca.crt\n  cert: operator.crt\n  key: operator.key\n"))?;
