@@ -1,1 +1,2 @@
-
+pub mod promql;
+pub mod rules;
