@@ -140,3 +140,10 @@ impl Engine {
         Ok(self.eval(storage, &expr, t_ms)?)
     }
 }
+
+/// Parses a float the way Go's `strconv.ParseFloat` does for the forms
+/// Prometheus meets (`+Inf`, `-Inf`, `NaN`, decimal, exponent).
+#[must_use]
+pub fn value_parse_float(s: &str) -> Option<f64> {
+    functions::parse_go_float(s.trim())
+}

@@ -1,1 +1,2 @@
-//! Prometheus rule files.
+//! Prometheus rule files: loading, evaluation, alert state and unit tests.
+pub mod template;
