@@ -149,6 +149,14 @@ impl Template {
         Ok(Self { nodes })
     }
 
+    /// A template that expands to `text` unchanged.
+    #[must_use]
+    pub fn literal(text: &str) -> Self {
+        Self {
+            nodes: vec![Node::Text(text.to_string())],
+        }
+    }
+
     /// Expands the template with `data`.
     pub fn expand(&self, data: &TemplateData) -> Result<String, TemplateError> {
         let mut out = String::new();

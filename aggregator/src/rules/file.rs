@@ -1,0 +1,453 @@
+//! The rule file format (`prometheus/model/rulefmt`) and its validation.
+//!
+//! Every problem in a file is reported at once, each naming the file, the
+//! group, the rule (1-based index and name), the field and, where it can be
+//! found, the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::template::Template;
+use crate::promql::{self, Expr};
+
+/// A rule file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFileDef {
+    /// The rule groups.
+    pub groups: Vec<RuleGroupDef>,
+}
+
+/// One group as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleGroupDef {
+    /// Unique within the file.
+    pub name: String,
+    /// How often the group is evaluated (Prometheus duration, e.g. `30s`);
+    /// the global evaluation interval when absent.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Most alerts or series a rule may produce; 0 is no limit.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// The rules, evaluated in order.
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+/// One rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Name of the series a recording rule writes.
+    #[serde(default)]
+    pub record: Option<String>,
+    /// Name of an alerting rule.
+    #[serde(default)]
+    pub alert: Option<String>,
+    /// The PromQL expression.
+    #[serde(default)]
+    pub expr: Option<String>,
+    /// How long an alert stays pending before it fires.
+    #[serde(default, rename = "for")]
+    pub for_: Option<String>,
+    /// How long an alert keeps firing after its condition clears.
+    #[serde(default)]
+    pub keep_firing_for: Option<String>,
+    /// Labels added to every output (templated for alerts).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Alert annotations (templated).
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// One problem in a rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFileError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The group's name, when the problem is inside one.
+    pub group: Option<String>,
+    /// 1-based rule index and the rule's name, when inside a rule.
+    pub rule: Option<(usize, String)>,
+    /// The field and what is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for RuleFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        f.write_str(":")?;
+        if let Some(g) = &self.group {
+            write!(f, " group {g:?},")?;
+        }
+        if let Some((i, name)) = &self.rule {
+            if name.is_empty() {
+                write!(f, " rule {i}:")?;
+            } else {
+                write!(f, " rule {i} ({name:?}):")?;
+            }
+        }
+        write!(f, " {}", self.problem)
+    }
+}
+
+impl std::error::Error for RuleFileError {}
+
+/// All problems found in one or more rule files.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct RuleFileErrors(pub Vec<RuleFileError>);
+
+/// A validated rule.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// Alert or recording rule name.
+    pub name: String,
+    /// Whether this is an alerting rule.
+    pub is_alert: bool,
+    /// The parsed expression.
+    pub expr: Expr,
+    /// The expression text as written.
+    pub expr_text: String,
+    /// `for`, in milliseconds.
+    pub for_ms: i64,
+    /// `keep_firing_for`, in milliseconds.
+    pub keep_firing_for_ms: i64,
+    /// Labels with their parsed templates.
+    pub labels: Vec<(String, String, Template)>,
+    /// Annotations with their parsed templates.
+    pub annotations: Vec<(String, String, Template)>,
+}
+
+/// A validated group.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The group name.
+    pub name: String,
+    /// Its own interval, if set.
+    pub interval_ms: Option<i64>,
+    /// Output limit per rule (0: none).
+    pub limit: u64,
+    /// The rules in order.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Parses a Prometheus duration (`model.ParseDuration`): one or more
+/// `<int><unit>` with units `y w d h m s ms` in decreasing order, or `0`.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err("empty duration string".into());
+    }
+    const UNITS: [(&str, i64); 7] = [
+        ("y", 365 * 24 * 3_600_000),
+        ("w", 7 * 24 * 3_600_000),
+        ("d", 24 * 3_600_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let bad = || format!("not a valid duration string: {s:?}");
+    let mut rest = s;
+    let mut total: i64 = 0;
+    let mut last_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        let Some(idx) = UNITS.iter().position(|(u, _)| *u == unit) else {
+            return Err(bad());
+        };
+        if idx < last_unit {
+            return Err(bad());
+        }
+        last_unit = idx + 1;
+        total = n
+            .checked_mul(UNITS[idx].1)
+            .and_then(|v| v.checked_add(total))
+            .ok_or_else(|| format!("duration out of range: {s:?}"))?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// A valid metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn is_metric_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_' || x == ':')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// Lines (1-based) of every `alert:`/`record:` key, in file order: the
+/// k-th rule of the file is usually on the k-th of these.
+fn rule_lines(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start().trim_start_matches('-').trim_start();
+            t.starts_with("alert:") || t.starts_with("record:")
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+/// Reads and validates one rule file.
+pub fn load_file(path: &Path) -> Result<Vec<GroupSpec>, RuleFileErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RuleFileErrors(vec![RuleFileError {
+            file: path.to_path_buf(),
+            line: None,
+            group: None,
+            rule: None,
+            problem: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse_rules(path, &text)
+}
+
+/// Parses and validates rule file text; `path` is only used in errors.
+#[allow(clippy::too_many_lines)]
+pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileErrors> {
+    let err = |line, group: Option<&str>, rule: Option<(usize, &str)>, problem: String| RuleFileError {
+        file: path.to_path_buf(),
+        line,
+        group: group.map(str::to_string),
+        rule: rule.map(|(i, n)| (i, n.to_string())),
+        problem,
+    };
+    let def: RuleFileDef = if text.trim().is_empty() {
+        RuleFileDef { groups: Vec::new() }
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            RuleFileErrors(vec![err(line, None, None, e.to_string())])
+        })?
+    };
+    let lines = rule_lines(text);
+    let mut rule_counter = 0;
+    let mut errors = Vec::new();
+    let mut groups = Vec::new();
+    let mut seen_groups: Vec<&str> = Vec::new();
+    for g in &def.groups {
+        let gname = Some(g.name.as_str());
+        if g.name.is_empty() {
+            errors.push(err(None, None, None, "groupname must not be empty".into()));
+        } else if seen_groups.contains(&g.name.as_str()) {
+            errors.push(err(None, gname, None, format!("groupname: {:?} is repeated in the same file", g.name)));
+        }
+        seen_groups.push(&g.name);
+        let interval_ms = match &g.interval {
+            None => None,
+            Some(s) => match parse_duration(s) {
+                Ok(0) => {
+                    errors.push(err(None, gname, None, "interval: must be greater than 0".into()));
+                    None
+                }
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.push(err(None, gname, None, format!("interval: {e}")));
+                    None
+                }
+            },
+        };
+        let mut rules = Vec::new();
+        for (i, r) in g.rules.iter().enumerate() {
+            let line = lines.get(rule_counter).copied();
+            rule_counter += 1;
+            let name = r.alert.clone().or_else(|| r.record.clone()).unwrap_or_default();
+            let rid = Some((i + 1, name.as_str()));
+            let mut push = |problem: String| errors.push(err(line, gname, rid, problem));
+            let is_alert = r.alert.is_some();
+            match (&r.alert, &r.record) {
+                (Some(_), Some(_)) => push("only one of 'record' and 'alert' must be set".into()),
+                (None, None) => push("one of 'record' or 'alert' must be set".into()),
+                (Some(a), None) if a.is_empty() => push("alert: must not be empty".into()),
+                (None, Some(rec)) if !is_metric_name(rec) => {
+                    push(format!("record: invalid recording rule name: {rec:?}"));
+                }
+                _ => {}
+            }
+            let expr_text = r.expr.clone().unwrap_or_default();
+            let expr = if expr_text.trim().is_empty() {
+                push("expr: field 'expr' must be set in rule".into());
+                None
+            } else {
+                match promql::parse(&expr_text) {
+                    Ok(e) => match promql::check_supported(&e) {
+                        Ok(()) => Some(e),
+                        Err(u) => {
+                            push(format!("expr: {u}"));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        push(format!("expr: {}", describe_parse_error(&e.0)));
+                        None
+                    }
+                }
+            };
+            let mut dur = |field: &str, v: &Option<String>| -> i64 {
+                match v {
+                    None => 0,
+                    Some(s) if !is_alert => {
+                        let _ = s;
+                        push(format!("{field}: invalid field '{field}' in recording rule"));
+                        0
+                    }
+                    Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                        push(format!("{field}: {e}"));
+                        0
+                    }),
+                }
+            };
+            let for_ms = dur("for", &r.for_);
+            let keep_firing_for_ms = dur("keep_firing_for", &r.keep_firing_for);
+            if !is_alert && r.annotations.is_some() {
+                push("annotations: invalid field 'annotations' in recording rule".into());
+            }
+            let mut templated = |field: &str, m: &Option<BTreeMap<String, String>>| {
+                let mut out = Vec::new();
+                for (k, v) in m.iter().flatten() {
+                    if field == "labels" && (!is_label_name(k) || k == "__name__") {
+                        push(format!("{field}: invalid label name: {k:?}"));
+                        continue;
+                    }
+                    if field == "annotations" && !is_label_name(k) {
+                        push(format!("{field}: invalid annotation name: {k:?}"));
+                        continue;
+                    }
+                    if is_alert {
+                        match Template::parse(v) {
+                            Ok(t) => out.push((k.clone(), v.clone(), t)),
+                            Err(e) => push(format!("{field}.{k}: {e}")),
+                        }
+                    } else {
+                        // Recording rule labels are literal.
+                        out.push((k.clone(), v.clone(), Template::literal(v)));
+                    }
+                }
+                out
+            };
+            let labels = templated("labels", &r.labels);
+            let annotations = templated("annotations", &r.annotations);
+            if let Some(expr) = expr {
+                rules.push(RuleSpec {
+                    name,
+                    is_alert,
+                    expr,
+                    expr_text,
+                    for_ms,
+                    keep_firing_for_ms,
+                    labels,
+                    annotations,
+                });
+            }
+        }
+        groups.push(GroupSpec {
+            file: path.to_path_buf(),
+            name: g.name.clone(),
+            interval_ms,
+            limit: g.limit.unwrap_or(0),
+            rules,
+        });
+    }
+    if errors.is_empty() {
+        Ok(groups)
+    } else {
+        Err(RuleFileErrors(errors))
+    }
+}
+
+/// Turns the parser's `unknown function with name 'rat'` into the wording
+/// users know from Prometheus.
+fn describe_parse_error(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown function with name '") {
+        if let Some(name) = rest.strip_suffix('\'') {
+            return format!("unknown function \"{name}\"");
+        }
+    }
+    format!("could not parse expression: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Ok(300_000));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration("100ms"), Ok(100));
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 m").is_err());
+        assert!(parse_duration("1m1h").is_err());
+        assert!(parse_duration("-1m").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = r#"groups:
+- name: node
+  rules:
+  - alert: A
+    expr: up == 0
+  - alert: B
+    expr: rat(x[5m]) > 0
+  - alert: HostOOM
+    expr: histogram_count(x) > 0
+    for: 5x
+  - record: "bad name"
+    expr: up
+    for: 1m
+"#;
+        let e = parse_rules(Path::new("rules.yml"), text).unwrap_err();
+        let msgs: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            vec![
+                r#"rules.yml:6: group "node", rule 2 ("B"): expr: unknown function "rat""#,
+                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): expr: unsupported function "holt_winters""#,
+                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): for: not a valid duration string: "5x""#,
+                r#"rules.yml:11: group "node", rule 4 ("bad name"): record: invalid recording rule name: "bad name""#,
+                r#"rules.yml:11: group "node", rule 4 ("bad name"): for: invalid field 'for' in recording rule"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line() {
+        let text = "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up\n    severity: page\n";
+        let e = parse_rules(Path::new("r.yml"), text).unwrap_err();
+        let m = e.to_string();
+        assert!(m.starts_with("r.yml:"), "{m}");
+        assert!(m.contains("unknown field `severity`"), "{m}");
+    }
+}
