@@ -434,7 +434,7 @@ mod tests {
             msgs,
             vec![
                 r#"rules.yml:6: group "node", rule 2 ("B"): expr: unknown function "rat""#,
-                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): expr: unsupported function "holt_winters""#,
+                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): expr: unsupported function "histogram_count""#,
                 r#"rules.yml:8: group "node", rule 3 ("HostOOM"): for: not a valid duration string: "5x""#,
                 r#"rules.yml:11: group "node", rule 4 ("bad name"): record: invalid recording rule name: "bad name""#,
                 r#"rules.yml:11: group "node", rule 4 ("bad name"): for: invalid field 'for' in recording rule"#,
