@@ -3,6 +3,8 @@
 //! verdict: files named `*_test.yml` must pass in both, files named
 //! `*_fail.yml` must fail in both.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,7 +65,11 @@ fn theirs(promtool: &Path, path: &Path) -> (i32, String) {
 #[test]
 fn passing_test_files_pass_in_promtool_and_here() {
     let passing = files("_test.yml");
-    assert!(passing.len() >= 5, "expected rule test files in {}", rules_dir().display());
+    assert!(
+        passing.len() >= 5,
+        "expected rule test files in {}",
+        rules_dir().display()
+    );
     let pt = promtool();
     let mut problems = Vec::new();
     for f in &passing {
@@ -92,7 +98,12 @@ fn failing_test_files_fail_in_promtool_and_here() {
             assert_eq!(code, 1, "promtool should fail {}:\n{out}", f.display());
         }
         let (code, out) = ours(f);
-        assert_eq!(code, 1, "run_test_files should fail {}:\n{out}", f.display());
+        assert_eq!(
+            code,
+            1,
+            "run_test_files should fail {}:\n{out}",
+            f.display()
+        );
         assert!(out.contains("  FAILED:"), "{out}");
     }
 }
@@ -103,14 +114,22 @@ fn rule_files_check_like_promtool() {
     let pt = promtool();
     for f in &rule_files {
         let mut out = Vec::new();
-        let code = check_rule_files(&[f.clone()], &mut out);
+        let code = check_rule_files(std::slice::from_ref(f), &mut out);
         let out = String::from_utf8_lossy(&out);
         assert_eq!(code, 0, "{out}");
         if let Some(pt) = &pt {
-            let o = Command::new(pt).args(["check", "rules"]).arg(f).output().unwrap();
+            let o = Command::new(pt)
+                .args(["check", "rules"])
+                .arg(f)
+                .output()
+                .unwrap();
             let theirs = String::from_utf8_lossy(&o.stdout);
             // Same summary line, e.g. `  SUCCESS: 4 rules found`.
-            let summary = |s: &str| s.lines().find(|l| l.contains("SUCCESS")).map(str::to_string);
+            let summary = |s: &str| {
+                s.lines()
+                    .find(|l| l.contains("SUCCESS"))
+                    .map(str::to_string)
+            };
             assert_eq!(summary(&out), summary(&theirs), "{}", f.display());
         }
     }

@@ -1,13 +1,18 @@
 //! Selectors, operators and aggregations, after `prometheus/promql/engine.go`.
 
+// PromQL compares sample values exactly (`==`, `!=`), as Prometheus does.
+#![allow(clippy::float_cmp)]
+// Operator code reads like engine.go, with its short names (`l`, `r`, `t`).
+#![allow(clippy::many_single_char_names)]
+
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 use promql_parser::parser::token::{
     TokenId, T_ADD, T_ATAN2, T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_DIV, T_EQLC, T_GROUP,
-    T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ,
-    T_POW, T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
+    T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ, T_POW,
+    T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
 };
 use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, MatrixSelector, Offset,
@@ -196,7 +201,12 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    pub(crate) fn eval_vector(&self, expr: &Expr, t: i64, what: &str) -> Result<Vec<Sample>, EvalError> {
+    pub(crate) fn eval_vector(
+        &self,
+        expr: &Expr,
+        t: i64,
+        what: &str,
+    ) -> Result<Vec<Sample>, EvalError> {
         match self.eval(expr, t)? {
             Val::Vector(v) => Ok(v),
             other => Err(EvalError::Type(format!(
@@ -382,12 +392,11 @@ impl<'a> Evaluator<'a> {
             if let Some(l) = &count_values_label {
                 key.set(l.clone(), format_go_float(s.v));
             }
-            match groups.get_mut(&key) {
-                Some(g) => g.push(s),
-                None => {
-                    order.push(key.clone());
-                    groups.insert(key, vec![s]);
-                }
+            if let Some(g) = groups.get_mut(&key) {
+                g.push(s);
+            } else {
+                order.push(key.clone());
+                groups.insert(key, vec![s]);
             }
         }
         let param = match op {
@@ -421,20 +430,26 @@ impl<'a> Evaluator<'a> {
                 T_AVG => avg(&g),
                 T_COUNT | T_COUNT_VALUES => g.len() as f64,
                 T_GROUP => 1.0,
-                T_MIN => g.iter().skip(1).fold(g[0].v, |m, s| {
-                    if m > s.v || m.is_nan() {
-                        s.v
-                    } else {
-                        m
-                    }
-                }),
-                T_MAX => g.iter().skip(1).fold(g[0].v, |m, s| {
-                    if m < s.v || m.is_nan() {
-                        s.v
-                    } else {
-                        m
-                    }
-                }),
+                T_MIN => g.iter().skip(1).fold(
+                    g[0].v,
+                    |m, s| {
+                        if m > s.v || m.is_nan() {
+                            s.v
+                        } else {
+                            m
+                        }
+                    },
+                ),
+                T_MAX => g.iter().skip(1).fold(
+                    g[0].v,
+                    |m, s| {
+                        if m < s.v || m.is_nan() {
+                            s.v
+                        } else {
+                            m
+                        }
+                    },
+                ),
                 T_STDDEV => stdvar(&g).sqrt(),
                 T_STDVAR => stdvar(&g),
                 T_QUANTILE => {
@@ -543,7 +558,11 @@ fn vector_scalar(
 ) -> Result<Vec<Sample>, EvalError> {
     let mut out = Vec::with_capacity(v.len());
     for s in v {
-        let (l, r) = if scalar_left { (scalar, s.v) } else { (s.v, scalar) };
+        let (l, r) = if scalar_left {
+            (scalar, s.v)
+        } else {
+            (s.v, scalar)
+        };
         let (mut value, mut keep) = elem_binop(op, l, r)?;
         if is_comparison(op) && scalar_left {
             value = r;
@@ -558,7 +577,11 @@ fn vector_scalar(
             } else {
                 s.labels
             };
-            out.push(Sample { labels, t, v: value });
+            out.push(Sample {
+                labels,
+                t,
+                v: value,
+            });
         }
     }
     Ok(out)
@@ -637,7 +660,11 @@ fn vector_binop(
         let Some(rs) = right.get(&sig) else {
             continue;
         };
-        let (vl, vr) = if one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
+        let (vl, vr) = if one_to_many {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
+        };
         let (mut value, keep) = elem_binop(op, vl, vr)?;
         if return_bool {
             value = if keep { 1.0 } else { 0.0 };

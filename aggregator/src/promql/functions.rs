@@ -1,5 +1,10 @@
 //! The function library, after `prometheus/promql/functions.go`.
 
+// Functions compare sample values exactly, as functions.go does.
+#![allow(clippy::float_cmp)]
+// Names follow functions.go (`sum_x`, `c_x`, `q`, `t`) so the port can be checked line by line.
+#![allow(clippy::similar_names, clippy::many_single_char_names)]
+
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr, MatrixSelector};
 use regex::Regex;
@@ -8,7 +13,7 @@ use super::eval::{check_unique, is_label_name, Evaluator, Val};
 use super::value::{Labels, Sample, Series, METRIC_NAME};
 use super::{EvalError, Unsupported};
 
-fn arg<'e>(c: &'e Call, i: usize) -> Result<&'e Expr, EvalError> {
+fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
     c.args
         .args
         .get(i)
@@ -20,7 +25,7 @@ fn arg<'e>(c: &'e Call, i: usize) -> Result<&'e Expr, EvalError> {
 }
 
 /// The range selector argument of a range function (parens allowed).
-fn matrix_arg<'e>(c: &'e Call, i: usize) -> Result<&'e MatrixSelector, EvalError> {
+fn matrix_arg(c: &Call, i: usize) -> Result<&MatrixSelector, EvalError> {
     let mut e = arg(c, i)?;
     while let Expr::Paren(p) = e {
         e = &p.expr;
@@ -341,7 +346,7 @@ fn date_part(v: f64, part: &str) -> f64 {
 }
 
 /// `histogram_quantile` over classic buckets (`bucketQuantile`).
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -478,34 +483,46 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             for &(_, v) in p {
                 (sum, comp) = kahan_inc(v, sum, comp);
             }
-            Some(if f64::is_infinite(sum) { sum } else { sum + comp })
+            Some(if f64::is_infinite(sum) {
+                sum
+            } else {
+                sum + comp
+            })
         }),
         "count_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
             Some(p.len() as f64)
         }),
         "min_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
-            Some(p.iter().skip(1).fold(p[0].1, |m, &(_, v)| {
-                if v < m || m.is_nan() {
-                    v
-                } else {
-                    m
-                }
-            }))
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v < m || m.is_nan() {
+                        v
+                    } else {
+                        m
+                    }
+                },
+            ))
         }),
         "max_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
-            Some(p.iter().skip(1).fold(p[0].1, |m, &(_, v)| {
-                if v > m || m.is_nan() {
-                    v
-                } else {
-                    m
-                }
-            }))
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v > m || m.is_nan() {
+                        v
+                    } else {
+                        m
+                    }
+                },
+            ))
         }),
         "last_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, true, |p| {
             p.last().map(|x| x.1)
         }),
         "present_over_time" => {
-            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |_| Some(1.0))
+            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |_| {
+                Some(1.0)
+            })
         }
         "stddev_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
             Some(stdvar_over(p).sqrt())
@@ -670,20 +687,27 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             let repl = ev.eval_string(arg(c, 2)?, t, name)?;
             let src = ev.eval_string(arg(c, 3)?, t, name)?;
             let re_s = ev.eval_string(arg(c, 4)?, t, name)?;
-            let re = Regex::new(&format!("^(?:{re_s})$"))
-                .map_err(|_| bad(c, format!("invalid regular expression in label_replace(): {re_s}")))?;
+            let re = Regex::new(&format!("^(?:{re_s})$")).map_err(|_| {
+                bad(
+                    c,
+                    format!("invalid regular expression in label_replace(): {re_s}"),
+                )
+            })?;
             if !is_label_name(&dst) {
-                return Err(bad(c, format!("invalid destination label name in label_replace(): {dst}")));
+                return Err(bad(
+                    c,
+                    format!("invalid destination label name in label_replace(): {dst}"),
+                ));
             }
             v.into_iter()
                 .map(|s| {
                     let src_val = s.labels.get(&src).unwrap_or("");
                     let labels = match re.captures(src_val) {
                         Some(caps) => {
-                            let mut res = String::new();
-                            caps.expand(&repl, &mut res);
+                            let mut replaced = String::new();
+                            caps.expand(&repl, &mut replaced);
                             let mut l = s.labels.clone();
-                            l.set(dst.clone(), res);
+                            l.set(dst.clone(), replaced);
                             l
                         }
                         None => s.labels.clone(),
@@ -700,12 +724,18 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             for e in c.args.args.iter().skip(3) {
                 let s = ev.eval_string(e, t, name)?;
                 if !is_label_name(&s) {
-                    return Err(bad(c, format!("invalid source label name in label_join(): {s}")));
+                    return Err(bad(
+                        c,
+                        format!("invalid source label name in label_join(): {s}"),
+                    ));
                 }
                 srcs.push(s);
             }
             if !is_label_name(&dst) {
-                return Err(bad(c, format!("invalid destination label name in label_join(): {dst}")));
+                return Err(bad(
+                    c,
+                    format!("invalid destination label name in label_join(): {dst}"),
+                ));
             }
             v.into_iter()
                 .map(|s| {
@@ -758,6 +788,7 @@ pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,4 @@
-//! PromQL instant-query evaluation with Prometheus' semantics.
+//! `PromQL` instant-query evaluation with Prometheus' semantics.
 //!
 //! # Layout
 //! - `storage`: the [`Storage`] trait the evaluator reads and [`MemStorage`].
@@ -47,7 +47,7 @@ impl Default for EngineOptions {
     }
 }
 
-/// A PromQL text that does not parse.
+/// A `PromQL` text that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ParseError(pub String);
@@ -135,7 +135,12 @@ impl Engine {
     }
 
     /// Parses and evaluates `query` at `t_ms`.
-    pub fn query(&self, storage: &dyn Storage, query: &str, t_ms: i64) -> Result<Value, QueryError> {
+    pub fn query(
+        &self,
+        storage: &dyn Storage,
+        query: &str,
+        t_ms: i64,
+    ) -> Result<Value, QueryError> {
         let expr = parse(query)?;
         Ok(self.eval(storage, &expr, t_ms)?)
     }

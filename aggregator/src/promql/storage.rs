@@ -82,15 +82,14 @@ impl MemStorage {
     /// series if needed. Samples must arrive in time order per series; a
     /// sample with the same timestamp as the newest one replaces it.
     pub fn append(&mut self, labels: &Labels, t_ms: i64, v: f64) {
-        let idx = match self.series.iter().position(|s| &s.labels == labels) {
-            Some(i) => i,
-            None => {
-                self.series.push(SeriesData {
-                    labels: labels.clone(),
-                    samples: Vec::new(),
-                });
-                self.series.len() - 1
-            }
+        let idx = if let Some(i) = self.series.iter().position(|s| &s.labels == labels) {
+            i
+        } else {
+            self.series.push(SeriesData {
+                labels: labels.clone(),
+                samples: Vec::new(),
+            });
+            self.series.len() - 1
         };
         let samples = &mut self.series[idx].samples;
         match samples.last_mut() {

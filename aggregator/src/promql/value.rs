@@ -1,6 +1,6 @@
 //! Label sets, samples and query results.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// The label that holds a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -136,7 +136,9 @@ pub fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }

@@ -99,7 +99,11 @@ impl AlertingState {
         let mut current: HashMap<Labels, ActiveAlert> = HashMap::with_capacity(result.len());
         for s in result {
             let data = TemplateData {
-                labels: s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                labels: s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 external_labels: ext.labels.clone(),
                 external_url: ext.url.clone(),
                 value: s.v,
@@ -163,8 +167,7 @@ impl AlertingState {
                     keep_firing = t - since < rule.keep_firing_for_ms;
                 }
                 if a.state == AlertState::Pending
-                    || a
-                        .resolved_at_ms
+                    || a.resolved_at_ms
                         .is_some_and(|r| t - r > RESOLVED_RETENTION_MS)
                 {
                     remove.push(k.clone());
@@ -185,7 +188,11 @@ impl AlertingState {
             let mut l = a.labels.clone();
             l.set(METRIC_NAME.into(), ALERTS_METRIC.into());
             l.set("alertstate".into(), a.state.as_str().into());
-            out.push(Sample { labels: l, t, v: 1.0 });
+            out.push(Sample {
+                labels: l,
+                t,
+                v: 1.0,
+            });
             let mut l = a.labels.clone();
             l.set(METRIC_NAME.into(), ALERTS_FOR_STATE_METRIC.into());
             out.push(Sample {
@@ -199,7 +206,10 @@ impl AlertingState {
         }
         if limit > 0 && active_pending > limit {
             self.active.clear();
-            return Err(RuleError::Limit { limit, got: active_pending });
+            return Err(RuleError::Limit {
+                limit,
+                got: active_pending,
+            });
         }
         Ok(out)
     }

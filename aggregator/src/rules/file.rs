@@ -49,7 +49,7 @@ pub struct RuleDef {
     /// Name of an alerting rule.
     #[serde(default)]
     pub alert: Option<String>,
-    /// The PromQL expression.
+    /// The `PromQL` expression.
     #[serde(default)]
     pub expr: Option<String>,
     /// How long an alert stays pending before it fires.
@@ -148,12 +148,6 @@ pub struct GroupSpec {
 /// Parses a Prometheus duration (`model.ParseDuration`): one or more
 /// `<int><unit>` with units `y w d h m s ms` in decreasing order, or `0`.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err("empty duration string".into());
-    }
     const UNITS: [(&str, i64); 7] = [
         ("y", 365 * 24 * 3_600_000),
         ("w", 7 * 24 * 3_600_000),
@@ -163,6 +157,12 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         ("s", 1000),
         ("ms", 1),
     ];
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err("empty duration string".into());
+    }
     let bad = || format!("not a valid duration string: {s:?}");
     let mut rest = s;
     let mut total: i64 = 0;
@@ -235,13 +235,14 @@ pub fn load_file(path: &Path) -> Result<Vec<GroupSpec>, RuleFileErrors> {
 /// Parses and validates rule file text; `path` is only used in errors.
 #[allow(clippy::too_many_lines)]
 pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileErrors> {
-    let err = |line, group: Option<&str>, rule: Option<(usize, &str)>, problem: String| RuleFileError {
-        file: path.to_path_buf(),
-        line,
-        group: group.map(str::to_string),
-        rule: rule.map(|(i, n)| (i, n.to_string())),
-        problem,
-    };
+    let err =
+        |line, group: Option<&str>, rule: Option<(usize, &str)>, problem: String| RuleFileError {
+            file: path.to_path_buf(),
+            line,
+            group: group.map(str::to_string),
+            rule: rule.map(|(i, n)| (i, n.to_string())),
+            problem,
+        };
     let def: RuleFileDef = if text.trim().is_empty() {
         RuleFileDef { groups: Vec::new() }
     } else {
@@ -260,14 +261,24 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
         if g.name.is_empty() {
             errors.push(err(None, None, None, "groupname must not be empty".into()));
         } else if seen_groups.contains(&g.name.as_str()) {
-            errors.push(err(None, gname, None, format!("groupname: {:?} is repeated in the same file", g.name)));
+            errors.push(err(
+                None,
+                gname,
+                None,
+                format!("groupname: {:?} is repeated in the same file", g.name),
+            ));
         }
         seen_groups.push(&g.name);
         let interval_ms = match &g.interval {
             None => None,
             Some(s) => match parse_duration(s) {
                 Ok(0) => {
-                    errors.push(err(None, gname, None, "interval: must be greater than 0".into()));
+                    errors.push(err(
+                        None,
+                        gname,
+                        None,
+                        "interval: must be greater than 0".into(),
+                    ));
                     None
                 }
                 Ok(v) => Some(v),
@@ -281,7 +292,11 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
         for (i, r) in g.rules.iter().enumerate() {
             let line = lines.get(rule_counter).copied();
             rule_counter += 1;
-            let name = r.alert.clone().or_else(|| r.record.clone()).unwrap_or_default();
+            let name = r
+                .alert
+                .clone()
+                .or_else(|| r.record.clone())
+                .unwrap_or_default();
             let rid = Some((i + 1, name.as_str()));
             let mut push = |problem: String| errors.push(err(line, gname, rid, problem));
             let is_alert = r.alert.is_some();
@@ -318,7 +333,9 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
                     None => 0,
                     Some(s) if !is_alert => {
                         let _ = s;
-                        push(format!("{field}: invalid field '{field}' in recording rule"));
+                        push(format!(
+                            "{field}: invalid field '{field}' in recording rule"
+                        ));
                         0
                     }
                     Some(s) => parse_duration(s).unwrap_or_else(|e| {
@@ -397,6 +414,7 @@ fn describe_parse_error(msg: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -174,7 +174,7 @@ impl Group {
             // staleness marker (`Group.Eval`, "stale" handling).
             let mut ended: Vec<&Labels> = state.written[i].difference(&now).collect();
             ended.sort();
-            let stale: Vec<Sample> = ended
+            let markers: Vec<Sample> = ended
                 .into_iter()
                 .map(|l| Sample {
                     labels: l.clone(),
@@ -182,12 +182,12 @@ impl Group {
                     v: stale_nan(),
                 })
                 .collect();
-            for s in produced.iter().chain(&stale) {
+            for s in produced.iter().chain(&markers) {
                 overlay.extra.append(&s.labels, t_ms, s.v);
             }
             state.written[i] = now;
             out.recorded.extend(produced);
-            out.recorded.extend(stale);
+            out.recorded.extend(markers);
         }
         for a in &state.alerting {
             let mut alerts: Vec<&ActiveAlert> = a.active.values().collect();

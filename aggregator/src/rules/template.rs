@@ -12,6 +12,9 @@
 //! Formatting follows Go: `{{ $value }}` prints like `fmt.Sprint(float64)`
 //! and the humanize functions are ported from `prometheus/template`.
 
+// The formatting code mirrors Go's fmt/strconv, with their short names.
+#![allow(clippy::many_single_char_names)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -105,15 +108,17 @@ impl Template {
                 text = text.trim_start();
             }
             let after = &rest[open + 2..];
-            let trim_left = after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
+            let trim_left =
+                after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
             if trim_left {
                 text = text.trim_end();
             }
             if !text.is_empty() {
                 nodes.push(Node::Text(text.to_string()));
             }
-            let body_start = if trim_left { 1 } else { 0 };
-            let close = find_close(after).ok_or_else(|| TemplateError::Syntax("unclosed action".into()))?;
+            let body_start = usize::from(trim_left);
+            let close =
+                find_close(after).ok_or_else(|| TemplateError::Syntax("unclosed action".into()))?;
             let mut body = &after[body_start..close];
             trim_next = false;
             if body.ends_with(" -") || body.ends_with("\t-") || body.ends_with("\n-") {
@@ -129,10 +134,16 @@ impl Template {
                 continue;
             }
             let toks = lex(body)?;
-            let mut p = Parser { toks: &toks, pos: 0 };
+            let mut p = Parser {
+                toks: &toks,
+                pos: 0,
+            };
             let pipe = p.pipeline()?;
             if p.pos != toks.len() {
-                return Err(TemplateError::Syntax(format!("unexpected {:?} in action", toks[p.pos])));
+                return Err(TemplateError::Syntax(format!(
+                    "unexpected {:?} in action",
+                    toks[p.pos]
+                )));
             }
             if pipe.is_empty() {
                 return Err(TemplateError::Syntax("missing value for command".into()));
@@ -240,7 +251,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
                         '"' => break,
                         '\\' => {
                             let Some(&e) = chars.get(i) else {
-                                return Err(TemplateError::Syntax("unterminated quoted string".into()));
+                                return Err(TemplateError::Syntax(
+                                    "unterminated quoted string".into(),
+                                ));
                             };
                             i += 1;
                             v.push(match e {
@@ -267,7 +280,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
                 let end = chars[start..]
                     .iter()
                     .position(|&c| c == '`')
-                    .ok_or_else(|| TemplateError::Syntax("unterminated raw quoted string".into()))?;
+                    .ok_or_else(|| {
+                        TemplateError::Syntax("unterminated raw quoted string".into())
+                    })?;
                 toks.push(Tok::Str(chars[start..start + end].iter().collect()));
                 i = start + end + 1;
             }
@@ -403,10 +418,12 @@ impl TVal {
     fn as_float(&self, func: &str) -> Result<f64, TemplateError> {
         match self {
             TVal::Num(v) => Ok(*v),
-            TVal::Str(s) => crate::promql::value_parse_float(s).ok_or_else(|| TemplateError::Call {
-                func: func.into(),
-                reason: format!("strconv.ParseFloat: parsing {s:?}: invalid syntax"),
-            }),
+            TVal::Str(s) => {
+                crate::promql::value_parse_float(s).ok_or_else(|| TemplateError::Call {
+                    func: func.into(),
+                    reason: format!("strconv.ParseFloat: parsing {s:?}: invalid syntax"),
+                })
+            }
             _ => Err(TemplateError::Call {
                 func: func.into(),
                 reason: "can't convert value to float".into(),
@@ -466,7 +483,9 @@ fn eval_pipeline(p: &Pipeline, data: &TemplateData) -> Result<TVal, TemplateErro
             }
             o => {
                 if cmd.len() > 1 || piped.is_some() {
-                    return Err(TemplateError::Syntax("can't give argument to non-function".into()));
+                    return Err(TemplateError::Syntax(
+                        "can't give argument to non-function".into(),
+                    ));
                 }
                 eval_operand(o, data)?
             }
@@ -745,7 +764,10 @@ fn go_sprintf(fmt: &str, args: &[TVal]) -> String {
             ('g', TVal::Num(v)) => go_format_g(*v, prec),
             ('q', a) => crate::promql::value::go_quote(&a.print()),
             ('x', TVal::Num(v)) if v.fract() == 0.0 => format!("{:x}", *v as i64),
-            ('x', a) => a.print().bytes().map(|b| format!("{b:02x}")).collect(),
+            ('x', a) => a.print().bytes().fold(String::new(), |mut acc, b| {
+                let _ = write!(acc, "{b:02x}");
+                acc
+            }),
             ('s' | 'v', a) => match (a, prec) {
                 (TVal::Str(s), Some(p)) => s.chars().take(p).collect(),
                 _ => a.print(),
@@ -777,6 +799,7 @@ fn go_sprintf(fmt: &str, args: &[TVal]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -795,9 +818,15 @@ mod tests {
 
     #[test]
     fn variables_and_fields() {
-        assert_eq!(ex("{{ $labels.instance }} is {{ $value }}", 0.5), "a:9100 is 0.5");
+        assert_eq!(
+            ex("{{ $labels.instance }} is {{ $value }}", 0.5),
+            "a:9100 is 0.5"
+        );
         assert_eq!(ex("{{ .Labels.instance }}/{{ .Value }}", 3.0), "a:9100/3");
-        assert_eq!(ex("{{$externalLabels.dc}} {{ $externalURL }}", 1.0), "eu1 http://x");
+        assert_eq!(
+            ex("{{$externalLabels.dc}} {{ $externalURL }}", 1.0),
+            "eu1 http://x"
+        );
         assert_eq!(ex("{{ $labels.missing }}x", 1.0), "x");
         assert_eq!(ex("a {{- $value -}} b", 1.0), "a1b");
         assert_eq!(ex("{{/* c */}}z", 1.0), "z");

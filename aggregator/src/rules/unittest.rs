@@ -3,6 +3,7 @@
 //! `cmd/promtool/main.go` of Prometheus 2.x).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,9 @@ struct Dur(i64);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -60,7 +63,7 @@ fn model_duration(ms: i64) -> String {
         }
         let v = ms / mult;
         if v > 0 {
-            r.push_str(&format!("{v}{unit}"));
+            let _ = write!(r, "{v}{unit}");
             ms -= v * mult;
         }
     }
@@ -80,22 +83,22 @@ fn go_duration(ms: i64) -> String {
         s.push('-');
     }
     if ms < 1000 {
-        s.push_str(&format!("{ms}ms"));
+        let _ = write!(s, "{ms}ms");
         return s;
     }
     let (h, m) = (ms / 3_600_000, (ms / 60_000) % 60);
     let (sec, frac) = ((ms / 1000) % 60, ms % 1000);
     if h > 0 {
-        s.push_str(&format!("{h}h"));
+        let _ = write!(s, "{h}h");
     }
     if h > 0 || m > 0 {
-        s.push_str(&format!("{m}m"));
+        let _ = write!(s, "{m}m");
     }
     if frac == 0 {
-        s.push_str(&format!("{sec}s"));
+        let _ = write!(s, "{sec}s");
     } else {
         let f = format!("{frac:03}");
-        s.push_str(&format!("{sec}.{}s", f.trim_end_matches('0')));
+        let _ = write!(s, "{sec}.{}s", f.trim_end_matches('0'));
     }
     s
 }
@@ -217,7 +220,9 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
             continue;
         }
         if let Some(n) = tok.strip_prefix("_x") {
-            let n: u64 = n.parse().map_err(|_| format!("invalid repetition in {tok:?}"))?;
+            let n: u64 = n
+                .parse()
+                .map_err(|_| format!("invalid repetition in {tok:?}"))?;
             out.extend(std::iter::repeat_n(SeqValue::Omitted, n as usize));
             continue;
         }
@@ -242,8 +247,7 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
             .char_indices()
             .skip(1)
             .filter(|&(i, c)| {
-                (c == '+' || c == '-')
-                    && !matches!(head.as_bytes().get(i - 1), Some(b'e' | b'E'))
+                (c == '+' || c == '-') && !matches!(head.as_bytes().get(i - 1), Some(b'e' | b'E'))
             })
             .map(|(i, _)| i)
             .last();
@@ -306,7 +310,9 @@ fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, Str
             out.push(p);
             continue;
         }
-        let dir = p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = p
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let mut hits: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .filter_map(Result::ok)
@@ -345,7 +351,7 @@ fn alerts_string(la: &[(Labels, Labels)]) -> String {
     let item = |(l, a): &(Labels, Labels)| format!("\nLabels:{l}\nAnnotations:{a}");
     let mut s = format!("[\n0:{}", indent_lines(&item(&la[0]), "  "));
     for (i, x) in la[1..].iter().enumerate() {
-        s.push_str(&format!(",\n{}:{}", i + 1, indent_lines(&item(x), "  ")));
+        let _ = write!(s, ",\n{}:{}", i + 1, indent_lines(&item(x), "  "));
     }
     s.push_str("\n]");
     s
@@ -401,7 +407,9 @@ fn run_file(path: &Path) -> Vec<String> {
             return vec![format!("group name repeated in evaluation order: {g}")];
         }
     }
-    let eval_interval = tf.evaluation_interval.map_or(DEFAULT_TEST_INTERVAL_MS, |d| d.0);
+    let eval_interval = tf
+        .evaluation_interval
+        .map_or(DEFAULT_TEST_INTERVAL_MS, |d| d.0);
     if eval_interval <= 0 {
         return vec!["evaluation_interval must be greater than 0".into()];
     }
@@ -499,13 +507,18 @@ fn run_group(
         }
         // Alerts are checked at the evaluation `ts` with
         // `ts <= eval_time < ts + evaluation_interval`.
-        while curr < alert_times.len() && ts <= alert_times[curr] && alert_times[curr] < ts + eval_interval {
+        while curr < alert_times.len()
+            && ts <= alert_times[curr]
+            && alert_times[curr] < ts + eval_interval
+        {
             let t = alert_times[curr];
             for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.0 == t) {
                 let mut got: Vec<(Labels, Labels)> = groups
                     .iter()
                     .flat_map(Group::alerts)
-                    .filter(|a: &ActiveAlert| a.rule == tc.alertname && a.state == AlertState::Firing)
+                    .filter(|a: &ActiveAlert| {
+                        a.rule == tc.alertname && a.state == AlertState::Firing
+                    })
                     .map(|a| (a.labels, annotations_labels(&a.annotations)))
                     .collect();
                 let mut exp: Vec<(Labels, Labels)> = tc
@@ -580,9 +593,10 @@ fn run_group(
         exp.sort_by(by_labels);
         #[allow(clippy::float_cmp)] // promtool compares exactly.
         let same = got.len() == exp.len()
-            && got.iter().zip(&exp).all(|(g, e)| {
-                g.0 == e.0 && (g.1 == e.1 || (g.1.is_nan() && e.1.is_nan()))
-            });
+            && got
+                .iter()
+                .zip(&exp)
+                .all(|(g, e)| g.0 == e.0 && (g.1 == e.1 || (g.1.is_nan() && e.1.is_nan())));
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
@@ -652,6 +666,7 @@ pub fn check_rule_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -668,8 +683,14 @@ mod tests {
 
     #[test]
     fn series_notation() {
-        assert_eq!(vals("-2+4x3"), [Some(-2.0), Some(2.0), Some(6.0), Some(10.0)]);
-        assert_eq!(vals("1-2x4"), [Some(1.0), Some(-1.0), Some(-3.0), Some(-5.0), Some(-7.0)]);
+        assert_eq!(
+            vals("-2+4x3"),
+            [Some(-2.0), Some(2.0), Some(6.0), Some(10.0)]
+        );
+        assert_eq!(
+            vals("1-2x4"),
+            [Some(1.0), Some(-1.0), Some(-3.0), Some(-5.0), Some(-7.0)]
+        );
         assert_eq!(vals("1x4"), [Some(1.0); 5]);
         assert_eq!(vals("1 _x3 2"), [Some(1.0), None, None, None, Some(2.0)]);
         assert_eq!(vals("1e3+1e-3x1"), [Some(1000.0), Some(1000.001)]);
