@@ -91,9 +91,9 @@ fn is_comparison(op: TokenId) -> bool {
 }
 
 /// Arithmetic drops the metric name; comparisons keep it
-/// (`shouldDropMetricName` in engine.go).
-fn drops_name(op: TokenId) -> bool {
-    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW | T_ATAN2)
+/// (`shouldDropMetricName` in engine.go). 2.x kept it for `atan2`.
+fn drops_name(op: TokenId, v3: bool) -> bool {
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW) || (v3 && op == T_ATAN2)
 }
 
 /// `vectorElemBinop`: the result value and whether a comparison kept it.
@@ -149,6 +149,10 @@ fn signature(labels: &Labels, on: bool, names: &[String]) -> Labels {
 impl<'a> Evaluator<'a> {
     pub(crate) fn new(storage: &'a dyn Storage, opts: EngineOptions) -> Self {
         Self { storage, opts }
+    }
+
+    pub(crate) fn v3(&self) -> bool {
+        self.opts.semantics == super::Semantics::Prometheus3
     }
 
     pub(crate) fn eval_top(&self, expr: &Expr, t: i64) -> Result<Value, EvalError> {
@@ -241,7 +245,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn vector_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
         let ts = selector_time(vs.offset.as_ref(), vs.at.as_ref(), t);
         let mut start = ts.saturating_sub(self.opts.lookback_ms);
-        if self.opts.left_open_ranges {
+        if self.opts.left_open() {
             start = start.saturating_add(1);
         }
         let mut out: Vec<Sample> = self
@@ -293,7 +297,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn range_bounds(&self, ms: &MatrixSelector, t: i64) -> (i64, i64) {
         let end = selector_time(ms.vs.offset.as_ref(), ms.vs.at.as_ref(), t);
         let mut start = end.saturating_sub(duration_ms(ms.range));
-        if self.opts.left_open_ranges {
+        if self.opts.left_open() {
             start = start.saturating_add(1);
         }
         (start, end)
@@ -314,12 +318,12 @@ impl<'a> Evaluator<'a> {
                 }
             }
             (Val::Vector(l), Val::Scalar(r)) => {
-                let out = vector_scalar(op, l, r, false, return_bool, t)?;
+                let out = vector_scalar(op, l, r, (false, return_bool, self.v3()), t)?;
                 check_unique(&out)?;
                 Ok(Val::Vector(out))
             }
             (Val::Scalar(l), Val::Vector(r)) => {
-                let out = vector_scalar(op, r, l, true, return_bool, t)?;
+                let out = vector_scalar(op, r, l, (true, return_bool, self.v3()), t)?;
                 check_unique(&out)?;
                 Ok(Val::Vector(out))
             }
@@ -338,7 +342,16 @@ impl<'a> Evaluator<'a> {
                             .modifier
                             .as_ref()
                             .map_or(VectorMatchCardinality::OneToOne, |m| m.card.clone());
-                        let out = vector_binop(op, l, r, &card, on, &names, return_bool, t)?;
+                        let out = vector_binop(
+                            op,
+                            l,
+                            r,
+                            &card,
+                            (on, &names),
+                            return_bool,
+                            self.v3(),
+                            t,
+                        )?;
                         check_unique(&out)?;
                         Ok(Val::Vector(out))
                     }
@@ -405,7 +418,15 @@ impl<'a> Evaluator<'a> {
                     func: name.clone(),
                     reason: "missing parameter".into(),
                 })?;
-                self.eval_scalar(p, t, &name)?
+                let v = self.eval_scalar(p, t, &name)?;
+                // 3.x refuses a NaN k; 2.x returns nothing.
+                if v.is_nan() && op != T_QUANTILE && self.v3() {
+                    return Err(EvalError::BadArgument {
+                        func: name.clone(),
+                        reason: "Parameter value is NaN".into(),
+                    });
+                }
+                v
             }
             _ => 0.0,
         };
@@ -426,7 +447,9 @@ impl<'a> Evaluator<'a> {
                 _ => {}
             }
             let v = match op {
+                T_SUM if self.v3() => kahan_sum(g.iter().map(|s| s.v)),
                 T_SUM => g.iter().fold(0.0, |acc, s| acc + s.v),
+                T_AVG if self.v3() => functions::mean_v3(g.iter().map(|s| s.v)),
                 T_AVG => avg(&g),
                 T_COUNT | T_COUNT_VALUES => g.len() as f64,
                 T_GROUP => 1.0,
@@ -450,6 +473,8 @@ impl<'a> Evaluator<'a> {
                         }
                     },
                 ),
+                // 3.x: a group of one NaN or infinity has no deviation.
+                T_STDDEV | T_STDVAR if self.v3() && g.len() == 1 && !g[0].v.is_finite() => f64::NAN,
                 T_STDDEV => stdvar(&g).sqrt(),
                 T_STDVAR => stdvar(&g),
                 T_QUANTILE => {
@@ -482,6 +507,19 @@ fn avg(g: &[Sample]) -> f64 {
         mean += s.v / count - mean / count;
     }
     mean
+}
+
+/// Compensated sum (3.x `sum`).
+fn kahan_sum(vals: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut c) = (0.0, 0.0);
+    for v in vals {
+        (sum, c) = functions::kahan_inc(v, sum, c);
+    }
+    if sum.is_infinite() {
+        sum
+    } else {
+        sum + c
+    }
 }
 
 /// Welford's online variance, as engine.go's `STDVAR`/`STDDEV`.
@@ -552,8 +590,7 @@ fn vector_scalar(
     op: TokenId,
     v: Vec<Sample>,
     scalar: f64,
-    scalar_left: bool,
-    return_bool: bool,
+    (scalar_left, return_bool, v3): (bool, bool, bool),
     t: i64,
 ) -> Result<Vec<Sample>, EvalError> {
     let mut out = Vec::with_capacity(v.len());
@@ -572,7 +609,7 @@ fn vector_scalar(
             keep = true;
         }
         if keep {
-            let labels = if drops_name(op) || return_bool {
+            let labels = if drops_name(op, v3) || return_bool {
                 s.labels.without_name()
             } else {
                 s.labels
@@ -624,9 +661,9 @@ fn vector_binop(
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
     card: &VectorMatchCardinality,
-    on: bool,
-    names: &[String],
+    (on, names): (bool, &[String]),
     return_bool: bool,
+    v3: bool,
     t: i64,
 ) -> Result<Vec<Sample>, EvalError> {
     let (include, one_to_many) = match card {
@@ -660,6 +697,15 @@ fn vector_binop(
         let Some(rs) = right.get(&sig) else {
             continue;
         };
+        // 3.x detects ambiguous one-to-one matches even among pairs a
+        // comparison then filters out; 2.x only among the kept ones.
+        if v3 && one_to_one {
+            let inserted = matched.entry(sig.clone()).or_default();
+            if !inserted.is_empty() {
+                return Err(EvalError::OneToOneMultipleMatches);
+            }
+            inserted.push(Labels::new());
+        }
         let (vl, vr) = if one_to_many {
             (rs.v, ls.v)
         } else {
@@ -673,7 +719,7 @@ fn vector_binop(
         }
         // `resultMetric`.
         let mut metric = ls.labels.clone();
-        if drops_name(op) || return_bool {
+        if drops_name(op, v3) || return_bool {
             metric.remove(METRIC_NAME);
         }
         if one_to_one {
@@ -690,7 +736,9 @@ fn vector_binop(
             }
         }
         let inserted = matched.entry(sig).or_default();
-        if one_to_one {
+        if one_to_one && v3 {
+            // Already recorded above.
+        } else if one_to_one {
             if !inserted.is_empty() {
                 return Err(EvalError::OneToOneMultipleMatches);
             }

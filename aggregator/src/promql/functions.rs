@@ -91,9 +91,12 @@ fn go_min(a: f64, b: f64) -> f64 {
 }
 
 /// Neumaier-compensated summation step (`kahanSumInc`).
-fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
-    let c = if sum.abs() >= inc.abs() {
+    // An infinite sum has no meaningful compensation (`kahansum.Inc`).
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
         c + ((sum - t) + inc)
     } else {
         c + ((inc - t) + sum)
@@ -138,6 +141,7 @@ fn extrapolated_rate(
     range_secs: f64,
     is_counter: bool,
     is_rate: bool,
+    v3: bool,
 ) -> Option<f64> {
     if points.len() < 2 {
         return None;
@@ -158,13 +162,34 @@ fn extrapolated_rate(
     let duration_to_end = (range_end - last_t) as f64 / 1000.0;
     let sampled_interval = (last_t - first_t) as f64 / 1000.0;
     let avg_between = sampled_interval / (points.len() - 1) as f64;
+    let threshold = avg_between * 1.1;
+    if v3 {
+        // 3.x limits the start to half an interval first, then clamps at
+        // the zero point (so a far-away zero point cannot widen it).
+        if duration_to_start >= threshold {
+            duration_to_start = avg_between / 2.0;
+        }
+        if is_counter && result > 0.0 && first_v >= 0.0 {
+            duration_to_start = duration_to_start.min(sampled_interval * (first_v / result));
+        }
+        let duration_to_end = if duration_to_end >= threshold {
+            avg_between / 2.0
+        } else {
+            duration_to_end
+        };
+        let mut factor =
+            (sampled_interval + duration_to_start + duration_to_end) / sampled_interval;
+        if is_rate {
+            factor /= range_secs;
+        }
+        return Some(result * factor);
+    }
     if is_counter && result > 0.0 && first_v >= 0.0 {
         let duration_to_zero = sampled_interval * (first_v / result);
         if duration_to_zero < duration_to_start {
             duration_to_start = duration_to_zero;
         }
     }
-    let threshold = avg_between * 1.1;
     let mut extrapolate_to = sampled_interval;
     extrapolate_to += if duration_to_start < threshold {
         duration_to_start
@@ -252,6 +277,36 @@ fn mean_kahan(points: &[(i64, f64)]) -> f64 {
         mean
     } else {
         mean + c
+    }
+}
+
+/// 3.x mean (`funcAvgOverTime`, `AVG`): a compensated sum divided by the
+/// count, switching to an incremental mean only if the sum overflows.
+pub(crate) fn mean_v3(mut vals: impl Iterator<Item = f64>) -> f64 {
+    let Some(first) = vals.next() else {
+        return f64::NAN;
+    };
+    let (mut sum, mut count, mut mean, mut c) = (first, 1.0_f64, 0.0_f64, 0.0_f64);
+    let mut incremental = false;
+    for v in vals {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                (sum, c) = (ns, nc);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    if incremental {
+        mean + c
+    } else {
+        sum / count + c / count
     }
 }
 
@@ -424,11 +479,12 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             let range_secs = ms.range.as_secs_f64();
             let is_counter = name != "delta";
             let is_rate = name == "rate";
-            // Prometheus 2.x extrapolates from the nominal range
-            // `[t - range, t]`, whichever boundary convention selects samples.
+            let v3 = ev.v3();
+            // Extrapolation measures from the nominal range `[t - range, t]`,
+            // whichever boundary convention selects the samples.
             let range_start = end - i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX);
             over_time(ev.matrix_selector(ms, t), t, false, |p| {
-                extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate)
+                extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
             })
         }
         "irate" | "idelta" => {
@@ -447,10 +503,11 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
         "predict_linear" => {
             let ms = matrix_arg(c, 0)?;
             let dur = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            let at = super::eval::selector_time(ms.vs.offset.as_ref(), ms.vs.at.as_ref(), t);
+            // The intercept is at the evaluation time even under `@`
+            // (`linearRegression(samples, enh.Ts)`).
             over_time(ev.matrix_selector(ms, t), t, false, |p| {
                 (p.len() >= 2).then(|| {
-                    let (slope, intercept) = linear_regression(p, at);
+                    let (slope, intercept) = linear_regression(p, t);
                     slope * dur + intercept
                 })
             })
@@ -475,9 +532,16 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 Some(f64::from(n))
             })
         }
-        "avg_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
-            Some(mean_kahan(p))
-        }),
+        "avg_over_time" => {
+            let v3 = ev.v3();
+            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+                Some(if v3 {
+                    mean_v3(p.iter().map(|x| x.1))
+                } else {
+                    mean_kahan(p)
+                })
+            })
+        }
         "sum_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
             let (mut sum, mut comp) = (0.0, 0.0);
             for &(_, v) in p {
@@ -561,9 +625,26 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 Vec::new()
             }
         }
-        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" => {
+        "pi" => return Ok(Val::Scalar(std::f64::consts::PI)),
+        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "sin"
+        | "cos" | "tan" | "asin" | "acos" | "atan" | "sinh" | "cosh" | "tanh" | "asinh"
+        | "acosh" | "atanh" | "deg" | "rad" => {
             let v = ev.eval_vector(arg(c, 0)?, t, name)?;
             let f: fn(f64) -> f64 = match name {
+                "sin" => f64::sin,
+                "cos" => f64::cos,
+                "tan" => f64::tan,
+                "asin" => f64::asin,
+                "acos" => f64::acos,
+                "atan" => f64::atan,
+                "sinh" => f64::sinh,
+                "cosh" => f64::cosh,
+                "tanh" => f64::tanh,
+                "asinh" => f64::asinh,
+                "acosh" => f64::acosh,
+                "atanh" => f64::atanh,
+                "deg" => |x: f64| x * 180.0 / std::f64::consts::PI,
+                "rad" => |x: f64| x * std::f64::consts::PI / 180.0,
                 "abs" => f64::abs,
                 "ceil" => f64::ceil,
                 "floor" => f64::floor,

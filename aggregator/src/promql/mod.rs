@@ -27,22 +27,43 @@ pub use value::{Labels, Sample, Value, METRIC_NAME};
 /// `--query.lookback-delta` default, 5 minutes).
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
+/// Which Prometheus release's answers to reproduce where they differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Semantics {
+    /// Prometheus 2.x, as the `promtool` of Debian stable (2.42), which the
+    /// rule unit tests are compared against.
+    #[default]
+    Prometheus2,
+    /// Prometheus 3.x: range and lookback windows are left-open
+    /// (`(t - range, t]`); `rate` clamps extrapolation at the counter's zero
+    /// point after limiting it to half a sample interval; `sum`, `avg` and
+    /// `avg_over_time` use compensated sums; `stddev`/`stdvar` of a lone NaN
+    /// or infinity is NaN.
+    Prometheus3,
+}
+
 /// Evaluation settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Lookback of instant selectors, in milliseconds.
     pub lookback_ms: i64,
-    /// Prometheus 3.0 made range and lookback windows left-open
-    /// (`(t - range, t]`); 2.x includes a sample exactly at `t - range`.
-    /// Default `false`, matching the `promtool` our rule tests run against.
-    pub left_open_ranges: bool,
+    /// Which release's semantics to follow.
+    pub semantics: Semantics,
+}
+
+impl EngineOptions {
+    /// Whether windows exclude their start (`Prometheus3`).
+    #[must_use]
+    pub fn left_open(&self) -> bool {
+        self.semantics == Semantics::Prometheus3
+    }
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             lookback_ms: DEFAULT_LOOKBACK_MS,
-            left_open_ranges: false,
+            semantics: Semantics::default(),
         }
     }
 }

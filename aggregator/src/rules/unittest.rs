@@ -295,6 +295,24 @@ fn parse_metric(s: &str) -> Result<Labels, String> {
     Ok(l)
 }
 
+/// Parses an input series as written in test files: the series
+/// (`name{a="b"}`) and its values in expanding notation. Omitted values
+/// (`_`) are `None`; `stale` is Prometheus' staleness marker.
+pub fn parse_series_description(
+    series: &str,
+    values: &str,
+) -> Result<(Labels, Vec<Option<f64>>), String> {
+    let labels = parse_metric(series)?;
+    let values = expand_values(values)?
+        .into_iter()
+        .map(|v| match v {
+            SeqValue::Omitted => None,
+            SeqValue::Value(v) => Some(v),
+        })
+        .collect();
+    Ok((labels, values))
+}
+
 /// Resolves `rule_files` entries relative to the test file; a `*` in the
 /// last path component matches like a shell glob.
 fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, String> {
