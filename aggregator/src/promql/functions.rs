@@ -158,9 +158,9 @@ fn extrapolated_rate(
             prev = v;
         }
     }
-    let mut duration_to_start = (first_t - range_start) as f64 / 1000.0;
-    let duration_to_end = (range_end - last_t) as f64 / 1000.0;
-    let sampled_interval = (last_t - first_t) as f64 / 1000.0;
+    let mut duration_to_start = first_t.saturating_sub(range_start) as f64 / 1000.0;
+    let duration_to_end = range_end.saturating_sub(last_t) as f64 / 1000.0;
+    let sampled_interval = last_t.saturating_sub(first_t) as f64 / 1000.0;
     let avg_between = sampled_interval / (points.len() - 1) as f64;
     let threshold = avg_between * 1.1;
     if v3 {
@@ -216,7 +216,7 @@ fn instant_value(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
     let (lt, lv) = points[points.len() - 1];
     let (pt, pv) = points[points.len() - 2];
     let mut result = if is_rate && lv < pv { lv } else { lv - pv };
-    let dt = lt - pt;
+    let dt = lt.saturating_sub(pt);
     if dt == 0 {
         return None;
     }
@@ -239,7 +239,7 @@ fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
             const_y = false;
         }
         n += 1.0;
-        let x = (t - intercept_t) as f64 / 1e3;
+        let x = t.saturating_sub(intercept_t) as f64 / 1e3;
         (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
         (sum_y, c_y) = kahan_inc(v, sum_y, c_y);
         (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
@@ -482,7 +482,8 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             let v3 = ev.v3();
             // Extrapolation measures from the nominal range `[t - range, t]`,
             // whichever boundary convention selects the samples.
-            let range_start = end - i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX);
+            let range_start =
+                end.saturating_sub(i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX));
             over_time(ev.matrix_selector(ms, t), t, false, |p| {
                 extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
             })

@@ -127,7 +127,11 @@ pub enum QueryError {
 
 /// Parses `query` into an expression.
 pub fn parse(query: &str) -> Result<Expr, ParseError> {
-    promql_parser::parser::parse(query).map_err(ParseError)
+    // The parser is third-party and generated; a panic in it must not take
+    // down rule loading or a query, so it becomes a parse error.
+    std::panic::catch_unwind(|| promql_parser::parser::parse(query))
+        .map_err(|_| ParseError(format!("cannot parse {query:?}")))?
+        .map_err(ParseError)
 }
 
 /// Evaluates instant queries against a [`Storage`].

@@ -692,6 +692,10 @@ pub fn go_format_g(v: f64, prec: Option<usize>) -> String {
     out
 }
 
+/// Largest `printf` width or precision honoured: more is never useful in
+/// an alert and would let one template allocate without bound.
+const MAX_PRINTF_WIDTH: usize = 1024;
+
 /// A subset of Go's `fmt.Sprintf`: verbs `v s d f e g q x %` with flags,
 /// width and precision.
 fn go_sprintf(fmt: &str, args: &[TVal]) -> String {
@@ -725,7 +729,8 @@ fn go_sprintf(fmt: &str, args: &[TVal]) -> String {
                 p.push(d);
                 chars.next();
             }
-            prec = Some(p.parse().unwrap_or(0));
+            // Bounded so a template cannot ask for gigabytes of padding.
+            prec = Some(p.parse::<usize>().unwrap_or(0).min(MAX_PRINTF_WIDTH));
         }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
@@ -774,7 +779,7 @@ fn go_sprintf(fmt: &str, args: &[TVal]) -> String {
             },
             (v, a) => format!("%!{v}({})", a.print()),
         };
-        let w: usize = width.parse().unwrap_or(0);
+        let w: usize = width.parse::<usize>().unwrap_or(0).min(MAX_PRINTF_WIDTH);
         let pad = w.saturating_sub(s.chars().count());
         if flags.contains('-') {
             out.push_str(&s);

@@ -481,7 +481,7 @@ fn run_group(
         };
         for (i, v) in values.into_iter().enumerate() {
             if let SeqValue::Value(v) = v {
-                storage.append(&labels, i as i64 * interval, v);
+                storage.append(&labels, (i as i64).saturating_mul(interval), v);
             }
         }
     }
