@@ -37,6 +37,9 @@ pub struct RuleGroupDef {
     /// The rules, evaluated in order.
     #[serde(default)]
     pub rules: Vec<RuleDef>,
+    /// The line of the group's `name` (not part of the format).
+    #[serde(skip)]
+    pub line: Option<usize>,
 }
 
 /// One rule as written.
@@ -64,6 +67,15 @@ pub struct RuleDef {
     /// Alert annotations (templated).
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Where the rule starts in its file (not part of the format).
+    #[serde(skip)]
+    pub line: Option<usize>,
+    /// 1-based position in its group (not part of the format).
+    #[serde(skip)]
+    pub index: usize,
+    /// The line before the next rule, if any (not part of the format).
+    #[serde(skip)]
+    pub end_line: Option<usize>,
 }
 
 /// One problem in a rule file.
@@ -218,6 +230,257 @@ fn rule_lines(text: &str) -> Vec<usize> {
         .collect()
 }
 
+const FILE_KEYS: &[&str] = &["groups"];
+const GROUP_KEYS: &[&str] = &["name", "interval", "limit", "rules"];
+const RULE_KEYS: &[&str] = &[
+    "record",
+    "alert",
+    "expr",
+    "for",
+    "keep_firing_for",
+    "labels",
+    "annotations",
+];
+
+/// The first line at or after `from` (1-based) that sets `key`.
+fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches('-').trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+/// YAML scalars as the strings Go's YAML decoder would give a string
+/// field (`for: 5` is the string "5", then an invalid duration).
+fn scalar_string(v: &serde_yaml_ng::Value) -> Option<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Normalises scalar values to strings so the typed decoding below only
+/// fails on real structure errors.
+fn stringify_scalars(v: &mut serde_yaml_ng::Value, depth: u8) {
+    match v {
+        serde_yaml_ng::Value::Number(_) | serde_yaml_ng::Value::Bool(_) => {
+            if let Some(s) = scalar_string(v) {
+                *v = serde_yaml_ng::Value::String(s);
+            }
+        }
+        serde_yaml_ng::Value::Mapping(m) if depth > 0 => {
+            for (_, val) in m.iter_mut() {
+                stringify_scalars(val, depth - 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn unknown_field(key: &str, expected: &[&str]) -> String {
+    let exp: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    format!("unknown field `{key}`, expected one of {}", exp.join(", "))
+}
+
+/// Decodes the file leniently so every problem can be reported with its
+/// group and rule: unknown keys and wrongly typed fields are collected and
+/// the rest of the file is still read.
+#[allow(clippy::too_many_lines)]
+fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
+    use serde_yaml_ng::Value;
+    let mut errors = Vec::new();
+    let mut def = RuleFileDef { groups: Vec::new() };
+    let err =
+        |line, group: Option<&str>, rule: Option<(usize, &str)>, problem: String| RuleFileError {
+            file: path.to_path_buf(),
+            line,
+            group: group.map(str::to_string),
+            rule: rule.map(|(i, n)| (i, n.to_string())),
+            problem,
+        };
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map(|l| l.line());
+            errors.push(err(line, None, None, e.to_string()));
+            return (def, errors);
+        }
+    };
+    let root = match root {
+        Value::Null => return (def, errors),
+        Value::Mapping(m) => m,
+        _ => {
+            errors.push(err(
+                Some(1),
+                None,
+                None,
+                "expected a mapping with `groups`".into(),
+            ));
+            return (def, errors);
+        }
+    };
+    for k in root.keys() {
+        let k = scalar_string(k).unwrap_or_default();
+        if !FILE_KEYS.contains(&k.as_str()) {
+            errors.push(err(
+                key_line(text, 1, &k),
+                None,
+                None,
+                unknown_field(&k, FILE_KEYS),
+            ));
+        }
+    }
+    let groups = match root.get("groups") {
+        None | Some(Value::Null) => return (def, errors),
+        Some(Value::Sequence(s)) => s.clone(),
+        Some(_) => {
+            errors.push(err(
+                key_line(text, 1, "groups"),
+                None,
+                None,
+                "groups: expected a list".into(),
+            ));
+            return (def, errors);
+        }
+    };
+    let rule_starts = rule_lines(text);
+    let mut rule_counter = 0;
+    let mut group_search_from = 1;
+    for (gi, g) in groups.iter().enumerate() {
+        let Value::Mapping(g) = g else {
+            errors.push(err(
+                None,
+                None,
+                None,
+                format!("group {}: expected a mapping", gi + 1),
+            ));
+            continue;
+        };
+        let name = g.get("name").and_then(scalar_string).unwrap_or_default();
+        let gline = key_line(text, group_search_from, "name");
+        if let Some(l) = gline {
+            group_search_from = l + 1;
+        }
+        let gname = Some(name.as_str());
+        for k in g.keys() {
+            let k = scalar_string(k).unwrap_or_default();
+            if !GROUP_KEYS.contains(&k.as_str()) {
+                errors.push(err(
+                    key_line(text, gline.unwrap_or(1), &k),
+                    gname,
+                    None,
+                    unknown_field(&k, GROUP_KEYS),
+                ));
+            }
+        }
+        let interval = match g.get("interval") {
+            None | Some(Value::Null) => None,
+            Some(v) => scalar_string(v).or_else(|| {
+                errors.push(err(
+                    gline,
+                    gname,
+                    None,
+                    "interval: expected a duration".into(),
+                ));
+                None
+            }),
+        };
+        let limit = match g.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(_) => {
+                errors.push(err(
+                    gline,
+                    gname,
+                    None,
+                    "limit: expected a non-negative integer".into(),
+                ));
+                None
+            }
+        };
+        let mut rules = Vec::new();
+        match g.get("rules") {
+            None | Some(Value::Null) => {}
+            Some(Value::Sequence(rs)) => {
+                for (ri, r) in rs.iter().enumerate() {
+                    let line = rule_starts.get(rule_counter).copied();
+                    rule_counter += 1;
+                    let Value::Mapping(rm) = r else {
+                        errors.push(err(
+                            line,
+                            gname,
+                            Some((ri + 1, "")),
+                            "expected a mapping".into(),
+                        ));
+                        continue;
+                    };
+                    let rname = rm
+                        .get("alert")
+                        .or_else(|| rm.get("record"))
+                        .and_then(scalar_string)
+                        .unwrap_or_default();
+                    let rid = Some((ri + 1, rname.as_str()));
+                    let mut known = serde_yaml_ng::Mapping::new();
+                    for (k, v) in rm {
+                        let ks = scalar_string(k).unwrap_or_default();
+                        if RULE_KEYS.contains(&ks.as_str()) {
+                            let mut v = v.clone();
+                            stringify_scalars(&mut v, 1);
+                            known.insert(k.clone(), v);
+                        } else {
+                            errors.push(err(
+                                key_line(text, line.unwrap_or(1), &ks).or(line),
+                                gname,
+                                rid,
+                                unknown_field(&ks, RULE_KEYS),
+                            ));
+                        }
+                    }
+                    match serde_yaml_ng::from_value::<RuleDef>(Value::Mapping(known)) {
+                        Ok(mut d) => {
+                            d.line = line;
+                            d.index = ri + 1;
+                            d.end_line = rule_starts.get(rule_counter).map(|l| l.saturating_sub(1));
+                            rules.push(d);
+                        }
+                        Err(e) => errors.push(err(line, gname, rid, e.to_string())),
+                    }
+                }
+            }
+            Some(_) => errors.push(err(gline, gname, None, "rules: expected a list".into())),
+        }
+        def.groups.push(RuleGroupDef {
+            name,
+            interval,
+            limit,
+            rules,
+            line: gline,
+        });
+    }
+    (def, errors)
+}
+
+/// The line of the field a problem names (`expr: …`, `annotations.x: …`)
+/// within a rule's lines.
+fn field_line(text: &str, (start, end): (usize, usize), problem: &str) -> Option<usize> {
+    let path = problem.split_once(": ")?.0;
+    if path.contains(char::is_whitespace) {
+        return None;
+    }
+    let mut at = start;
+    for key in path.split('.') {
+        at = key_line(text, at, key).filter(|l| *l <= end)?;
+    }
+    Some(at)
+}
+
 /// Reads and validates one rule file.
 pub fn load_file(path: &Path) -> Result<Vec<GroupSpec>, RuleFileErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -243,26 +506,18 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
             rule: rule.map(|(i, n)| (i, n.to_string())),
             problem,
         };
-    let def: RuleFileDef = if text.trim().is_empty() {
-        RuleFileDef { groups: Vec::new() }
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            RuleFileErrors(vec![err(line, None, None, e.to_string())])
-        })?
-    };
-    let lines = rule_lines(text);
-    let mut rule_counter = 0;
-    let mut errors = Vec::new();
+    let (def, mut errors) = decode(path, text);
     let mut groups = Vec::new();
     let mut seen_groups: Vec<&str> = Vec::new();
     for g in &def.groups {
         let gname = Some(g.name.as_str());
+        let gline = g.line;
+        let interval_line = g.line.and_then(|l| key_line(text, l, "interval"));
         if g.name.is_empty() {
-            errors.push(err(None, None, None, "groupname must not be empty".into()));
+            errors.push(err(gline, None, None, "groupname must not be empty".into()));
         } else if seen_groups.contains(&g.name.as_str()) {
             errors.push(err(
-                None,
+                gline,
                 gname,
                 None,
                 format!("groupname: {:?} is repeated in the same file", g.name),
@@ -274,7 +529,7 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
             Some(s) => match parse_duration(s) {
                 Ok(0) => {
                     errors.push(err(
-                        None,
+                        interval_line,
                         gname,
                         None,
                         "interval: must be greater than 0".into(),
@@ -283,22 +538,25 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
                 }
                 Ok(v) => Some(v),
                 Err(e) => {
-                    errors.push(err(None, gname, None, format!("interval: {e}")));
+                    errors.push(err(interval_line, gname, None, format!("interval: {e}")));
                     None
                 }
             },
         };
         let mut rules = Vec::new();
-        for (i, r) in g.rules.iter().enumerate() {
-            let line = lines.get(rule_counter).copied();
-            rule_counter += 1;
+        for r in &g.rules {
+            let line = r.line;
             let name = r
                 .alert
                 .clone()
                 .or_else(|| r.record.clone())
                 .unwrap_or_default();
-            let rid = Some((i + 1, name.as_str()));
-            let mut push = |problem: String| errors.push(err(line, gname, rid, problem));
+            let rid = Some((r.index, name.as_str()));
+            let span = (line.unwrap_or(1), r.end_line.unwrap_or(usize::MAX));
+            let mut push = |problem: String| {
+                let at = field_line(text, span, &problem).or(line);
+                errors.push(err(at, gname, rid, problem));
+            };
             let is_alert = r.alert.is_some();
             match (&r.alert, &r.record) {
                 (Some(_), Some(_)) => push("only one of 'record' and 'alert' must be set".into()),
@@ -451,11 +709,11 @@ mod tests {
         assert_eq!(
             msgs,
             vec![
-                r#"rules.yml:6: group "node", rule 2 ("B"): expr: unknown function "rat""#,
-                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): expr: unsupported function "histogram_count""#,
-                r#"rules.yml:8: group "node", rule 3 ("HostOOM"): for: not a valid duration string: "5x""#,
+                r#"rules.yml:7: group "node", rule 2 ("B"): expr: unknown function "rat""#,
+                r#"rules.yml:9: group "node", rule 3 ("HostOOM"): expr: unsupported function "histogram_count""#,
+                r#"rules.yml:10: group "node", rule 3 ("HostOOM"): for: not a valid duration string: "5x""#,
                 r#"rules.yml:11: group "node", rule 4 ("bad name"): record: invalid recording rule name: "bad name""#,
-                r#"rules.yml:11: group "node", rule 4 ("bad name"): for: invalid field 'for' in recording rule"#,
+                r#"rules.yml:13: group "node", rule 4 ("bad name"): for: invalid field 'for' in recording rule"#,
             ]
         );
     }
