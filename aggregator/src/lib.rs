@@ -10,6 +10,8 @@
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics`, `/healthz`.
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
+//! - [`promql`]: the PromQL evaluator over a `Storage` trait.
+//! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
 //! - [`server`]: wiring and shutdown.
 //! - [`cli`]: the `nodewatch` command-line tool.
 
@@ -20,6 +22,8 @@ pub mod events;
 pub mod expose;
 pub mod ingest;
 pub mod nodes;
+pub mod promql;
 pub mod query;
+pub mod rules;
 pub mod server;
 pub mod store;
