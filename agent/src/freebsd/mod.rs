@@ -15,6 +15,9 @@
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
+//!
+//! Commands (`pfctl`, `ifconfig`) run through
+//! [`CommandRunner`](crate::collectors::zpool::CommandRunner), with its timeout.
 
 #![allow(
     clippy::doc_markdown,
@@ -39,5 +42,14 @@ pub(crate) mod testutil;
 #[cfg(target_os = "freebsd")]
 #[must_use]
 pub fn specs() -> Vec<crate::collector::CollectorSpec> {
-    vec![]
+    vec![
+        cpu::SPEC,
+        mem::SPEC,
+        netif::SPEC,
+        arc::SPEC,
+        pf::SPEC,
+        carp::SPEC,
+        dpinger::SPEC,
+        oomlog::SPEC,
+    ]
 }
