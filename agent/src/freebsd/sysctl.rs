@@ -53,7 +53,7 @@ mod imp {
                 libc::sysctlbyname(
                     cname.as_ptr(),
                     std::ptr::null_mut(),
-                    &mut len,
+                    &raw mut len,
                     std::ptr::null(),
                     0,
                 )
@@ -69,7 +69,7 @@ mod imp {
                 libc::sysctlbyname(
                     cname.as_ptr(),
                     buf.as_mut_ptr().cast(),
-                    &mut got,
+                    &raw mut got,
                     std::ptr::null(),
                     0,
                 )
@@ -124,7 +124,7 @@ mod imp {
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: `head` is a valid out-pointer; on success the list is
         // freed below with `freeifaddrs`.
-        if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
             return Err(io::Error::last_os_error());
         }
         let mut out = Vec::new();
