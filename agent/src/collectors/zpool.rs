@@ -4,11 +4,12 @@
 //! on FreeBSD), so this collector runs `zpool status` and `zpool list`:
 //!
 //! - `zpool status -j -p` (JSON, OpenZFS 2.3+, format in `man/man8/zpool-status.8`)
-//!   when the binary knows `-j`, otherwise `zpool status -p` (text, the format
-//!   printed by `cmd/zpool/zpool_main.c` `status_callback`); the collector
-//!   remembers which one works;
+//!   when the binary knows `-j`, otherwise `zpool status -p` or plain
+//!   `zpool status` (text, as `cmd/zpool/zpool_main.c` `status_callback`
+//!   prints it); the collector remembers which form works;
 //! - `zpool list -Hp -o name,health,size,alloc,free,fragmentation,capacity,dedupratio`
-//!   (tab-separated, exact numbers; the same columns telegraf's zfs input uses).
+//!   (tab-separated, exact numbers; the same columns telegraf's zfs input
+//!   uses), or `-H` without `-p` on a `zpool` that lacks it.
 //!
 //! Exported:
 //!
@@ -77,14 +78,33 @@ pub const VDEV_STATES: &[&str] = &[
     "online", "degraded", "faulted", "offline", "removed", "unavail", "avail", "inuse",
 ];
 
+/// `zpool status` forms, best first: JSON with exact numbers (OpenZFS 2.3+),
+/// text with exact numbers (`-p`, ZoL 0.7+ and OpenZFS), plain text (the
+/// legacy FreeBSD ≤ 12 `zpool`, which knows neither option).
 const STATUS_JSON_ARGS: &[&str] = &["status", "-j", "-p"];
 const STATUS_TEXT_ARGS: &[&str] = &["status", "-p"];
+const STATUS_LEGACY_ARGS: &[&str] = &["status"];
+const STATUS_FORMS: &[&[&str]] = &[STATUS_JSON_ARGS, STATUS_TEXT_ARGS, STATUS_LEGACY_ARGS];
+
+/// `zpool list` forms, best first: exact numbers, then the `%`/`x` form.
 const LIST_ARGS: &[&str] = &[
     "list",
     "-Hp",
     "-o",
     "name,health,size,alloc,free,fragmentation,capacity,dedupratio",
 ];
+const LIST_LEGACY_ARGS: &[&str] = &[
+    "list",
+    "-H",
+    "-o",
+    "name,health,size,alloc,free,fragmentation,capacity,dedupratio",
+];
+const LIST_FORMS: &[&[&str]] = &[LIST_ARGS, LIST_LEGACY_ARGS];
+
+/// Directories searched for `zpool` besides `PATH`: the agent may run with a
+/// minimal environment (rc.d, a container), and the binary lives in `/sbin`
+/// (FreeBSD, most Linux) or `/usr/local/sbin` (ports).
+const ZPOOL_DIRS: &[&str] = &["/sbin", "/usr/sbin", "/usr/local/sbin", "/bin", "/usr/bin"];
 
 // ------------------------------------------------------------------ commands
 
@@ -828,14 +848,30 @@ pub const SPEC: CollectorSpec = CollectorSpec {
     build,
 };
 
-#[allow(
-    clippy::unnecessary_wraps,
-    reason = "the registry's build signature; a missing zpool binary is found per collection, as ZFS may be installed later"
-)]
 fn build(_paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(ZpoolCollector::new(Box::new(
-        SystemRunner::default(),
-    ))))
+    let program = find_program("zpool", ZPOOL_DIRS).ok_or_else(|| {
+        Unavailable("no zpool binary in PATH or /sbin, /usr/sbin, /usr/local/sbin".into())
+    })?;
+    let mut c = ZpoolCollector::new(Box::new(SystemRunner::default()));
+    c.program = program.to_string_lossy().into_owned();
+    Ok(Box::new(c))
+}
+
+/// The first executable file named `name` in `PATH` or in `extra`.
+fn find_program(name: &str, extra: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Which form of a command works on this host, found by trying them in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Not known yet: try from the first.
+    Unknown,
+    Known(usize),
 }
 
 /// Pool health from `zpool status` and sizes from `zpool list`.
@@ -843,10 +879,48 @@ pub struct ZpoolCollector {
     runner: Box<dyn CommandRunner>,
     /// The `zpool` program (a name looked up in `PATH`, or a full path).
     program: String,
-    /// `Some(false)` once `zpool status -j` failed: this `zpool` predates JSON.
-    json: Option<bool>,
+    /// The `zpool status` form of [`STATUS_FORMS`] this `zpool` accepts.
+    status_form: Form,
+    /// The `zpool list` form of [`LIST_FORMS`] this `zpool` accepts.
+    list_form: Form,
     /// Pool state at the previous collection, for `ZpoolStateChange`.
     previous: BTreeMap<String, String>,
+}
+
+/// Runs the forms of a command from the known one (or the first), moving on
+/// when one is rejected (non-zero exit: an unknown option prints usage and
+/// exits 2) or when `parse` rejects its output. A form is remembered once
+/// its output parses, so later collections run one command.
+fn run_forms<T>(
+    runner: &dyn CommandRunner,
+    program: &str,
+    forms: &[&[&str]],
+    known: &mut Form,
+    parse: impl Fn(usize, &str) -> Option<T>,
+) -> Result<Option<T>, CollectError> {
+    let start = match *known {
+        Form::Known(i) => i,
+        Form::Unknown => 0,
+    };
+    let mut last_err = None;
+    for (i, args) in forms.iter().enumerate().skip(start) {
+        match runner.run(program, args) {
+            // No such program: ZFS is not installed.
+            Ok(None) => return Ok(None),
+            Ok(Some(out)) => {
+                if let Some(v) = parse(i, &out) {
+                    *known = Form::Known(i);
+                    return Ok(Some(v));
+                }
+            }
+            Err(e @ CommandError::Failed { .. }) if *known == Form::Unknown => last_err = Some(e),
+            Err(e) => return Err(CollectError::Other(e.to_string())),
+        }
+    }
+    match last_err {
+        Some(e) => Err(CollectError::Other(e.to_string())),
+        None => Ok(None),
+    }
 }
 
 impl ZpoolCollector {
@@ -855,32 +929,37 @@ impl ZpoolCollector {
         Self {
             runner,
             program: "zpool".to_string(),
-            json: None,
+            status_form: Form::Unknown,
+            list_form: Form::Unknown,
             previous: BTreeMap::new(),
         }
     }
 
     fn status(&mut self) -> Result<Option<Vec<PoolStatus>>, CollectError> {
-        if self.json != Some(false) {
-            match self.runner.run(&self.program, STATUS_JSON_ARGS) {
-                Ok(None) => return Ok(None),
-                Ok(Some(out)) => {
-                    if let Ok(pools) = parse_status_json(&out) {
-                        self.json = Some(true);
-                        return Ok(Some(pools));
-                    }
-                    self.json = Some(false);
+        run_forms(
+            self.runner.as_ref(),
+            &self.program,
+            STATUS_FORMS,
+            &mut self.status_form,
+            |i, out| {
+                if i == 0 {
+                    // Not JSON (no pools prints a sentence): try the text forms.
+                    parse_status_json(out).ok()
+                } else {
+                    Some(parse_status_text(out))
                 }
-                // Before 2.3 `-j` is an unknown option: exit status 2, usage on stderr.
-                Err(CommandError::Failed { .. }) if self.json.is_none() => self.json = Some(false),
-                Err(e) => return Err(CollectError::Other(e.to_string())),
-            }
-        }
-        match self.runner.run(&self.program, STATUS_TEXT_ARGS) {
-            Ok(None) => Ok(None),
-            Ok(Some(out)) => Ok(Some(parse_status_text(&out))),
-            Err(e) => Err(CollectError::Other(e.to_string())),
-        }
+            },
+        )
+    }
+
+    fn list(&mut self) -> Result<Option<Vec<PoolList>>, CollectError> {
+        run_forms(
+            self.runner.as_ref(),
+            &self.program,
+            LIST_FORMS,
+            &mut self.list_form,
+            |_, out| Some(parse_list(out)),
+        )
     }
 }
 
@@ -1063,14 +1142,8 @@ impl Collector for ZpoolCollector {
         // imported again later starts without a transition.
         self.previous = seen;
 
-        match self.runner.run(&self.program, LIST_ARGS) {
-            Ok(Some(out)) => {
-                for p in parse_list(&out) {
-                    write_list(sink, &p);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return Err(CollectError::Other(e.to_string())),
+        for p in self.list()?.unwrap_or_default() {
+            write_list(sink, &p);
         }
         Ok(())
     }
@@ -1460,6 +1533,62 @@ mod tests {
     }
 
     #[test]
+    fn legacy_zpool_falls_back_and_remembers() {
+        let fake = FakeRunner::default();
+        fake.set(STATUS_JSON_ARGS, Err("invalid option 'j'".into()));
+        fake.set(STATUS_TEXT_ARGS, Err("invalid option 'p'".into()));
+        fake.set(
+            STATUS_LEGACY_ARGS,
+            Ok(Some(fixture_text("zfs/jc-zpool-status-v2.txt"))),
+        );
+        fake.set(LIST_ARGS, Err("invalid option 'p'".into()));
+        fake.set(
+            LIST_LEGACY_ARGS,
+            Ok(Some(fixture_text(
+                "freebsd/zpool-list-H-freenas-legacy.txt",
+            ))),
+        );
+        let mut c = ZpoolCollector::new(Box::new(fake.clone()));
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        assert_eq!(
+            (c.status_form, c.list_form),
+            (Form::Known(2), Form::Known(1))
+        );
+        assert_eq!(
+            value(
+                &sink,
+                "nodewatch_zpool_health",
+                &[("zpool", "tank"), ("state", "degraded")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&sink, "nodewatch_zpool_dedup_ratio", &[("zpool", "red1")]),
+            Some(1.83)
+        );
+        // Once known, a failure of that form is an error, not a new search.
+        fake.set(
+            STATUS_LEGACY_ARGS,
+            Err("pool I/O is currently suspended".into()),
+        );
+        assert!(c.collect(&mut Sink::new()).is_err());
+    }
+
+    #[test]
+    fn no_pools_json_sentence_uses_text() {
+        let fake = FakeRunner::default();
+        fake.set(STATUS_JSON_ARGS, Ok(Some("no pools available\n".into())));
+        fake.set(STATUS_TEXT_ARGS, Ok(Some("no pools available\n".into())));
+        let mut c = ZpoolCollector::new(Box::new(fake));
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        assert!(sink.samples.is_empty());
+        assert!(find_program("sh", &[]).is_some());
+        assert!(find_program("no-such-program-here", &["/nonexistent"]).is_none());
+    }
+
+    #[test]
     fn collector_json_path_list_and_metrics() {
         let fake = FakeRunner::default();
         fake.set(
@@ -1475,7 +1604,10 @@ mod tests {
         let mut c = ZpoolCollector::new(Box::new(fake));
         let mut sink = Sink::new();
         c.collect(&mut sink).unwrap();
-        assert_eq!(c.json, Some(true));
+        assert_eq!(
+            (c.status_form, c.list_form),
+            (Form::Known(0), Form::Known(0))
+        );
         assert_eq!(
             value(&sink, "nodewatch_zpool_size_bytes", &[("zpool", "tank")]),
             Some(1000.0)
