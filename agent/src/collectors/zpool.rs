@@ -1359,6 +1359,43 @@ mod tests {
     }
 
     #[test]
+    fn scan_forms() {
+        // zpool-scrub.8 Example 1: only the scan lines, indented as in a full status.
+        let text = fixture_text("zfs/zpool-status-scan-scrub-in-progress-manpage-snippet.txt");
+        let scan_text: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("scan:"))
+            .take(3)
+            .collect();
+        let joined = scan_text.join("\n");
+        let scan = parse_scan(joined.trim_start().trim_start_matches("scan:").trim_start());
+        assert_eq!(
+            (scan.function, scan.state),
+            (ScanFunction::Scrub, ScanState::InProgress)
+        );
+        assert!((scan.progress.unwrap() - 0.1691).abs() < 1e-12);
+
+        let p = status("zfs/openzfs-docs-draid-sequential-resilver-in-progress.txt");
+        let scan = p.scan.clone().unwrap();
+        assert_eq!(
+            (scan.function, scan.state),
+            (ScanFunction::Resilver, ScanState::InProgress)
+        );
+        assert!((scan.progress.unwrap() - 0.5717).abs() < 1e-12);
+
+        let p = status("zfs/jc-zpool-status-v4.txt");
+        assert_eq!(
+            (p.name.as_str(), p.vdevs.len(), p.data_errors),
+            ("pool1", 7, Some(0))
+        );
+        assert_eq!(p.scan.clone().unwrap().end_time, at(2023, 2, 12, 11, 40, 4));
+
+        let s =
+            parse_scan("scrub paused since Mon Jan  1 00:00:00 2024\n\t1G scanned, 10.00% done");
+        assert_eq!((s.state, s.progress), (ScanState::Paused, None));
+    }
+
+    #[test]
     fn json_manpage_example() {
         let pools =
             parse_status_json(&fixture_text("zfs/zpool-status-j-manpage-example.json")).unwrap();

@@ -53,3 +53,24 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
         oomlog::SPEC,
     ]
 }
+
+/// Runs on FreeBSD only: every collector builds (or says why not) and
+/// collects once against the live kernel without failing. Cross-linking this
+/// test binary also proves the libc symbols used exist for the target.
+#[cfg(all(test, target_os = "freebsd"))]
+mod live_tests {
+    #[test]
+    fn every_collector_builds_and_collects() {
+        let paths = crate::collector::Paths::default();
+        for spec in super::specs() {
+            match (spec.build)(&paths) {
+                Ok(mut c) => {
+                    let mut sink = crate::collector::Sink::new();
+                    let result = c.collect(&mut sink);
+                    assert!(result.is_ok(), "{}: {result:?}", spec.name);
+                }
+                Err(why) => eprintln!("{}: unavailable: {why}", spec.name),
+            }
+        }
+    }
+}

@@ -197,7 +197,13 @@ impl Collector for PfCollector {
 pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpec {
     name: "pf",
     default_enabled: true,
-    build: |_| {
+    build: |paths| {
+        // pfctl needs /dev/pf, which exists once pf.ko is loaded.
+        if !paths.root("/dev/pf").exists() {
+            return Err(crate::collector::Unavailable(
+                "no /dev/pf (pf not loaded)".into(),
+            ));
+        }
         Ok(Box::new(PfCollector::new(Box::new(
             crate::collectors::zpool::SystemRunner::default(),
         ))))
