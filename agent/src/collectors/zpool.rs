@@ -1281,6 +1281,147 @@ mod tests {
         assert_eq!(p.data_errors, Some(0));
     }
 
+    /// Every danjl1100 capture against the upstream expected outputs
+    /// (`tests/input/output-NN-*.txt`): pool state, scan state (their
+    /// ScrubRepaired/Resilvered/ScrubInProgress/ScrubCanceled/NeverScanned),
+    /// error state (their Ok/DataErrors; no `errors:` line = unknown), the
+    /// number of devices below the pool root, and the one non-zero error
+    /// counter among all of them (07: `mirror-0/12345678901234567890` CKSUM 100980).
+    #[test]
+    fn zse_all_against_upstream_expected() {
+        use ScanFunction as F;
+        use ScanState as S;
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<(F, S)>,
+            Option<u64>,
+            usize,
+        );
+        let table: &[(&str, &[Row])] = &[
+            (
+                "01-corrupted",
+                &[("dummy", "DEGRADED", Some((F::Scrub, S::Finished)), None, 6)],
+            ),
+            (
+                "02-online-data-corruption",
+                &[(
+                    "jeremy",
+                    "ONLINE",
+                    Some((F::Scrub, S::Finished)),
+                    Some(1),
+                    3,
+                )],
+            ),
+            (
+                "03-resilvered",
+                &[(
+                    "dummy",
+                    "ONLINE",
+                    Some((F::Resilver, S::Finished)),
+                    Some(0),
+                    6,
+                )],
+            ),
+            (
+                "04-scrub-progress",
+                &[(
+                    "neptune",
+                    "ONLINE",
+                    Some((F::Scrub, S::InProgress)),
+                    Some(0),
+                    3,
+                )],
+            ),
+            (
+                "05-features",
+                &[
+                    ("rpool", "ONLINE", Some((F::Scrub, S::Finished)), Some(0), 3),
+                    (
+                        "wilbur",
+                        "ONLINE",
+                        Some((F::Scrub, S::Finished)),
+                        Some(0),
+                        3,
+                    ),
+                ],
+            ),
+            (
+                "06-removed",
+                &[(
+                    "dummy",
+                    "DEGRADED",
+                    Some((F::Scrub, S::Finished)),
+                    Some(0),
+                    3,
+                )],
+            ),
+            (
+                "07-unavail",
+                &[(
+                    "mypool",
+                    "DEGRADED",
+                    Some((F::Scrub, S::Finished)),
+                    Some(0),
+                    4,
+                )],
+            ),
+            (
+                "08-features-alt",
+                &[(
+                    "mypool",
+                    "ONLINE",
+                    Some((F::Scrub, S::Finished)),
+                    Some(0),
+                    3,
+                )],
+            ),
+            (
+                "09-scrub-cancel",
+                &[(
+                    "neptune",
+                    "ONLINE",
+                    Some((F::Scrub, S::Canceled)),
+                    Some(0),
+                    3,
+                )],
+            ),
+            ("10-new-pool", &[("milton", "ONLINE", None, Some(0), 3)]),
+            (
+                "11-degraded-no-scan",
+                &[("broken", "DEGRADED", None, Some(0), 3)],
+            ),
+        ];
+        for (file, rows) in table {
+            let pools =
+                parse_status_text(&fixture_text(&format!("zfs/zpool-status-zse-{file}.txt")));
+            assert_eq!(pools.len(), rows.len(), "{file}");
+            for (p, (name, state, scan, errors, below_root)) in pools.iter().zip(rows.iter()) {
+                assert_eq!(
+                    (p.name.as_str(), p.state.as_str()),
+                    (*name, *state),
+                    "{file}"
+                );
+                assert_eq!(
+                    p.scan.as_ref().map(|s| (s.function, s.state)),
+                    *scan,
+                    "{file}"
+                );
+                assert_eq!(p.data_errors, *errors, "{file}");
+                assert_eq!(vdev(p, name).state, *state, "{file}: root vdev");
+                assert_eq!(p.vdevs.len(), below_root + 1, "{file}");
+                for v in &p.vdevs {
+                    let counts = (v.read, v.write, v.checksum);
+                    if *file == "07-unavail" && v.path == "mirror-0/12345678901234567890" {
+                        assert_eq!(counts, (Some(0), Some(0), Some(100_980)));
+                    } else {
+                        assert_eq!(counts, (Some(0), Some(0), Some(0)), "{file}: {}", v.path);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn jc_multi_pool_and_spares() {
         let pools = parse_status_text(&fixture_text("zfs/jc-zpool-status-v.txt"));
