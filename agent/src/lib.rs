@@ -8,11 +8,14 @@
 //! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
 //! - [`runtime`]: the main loop tying them together.
 //! - [`hostinfo`]: what Hello says about the host.
+//! - [`spool`]: the on-disk log of unacknowledged collections.
+//! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
 pub mod collector;
 pub mod collectors;
 pub mod config;
+pub mod freebsd;
 pub mod hostinfo;
 pub mod runtime;
 pub mod spool;

@@ -27,35 +27,54 @@ use std::str::FromStr;
 
 use crate::collector::{CollectError, CollectorSpec};
 
+#[cfg(target_os = "linux")]
 pub mod conntrack;
+#[cfg(target_os = "linux")]
 pub mod diskstats;
 // pub mod filesystem;
+#[cfg(target_os = "linux")]
 pub mod loadavg;
+#[cfg(target_os = "linux")]
 pub mod meminfo;
+#[cfg(target_os = "linux")]
 pub mod netdev;
+#[cfg(target_os = "linux")]
 pub mod netstat;
+#[cfg(target_os = "linux")]
 pub mod pressure;
+#[cfg(target_os = "linux")]
 pub mod stat;
+#[cfg(target_os = "linux")]
 pub mod vmstat;
+pub mod zfs;
+pub mod zpool;
 
 #[cfg(test)]
 pub(crate) mod fuzz_util;
 
 /// Every collector this build knows, in the order they run.
 #[must_use]
+#[allow(clippy::vec_init_then_push, reason = "entries are added per target OS")]
 pub fn registry() -> Vec<CollectorSpec> {
-    vec![
+    let mut specs = vec![];
+    #[cfg(target_os = "linux")]
+    specs.extend([
         stat::SPEC,
         meminfo::SPEC,
         loadavg::SPEC,
         pressure::SPEC,
         diskstats::SPEC,
-        // filesystem::SPEC,
         netdev::SPEC,
         netstat::SPEC,
         vmstat::SPEC,
         conntrack::SPEC,
-    ]
+        // ZFS kstats exist only on Linux (`/proc/spl`); FreeBSD has them as sysctls (`freebsd::arc`).
+        zfs::SPEC,
+    ]);
+    specs.push(zpool::SPEC);
+    #[cfg(target_os = "freebsd")]
+    specs.extend(crate::freebsd::specs());
+    specs
 }
 
 /// Parses one field, naming the field and the 1-based line in the error.
