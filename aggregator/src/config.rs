@@ -1,5 +1,6 @@
 //! The aggregator's configuration file (YAML) and its validation.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +37,38 @@ pub struct File {
     /// Per-node limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Prometheus rule files (globs), reloaded on SIGHUP and when they change.
+    #[serde(default)]
+    pub rule_files: Vec<String>,
+    /// Interval of rule groups that set none (default `1s`).
+    #[serde(default)]
+    pub evaluation_interval: Option<String>,
+    /// Labels added to every alert sent (as Prometheus' `global.external_labels`).
+    #[serde(default)]
+    pub external_labels: BTreeMap<String, String>,
+    /// This aggregator's URL, for alerts' `generatorURL` and `$externalURL`.
+    #[serde(default)]
+    pub external_url: Option<String>,
+    /// Where alerts go.
+    #[serde(default)]
+    pub alerting: Alerting,
 }
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Alerting {
+    /// Alertmanager base URLs (`http://alertmanager:9093`); every alert goes to each.
+    #[serde(default)]
+    pub alertmanagers: Vec<String>,
+    /// How often firing alerts are re-sent (default `1m`, as Prometheus).
+    #[serde(default)]
+    pub resend_delay: Option<String>,
+}
+
+/// Default interval of rule groups: one second, so node events alert at once.
+pub const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(1);
+/// Prometheus' default `--rules.alert.resend-delay`.
+pub const DEFAULT_RESEND_DELAY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +152,12 @@ pub struct Config {
     pub tls: TlsFiles,
     pub retention: Duration,
     pub limits: Limits,
+    pub rule_files: Vec<String>,
+    pub evaluation_interval: Duration,
+    pub external_labels: BTreeMap<String, String>,
+    pub external_url: String,
+    pub alertmanagers: Vec<String>,
+    pub resend_delay: Duration,
 }
 
 impl File {
@@ -156,6 +194,29 @@ impl File {
         if self.limits.max_frame_bytes < 4096 {
             p.add("limits.max_frame_bytes", "must be at least 4096");
         }
+        let evaluation_interval = match &self.evaluation_interval {
+            None => DEFAULT_EVALUATION_INTERVAL,
+            Some(v) => config::parse_duration(v).map_err(|e| p.add("evaluation_interval", e)).unwrap_or(DEFAULT_EVALUATION_INTERVAL),
+        };
+        let resend_delay = match &self.alerting.resend_delay {
+            None => DEFAULT_RESEND_DELAY,
+            Some(v) => config::parse_duration(v).map_err(|e| p.add("alerting.resend_delay", e)).unwrap_or(DEFAULT_RESEND_DELAY),
+        };
+        for (i, u) in self.alerting.alertmanagers.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                p.add(format!("alerting.alertmanagers[{i}]"), format!("{u:?}: expected an http:// or https:// URL"));
+            }
+        }
+        for (i, g) in self.rule_files.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(g) {
+                p.add(format!("rule_files[{i}]"), format!("{g:?}: {e}"));
+            }
+        }
+        for k in self.external_labels.keys() {
+            if k.is_empty() || k.starts_with("__") || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                p.add(format!("external_labels.{k}"), "not a valid label name");
+            }
+        }
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -164,6 +225,12 @@ impl File {
                 tls,
                 retention,
                 limits: self.limits.clone(),
+                rule_files: self.rule_files.clone(),
+                evaluation_interval,
+                external_labels: self.external_labels.clone(),
+                external_url: self.external_url.clone().unwrap_or_else(|| format!("http://{http_listen}")),
+                alertmanagers: self.alerting.alertmanagers.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+                resend_delay,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }

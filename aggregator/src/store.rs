@@ -73,7 +73,8 @@ impl Series {
     pub fn at(&self, t_ms: i64) -> Option<(i64, f64)> {
         let idx = self.samples.partition_point(|(t, _)| *t <= t_ms);
         let (t, v) = *self.samples.get(idx.checked_sub(1)?)?;
-        (t > t_ms - LOOKBACK_MS).then_some((t, v))
+        // A staleness marker (written when a recording rule's series ends) hides the series.
+        (t > t_ms - LOOKBACK_MS && !crate::promql::is_stale_nan(v)).then_some((t, v))
     }
 }
 
@@ -312,5 +313,26 @@ mod tests {
         // Retention drops old samples.
         store.append(&[(a, 100_000, 5.0)]);
         assert_eq!(store.read().series(a).samples.len(), 1);
+    }
+}
+
+/// The rule engine and queries read the store through this trait.
+impl crate::promql::Storage for Store {
+    fn select(&self, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<crate::promql::SeriesData> {
+        let inner = self.read();
+        inner
+            .select(matchers)
+            .filter_map(|s| {
+                let lo = s.samples.partition_point(|(t, _)| *t < start_ms);
+                let hi = s.samples.partition_point(|(t, _)| *t <= end_ms);
+                if lo >= hi {
+                    return None;
+                }
+                Some(crate::promql::SeriesData {
+                    labels: crate::promql::Labels::from_pairs(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                    samples: s.samples.range(lo..hi).copied().collect(),
+                })
+            })
+            .collect()
     }
 }
