@@ -100,6 +100,8 @@ pub struct Group {
     interval_ms: i64,
     engine: Engine,
     external: ExternalContext,
+    /// Every selector of every rule, for [`Group::reads`].
+    selectors: Vec<promql_parser::label::Matchers>,
     state: Mutex<GroupState>,
 }
 
@@ -108,7 +110,13 @@ impl Group {
     #[must_use]
     pub fn new(spec: GroupSpec, opts: &GroupOptions) -> Self {
         let n = spec.rules.len();
+        let selectors = spec
+            .rules
+            .iter()
+            .flat_map(|r| crate::promql::selectors(&r.expr))
+            .collect();
         Self {
+            selectors,
             interval_ms: spec.interval_ms.unwrap_or(opts.default_interval_ms),
             spec,
             engine: Engine::new(opts.engine),
@@ -240,6 +248,17 @@ impl Group {
             });
         }
         Ok(out)
+    }
+
+    /// Whether a sample of a series with `labels` can change what this
+    /// group computes: any selector of any rule matches it. The aggregator
+    /// uses this to evaluate a group as soon as an event lands in a series
+    /// it reads, rather than at its next interval.
+    #[must_use]
+    pub fn reads(&self, labels: &Labels) -> bool {
+        self.selectors
+            .iter()
+            .any(|m| crate::promql::storage::matchers_select(labels, m))
     }
 
     /// The group's alerts as of the last evaluation.
