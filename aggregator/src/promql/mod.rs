@@ -18,6 +18,7 @@ pub mod storage;
 mod support;
 pub mod value;
 
+pub(crate) use functions::civil_from_days;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
 pub use support::{check_supported, selectors, Unsupported, SUPPORTED_FUNCTIONS};

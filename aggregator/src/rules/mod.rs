@@ -10,6 +10,7 @@
 
 pub mod alerting;
 pub mod file;
+pub mod notifier;
 pub mod template;
 pub mod unittest;
 
@@ -259,6 +260,35 @@ impl Group {
         self.selectors
             .iter()
             .any(|m| crate::promql::storage::matchers_select(labels, m))
+    }
+
+    /// The alerts to hand to the notifier after an evaluation at `t_ms`
+    /// (`AlertingRule.sendAlerts`): firing alerts not sent for
+    /// `resend_delay_ms`, and alerts resolved since their last send. Each is
+    /// marked sent; a firing one is valid until `t + 4 × max(interval,
+    /// resend delay)`, so Alertmanager resolves it by itself if two
+    /// evaluations or sends are missed. Returns each alert with the text of
+    /// its rule's expression (for `generatorURL`).
+    pub fn alerts_to_send(&self, t_ms: i64, resend_delay_ms: i64) -> Vec<(ActiveAlert, String)> {
+        let delta = self.interval_ms.max(resend_delay_ms);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (rule, alerting) in self.spec.rules.iter().zip(state.alerting.iter_mut()) {
+            let mut keys: Vec<&Labels> = alerting.active.keys().collect();
+            keys.sort();
+            let keys: Vec<Labels> = keys.into_iter().cloned().collect();
+            for k in keys {
+                let Some(a) = alerting.active.get_mut(&k) else {
+                    continue;
+                };
+                if a.needs_sending(t_ms, resend_delay_ms) {
+                    a.last_sent_ms = Some(t_ms);
+                    a.valid_until_ms = Some(t_ms.saturating_add(delta.saturating_mul(4)));
+                    out.push((a.clone(), rule.expr_text.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// The group's alerts as of the last evaluation.
