@@ -148,6 +148,8 @@ fn alert_life_cycle_with_for_keep_firing_for_and_resolution() {
     let groups = load_groups(&[p], &GroupOptions::default()).unwrap();
     let g = &groups[0];
     assert_eq!(g.interval_ms(), 10_000);
+    assert!(g.reads(&Labels::from_pairs([("__name__", "up"), ("job", "x")])));
+    assert!(!g.reads(&Labels::from_pairs([("__name__", "down")])));
     let mut s = MemStorage::new();
     let mut states = Vec::new();
     for t in (0..=120).step_by(10) {

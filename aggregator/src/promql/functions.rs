@@ -350,7 +350,7 @@ fn absent_labels(e: &Expr) -> Labels {
 
 /// Civil date of a day count since 1970-01-01 (H. Hinnant's algorithm,
 /// proleptic Gregorian like Go's `time`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

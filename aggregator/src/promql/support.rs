@@ -147,3 +147,46 @@ pub fn check_supported(expr: &Expr) -> Result<(), Unsupported> {
         }
     }
 }
+
+/// The label matchers of every selector in `expr`, each including its
+/// metric name as a `__name__` matcher: what a change must match to affect
+/// the expression's value.
+#[must_use]
+pub fn selectors(expr: &Expr) -> Vec<promql_parser::label::Matchers> {
+    let mut out = Vec::new();
+    collect_selectors(expr, &mut out);
+    out
+}
+
+fn collect_selectors(expr: &Expr, out: &mut Vec<promql_parser::label::Matchers>) {
+    let mut push = |vs: &promql_parser::parser::VectorSelector| {
+        let mut m = vs.matchers.clone();
+        if let Some(n) = &vs.name {
+            m.matchers.push(promql_parser::label::Matcher::new(
+                promql_parser::label::MatchOp::Equal,
+                super::METRIC_NAME,
+                n,
+            ));
+        }
+        out.push(m);
+    };
+    match expr {
+        Expr::VectorSelector(vs) => push(vs),
+        Expr::MatrixSelector(ms) => push(&ms.vs),
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+            collect_selectors(&a.expr, out);
+        }
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}

@@ -68,6 +68,27 @@ pub struct ActiveAlert {
     pub resolved_at_ms: Option<i64>,
     /// Since when it is kept firing by `keep_firing_for`, ms.
     pub keep_firing_since_ms: Option<i64>,
+    /// When it was last handed to the notifier, ms.
+    pub last_sent_ms: Option<i64>,
+    /// The `endsAt` last sent for it while firing, ms.
+    pub valid_until_ms: Option<i64>,
+}
+
+impl ActiveAlert {
+    /// Whether the notifier should (re-)send this alert at `t`
+    /// (`Alert.needsSending`): never while pending; at once when resolved
+    /// since the last send; otherwise once `resend_delay` has passed.
+    #[must_use]
+    pub fn needs_sending(&self, t: i64, resend_delay_ms: i64) -> bool {
+        if self.state == AlertState::Pending {
+            return false;
+        }
+        match (self.resolved_at_ms, self.last_sent_ms) {
+            (_, None) => true,
+            (Some(r), Some(s)) if r > s => true,
+            (_, Some(s)) => s.saturating_add(resend_delay_ms) < t,
+        }
+    }
 }
 
 /// Evaluation-wide data the templates can read.
@@ -140,6 +161,8 @@ impl AlertingState {
                     fired_at_ms: None,
                     resolved_at_ms: None,
                     keep_firing_since_ms: None,
+                    last_sent_ms: None,
+                    valid_until_ms: None,
                 },
             );
         }

@@ -10,6 +10,7 @@
 
 pub mod alerting;
 pub mod file;
+pub mod notifier;
 pub mod template;
 pub mod unittest;
 
@@ -100,6 +101,8 @@ pub struct Group {
     interval_ms: i64,
     engine: Engine,
     external: ExternalContext,
+    /// Every selector of every rule, for [`Group::reads`].
+    selectors: Vec<promql_parser::label::Matchers>,
     state: Mutex<GroupState>,
 }
 
@@ -108,7 +111,13 @@ impl Group {
     #[must_use]
     pub fn new(spec: GroupSpec, opts: &GroupOptions) -> Self {
         let n = spec.rules.len();
+        let selectors = spec
+            .rules
+            .iter()
+            .flat_map(|r| crate::promql::selectors(&r.expr))
+            .collect();
         Self {
+            selectors,
             interval_ms: spec.interval_ms.unwrap_or(opts.default_interval_ms),
             spec,
             engine: Engine::new(opts.engine),
@@ -240,6 +249,46 @@ impl Group {
             });
         }
         Ok(out)
+    }
+
+    /// Whether a sample of a series with `labels` can change what this
+    /// group computes: any selector of any rule matches it. The aggregator
+    /// uses this to evaluate a group as soon as an event lands in a series
+    /// it reads, rather than at its next interval.
+    #[must_use]
+    pub fn reads(&self, labels: &Labels) -> bool {
+        self.selectors
+            .iter()
+            .any(|m| crate::promql::storage::matchers_select(labels, m))
+    }
+
+    /// The alerts to hand to the notifier after an evaluation at `t_ms`
+    /// (`AlertingRule.sendAlerts`): firing alerts not sent for
+    /// `resend_delay_ms`, and alerts resolved since their last send. Each is
+    /// marked sent; a firing one is valid until `t + 4 × max(interval,
+    /// resend delay)`, so Alertmanager resolves it by itself if two
+    /// evaluations or sends are missed. Returns each alert with the text of
+    /// its rule's expression (for `generatorURL`).
+    pub fn alerts_to_send(&self, t_ms: i64, resend_delay_ms: i64) -> Vec<(ActiveAlert, String)> {
+        let delta = self.interval_ms.max(resend_delay_ms);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (rule, alerting) in self.spec.rules.iter().zip(state.alerting.iter_mut()) {
+            let mut keys: Vec<&Labels> = alerting.active.keys().collect();
+            keys.sort();
+            let keys: Vec<Labels> = keys.into_iter().cloned().collect();
+            for k in keys {
+                let Some(a) = alerting.active.get_mut(&k) else {
+                    continue;
+                };
+                if a.needs_sending(t_ms, resend_delay_ms) {
+                    a.last_sent_ms = Some(t_ms);
+                    a.valid_until_ms = Some(t_ms.saturating_add(delta.saturating_mul(4)));
+                    out.push((a.clone(), rule.expr_text.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// The group's alerts as of the last evaluation.
