@@ -214,7 +214,16 @@ fn base_renders_every_file_with_namespaced_objects() {
 
 #[test]
 fn builtin_objects_validate_against_kubernetes_1_33() {
-    let Some(validator) = find_program("kubernetes-validate") else {
+    // The console script, or the module where pip put no script on PATH.
+    let validator = find_program("kubernetes-validate")
+        .map(|p| (p, vec![]))
+        .or_else(|| {
+            let py = find_program("python3")?;
+            run(Command::new(&py).args(["-c", "import kubernetes_validate"]))
+                .0
+                .then(|| (py, vec!["-m", "kubernetes_validate"]))
+        });
+    let Some((validator, prefix)) = validator else {
         return missing(&format!("kubernetes-validate ({INSTALL})"));
     };
     let docs = render();
@@ -229,6 +238,7 @@ fn builtin_objects_validate_against_kubernetes_1_33() {
     }
     std::fs::write(&file, text).unwrap();
     let (ok, out) = run(Command::new(validator)
+        .args(prefix)
         .args(["-k", KUBERNETES_VERSION, "--strict"])
         .arg(&file));
     eprintln!("{out}");
@@ -701,6 +711,20 @@ fn aggregator_is_restricted_redundant_and_scraped() {
     };
     assert!(matches(svc));
     assert!(!matches(headless));
+    // The job label the rules and the dashboard select on is the one the
+    // ServiceMonitor produces (`jobLabel` names a label of the Service).
+    let job_label = sm["spec"]["jobLabel"].as_str().expect("jobLabel");
+    let job = svc["metadata"]["labels"][job_label].as_str().unwrap();
+    let rules = std::fs::read_to_string(deploy("rules/nodewatch.rules.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(deploy("grafana/nodewatch.json")).unwrap();
+    assert!(
+        rules.contains(&format!("job=\"{job}\"")),
+        "rules select job {job}"
+    );
+    assert!(
+        dashboard.contains(&format!("job=\\\"{job}\\\"")),
+        "dashboard selects job {job}"
+    );
 }
 
 #[derive(Deserialize)]
