@@ -767,6 +767,44 @@ fn configs_parse_with_the_binaries_own_types_and_match_the_pods() {
         let f = f.as_ref().expect("tls file set").to_str().unwrap();
         assert!(mounted(agent_c, f), "agent {f} is not on a mounted volume");
     }
+    // The spool lies on the hostPath, not in the container's file system.
+    let spool = agent
+        .spool
+        .dir
+        .as_ref()
+        .map_or(nodewatch_agent::spool::DEFAULT_DIR, |d| d.to_str().unwrap());
+    assert!(
+        mounted(agent_c, spool),
+        "spool {spool} is not on a mounted volume"
+    );
+    let (spool_vol, _) = mount_of(ds_pod, agent_c, "/var/lib/nodewatch");
+    assert!(spool_vol["hostPath"].is_mapping());
+    // The probes reach the address the agent serves its health on.
+    let health = agent
+        .health_listen
+        .as_deref()
+        .unwrap_or(nodewatch_agent::config::DEFAULT_HEALTH_LISTEN);
+    let health: std::net::SocketAddr = health.parse().unwrap();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &agent_c[probe]["httpGet"];
+        let port = &get["port"];
+        let port_no = port.as_u64().or_else(|| {
+            seq(&agent_c["ports"])
+                .iter()
+                .find(|p| p["name"] == *port)
+                .and_then(|p| p["containerPort"].as_u64())
+        });
+        assert_eq!(port_no, Some(u64::from(health.port())), "{probe} port");
+        if health.ip().is_loopback() {
+            // Only the host network namespace's loopback is the kubelet's.
+            assert_eq!(
+                ds_pod["hostNetwork"].as_bool(),
+                Some(true),
+                "{probe}: loopback needs hostNetwork"
+            );
+            assert_eq!(get["host"].as_str(), Some("127.0.0.1"), "{probe} host");
+        }
+    }
 
     // Every aggregator the agent dials is a replica of the StatefulSet, by
     // its stable name, and named in the server certificate.
@@ -962,4 +1000,20 @@ fn flux_kustomization_points_at_the_base() {
     let git = find(&docs, "GitRepository", "nodewatch");
     assert_eq!(s["sourceRef"]["name"].as_str(), Some("nodewatch"));
     assert!(git["spec"]["url"].is_string());
+}
+
+/// The aggregators evaluate the same pack: nodewatch's own rule checker and
+/// unit-test runner (`nodewatch-aggregator test-rules`) must accept it too.
+#[test]
+fn rule_pack_passes_the_aggregators_own_engine() {
+    use nodewatch_aggregator::rules::unittest::{check_rule_files, run_test_files};
+    let mut out = Vec::new();
+    let code = check_rule_files(&[deploy("rules/nodewatch.rules.yml")], &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "check rules:\n{text}");
+    let mut out = Vec::new();
+    let code = run_test_files(&[deploy("rules/nodewatch.rules.test.yml")], &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "test rules:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
 }
