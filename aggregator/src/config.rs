@@ -196,15 +196,22 @@ impl File {
         }
         let evaluation_interval = match &self.evaluation_interval {
             None => DEFAULT_EVALUATION_INTERVAL,
-            Some(v) => config::parse_duration(v).map_err(|e| p.add("evaluation_interval", e)).unwrap_or(DEFAULT_EVALUATION_INTERVAL),
+            Some(v) => config::parse_duration(v)
+                .map_err(|e| p.add("evaluation_interval", e))
+                .unwrap_or(DEFAULT_EVALUATION_INTERVAL),
         };
         let resend_delay = match &self.alerting.resend_delay {
             None => DEFAULT_RESEND_DELAY,
-            Some(v) => config::parse_duration(v).map_err(|e| p.add("alerting.resend_delay", e)).unwrap_or(DEFAULT_RESEND_DELAY),
+            Some(v) => config::parse_duration(v)
+                .map_err(|e| p.add("alerting.resend_delay", e))
+                .unwrap_or(DEFAULT_RESEND_DELAY),
         };
         for (i, u) in self.alerting.alertmanagers.iter().enumerate() {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                p.add(format!("alerting.alertmanagers[{i}]"), format!("{u:?}: expected an http:// or https:// URL"));
+                p.add(
+                    format!("alerting.alertmanagers[{i}]"),
+                    format!("{u:?}: expected an http:// or https:// URL"),
+                );
             }
         }
         for (i, g) in self.rule_files.iter().enumerate() {
@@ -213,7 +220,10 @@ impl File {
             }
         }
         for k in self.external_labels.keys() {
-            if k.is_empty() || k.starts_with("__") || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if k.is_empty()
+                || k.starts_with("__")
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 p.add(format!("external_labels.{k}"), "not a valid label name");
             }
         }
@@ -228,8 +238,16 @@ impl File {
                 rule_files: self.rule_files.clone(),
                 evaluation_interval,
                 external_labels: self.external_labels.clone(),
-                external_url: self.external_url.clone().unwrap_or_else(|| format!("http://{http_listen}")),
-                alertmanagers: self.alerting.alertmanagers.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+                external_url: self
+                    .external_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{http_listen}")),
+                alertmanagers: self
+                    .alerting
+                    .alertmanagers
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .collect(),
                 resend_delay,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),

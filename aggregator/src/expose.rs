@@ -15,6 +15,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use nodewatch_proto::text;
 
+use crate::store::now_ms;
 use crate::store::{Series, Store};
 
 /// Renders the latest sample of every live series, grouped by family with
@@ -63,12 +64,6 @@ pub fn render(store: &Store, now_ms: i64) -> String {
         }
     }
     out
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Clone)]

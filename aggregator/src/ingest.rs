@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::auth::require_node;
 use crate::events::EventLog;
 use crate::nodes::Nodes;
+use crate::store::now_ms;
 use crate::store::{FamilyMeta, FamilyType, Labels, SeriesId, Store};
 
 /// How long an agent has to send Hello after the stream opens.
@@ -44,6 +45,8 @@ pub struct IngestService {
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
     pub max_series_per_node: usize,
+    /// Evaluates rule groups at once when events land.
+    pub rules: Option<Arc<crate::manager::RuleManager>>,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<AggregatorFrame, Status>> + Send>>;
@@ -66,12 +69,6 @@ fn error_frame(
         seq,
         fatal,
     }))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -259,12 +256,18 @@ impl IngestService {
         metrics::counter!("nodewatch_aggregator_samples_total", "node" => node.clone())
             .increment(appended as u64);
         let now = now_ms();
+        let had_events = !batch.events.is_empty();
         for mut e in batch.events {
             e.node.clone_from(&node);
             metrics::counter!("nodewatch_aggregator_events_total", "node" => node.clone(), "kind" => kind_name(&e)).increment(1);
             self.events.push(e);
         }
         self.nodes.stored(&s.node, &s.hello, seq, now);
+        if had_events {
+            if let Some(m) = &self.rules {
+                m.trigger();
+            }
+        }
         if !problems.is_empty() {
             let kind = if limit_hit { "limit" } else { "bad_frame" };
             metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => kind).increment(problem_count as u64);
@@ -467,6 +470,7 @@ mod tests {
             nodes: Arc::new(Nodes::default()),
             events: Arc::new(EventLog::default()),
             max_series_per_node: 64,
+            rules: None,
         };
         let node = NodeName::new("fuzz").unwrap();
         let s = Session {

@@ -12,6 +12,7 @@
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
 //! - [`promql`]: the PromQL evaluator over a `Storage` trait.
 //! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
+//! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
 //! - [`server`]: wiring and shutdown.
 //! - [`cli`]: the `nodewatch` command-line tool.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod events;
 pub mod expose;
 pub mod ingest;
+pub mod manager;
 pub mod nodes;
 pub mod promql;
 pub mod query;

@@ -4,110 +4,71 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::promql::Value;
 use futures::{Stream, StreamExt};
 use nodewatch_proto::v1::query_server::Query;
 use nodewatch_proto::v1::{
-    Event, Label, ListAlertsRequest, ListAlertsResponse, ListNodesRequest, ListNodesResponse,
-    QueryRequest, QueryResponse, SeriesValue, WatchEventsRequest,
+    Alert, Event, Label, ListAlertsRequest, ListAlertsResponse, ListNodesRequest,
+    ListNodesResponse, QueryRequest, QueryResponse, SeriesValue, WatchEventsRequest,
 };
-use promql_parser::label::{MatchOp, Matcher, Matchers};
-use promql_parser::parser::{self, Expr};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::auth::require_operator;
 use crate::events::EventLog;
 use crate::nodes::Nodes;
+use crate::store::now_ms;
 use crate::store::Store;
 
 pub struct QueryService {
     pub store: Arc<Store>,
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
+    pub rules: Option<Arc<crate::manager::RuleManager>>,
 }
 
-/// Why a query could not be answered.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("parse error: {0}")]
-    Parse(String),
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-impl From<QueryError> for Status {
-    fn from(e: QueryError) -> Self {
-        match e {
-            QueryError::Parse(_) => Status::invalid_argument(e.to_string()),
-            QueryError::Unsupported(_) => Status::unimplemented(e.to_string()),
+/// Evaluates an instant query at `t_ms` with the PromQL engine.
+pub fn instant(store: &Store, expr: &str, t_ms: i64) -> Result<QueryResponse, Status> {
+    let engine = crate::promql::Engine::default();
+    let value = engine.query(store, expr, t_ms).map_err(|e| match e {
+        crate::promql::QueryError::Parse(p) => {
+            Status::invalid_argument(format!("parse error: {}", p.0))
         }
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Evaluates an instant query at `t_ms`.
-pub fn instant(store: &Store, expr: &str, t_ms: i64) -> Result<QueryResponse, QueryError> {
-    let ast = parser::parse(expr).map_err(QueryError::Parse)?;
-    let Expr::VectorSelector(vs) = ast else {
-        return Err(QueryError::Unsupported(format!(
-            "only instant vector selectors such as node_load1{{node=\"x\"}} are answered for now; {expr:?} needs the PromQL engine"
-        )));
-    };
-    if vs.at.is_some() {
-        return Err(QueryError::Unsupported(
-            "the @ modifier is not supported yet".into(),
-        ));
-    }
-    let offset_ms = match &vs.offset {
-        Some(promql_parser::parser::Offset::Pos(d)) => d.as_millis() as i64,
-        Some(promql_parser::parser::Offset::Neg(d)) => -(d.as_millis() as i64),
-        None => 0,
-    };
-    let mut ms: Matchers = vs.matchers.clone();
-    if let Some(name) = &vs.name {
-        if !ms.matchers.iter().any(|m| m.name == "__name__") {
-            ms.matchers
-                .push(Matcher::new(MatchOp::Equal, "__name__", name));
-        }
-    }
-    let at = t_ms - offset_ms;
-    let inner = store.read();
-    let mut vector: Vec<SeriesValue> = inner
-        .select(&ms)
-        .filter_map(|s| {
-            let (_, v) = s.at(at)?;
-            Some(SeriesValue {
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| Label {
-                        name: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
-                t_ms,
-                value: v,
-            })
-        })
-        .collect();
-    vector.sort_by(|a, b| {
-        a.labels
-            .iter()
-            .map(|l| (&l.name, &l.value))
-            .cmp(b.labels.iter().map(|l| (&l.name, &l.value)))
-    });
-    Ok(QueryResponse {
-        result_type: "vector".into(),
-        vector,
-        scalar: 0.0,
-        string_value: String::new(),
+        crate::promql::QueryError::Eval(e) => Status::invalid_argument(e.to_string()),
+    })?;
+    let mut resp = QueryResponse {
         time_ms: t_ms,
-    })
+        ..QueryResponse::default()
+    };
+    match value {
+        Value::Vector(v) => {
+            resp.result_type = "vector".into();
+            resp.vector = v
+                .into_iter()
+                .map(|s| SeriesValue {
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| Label {
+                            name: k.to_string(),
+                            value: v.to_string(),
+                        })
+                        .collect(),
+                    t_ms: s.t,
+                    value: s.v,
+                })
+                .collect();
+        }
+        Value::Scalar(v) => {
+            resp.result_type = "scalar".into();
+            resp.scalar = v;
+        }
+        Value::String(v) => {
+            resp.result_type = "string".into();
+            resp.string_value = v;
+        }
+    }
+    Ok(resp)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
@@ -140,7 +101,37 @@ impl Query for QueryService {
         req: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
         require_operator(&req)?;
-        Ok(Response::new(ListAlertsResponse { alerts: Vec::new() }))
+        let alerts = self
+            .rules
+            .as_ref()
+            .map(|m| m.alerts())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(group, a)| Alert {
+                labels: a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| Label {
+                        name: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                annotations: a
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| Label {
+                        name: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                state: a.state.as_str().to_string(),
+                active_since_ms: a.active_at_ms,
+                value: a.value,
+                rule_group: group,
+                rule: a.rule,
+            })
+            .collect();
+        Ok(Response::new(ListAlertsResponse { alerts }))
     }
 
     type WatchEventsStream = EventStream;
@@ -192,26 +183,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selectors_answer_and_other_queries_say_why_not() {
+    fn promql_over_the_store() {
         let store = Store::new(600_000);
-        let mut l: Vec<(String, String)> =
-            vec![("__name__".into(), "m".into()), ("node".into(), "a".into())];
+        let mut l: Vec<(String, String)> = vec![
+            ("__name__".into(), "m_total".into()),
+            ("node".into(), "a".into()),
+        ];
         l.sort();
         let id = store.series_id(l.into());
-        store.append(&[(id, 1_000, 7.0)]);
-        let r = instant(&store, "m{node=~\"a|b\"}", 2_000).unwrap();
-        assert_eq!(r.vector.len(), 1);
+        store.append(&[(id, 1_000, 1.0), (id, 61_000, 7.0)]);
+        let r = instant(&store, "m_total{node=~\"a|b\"}", 62_000).unwrap();
+        assert_eq!(r.result_type, "vector");
         assert!((r.vector[0].value - 7.0).abs() < f64::EPSILON);
-        assert!(instant(&store, "m{node=\"b\"}", 2_000)
-            .unwrap()
-            .vector
-            .is_empty());
-        assert!(instant(&store, "m offset 1s", 2_000).unwrap().vector.len() == 1);
-        let err = instant(&store, "rate(m[5m])", 2_000).unwrap_err();
-        assert!(matches!(err, QueryError::Unsupported(_)), "{err}");
-        assert!(matches!(
-            instant(&store, "m{", 0).unwrap_err(),
-            QueryError::Parse(_)
-        ));
+        let r = instant(&store, "sum(increase(m_total[2m]))", 62_000).unwrap();
+        assert!(r.vector[0].value > 6.0, "{:?}", r.vector);
+        let r = instant(&store, "1 + 2", 62_000).unwrap();
+        assert_eq!((r.result_type.as_str(), r.scalar), ("scalar", 3.0));
+        assert_eq!(
+            instant(&store, "m{", 0).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let err = instant(&store, "info(m_total)", 0).unwrap_err();
+        assert!(err.message().contains("info"), "{}", err.message());
     }
 }

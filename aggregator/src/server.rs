@@ -16,8 +16,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::events::EventLog;
 use crate::ingest::{IngestHandle, IngestService};
+use crate::manager::RuleManager;
 use crate::nodes::Nodes;
 use crate::query::QueryService;
+use crate::rules::notifier::{AlertmanagerTarget, Notifier, NotifierConfig};
+use crate::rules::{ExternalContext, GroupOptions};
 use crate::store::Store;
 
 /// How long open agent streams get to finish after shutdown starts before
@@ -40,6 +43,10 @@ pub enum ServerError {
     Metrics(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("rule files:\n  {}", .0.join("\n  "))]
+    Rules(Vec<String>),
+    #[error("alerting.alertmanagers: {0}")]
+    Alertmanager(String),
 }
 
 /// The aggregator's shared state.
@@ -47,6 +54,7 @@ pub struct State {
     pub store: Arc<Store>,
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
+    pub rules: Arc<RuleManager>,
 }
 
 /// A started aggregator.
@@ -102,17 +110,61 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         source,
     })?;
 
-    let state = Arc::new(State {
-        store: Store::new(config.retention.as_millis() as i64),
-        nodes: Arc::new(Nodes::default()),
-        events: Arc::new(EventLog::default()),
-    });
+    let state_store = Store::new(config.retention.as_millis() as i64);
     let (shutdown, rx) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let mut tasks = Vec::new();
 
+    // Alerts: Alertmanager API v2 with Prometheus' resend semantics.
+    let notifier = if config.alertmanagers.is_empty() {
+        None
+    } else {
+        let mut targets = Vec::new();
+        for u in &config.alertmanagers {
+            let url: http::Uri = u
+                .parse()
+                .map_err(|e| ServerError::Alertmanager(format!("{u:?}: {e}")))?;
+            targets.push(AlertmanagerTarget { url, tls: None });
+        }
+        let (n, task) = Notifier::new(NotifierConfig {
+            targets,
+            external_labels: crate::promql::Labels::from_pairs(config.external_labels.clone()),
+            external_url: config.external_url.clone(),
+            resend_delay: config.resend_delay,
+            ..NotifierConfig::default()
+        });
+        tasks.push(tokio::spawn(task.run(wait(rx.clone()))));
+        Some(n)
+    };
+    let opts = GroupOptions {
+        default_interval_ms: config.evaluation_interval.as_millis() as i64,
+        external: ExternalContext {
+            labels: config.external_labels.clone(),
+            url: config.external_url.clone(),
+        },
+        ..GroupOptions::default()
+    };
+    let rules = RuleManager::new(
+        Arc::clone(&state_store),
+        config.rule_files.clone(),
+        opts,
+        notifier,
+    );
+    if !config.rule_files.is_empty() {
+        rules.reload().map_err(ServerError::Rules)?;
+    }
+    tasks.push(tokio::spawn(Arc::clone(&rules).run(rx.clone())));
+
+    let state = Arc::new(State {
+        store: state_store,
+        nodes: Arc::new(Nodes::default()),
+        events: Arc::new(EventLog::default()),
+        rules: Arc::clone(&rules),
+    });
     let ingest = IngestService {
+        rules: Some(Arc::clone(&state.rules)),
         store: Arc::clone(&state.store),
         nodes: Arc::clone(&state.nodes),
         events: Arc::clone(&state.events),
@@ -122,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store: Arc::clone(&state.store),
         nodes: Arc::clone(&state.nodes),
         events: Arc::clone(&state.events),
+        rules: Some(Arc::clone(&state.rules)),
     };
     let incoming = tls::incoming(grpc, server_tls);
     let grpc_server = tonic::transport::Server::builder()
@@ -166,12 +219,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
 
     info!(grpc = %grpc_addr, http = %http_addr, "Aggregator listening.");
+    tasks.extend([grpc_task, http_task, upkeep, reloader]);
     Ok(Running {
         grpc_addr,
         http_addr,
         state,
         shutdown,
-        tasks: vec![grpc_task, http_task, upkeep, reloader],
+        tasks,
     })
 }
 

@@ -19,6 +19,14 @@ pub const MAX_SAMPLES_PER_SERIES: usize = 4096;
 /// absent from instant queries and from `/metrics`.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A label set, sorted by name, including `__name__` and `node`.
 pub type Labels = Arc<[(String, String)]>;
 
@@ -318,7 +326,12 @@ mod tests {
 
 /// The rule engine and queries read the store through this trait.
 impl crate::promql::Storage for Store {
-    fn select(&self, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<crate::promql::SeriesData> {
+    fn select(
+        &self,
+        matchers: &Matchers,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<crate::promql::SeriesData> {
         let inner = self.read();
         inner
             .select(matchers)
@@ -329,7 +342,9 @@ impl crate::promql::Storage for Store {
                     return None;
                 }
                 Some(crate::promql::SeriesData {
-                    labels: crate::promql::Labels::from_pairs(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+                    labels: crate::promql::Labels::from_pairs(
+                        s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    ),
                     samples: s.samples.range(lo..hi).copied().collect(),
                 })
             })

@@ -331,3 +331,105 @@ pub fn channel(agg: &Aggregator, files: &TlsFiles) -> tonic::transport::Channel 
     )
     .unwrap()
 }
+
+/// A webhook receiver: an HTTP server on loopback that stores each POST body.
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub bodies: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Webhook {
+    #[must_use]
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    // Read headers, then Content-Length bytes of body.
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                store
+                                    .lock()
+                                    .unwrap()
+                                    .push((Instant::now(), body[..len].to_string()));
+                                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    /// The first body containing `needle`, with when it arrived.
+    #[must_use]
+    pub fn find(&self, needle: &str) -> Option<(Instant, String)> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| b.contains(needle))
+            .cloned()
+    }
+}
+
+/// A real Alertmanager sending every alert to `hook` at once.
+pub fn start_alertmanager(dir: &Path, hook: &Webhook) -> Option<(Proc, SocketAddr)> {
+    let Some(bin) =
+        find_program("prometheus-alertmanager").or_else(|| find_program("alertmanager"))
+    else {
+        missing("alertmanager (Debian package `prometheus-alertmanager`)");
+        return None;
+    };
+    let port = free_port();
+    let cfg = dir.join("alertmanager.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "route:\n  receiver: hook\n  group_by: ['alertname', 'node']\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{}/\n        send_resolved: true\n",
+            hook.addr
+        ),
+    )
+    .unwrap();
+    let p = spawn(
+        &bin,
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.path={}", dir.join("am-data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=",
+        ],
+        dir,
+        "alertmanager",
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(20), "alertmanager ready", || {
+        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
+    });
+    Some((p, addr))
+}

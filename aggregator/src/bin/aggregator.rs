@@ -6,6 +6,20 @@ use std::process::ExitCode;
 use clap::Parser;
 use nodewatch_aggregator::{config, server};
 
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// Check rule files like `promtool check rules` (exit 0: all good, 1: problems).
+    CheckRules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests like `promtool test rules` (same file format and exit codes).
+    TestRules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nodewatch-aggregator",
@@ -34,10 +48,29 @@ struct Args {
     /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    tool: Option<Tool>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.tool {
+        Some(Tool::CheckRules { files }) => {
+            let code = nodewatch_aggregator::rules::unittest::check_rule_files(
+                files.as_slice(),
+                &mut std::io::stdout(),
+            );
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Some(Tool::TestRules { files }) => {
+            let code = nodewatch_aggregator::rules::unittest::run_test_files(
+                files.as_slice(),
+                &mut std::io::stdout(),
+            );
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        None => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(args.log.as_str())
         .with_target(false)
@@ -90,7 +123,20 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let rules = std::sync::Arc::clone(&running.state.rules);
+        let hup = tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading rule files.");
+                let _ = rules.reload();
+            }
+        });
         shutdown_signal().await;
+        hup.abort();
         tracing::info!("Shutting down.");
         running.stop().await;
         ExitCode::SUCCESS

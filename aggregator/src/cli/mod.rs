@@ -16,7 +16,9 @@ use std::io::Write;
 
 use clap::{Parser, Subcommand};
 use nodewatch_proto::v1::query_client::QueryClient;
-use nodewatch_proto::v1::{event, Event, ListNodesRequest, QueryRequest, WatchEventsRequest};
+use nodewatch_proto::v1::{
+    event, Event, ListAlertsRequest, ListNodesRequest, QueryRequest, WatchEventsRequest,
+};
 use serde_json::{json, Value};
 
 use self::client::ConnectArgs;
@@ -48,6 +50,11 @@ pub enum Command {
         /// Evaluation time (RFC 3339 or Unix seconds; default now).
         #[arg(long)]
         time: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show pending and firing alerts.
+    Alerts {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
@@ -139,6 +146,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut q = QueryClient::new(client::connect(&cli.connect)?);
             let r = q.query(QueryRequest { expr, time_ms }).await?.into_inner();
             print_query(&mut out, &r, output)?;
+            Ok(())
+        }
+        Command::Alerts { output } => {
+            let mut q = QueryClient::new(client::connect(&cli.connect)?);
+            let alerts = q
+                .list_alerts(ListAlertsRequest {})
+                .await?
+                .into_inner()
+                .alerts;
+            print_alerts(&mut out, &alerts, output)?;
             Ok(())
         }
         Command::Events {
@@ -298,4 +315,74 @@ fn event_line(e: &Event) -> String {
         ),
         None => format!("{head} (unknown event type from a newer agent)"),
     }
+}
+
+fn print_alerts(
+    out: &mut impl Write,
+    alerts: &[nodewatch_proto::v1::Alert],
+    format: Format,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            let v: Vec<Value> = alerts
+                .iter()
+                .map(|a| {
+                    let labels: serde_json::Map<String, Value> =
+                        a.labels.iter().map(|l| (l.name.clone(), Value::String(l.value.clone()))).collect();
+                    let ann: serde_json::Map<String, Value> =
+                        a.annotations.iter().map(|l| (l.name.clone(), Value::String(l.value.clone()))).collect();
+                    json!({"labels": labels, "annotations": ann, "state": a.state,
+                           "activeAt": output::rfc3339(a.active_since_ms), "value": nodewatch_proto::text::fmt_value(a.value),
+                           "group": a.rule_group, "rule": a.rule})
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = alerts
+                .iter()
+                .map(|a| {
+                    let name = a
+                        .labels
+                        .iter()
+                        .find(|l| l.name == "alertname")
+                        .map(|l| l.value.clone())
+                        .unwrap_or_default();
+                    let labels: Vec<String> = a
+                        .labels
+                        .iter()
+                        .filter(|l| l.name != "alertname")
+                        .map(|l| format!("{}={}", l.name, l.value))
+                        .collect();
+                    let summary = a
+                        .annotations
+                        .iter()
+                        .find(|l| l.name == "summary")
+                        .map(|l| l.value.clone())
+                        .unwrap_or_default();
+                    vec![
+                        name,
+                        a.state.clone(),
+                        labels.join(","),
+                        output::ago(a.active_since_ms),
+                        nodewatch_proto::text::fmt_value(a.value),
+                        summary,
+                    ]
+                })
+                .collect();
+            output::table(
+                out,
+                &[
+                    "ALERT",
+                    "STATE",
+                    "LABELS",
+                    "ACTIVE SINCE",
+                    "VALUE",
+                    "SUMMARY",
+                ],
+                &rows,
+            )?;
+        }
+    }
+    Ok(())
 }
