@@ -29,7 +29,7 @@ use crate::collector::{CollectError, CollectorSpec};
 
 pub mod conntrack;
 pub mod diskstats;
-// pub mod filesystem;
+pub mod filesystem;
 pub mod loadavg;
 pub mod meminfo;
 pub mod netdev;
@@ -50,7 +50,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         loadavg::SPEC,
         pressure::SPEC,
         diskstats::SPEC,
-        // filesystem::SPEC,
+        filesystem::SPEC,
         netdev::SPEC,
         netstat::SPEC,
         vmstat::SPEC,
