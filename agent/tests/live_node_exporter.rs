@@ -40,6 +40,7 @@ const NE_COLLECTORS: &[&str] = &[
     "diskstats",
     "filesystem",
     "netdev",
+    "netclass",
     "netstat",
     "vmstat",
     "conntrack",
@@ -98,9 +99,10 @@ fn filter_flags() -> Vec<String> {
     ]
 }
 
-/// Labels ignored when matching series: node_exporter ≥ 1.9 adds the
-/// statfs error text as `device_error` on failing mounts; 1.5 does not.
-const IGNORED_LABELS: &[&str] = &["device_error"];
+/// Labels ignored when matching series, added after node_exporter 1.5:
+/// `device_error` (statfs error text on failing mounts, 1.9) and
+/// `adminstate` on `node_network_info` (1.6, #2515).
+const IGNORED_LABELS: &[&str] = &["device_error", "adminstate"];
 
 /// Counters compared by bracketing: node_exporter's reading must lie between
 /// our readings before and after its scrape (±1 %).

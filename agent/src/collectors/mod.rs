@@ -17,6 +17,8 @@
 //! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statvfs(2)` on each:
 //!   `node_filesystem_*` per mount point, with a timeout for hung mounts.
 //! - [`netdev`]: `/proc/net/dev`: `node_network_{receive,transmit}_*_total`.
+//! - [`netclass`]: `/sys/class/net/<iface>/*`: `node_network_up`, `node_network_info`,
+//!   `node_network_mtu_bytes`, `node_network_carrier`, `node_network_speed_bytes`, ….
 //! - [`netstat`]: `/proc/net/{netstat,snmp,snmp6}`: `node_netstat_*` (filtered).
 //! - [`vmstat`]: `/proc/vmstat`: `node_vmstat_*` (filtered; includes `oom_kill`).
 //! - [`conntrack`]: `/proc/sys/net/netfilter/nf_conntrack_{count,max}` and
@@ -32,6 +34,7 @@ pub mod diskstats;
 pub mod filesystem;
 pub mod loadavg;
 pub mod meminfo;
+pub mod netclass;
 pub mod netdev;
 pub mod netstat;
 pub mod pressure;
@@ -52,6 +55,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         diskstats::SPEC,
         filesystem::SPEC,
         netdev::SPEC,
+        netclass::SPEC,
         netstat::SPEC,
         vmstat::SPEC,
         conntrack::SPEC,
