@@ -44,6 +44,7 @@ const OWNED: &[(&str, &str)] = &[
         "^node_network_(up|info|address_assign_type|carrier|carrier_(up_|down_)?changes_total|device_id|dormant|flags|iface_id|iface_link|iface_link_mode|mtu_bytes|name_assign_type|net_dev_group|speed_bytes|transmit_queue_length|protocol_type)$",
     ),
     ("netstat", "^node_netstat_"),
+    ("sockstat", "^node_sockstat_"),
     ("vmstat", "^node_vmstat_"),
     ("conntrack", "^node_nf_conntrack_"),
 ];

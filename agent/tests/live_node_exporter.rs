@@ -42,6 +42,7 @@ const NE_COLLECTORS: &[&str] = &[
     "netdev",
     "netclass",
     "netstat",
+    "sockstat",
     "vmstat",
     "conntrack",
 ];

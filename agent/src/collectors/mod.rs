@@ -20,6 +20,7 @@
 //! - [`netclass`]: `/sys/class/net/<iface>/*`: `node_network_up`, `node_network_info`,
 //!   `node_network_mtu_bytes`, `node_network_carrier`, `node_network_speed_bytes`, ….
 //! - [`netstat`]: `/proc/net/{netstat,snmp,snmp6}`: `node_netstat_*` (filtered).
+//! - [`sockstat`]: `/proc/net/sockstat{,6}`: `node_sockstat_*`.
 //! - [`vmstat`]: `/proc/vmstat`: `node_vmstat_*` (filtered; includes `oom_kill`).
 //! - [`conntrack`]: `/proc/sys/net/netfilter/nf_conntrack_{count,max}` and
 //!   `/proc/net/stat/nf_conntrack`: `node_nf_conntrack_*`.
@@ -38,6 +39,7 @@ pub mod netclass;
 pub mod netdev;
 pub mod netstat;
 pub mod pressure;
+pub mod sockstat;
 pub mod stat;
 pub mod vmstat;
 
@@ -57,6 +59,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         netdev::SPEC,
         netclass::SPEC,
         netstat::SPEC,
+        sockstat::SPEC,
         vmstat::SPEC,
         conntrack::SPEC,
     ]
