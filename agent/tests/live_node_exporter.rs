@@ -71,6 +71,11 @@ const ONLY_OURS: &[(&str, &str)] = &[
         "^node_pressure_irq_stalled_seconds_total$",
         "added in node_exporter 1.9",
     ),
+    (
+        "^node_memory_",
+        "node_exporter ≥ 1.9 exports only the meminfo fields its procfs struct names; \
+         we export every field, as it did up to 1.8 (families both have are still compared)",
+    ),
 ];
 
 /// Filters passed to node_exporter explicitly: ours are upstream's current

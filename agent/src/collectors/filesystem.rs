@@ -302,15 +302,20 @@ impl FilesystemCollector {
                         false
                     });
                     drop(stuck);
-                    // The blocked thread is lost to this round: replace it.
+                    // A blocked thread is lost to this round: replace it. A
+                    // whole timeout with nothing in flight means no worker is
+                    // left (one died): start one so queued jobs still run.
+                    if in_flight.is_empty() {
+                        replaced = replaced.max(1);
+                    }
                     for _ in 0..replaced {
                         self.spawn_worker(&queue, &tx)?;
                     }
                 }
-                // Every worker gone with jobs left: only if one panicked.
+                // Unreachable while we hold `tx`; kept so the match is total.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(CollectError::Other(
-                        "filesystem: statfs workers exited early".into(),
+                        "filesystem: statfs result channel closed".into(),
                     ));
                 }
             }
