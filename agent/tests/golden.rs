@@ -6,6 +6,7 @@
 //! expected output that one of our collectors is responsible for must be
 //! produced, unless it is listed in [`EXEMPT`] with the reason.
 
+#![cfg(target_os = "linux")]
 #![allow(
     clippy::unwrap_used,
     reason = "a test fails loudly on a broken fixture"

@@ -10,6 +10,7 @@
 //!
 //! Without the binary the test is skipped, unless `CI=true`: then it fails.
 
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;

@@ -30,26 +30,41 @@ use std::str::FromStr;
 
 use crate::collector::{CollectError, CollectorSpec};
 
+#[cfg(target_os = "linux")]
 pub mod conntrack;
+#[cfg(target_os = "linux")]
 pub mod diskstats;
+#[cfg(target_os = "linux")]
 pub mod filesystem;
+#[cfg(target_os = "linux")]
 pub mod loadavg;
+#[cfg(target_os = "linux")]
 pub mod meminfo;
+#[cfg(target_os = "linux")]
 pub mod netclass;
+#[cfg(target_os = "linux")]
 pub mod netdev;
+#[cfg(target_os = "linux")]
 pub mod netstat;
+#[cfg(target_os = "linux")]
 pub mod pressure;
+#[cfg(target_os = "linux")]
 pub mod sockstat;
+#[cfg(target_os = "linux")]
 pub mod stat;
+#[cfg(target_os = "linux")]
 pub mod vmstat;
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 pub(crate) mod fuzz_util;
 
 /// Every collector this build knows, in the order they run.
 #[must_use]
 pub fn registry() -> Vec<CollectorSpec> {
-    vec![
+    // These read Linux's procfs and sysfs, which other kernels do not have
+    // (FreeBSD's procfs is a different, optional file system).
+    #[cfg(target_os = "linux")]
+    let specs = vec![
         stat::SPEC,
         meminfo::SPEC,
         loadavg::SPEC,
@@ -62,9 +77,16 @@ pub fn registry() -> Vec<CollectorSpec> {
         sockstat::SPEC,
         vmstat::SPEC,
         conntrack::SPEC,
-    ]
+    ];
+    #[cfg(not(target_os = "linux"))]
+    let specs = Vec::new();
+    specs
 }
 
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
 /// Parses one field, naming the field and the 1-based line in the error.
 pub(crate) fn parse_field<T: FromStr>(
     path: &Path,
@@ -76,6 +98,10 @@ pub(crate) fn parse_field<T: FromStr>(
         .map_err(|_| CollectError::parse(path, line, format!("{what}: cannot parse {s:?}")))
 }
 
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
 /// Reads a file that may legitimately be absent (a kernel feature not built
 /// or not loaded): `Ok(None)` then, as `node_exporter`'s `ErrNoData`.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError> {
