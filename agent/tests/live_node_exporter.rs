@@ -341,6 +341,8 @@ fn agrees_with_node_exporter_on_this_host() {
 
     // (a) Values.
     let mut compared = 0;
+    // Per family: values compared and the largest plain difference to our after-reading.
+    let mut per_family: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
     let mut worst = (0.0_f64, String::new());
     // Informational: the plain relative difference to our reading after the scrape.
     let mut raw_worst = (0.0_f64, String::new());
@@ -363,6 +365,9 @@ fn agrees_with_node_exporter_on_this_host() {
                     deviation(*tv, *bv, *bv).min(deviation(*tv, *av, *av))
                 };
                 let raw = deviation(*tv, *av, *av);
+                let entry = per_family.entry(family).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.max(raw);
                 if raw > raw_worst.0 || raw_worst.1.is_empty() {
                     raw_worst = (raw, show(family, labels));
                 }
@@ -387,6 +392,13 @@ fn agrees_with_node_exporter_on_this_host() {
         raw_worst.0 * 100.0,
         raw_worst.1
     );
+
+    for (family, (n, raw)) in &per_family {
+        println!(
+            "  {family}: {n} value(s), max difference {:.6} %",
+            raw * 100.0
+        );
+    }
 
     assert!(
         problems.is_empty(),
