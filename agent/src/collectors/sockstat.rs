@@ -25,7 +25,7 @@ pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
 }
 
 /// The per-protocol fields exported, in `node_exporter`'s order; others are ignored.
-const FIELDS: [&str; 6] = ["inuse", "orphan", "tw", "alloc", "mem", "memory"];
+pub const FIELDS: [&str; 6] = ["inuse", "orphan", "tw", "alloc", "mem", "memory"];
 
 /// One protocol line, e.g. `TCP: inuse 4 orphan 0 tw 4 alloc 17 mem 1`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
