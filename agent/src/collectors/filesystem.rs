@@ -110,32 +110,35 @@ pub fn parse_mountinfo(path: &Path, text: &str) -> Result<Vec<Mount>, CollectErr
             continue;
         }
         let f: Vec<&str> = line.split(' ').collect();
-        let len = f.len();
-        if len < 10 {
+        // Six leading fields, any number of optional ones, then `- fstype source superoptions`.
+        let [_id, _parent, majmin, _root, mount_point, options, rest @ ..] = f.as_slice() else {
             return Err(CollectError::parse(path, n, "fewer than 10 fields"));
-        }
-        if f[len - 4] != "-" {
+        };
+        let [.., sep, fs_type, source, super_options] = rest else {
+            return Err(CollectError::parse(path, n, "fewer than 10 fields"));
+        };
+        if *sep != "-" {
             return Err(CollectError::parse(
                 path,
                 n,
                 "no '-' separator before fstype",
             ));
         }
-        let Some((major, minor)) = f[2].split_once(':') else {
+        let Some((major, minor)) = majmin.split_once(':') else {
             return Err(CollectError::parse(
                 path,
                 n,
-                format!("malformed major:minor {:?}", f[2]),
+                format!("malformed major:minor {majmin:?}"),
             ));
         };
         out.push(Mount {
             major: parse_field(path, n, "major", major)?,
             minor: parse_field(path, n, "minor", minor)?,
-            mount_point: f[4].replace("\\040", " ").replace("\\011", "\t"),
-            options: f[5].to_string(),
-            fs_type: f[len - 3].to_string(),
-            source: f[len - 2].to_string(),
-            super_options: f[len - 1].to_string(),
+            mount_point: mount_point.replace("\\040", " ").replace("\\011", "\t"),
+            options: (*options).to_string(),
+            fs_type: (*fs_type).to_string(),
+            source: (*source).to_string(),
+            super_options: (*super_options).to_string(),
         });
     }
     Ok(out)
