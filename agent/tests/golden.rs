@@ -1,5 +1,5 @@
-//! Golden test: our collectors on node_exporter's fixture tree against
-//! node_exporter's own expected output for that tree.
+//! Golden test: our collectors on `node_exporter`'s fixture tree against
+//! `node_exporter`'s own expected output for that tree.
 //!
 //! For every family both produce: same TYPE, same HELP, the same series (name
 //! and label set) and the same values. The reverse too: every family of the
@@ -108,7 +108,7 @@ fn ours() -> Exposition {
     e
 }
 
-/// node_exporter's end-to-end-test.sh runs the netclass collector with
+/// `node_exporter`'s end-to-end-test.sh runs the netclass collector with
 /// `--collector.netclass.ignored-devices=(dmz|int)` and
 /// `--collector.netclass.ignore-invalid-speed` (our defaults are upstream's:
 /// no device ignored, a driver's -1 speed exported). Apply the same to our

@@ -1,4 +1,4 @@
-//! Live comparison with the real node_exporter on this host.
+//! Live comparison with the real `node_exporter` on this host.
 //!
 //! Starts `prometheus-node-exporter` (Debian's package) on a free loopback
 //! port with only the collectors we mirror, scrapes it between two runs of
@@ -31,7 +31,7 @@ use regex::Regex;
 /// `NODE_EXPORTER` overrides.
 const BINARIES: &[&str] = &["prometheus-node-exporter", "node_exporter"];
 
-/// node_exporter collectors matching ours (`cpu` and `stat` both read /proc/stat).
+/// `node_exporter` collectors matching ours (`cpu` and `stat` both read /proc/stat).
 const NE_COLLECTORS: &[&str] = &[
     "cpu",
     "stat",
@@ -48,7 +48,7 @@ const NE_COLLECTORS: &[&str] = &[
     "conntrack",
 ];
 
-/// Families node_exporter may expose that we do not, and why.
+/// Families `node_exporter` may expose that we do not, and why.
 const ONLY_THEIRS: &[(&str, &str)] = &[
     (
         "^(node_exporter_build_info|promhttp_metric_handler_)",
@@ -65,7 +65,7 @@ const ONLY_THEIRS: &[(&str, &str)] = &[
     ("^node_cpu_(info|frequency_hertz|flag_info|bug_info)$", "from /proc/cpuinfo (off by default upstream)"),
 ];
 
-/// Families we expose that an older node_exporter (Debian 12 ships 1.5.0) does not.
+/// Families we expose that an older `node_exporter` (Debian 12 ships 1.5.0) does not.
 const ONLY_OURS: &[(&str, &str)] = &[
     ("^node_filesystem_mount_info$", "added in node_exporter 1.9"),
     (
@@ -79,7 +79,7 @@ const ONLY_OURS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Filters passed to node_exporter explicitly: ours are upstream's current
+/// Filters passed to `node_exporter` explicitly: ours are upstream's current
 /// defaults (checked against upstream in the unit tests), while distribution
 /// builds change theirs (Debian's 1.5 excludes `lo`, `/run`, `/mnt`, `/media`,
 /// and has an older netstat field list). With the same filters the
@@ -106,12 +106,12 @@ fn filter_flags() -> Vec<String> {
     ]
 }
 
-/// Labels ignored when matching series, added after node_exporter 1.5:
+/// Labels ignored when matching series, added after `node_exporter` 1.5:
 /// `device_error` (statfs error text on failing mounts, 1.9) and
 /// `adminstate` on `node_network_info` (1.6, #2515).
 const IGNORED_LABELS: &[&str] = &["device_error", "adminstate"];
 
-/// Counters compared by bracketing: node_exporter's reading must lie between
+/// Counters compared by bracketing: `node_exporter`'s reading must lie between
 /// our readings before and after its scrape (±1 %).
 const COUNTERS: &[&str] = &[
     "node_cpu_seconds_total",
@@ -152,7 +152,7 @@ const GAUGES: &[&str] = &[
 
 const TOLERANCE: f64 = 0.01;
 
-/// Kills and reaps node_exporter on every path out of the test.
+/// Kills and reaps `node_exporter` on every path out of the test.
 struct Guard(Child);
 
 impl Drop for Guard {

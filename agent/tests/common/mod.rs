@@ -20,7 +20,7 @@ pub struct Exposition {
 }
 
 impl Exposition {
-    /// Parses Prometheus text format 0.0.4 (what node_exporter and
+    /// Parses Prometheus text format 0.0.4 (what `node_exporter` and
     /// `Sink::render_text` write). Only untyped, gauge and counter samples are
     /// expected here, so a sample's family is its name.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -146,6 +146,10 @@ pub fn show(name: &str, labels: &Labels) -> String {
 }
 
 /// Whether two values agree within a relative tolerance (absolute near zero).
+#[allow(
+    clippy::float_cmp,
+    reason = "equal values, infinities included, are close"
+)]
 pub fn close(a: f64, b: f64, rel: f64) -> bool {
     if a == b || (a.is_nan() && b.is_nan()) {
         return true;
@@ -162,29 +166,33 @@ pub fn diff_family(
     rel: Option<f64>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let a: BTreeSet<&Labels> = ours.keys().collect();
-    let b: BTreeSet<&Labels> = theirs.keys().collect();
-    for l in a.difference(&b) {
+    let our_keys: BTreeSet<&Labels> = ours.keys().collect();
+    let their_keys: BTreeSet<&Labels> = theirs.keys().collect();
+    for labels in our_keys.difference(&their_keys) {
+        let value = ours[*labels];
         out.push(format!(
-            "  + {} (only ours) = {}",
-            show(family, l),
-            ours[*l]
+            "  + {} (only ours) = {value}",
+            show(family, labels)
         ));
     }
-    for l in b.difference(&a) {
+    for labels in their_keys.difference(&our_keys) {
+        let value = theirs[*labels];
         out.push(format!(
-            "  - {} (only theirs) = {}",
-            show(family, l),
-            theirs[*l]
+            "  - {} (only theirs) = {value}",
+            show(family, labels)
         ));
     }
     if let Some(rel) = rel {
-        for l in a.intersection(&b) {
-            let (x, y) = (ours[*l], theirs[*l]);
-            if !close(x, y, rel) {
-                let mut s = String::new();
-                let _ = write!(s, "  ≠ {}: ours {x} theirs {y}", show(family, l));
-                out.push(s);
+        for labels in our_keys.intersection(&their_keys) {
+            let (mine, other) = (ours[*labels], theirs[*labels]);
+            if !close(mine, other, rel) {
+                let mut line = String::new();
+                let _ = write!(
+                    line,
+                    "  ≠ {}: ours {mine} theirs {other}",
+                    show(family, labels)
+                );
+                out.push(line);
             }
         }
     }
