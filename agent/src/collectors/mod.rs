@@ -14,7 +14,7 @@
 //! - [`loadavg`]: `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
 //! - [`pressure`]: `/proc/pressure/{cpu,io,memory,irq}`: `node_pressure_*_seconds_total`.
 //! - [`diskstats`]: `/proc/diskstats`: `node_disk_*` per device.
-//! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statvfs(2)` on each:
+//! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statfs(2)` on each:
 //!   `node_filesystem_*` per mount point, with a timeout for hung mounts.
 //! - [`netdev`]: `/proc/net/dev`: `node_network_{receive,transmit}_*_total`.
 //! - [`netclass`]: `/sys/class/net/<iface>/*`: `node_network_up`, `node_network_info`,
