@@ -42,7 +42,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/nodewatch/spool";
 /// Default cap on the spool's size on disk.
 pub const DEFAULT_CAP_BYTES: u64 = 64 * 1024 * 1024;
 /// Default time acknowledged records are kept for backfill: the aggregator's default retention.
-pub const DEFAULT_RETAIN_ACKED: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_RETAIN_ACKED: Duration = Duration::from_mins(15);
 /// Segment size: small enough that dropping the oldest frees space in steps
 /// of ~1/16 of the default cap, large enough to keep the file count low.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
@@ -189,10 +189,7 @@ fn from_record(r: SpoolRecord) -> Collection {
 fn parse_segment(data: &[u8]) -> (Vec<(u64, u32, SpoolRecord)>, u64) {
     let mut out = Vec::new();
     let mut off = 0usize;
-    loop {
-        let Some(header) = data.get(off..off + HEADER as usize) else {
-            break;
-        };
+    while let Some(header) = data.get(off..off + HEADER as usize) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if len > MAX_RECORD_BYTES {
@@ -739,7 +736,7 @@ mod tests {
         let (mut s, _) = Spool::open(
             Some(dir.path()),
             DEFAULT_CAP_BYTES,
-            Duration::from_secs(60),
+            Duration::from_mins(1),
             2,
         )
         .unwrap();

@@ -68,7 +68,7 @@ pub struct Alerting {
 /// Default interval of rule groups: one second, so node events alert at once.
 pub const DEFAULT_EVALUATION_INTERVAL: Duration = Duration::from_secs(1);
 /// Prometheus' default `--rules.alert.resend-delay`.
-pub const DEFAULT_RESEND_DELAY: Duration = Duration::from_secs(60);
+pub const DEFAULT_RESEND_DELAY: Duration = Duration::from_mins(1);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -236,7 +236,7 @@ impl IngestService {
                 continue;
             }
             if let Some(id) = s.refs.get(&smp.r#ref) {
-                samples.push((*id, smp.t_ms, smp.value))
+                samples.push((*id, smp.t_ms, smp.value));
             } else {
                 unknown += 1;
                 if unknown == 1 {

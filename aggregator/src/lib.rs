@@ -10,7 +10,7 @@
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics`, `/healthz`.
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
-//! - [`promql`]: the PromQL evaluator over a `Storage` trait.
+//! - [`promql`]: the `PromQL` evaluator over a `Storage` trait.
 //! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
 //! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
 //! - [`server`]: wiring and shutdown.

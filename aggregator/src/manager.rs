@@ -233,7 +233,7 @@ impl RuleManager {
                 .iter()
                 .map(|s| s.next_ms.load(Ordering::Acquire))
                 .min();
-            let sleep = next.map_or(Duration::from_secs(3600), |n| {
+            let sleep = next.map_or(Duration::from_hours(1), |n| {
                 Duration::from_millis((n - now).max(1) as u64)
             });
             tokio::select! {

@@ -27,7 +27,7 @@ pub struct QueryService {
     pub rules: Option<Arc<crate::manager::RuleManager>>,
 }
 
-/// Evaluates an instant query at `t_ms` with the PromQL engine.
+/// Evaluates an instant query at `t_ms` with the `PromQL` engine.
 pub fn instant(store: &Store, expr: &str, t_ms: i64) -> Result<QueryResponse, Status> {
     let engine = crate::promql::Engine::default();
     let value = engine.query(store, expr, t_ms).map_err(|e| match e {

@@ -275,6 +275,34 @@ impl Store {
     }
 }
 
+/// The rule engine and queries read the store through this trait.
+impl crate::promql::Storage for Store {
+    fn select(
+        &self,
+        matchers: &Matchers,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<crate::promql::SeriesData> {
+        let inner = self.read();
+        inner
+            .select(matchers)
+            .filter_map(|s| {
+                let lo = s.samples.partition_point(|(t, _)| *t < start_ms);
+                let hi = s.samples.partition_point(|(t, _)| *t <= end_ms);
+                if lo >= hi {
+                    return None;
+                }
+                Some(crate::promql::SeriesData {
+                    labels: crate::promql::Labels::from_pairs(
+                        s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    ),
+                    samples: s.samples.range(lo..hi).copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,33 +349,5 @@ mod tests {
         // Retention drops old samples.
         store.append(&[(a, 100_000, 5.0)]);
         assert_eq!(store.read().series(a).samples.len(), 1);
-    }
-}
-
-/// The rule engine and queries read the store through this trait.
-impl crate::promql::Storage for Store {
-    fn select(
-        &self,
-        matchers: &Matchers,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Vec<crate::promql::SeriesData> {
-        let inner = self.read();
-        inner
-            .select(matchers)
-            .filter_map(|s| {
-                let lo = s.samples.partition_point(|(t, _)| *t < start_ms);
-                let hi = s.samples.partition_point(|(t, _)| *t <= end_ms);
-                if lo >= hi {
-                    return None;
-                }
-                Some(crate::promql::SeriesData {
-                    labels: crate::promql::Labels::from_pairs(
-                        s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    ),
-                    samples: s.samples.range(lo..hi).copied().collect(),
-                })
-            })
-            .collect()
     }
 }

@@ -43,7 +43,7 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
         ),
     );
     let _agent = start_agent(&pki, "n1", &[&agg], "");
-    let (_, body) = wait_for(Duration::from_secs(60), "the alert at the webhook", || {
+    let (_, body) = wait_for(Duration::from_mins(1), "the alert at the webhook", || {
         hook.find("NodeMemorySeen")
     });
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

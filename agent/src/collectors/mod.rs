@@ -14,10 +14,13 @@
 //! - [`loadavg`]: `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
 //! - [`pressure`]: `/proc/pressure/{cpu,io,memory,irq}`: `node_pressure_*_seconds_total`.
 //! - [`diskstats`]: `/proc/diskstats`: `node_disk_*` per device.
-//! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statvfs(2)` on each:
+//! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statfs(2)` on each:
 //!   `node_filesystem_*` per mount point, with a timeout for hung mounts.
 //! - [`netdev`]: `/proc/net/dev`: `node_network_{receive,transmit}_*_total`.
+//! - [`netclass`]: `/sys/class/net/<iface>/*`: `node_network_up`, `node_network_info`,
+//!   `node_network_mtu_bytes`, `node_network_carrier`, `node_network_speed_bytes`, ….
 //! - [`netstat`]: `/proc/net/{netstat,snmp,snmp6}`: `node_netstat_*` (filtered).
+//! - [`sockstat`]: `/proc/net/sockstat{,6}`: `node_sockstat_*`.
 //! - [`vmstat`]: `/proc/vmstat`: `node_vmstat_*` (filtered; includes `oom_kill`).
 //! - [`conntrack`]: `/proc/sys/net/netfilter/nf_conntrack_{count,max}` and
 //!   `/proc/net/stat/nf_conntrack`: `node_nf_conntrack_*`.
@@ -31,11 +34,14 @@ use crate::collector::{CollectError, CollectorSpec};
 pub mod conntrack;
 #[cfg(target_os = "linux")]
 pub mod diskstats;
-// pub mod filesystem;
+#[cfg(target_os = "linux")]
+pub mod filesystem;
 #[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
 pub mod meminfo;
+#[cfg(target_os = "linux")]
+pub mod netclass;
 #[cfg(target_os = "linux")]
 pub mod netdev;
 #[cfg(target_os = "linux")]
@@ -43,13 +49,15 @@ pub mod netstat;
 #[cfg(target_os = "linux")]
 pub mod pressure;
 #[cfg(target_os = "linux")]
+pub mod sockstat;
+#[cfg(target_os = "linux")]
 pub mod stat;
 #[cfg(target_os = "linux")]
 pub mod vmstat;
 pub mod zfs;
 pub mod zpool;
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 pub(crate) mod fuzz_util;
 
 /// Every collector this build knows, in the order they run.
@@ -57,6 +65,8 @@ pub(crate) mod fuzz_util;
 #[allow(clippy::vec_init_then_push, reason = "entries are added per target OS")]
 pub fn registry() -> Vec<CollectorSpec> {
     let mut specs = vec![];
+    // These read Linux's procfs and sysfs, which other kernels do not have
+    // (FreeBSD's procfs is a different, optional file system).
     #[cfg(target_os = "linux")]
     specs.extend([
         stat::SPEC,
@@ -64,8 +74,11 @@ pub fn registry() -> Vec<CollectorSpec> {
         loadavg::SPEC,
         pressure::SPEC,
         diskstats::SPEC,
+        filesystem::SPEC,
         netdev::SPEC,
+        netclass::SPEC,
         netstat::SPEC,
+        sockstat::SPEC,
         vmstat::SPEC,
         conntrack::SPEC,
         // ZFS kstats exist only on Linux (`/proc/spl`); FreeBSD has them as sysctls (`freebsd::arc`).
@@ -77,6 +90,10 @@ pub fn registry() -> Vec<CollectorSpec> {
     specs
 }
 
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
 /// Parses one field, naming the field and the 1-based line in the error.
 pub(crate) fn parse_field<T: FromStr>(
     path: &Path,
@@ -88,6 +105,10 @@ pub(crate) fn parse_field<T: FromStr>(
         .map_err(|_| CollectError::parse(path, line, format!("{what}: cannot parse {s:?}")))
 }
 
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
 /// Reads a file that may legitimately be absent (a kernel feature not built
 /// or not loaded): `Ok(None)` then, as `node_exporter`'s `ErrNoData`.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError> {

@@ -74,10 +74,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Stat, CollectError> {
             let ticks = fields
                 .map(|f| parse_field::<u64>(path, n, "cpu ticks", f))
                 .collect::<Result<Vec<u64>, _>>()?;
-            // Kernels before 2.6.11 lack steal/guest columns and OpenVZ guests
-            // lack guest: missing trailing columns count as zero, as in
-            // procfs' parseCPUStat. Fewer than the four original columns is
-            // not a CPU line.
+            // Older kernels lack steal (added in 2.6.11), guest (2.6.24) or
+            // guest_nice (2.6.33), and OpenVZ guests lack guest: missing
+            // trailing columns count as zero, as in procfs' parseCPUStat.
+            // Fewer than the four original columns is not a CPU line.
             if ticks.len() < 4 {
                 return Err(CollectError::parse(
                     path,
