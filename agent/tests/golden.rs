@@ -24,10 +24,16 @@ use regex::Regex;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/linux");
 
 /// Collectors not run here: their input is the host, not the fixture tree.
-const HOST_DEPENDENT: &[(&str, &str)] = &[(
-    "filesystem",
-    "statfs(2) measures the host's mounts; mountinfo parsing is unit-tested on proc/1/mountinfo",
-)];
+const HOST_DEPENDENT: &[(&str, &str)] = &[
+    (
+        "filesystem",
+        "statfs(2) measures the host's mounts; mountinfo parsing is unit-tested on proc/1/mountinfo",
+    ),
+    (
+        "zpool",
+        "runs the zpool command; its parsers are tested on zpool status/list captures in zpool.rs",
+    ),
+];
 
 /// Families of the expected output that our collectors cover, by collector.
 const OWNED: &[(&str, &str)] = &[
@@ -48,6 +54,7 @@ const OWNED: &[(&str, &str)] = &[
     ("sockstat", "^node_sockstat_"),
     ("vmstat", "^node_vmstat_"),
     ("conntrack", "^node_nf_conntrack_"),
+    ("zfs", "^node_zfs_"),
 ];
 
 /// Expected families matched by [`OWNED`] that we do not produce, and why.

@@ -399,7 +399,7 @@ impl Webhook {
 }
 
 /// A real Alertmanager sending every alert to `hook` at once.
-#[must_use] 
+#[must_use]
 pub fn start_alertmanager(dir: &Path, hook: &Webhook) -> Option<(Proc, SocketAddr)> {
     let Some(bin) =
         find_program("prometheus-alertmanager").or_else(|| find_program("alertmanager"))
