@@ -42,9 +42,20 @@ impl Collection {
 /// the aggregator's symbol table lives only as long as the stream.
 #[derive(Debug, Default)]
 pub struct Encoder {
-    refs: HashMap<(String, Vec<(String, String)>), u64>,
+    /// Series fingerprint → (ref, index into `keys`); collisions are
+    /// resolved by comparing the full key, so a lookup allocates nothing.
+    refs: HashMap<u64, Vec<(u64, usize)>>,
+    keys: Vec<(String, Vec<(String, String)>)>,
     families_sent: HashSet<String>,
     next_ref: u64,
+}
+
+fn fingerprint(name: &str, labels: &[(String, String)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    labels.hash(&mut h);
+    h.finish()
 }
 
 impl Encoder {
@@ -56,7 +67,14 @@ impl Encoder {
     /// Series defined on this stream so far.
     #[must_use]
     pub fn series(&self) -> usize {
-        self.refs.len()
+        self.keys.len()
+    }
+
+    fn lookup(&self, fp: u64, s: &Sample) -> Option<u64> {
+        self.refs.get(&fp)?.iter().find_map(|(r, i)| {
+            let (n, l) = self.keys.get(*i)?;
+            (*n == s.name && *l == s.labels).then_some(*r)
+        })
     }
 
     /// Encodes a collection as a batch.
@@ -66,9 +84,9 @@ impl Encoder {
         let mut samples = Vec::with_capacity(c.samples.len());
         for s in &c.samples {
             // Look up without allocating; allocate the key only for a new series.
-            let key = (s.name.clone(), s.labels.clone());
-            let r = if let Some(r) = self.refs.get(&key) {
-                *r
+            let fp = fingerprint(&s.name, &s.labels);
+            let r = if let Some(r) = self.lookup(fp, s) {
+                r
             } else {
                 self.next_ref += 1;
                 let r = self.next_ref;
@@ -84,7 +102,8 @@ impl Encoder {
                         })
                         .collect(),
                 });
-                self.refs.insert(key, r);
+                self.refs.entry(fp).or_default().push((r, self.keys.len()));
+                self.keys.push((s.name.clone(), s.labels.clone()));
                 r
             };
             samples.push(WireSample {

@@ -31,7 +31,9 @@ const COLLECTORS: &[&str] = &[
     "diskstats",
     "filesystem",
     "netdev",
+    "netclass",
     "netstat",
+    "sockstat",
     "vmstat",
     "conntrack",
 ];

@@ -112,7 +112,7 @@ pub(crate) fn parse_field<T: FromStr>(
 /// Reads a file that may legitimately be absent (a kernel feature not built
 /// or not loaded): `Ok(None)` then, as `node_exporter`'s `ErrNoData`.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError> {
-    match std::fs::read_to_string(path) {
+    match crate::collector::read_cached(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CollectError::io(path, e)),

@@ -122,7 +122,7 @@ fn read_iface(dir: &Path) -> BTreeMap<String, String> {
         .chain(TEXT)
         .chain(["speed"]);
     for attr in names {
-        if let Ok(s) = std::fs::read_to_string(dir.join(attr)) {
+        if let Ok(s) = crate::collector::read_cached(&dir.join(attr)) {
             files.insert(attr.to_string(), s);
         }
     }

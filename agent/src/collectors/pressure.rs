@@ -70,7 +70,7 @@ impl Collector for PressureCollector {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for res in ["cpu", "io", "memory", "irq"] {
             let path = self.dir.join(res);
-            let text = match std::fs::read_to_string(&path) {
+            let text = match crate::collector::read_cached(&path) {
                 Ok(t) => t,
                 // No PSI in this kernel (< 4.20, or < 6.1 for irq, or CONFIG_PSI=n): no data.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
