@@ -37,7 +37,7 @@ const BAD: &str = r#"groups:
       - alert: Template
         expr: up == 0
         annotations:
-          summary: "{{ if $value }}down{{ end }}"
+          summary: "{{ range $labels }}down{{ end }}"
       - record: "job:up sum"
         expr: sum(up)
         annotations:
@@ -66,7 +66,7 @@ fn every_problem_is_reported_with_file_group_rule_and_field() {
         r#"DIR/rules.yml:10: group "node", rule 3 ("Subquery"): expr: subqueries are not supported"#,
         r#"DIR/rules.yml:13: group "node", rule 4 ("Slow"): for: not a valid duration string: "5 minutes""#,
         r#"DIR/rules.yml:14: group "node", rule 4 ("Slow"): keep_firing_for: not a valid duration string: "10""#,
-        r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: unsupported action "if""#,
+        r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: unsupported action "range""#,
         r#"DIR/rules.yml:19: group "node", rule 6 ("job:up sum"): record: invalid recording rule name: "job:up sum""#,
         r#"DIR/rules.yml:21: group "node", rule 6 ("job:up sum"): annotations: invalid field 'annotations' in recording rule"#,
         r#"DIR/rules.yml:23: group "node", groupname: "node" is repeated in the same file"#,
