@@ -190,3 +190,55 @@ fn alert_life_cycle_with_for_keep_firing_for_and_resolution() {
     let (_, alerts) = g.eval(&s, 70_000 + 15 * 60_000 + 1);
     assert!(alerts.is_empty());
 }
+
+/// Random and mutated rule files, templates and series notations must give
+/// errors, never panics.
+#[test]
+fn fuzz_rule_files_templates_and_series_never_panic() {
+    use nodewatch_aggregator::rules::file::parse_rules;
+    use nodewatch_aggregator::rules::template::{Template, TemplateData};
+    use nodewatch_aggregator::rules::unittest::parse_series_description;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let seeds = [
+        BAD.to_string(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rules/node.rules.yml")).unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rules/joins.rules.yml")).unwrap(),
+        "{{ if gt $value 1.0 }}{{ $labels.a | toUpper }}{{ else if $value }}{{ printf \"%5.2f%%\" $value }}{{ end }}".to_string(),
+        "{{- humanizeDuration 3661 -}} {{ reReplaceAll \"(a+)\" \"$1x\" .Labels.a }} {{/* c */}}".to_string(),
+        "1+1x10 _x3 stale -2-0.5x4 1e3x2 NaN Inf -Inf".to_string(),
+    ];
+    let alphabet: Vec<char> = "{}[]()$.|-\"'`:=_ \n\t abcxyz019%+*".chars().collect();
+    let mut rng = StdRng::seed_from_u64(99);
+    let data = TemplateData {
+        labels: [("a".to_string(), "aa:1".to_string())].into(),
+        value: 1.5,
+        ..TemplateData::default()
+    };
+    for i in 0..4000 {
+        let mut chars: Vec<char> = seeds[i % seeds.len()].chars().collect();
+        for _ in 0..rng.random_range(1..6) {
+            let pos = rng.random_range(0..=chars.len());
+            match rng.random_range(0..3) {
+                0 if pos < chars.len() => {
+                    chars.remove(pos);
+                }
+                1 => chars.insert(pos, alphabet[rng.random_range(0..alphabet.len())]),
+                _ if pos < chars.len() => {
+                    chars[pos] = alphabet[rng.random_range(0..alphabet.len())];
+                }
+                _ => {}
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        let r = std::panic::catch_unwind(|| {
+            let _ = parse_rules(std::path::Path::new("f.yml"), &text);
+            if let Ok(t) = Template::parse(&text) {
+                let _ = t.expand(&data);
+            }
+            let _ = parse_series_description("m{a=\"b\"}", &text);
+        });
+        assert!(r.is_ok(), "panicked on {text:?}");
+    }
+}

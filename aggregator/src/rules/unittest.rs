@@ -194,6 +194,10 @@ struct ExpSample {
     value: f64,
 }
 
+/// Longest expansion of one `…xN` term and of a whole series: far beyond
+/// any test, small enough that a typo cannot exhaust memory.
+const MAX_REPETITIONS: u64 = 1_000_000;
+
 /// One expanded input value: a number, a staleness marker, or nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SeqValue {
@@ -222,7 +226,9 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
         if let Some(n) = tok.strip_prefix("_x") {
             let n: u64 = n
                 .parse()
-                .map_err(|_| format!("invalid repetition in {tok:?}"))?;
+                .ok()
+                .filter(|n| *n <= MAX_REPETITIONS)
+                .ok_or_else(|| format!("invalid repetition in {tok:?}"))?;
             out.extend(std::iter::repeat_n(SeqValue::Omitted, n as usize));
             continue;
         }
@@ -237,7 +243,7 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
         let times: u64 = tok[xpos + 1..]
             .parse()
             .map_err(|_| format!("invalid repetition in {tok:?}"))?;
-        if times > 1_000_000 {
+        if times > MAX_REPETITIONS || out.len() as u64 > MAX_REPETITIONS {
             return Err(format!("too many repetitions in {tok:?}"));
         }
         let head = &tok[..xpos];
@@ -716,6 +722,8 @@ mod tests {
         assert!(matches!(s[0], SeqValue::Value(v) if crate::promql::is_stale_nan(v)));
         assert!(expand_values("1+x").is_err());
         assert!(expand_values("abc").is_err());
+        assert!(expand_values("_x99999999999").is_err());
+        assert!(expand_values("1x99999999999").is_err());
     }
 
     #[test]
