@@ -126,6 +126,9 @@ struct TestFile {
     evaluation_interval: Option<Dur>,
     #[serde(default)]
     group_eval_order: Vec<String>,
+    /// Prometheus 3.x: compare values with a relative tolerance of 1e-6.
+    #[serde(default)]
+    fuzzy_compare: bool,
     #[serde(default)]
     tests: Vec<TestGroup>,
 }
@@ -439,7 +442,12 @@ fn run_file(path: &Path) -> Vec<String> {
     }
     let mut errs = Vec::new();
     for tg in &tf.tests {
-        errs.extend(run_group(tg, &rule_files, &order, eval_interval));
+        errs.extend(run_group(
+            tg,
+            &rule_files,
+            &order,
+            (eval_interval, tf.fuzzy_compare),
+        ));
     }
     errs
 }
@@ -449,7 +457,7 @@ fn run_group(
     tg: &TestGroup,
     rule_files: &[PathBuf],
     order: &BTreeMap<&str, usize>,
-    eval_interval: i64,
+    (eval_interval, fuzzy): (i64, bool),
 ) -> Vec<String> {
     let interval = tg.interval.map_or(eval_interval, |d| d.0);
     let opts = GroupOptions {
@@ -615,12 +623,11 @@ fn run_group(
         let by_labels = |a: &(Labels, f64), b: &(Labels, f64)| a.0.cmp(&b.0);
         got.sort_by(by_labels);
         exp.sort_by(by_labels);
-        #[allow(clippy::float_cmp)] // promtool compares exactly.
         let same = got.len() == exp.len()
             && got
                 .iter()
                 .zip(&exp)
-                .all(|(g, e)| g.0 == e.0 && (g.1 == e.1 || (g.1.is_nan() && e.1.is_nan())));
+                .all(|(g, e)| g.0 == e.0 && same_value(g.1, e.1, fuzzy));
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
@@ -632,6 +639,25 @@ fn run_group(
         }
     }
     errs
+}
+
+/// promtool's value comparison: exact (NaN equal to NaN), or with
+/// `fuzzy_compare` Prometheus' `almost.Equal` at epsilon 1e-6.
+#[allow(clippy::float_cmp)] // Exactness is the point.
+fn same_value(a: f64, b: f64, fuzzy: bool) -> bool {
+    const EPS: f64 = 1e-6;
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return true;
+    }
+    if !fuzzy {
+        return false;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < f64::MIN_POSITIVE {
+        return diff < EPS * f64::MIN_POSITIVE;
+    }
+    diff / abs_sum.min(f64::MAX) < EPS
 }
 
 /// Runs `promtool test rules` on each file, writing promtool's report to
@@ -724,6 +750,14 @@ mod tests {
         assert!(expand_values("abc").is_err());
         assert!(expand_values("_x99999999999").is_err());
         assert!(expand_values("1x99999999999").is_err());
+    }
+
+    #[test]
+    fn value_comparison() {
+        assert!(same_value(f64::NAN, f64::NAN, false));
+        assert!(!same_value(1.0, 1.000_000_1, false));
+        assert!(same_value(1.0, 1.000_000_1, true));
+        assert!(!same_value(1.0, 1.001, true));
     }
 
     #[test]
