@@ -242,3 +242,57 @@ fn fuzz_rule_files_templates_and_series_never_panic() {
         assert!(r.is_ok(), "panicked on {text:?}");
     }
 }
+
+#[test]
+fn limits_and_duplicate_outputs_fail_the_rule_like_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "l.yml",
+        "groups:
+  - name: limited
+    limit: 1
+    rules:
+      - record: two
+        expr: up
+      - alert: Two
+        expr: up
+  - name: dup
+    rules:
+      - alert: Same
+        expr: up
+        labels:
+          instance: fixed
+      - record: one
+        expr: sum(up)
+",
+    );
+    let groups = load_groups(&[p], &GroupOptions::default()).unwrap();
+    let mut s = MemStorage::new();
+    for i in ["a", "b"] {
+        s.append(
+            &Labels::from_pairs([("__name__", "up"), ("instance", i)]),
+            0,
+            1.0,
+        );
+    }
+    let e = groups[0].eval_detailed(&s, 0);
+    let msgs: Vec<String> = e.errors.iter().map(|(r, e)| format!("{r}: {e}")).collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "two: exceeded limit of 1 with 2 series",
+            "Two: exceeded limit of 1 with 2 alerts"
+        ]
+    );
+    assert!(e.recorded.is_empty());
+    let e = groups[1].eval_detailed(&s, 0);
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(
+        e.errors[0].1.to_string(),
+        "vector contains metrics with the same labelset after applying alert labels"
+    );
+    // The failing rule does not stop the next one.
+    assert_eq!(e.recorded.len(), 1);
+    assert!((e.recorded[0].v - 2.0).abs() < f64::EPSILON);
+}

@@ -7,6 +7,7 @@
 //! - [`Group`]: evaluates a group's rules in order, keeping alert state and
 //!   writing staleness markers for series a rule stops producing.
 //! - `unittest`: `promtool test rules` / `promtool check rules`.
+//! - `notifier`: sends alerts to Alertmanager (API v2).
 
 pub mod alerting;
 pub mod file;
@@ -40,13 +41,15 @@ pub enum RuleError {
     /// The rule's labels made two outputs identical.
     #[error("{0}")]
     DuplicateLabelset(&'static str),
-    /// More outputs than the group's `limit`.
-    #[error("exceeded limit of {limit} with {got} alerts")]
+    /// More outputs than the group's `limit` (Prometheus' wording).
+    #[error("exceeded limit of {limit} with {got} {what}")]
     Limit {
         /// The group's limit.
         limit: u64,
         /// How many there were.
         got: u64,
+        /// `alerts` or `series`.
+        what: &'static str,
     },
     /// A string result, which no rule can use.
     #[error("rule result is not a vector or scalar")]
@@ -246,6 +249,7 @@ impl Group {
             return Err(RuleError::Limit {
                 limit,
                 got: out.len() as u64,
+                what: "series",
             });
         }
         Ok(out)
