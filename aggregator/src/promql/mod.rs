@@ -10,7 +10,25 @@
 //!
 //! Parsing is done by the `promql-parser` crate; the evaluator follows
 //! `prometheus/promql/engine.go` and `functions.go` of Prometheus 2.x
-//! (the release `promtool` ships in Debian stable), noted where 3.x differs.
+//! (the release `promtool` ships in Debian stable), or 3.x where
+//! [`Semantics::Prometheus3`] is chosen; the differences are listed there.
+//!
+//! # What is evaluated
+//! Instant queries only: number and string literals; instant selectors with
+//! all matcher kinds, 5-minute lookback and staleness markers; `offset`
+//! and `@` (`start()`/`end()` are the evaluation time); range selectors as
+//! arguments of range functions; unary minus; arithmetic, comparison (with
+//! and without `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
+//! `group_left`/`group_right`; the aggregations `sum avg min max count
+//! count_values stddev stdvar topk bottomk quantile group` with
+//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`].
+//!
+//! # What is refused
+//! By [`check_supported`], with the construct named: subqueries,
+//! `limitk`/`limit_ratio`, `fill*` binary modifiers, `or` inside braces,
+//! and every other function (native-histogram functions, experimental
+//! functions such as `double_exponential_smoothing`, `info`, …). Native
+//! histogram samples do not exist in this store.
 
 mod eval;
 mod functions;
