@@ -296,3 +296,64 @@ fn limits_and_duplicate_outputs_fail_the_rule_like_prometheus() {
     assert_eq!(e.recorded.len(), 1);
     assert!((e.recorded[0].v - 2.0).abs() < f64::EPSILON);
 }
+
+#[test]
+fn for_state_is_restored_after_a_restart() {
+    use nodewatch_aggregator::rules::{
+        DEFAULT_FOR_GRACE_PERIOD_MS, DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+    };
+    const MIN: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "r.yml",
+        "groups:\n  - name: g\n    rules:\n      - alert: Long\n        expr: up == 0\n        for: 30m\n",
+    );
+    // (minute the old process went down, minute it restarts) -> minute the
+    // alert, active since minute 0, fires after the restart.
+    for (down, restart, fires) in [
+        (40, 45, 45 + 1),  // already due: fires at the next evaluation
+        (25, 28, 28 + 10), // 5m left < 10m grace: one grace period later
+        (10, 15, 15 + 20), // 20m left: shifted by the 5m downtime
+    ] {
+        let groups = load_groups(std::slice::from_ref(&p), &GroupOptions::default()).unwrap();
+        let g = &groups[0];
+        let mut s = MemStorage::new();
+        let up = Labels::from_pairs([("__name__", "up"), ("instance", "a")]);
+        let for_state = Labels::from_pairs([
+            ("__name__", "ALERTS_FOR_STATE"),
+            ("alertname", "Long"),
+            ("instance", "a"),
+        ]);
+        for m in 0..=down {
+            s.append(&up, m * MIN, 0.0);
+            s.append(&for_state, m * MIN, 0.0);
+        }
+        let mut first = true;
+        let mut fired_at = None;
+        for m in restart..restart + 40 {
+            s.append(&up, m * MIN, 0.0);
+            let (rec, alerts) = g.eval(&s, m * MIN);
+            for r in rec {
+                s.append(&r.labels, r.t, r.v);
+            }
+            if first {
+                g.restore_for_state(
+                    &s,
+                    m * MIN,
+                    DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+                    DEFAULT_FOR_GRACE_PERIOD_MS,
+                );
+                first = false;
+            }
+            if fired_at.is_none() && alerts.iter().any(|a| a.state == AlertState::Firing) {
+                fired_at = Some(m);
+            }
+        }
+        assert_eq!(
+            fired_at,
+            Some(fires),
+            "down at {down}m, restarted at {restart}m"
+        );
+    }
+}

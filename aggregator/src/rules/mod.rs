@@ -28,6 +28,13 @@ use crate::promql::{
     METRIC_NAME,
 };
 
+/// Prometheus' `--rules.alert.for-outage-tolerance` default: alerts are
+/// only restored if the aggregator was down for less than this.
+pub const DEFAULT_FOR_OUTAGE_TOLERANCE_MS: i64 = 60 * 60 * 1000;
+/// Prometheus' `--rules.alert.for-grace-period` default: the least time an
+/// alert with a long `for` waits after a restart before firing.
+pub const DEFAULT_FOR_GRACE_PERIOD_MS: i64 = 10 * 60 * 1000;
+
 /// Prometheus' default `evaluation_interval` is 1 minute; nodewatch
 /// evaluates every second so node events alert within a scrape of them.
 pub const DEFAULT_EVAL_INTERVAL_MS: i64 = 1000;
@@ -264,6 +271,82 @@ impl Group {
         self.selectors
             .iter()
             .any(|m| crate::promql::storage::matchers_select(labels, m))
+    }
+
+    /// Restores the `for` progress of this group's alerts after a restart
+    /// from the `ALERTS_FOR_STATE` series written before it
+    /// (`Group.RestoreForState`). Call it once, right after the first
+    /// evaluation at `t_ms`. For each pending or firing alert whose rule has
+    /// `for` of at least the grace period, the last `ALERTS_FOR_STATE`
+    /// sample older than `t_ms` within `outage_tolerance_ms` says when the
+    /// alert became active and when the aggregator went down:
+    /// - if it had already been pending for `for`, its activity time is
+    ///   restored and it fires again at the next evaluation;
+    /// - if less than the grace period was left, it fires one grace period
+    ///   from now, so a restart cannot make it fire at once;
+    /// - otherwise its activity time is moved forward by the downtime.
+    pub fn restore_for_state(
+        &self,
+        storage: &dyn Storage,
+        t_ms: i64,
+        outage_tolerance_ms: i64,
+        grace_period_ms: i64,
+    ) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (rule, alerting) in self.spec.rules.iter().zip(state.alerting.iter_mut()) {
+            if !rule.is_alert || rule.for_ms < grace_period_ms {
+                continue;
+            }
+            for a in alerting.active.values_mut() {
+                let mut matchers: Vec<promql_parser::label::Matcher> = a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        promql_parser::label::Matcher::new(
+                            promql_parser::label::MatchOp::Equal,
+                            k,
+                            v,
+                        )
+                    })
+                    .collect();
+                matchers.push(promql_parser::label::Matcher::new(
+                    promql_parser::label::MatchOp::Equal,
+                    METRIC_NAME,
+                    alerting::ALERTS_FOR_STATE_METRIC,
+                ));
+                let series = storage.select(
+                    &promql_parser::label::Matchers::new(matchers),
+                    t_ms.saturating_sub(outage_tolerance_ms),
+                    t_ms.saturating_sub(1),
+                );
+                // Exactly this alert's series, not one with extra labels.
+                let Some((down_at, active_s)) = series
+                    .iter()
+                    .filter(|s| s.labels.without_name() == a.labels)
+                    .filter_map(|s| {
+                        s.samples
+                            .iter()
+                            .rev()
+                            .find(|(_, v)| !crate::promql::is_stale_nan(*v))
+                            .copied()
+                    })
+                    .max_by_key(|(t, _)| *t)
+                else {
+                    continue;
+                };
+                // Prometheus keeps whole seconds here.
+                let down_at = down_at.div_euclid(1000) * 1000;
+                let restored = (active_s as i64).saturating_mul(1000);
+                let remaining = rule.for_ms - (down_at - restored);
+                a.active_at_ms = if remaining <= 0 {
+                    restored
+                } else if remaining < grace_period_ms {
+                    t_ms + grace_period_ms - rule.for_ms
+                } else {
+                    restored + (t_ms - down_at)
+                };
+            }
+        }
     }
 
     /// The alerts to hand to the notifier after an evaluation at `t_ms`
