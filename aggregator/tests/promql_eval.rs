@@ -536,3 +536,14 @@ fn fuzz_parse_and_eval_never_panic() {
     // The generator must reach evaluation, not only parse errors.
     assert!(evaluated > 1000, "only {evaluated} queries evaluated");
 }
+
+#[test]
+fn at_modifier_reads_beyond_the_evaluation_time() {
+    let mut s = MemStorage::new();
+    load(&mut s, "c", &[], &[0.0, 10.0, 20.0, 163.0, 170.0]);
+    // `@ 268` is after the evaluation time: the window is [148s, 268s].
+    let v = vector(&v2(), &s, "stddev_over_time(c[2m] @ 268)", 75_000);
+    assert_eq!(v, vec![("{}".into(), 3.5)]);
+    let v = vector(&v2(), &s, "count_over_time(c[2m] @ 268)", 75_000);
+    assert_eq!(v, vec![("{}".into(), 2.0)]);
+}

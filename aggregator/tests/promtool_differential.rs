@@ -167,8 +167,21 @@ fn vector(rng: &mut StdRng, depth: u32, ranked: &mut Vec<String>) -> String {
             rng.random_range(-0.2..1.2),
             vector(rng, d, ranked)
         ),
-        // Rounded: a last-bit difference would change the label.
-        15 => format!("count_values(\"v\", round({}))", vector(rng, d, ranked)),
+        // Of plain series: a last-bit difference would change the label.
+        15 => format!(
+            "count_values(\"v\", {}({}[{}]))",
+            pick(
+                rng,
+                &[
+                    "max_over_time",
+                    "last_over_time",
+                    "changes",
+                    "count_over_time"
+                ]
+            ),
+            pick(rng, VECTORS),
+            pick(rng, RANGES)
+        ),
         16 => format!(
             "{}({}, {})",
             ["clamp_min", "clamp_max", "round"][rng.random_range(0..3)],
@@ -198,11 +211,23 @@ fn vector(rng: &mut StdRng, depth: u32, ranked: &mut Vec<String>) -> String {
             vector(rng, d, ranked)
         ),
         23 => format!("clamp({}, 1, 50)", vector(rng, d, ranked)),
-        0 | 1 => format!(
+        0 => format!(
             "{}({}[{}])",
             pick(rng, RANGE_FUNCS),
             pick(rng, VECTORS),
             pick(rng, RANGES)
+        ),
+        1 => format!(
+            "{}({}[{}] {})",
+            pick(rng, RANGE_FUNCS),
+            pick(rng, VECTORS),
+            pick(rng, RANGES),
+            [
+                "offset 2m".to_string(),
+                "offset -1m".to_string(),
+                format!("@ {}", rng.random_range(0..1300)),
+                format!("@ {} offset 3m", rng.random_range(0..1300)),
+            ][rng.random_range(0..4)]
         ),
         2 => format!("{}({})", pick(rng, FUNCS), vector(rng, d, ranked)),
         3 => format!(
@@ -323,7 +348,11 @@ fn random_expressions_agree_with_promtool() {
     };
     let mut rng = StdRng::seed_from_u64(env("PROMTOOL_DIFF_SEED", 42));
     let cases_wanted = env("PROMTOOL_DIFF_CASES", 400);
-    let mut cases = String::new();
+    // promtool only loads input samples up to its last evaluation step; a
+    // late case makes all of them visible, as they are to our engine.
+    let mut cases = String::from(
+        "      - expr: vector(1)\n        eval_time: 25m\n        exp_samples:\n          - labels: '{}'\n            value: 1\n",
+    );
     let mut n = 0;
     while n < cases_wanted {
         let depth = rng.random_range(0..3);

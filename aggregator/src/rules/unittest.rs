@@ -482,8 +482,13 @@ fn run_group(
     }
     groups.sort_by_key(|g| order.get(g.name()).copied().unwrap_or(0));
 
-    // Load input series.
+    // Expand the input series. Like promtool's lazy loader, samples enter
+    // the store only when the evaluation loop reaches their time, so rules
+    // cannot see the future (`@`, negative `offset`) and expression tests
+    // see nothing after the last evaluation step.
     let mut storage = MemStorage::new();
+    let mut input: Vec<(i64, usize, f64)> = Vec::new();
+    let mut input_labels: Vec<Labels> = Vec::new();
     for s in &tg.input_series {
         let labels = match parse_metric(&s.series) {
             Ok(l) => l,
@@ -495,10 +500,13 @@ fn run_group(
         };
         for (i, v) in values.into_iter().enumerate() {
             if let SeqValue::Value(v) = v {
-                storage.append(&labels, (i as i64).saturating_mul(interval), v);
+                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
             }
         }
+        input_labels.push(labels);
     }
+    input.sort_by_key(|&(t, _, _)| t);
+    let mut input = input.into_iter().peekable();
 
     let test_name = if tg.name.is_empty() {
         String::new()
@@ -520,6 +528,9 @@ fn run_group(
     let mut curr = 0;
     let mut ts = 0;
     'eval: while ts <= max_t {
+        while let Some((t, series, v)) = input.next_if(|&(t, _, _)| t <= ts) {
+            storage.append(&input_labels[series], t, v);
+        }
         let mut eval_errs = Vec::new();
         for g in &groups {
             let res = g.eval_detailed(&storage, ts);
