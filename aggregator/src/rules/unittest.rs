@@ -31,7 +31,13 @@ struct Dur(i64);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        // A plain `0` is a YAML integer, which Go's decoder still hands to
+        // `model.Duration` as text.
+        let s = match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            _ => return Err(serde::de::Error::custom("expected a duration")),
+        };
         parse_duration(&s)
             .map(Dur)
             .map_err(serde::de::Error::custom)
@@ -47,7 +53,7 @@ fn model_duration(ms: i64) -> String {
     let mut r = String::new();
     if ms < 0 {
         r.push('-');
-        ms = -ms;
+        ms = ms.saturating_neg();
     }
     for (unit, mult, exact) in [
         ("y", 31_536_000_000_i64, true),
@@ -769,6 +775,19 @@ mod tests {
         assert!(!same_value(1.0, 1.000_000_1, false));
         assert!(same_value(1.0, 1.000_000_1, true));
         assert!(!same_value(1.0, 1.001, true));
+    }
+
+    #[test]
+    fn durations_in_test_files() {
+        #[derive(Deserialize)]
+        struct D {
+            d: Dur,
+        }
+        let d: D = serde_yaml_ng::from_str("d: 0").unwrap();
+        assert_eq!(d.d, Dur(0));
+        let d: D = serde_yaml_ng::from_str("d: 1m30s").unwrap();
+        assert_eq!(d.d, Dur(90_000));
+        assert!(serde_yaml_ng::from_str::<D>("d: 5").is_err());
     }
 
     #[test]
