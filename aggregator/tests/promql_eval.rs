@@ -547,3 +547,34 @@ fn at_modifier_reads_beyond_the_evaluation_time() {
     let v = vector(&v2(), &s, "count_over_time(c[2m] @ 268)", 75_000);
     assert_eq!(v, vec![("{}".into(), 2.0)]);
 }
+
+#[test]
+fn deeply_nested_queries_are_refused_not_overflowing() {
+    let s = MemStorage::new();
+    // Within the limit, evaluation works on a test thread's 2 MiB stack.
+    let ok = [
+        format!("{}1{}", "(".repeat(120), ")".repeat(120)),
+        format!("1{}", "+1".repeat(120)),
+        format!("{}x{}", "sum(".repeat(120), ")".repeat(120)),
+        format!("{}1", "-".repeat(120)),
+    ];
+    for q in &ok {
+        assert!(v2().query(&s, q, 0).is_ok(), "{}", &q[..20]);
+    }
+    for depth in [200, 3000, 30_000] {
+        let bad = [
+            format!("{}1{}", "(".repeat(depth), ")".repeat(depth)),
+            format!("1{}", "+1".repeat(depth)),
+            format!("{}x{}", "sum(".repeat(depth), ")".repeat(depth)),
+            format!("{}x{}", "-(".repeat(depth), ")".repeat(depth)),
+        ];
+        for q in &bad {
+            let r = v2().query(&s, q, 0);
+            assert!(
+                matches!(r, Err(QueryError::Parse(_))),
+                "{}: {r:?}",
+                &q[..20]
+            );
+        }
+    }
+}
