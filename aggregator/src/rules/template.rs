@@ -86,24 +86,36 @@ enum Item {
 }
 
 /// Builds nodes up to an unmatched `else`/`end`, which is returned.
-fn build(items: &mut std::vec::IntoIter<Item>) -> Result<(Vec<Node>, Option<Item>), TemplateError> {
+fn build(
+    items: &mut std::vec::IntoIter<Item>,
+    depth: usize,
+) -> Result<(Vec<Node>, Option<Item>), TemplateError> {
+    if depth > MAX_NESTING {
+        return Err(TemplateError::Syntax(format!(
+            "nested deeper than {MAX_NESTING} levels"
+        )));
+    }
     let mut nodes = Vec::new();
     while let Some(item) = items.next() {
         match item {
             Item::Text(t) => nodes.push(Node::Text(t)),
             Item::Pipe(p) => nodes.push(Node::Action(p)),
-            Item::If(cond) => nodes.push(build_if(cond, items)?),
+            Item::If(cond) => nodes.push(build_if(cond, items, depth + 1)?),
             term @ (Item::Else(_) | Item::End) => return Ok((nodes, Some(term))),
         }
     }
     Ok((nodes, None))
 }
 
-fn build_if(cond: Pipeline, items: &mut std::vec::IntoIter<Item>) -> Result<Node, TemplateError> {
-    let (then, term) = build(items)?;
+fn build_if(
+    cond: Pipeline,
+    items: &mut std::vec::IntoIter<Item>,
+    depth: usize,
+) -> Result<Node, TemplateError> {
+    let (then, term) = build(items, depth)?;
     let otherwise = match term {
         Some(Item::End) => Vec::new(),
-        Some(Item::Else(None)) => match build(items)? {
+        Some(Item::Else(None)) => match build(items, depth)? {
             (els, Some(Item::End)) => els,
             _ => {
                 return Err(TemplateError::Syntax(
@@ -111,7 +123,7 @@ fn build_if(cond: Pipeline, items: &mut std::vec::IntoIter<Item>) -> Result<Node
                 ))
             }
         },
-        Some(Item::Else(Some(c))) => vec![build_if(c, items)?],
+        Some(Item::Else(Some(c))) => vec![build_if(c, items, depth + 1)?],
         _ => {
             return Err(TemplateError::Syntax(
                 "unexpected EOF: {{ if }} without {{ end }}".into(),
@@ -145,6 +157,10 @@ fn parse_pipeline(body: &str) -> Result<Pipeline, TemplateError> {
 pub struct Template {
     nodes: Vec<Node>,
 }
+
+/// Deepest `if` or parenthesis nesting accepted: parsing and expansion
+/// recurse per level, and no real annotation comes near this.
+const MAX_NESTING: usize = 64;
 
 const FUNCS: &[&str] = &[
     "eq",
@@ -240,7 +256,7 @@ impl Template {
         if !text.is_empty() {
             nodes.push(Item::Text(text.to_string()));
         }
-        match build(&mut nodes.into_iter())? {
+        match build(&mut nodes.into_iter(), 0)? {
             (nodes, None) => Ok(Self { nodes }),
             (_, Some(Item::End)) => Err(TemplateError::Syntax("unexpected {{ end }}".into())),
             (_, Some(_)) => Err(TemplateError::Syntax("unexpected {{ else }}".into())),
@@ -324,6 +340,7 @@ enum Tok {
 }
 
 fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
+    let mut open_parens = 0_usize;
     let mut toks = Vec::new();
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -333,10 +350,17 @@ fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
             c if c.is_whitespace() => i += 1,
             '(' => {
                 toks.push(Tok::LParen);
+                open_parens += 1;
+                if open_parens > MAX_NESTING {
+                    return Err(TemplateError::Syntax(format!(
+                        "nested deeper than {MAX_NESTING} levels"
+                    )));
+                }
                 i += 1;
             }
             ')' => {
                 toks.push(Tok::RParen);
+                open_parens = open_parens.saturating_sub(1);
                 i += 1;
             }
             '|' => {
@@ -1078,6 +1102,19 @@ mod tests {
         assert_eq!(ex("{{ humanizeDuration $value }}", 0.25), "250ms");
         assert_eq!(ex("{{ humanizeDuration $value }}", 5.5), "5.5s");
         assert_eq!(ex("{{ humanize \"2048\" }}", 1.0), "2.048k");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error() {
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(1000), ")".repeat(1000));
+        assert!(Template::parse(&deep).is_err());
+        let deep = format!("{}x{}", "{{ if 1 }}".repeat(1000), "{{ end }}".repeat(1000));
+        assert!(Template::parse(&deep).is_err());
+        let ok = format!("{}x{}", "{{ if 1 }}".repeat(10), "{{ end }}".repeat(10));
+        assert_eq!(
+            Template::parse(&ok).unwrap().expand(&data(1.0)).unwrap(),
+            "x"
+        );
     }
 
     #[test]
