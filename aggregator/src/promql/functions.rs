@@ -814,7 +814,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 let Some(ub) = s.labels.get("le").and_then(parse_go_float) else {
                     continue;
                 };
-                let key = s.labels.drop(&le);
+                let key = s.labels.remove_all(&le);
                 groups
                     .entry(key.clone())
                     .or_insert_with(|| {
