@@ -420,7 +420,7 @@ fn annotations_labels(a: &BTreeMap<String, String>) -> Labels {
 }
 
 /// Runs one test file; returns its failures (empty: passed).
-fn run_file(path: &Path) -> Vec<String> {
+fn run_file(path: &Path, engine: EngineOptions) -> Vec<String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return vec![format!("{}: {e}", path.display())],
@@ -453,6 +453,7 @@ fn run_file(path: &Path) -> Vec<String> {
             &rule_files,
             &order,
             (eval_interval, tf.fuzzy_compare),
+            engine,
         ));
     }
     errs
@@ -464,6 +465,7 @@ fn run_group(
     rule_files: &[PathBuf],
     order: &BTreeMap<&str, usize>,
     (eval_interval, fuzzy): (i64, bool),
+    engine_opts: EngineOptions,
 ) -> Vec<String> {
     let interval = tg.interval.map_or(eval_interval, |d| d.0);
     let opts = GroupOptions {
@@ -472,7 +474,7 @@ fn run_group(
             labels: tg.external_labels.clone(),
             url: tg.external_url.clone(),
         },
-        engine: EngineOptions::default(),
+        engine: engine_opts,
     };
     // Load rules.
     let mut groups: Vec<Group> = Vec::new();
@@ -598,7 +600,7 @@ fn run_group(
         ts += eval_interval;
     }
 
-    let engine = Engine::new(EngineOptions::default());
+    let engine = Engine::new(engine_opts);
     'outer: for tc in &tg.promql_expr_test {
         let t = tc.eval_time.0;
         let got = match engine.query(&storage, &tc.expr, t) {
@@ -680,11 +682,17 @@ fn same_value(a: f64, b: f64, fuzzy: bool) -> bool {
 /// Runs `promtool test rules` on each file, writing promtool's report to
 /// `out`; returns the exit code (0: all passed, 1: any failure).
 pub fn run_test_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
+    run_test_files_with(paths, EngineOptions::default(), out)
+}
+
+/// [`run_test_files`] with chosen evaluation semantics, e.g.
+/// [`crate::promql::Semantics::Prometheus3`] to match a 3.x `promtool`.
+pub fn run_test_files_with(paths: &[PathBuf], engine: EngineOptions, out: &mut impl Write) -> i32 {
     let mut failed = false;
     for p in paths {
         // Output errors (a closed pipe) must not change the verdict.
         let _ = writeln!(out, "Unit Testing:  {}", p.display());
-        let errs = run_file(p);
+        let errs = run_file(p, engine);
         if errs.is_empty() {
             let _ = writeln!(out, "  SUCCESS");
         } else {
