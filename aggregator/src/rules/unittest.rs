@@ -329,8 +329,10 @@ pub fn parse_series_description(
 }
 
 /// Resolves `rule_files` entries relative to the test file; a `*` in the
-/// last path component matches like a shell glob.
-fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, String> {
+/// last path component matches like a shell glob. As promtool's
+/// `resolveAndGlobFilepaths`, an entry matching nothing is a warning, not
+/// an error.
+fn resolve_rule_files(base: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for f in files {
         let p = if Path::new(f).is_absolute() {
@@ -339,27 +341,35 @@ fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, Str
             base.join(f)
         };
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains('*') {
-            out.push(p);
-            continue;
+        let hits: Vec<PathBuf> = if name.contains('*') {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let mut hits: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|e| {
+                    e.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| glob_match(name, n))
+                })
+                .collect();
+            hits.sort();
+            hits
+        } else if p.symlink_metadata().is_ok() {
+            vec![p.clone()]
+        } else {
+            Vec::new()
+        };
+        if hits.is_empty() {
+            warnings.push(format!("  WARNING: no file match pattern {}", p.display()));
         }
-        let dir = p
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let mut hits: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|e| {
-                e.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| glob_match(name, n))
-            })
-            .collect();
-        hits.sort();
         out.extend(hits);
     }
-    Ok(out)
+    out
 }
 
 fn glob_match(pat: &str, s: &str) -> bool {
@@ -420,7 +430,7 @@ fn annotations_labels(a: &BTreeMap<String, String>) -> Labels {
 }
 
 /// Runs one test file; returns its failures (empty: passed).
-fn run_file(path: &Path, engine: EngineOptions) -> Vec<String> {
+fn run_file(path: &Path, engine: EngineOptions, warnings: &mut Vec<String>) -> Vec<String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return vec![format!("{}: {e}", path.display())],
@@ -430,10 +440,7 @@ fn run_file(path: &Path, engine: EngineOptions) -> Vec<String> {
         Err(e) => return vec![e.to_string()],
     };
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    let rule_files = match resolve_rule_files(base, &tf.rule_files) {
-        Ok(f) => f,
-        Err(e) => return vec![e],
-    };
+    let rule_files = resolve_rule_files(base, &tf.rule_files, warnings);
     let mut order: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, g) in tf.group_eval_order.iter().enumerate() {
         if order.insert(g, i).is_some() {
@@ -692,7 +699,11 @@ pub fn run_test_files_with(paths: &[PathBuf], engine: EngineOptions, out: &mut i
     for p in paths {
         // Output errors (a closed pipe) must not change the verdict.
         let _ = writeln!(out, "Unit Testing:  {}", p.display());
-        let errs = run_file(p, engine);
+        let mut warnings = Vec::new();
+        let errs = run_file(p, engine, &mut warnings);
+        for w in warnings {
+            let _ = writeln!(out, "{w}");
+        }
         if errs.is_empty() {
             let _ = writeln!(out, "  SUCCESS");
         } else {
