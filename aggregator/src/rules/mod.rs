@@ -8,6 +8,33 @@
 //!   writing staleness markers for series a rule stops producing.
 //! - `unittest`: `promtool test rules` / `promtool check rules`.
 //! - `notifier`: sends alerts to Alertmanager (API v2).
+//!
+//! # Wiring
+//! ```
+//! use nodewatch_aggregator::promql::MemStorage;
+//! use nodewatch_aggregator::rules::notifier::{Notifier, NotifierConfig};
+//! use nodewatch_aggregator::rules::{load_groups, GroupOptions};
+//!
+//! # let dir = std::env::temp_dir().join("nodewatch-rules-doc");
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("node.yml");
+//! # std::fs::write(&path, "groups:\n  - name: node\n    rules:\n      - alert: Down\n        expr: up == 0\n").unwrap();
+//! // Load every file; all problems come back at once.
+//! let groups = load_groups(&[path], &GroupOptions::default()).expect("valid rules");
+//! let (notifier, task) = Notifier::new(NotifierConfig::default());
+//! // tokio::spawn(task.run(shutdown)) in the real server.
+//! # drop(task);
+//! let mut store = MemStorage::new(); // the aggregator's store in production
+//! let now_ms = 1_700_000_000_000;
+//! for g in &groups {
+//!     // On g.interval_ms(), or at once when g.reads(labels) for a new sample.
+//!     let (recorded, _alerts) = g.eval(&store, now_ms);
+//!     for s in recorded {
+//!         store.append(&s.labels, s.t, s.v); // ALERTS, recording rules, staleness markers
+//!     }
+//!     notifier.send_group(g, now_ms);
+//! }
+//! ```
 
 pub mod alerting;
 pub mod file;
