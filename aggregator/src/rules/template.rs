@@ -174,6 +174,8 @@ const FUNCS: &[&str] = &[
     "not",
     "reReplaceAll",
     "stripPort",
+    "stripDomain",
+    "humanizeTimestamp",
     "humanize",
     "humanize1024",
     "humanizePercentage",
@@ -733,6 +735,47 @@ fn call(f: &str, args: Vec<TVal>) -> Result<TVal, TemplateError> {
             })?;
             return Ok(TVal::Str(re.replace_all(&text, repl.as_str()).into_owned()));
         }
+        "stripDomain" => {
+            // Drops everything after the first dot of the host, keeping a
+            // port (`strutil`'s `stripDomain` as Prometheus' template uses).
+            let s = one_arg(f, args)?.print();
+            let (host, port) = match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p.to_string())),
+                _ => (s.clone(), None),
+            };
+            if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+                return Ok(TVal::Str(s));
+            }
+            let short = host.split('.').next().unwrap_or(&host).to_string();
+            return Ok(TVal::Str(match port {
+                Some(p) => format!("{short}:{p}"),
+                None => short,
+            }));
+        }
+        "humanizeTimestamp" => {
+            // `model.TimeFromUnixNano(int64(v * 1e9))`: millisecond
+            // precision, printed as Go's `time.Time.String()` in UTC.
+            let v = one_arg(f, args)?.as_float(f)?;
+            if v.is_nan() || v.is_infinite() {
+                return Ok(TVal::Str(go_format_g(v, Some(4))));
+            }
+            let nanos = v * 1e9;
+            // i64's range as floats (2^63).
+            let limit = 2f64.powi(63);
+            if !(-limit..limit).contains(&nanos) {
+                return Err(TemplateError::Call {
+                    func: f.into(),
+                    reason: format!("{} cannot be represented as a nanoseconds timestamp since it overflows int64", go_format_g(v, None)),
+                });
+            }
+            let ms = (nanos as i64) / 1_000_000;
+            let date = super::notifier::rfc3339_ms(ms);
+            let (day, time) = date
+                .trim_end_matches('Z')
+                .split_once('T')
+                .unwrap_or((&date, ""));
+            return Ok(TVal::Str(format!("{day} {time} +0000 UTC")));
+        }
         "stripPort" => {
             // `net.SplitHostPort`: the host when there is a port.
             let s = one_arg(f, args)?.print();
@@ -1145,6 +1188,22 @@ mod tests {
             "a"
         );
         assert_eq!(ex("{{ $labels.instance | stripPort }}", 1.0), "a");
+        assert_eq!(
+            ex("{{ \"node1.example.com:9100\" | stripDomain }}", 1.0),
+            "node1:9100"
+        );
+        assert_eq!(
+            ex("{{ \"10.0.0.1:9100\" | stripDomain }}", 1.0),
+            "10.0.0.1:9100"
+        );
+        assert_eq!(
+            ex("{{ humanizeTimestamp 1435065584.128 }}", 1.0),
+            "2015-06-23 13:19:44.128 +0000 UTC"
+        );
+        assert_eq!(
+            ex("{{ humanizeTimestamp 0 }}", 1.0),
+            "1970-01-01 00:00:00 +0000 UTC"
+        );
         let e = Template::parse("{{ if gt $labels.instance 1.0 }}x{{ end }}")
             .unwrap()
             .expand(&data(1.0));
