@@ -578,3 +578,15 @@ fn deeply_nested_queries_are_refused_not_overflowing() {
         }
     }
 }
+
+#[test]
+fn history_needed_covers_ranges_offsets_and_lookback() {
+    use nodewatch_aggregator::promql::{history_needed_ms, DEFAULT_LOOKBACK_MS};
+    let need = |q: &str| history_needed_ms(&parse(q).unwrap(), DEFAULT_LOOKBACK_MS);
+    assert_eq!(need("up"), Some(300_000));
+    assert_eq!(need("rate(x[10m]) > up offset 1h"), Some(3_900_000));
+    assert_eq!(need("sum(rate(x[1h] offset 30m))"), Some(5_400_000));
+    assert_eq!(need("x offset -10m"), Some(0));
+    assert_eq!(need("x @ 100"), None);
+    assert_eq!(need("vector(1)"), Some(0));
+}

@@ -39,7 +39,9 @@ pub mod value;
 pub(crate) use functions::civil_from_days;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
-pub use support::{check_supported, selectors, Unsupported, SUPPORTED_FUNCTIONS};
+pub use support::{
+    check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
+};
 pub use value::{Labels, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'

@@ -405,6 +405,21 @@ impl Group {
         out
     }
 
+    /// How much history the group's rules read, in milliseconds (the
+    /// longest range or lookback plus offset); `None` if a rule pins a
+    /// selector with `@ <time>`. The store keeps at least this much of every
+    /// series the group [`reads`](Group::reads); restoring `for` state after
+    /// a restart also needs `ALERTS_FOR_STATE` for the outage tolerance.
+    #[must_use]
+    pub fn history_needed_ms(&self) -> Option<i64> {
+        let lookback = self.engine.options().lookback_ms;
+        self.spec
+            .rules
+            .iter()
+            .map(|r| crate::promql::history_needed_ms(&r.expr, lookback))
+            .try_fold(0_i64, |acc, n| n.map(|n| acc.max(n)))
+    }
+
     /// The group's alerts as of the last evaluation.
     #[must_use]
     pub fn alerts(&self) -> Vec<ActiveAlert> {
