@@ -536,3 +536,57 @@ fn fuzz_parse_and_eval_never_panic() {
     // The generator must reach evaluation, not only parse errors.
     assert!(evaluated > 1000, "only {evaluated} queries evaluated");
 }
+
+#[test]
+fn at_modifier_reads_beyond_the_evaluation_time() {
+    let mut s = MemStorage::new();
+    load(&mut s, "c", &[], &[0.0, 10.0, 20.0, 163.0, 170.0]);
+    // `@ 268` is after the evaluation time: the window is [148s, 268s].
+    let v = vector(&v2(), &s, "stddev_over_time(c[2m] @ 268)", 75_000);
+    assert_eq!(v, vec![("{}".into(), 3.5)]);
+    let v = vector(&v2(), &s, "count_over_time(c[2m] @ 268)", 75_000);
+    assert_eq!(v, vec![("{}".into(), 2.0)]);
+}
+
+#[test]
+fn deeply_nested_queries_are_refused_not_overflowing() {
+    let s = MemStorage::new();
+    // Within the limit, evaluation works on a test thread's 2 MiB stack.
+    let ok = [
+        format!("{}1{}", "(".repeat(120), ")".repeat(120)),
+        format!("1{}", "+1".repeat(120)),
+        format!("{}x{}", "sum(".repeat(120), ")".repeat(120)),
+        format!("{}1", "-".repeat(120)),
+    ];
+    for q in &ok {
+        assert!(v2().query(&s, q, 0).is_ok(), "{}", &q[..20]);
+    }
+    for depth in [200, 3000, 30_000] {
+        let bad = [
+            format!("{}1{}", "(".repeat(depth), ")".repeat(depth)),
+            format!("1{}", "+1".repeat(depth)),
+            format!("{}x{}", "sum(".repeat(depth), ")".repeat(depth)),
+            format!("{}x{}", "-(".repeat(depth), ")".repeat(depth)),
+        ];
+        for q in &bad {
+            let r = v2().query(&s, q, 0);
+            assert!(
+                matches!(r, Err(QueryError::Parse(_))),
+                "{}: {r:?}",
+                &q[..20]
+            );
+        }
+    }
+}
+
+#[test]
+fn history_needed_covers_ranges_offsets_and_lookback() {
+    use nodewatch_aggregator::promql::{history_needed_ms, DEFAULT_LOOKBACK_MS};
+    let need = |q: &str| history_needed_ms(&parse(q).unwrap(), DEFAULT_LOOKBACK_MS);
+    assert_eq!(need("up"), Some(300_000));
+    assert_eq!(need("rate(x[10m]) > up offset 1h"), Some(3_900_000));
+    assert_eq!(need("sum(rate(x[1h] offset 30m))"), Some(5_400_000));
+    assert_eq!(need("x offset -10m"), Some(0));
+    assert_eq!(need("x @ 100"), None);
+    assert_eq!(need("vector(1)"), Some(0));
+}

@@ -37,7 +37,7 @@ const BAD: &str = r#"groups:
       - alert: Template
         expr: up == 0
         annotations:
-          summary: "{{ if $value }}down{{ end }}"
+          summary: "{{ range $labels }}down{{ end }}"
       - record: "job:up sum"
         expr: sum(up)
         annotations:
@@ -66,7 +66,7 @@ fn every_problem_is_reported_with_file_group_rule_and_field() {
         r#"DIR/rules.yml:10: group "node", rule 3 ("Subquery"): expr: subqueries are not supported"#,
         r#"DIR/rules.yml:13: group "node", rule 4 ("Slow"): for: not a valid duration string: "5 minutes""#,
         r#"DIR/rules.yml:14: group "node", rule 4 ("Slow"): keep_firing_for: not a valid duration string: "10""#,
-        r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: unsupported action "if""#,
+        r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: unsupported action "range""#,
         r#"DIR/rules.yml:19: group "node", rule 6 ("job:up sum"): record: invalid recording rule name: "job:up sum""#,
         r#"DIR/rules.yml:21: group "node", rule 6 ("job:up sum"): annotations: invalid field 'annotations' in recording rule"#,
         r#"DIR/rules.yml:23: group "node", groupname: "node" is repeated in the same file"#,
@@ -189,4 +189,171 @@ fn alert_life_cycle_with_for_keep_firing_for_and_resolution() {
     assert_eq!(alerts.len(), 1);
     let (_, alerts) = g.eval(&s, 70_000 + 15 * 60_000 + 1);
     assert!(alerts.is_empty());
+}
+
+/// Random and mutated rule files, templates and series notations must give
+/// errors, never panics.
+#[test]
+fn fuzz_rule_files_templates_and_series_never_panic() {
+    use nodewatch_aggregator::rules::file::parse_rules;
+    use nodewatch_aggregator::rules::template::{Template, TemplateData};
+    use nodewatch_aggregator::rules::unittest::parse_series_description;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let seeds = [
+        BAD.to_string(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rules/node.rules.yml")).unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rules/joins.rules.yml")).unwrap(),
+        "{{ if gt $value 1.0 }}{{ $labels.a | toUpper }}{{ else if $value }}{{ printf \"%5.2f%%\" $value }}{{ end }}".to_string(),
+        "{{- humanizeDuration 3661 -}} {{ reReplaceAll \"(a+)\" \"$1x\" .Labels.a }} {{/* c */}}".to_string(),
+        "1+1x10 _x3 stale -2-0.5x4 1e3x2 NaN Inf -Inf".to_string(),
+    ];
+    let alphabet: Vec<char> = "{}[]()$.|-\"'`:=_ \n\t abcxyz019%+*".chars().collect();
+    let mut rng = StdRng::seed_from_u64(99);
+    let data = TemplateData {
+        labels: [("a".to_string(), "aa:1".to_string())].into(),
+        value: 1.5,
+        ..TemplateData::default()
+    };
+    for i in 0..4000 {
+        let mut chars: Vec<char> = seeds[i % seeds.len()].chars().collect();
+        for _ in 0..rng.random_range(1..6) {
+            let pos = rng.random_range(0..=chars.len());
+            match rng.random_range(0..3) {
+                0 if pos < chars.len() => {
+                    chars.remove(pos);
+                }
+                1 => chars.insert(pos, alphabet[rng.random_range(0..alphabet.len())]),
+                _ if pos < chars.len() => {
+                    chars[pos] = alphabet[rng.random_range(0..alphabet.len())];
+                }
+                _ => {}
+            }
+        }
+        let text: String = chars.into_iter().collect();
+        let r = std::panic::catch_unwind(|| {
+            let _ = parse_rules(std::path::Path::new("f.yml"), &text);
+            if let Ok(t) = Template::parse(&text) {
+                let _ = t.expand(&data);
+            }
+            let _ = parse_series_description("m{a=\"b\"}", &text);
+        });
+        assert!(r.is_ok(), "panicked on {text:?}");
+    }
+}
+
+#[test]
+fn limits_and_duplicate_outputs_fail_the_rule_like_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "l.yml",
+        "groups:
+  - name: limited
+    limit: 1
+    rules:
+      - record: two
+        expr: up
+      - alert: Two
+        expr: up
+  - name: dup
+    rules:
+      - alert: Same
+        expr: up
+        labels:
+          instance: fixed
+      - record: one
+        expr: sum(up)
+",
+    );
+    let groups = load_groups(&[p], &GroupOptions::default()).unwrap();
+    let mut s = MemStorage::new();
+    for i in ["a", "b"] {
+        s.append(
+            &Labels::from_pairs([("__name__", "up"), ("instance", i)]),
+            0,
+            1.0,
+        );
+    }
+    let e = groups[0].eval_detailed(&s, 0);
+    let msgs: Vec<String> = e.errors.iter().map(|(r, e)| format!("{r}: {e}")).collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "two: exceeded limit of 1 with 2 series",
+            "Two: exceeded limit of 1 with 2 alerts"
+        ]
+    );
+    assert!(e.recorded.is_empty());
+    let e = groups[1].eval_detailed(&s, 0);
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(
+        e.errors[0].1.to_string(),
+        "vector contains metrics with the same labelset after applying alert labels"
+    );
+    // The failing rule does not stop the next one.
+    assert_eq!(e.recorded.len(), 1);
+    assert!((e.recorded[0].v - 2.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn for_state_is_restored_after_a_restart() {
+    use nodewatch_aggregator::rules::{
+        DEFAULT_FOR_GRACE_PERIOD_MS, DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+    };
+    const MIN: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "r.yml",
+        "groups:\n  - name: g\n    rules:\n      - alert: Long\n        expr: up == 0\n        for: 30m\n",
+    );
+    // (minute the old process went down, minute it restarts) -> minute the
+    // alert, active since minute 0, fires after the restart.
+    for (down, restart, fires) in [
+        (40, 45, 45 + 1),  // already due: fires at the next evaluation
+        (25, 28, 28 + 10), // 5m left < 10m grace: one grace period later
+        (10, 15, 15 + 20), // 20m left: shifted by the 5m downtime
+    ] {
+        let groups = load_groups(std::slice::from_ref(&p), &GroupOptions::default()).unwrap();
+        let g = &groups[0];
+        let mut s = MemStorage::new();
+        let up = Labels::from_pairs([("__name__", "up"), ("instance", "a")]);
+        let for_state = Labels::from_pairs([
+            ("__name__", "ALERTS_FOR_STATE"),
+            ("alertname", "Long"),
+            ("instance", "a"),
+        ]);
+        for m in 0..=down {
+            s.append(&up, m * MIN, 0.0);
+            s.append(&for_state, m * MIN, 0.0);
+        }
+        let mut first = true;
+        let mut fired_at = None;
+        for m in restart..restart + 40 {
+            s.append(&up, m * MIN, 0.0);
+            let (rec, alerts) = g.eval(&s, m * MIN);
+            for r in rec {
+                s.append(&r.labels, r.t, r.v);
+            }
+            if first {
+                g.restore_for_state(
+                    &s,
+                    m * MIN,
+                    DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+                    DEFAULT_FOR_GRACE_PERIOD_MS,
+                );
+                first = false;
+            }
+            if fired_at.is_none() && alerts.iter().any(|a| a.state == AlertState::Firing) {
+                fired_at = Some(m);
+            }
+        }
+        assert_eq!(
+            fired_at,
+            Some(fires),
+            "down at {down}m, restarted at {restart}m"
+        );
+    }
 }

@@ -142,7 +142,7 @@ fn signature(labels: &Labels, on: bool, names: &[String]) -> Labels {
     if on {
         labels.keep(names)
     } else {
-        labels.drop(names).without_name()
+        labels.remove_all(names).without_name()
     }
 }
 
@@ -376,7 +376,7 @@ impl<'a> Evaluator<'a> {
         };
         let key_of = |l: &Labels| {
             if without {
-                l.drop(&grouping).without_name()
+                l.remove_all(&grouping).without_name()
             } else {
                 l.keep(&grouping)
             }
@@ -726,7 +726,7 @@ fn vector_binop(
             metric = if on {
                 metric.keep(names)
             } else {
-                metric.drop(names)
+                metric.remove_all(names)
             };
         }
         for ln in &include {

@@ -321,6 +321,78 @@ fn stdvar_over(points: &[(i64, f64)]) -> f64 {
     (aux + c_aux) / count
 }
 
+/// Go's `math.Frexp`: `x = frac × 2^exp` with `frac` in `[0.5, 1)`.
+fn frexp(x: f64) -> (f64, i32) {
+    if x == 0.0 || x.is_nan() || x.is_infinite() {
+        return (x, 0);
+    }
+    let (mut x, mut exp) = (x, 0);
+    if x.abs() < f64::MIN_POSITIVE {
+        // Normalise a subnormal first.
+        x *= (1_u64 << 52) as f64;
+        exp = -52;
+    }
+    let bits = x.to_bits();
+    exp += ((bits >> 52) & 0x7ff) as i32 - 1022;
+    let frac = f64::from_bits((bits & !(0x7ff << 52)) | (1022 << 52));
+    (frac, exp)
+}
+
+/// Go's `math.Log` (FreeBSD's `e_log.c`), so `ln`, `log2` and `log10`
+/// give promtool's answers to the last bit rather than the C library's.
+#[allow(clippy::excessive_precision, clippy::unreadable_literal)]
+fn go_log(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.93147180369123816490e-01;
+    const LN2_LO: f64 = 1.90821492927058770002e-10;
+    const L1: f64 = 6.666666666666735130e-01;
+    const L2: f64 = 3.999999999940941908e-01;
+    const L3: f64 = 2.857142874366239149e-01;
+    const L4: f64 = 2.222219843214978396e-01;
+    const L5: f64 = 1.818357216161805012e-01;
+    const L6: f64 = 1.531383769920937332e-01;
+    const L7: f64 = 1.479819860511658591e-01;
+    if x.is_nan() || (x.is_infinite() && x > 0.0) {
+        return x;
+    }
+    if x < 0.0 {
+        return f64::NAN;
+    }
+    if x == 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    let (mut f1, mut ki) = frexp(x);
+    if f1 < std::f64::consts::SQRT_2 / 2.0 {
+        f1 *= 2.0;
+        ki -= 1;
+    }
+    let f = f1 - 1.0;
+    let k = f64::from(ki);
+    let s = f / (2.0 + f);
+    let s2 = s * s;
+    let s4 = s2 * s2;
+    let t1 = s2 * (L1 + s4 * (L3 + s4 * (L5 + s4 * L7)));
+    let t2 = s4 * (L2 + s4 * (L4 + s4 * L6));
+    let r = t1 + t2;
+    let hfsq = 0.5 * f * f;
+    k * LN2_HI - ((hfsq - (s * (hfsq + r) + k * LN2_LO)) - f)
+}
+
+/// Go's `math.Log2`: exact for powers of two.
+fn go_log2(x: f64) -> f64 {
+    let (frac, exp) = frexp(x);
+    if frac == 0.5 {
+        return f64::from(exp - 1);
+    }
+    // Go's `1/Ln2` is an exact constant, i.e. `LOG2_E`.
+    go_log(frac) * std::f64::consts::LOG2_E + f64::from(exp)
+}
+
+/// Go's `math.Log10`.
+fn go_log10(x: f64) -> f64 {
+    // Go's `Ln2/Ln10` is an exact constant, i.e. `LOG10_2`.
+    go_log2(x) * std::f64::consts::LOG10_2
+}
+
 /// Labels for `absent`/`absent_over_time`: the selector's equality
 /// matchers, except names matched more than once or otherwise
 /// (`createLabelsForAbsentFunction`).
@@ -650,9 +722,9 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 "ceil" => f64::ceil,
                 "floor" => f64::floor,
                 "exp" => f64::exp,
-                "ln" => f64::ln,
-                "log2" => f64::log2,
-                "log10" => f64::log10,
+                "ln" => go_log,
+                "log2" => go_log2,
+                "log10" => go_log10,
                 "sqrt" => f64::sqrt,
                 _ => |x: f64| {
                     if x < 0.0 {
@@ -742,7 +814,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 let Some(ub) = s.labels.get("le").and_then(parse_go_float) else {
                     continue;
                 };
-                let key = s.labels.drop(&le);
+                let key = s.labels.remove_all(&le);
                 groups
                     .entry(key.clone())
                     .or_insert_with(|| {
@@ -873,6 +945,18 @@ pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_logs() {
+        assert_eq!(frexp(8.0), (0.5, 4));
+        assert_eq!(frexp(f64::MIN_POSITIVE / 4.0), (0.5, -1023));
+        assert_eq!(go_log2(8.0), 3.0);
+        assert_eq!(go_log10(100.0), 2.0);
+        assert_eq!(go_log(1.0), 0.0);
+        assert!((go_log(10.0) - 10f64.ln()).abs() < 1e-15);
+        assert_eq!(go_log(0.0), f64::NEG_INFINITY);
+        assert!(go_log(-1.0).is_nan());
+    }
 
     #[test]
     fn civil_dates() {

@@ -10,7 +10,25 @@
 //!
 //! Parsing is done by the `promql-parser` crate; the evaluator follows
 //! `prometheus/promql/engine.go` and `functions.go` of Prometheus 2.x
-//! (the release `promtool` ships in Debian stable), noted where 3.x differs.
+//! (the release `promtool` ships in Debian stable), or 3.x where
+//! [`Semantics::Prometheus3`] is chosen; the differences are listed there.
+//!
+//! # What is evaluated
+//! Instant queries only: number and string literals; instant selectors with
+//! all matcher kinds, 5-minute lookback and staleness markers; `offset`
+//! and `@` (`start()`/`end()` are the evaluation time); range selectors as
+//! arguments of range functions; unary minus; arithmetic, comparison (with
+//! and without `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
+//! `group_left`/`group_right`; the aggregations `sum avg min max count
+//! count_values stddev stdvar topk bottomk quantile group` with
+//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`].
+//!
+//! # What is refused
+//! By [`check_supported`], with the construct named: subqueries,
+//! `limitk`/`limit_ratio`, `fill*` binary modifiers, `or` inside braces,
+//! and every other function (native-histogram functions, experimental
+//! functions such as `double_exponential_smoothing`, `info`, …). Native
+//! histogram samples do not exist in this store.
 
 mod eval;
 mod functions;
@@ -21,7 +39,9 @@ pub mod value;
 pub(crate) use functions::civil_from_days;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
-pub use support::{check_supported, selectors, Unsupported, SUPPORTED_FUNCTIONS};
+pub use support::{
+    check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
+};
 pub use value::{Labels, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'
@@ -126,13 +146,97 @@ pub enum QueryError {
     Eval(#[from] EvalError),
 }
 
+/// Deepest expression tree accepted. Evaluation recurses once per level;
+/// this bound keeps it well inside a 2 MiB thread stack (tokio's default)
+/// even in debug builds, and is far beyond any real rule.
+pub const MAX_EXPR_DEPTH: usize = 128;
+
+/// Most brackets open at once and operators in one query accepted before
+/// parsing: the generated parser recurses on both and would overflow the
+/// stack (an abort, not an error) on pathological input.
+const MAX_LEXICAL_NESTING: usize = 256;
+const MAX_LEXICAL_OPERATORS: usize = 1000;
+
+/// Refuses texts that would make the parser recurse too deeply; string
+/// literals are skipped.
+fn check_lexical_depth(query: &str) -> Result<(), ParseError> {
+    let (mut depth, mut max_depth, mut operators) = (0_usize, 0_usize, 0_usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in query.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q != '`' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' | '/' | '%' | '^' | '=' | '<' | '>' | '!' => operators += 1,
+            _ => {}
+        }
+    }
+    if max_depth > MAX_LEXICAL_NESTING || operators > MAX_LEXICAL_OPERATORS {
+        return Err(ParseError(format!(
+            "query too deeply nested or too long (at most {MAX_LEXICAL_NESTING} open brackets and {MAX_LEXICAL_OPERATORS} operators)"
+        )));
+    }
+    Ok(())
+}
+
+/// Depth of `expr`'s tree, computed without recursion.
+fn expr_depth(expr: &Expr) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(expr, 1_usize)];
+    while let Some((e, d)) = stack.pop() {
+        max = max.max(d);
+        match e {
+            Expr::Paren(p) => stack.push((&p.expr, d + 1)),
+            Expr::Unary(u) => stack.push((&u.expr, d + 1)),
+            Expr::Subquery(q) => stack.push((&q.expr, d + 1)),
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, d + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, d + 1));
+                }
+            }
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, d + 1));
+                stack.push((&b.rhs, d + 1));
+            }
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parses `query` into an expression.
 pub fn parse(query: &str) -> Result<Expr, ParseError> {
+    check_lexical_depth(query)?;
     // The parser is third-party and generated; a panic in it must not take
     // down rule loading or a query, so it becomes a parse error.
     std::panic::catch_unwind(|| promql_parser::parser::parse(query))
         .map_err(|_| ParseError(format!("cannot parse {query:?}")))?
         .map_err(ParseError)
+        .and_then(|e| {
+            if expr_depth(&e) > MAX_EXPR_DEPTH {
+                Err(ParseError(format!(
+                    "expression nested deeper than {MAX_EXPR_DEPTH} levels"
+                )))
+            } else {
+                Ok(e)
+            }
+        })
 }
 
 /// Evaluates instant queries against a [`Storage`].

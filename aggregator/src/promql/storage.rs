@@ -69,6 +69,8 @@ pub fn matchers_select(labels: &Labels, matchers: &Matchers) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct MemStorage {
     series: Vec<SeriesData>,
+    /// Position of each series in `series`.
+    index: std::collections::HashMap<Labels, usize>,
 }
 
 impl MemStorage {
@@ -82,13 +84,14 @@ impl MemStorage {
     /// series if needed. Samples must arrive in time order per series; a
     /// sample with the same timestamp as the newest one replaces it.
     pub fn append(&mut self, labels: &Labels, t_ms: i64, v: f64) {
-        let idx = if let Some(i) = self.series.iter().position(|s| &s.labels == labels) {
+        let idx = if let Some(&i) = self.index.get(labels) {
             i
         } else {
             self.series.push(SeriesData {
                 labels: labels.clone(),
                 samples: Vec::new(),
             });
+            self.index.insert(labels.clone(), self.series.len() - 1);
             self.series.len() - 1
         };
         let samples = &mut self.series[idx].samples;

@@ -190,3 +190,65 @@ fn collect_selectors(expr: &Expr, out: &mut Vec<promql_parser::label::Matchers>)
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
     }
 }
+
+/// How far back from the evaluation time `expr` reads, in milliseconds:
+/// the longest range or lookback plus its `offset`. `None` when a selector
+/// is pinned with `@ <time>`, which can reach any time. The store must keep
+/// at least this much of every series a rule reads.
+#[must_use]
+pub fn history_needed_ms(expr: &Expr, lookback_ms: i64) -> Option<i64> {
+    use promql_parser::parser::{AtModifier, Offset, VectorSelector};
+    let reach = |vs: &VectorSelector, window: i64| -> Option<i64> {
+        if matches!(vs.at, Some(AtModifier::At(_))) {
+            return None;
+        }
+        let offset = match &vs.offset {
+            Some(Offset::Pos(d)) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Some(Offset::Neg(d)) => -i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            None => 0,
+        };
+        Some(window.saturating_add(offset).max(0))
+    };
+    let mut max = 0_i64;
+    let mut stack = vec![expr];
+    while let Some(e) = stack.pop() {
+        let need = match e {
+            Expr::VectorSelector(vs) => reach(vs, lookback_ms)?,
+            Expr::MatrixSelector(ms) => reach(
+                &ms.vs,
+                i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX),
+            )?,
+            Expr::Paren(p) => {
+                stack.push(&p.expr);
+                0
+            }
+            Expr::Unary(u) => {
+                stack.push(&u.expr);
+                0
+            }
+            Expr::Subquery(q) => {
+                stack.push(&q.expr);
+                0
+            }
+            Expr::Aggregate(a) => {
+                stack.push(&a.expr);
+                if let Some(p) = &a.param {
+                    stack.push(p);
+                }
+                0
+            }
+            Expr::Binary(b) => {
+                stack.push(&b.lhs);
+                stack.push(&b.rhs);
+                0
+            }
+            Expr::Call(c) => {
+                stack.extend(c.args.args.iter().map(AsRef::as_ref));
+                0
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => 0,
+        };
+        max = max.max(need);
+    }
+    Some(max)
+}

@@ -82,7 +82,7 @@ impl Labels {
 
     /// All labels except those in `names`.
     #[must_use]
-    pub fn drop(&self, names: &[String]) -> Self {
+    pub fn remove_all(&self, names: &[String]) -> Self {
         Self(
             self.0
                 .iter()

@@ -232,6 +232,7 @@ impl AlertingState {
             return Err(RuleError::Limit {
                 limit,
                 got: active_pending,
+                what: "alerts",
             });
         }
         Ok(out)

@@ -589,8 +589,7 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
             let mut dur = |field: &str, v: &Option<String>| -> i64 {
                 match v {
                     None => 0,
-                    Some(s) if !is_alert => {
-                        let _ = s;
+                    Some(_) if !is_alert => {
                         push(format!(
                             "{field}: invalid field '{field}' in recording rule"
                         ));

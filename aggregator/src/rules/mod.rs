@@ -7,6 +7,34 @@
 //! - [`Group`]: evaluates a group's rules in order, keeping alert state and
 //!   writing staleness markers for series a rule stops producing.
 //! - `unittest`: `promtool test rules` / `promtool check rules`.
+//! - `notifier`: sends alerts to Alertmanager (API v2).
+//!
+//! # Wiring
+//! ```
+//! use nodewatch_aggregator::promql::MemStorage;
+//! use nodewatch_aggregator::rules::notifier::{Notifier, NotifierConfig};
+//! use nodewatch_aggregator::rules::{load_groups, GroupOptions};
+//!
+//! # let dir = std::env::temp_dir().join("nodewatch-rules-doc");
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("node.yml");
+//! # std::fs::write(&path, "groups:\n  - name: node\n    rules:\n      - alert: Down\n        expr: up == 0\n").unwrap();
+//! // Load every file; all problems come back at once.
+//! let groups = load_groups(&[path], &GroupOptions::default()).expect("valid rules");
+//! let (notifier, task) = Notifier::new(NotifierConfig::default());
+//! // tokio::spawn(task.run(shutdown)) in the real server.
+//! # drop(task);
+//! let mut store = MemStorage::new(); // the aggregator's store in production
+//! let now_ms = 1_700_000_000_000;
+//! for g in &groups {
+//!     // On g.interval_ms(), or at once when g.reads(labels) for a new sample.
+//!     let (recorded, _alerts) = g.eval(&store, now_ms);
+//!     for s in recorded {
+//!         store.append(&s.labels, s.t, s.v); // ALERTS, recording rules, staleness markers
+//!     }
+//!     notifier.send_group(g, now_ms);
+//! }
+//! ```
 
 pub mod alerting;
 pub mod file;
@@ -27,6 +55,13 @@ use crate::promql::{
     METRIC_NAME,
 };
 
+/// Prometheus' `--rules.alert.for-outage-tolerance` default: alerts are
+/// only restored if the aggregator was down for less than this.
+pub const DEFAULT_FOR_OUTAGE_TOLERANCE_MS: i64 = 60 * 60 * 1000;
+/// Prometheus' `--rules.alert.for-grace-period` default: the least time an
+/// alert with a long `for` waits after a restart before firing.
+pub const DEFAULT_FOR_GRACE_PERIOD_MS: i64 = 10 * 60 * 1000;
+
 /// Prometheus' default `evaluation_interval` is 1 minute; nodewatch
 /// evaluates every second so node events alert within a scrape of them.
 pub const DEFAULT_EVAL_INTERVAL_MS: i64 = 1000;
@@ -40,13 +75,15 @@ pub enum RuleError {
     /// The rule's labels made two outputs identical.
     #[error("{0}")]
     DuplicateLabelset(&'static str),
-    /// More outputs than the group's `limit`.
-    #[error("exceeded limit of {limit} with {got} alerts")]
+    /// More outputs than the group's `limit` (Prometheus' wording).
+    #[error("exceeded limit of {limit} with {got} {what}")]
     Limit {
         /// The group's limit.
         limit: u64,
         /// How many there were.
         got: u64,
+        /// `alerts` or `series`.
+        what: &'static str,
     },
     /// A string result, which no rule can use.
     #[error("rule result is not a vector or scalar")]
@@ -246,6 +283,7 @@ impl Group {
             return Err(RuleError::Limit {
                 limit,
                 got: out.len() as u64,
+                what: "series",
             });
         }
         Ok(out)
@@ -260,6 +298,82 @@ impl Group {
         self.selectors
             .iter()
             .any(|m| crate::promql::storage::matchers_select(labels, m))
+    }
+
+    /// Restores the `for` progress of this group's alerts after a restart
+    /// from the `ALERTS_FOR_STATE` series written before it
+    /// (`Group.RestoreForState`). Call it once, right after the first
+    /// evaluation at `t_ms`. For each pending or firing alert whose rule has
+    /// `for` of at least the grace period, the last `ALERTS_FOR_STATE`
+    /// sample older than `t_ms` within `outage_tolerance_ms` says when the
+    /// alert became active and when the aggregator went down:
+    /// - if it had already been pending for `for`, its activity time is
+    ///   restored and it fires again at the next evaluation;
+    /// - if less than the grace period was left, it fires one grace period
+    ///   from now, so a restart cannot make it fire at once;
+    /// - otherwise its activity time is moved forward by the downtime.
+    pub fn restore_for_state(
+        &self,
+        storage: &dyn Storage,
+        t_ms: i64,
+        outage_tolerance_ms: i64,
+        grace_period_ms: i64,
+    ) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (rule, alerting) in self.spec.rules.iter().zip(state.alerting.iter_mut()) {
+            if !rule.is_alert || rule.for_ms < grace_period_ms {
+                continue;
+            }
+            for a in alerting.active.values_mut() {
+                let mut matchers: Vec<promql_parser::label::Matcher> = a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        promql_parser::label::Matcher::new(
+                            promql_parser::label::MatchOp::Equal,
+                            k,
+                            v,
+                        )
+                    })
+                    .collect();
+                matchers.push(promql_parser::label::Matcher::new(
+                    promql_parser::label::MatchOp::Equal,
+                    METRIC_NAME,
+                    alerting::ALERTS_FOR_STATE_METRIC,
+                ));
+                let series = storage.select(
+                    &promql_parser::label::Matchers::new(matchers),
+                    t_ms.saturating_sub(outage_tolerance_ms),
+                    t_ms.saturating_sub(1),
+                );
+                // Exactly this alert's series, not one with extra labels.
+                let Some((down_at, active_s)) = series
+                    .iter()
+                    .filter(|s| s.labels.without_name() == a.labels)
+                    .filter_map(|s| {
+                        s.samples
+                            .iter()
+                            .rev()
+                            .find(|(_, v)| !crate::promql::is_stale_nan(*v))
+                            .copied()
+                    })
+                    .max_by_key(|(t, _)| *t)
+                else {
+                    continue;
+                };
+                // Prometheus keeps whole seconds here.
+                let down_at = down_at.div_euclid(1000) * 1000;
+                let restored = (active_s as i64).saturating_mul(1000);
+                let remaining = rule.for_ms - (down_at - restored);
+                a.active_at_ms = if remaining <= 0 {
+                    restored
+                } else if remaining < grace_period_ms {
+                    t_ms + grace_period_ms - rule.for_ms
+                } else {
+                    restored + (t_ms - down_at)
+                };
+            }
+        }
     }
 
     /// The alerts to hand to the notifier after an evaluation at `t_ms`
@@ -289,6 +403,21 @@ impl Group {
             }
         }
         out
+    }
+
+    /// How much history the group's rules read, in milliseconds (the
+    /// longest range or lookback plus offset); `None` if a rule pins a
+    /// selector with `@ <time>`. The store keeps at least this much of every
+    /// series the group [`reads`](Group::reads); restoring `for` state after
+    /// a restart also needs `ALERTS_FOR_STATE` for the outage tolerance.
+    #[must_use]
+    pub fn history_needed_ms(&self) -> Option<i64> {
+        let lookback = self.engine.options().lookback_ms;
+        self.spec
+            .rules
+            .iter()
+            .map(|r| crate::promql::history_needed_ms(&r.expr, lookback))
+            .try_fold(0_i64, |acc, n| n.map(|n| acc.max(n)))
     }
 
     /// The group's alerts as of the last evaluation.

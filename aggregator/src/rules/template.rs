@@ -1,13 +1,16 @@
 //! The Go-template subset Prometheus rule labels and annotations use.
 //!
 //! Supported: text with `{{ … }}` actions (and `{{-`/`-}}` trimming,
-//! `{{/* comments */}}`); pipelines `a | f b`; the variables Prometheus
-//! defines (`$labels`, `$value`, `$externalLabels`, `$externalURL`) and the
-//! same data as fields (`.Labels.x`, `.Value`, `.ExternalLabels.x`,
-//! `.ExternalURL`); string, raw-string and number literals; the functions
-//! `humanize humanize1024 humanizePercentage humanizeDuration printf
-//! toUpper toLower title`. Control structures (`if`, `range`, …) and
-//! Prometheus' query functions are refused at load time by name.
+//! `{{/* comments */}}`); pipelines `a | f b`; `{{ if }}`, `{{ else }}`,
+//! `{{ else if }}`, `{{ end }}`; the variables Prometheus defines
+//! (`$labels`, `$value`, `$externalLabels`, `$externalURL`) and the same
+//! data as fields (`.Labels.x`, `.Value`, `.ExternalLabels.x`,
+//! `.ExternalURL`); string, raw-string, number and boolean literals; the
+//! functions `humanize humanize1024 humanizePercentage humanizeDuration
+//! printf toUpper toLower title reReplaceAll stripPort` and Go's `eq ne lt
+//! le gt ge and or not`. Other actions (`range`, `with`, `define`, …),
+//! variable assignment and Prometheus' query functions (`query`, `first`,
+//! `value`, …) are refused at load time by name.
 //!
 //! Formatting follows Go: `{{ $value }}` prints like `fmt.Sprint(float64)`
 //! and the humanize functions are ported from `prometheus/template`.
@@ -69,6 +72,84 @@ type Pipeline = Vec<Vec<Operand>>;
 enum Node {
     Text(String),
     Action(Pipeline),
+    /// `{{ if c }}…{{ else }}…{{ end }}` (`else if` nests another `If`).
+    If(Pipeline, Vec<Node>, Vec<Node>),
+}
+
+/// An action before `if`/`else`/`end` are matched up.
+enum Item {
+    Text(String),
+    Pipe(Pipeline),
+    If(Pipeline),
+    Else(Option<Pipeline>),
+    End,
+}
+
+/// Builds nodes up to an unmatched `else`/`end`, which is returned.
+fn build(
+    items: &mut std::vec::IntoIter<Item>,
+    depth: usize,
+) -> Result<(Vec<Node>, Option<Item>), TemplateError> {
+    if depth > MAX_NESTING {
+        return Err(TemplateError::Syntax(format!(
+            "nested deeper than {MAX_NESTING} levels"
+        )));
+    }
+    let mut nodes = Vec::new();
+    while let Some(item) = items.next() {
+        match item {
+            Item::Text(t) => nodes.push(Node::Text(t)),
+            Item::Pipe(p) => nodes.push(Node::Action(p)),
+            Item::If(cond) => nodes.push(build_if(cond, items, depth + 1)?),
+            term @ (Item::Else(_) | Item::End) => return Ok((nodes, Some(term))),
+        }
+    }
+    Ok((nodes, None))
+}
+
+fn build_if(
+    cond: Pipeline,
+    items: &mut std::vec::IntoIter<Item>,
+    depth: usize,
+) -> Result<Node, TemplateError> {
+    let (then, term) = build(items, depth)?;
+    let otherwise = match term {
+        Some(Item::End) => Vec::new(),
+        Some(Item::Else(None)) => match build(items, depth)? {
+            (els, Some(Item::End)) => els,
+            _ => {
+                return Err(TemplateError::Syntax(
+                    "expected {{ end }} after {{ else }}".into(),
+                ))
+            }
+        },
+        Some(Item::Else(Some(c))) => vec![build_if(c, items, depth + 1)?],
+        _ => {
+            return Err(TemplateError::Syntax(
+                "unexpected EOF: {{ if }} without {{ end }}".into(),
+            ))
+        }
+    };
+    Ok(Node::If(cond, then, otherwise))
+}
+
+fn parse_pipeline(body: &str) -> Result<Pipeline, TemplateError> {
+    let toks = lex(body)?;
+    let mut p = Parser {
+        toks: &toks,
+        pos: 0,
+    };
+    let pipe = p.pipeline()?;
+    if p.pos != toks.len() {
+        return Err(TemplateError::Syntax(format!(
+            "unexpected {:?} in action",
+            toks[p.pos]
+        )));
+    }
+    if pipe.is_empty() {
+        return Err(TemplateError::Syntax("missing value for command".into()));
+    }
+    Ok(pipe)
 }
 
 /// A parsed template.
@@ -77,7 +158,24 @@ pub struct Template {
     nodes: Vec<Node>,
 }
 
+/// Deepest `if` or parenthesis nesting accepted: parsing and expansion
+/// recurse per level, and no real annotation comes near this.
+const MAX_NESTING: usize = 64;
+
 const FUNCS: &[&str] = &[
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and",
+    "or",
+    "not",
+    "reReplaceAll",
+    "stripPort",
+    "stripDomain",
+    "humanizeTimestamp",
     "humanize",
     "humanize1024",
     "humanizePercentage",
@@ -99,7 +197,7 @@ const FIELDS: &[&str] = &["Labels", "Value", "ExternalLabels", "ExternalURL"];
 impl Template {
     /// Parses `src`, refusing anything outside the supported subset.
     pub fn parse(src: &str) -> Result<Self, TemplateError> {
-        let mut nodes = Vec::new();
+        let mut nodes: Vec<Item> = Vec::new();
         let mut rest = src;
         let mut trim_next = false;
         while let Some(open) = rest.find("{{") {
@@ -114,7 +212,7 @@ impl Template {
                 text = text.trim_end();
             }
             if !text.is_empty() {
-                nodes.push(Node::Text(text.to_string()));
+                nodes.push(Item::Text(text.to_string()));
             }
             let body_start = usize::from(trim_left);
             let close =
@@ -133,31 +231,38 @@ impl Template {
                 }
                 continue;
             }
-            let toks = lex(body)?;
-            let mut p = Parser {
-                toks: &toks,
-                pos: 0,
-            };
-            let pipe = p.pipeline()?;
-            if p.pos != toks.len() {
-                return Err(TemplateError::Syntax(format!(
-                    "unexpected {:?} in action",
-                    toks[p.pos]
-                )));
-            }
-            if pipe.is_empty() {
-                return Err(TemplateError::Syntax("missing value for command".into()));
-            }
-            nodes.push(Node::Action(pipe));
+            let (word, rest_of_body) = body
+                .split_once(char::is_whitespace)
+                .map_or((body, ""), |(w, r)| (w, r.trim()));
+            nodes.push(match word {
+                "if" => Item::If(parse_pipeline(rest_of_body)?),
+                "else" if rest_of_body.is_empty() => Item::Else(None),
+                "else" => match rest_of_body.strip_prefix("if") {
+                    Some(c) if c.starts_with(char::is_whitespace) => {
+                        Item::Else(Some(parse_pipeline(c.trim())?))
+                    }
+                    _ => {
+                        return Err(TemplateError::Unsupported(format!(
+                            "action \"else {rest_of_body}\""
+                        )))
+                    }
+                },
+                "end" if rest_of_body.is_empty() => Item::End,
+                _ => Item::Pipe(parse_pipeline(body)?),
+            });
         }
         let mut text = rest;
         if trim_next {
             text = text.trim_start();
         }
         if !text.is_empty() {
-            nodes.push(Node::Text(text.to_string()));
+            nodes.push(Item::Text(text.to_string()));
         }
-        Ok(Self { nodes })
+        match build(&mut nodes.into_iter(), 0)? {
+            (nodes, None) => Ok(Self { nodes }),
+            (_, Some(Item::End)) => Err(TemplateError::Syntax("unexpected {{ end }}".into())),
+            (_, Some(_)) => Err(TemplateError::Syntax("unexpected {{ else }}".into())),
+        }
     }
 
     /// A template that expands to `text` unchanged.
@@ -171,14 +276,31 @@ impl Template {
     /// Expands the template with `data`.
     pub fn expand(&self, data: &TemplateData) -> Result<String, TemplateError> {
         let mut out = String::new();
-        for n in &self.nodes {
-            match n {
-                Node::Text(t) => out.push_str(t),
-                Node::Action(p) => out.push_str(&eval_pipeline(p, data)?.print()),
-            }
-        }
+        expand_nodes(&self.nodes, data, &mut out)?;
         Ok(out)
     }
+}
+
+fn expand_nodes(
+    nodes: &[Node],
+    data: &TemplateData,
+    out: &mut String,
+) -> Result<(), TemplateError> {
+    for n in nodes {
+        match n {
+            Node::Text(t) => out.push_str(t),
+            Node::Action(p) => out.push_str(&eval_pipeline(p, data)?.print()),
+            Node::If(cond, then, otherwise) => {
+                let branch = if eval_pipeline(cond, data)?.truthy() {
+                    then
+                } else {
+                    otherwise
+                };
+                expand_nodes(branch, data, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Position of the `}}` closing an action, skipping string literals.
@@ -220,6 +342,7 @@ enum Tok {
 }
 
 fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
+    let mut open_parens = 0_usize;
     let mut toks = Vec::new();
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -229,10 +352,17 @@ fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
             c if c.is_whitespace() => i += 1,
             '(' => {
                 toks.push(Tok::LParen);
+                open_parens += 1;
+                if open_parens > MAX_NESTING {
+                    return Err(TemplateError::Syntax(format!(
+                        "nested deeper than {MAX_NESTING} levels"
+                    )));
+                }
                 i += 1;
             }
             ')' => {
                 toks.push(Tok::RParen);
+                open_parens = open_parens.saturating_sub(1);
                 i += 1;
             }
             '|' => {
@@ -402,6 +532,17 @@ enum TVal {
 }
 
 impl TVal {
+    /// Go's truth: false, 0, and empty values are false.
+    fn truthy(&self) -> bool {
+        match self {
+            TVal::Str(s) => !s.is_empty(),
+            TVal::Num(v) => *v != 0.0,
+            TVal::Bool(b) => *b,
+            TVal::Map(m) => !m.is_empty(),
+            TVal::Data => true,
+        }
+    }
+
     fn print(&self) -> String {
         match self {
             TVal::Str(s) => s.clone(),
@@ -510,8 +651,152 @@ fn one_arg(f: &str, args: Vec<TVal>) -> Result<TVal, TemplateError> {
 const SI_BIG: [&str; 8] = ["k", "M", "G", "T", "P", "E", "Z", "Y"];
 const SI_SMALL: [&str; 8] = ["m", "u", "n", "p", "f", "a", "z", "y"];
 
+/// Go's `eq`/`lt`/… on basic values: numbers with numbers, strings with
+/// strings.
+fn compare(f: &str, a: &TVal, b: &TVal) -> Result<std::cmp::Ordering, TemplateError> {
+    match (a, b) {
+        (TVal::Num(x), TVal::Num(y)) => x.partial_cmp(y).ok_or_else(|| TemplateError::Call {
+            func: f.into(),
+            reason: "NaN is not comparable".into(),
+        }),
+        (TVal::Str(x), TVal::Str(y)) => Ok(x.cmp(y)),
+        (TVal::Bool(x), TVal::Bool(y)) if f == "eq" || f == "ne" => Ok(x.cmp(y)),
+        _ => Err(TemplateError::Call {
+            func: f.into(),
+            reason: "incompatible types for comparison".into(),
+        }),
+    }
+}
+
 fn call(f: &str, args: Vec<TVal>) -> Result<TVal, TemplateError> {
+    use std::cmp::Ordering;
     let g4 = |v: f64| go_format_g(v, Some(4));
+    let two = |args: &[TVal]| -> Result<(), TemplateError> {
+        if args.len() == 2 {
+            Ok(())
+        } else {
+            Err(TemplateError::Call {
+                func: f.into(),
+                reason: format!("wrong number of args for {f}: want 2 got {}", args.len()),
+            })
+        }
+    };
+    match f {
+        "eq" => {
+            let Some((first, rest)) = args.split_first() else {
+                return Err(TemplateError::Call {
+                    func: f.into(),
+                    reason: "missing argument for comparison".into(),
+                });
+            };
+            for b in rest {
+                if compare(f, first, b)? == Ordering::Equal {
+                    return Ok(TVal::Bool(true));
+                }
+            }
+            return Ok(TVal::Bool(false));
+        }
+        "ne" | "lt" | "le" | "gt" | "ge" => {
+            two(&args)?;
+            let o = compare(f, &args[0], &args[1])?;
+            return Ok(TVal::Bool(match f {
+                "ne" => o != Ordering::Equal,
+                "lt" => o == Ordering::Less,
+                "le" => o != Ordering::Greater,
+                "gt" => o == Ordering::Greater,
+                _ => o != Ordering::Less,
+            }));
+        }
+        "and" | "or" => {
+            let want = f == "or";
+            let n = args.len();
+            for (i, a) in args.into_iter().enumerate() {
+                if a.truthy() == want || i + 1 == n {
+                    return Ok(a);
+                }
+            }
+            return Err(TemplateError::Call {
+                func: f.into(),
+                reason: "missing arguments".into(),
+            });
+        }
+        "not" => return Ok(TVal::Bool(!one_arg(f, args)?.truthy())),
+        "reReplaceAll" => {
+            if args.len() != 3 {
+                return Err(TemplateError::Call {
+                    func: f.into(),
+                    reason: "wrong number of args: want 3".into(),
+                });
+            }
+            let (pat, repl, text) = (args[0].print(), args[1].print(), args[2].print());
+            let re = regex::Regex::new(&pat).map_err(|e| TemplateError::Call {
+                func: f.into(),
+                reason: e.to_string(),
+            })?;
+            return Ok(TVal::Str(re.replace_all(&text, repl.as_str()).into_owned()));
+        }
+        "stripDomain" => {
+            // Drops everything after the first dot of the host, keeping a
+            // port (`strutil`'s `stripDomain` as Prometheus' template uses).
+            let s = one_arg(f, args)?.print();
+            let (host, port) = match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p.to_string())),
+                _ => (s.clone(), None),
+            };
+            if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+                return Ok(TVal::Str(s));
+            }
+            let short = host.split('.').next().unwrap_or(&host).to_string();
+            return Ok(TVal::Str(match port {
+                Some(p) => format!("{short}:{p}"),
+                None => short,
+            }));
+        }
+        "humanizeTimestamp" => {
+            // `model.TimeFromUnixNano(int64(v * 1e9))`: millisecond
+            // precision, printed as Go's `time.Time.String()` in UTC.
+            let v = one_arg(f, args)?.as_float(f)?;
+            if v.is_nan() || v.is_infinite() {
+                return Ok(TVal::Str(go_format_g(v, Some(4))));
+            }
+            let nanos = v * 1e9;
+            // i64's range as floats (2^63).
+            let limit = 2f64.powi(63);
+            if !(-limit..limit).contains(&nanos) {
+                return Err(TemplateError::Call {
+                    func: f.into(),
+                    reason: format!("{} cannot be represented as a nanoseconds timestamp since it overflows int64", go_format_g(v, None)),
+                });
+            }
+            let ms = (nanos as i64) / 1_000_000;
+            let date = super::notifier::rfc3339_ms(ms);
+            let (day, time) = date
+                .trim_end_matches('Z')
+                .split_once('T')
+                .unwrap_or((&date, ""));
+            return Ok(TVal::Str(format!("{day} {time} +0000 UTC")));
+        }
+        "stripPort" => {
+            // `net.SplitHostPort`: the host when there is a port.
+            let s = one_arg(f, args)?.print();
+            let host = match s.rsplit_once(':') {
+                Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+                    let h = h
+                        .strip_prefix('[')
+                        .and_then(|h| h.strip_suffix(']'))
+                        .unwrap_or(h);
+                    if h.contains(':') && !s.starts_with('[') {
+                        s.clone()
+                    } else {
+                        h.to_string()
+                    }
+                }
+                _ => s.clone(),
+            };
+            return Ok(TVal::Str(host));
+        }
+        _ => {}
+    }
     Ok(TVal::Str(match f {
         "humanize" => {
             let mut v = one_arg(f, args)?.as_float(f)?;
@@ -863,6 +1148,69 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error() {
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(1000), ")".repeat(1000));
+        assert!(Template::parse(&deep).is_err());
+        let deep = format!("{}x{}", "{{ if 1 }}".repeat(1000), "{{ end }}".repeat(1000));
+        assert!(Template::parse(&deep).is_err());
+        let ok = format!("{}x{}", "{{ if 1 }}".repeat(10), "{{ end }}".repeat(10));
+        assert_eq!(
+            Template::parse(&ok).unwrap().expand(&data(1.0)).unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn conditionals() {
+        let t =
+            "{{ if gt $value 0.9 }}critical{{ else if gt $value 0.5 }}warning{{ else }}ok{{ end }}";
+        assert_eq!(ex(t, 0.95), "critical");
+        assert_eq!(ex(t, 0.7), "warning");
+        assert_eq!(ex(t, 0.1), "ok");
+        assert_eq!(
+            ex(
+                "{{ if eq $labels.instance \"a:9100\" \"b\" }}yes{{ end }}",
+                1.0
+            ),
+            "yes"
+        );
+        assert_eq!(ex("{{ if not $labels.missing }}none{{ end }}", 1.0), "none");
+        assert_eq!(
+            ex("{{ if and $value (lt $value 2.0) }}small{{ end }}", 1.0),
+            "small"
+        );
+        assert_eq!(ex("{{ if $value }}t{{ else }}f{{ end }}", 0.0), "f");
+        assert_eq!(
+            ex(
+                "{{ reReplaceAll \"(.*):.*\" \"$1\" $labels.instance }}",
+                1.0
+            ),
+            "a"
+        );
+        assert_eq!(ex("{{ $labels.instance | stripPort }}", 1.0), "a");
+        assert_eq!(
+            ex("{{ \"node1.example.com:9100\" | stripDomain }}", 1.0),
+            "node1:9100"
+        );
+        assert_eq!(
+            ex("{{ \"10.0.0.1:9100\" | stripDomain }}", 1.0),
+            "10.0.0.1:9100"
+        );
+        assert_eq!(
+            ex("{{ humanizeTimestamp 1435065584.128 }}", 1.0),
+            "2015-06-23 13:19:44.128 +0000 UTC"
+        );
+        assert_eq!(
+            ex("{{ humanizeTimestamp 0 }}", 1.0),
+            "1970-01-01 00:00:00 +0000 UTC"
+        );
+        let e = Template::parse("{{ if gt $labels.instance 1.0 }}x{{ end }}")
+            .unwrap()
+            .expand(&data(1.0));
+        assert!(e.is_err());
+    }
+
+    #[test]
     fn printf_and_case() {
         assert_eq!(ex("{{ printf \"%.2f\" $value }}", 1.0 / 3.0), "0.33");
         assert_eq!(ex("{{ printf \"%s=%d\" \"a\" 3 }}", 1.0), "a=3");
@@ -872,8 +1220,10 @@ mod tests {
 
     #[test]
     fn refusals_name_the_construct() {
-        let e = Template::parse("{{ if $value }}x{{ end }}").unwrap_err();
-        assert_eq!(e.to_string(), "template: unsupported action \"if\"");
+        let e = Template::parse("{{ range $labels }}x{{ end }}").unwrap_err();
+        assert_eq!(e.to_string(), "template: unsupported action \"range\"");
+        assert!(Template::parse("{{ if $value }}x").is_err());
+        assert!(Template::parse("x{{ end }}").is_err());
         let e = Template::parse("{{ query \"up\" }}").unwrap_err();
         assert_eq!(e.to_string(), "template: unsupported function \"query\"");
         assert!(Template::parse("{{ $value").is_err());

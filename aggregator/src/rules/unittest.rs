@@ -31,7 +31,13 @@ struct Dur(i64);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        // A plain `0` is a YAML integer, which Go's decoder still hands to
+        // `model.Duration` as text.
+        let s = match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            _ => return Err(serde::de::Error::custom("expected a duration")),
+        };
         parse_duration(&s)
             .map(Dur)
             .map_err(serde::de::Error::custom)
@@ -47,7 +53,7 @@ fn model_duration(ms: i64) -> String {
     let mut r = String::new();
     if ms < 0 {
         r.push('-');
-        ms = -ms;
+        ms = ms.saturating_neg();
     }
     for (unit, mult, exact) in [
         ("y", 31_536_000_000_i64, true),
@@ -126,6 +132,9 @@ struct TestFile {
     evaluation_interval: Option<Dur>,
     #[serde(default)]
     group_eval_order: Vec<String>,
+    /// Prometheus 3.x: compare values with a relative tolerance of 1e-6.
+    #[serde(default)]
+    fuzzy_compare: bool,
     #[serde(default)]
     tests: Vec<TestGroup>,
 }
@@ -194,6 +203,10 @@ struct ExpSample {
     value: f64,
 }
 
+/// Longest expansion of one `…xN` term and of a whole series: far beyond
+/// any test, small enough that a typo cannot exhaust memory.
+const MAX_REPETITIONS: u64 = 1_000_000;
+
 /// One expanded input value: a number, a staleness marker, or nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SeqValue {
@@ -222,7 +235,9 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
         if let Some(n) = tok.strip_prefix("_x") {
             let n: u64 = n
                 .parse()
-                .map_err(|_| format!("invalid repetition in {tok:?}"))?;
+                .ok()
+                .filter(|n| *n <= MAX_REPETITIONS)
+                .ok_or_else(|| format!("invalid repetition in {tok:?}"))?;
             out.extend(std::iter::repeat_n(SeqValue::Omitted, n as usize));
             continue;
         }
@@ -237,7 +252,7 @@ fn expand_values(s: &str) -> Result<Vec<SeqValue>, String> {
         let times: u64 = tok[xpos + 1..]
             .parse()
             .map_err(|_| format!("invalid repetition in {tok:?}"))?;
-        if times > 1_000_000 {
+        if times > MAX_REPETITIONS || out.len() as u64 > MAX_REPETITIONS {
             return Err(format!("too many repetitions in {tok:?}"));
         }
         let head = &tok[..xpos];
@@ -314,8 +329,10 @@ pub fn parse_series_description(
 }
 
 /// Resolves `rule_files` entries relative to the test file; a `*` in the
-/// last path component matches like a shell glob.
-fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, String> {
+/// last path component matches like a shell glob. As promtool's
+/// `resolveAndGlobFilepaths`, an entry matching nothing is a warning, not
+/// an error.
+fn resolve_rule_files(base: &Path, files: &[String], warnings: &mut Vec<String>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for f in files {
         let p = if Path::new(f).is_absolute() {
@@ -324,27 +341,35 @@ fn resolve_rule_files(base: &Path, files: &[String]) -> Result<Vec<PathBuf>, Str
             base.join(f)
         };
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains('*') {
-            out.push(p);
-            continue;
+        let hits: Vec<PathBuf> = if name.contains('*') {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let mut hits: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|e| {
+                    e.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| glob_match(name, n))
+                })
+                .collect();
+            hits.sort();
+            hits
+        } else if p.symlink_metadata().is_ok() {
+            vec![p.clone()]
+        } else {
+            Vec::new()
+        };
+        if hits.is_empty() {
+            warnings.push(format!("  WARNING: no file match pattern {}", p.display()));
         }
-        let dir = p
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let mut hits: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|e| {
-                e.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| glob_match(name, n))
-            })
-            .collect();
-        hits.sort();
         out.extend(hits);
     }
-    Ok(out)
+    out
 }
 
 fn glob_match(pat: &str, s: &str) -> bool {
@@ -405,7 +430,7 @@ fn annotations_labels(a: &BTreeMap<String, String>) -> Labels {
 }
 
 /// Runs one test file; returns its failures (empty: passed).
-fn run_file(path: &Path) -> Vec<String> {
+fn run_file(path: &Path, engine: EngineOptions, warnings: &mut Vec<String>) -> Vec<String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return vec![format!("{}: {e}", path.display())],
@@ -415,10 +440,7 @@ fn run_file(path: &Path) -> Vec<String> {
         Err(e) => return vec![e.to_string()],
     };
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    let rule_files = match resolve_rule_files(base, &tf.rule_files) {
-        Ok(f) => f,
-        Err(e) => return vec![e],
-    };
+    let rule_files = resolve_rule_files(base, &tf.rule_files, warnings);
     let mut order: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, g) in tf.group_eval_order.iter().enumerate() {
         if order.insert(g, i).is_some() {
@@ -433,7 +455,13 @@ fn run_file(path: &Path) -> Vec<String> {
     }
     let mut errs = Vec::new();
     for tg in &tf.tests {
-        errs.extend(run_group(tg, &rule_files, &order, eval_interval));
+        errs.extend(run_group(
+            tg,
+            &rule_files,
+            &order,
+            (eval_interval, tf.fuzzy_compare),
+            engine,
+        ));
     }
     errs
 }
@@ -443,7 +471,8 @@ fn run_group(
     tg: &TestGroup,
     rule_files: &[PathBuf],
     order: &BTreeMap<&str, usize>,
-    eval_interval: i64,
+    (eval_interval, fuzzy): (i64, bool),
+    engine_opts: EngineOptions,
 ) -> Vec<String> {
     let interval = tg.interval.map_or(eval_interval, |d| d.0);
     let opts = GroupOptions {
@@ -452,7 +481,7 @@ fn run_group(
             labels: tg.external_labels.clone(),
             url: tg.external_url.clone(),
         },
-        engine: EngineOptions::default(),
+        engine: engine_opts,
     };
     // Load rules.
     let mut groups: Vec<Group> = Vec::new();
@@ -468,8 +497,13 @@ fn run_group(
     }
     groups.sort_by_key(|g| order.get(g.name()).copied().unwrap_or(0));
 
-    // Load input series.
+    // Expand the input series. Like promtool's lazy loader, samples enter
+    // the store only when the evaluation loop reaches their time, so rules
+    // cannot see the future (`@`, negative `offset`) and expression tests
+    // see nothing after the last evaluation step.
     let mut storage = MemStorage::new();
+    let mut input: Vec<(i64, usize, f64)> = Vec::new();
+    let mut input_labels: Vec<Labels> = Vec::new();
     for s in &tg.input_series {
         let labels = match parse_metric(&s.series) {
             Ok(l) => l,
@@ -481,10 +515,13 @@ fn run_group(
         };
         for (i, v) in values.into_iter().enumerate() {
             if let SeqValue::Value(v) = v {
-                storage.append(&labels, (i as i64).saturating_mul(interval), v);
+                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
             }
         }
+        input_labels.push(labels);
     }
+    input.sort_by_key(|&(t, _, _)| t);
+    let mut input = input.into_iter().peekable();
 
     let test_name = if tg.name.is_empty() {
         String::new()
@@ -506,6 +543,9 @@ fn run_group(
     let mut curr = 0;
     let mut ts = 0;
     'eval: while ts <= max_t {
+        while let Some((t, series, v)) = input.next_if(|&(t, _, _)| t <= ts) {
+            storage.append(&input_labels[series], t, v);
+        }
         let mut eval_errs = Vec::new();
         for g in &groups {
             let res = g.eval_detailed(&storage, ts);
@@ -567,7 +607,7 @@ fn run_group(
         ts += eval_interval;
     }
 
-    let engine = Engine::new(EngineOptions::default());
+    let engine = Engine::new(engine_opts);
     'outer: for tc in &tg.promql_expr_test {
         let t = tc.eval_time.0;
         let got = match engine.query(&storage, &tc.expr, t) {
@@ -609,12 +649,11 @@ fn run_group(
         let by_labels = |a: &(Labels, f64), b: &(Labels, f64)| a.0.cmp(&b.0);
         got.sort_by(by_labels);
         exp.sort_by(by_labels);
-        #[allow(clippy::float_cmp)] // promtool compares exactly.
         let same = got.len() == exp.len()
             && got
                 .iter()
                 .zip(&exp)
-                .all(|(g, e)| g.0 == e.0 && (g.1 == e.1 || (g.1.is_nan() && e.1.is_nan())));
+                .all(|(g, e)| g.0 == e.0 && same_value(g.1, e.1, fuzzy));
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
@@ -628,14 +667,43 @@ fn run_group(
     errs
 }
 
+/// promtool's value comparison: exact (NaN equal to NaN), or with
+/// `fuzzy_compare` Prometheus' `almost.Equal` at epsilon 1e-6.
+#[allow(clippy::float_cmp)] // Exactness is the point.
+fn same_value(a: f64, b: f64, fuzzy: bool) -> bool {
+    const EPS: f64 = 1e-6;
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return true;
+    }
+    if !fuzzy {
+        return false;
+    }
+    let abs_sum = a.abs() + b.abs();
+    let diff = (a - b).abs();
+    if a == 0.0 || b == 0.0 || abs_sum < f64::MIN_POSITIVE {
+        return diff < EPS * f64::MIN_POSITIVE;
+    }
+    diff / abs_sum.min(f64::MAX) < EPS
+}
+
 /// Runs `promtool test rules` on each file, writing promtool's report to
 /// `out`; returns the exit code (0: all passed, 1: any failure).
 pub fn run_test_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
+    run_test_files_with(paths, EngineOptions::default(), out)
+}
+
+/// [`run_test_files`] with chosen evaluation semantics, e.g.
+/// [`crate::promql::Semantics::Prometheus3`] to match a 3.x `promtool`.
+pub fn run_test_files_with(paths: &[PathBuf], engine: EngineOptions, out: &mut impl Write) -> i32 {
     let mut failed = false;
     for p in paths {
         // Output errors (a closed pipe) must not change the verdict.
         let _ = writeln!(out, "Unit Testing:  {}", p.display());
-        let errs = run_file(p);
+        let mut warnings = Vec::new();
+        let errs = run_file(p, engine, &mut warnings);
+        for w in warnings {
+            let _ = writeln!(out, "{w}");
+        }
         if errs.is_empty() {
             let _ = writeln!(out, "  SUCCESS");
         } else {
@@ -716,6 +784,29 @@ mod tests {
         assert!(matches!(s[0], SeqValue::Value(v) if crate::promql::is_stale_nan(v)));
         assert!(expand_values("1+x").is_err());
         assert!(expand_values("abc").is_err());
+        assert!(expand_values("_x99999999999").is_err());
+        assert!(expand_values("1x99999999999").is_err());
+    }
+
+    #[test]
+    fn value_comparison() {
+        assert!(same_value(f64::NAN, f64::NAN, false));
+        assert!(!same_value(1.0, 1.000_000_1, false));
+        assert!(same_value(1.0, 1.000_000_1, true));
+        assert!(!same_value(1.0, 1.001, true));
+    }
+
+    #[test]
+    fn durations_in_test_files() {
+        #[derive(Deserialize)]
+        struct D {
+            d: Dur,
+        }
+        let d: D = serde_yaml_ng::from_str("d: 0").unwrap();
+        assert_eq!(d.d, Dur(0));
+        let d: D = serde_yaml_ng::from_str("d: 1m30s").unwrap();
+        assert_eq!(d.d, Dur(90_000));
+        assert!(serde_yaml_ng::from_str::<D>("d: 5").is_err());
     }
 
     #[test]
