@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The few kernel types the programs read, written by hand as CO-RE
+ * definitions instead of committing a full vmlinux.h (2.8 MB for v6.18).
+ * Every struct carries preserve_access_index, so the loader relocates each
+ * field against the running kernel's BTF (/sys/kernel/btf/vmlinux): the
+ * offsets below only need the right names and types, not the right layout.
+ *
+ * How they were taken (Linux 6.18):
+ *   bpftool btf dump file /sys/kernel/btf/vmlinux format c > /tmp/vmlinux.h
+ *   grep -A14 '^struct trace_event_raw_mark_victim {' /tmp/vmlinux.h   # and the others below
+ * and cross-checked with /sys/kernel/tracing/events/<group>/<event>/format.
+ * A hand list keeps the review surface small and the build independent of
+ * the build host's kernel.
+ */
+#ifndef NODEWATCH_VMLINUX_MIN_H
+#define NODEWATCH_VMLINUX_MIN_H
+
+typedef signed char __s8;
+typedef unsigned char __u8;
+typedef short __s16;
+typedef unsigned short __u16;
+typedef int __s32;
+typedef unsigned int __u32;
+typedef long long __s64;
+typedef unsigned long long __u64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u32 u32;
+typedef __u32 uid_t;
+typedef __u32 dev_t;
+typedef __u64 sector_t;
+
+/* UAPI values, include/uapi/linux/bpf.h (stable ABI). */
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_HASH = 5,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
+	BPF_EXIST = 2,
+};
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+/* include/linux/trace_events.h */
+struct trace_entry {
+	unsigned short type;
+	unsigned char flags;
+	unsigned char preempt_count;
+	int pid;
+};
+
+/* include/trace/events/oom.h, TRACE_EVENT(mark_victim). */
+struct trace_event_raw_mark_victim {
+	struct trace_entry ent;
+	int pid;
+	u32 __data_loc_comm;
+	unsigned long total_vm;
+	unsigned long anon_rss;
+	unsigned long file_rss;
+	unsigned long shmem_rss;
+	uid_t uid;
+	unsigned long pgtables;
+	short oom_score_adj;
+};
+
+/*
+ * include/net/dropreason-core.h. Values are not listed: user space names them
+ * from the running kernel's BTF; CO-RE only needs the field to be an enum.
+ */
+enum skb_drop_reason {
+	SKB_DROP_REASON_NOT_SPECIFIED = 2,
+};
+
+/* include/trace/events/skb.h, TRACE_EVENT(kfree_skb); reason since v5.17. */
+struct trace_event_raw_kfree_skb {
+	struct trace_entry ent;
+	void *skbaddr;
+	void *location;
+	unsigned short protocol;
+	enum skb_drop_reason reason;
+};
+
+/* include/trace/events/block.h, DECLARE_EVENT_CLASS(block_rq) (block_rq_issue). */
+struct trace_event_raw_block_rq {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	unsigned int bytes;
+	char rwbs[10];
+};
+
+/* DECLARE_EVENT_CLASS(block_rq_completion) (block_rq_complete); older kernels name the class block_rq_with_error. */
+struct trace_event_raw_block_rq_completion {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	int error;
+	char rwbs[10];
+};
+
+/* The older name of the completion class (same fields). */
+struct trace_event_raw_block_rq_with_error {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	int error;
+	char rwbs[10];
+};
+
+#pragma clang attribute pop
+
+#endif /* NODEWATCH_VMLINUX_MIN_H */
