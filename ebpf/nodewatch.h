@@ -11,9 +11,9 @@
 #define NW_COMM_LEN 16
 
 /*
- * OOM ring buffer size. One record is 96 bytes plus an 8-byte ring header;
+ * OOM ring buffer size. One record is 88 bytes plus an 8-byte ring header;
  * an OOM storm kills at most a few hundred tasks per second, so 64 KiB
- * (~630 records) absorbs a burst while user space is scheduled. Must be a
+ * (~680 records) absorbs a burst while user space is scheduled. Must be a
  * power of two multiple of the page size (kernel/bpf/ringbuf.c).
  */
 #define NW_OOM_RINGBUF_BYTES (64 * 1024)
@@ -95,5 +95,11 @@ struct bio_hist {
 	__u64 sum_us;
 	__u64 count;
 };
+
+/* The agent asserts the same sizes on its #[repr(C)] mirrors. */
+_Static_assert(sizeof(struct oom_event) == 88, "oom_event layout");
+_Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
+_Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");
+_Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");
 
 #endif /* NODEWATCH_H */

@@ -6,3 +6,4 @@
 
 pub mod collector;
 pub mod collectors;
+pub mod ebpf;
