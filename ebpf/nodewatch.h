@@ -38,6 +38,22 @@ struct oom_event {
 	char killer_comm[NW_COMM_LEN];
 };
 
+/*
+ * Victims remembered by the tp_btf program until user space reads them.
+ * An OOM storm on a large node kills at most hundreds of tasks before the
+ * reader catches up (it runs within milliseconds); LRU eviction drops the
+ * oldest beyond this.
+ */
+#define NW_OOM_VICTIMS 1024
+
+/* What tp_btf/mark_victim can see that the classic record lacks. */
+struct oom_victim {
+	__u64 memcg_id;          /* kernfs id of the victim's memory cgroup (0: none) */
+	__u32 tgid;
+	__u32 _pad;
+	char comm[NW_COMM_LEN];
+};
+
 /* tcp_counters array indexes. */
 #define NW_TCP_RETRANSMIT 0
 #define NW_TCP_RESET_SENT 1
@@ -98,6 +114,7 @@ struct bio_hist {
 
 /* The agent asserts the same sizes on its #[repr(C)] mirrors. */
 _Static_assert(sizeof(struct oom_event) == 88, "oom_event layout");
+_Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
 _Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");
 _Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");

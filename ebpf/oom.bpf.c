@@ -37,6 +37,14 @@ struct {
 	__type(value, __u64);
 } oom_events_lost SEC(".maps");
 
+/* Filled by oom_victim_memcg, read and deleted by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NW_OOM_VICTIMS);
+	__type(key, __u32);
+	__type(value, struct oom_victim);
+} oom_victims SEC(".maps");
+
 SEC("tracepoint/oom/mark_victim")
 int oom_mark_victim(struct trace_event_raw_mark_victim *ctx)
 {
@@ -72,5 +80,38 @@ int oom_mark_victim(struct trace_event_raw_mark_victim *ctx)
 	ev->killer_cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(ev->killer_comm, sizeof(ev->killer_comm));
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/*
+ * The same tracepoint as a BTF-typed raw tracepoint, which hands over the
+ * victim's task_struct itself (TP_PROTO(struct task_struct *task, uid_t uid)
+ * on v6.18): its memory cgroup, which /proc can no longer tell once the
+ * victim is exiting (proc_cgroup_show() prints "/" for an exiting task on
+ * cgroup v1 hierarchies). Pointer walks here are BTF-checked loads, which
+ * the loader does not attempt under lockdown=confidentiality.
+ */
+SEC("tp_btf/mark_victim")
+int oom_victim_memcg(__u64 *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	struct oom_victim v = {};
+	__u32 pid;
+	int memcg = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+
+	if (!task)
+		return 0;
+	pid = task->pid;
+	v.tgid = task->tgid;
+	__builtin_memcpy(v.comm, task->comm, sizeof(v.comm));
+	if (memcg >= 0 && memcg < 8) {
+		struct css_set *cset = task->cgroups;
+		struct cgroup_subsys_state *css = cset ? cset->subsys[memcg] : 0;
+		struct cgroup *cg = css ? css->cgroup : 0;
+		struct kernfs_node *kn = cg ? cg->kn : 0;
+		if (kn)
+			v.memcg_id = kn->id;
+	}
+	bpf_map_update_elem(&oom_victims, &pid, &v, BPF_ANY);
 	return 0;
 }

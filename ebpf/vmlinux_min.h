@@ -119,6 +119,40 @@ struct trace_event_raw_block_rq_with_error {
 	char rwbs[10];
 };
 
+/*
+ * The path from a task to its memory cgroup's kernfs id, for the tp_btf
+ * program (include/linux/sched.h, cgroup-defs.h, kernfs.h). kernfs_node.id
+ * is a u64 since v5.5 and is what cgroupfs shows as the directory's inode
+ * number. The subsys array length only has to cover memory_cgrp_id.
+ */
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+};
+
+struct css_set {
+	struct cgroup_subsys_state *subsys[8];
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	char comm[16];
+	struct css_set *cgroups;
+};
+
 #pragma clang attribute pop
+
+/* include/linux/cgroup_subsys.h order; relocated with bpf_core_enum_value. */
+enum cgroup_subsys_id {
+	memory_cgrp_id = 4,
+};
 
 #endif /* NODEWATCH_VMLINUX_MIN_H */

@@ -234,14 +234,32 @@ pub fn parse_limit(text: &str) -> u64 {
 /// rather than stall the event.
 const MAX_CGROUP_WALK: usize = 20_000;
 
-/// Finds the unified-hierarchy path whose cgroup id is `id`, for when the
-/// victim has already exited. The cgroup id is the kernfs node id, which
-/// cgroup2 exposes as the directory's inode number (64-bit ids since v5.5).
+/// The hierarchy that holds the memory controller: the v1 `memory` mount
+/// when there is one (v1 and hybrid hosts), else the unified one.
 #[must_use]
-pub fn path_of_cgroup_id(paths: &Paths, id: u64) -> Option<String> {
+pub fn memory_hierarchy(paths: &Paths) -> (PathBuf, CgroupVersion) {
+    let v1 = paths.sys("fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        (v1, CgroupVersion::V1)
+    } else {
+        (unified_root(paths), CgroupVersion::V2)
+    }
+}
+
+/// The memory cgroup with kernfs id `id` (as the `tp_btf` program reads it).
+#[must_use]
+pub fn memcg_of_id(paths: &Paths, id: u64) -> Option<Memcg> {
+    let (root, version) = memory_hierarchy(paths);
+    path_of_cgroup_id(&root, id).map(|path| Memcg { path, version })
+}
+
+/// Finds the path below `root` whose cgroup id is `id`, for when the victim
+/// has already exited. The id is the kernfs node id, which cgroupfs exposes
+/// as the directory's inode number (64-bit ids since v5.5).
+#[must_use]
+pub fn path_of_cgroup_id(root: &Path, id: u64) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let root = unified_root(paths);
-    let mut stack = vec![root.clone()];
+    let mut stack = vec![root.to_path_buf()];
     let mut seen = 0usize;
     while let Some(dir) = stack.pop() {
         seen += 1;
@@ -252,7 +270,7 @@ pub fn path_of_cgroup_id(paths: &Paths, id: u64) -> Option<String> {
             continue;
         };
         if meta.ino() == id {
-            let rel = dir.strip_prefix(&root).ok()?;
+            let rel = dir.strip_prefix(root).ok()?;
             return Some(format!("/{}", rel.display()));
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {

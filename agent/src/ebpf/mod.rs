@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::EbpfLoader;
 
 use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
@@ -41,9 +41,20 @@ static TCP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf
 static SKB_DROP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
 static BLOCKIO_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
 
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Classic tracepoint: reads the fixed-layout record only.
+    TracePoint,
+    /// BTF-typed raw tracepoint (`tp_btf`): gets the tracepoint's typed
+    /// arguments (kernel pointers), resolved against the kernel's BTF.
+    BtfTracePoint,
+}
+
 /// One BPF program and where it attaches.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
+    pub attach: Attach,
     /// Function name in the object (`SEC("tracepoint/...") int <program>(...)`).
     pub program: &'static str,
     /// Tracepoint group and event, as under `/sys/kernel/tracing/events/`.
@@ -72,6 +83,7 @@ const fn tp(
     required: bool,
 ) -> ProgramSpec {
     ProgramSpec {
+        attach: Attach::TracePoint,
         program,
         category,
         tracepoint,
@@ -80,13 +92,28 @@ const fn tp(
     }
 }
 
+/// The OOM victim's memory cgroup comes from walking kernel pointers from its
+/// task: optional (the classic record plus /proc still attribute most kills)
+/// and not loaded under `lockdown=confidentiality`.
+const OOM_VICTIM_MEMCG: ProgramSpec = ProgramSpec {
+    attach: Attach::BtfTracePoint,
+    program: "oom_victim_memcg",
+    category: "oom",
+    tracepoint: "mark_victim",
+    required: false,
+    reads_kernel_memory: true,
+};
+
 /// The load specs. OOM kills are the reason this module exists, so their
 /// program is required; the rest add detail and are optional.
 static OBJECTS: &[ObjectSpec] = &[
     ObjectSpec {
         name: "oom",
         bytes: &OOM_OBJ.0,
-        programs: &[tp("oom_mark_victim", "oom", "mark_victim", true)],
+        programs: &[
+            tp("oom_mark_victim", "oom", "mark_victim", true),
+            OOM_VICTIM_MEMCG,
+        ],
     },
     ObjectSpec {
         name: "tcp",
@@ -140,14 +167,38 @@ pub fn parse_lockdown(text: &str) -> Option<Lockdown> {
     }
 }
 
-/// The lockdown mode in force; `None` (the mode) when the file is absent
-/// (kernel without the lockdown LSM).
+/// The lockdown mode in force, from `/sys/kernel/security/lockdown` (mounting
+/// securityfs when it is not). `None` when it cannot be read (kernel without
+/// the lockdown LSM, or not root): the loader then tries and falls back.
 #[must_use]
-pub fn lockdown(paths: &Paths) -> Lockdown {
-    std::fs::read_to_string(paths.sys("kernel/security/lockdown"))
-        .ok()
-        .and_then(|t| parse_lockdown(&t))
-        .unwrap_or(Lockdown::None)
+pub fn lockdown(paths: &Paths) -> Option<Lockdown> {
+    let file = paths.sys("kernel/security/lockdown");
+    let read = || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| parse_lockdown(&t))
+    };
+    if let Some(l) = read() {
+        return Some(l);
+    }
+    // securityfs is not always mounted (minimal images, containers that
+    // bind /sys without it): mount it when root, as systemd would.
+    let dir = paths.sys("kernel/security");
+    let empty = std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_none());
+    if empty && nix::unistd::geteuid().is_root() {
+        if let Err(error) = nix::mount::mount(
+            Some("securityfs"),
+            &dir,
+            Some("securityfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ) {
+            tracing::debug!(%error, path = %dir.display(), "Could not mount securityfs.");
+        }
+    }
+    read()
 }
 
 /// Options for [`Ebpf::start_with`].
@@ -161,6 +212,9 @@ pub struct EbpfConfig {
     /// `nodewatch_agent_ebpf_program_run_seconds_total`. Costs two clock
     /// reads per program run, so off by default.
     pub measure_cost: bool,
+    /// Use this lockdown mode instead of reading it from the kernel (to run
+    /// as under `confidentiality` on a host that is not, e.g. in tests).
+    pub lockdown_override: Option<Lockdown>,
 }
 
 impl Default for EbpfConfig {
@@ -168,6 +222,7 @@ impl Default for EbpfConfig {
         Self {
             mount_tracefs: true,
             measure_cost: false,
+            lockdown_override: None,
         }
     }
 }
@@ -212,7 +267,9 @@ pub struct Ebpf {
     blockio: Option<blockio::BlockIo>,
     programs: Vec<(ProgramSpec, ProgramState)>,
     objects: Vec<aya::Ebpf>,
-    lockdown: Lockdown,
+    lockdown: Option<Lockdown>,
+    /// Whether the OOM program reads the victim's comm from kernel memory.
+    oom_reads_kernel: bool,
     /// Held to keep the kernel's BPF run-time statistics on (`BPF_ENABLE_STATS`);
     /// closing it turns them off again.
     stats_guard: Option<OwnedFd>,
@@ -301,7 +358,7 @@ impl Ebpf {
                 btf_path.display()
             )));
         }
-        let lockdown = lockdown(paths);
+        let lockdown = cfg.lockdown_override.or_else(|| lockdown(paths));
         let tracefs = ensure_tracefs(cfg).map_err(|u| Unavailable(format!("eBPF off: {}", u.0)))?;
 
         let mut events = Some(events);
@@ -317,52 +374,90 @@ impl Ebpf {
             programs: Vec::new(),
             objects: Vec::new(),
             lockdown,
+            oom_reads_kernel: false,
             stats_guard: None,
         };
 
         for obj in OBJECTS {
-            let read_kernel: u32 = u32::from(lockdown != Lockdown::Confidentiality);
-            let mut loader = EbpfLoader::new();
-            if obj.name == "oom" {
-                loader.override_global("cfg_read_kernel", &read_kernel, true);
-            }
-            let mut bpf = match loader.load(obj.bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    if is_permission_error(&e) && objects.is_empty() {
-                        return Err(Unavailable(format!(
-                            "eBPF off: the kernel refused to load BPF objects ({e}); needs CAP_BPF and CAP_PERFMON (or root)"
-                        )));
-                    }
-                    let msg = format!("loading {}.bpf.o: {e}", obj.name);
-                    for spec in obj.programs {
-                        if spec.required {
-                            return Err(Unavailable(format!("eBPF off: {msg}")));
-                        }
-                        tracing::warn!(program = spec.program, error = %msg, "eBPF program skipped.");
-                        programs.push((*spec, ProgramState::Failed(msg.clone())));
-                    }
-                    continue;
+            // The OOM program reads the victim's comm with bpf_probe_read_kernel
+            // unless told not to. Where the lockdown mode could not be read,
+            // try with the read and fall back to the variant without it.
+            let variants: &[u32] = if obj.name == "oom" {
+                match lockdown {
+                    Some(Lockdown::Confidentiality) => &[0],
+                    Some(_) => &[1],
+                    None => &[1, 0],
                 }
+            } else {
+                &[0]
             };
-            for spec in obj.programs {
-                let st = attach(&mut bpf, spec, lockdown, tracefs);
-                match &st {
-                    ProgramState::Attached => {
-                        tracing::debug!(program = spec.program, "eBPF program attached.");
-                    }
-                    ProgramState::Failed(error) | ProgramState::Skipped(error) => {
-                        if spec.required {
+            let mut loaded = None;
+            for (i, &read_kernel) in variants.iter().enumerate() {
+                let last = i + 1 == variants.len();
+                let mut obj_loader = EbpfLoader::new();
+                if obj.name == "oom" {
+                    obj_loader.override_global("cfg_read_kernel", &read_kernel, true);
+                }
+                let mut bpf = match obj_loader.load(obj.bytes) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if is_permission_error(&e) && objects.is_empty() {
                             return Err(Unavailable(format!(
-                                "eBPF off: required program {} ({}/{}): {error}",
-                                spec.program, spec.category, spec.tracepoint
+                                "eBPF off: the kernel refused to load BPF objects ({e}); needs CAP_BPF and CAP_PERFMON (or root)"
                             )));
                         }
-                        tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
+                        if !last {
+                            continue;
+                        }
+                        let msg = format!("loading {}.bpf.o: {e}", obj.name);
+                        for spec in obj.programs {
+                            if spec.required {
+                                return Err(Unavailable(format!("eBPF off: {msg}")));
+                            }
+                            tracing::warn!(program = spec.program, error = %msg, "eBPF program skipped.");
+                            programs.push((*spec, ProgramState::Failed(msg.clone())));
+                        }
+                        break;
                     }
+                };
+                let states: Vec<_> = obj
+                    .programs
+                    .iter()
+                    .map(|spec| (*spec, attach(&mut bpf, spec, lockdown, tracefs)))
+                    .collect();
+                let required_failed = states
+                    .iter()
+                    .find(|(spec, st)| spec.required && *st != ProgramState::Attached);
+                if let Some((spec, st)) = required_failed {
+                    if !last {
+                        tracing::info!(program = spec.program, state = ?st, "Retrying without kernel memory reads.");
+                        continue;
+                    }
+                    return Err(Unavailable(format!(
+                        "eBPF off: required program {} ({}/{}): {st:?}",
+                        spec.program, spec.category, spec.tracepoint
+                    )));
                 }
-                programs.push((*spec, st));
+                for (spec, st) in states {
+                    match &st {
+                        ProgramState::Attached => {
+                            tracing::debug!(program = spec.program, "eBPF program attached.");
+                        }
+                        ProgramState::Failed(error) | ProgramState::Skipped(error) => {
+                            tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
+                        }
+                    }
+                    programs.push((spec, st));
+                }
+                if obj.name == "oom" {
+                    state.oom_reads_kernel = read_kernel == 1;
+                }
+                loaded = Some(bpf);
+                break;
             }
+            let Some(mut bpf) = loaded else {
+                continue;
+            };
             let attached = |name: &str| {
                 programs
                     .iter()
@@ -382,9 +477,16 @@ impl Ebpf {
                             RingBuf::try_from(m)
                                 .map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
                         })?;
+                    let victims = if attached(OOM_VICTIM_MEMCG.program) {
+                        bpf.take_map(oom::VICTIMS_MAP)
+                            .and_then(|m| HashMap::try_from(m).ok())
+                    } else {
+                        None
+                    };
                     state.oom_reader = Some(
                         oom::Reader::spawn(
                             ring,
+                            victims,
                             paths.clone(),
                             events
                                 .take()
@@ -463,8 +565,15 @@ impl Ebpf {
 
     /// The lockdown mode the programs were chosen for.
     #[must_use]
-    pub fn lockdown(&self) -> Lockdown {
+    pub fn lockdown(&self) -> Option<Lockdown> {
         self.lockdown
+    }
+
+    /// Whether the OOM program was loaded with its kernel memory read (off
+    /// under `lockdown=confidentiality`: the comm then comes from `/proc`).
+    #[must_use]
+    pub fn oom_reads_kernel(&self) -> bool {
+        self.oom_reads_kernel
     }
 
     /// OOM records decoded so far.
@@ -499,10 +608,11 @@ impl Ebpf {
 fn attach(
     bpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
-    lockdown: Lockdown,
+    lockdown: Option<Lockdown>,
     tracefs: &str,
 ) -> ProgramState {
-    if spec.reads_kernel_memory && lockdown == Lockdown::Confidentiality {
+    let reads_allowed = matches!(lockdown, Some(Lockdown::None | Lockdown::Integrity));
+    if spec.reads_kernel_memory && !reads_allowed {
         return ProgramState::Skipped(
             "reads kernel memory, refused under lockdown=confidentiality".into(),
         );
@@ -520,16 +630,42 @@ fn attach(
     let Some(prog) = bpf.program_mut(spec.program) else {
         return ProgramState::Failed("not in the object".into());
     };
-    let prog: &mut TracePoint = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return ProgramState::Failed(e.to_string()),
+    let result = match spec.attach {
+        Attach::TracePoint => {
+            let prog: &mut TracePoint = match prog.try_into() {
+                Ok(p) => p,
+                Err(e) => return ProgramState::Failed(e.to_string()),
+            };
+            prog.load()
+                .map_err(|e| format!("load: {}", error_chain(&e)))
+                .and_then(|()| {
+                    prog.attach(spec.category, spec.tracepoint)
+                        .map_err(|e| format!("attach: {}", error_chain(&e)))
+                })
+                .map(drop)
+        }
+        Attach::BtfTracePoint => {
+            let prog: &mut BtfTracePoint = match prog.try_into() {
+                Ok(p) => p,
+                Err(e) => return ProgramState::Failed(e.to_string()),
+            };
+            let btf = match aya::Btf::from_sys_fs() {
+                Ok(b) => b,
+                Err(e) => return ProgramState::Failed(format!("kernel BTF: {e}")),
+            };
+            prog.load(spec.tracepoint, &btf)
+                .map_err(|e| format!("load: {}", error_chain(&e)))
+                .and_then(|()| {
+                    prog.attach()
+                        .map_err(|e| format!("attach: {}", error_chain(&e)))
+                })
+                .map(drop)
+        }
     };
-    if let Err(e) = prog.load() {
-        return ProgramState::Failed(format!("load: {}", error_chain(&e)));
-    }
-    match prog.attach(spec.category, spec.tracepoint) {
-        Ok(_link) => ProgramState::Attached, // the program owns the link; dropped with it
-        Err(e) => ProgramState::Failed(format!("attach: {}", error_chain(&e))),
+    // The program owns its link: it stays attached until the program is dropped.
+    match result {
+        Ok(()) => ProgramState::Attached,
+        Err(e) => ProgramState::Failed(e),
     }
 }
 

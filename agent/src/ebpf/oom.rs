@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use nodewatch_proto::v1::{event, Event, OomKill};
 
 use super::cgroup::{self, CgroupVersion, Memcg};
@@ -18,6 +18,14 @@ use crate::collector::{now_ms, EventSender, Paths};
 
 /// `struct oom_event` in `ebpf/nodewatch.h`.
 pub const OOM_EVENT_SIZE: usize = 88;
+/// `struct oom_victim`.
+pub const OOM_VICTIM_SIZE: usize = 32;
+/// The map `oom_victim_memcg` fills: pid → [`OomVictim`].
+pub const VICTIMS_MAP: &str = "oom_victims";
+
+/// The victims map as aya sees it: the value is kept as raw bytes (a byte
+/// array is already `aya::Pod`) and decoded by [`OomVictim::parse`].
+pub type VictimsMap = BpfHashMap<MapData, u32, [u8; OOM_VICTIM_SIZE]>;
 const COMM_LEN: usize = 16;
 
 const HAVE_RSS: u32 = 0x1;
@@ -72,6 +80,33 @@ impl OomEvent {
     }
 }
 
+/// Mirror of `struct oom_victim`: what the `tp_btf` program read from the victim's task.
+#[repr(C)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OomVictim {
+    /// Kernfs id of the victim's memory cgroup: the directory's inode number
+    /// in the memory hierarchy (v1 `memory` or the unified one). 0: unknown.
+    pub memcg_id: u64,
+    pub tgid: u32,
+    /// Explicit padding, as in the C struct.
+    pub pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(std::mem::size_of::<OomVictim>() == OOM_VICTIM_SIZE);
+
+impl OomVictim {
+    #[must_use]
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        Some(Self {
+            memcg_id: u64::from_ne_bytes(b.get(0..8)?.try_into().ok()?),
+            tgid: u32::from_ne_bytes(b.get(8..12)?.try_into().ok()?),
+            pad: 0,
+            comm: b.get(16..32)?.try_into().ok()?,
+        })
+    }
+}
+
 /// A NUL-terminated kernel `comm` as text.
 #[must_use]
 pub fn comm_str(raw: &[u8]) -> String {
@@ -104,45 +139,74 @@ fn read_proc(paths: &Paths, pid: u32) -> ProcView {
     v
 }
 
-/// Turns a record into the wire event: the record's own fields, then
-/// `/proc/<pid>` while the victim still exists (`source = "ebpf+procfs"`),
-/// else the cgroup of the task that ran the OOM killer, found by id in the
-/// unified hierarchy (`source = "ebpf"`; for a memcg OOM that task charged
-/// the same memcg, so its cgroup is the victim's or a child of it).
+/// Turns a record into the wire event. The victim's cgroup comes from, in
+/// order: the memory cgroup id the `tp_btf` program read from the victim's
+/// task (`source = "ebpf"`); `/proc/<pid>/cgroup` while the victim still
+/// exists (`"ebpf+procfs"`), except a v1 `/` which the kernel prints for any
+/// exiting task (`proc_cgroup_show()`, kernel/cgroup/cgroup.c); the cgroup
+/// of the task that ran the OOM killer, by id in the unified hierarchy
+/// (`"ebpf"`; for a memcg OOM that task charged the same memcg, so its
+/// cgroup is the victim's or a child of it).
 #[must_use]
-pub fn attribute(paths: &Paths, ev: &OomEvent) -> OomKill {
+pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> OomKill {
     let proc_view = read_proc(paths, ev.pid);
+    let mut used_proc = false;
     let mut kill = OomKill {
         pid: ev.pid,
-        tgid: proc_view.tgid.unwrap_or(ev.pid),
         uid: if ev.flags & HAVE_UID != 0 { ev.uid } else { 0 },
         ..OomKill::default()
     };
+    kill.tgid = match (victim, proc_view.tgid) {
+        (Some(v), _) if v.tgid != 0 => v.tgid,
+        (_, Some(t)) => {
+            used_proc = true;
+            t
+        }
+        _ => ev.pid,
+    };
     kill.comm = if ev.flags & HAVE_COMM != 0 {
         comm_str(&ev.comm)
+    } else if let Some(v) = victim.filter(|v| v.comm[0] != 0) {
+        comm_str(&v.comm)
+    } else if let Some(c) = &proc_view.comm {
+        used_proc = true;
+        c.clone()
     } else {
-        proc_view.comm.clone().unwrap_or_default()
+        String::new()
     };
     if ev.flags & HAVE_RSS != 0 {
         kill.rss_anon_bytes = ev.anon_rss_kb.saturating_mul(1024);
         kill.rss_file_bytes = ev.file_rss_kb.saturating_mul(1024);
         kill.rss_shmem_bytes = ev.shmem_rss_kb.saturating_mul(1024);
     }
-    let (memcg, source) = match proc_view.memcg {
-        Some(m) => (Some(m), "ebpf+procfs"),
-        None => (
-            // Id 1 is the root of the unified hierarchy: no information.
-            (ev.killer_cgroup_id > 1)
-                .then(|| cgroup::path_of_cgroup_id(paths, ev.killer_cgroup_id))
-                .flatten()
-                .map(|path| Memcg {
-                    path,
-                    version: CgroupVersion::V2,
-                }),
-            "ebpf",
-        ),
+    let from_victim = victim
+        .filter(|v| v.memcg_id != 0)
+        .and_then(|v| cgroup::memcg_of_id(paths, v.memcg_id));
+    let from_proc = || {
+        proc_view
+            .memcg
+            .clone()
+            .filter(|m| !(m.version == CgroupVersion::V1 && m.path == "/"))
     };
-    kill.source = source.to_string();
+    let from_killer = || {
+        // Id 1 is the root of the unified hierarchy: no information.
+        (ev.killer_cgroup_id > 1)
+            .then(|| cgroup::path_of_cgroup_id(&cgroup::unified_root(paths), ev.killer_cgroup_id))
+            .flatten()
+            .map(|path| Memcg {
+                path,
+                version: CgroupVersion::V2,
+            })
+    };
+    let memcg = if from_victim.is_some() {
+        from_victim
+    } else if let Some(m) = from_proc() {
+        used_proc = true;
+        Some(m)
+    } else {
+        from_killer()
+    };
+    kill.source = if used_proc { "ebpf+procfs" } else { "ebpf" }.to_string();
     if let Some(m) = memcg {
         let id = cgroup::identify(&m.path);
         kill.pod_uid = id.pod_uid.unwrap_or_default();
@@ -238,6 +302,7 @@ impl Reader {
     /// the runtime is doing, and so `start` works outside a runtime.
     pub fn spawn(
         ring: RingBuf<MapData>,
+        victims: Option<VictimsMap>,
         paths: Paths,
         events: EventSender,
         state: Arc<OomState>,
@@ -246,7 +311,7 @@ impl Reader {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("nodewatch-ebpf-oom".into())
-            .spawn(move || run(ring, &paths, &events, &state, &stop2))?;
+            .spawn(move || run(ring, victims, &paths, &events, &state, &stop2))?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -263,8 +328,25 @@ impl Drop for Reader {
     }
 }
 
+/// How long to wait for the `tp_btf` program's entry when the ring record
+/// arrives first: both programs run in the same `trace_mark_victim()` call,
+/// so the entry lags by microseconds at most.
+const VICTIM_GRACE: Duration = Duration::from_millis(2);
+
+fn take_victim(victims: &mut Option<VictimsMap>, pid: u32) -> Option<OomVictim> {
+    let map = victims.as_mut()?;
+    let mut raw = map.get(&pid, 0).ok();
+    if raw.is_none() {
+        std::thread::sleep(VICTIM_GRACE);
+        raw = map.get(&pid, 0).ok();
+    }
+    let _ = map.remove(&pid);
+    OomVictim::parse(&raw?)
+}
+
 fn run(
     mut ring: RingBuf<MapData>,
+    mut victims: Option<VictimsMap>,
     paths: &Paths,
     events: &EventSender,
     state: &OomState,
@@ -295,7 +377,8 @@ fn run(
         }
         for ev in batch {
             state.records.fetch_add(1, Ordering::Relaxed);
-            let kill = attribute(paths, &ev);
+            let victim = take_victim(&mut victims, ev.pid);
+            let kill = attribute(paths, &ev, victim.as_ref());
             state.count(&kill);
             tracing::info!(
                 pid = kill.pid,
@@ -358,7 +441,7 @@ mod tests {
             rootfs: tmp.clone(),
         };
         let ev = OomEvent::parse(&record()).unwrap();
-        let kill = attribute(&paths, &ev);
+        let kill = attribute(&paths, &ev, None);
         assert_eq!(kill.pid, 1234);
         assert_eq!(kill.tgid, 1234);
         assert_eq!(kill.comm, "python3");
