@@ -20,30 +20,11 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nodewatch_agent::collector::Paths;
-use nodewatch_agent::ebpf::{Ebpf, EbpfConfig};
+use nodewatch_agent::ebpf::Ebpf;
 use support::{run, run_quiet, value};
 
 fn start_measuring() -> Ebpf {
-    let (tx, _rx) = tokio::sync::mpsc::channel(256);
-    let cfg = EbpfConfig {
-        measure_cost: true,
-        ..EbpfConfig::default()
-    };
-    Ebpf::start_with(&Paths::default(), tx, &cfg).unwrap_or_else(|u| panic!("Ebpf::start: {u}"))
-}
-
-fn print_costs(ebpf: &Ebpf) {
-    for c in ebpf.costs() {
-        if c.run_count > 0 {
-            eprintln!(
-                "cost {}: {} runs, {} ns/run",
-                c.program,
-                c.run_count,
-                c.run_time_ns / c.run_count
-            );
-        }
-    }
+    support::start().0
 }
 
 /// Two namespaces and a veth pair, removed on drop.
@@ -179,7 +160,7 @@ fn tcp_retransmits_resets_and_drop_reasons_are_counted() {
     eprintln!(
         "retransmits +{retrans}, NETFILTER_DROP drops +{drops}, resets sent +{rst_sent} received +{rst_received}"
     );
-    print_costs(&ebpf);
+    support::print_costs(&ebpf);
     assert!(
         retrans > 0.0,
         "no retransmits counted\n{}",
@@ -291,7 +272,7 @@ fn block_io_latency_is_measured_per_device() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    print_costs(&ebpf);
+    support::print_costs(&ebpf);
     assert!(
         writes > 0.0,
         "no writes timed on {device}\n{}",
@@ -303,4 +284,54 @@ fn block_io_latency_is_measured_per_device() {
         &[("device", &device), ("op", "write")],
     );
     assert!(sum > 0.0);
+}
+
+/// Per-event cost under sustained load, for `ebpf/README.md`:
+/// `cargo test -p nodewatch-agent --test ebpf_net_block -- --ignored --nocapture`.
+#[test]
+#[ignore = "load generator for the cost figures, not a check"]
+fn measure_costs_under_load() {
+    if !support::require(
+        "ebpf_cost",
+        &["ip", "iptables", "losetup", "mkfs.ext4", "mount"],
+    ) {
+        return;
+    }
+    let ebpf = start_measuring();
+    let net = NetPair::new();
+    let server_addr: SocketAddr = "10.201.0.2:5001".parse().unwrap();
+    let server = in_netns(&net.b, move || {
+        let l = TcpListener::bind(server_addr).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 65536];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let client = in_netns(&net.a, move || {
+        let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(10)).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if s.write(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        // Resets over the namespace's loopback, which drops nothing.
+        let closed: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+        for _ in 0..2000 {
+            let _ = TcpStream::connect_timeout(&closed, Duration::from_secs(5));
+        }
+    });
+    client.join().unwrap();
+    server.join().unwrap();
+    let fs = LoopFs::new();
+    let mut f = std::fs::File::create(fs.mnt.join("data")).unwrap();
+    let block = vec![0x5au8; 16 << 10];
+    for _ in 0..2000 {
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+    }
+    drop(f);
+    support::print_costs(&ebpf);
 }

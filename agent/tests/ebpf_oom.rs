@@ -248,6 +248,7 @@ fn oom_kill_of_child_and_grandchild_is_reported() {
         sink.render_text()
     );
     assert!(ebpf.oom_records() >= 2);
+    support::print_costs(&ebpf);
 }
 
 /// As on a `lockdown=confidentiality` host (Talos with SecureBoot): no

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use nodewatch_agent::collector::{Collector, Paths, Sink};
-use nodewatch_agent::ebpf::Ebpf;
+use nodewatch_agent::ebpf::{Ebpf, EbpfConfig};
 use nodewatch_proto::v1::Event;
 
 /// Checks requirements; `false` means "skip" (outside CI).
@@ -42,14 +42,33 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
     false
 }
 
-/// Loads the programs; a failure here is a test failure once requirements are met.
+/// Loads the programs with run-time statistics on; a failure here is a
+/// test failure once requirements are met.
 pub fn start() -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let ebpf = match Ebpf::start(&Paths::default(), tx) {
+    let cfg = EbpfConfig {
+        measure_cost: true,
+        ..EbpfConfig::default()
+    };
+    let ebpf = match Ebpf::start_with(&Paths::default(), tx, &cfg) {
         Ok(e) => e,
         Err(u) => panic!("Ebpf::start: {u}"),
     };
     (ebpf, rx)
+}
+
+/// Prints each program's mean cost per run (kernel BPF statistics).
+pub fn print_costs(ebpf: &Ebpf) {
+    for c in ebpf.costs() {
+        if c.run_count > 0 {
+            eprintln!(
+                "cost {}: {} runs, {} ns/run",
+                c.program,
+                c.run_count,
+                c.run_time_ns / c.run_count
+            );
+        }
+    }
 }
 
 /// One collection of the eBPF collector.

@@ -110,9 +110,12 @@ static OBJECTS: &[ObjectSpec] = &[
     ObjectSpec {
         name: "oom",
         bytes: &OOM_OBJ.0,
+        // Attach order is call order at the tracepoint (probes of equal
+        // priority run in registration order, kernel/tracepoint.c): the
+        // victim map entry is written before the ring record wakes the reader.
         programs: &[
-            tp("oom_mark_victim", "oom", "mark_victim", true),
             OOM_VICTIM_MEMCG,
+            tp("oom_mark_victim", "oom", "mark_victim", true),
         ],
     },
     ObjectSpec {

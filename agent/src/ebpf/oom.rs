@@ -328,10 +328,11 @@ impl Drop for Reader {
     }
 }
 
-/// How long to wait for the `tp_btf` program's entry when the ring record
-/// arrives first: both programs run in the same `trace_mark_victim()` call,
-/// so the entry lags by microseconds at most.
-const VICTIM_GRACE: Duration = Duration::from_millis(2);
+/// How long to wait for the `tp_btf` program's entry if the ring record
+/// arrives first. It is attached first, so it normally runs first; both run
+/// in the same `trace_mark_victim()` call, so a lag is a preemption between
+/// the two, rarely longer than a scheduler tick.
+const VICTIM_GRACE: Duration = Duration::from_millis(10);
 
 fn take_victim(victims: &mut Option<VictimsMap>, pid: u32) -> Option<OomVictim> {
     let map = victims.as_mut()?;
