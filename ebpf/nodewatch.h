@@ -11,9 +11,9 @@
 #define NW_COMM_LEN 16
 
 /*
- * OOM ring buffer size. One record is 88 bytes plus an 8-byte ring header;
+ * OOM ring buffer size. One record is 96 bytes plus an 8-byte ring header;
  * an OOM storm kills at most a few hundred tasks per second, so 64 KiB
- * (~680 records) absorbs a burst while user space is scheduled. Must be a
+ * (~630 records) absorbs a burst while user space is scheduled. Must be a
  * power of two multiple of the page size (kernel/bpf/ringbuf.c).
  */
 #define NW_OOM_RINGBUF_BYTES (64 * 1024)
@@ -22,6 +22,7 @@
 #define NW_OOM_HAVE_RSS 0x1  /* anon/file/shmem_rss: not in older kernels' record; probed with bpf_core_field_exists */
 #define NW_OOM_HAVE_UID 0x2  /* uid: added to the record after rss; probed the same way */
 #define NW_OOM_HAVE_COMM 0x4 /* comm read from the record (needs bpf_probe_read_kernel) */
+#define NW_OOM_HAVE_SCORE_ADJ 0x8 /* oom_score_adj: added with the rss fields */
 
 /* One OOM kill, from tracepoint/oom/mark_victim (mm/oom_kill.c). */
 struct oom_event {
@@ -36,6 +37,8 @@ struct oom_event {
 	__u32 flags;             /* NW_OOM_HAVE_* */
 	char comm[NW_COMM_LEN];  /* victim's comm */
 	char killer_comm[NW_COMM_LEN];
+	__s32 oom_score_adj;     /* victim's, -1000..1000 */
+	__u32 _pad;
 };
 
 /*
@@ -113,7 +116,7 @@ struct bio_hist {
 };
 
 /* The agent asserts the same sizes on its #[repr(C)] mirrors. */
-_Static_assert(sizeof(struct oom_event) == 88, "oom_event layout");
+_Static_assert(sizeof(struct oom_event) == 96, "oom_event layout");
 _Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
 _Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");

@@ -65,6 +65,10 @@ int oom_mark_victim(struct trace_event_raw_mark_victim *ctx)
 		ev->shmem_rss_kb = ctx->shmem_rss;
 		ev->flags |= NW_OOM_HAVE_RSS;
 	}
+	if (bpf_core_field_exists(ctx->oom_score_adj)) {
+		ev->oom_score_adj = ctx->oom_score_adj;
+		ev->flags |= NW_OOM_HAVE_SCORE_ADJ;
+	}
 	if (bpf_core_field_exists(ctx->uid)) {
 		ev->uid = ctx->uid;
 		ev->flags |= NW_OOM_HAVE_UID;

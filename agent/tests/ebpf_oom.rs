@@ -213,6 +213,10 @@ fn oom_kill_of_child_and_grandchild_is_reported() {
     assert_eq!(kill.constraint, "memcg");
     assert_eq!(kill.memcg_limit_bytes, LIMIT);
     assert!(kill.rss_anon_bytes > 8 << 20, "{kill:?}");
+    assert!(
+        kill.killer_pid != 0 && !kill.killer_comm.is_empty(),
+        "{kill:?}"
+    );
 
     // 2. A grandchild is the hog; its parent (the "main process") survives.
     let parent = cg.spawn("parent");

@@ -17,7 +17,7 @@ use super::cgroup::{self, CgroupVersion, Memcg};
 use crate::collector::{now_ms, EventSender, Paths};
 
 /// `struct oom_event` in `ebpf/nodewatch.h`.
-pub const OOM_EVENT_SIZE: usize = 88;
+pub const OOM_EVENT_SIZE: usize = 96;
 /// `struct oom_victim`.
 pub const OOM_VICTIM_SIZE: usize = 32;
 /// The map `oom_victim_memcg` fills: pid → [`OomVictim`].
@@ -31,6 +31,7 @@ const COMM_LEN: usize = 16;
 const HAVE_RSS: u32 = 0x1;
 const HAVE_UID: u32 = 0x2;
 const HAVE_COMM: u32 = 0x4;
+const HAVE_SCORE_ADJ: u32 = 0x8;
 
 /// Mirror of `struct oom_event` (`ebpf/nodewatch.h`), decoded from the ring buffer.
 #[repr(C)]
@@ -47,6 +48,9 @@ pub struct OomEvent {
     pub flags: u32,
     pub comm: [u8; COMM_LEN],
     pub killer_comm: [u8; COMM_LEN],
+    pub oom_score_adj: i32,
+    /// Explicit padding, as in the C struct.
+    pub pad: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<OomEvent>() == OOM_EVENT_SIZE);
@@ -56,6 +60,9 @@ impl OomEvent {
     /// `None` when the record is shorter than the struct.
     #[must_use]
     pub fn parse(b: &[u8]) -> Option<Self> {
+        if b.len() < OOM_EVENT_SIZE {
+            return None;
+        }
         let u64_at = |o: usize| -> Option<u64> {
             Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?))
         };
@@ -76,6 +83,8 @@ impl OomEvent {
             flags: u32_at(52)?,
             comm: comm_at(56)?,
             killer_comm: comm_at(72)?,
+            oom_score_adj: i32::from_ne_bytes(b.get(88..92)?.try_into().ok()?),
+            pad: 0,
         })
     }
 }
@@ -154,6 +163,13 @@ pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> Oo
     let mut kill = OomKill {
         pid: ev.pid,
         uid: if ev.flags & HAVE_UID != 0 { ev.uid } else { 0 },
+        oom_score_adj: if ev.flags & HAVE_SCORE_ADJ != 0 {
+            ev.oom_score_adj
+        } else {
+            0
+        },
+        killer_pid: ev.killer_tgid,
+        killer_comm: comm_str(&ev.killer_comm),
         ..OomKill::default()
     };
     kill.tgid = match (victim, proc_view.tgid) {
@@ -211,6 +227,7 @@ pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> Oo
         let id = cgroup::identify(&m.path);
         kill.pod_uid = id.pod_uid.unwrap_or_default();
         kill.container_id = id.container_id.unwrap_or_default();
+        kill.container_runtime = id.runtime.unwrap_or_default().to_string();
         let (limit, usage) = cgroup::memcg_stats(paths, &m);
         kill.memcg_limit_bytes = limit;
         kill.memcg_usage_bytes = usage;
@@ -411,13 +428,20 @@ mod tests {
         for v in [1u64, 100, 200, 300, 42] {
             b.extend_from_slice(&v.to_ne_bytes());
         }
-        for v in [1234u32, 1000, 1234, HAVE_RSS | HAVE_UID | HAVE_COMM] {
+        for v in [
+            1234u32,
+            1000,
+            1234,
+            HAVE_RSS | HAVE_UID | HAVE_COMM | HAVE_SCORE_ADJ,
+        ] {
             b.extend_from_slice(&v.to_ne_bytes());
         }
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"python3");
         b.extend_from_slice(&comm);
         b.extend_from_slice(&comm);
+        b.extend_from_slice(&(-999i32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
         b
     }
 
@@ -430,7 +454,8 @@ mod tests {
         assert_eq!(ev.anon_rss_kb, 100);
         assert_eq!(ev.killer_cgroup_id, 42);
         assert_eq!(comm_str(&ev.comm), "python3");
-        assert_eq!(OomEvent::parse(&b[..87]), None);
+        assert_eq!(ev.oom_score_adj, -999);
+        assert_eq!(OomEvent::parse(&b[..95]), None);
     }
 
     #[test]
