@@ -291,3 +291,22 @@ fn oom_kill_is_reported_without_kernel_reads() {
         assert_eq!(kill.cgroup, cg.rel);
     }
 }
+
+/// Without kernel BTF the module says why once and stays off (no root needed).
+#[test]
+fn start_without_kernel_btf_is_unavailable() {
+    if std::env::var("NW_OOM_ROLE").is_ok() {
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("nodewatch-nobtf-{}", std::process::id()));
+    let paths = Paths {
+        procfs: "/proc".into(),
+        sysfs: tmp.join("sys"),
+        rootfs: "/".into(),
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    match Ebpf::start(&paths, tx) {
+        Ok(_) => panic!("started without BTF"),
+        Err(u) => assert!(u.0.contains("no kernel BTF"), "{u}"),
+    }
+}
