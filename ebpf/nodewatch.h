@@ -64,6 +64,26 @@ struct oom_victim {
 #define NW_TCP_COUNTERS 3
 
 /*
+ * Peers tracked for the per-peer view. LRU: a node talking to more peers
+ * keeps the most recently active ones; user space exports only the busiest
+ * (MAX_PEER_SERIES in agent/src/ebpf/tcp.rs) to bound series.
+ */
+#define NW_TCP_PEERS 1024
+
+/* AF_INET, AF_INET6 (include/linux/socket.h). */
+#define NW_AF_INET 2
+#define NW_AF_INET6 10
+
+struct tcp_peer_key {
+	__u8 addr[16];   /* IPv4 in the first 4 bytes, rest zero */
+	__u32 family;    /* NW_AF_INET or NW_AF_INET6 */
+};
+
+struct tcp_peer_counts {
+	__u64 counts[NW_TCP_COUNTERS]; /* indexed like tcp_counters */
+};
+
+/*
  * Distinct drop reasons kept. enum skb_drop_reason has 128 core values in
  * v6.18 (SKB_DROP_REASON_MAX) plus subsystem ranges in the high 16 bits
  * (SKB_DROP_REASON_SUBSYS_MASK, include/net/dropreason.h); 1024 leaves room
@@ -118,6 +138,8 @@ struct bio_hist {
 /* The agent asserts the same sizes on its #[repr(C)] mirrors. */
 _Static_assert(sizeof(struct oom_event) == 96, "oom_event layout");
 _Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
+_Static_assert(sizeof(struct tcp_peer_key) == 20, "tcp_peer_key layout");
+_Static_assert(sizeof(struct tcp_peer_counts) == 24, "tcp_peer_counts layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
 _Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");
 _Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");

@@ -80,6 +80,61 @@ enum skb_drop_reason {
 	SKB_DROP_REASON_NOT_SPECIFIED = 2,
 };
 
+/*
+ * include/trace/events/tcp.h. tcp_retransmit_skb has its own record on
+ * v6.18; older kernels share the tcp_event_sk_skb class (same fields).
+ */
+struct trace_event_raw_tcp_retransmit_skb {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+struct trace_event_raw_tcp_event_sk_skb {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+/* DECLARE_EVENT_CLASS(tcp_event_sk): tcp_receive_reset, tcp_destroy_sock. */
+struct trace_event_raw_tcp_event_sk {
+	struct trace_entry ent;
+	const void *skaddr;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+/* TRACE_EVENT(tcp_send_reset) since v6.10: addresses as struct sockaddr_in/in6. */
+struct trace_event_raw_tcp_send_reset {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u8 saddr[28];
+	__u8 daddr[28];
+};
+
 /* include/trace/events/skb.h, TRACE_EVENT(kfree_skb); reason since v5.17. */
 struct trace_event_raw_kfree_skb {
 	struct trace_entry ent;

@@ -177,6 +177,29 @@ fn tcp_retransmits_resets_and_drop_reasons_are_counted() {
         "{}",
         after.render_text()
     );
+    // The per-peer view names the receiver as the peer the client retransmitted to.
+    let peer_retrans = value(
+        &after,
+        "nodewatch_tcp_peer_retransmits_total",
+        &[("peer", "10.201.0.2")],
+    );
+    assert!(peer_retrans > 0.0, "{}", after.render_text());
+    // The receiver sent its reset to the client; the client received one from the receiver.
+    let peer_rst_sent = value(
+        &after,
+        "nodewatch_tcp_peer_resets_total",
+        &[("peer", "10.201.0.1"), ("direction", "sent")],
+    );
+    let peer_rst_received = value(
+        &after,
+        "nodewatch_tcp_peer_resets_total",
+        &[("peer", "10.201.0.2"), ("direction", "received")],
+    );
+    assert!(
+        peer_rst_sent > 0.0 && peer_rst_received > 0.0,
+        "{}",
+        after.render_text()
+    );
     // Every counted reason has a name from the kernel's enum.
     for s in after
         .samples

@@ -505,7 +505,10 @@ impl Ebpf {
                         .and_then(|m| PerCpuArray::try_from(m).ok())
                     {
                         let resets = attached("tcp_send_reset") || attached("tcp_receive_reset");
-                        state.tcp = Some(tcp::Tcp::new(m, resets));
+                        let peers = bpf
+                            .take_map(tcp::PEERS_MAP)
+                            .and_then(|p| HashMap::try_from(p).ok());
+                        state.tcp = Some(tcp::Tcp::new(m, peers, resets));
                     }
                 }
                 "skb_drop" if attached("skb_kfree_skb") => {
