@@ -12,11 +12,13 @@
 //!   tracefs handling, the [`Collector`] that exports every map.
 //! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
 //! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
+//! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
 //! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
 
 pub mod blockio;
 pub mod cgroup;
 pub mod oom;
+pub mod pods;
 pub mod skb_drop;
 pub mod tcp;
 
@@ -218,6 +220,10 @@ pub struct EbpfConfig {
     /// Use this lockdown mode instead of reading it from the kernel (to run
     /// as under `confidentiality` on a host that is not, e.g. in tests).
     pub lockdown_override: Option<Lockdown>,
+    /// Pod names for OOM events: a cache the caller refreshes from the
+    /// kubelet's pod list ([`pods::PodCache::replace_from_json`]). `None`:
+    /// a new empty cache (see [`Ebpf::pods`]).
+    pub pods: Option<pods::SharedPods>,
 }
 
 impl Default for EbpfConfig {
@@ -226,6 +232,7 @@ impl Default for EbpfConfig {
             mount_tracefs: true,
             measure_cost: false,
             lockdown_override: None,
+            pods: None,
         }
     }
 }
@@ -264,6 +271,7 @@ pub struct Ebpf {
     // Field order is drop order: stop the reader before the objects go.
     oom_reader: Option<oom::Reader>,
     oom_state: Arc<oom::OomState>,
+    pods: pods::SharedPods,
     oom_lost: Option<Array<MapData, u64>>,
     tcp: Option<tcp::Tcp>,
     skb_drop: Option<skb_drop::SkbDrop>,
@@ -370,6 +378,7 @@ impl Ebpf {
         let mut state = Self {
             oom_reader: None,
             oom_state: Arc::new(oom::OomState::default()),
+            pods: cfg.pods.clone().unwrap_or_default(),
             oom_lost: None,
             tcp: None,
             skb_drop: None,
@@ -490,6 +499,7 @@ impl Ebpf {
                         oom::Reader::spawn(
                             ring,
                             victims,
+                            state.pods.clone(),
                             paths.clone(),
                             events
                                 .take()
@@ -561,6 +571,13 @@ impl Ebpf {
     #[must_use]
     pub fn programs(&self) -> &[(ProgramSpec, ProgramState)] {
         &self.programs
+    }
+
+    /// The pod name cache OOM events are resolved against: refresh it with
+    /// [`pods::PodCache::replace_from_json`] from the kubelet's `/pods`.
+    #[must_use]
+    pub fn pods(&self) -> pods::SharedPods {
+        self.pods.clone()
     }
 
     /// Whether this agent turned on the kernel's BPF run-time statistics.

@@ -14,6 +14,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use nodewatch_proto::v1::{event, Event, OomKill};
 
 use super::cgroup::{self, CgroupVersion, Memcg};
+use super::pods::SharedPods;
 use crate::collector::{now_ms, EventSender, Paths};
 
 /// `struct oom_event` in `ebpf/nodewatch.h`.
@@ -245,6 +246,25 @@ pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> Oo
     kill
 }
 
+/// Fills namespace, pod and container names from the pod cache, when it
+/// knows the pod UID or container id the cgroup path gave.
+pub fn name_pod(pods: &SharedPods, kill: &mut OomKill) {
+    if kill.pod_uid.is_empty() && kill.container_id.is_empty() {
+        return;
+    }
+    let Ok(cache) = pods.read() else {
+        return;
+    };
+    let r = cache.resolve(&kill.pod_uid, &kill.container_id);
+    if !r.pod.is_empty() {
+        kill.namespace = r.namespace;
+        kill.pod = r.pod;
+    }
+    if !r.container.is_empty() {
+        kill.container = r.container;
+    }
+}
+
 /// Labels of `nodewatch_oom_kills_total`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KillKey {
@@ -320,6 +340,7 @@ impl Reader {
     pub fn spawn(
         ring: RingBuf<MapData>,
         victims: Option<VictimsMap>,
+        pods: SharedPods,
         paths: Paths,
         events: EventSender,
         state: Arc<OomState>,
@@ -328,7 +349,7 @@ impl Reader {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("nodewatch-ebpf-oom".into())
-            .spawn(move || run(ring, victims, &paths, &events, &state, &stop2))?;
+            .spawn(move || run(ring, victims, &pods, &paths, &events, &state, &stop2))?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -365,6 +386,7 @@ fn take_victim(victims: &mut Option<VictimsMap>, pid: u32) -> Option<OomVictim> 
 fn run(
     mut ring: RingBuf<MapData>,
     mut victims: Option<VictimsMap>,
+    pods: &SharedPods,
     paths: &Paths,
     events: &EventSender,
     state: &OomState,
@@ -396,7 +418,8 @@ fn run(
         for ev in batch {
             state.records.fetch_add(1, Ordering::Relaxed);
             let victim = take_victim(&mut victims, ev.pid);
-            let kill = attribute(paths, &ev, victim.as_ref());
+            let mut kill = attribute(paths, &ev, victim.as_ref());
+            name_pod(pods, &mut kill);
             state.count(&kill);
             tracing::info!(
                 pid = kill.pid,
@@ -474,6 +497,46 @@ mod tests {
         assert_eq!(kill.rss_anon_bytes, 100 * 1024);
         assert_eq!(kill.source, "ebpf");
         assert_eq!(kill.cgroup, "");
+    }
+
+    #[test]
+    fn pod_names_from_cache() {
+        let pods: SharedPods = std::sync::Arc::default();
+        super::super::pods::PodCache::replace_from_json(
+            &pods,
+            r#"{"items":[{"metadata":{"name":"web","namespace":"shop","uid":"74c13223-5a00-11e9-b385-42010a80018d"},
+               "status":{"containerStatuses":[{"name":"app","containerID":"containerd://34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376"}]}}]}"#,
+        )
+        .unwrap();
+        let mut kill = OomKill {
+            pod_uid: "74c13223-5a00-11e9-b385-42010a80018d".into(),
+            container_id: "34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376".into(),
+            ..OomKill::default()
+        };
+        name_pod(&pods, &mut kill);
+        assert_eq!(
+            (
+                kill.namespace.as_str(),
+                kill.pod.as_str(),
+                kill.container.as_str()
+            ),
+            ("shop", "web", "app")
+        );
+        // Unknown pod: the path's identity stays, names stay empty.
+        let mut other = OomKill {
+            pod_uid: "0d08203e-255a-11e9-8cd9-0007cb0b2cc8".into(),
+            ..OomKill::default()
+        };
+        name_pod(&pods, &mut other);
+        assert_eq!(other.pod, "");
+        let state = OomState::default();
+        state.count(&kill);
+        state.count(&other);
+        let kills = state.kills.lock().unwrap();
+        assert!(kills.keys().any(|k| k.pod == "web" && k.container == "app"));
+        assert!(kills
+            .keys()
+            .any(|k| k.pod == "0d08203e-255a-11e9-8cd9-0007cb0b2cc8"));
     }
 
     #[test]
