@@ -65,9 +65,10 @@ pub struct ProgramSpec {
     /// A required program that cannot load makes [`Ebpf::start`] fail; an
     /// optional one is logged and skipped.
     pub required: bool,
-    /// Uses `bpf_probe_read_kernel` unconditionally: not loaded under
-    /// `lockdown=confidentiality`. (The OOM program's only such read is
-    /// switched off by a load-time constant instead.)
+    /// Reads kernel memory beyond its tracepoint record (`bpf_probe_read_kernel`
+    /// or BTF pointer walks) on every path: not loaded under
+    /// `lockdown=confidentiality`. (The classic OOM program's one such read
+    /// is switched off by a load-time constant instead.)
     pub reads_kernel_memory: bool,
 }
 
@@ -634,8 +635,9 @@ fn attach(
     lockdown: Option<Lockdown>,
     tracefs: &str,
 ) -> ProgramState {
-    let reads_allowed = matches!(lockdown, Some(Lockdown::None | Lockdown::Integrity));
-    if spec.reads_kernel_memory && !reads_allowed {
+    // With the mode unknown, try: the verifier refuses what lockdown forbids,
+    // and the program is optional.
+    if spec.reads_kernel_memory && lockdown == Some(Lockdown::Confidentiality) {
         return ProgramState::Skipped(
             "reads kernel memory, refused under lockdown=confidentiality".into(),
         );
