@@ -252,6 +252,16 @@ fn oom_kill_of_child_and_grandchild_is_reported() {
         sink.render_text()
     );
     assert!(ebpf.oom_records() >= 2);
+    let attached = support::value(
+        &sink,
+        "nodewatch_agent_ebpf_programs",
+        &[("program", "oom_mark_victim"), ("state", "attached")],
+    );
+    assert!(
+        (attached - 1.0).abs() < f64::EPSILON,
+        "{}",
+        sink.render_text()
+    );
     support::print_costs(&ebpf);
 }
 

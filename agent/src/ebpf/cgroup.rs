@@ -285,12 +285,6 @@ pub fn path_of_cgroup_id(root: &Path, id: u64) -> Option<String> {
     None
 }
 
-/// Whether a directory is a cgroup v2 root (tests and start-up diagnostics).
-#[must_use]
-pub fn is_unified(dir: &Path) -> bool {
-    dir.join("cgroup.controllers").exists()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
