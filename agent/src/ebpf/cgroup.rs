@@ -285,6 +285,113 @@ pub fn path_of_cgroup_id(root: &Path, id: u64) -> Option<String> {
     None
 }
 
+/// The `oom_kill` counter in a memcg's `memory.oom_control` (v1, local to
+/// the group since v4.13) or `memory.events.local` / `memory.events` (v2).
+#[must_use]
+pub fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some("oom_kill"))
+            .then(|| f.next().and_then(|v| v.parse().ok()))
+            .flatten()
+    })
+}
+
+fn read_oom_kill(dir: &Path, version: CgroupVersion) -> Option<u64> {
+    let files: &[&str] = match version {
+        CgroupVersion::V1 => &["memory.oom_control"],
+        // .local counts only the group's own kills (v5.2+); memory.events
+        // also counts descendants', which still finds the right subtree.
+        CgroupVersion::V2 => &["memory.events.local", "memory.events"],
+    };
+    files.iter().find_map(|f| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| parse_oom_kill(&t))
+    })
+}
+
+/// Per-memcg OOM kill counters, to find which group lost a task when
+/// nothing else can say (under lockdown=confidentiality on a cgroup v1 host,
+/// where /proc shows an exiting task in `/`). The kernel counts the kill
+/// before it marks the victim (`__oom_kill_process()`, `mm/oom_kill.c`), so
+/// by the time the event is read the group's counter has moved.
+#[derive(Debug)]
+pub struct OomCounters {
+    root: PathBuf,
+    version: CgroupVersion,
+    counts: std::collections::HashMap<String, u64>,
+}
+
+impl OomCounters {
+    /// Takes the baseline.
+    #[must_use]
+    pub fn snapshot(paths: &Paths) -> Self {
+        let (root, version) = memory_hierarchy(paths);
+        let counts = scan_oom_kills(&root, version);
+        Self {
+            root,
+            version,
+            counts,
+        }
+    }
+
+    /// Rescans; returns the deepest group whose counter rose since the last
+    /// scan (the victim's own group, not an ancestor that counts it too),
+    /// and makes the new counts the baseline.
+    pub fn rescan(&mut self) -> Option<Memcg> {
+        let now = scan_oom_kills(&self.root, self.version);
+        let best = pick_increased(&self.counts, &now);
+        self.counts = now;
+        best.map(|path| Memcg {
+            path,
+            version: self.version,
+        })
+    }
+}
+
+/// The deepest path whose count rose (ties: the larger rise, then the name).
+fn pick_increased(
+    before: &std::collections::HashMap<String, u64>,
+    now: &std::collections::HashMap<String, u64>,
+) -> Option<String> {
+    now.iter()
+        .filter_map(|(path, n)| {
+            let rise = n.saturating_sub(before.get(path).copied().unwrap_or(0));
+            (rise > 0).then_some((path, rise))
+        })
+        .max_by(|a, b| {
+            let depth = |p: &str| p.matches('/').count();
+            depth(a.0)
+                .cmp(&depth(b.0))
+                .then(a.1.cmp(&b.1))
+                .then(b.0.cmp(a.0))
+        })
+        .map(|(p, _)| p.clone())
+}
+
+fn scan_oom_kills(root: &Path, version: CgroupVersion) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if out.len() >= MAX_CGROUP_WALK {
+            break;
+        }
+        if let (Some(n), Ok(rel)) = (read_oom_kill(&dir, version), dir.strip_prefix(root)) {
+            out.insert(format!("/{}", rel.display()), n);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
@@ -431,6 +538,67 @@ mod tests {
     }
 
     #[test]
+    fn oom_kill_counters() {
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            Some(3)
+        );
+        assert_eq!(
+            parse_oom_kill("low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n"),
+            Some(2)
+        );
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
+        assert_eq!(parse_oom_kill("oom_kill x\n"), None);
+        let before: std::collections::HashMap<String, u64> = [
+            ("/".to_string(), 5),
+            ("/kubepods".to_string(), 1),
+            ("/kubepods/pod1/c1".to_string(), 1),
+        ]
+        .into();
+        let mut now = before.clone();
+        // v2 memory.events counts a kill in every ancestor: the deepest wins.
+        now.insert("/kubepods".into(), 2);
+        now.insert("/kubepods/pod1/c1".into(), 2);
+        now.insert("/".into(), 6);
+        assert_eq!(
+            pick_increased(&before, &now).as_deref(),
+            Some("/kubepods/pod1/c1")
+        );
+        // A group that appeared since the baseline, with a kill.
+        now.insert("/kubepods/pod2/c9".into(), 1);
+        let picked = pick_increased(&before, &now);
+        assert!(picked
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/kubepods/pod")));
+        assert_eq!(pick_increased(&before, &before), None);
+    }
+
+    /// A fake v1 tree: the counter that moved names the group.
+    #[test]
+    fn oom_counters_on_a_tree() {
+        let tmp = std::env::temp_dir().join(format!("nw-oomcnt-{}", std::process::id()));
+        let mem = tmp.join("sys/fs/cgroup/memory");
+        let grp = mem.join("kubepods/pod74c13223-5a00-11e9-b385-42010a80018d");
+        std::fs::create_dir_all(&grp).unwrap();
+        std::fs::write(mem.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        std::fs::write(mem.join("memory.oom_control"), "oom_kill 0\n").unwrap();
+        std::fs::write(grp.join("memory.oom_control"), "oom_kill 0\n").unwrap();
+        let paths = Paths {
+            procfs: tmp.join("proc"),
+            sysfs: tmp.join("sys"),
+            rootfs: tmp.clone(),
+        };
+        let mut c = OomCounters::snapshot(&paths);
+        assert_eq!(c.rescan(), None);
+        std::fs::write(grp.join("memory.oom_control"), "oom_kill 1\n").unwrap();
+        let m = c.rescan().unwrap();
+        assert_eq!(m.path, "/kubepods/pod74c13223-5a00-11e9-b385-42010a80018d");
+        assert_eq!(m.version, CgroupVersion::V1);
+        assert_eq!(c.rescan(), None);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
     fn limits() {
         assert_eq!(parse_limit("max\n"), 0);
         assert_eq!(parse_limit("9223372036854771712\n"), 0);
@@ -475,6 +643,7 @@ mod tests {
                     let _ = identify(line);
                 }
                 let _ = parse_limit(&text);
+                let _ = parse_oom_kill(&text);
             }
         }
     }

@@ -156,10 +156,19 @@ fn read_proc(paths: &Paths, pid: u32) -> ProcView {
 /// exiting task (`proc_cgroup_show()`, kernel/cgroup/cgroup.c); the cgroup
 /// of the task that ran the OOM killer, by id in the unified hierarchy
 /// (`"ebpf"`; for a memcg OOM that task charged the same memcg, so its
-/// cgroup is the victim's or a child of it).
+/// cgroup is the victim's or a child of it). When the `tp_btf` program is not
+/// loaded, the group whose OOM kill counter rose (`"ebpf+memory.events"`)
+/// comes before the killer's cgroup.
 #[must_use]
-pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> OomKill {
+pub fn attribute(
+    paths: &Paths,
+    ev: &OomEvent,
+    victim: Option<&OomVictim>,
+    counters: Option<&mut cgroup::OomCounters>,
+) -> OomKill {
     let proc_view = read_proc(paths, ev.pid);
+    // Rescan on every event, used or not, so the baseline stays current.
+    let counted = counters.and_then(cgroup::OomCounters::rescan);
     let mut used_proc = false;
     let mut kill = OomKill {
         pid: ev.pid,
@@ -215,15 +224,24 @@ pub fn attribute(paths: &Paths, ev: &OomEvent, victim: Option<&OomVictim>) -> Oo
                 version: CgroupVersion::V2,
             })
     };
+    let mut used_counters = false;
     let memcg = if from_victim.is_some() {
         from_victim
     } else if let Some(m) = from_proc() {
         used_proc = true;
         Some(m)
+    } else if counted.is_some() {
+        used_counters = true;
+        counted
     } else {
         from_killer()
     };
-    kill.source = if used_proc { "ebpf+procfs" } else { "ebpf" }.to_string();
+    kill.source = match (used_counters, used_proc) {
+        (true, _) => "ebpf+memory.events",
+        (false, true) => "ebpf+procfs",
+        (false, false) => "ebpf",
+    }
+    .to_string();
     if let Some(m) = memcg {
         let id = cgroup::identify(&m.path);
         kill.pod_uid = id.pod_uid.unwrap_or_default();
@@ -396,6 +414,11 @@ fn run(
     use std::os::fd::AsFd;
 
     let timeout = PollTimeout::try_from(POLL_INTERVAL).unwrap_or(PollTimeout::NONE);
+    // Without the tp_btf program, the per-memcg OOM kill counters are the
+    // fallback that still names the group on cgroup v1 hosts.
+    let mut counters = victims
+        .is_none()
+        .then(|| cgroup::OomCounters::snapshot(paths));
     while !stop.load(Ordering::Relaxed) {
         {
             let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
@@ -418,7 +441,7 @@ fn run(
         for ev in batch {
             state.records.fetch_add(1, Ordering::Relaxed);
             let victim = take_victim(&mut victims, ev.pid);
-            let mut kill = attribute(paths, &ev, victim.as_ref());
+            let mut kill = attribute(paths, &ev, victim.as_ref(), counters.as_mut());
             name_pod(pods, &mut kill);
             state.count(&kill);
             tracing::info!(
@@ -490,7 +513,7 @@ mod tests {
             rootfs: tmp.clone(),
         };
         let ev = OomEvent::parse(&record()).unwrap();
-        let kill = attribute(&paths, &ev, None);
+        let kill = attribute(&paths, &ev, None, None);
         assert_eq!(kill.pid, 1234);
         assert_eq!(kill.tgid, 1234);
         assert_eq!(kill.comm, "python3");
