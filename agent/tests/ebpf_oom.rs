@@ -168,6 +168,10 @@ fn wait_for_kill(
         while let Ok(ev) = rx.try_recv() {
             if let Some(event::Kind::OomKill(k)) = ev.kind {
                 if k.pid == pid {
+                    // t_ms is when the kernel marked the victim.
+                    let delivered_after = nodewatch_agent::collector::now_ms() - ev.t_ms;
+                    eprintln!("pid {pid}: event delivered {delivered_after} ms after the kernel marked the victim");
+                    assert!((0..1000).contains(&delivered_after), "{delivered_after} ms");
                     got = Some((k, Instant::now()));
                 }
             }

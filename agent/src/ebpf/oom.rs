@@ -283,6 +283,24 @@ pub fn name_pod(pods: &SharedPods, kill: &mut OomKill) {
     }
 }
 
+/// Wall-clock milliseconds of a `bpf_ktime_get_ns()` stamp (`CLOCK_MONOTONIC`):
+/// the moment the kernel marked the victim, not when attribution finished.
+/// Falls back to now when the clock cannot be read or the stamp is ahead.
+#[must_use]
+pub fn kill_time_ms(ktime_ns: u64) -> i64 {
+    let now = now_ms();
+    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return now;
+    };
+    let mono_ns = (mono.tv_sec() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(mono.tv_nsec() as u64);
+    match mono_ns.checked_sub(ktime_ns) {
+        Some(age_ns) if ktime_ns > 0 => now - (age_ns / 1_000_000) as i64,
+        _ => now,
+    }
+}
+
 /// Labels of `nodewatch_oom_kills_total`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KillKey {
@@ -452,7 +470,7 @@ fn run(
                 "OOM kill."
             );
             let event = Event {
-                t_ms: now_ms(),
+                t_ms: kill_time_ms(ev.ktime_ns),
                 kind: Some(event::Kind::OomKill(kill)),
                 // Filled in by the aggregator from the stream's identity.
                 node: String::new(),
@@ -560,6 +578,17 @@ mod tests {
         assert!(kills
             .keys()
             .any(|k| k.pod == "0d08203e-255a-11e9-8cd9-0007cb0b2cc8"));
+    }
+
+    #[test]
+    fn kill_time_is_in_the_past() {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        let mono_ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
+        let now = now_ms();
+        let t = kill_time_ms(mono_ns - 250_000_000);
+        assert!((now - 300..=now - 200).contains(&t), "{t} vs {now}");
+        assert!(kill_time_ms(0) >= now);
+        assert!(kill_time_ms(u64::MAX) >= now);
     }
 
     #[test]
