@@ -16,8 +16,13 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/*
+ * LRU: a request whose completion is never seen (requeued and reissued
+ * under another sector, a device torn down mid-flight) would otherwise stay
+ * forever and, once the map is full, stop all timing.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, NW_BIO_INFLIGHT);
 	__type(key, struct bio_start_key);
 	__type(value, __u64);

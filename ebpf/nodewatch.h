@@ -110,8 +110,8 @@ struct tcp_peer_counts {
 /*
  * In-flight requests tracked between issue and completion. A queue holds at
  * most nr_requests (default 256 per hardware queue, BLKDEV_DEFAULT_RQ in
- * include/linux/blkdev.h); 16384 covers 64 such queues. Issues seen while
- * full are not timed.
+ * include/linux/blkdev.h); 16384 covers 64 such queues. An LRU map: when
+ * full, the oldest start is dropped (that request is not timed).
  */
 #define NW_BIO_INFLIGHT 16384
 
