@@ -93,7 +93,9 @@ int oom_mark_victim(struct trace_event_raw_mark_victim *ctx)
  * on v6.18): its memory cgroup, which /proc can no longer tell once the
  * victim is exiting (proc_cgroup_show() prints "/" for an exiting task on
  * cgroup v1 hierarchies). Pointer walks here are BTF-checked loads, which
- * the loader does not attempt under lockdown=confidentiality.
+ * the loader does not attempt under lockdown=confidentiality. Kernels whose
+ * mark_victim still has TP_PROTO(int pid) hand over a scalar: the verifier
+ * refuses the dereference, and this optional program is skipped.
  */
 SEC("tp_btf/mark_victim")
 int oom_victim_memcg(__u64 *ctx)
