@@ -3,6 +3,7 @@
 //! and keeps one failure from stopping the others.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,7 +43,7 @@ impl MetricKind {
 }
 
 /// Root paths of the host's pseudo file systems, injectable so tests run on
-/// fixture trees (`--path.procfs`, `--path.sysfs`, `--path.rootfs`, as node_exporter).
+/// fixture trees (`--path.procfs`, `--path.sysfs`, `--path.rootfs`, as `node_exporter`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
     pub procfs: PathBuf,
@@ -99,6 +100,7 @@ pub enum CollectError {
 }
 
 impl CollectError {
+    #[must_use]
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
@@ -275,11 +277,12 @@ impl Sink {
         let mut out = String::new();
         for (name, samples) in by_family {
             if let Some(f) = self.families.get(name) {
-                out.push_str(&format!(
+                let _ = write!(
+                    out,
                     "# HELP {name} {}\n# TYPE {name} {}\n",
                     text::escape_help(&f.help),
                     f.kind.as_str()
-                ));
+                );
             }
             for s in samples {
                 text::write_sample(
@@ -352,6 +355,20 @@ impl Running {
     }
 }
 
+/// Where event sources that fire between collections (eBPF, kernel log)
+/// push their events; the streamer sends a batch at once when one arrives,
+/// so an OOM kill reaches the aggregator in milliseconds, not an interval later.
+/// Bounded: a source that cannot send drops nothing silently, it counts the drop.
+pub type EventSender = tokio::sync::mpsc::Sender<nodewatch_proto::v1::Event>;
+
+/// Milliseconds since the Unix epoch, for event and sample timestamps.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,18 +420,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// Where event sources that fire between collections (eBPF, kernel log)
-/// push their events; the streamer sends a batch at once when one arrives,
-/// so an OOM kill reaches the aggregator in milliseconds, not an interval later.
-/// Bounded: a source that cannot send drops nothing silently, it counts the drop.
-pub type EventSender = tokio::sync::mpsc::Sender<nodewatch_proto::v1::Event>;
-
-/// Milliseconds since the Unix epoch, for event and sample timestamps.
-#[must_use]
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

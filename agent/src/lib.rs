@@ -3,7 +3,23 @@
 //! # Layout
 //! - [`collector`]: the `Collector` trait, the `Sink` collectors write into, per-collector timing.
 //! - [`collectors`]: one module per kernel source (`stat`, `meminfo`, `netdev`, …) and the registry list.
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`batch`]: collections and their encoding into wire batches (symbol table per stream).
+//! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
+//! - [`runtime`]: the main loop tying them together.
+//! - [`hostinfo`]: what Hello says about the host.
+//! - [`spool`]: the on-disk log of unacknowledged collections.
+//! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
+//! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
+pub mod batch;
 pub mod collector;
 pub mod collectors;
+pub mod config;
+#[cfg(target_os = "linux")]
 pub mod ebpf;
+pub mod freebsd;
+pub mod hostinfo;
+pub mod runtime;
+pub mod spool;
+pub mod stream;

@@ -1,1 +1,122 @@
-fn main() {}
+//! `nodewatch-agent`: collects host signals and streams them to aggregators.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nodewatch_agent::{collectors, config, runtime};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodewatch-agent",
+    version,
+    about = "Collects this host's signals and streams them to nodewatch aggregators over mutual TLS."
+)]
+struct Args {
+    /// Configuration file (YAML).
+    #[arg(long, short = 'c', env = "NODEWATCH_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Collect once, print the samples in Prometheus text format, and exit.
+    #[arg(long)]
+    once: bool,
+    /// Aggregator address host:port (repeatable; overrides `aggregators`).
+    #[arg(long = "aggregator")]
+    aggregators: Vec<String>,
+    /// Collection interval, e.g. 10s (overrides `interval`).
+    #[arg(long)]
+    interval: Option<String>,
+    /// procfs mount point.
+    #[arg(long = "path.procfs")]
+    procfs: Option<PathBuf>,
+    /// sysfs mount point.
+    #[arg(long = "path.sysfs")]
+    sysfs: Option<PathBuf>,
+    /// The host's root file system.
+    #[arg(long = "path.rootfs")]
+    rootfs: Option<PathBuf>,
+    /// Log filter (`RUST_LOG` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(args.log.as_str())
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut file = match config::File::load(args.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("nodewatch-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.aggregators.is_empty() {
+        file.aggregators = args.aggregators;
+    }
+    if args.interval.is_some() {
+        file.interval = args.interval;
+    }
+    file.paths.procfs = args.procfs.or(file.paths.procfs);
+    file.paths.sysfs = args.sysfs.or(file.paths.sysfs);
+    file.paths.rootfs = args.rootfs.or(file.paths.rootfs);
+    let specs = collectors::registry();
+    let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    let cfg = match file.validate(args.config.as_deref(), &names, !args.once) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("nodewatch-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.once {
+        let mut cs = runtime::build_collectors(&specs, &cfg.collectors, &cfg.paths);
+        let sink = runtime::collect_once(&mut cs);
+        print!("{}", sink.render_text());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodewatch-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (_events_tx, events_rx) = tokio::sync::mpsc::channel(runtime::EVENT_QUEUE);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("Shutdown requested.");
+            let _ = stop_tx.send(true);
+        });
+        match runtime::run(cfg, specs, stop_rx, events_rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nodewatch-agent: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

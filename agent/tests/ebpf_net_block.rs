@@ -9,6 +9,8 @@
 //! - Block: a loop device with ext4, a file written and fsynced; the
 //!   latency histogram of that loop device must count the writes.
 
+// Linux only: cgroups, network namespaces, loop devices and BPF.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "ebpf_support.rs"]
@@ -117,7 +119,7 @@ fn tcp_retransmits_resets_and_drop_reasons_are_counted() {
         ready_tx.send(()).unwrap();
         let (mut s, _) = l.accept().unwrap();
         let mut total = 0usize;
-        let mut buf = [0u8; 65536];
+        let mut buf = vec![0u8; 65536];
         loop {
             match s.read(&mut buf) {
                 Ok(0) | Err(_) => return total,
@@ -326,7 +328,7 @@ fn measure_costs_under_load() {
     let server = in_netns(&net.b, move || {
         let l = TcpListener::bind(server_addr).unwrap();
         let (mut s, _) = l.accept().unwrap();
-        let mut buf = [0u8; 65536];
+        let mut buf = vec![0u8; 65536];
         while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
     });
     std::thread::sleep(Duration::from_millis(200));

@@ -6,6 +6,8 @@
 //! grandchild and sleeps, to show a process that is not the main one is
 //! caught too.
 
+// Linux only: cgroups, network namespaces, loop devices and BPF.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "ebpf_support.rs"]
@@ -64,7 +66,7 @@ fn oom_child_role() {
             let mut child = child;
             let _ = child.wait();
             // Stay alive: the test checks that only the grandchild died.
-            std::thread::sleep(Duration::from_secs(60));
+            std::thread::sleep(Duration::from_mins(1));
         }
         _ => {}
     }
@@ -277,8 +279,8 @@ fn oom_kill_of_child_and_grandchild_is_reported() {
     support::print_costs(&ebpf);
 }
 
-/// As on a `lockdown=confidentiality` host (Talos with SecureBoot): no
-/// kernel memory reads, so no tp_btf program; the classic record still
+/// As on a `lockdown=confidentiality` host (Talos with `SecureBoot`): no
+/// kernel memory reads, so no `tp_btf` program; the classic record still
 /// reports the kill at once with pid and rss.
 #[test]
 fn oom_kill_is_reported_without_kernel_reads() {

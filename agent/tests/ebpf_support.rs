@@ -6,7 +6,14 @@
 //! (root, kernel BTF, tools). When something is missing, with `CI=true` the
 //! test fails naming it; otherwise it prints why and passes without running.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// Linux only: cgroups, network namespaces, loop devices and BPF.
+#![cfg(target_os = "linux")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::must_use_candidate
+)]
 
 use std::path::Path;
 use std::process::Command;

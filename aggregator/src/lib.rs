@@ -1,1 +1,31 @@
+//! nodewatch aggregator: receives agent streams, keeps recent history,
+//! exposes it to Prometheus and answers operators' queries.
+//!
+//! # Layout
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`auth`]: roles from the client certificate.
+//! - [`ingest`]: the `Ingest.Stream` service (agent → store).
+//! - [`store`]: per-series rings of recent samples, family metadata.
+//! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
+//! - [`events`]: recent events and the live feed.
+//! - [`expose`]: `/metrics`, `/healthz`.
+//! - [`query`]: the `Query` service (nodes, instant queries, events).
+//! - [`promql`]: the `PromQL` evaluator over a `Storage` trait.
+//! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
+//! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
+//! - [`server`]: wiring and shutdown.
+//! - [`cli`]: the `nodewatch` command-line tool.
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod expose;
+pub mod ingest;
+pub mod manager;
+pub mod nodes;
+pub mod promql;
+pub mod query;
+pub mod rules;
+pub mod server;
+pub mod store;

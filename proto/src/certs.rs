@@ -15,10 +15,10 @@ use crate::identity::Identity;
 
 /// Default lifetime of leaf certificates made here: a year, for homelab use
 /// without rotation. cert-manager deployments use shorter ones.
-pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_hours(8760);
 
 /// Default lifetime of a CA made here.
-pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_hours(87600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {

@@ -9,6 +9,7 @@
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
 
 pub mod certs;
+pub mod config;
 pub mod identity;
 pub mod text;
 pub mod tls;

@@ -1,1 +1,436 @@
-//! test helpers
+//! Helpers for the end-to-end tests: certificates made at test time, real
+//! aggregator and agent processes on free loopback ports, and the rule that
+//! a missing real component fails the test under `CI=true`.
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY};
+use nodewatch_proto::tls::{self, Reloadable, Target, TlsFiles};
+use nodewatch_proto::{Identity, NodeName};
+
+/// Whether tests run in CI, where a missing component is a failure.
+#[must_use]
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Call when a real component is missing: fails under `CI=true`, otherwise
+/// prints why and returns so the caller can `return` (skip).
+pub fn missing(what: &str) {
+    assert!(!in_ci(), "required component missing (CI=true): {what}");
+    eprintln!("SKIP: {what}");
+}
+
+/// Finds an executable on PATH or in the usual Debian places.
+#[must_use]
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A binary built from this workspace (target/<profile>/<name>).
+#[must_use]
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on loopback.
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A throwaway PKI in a temporary folder.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    #[must_use]
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("test CA", DEFAULT_CA_VALIDITY).unwrap();
+        ca.pem().write(dir.path(), "ca").unwrap();
+        let pki = Self { dir, ca };
+        let _ = pki.issue(
+            "aggregator",
+            &Leaf::Server {
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+            },
+        );
+        pki
+    }
+
+    #[must_use]
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Issues `<stem>.crt/.key`.
+    #[must_use]
+    pub fn issue(&self, stem: &str, leaf: &Leaf) -> TlsFiles {
+        self.issue_for(stem, leaf, DEFAULT_LEAF_VALIDITY)
+    }
+
+    #[must_use]
+    pub fn issue_for(&self, stem: &str, leaf: &Leaf, validity: Duration) -> TlsFiles {
+        let (cert, key) = self
+            .ca
+            .issue(leaf, validity)
+            .unwrap()
+            .write(self.dir.path(), stem)
+            .unwrap();
+        TlsFiles {
+            ca: self.path("ca.crt"),
+            cert,
+            key,
+        }
+    }
+
+    /// A node certificate (`node-<name>`).
+    #[must_use]
+    pub fn node(&self, name: &str) -> TlsFiles {
+        self.issue(
+            &format!("node-{name}"),
+            &Leaf::Client(Identity::Node(NodeName::new(name).unwrap())),
+        )
+    }
+
+    /// An operator certificate (`operator-<who>`).
+    #[must_use]
+    pub fn operator(&self, who: &str) -> TlsFiles {
+        self.issue(
+            &format!("operator-{who}"),
+            &Leaf::Client(Identity::Operator(who.into())),
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits up to `timeout`; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The process' combined output so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Spawns `bin` with `args`, output to a log file in `dir`.
+#[must_use]
+pub fn spawn(bin: &Path, args: &[&str], dir: &Path, name: &str) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    Proc {
+        child,
+        name: name.into(),
+        log,
+    }
+}
+
+/// A running aggregator process.
+pub struct Aggregator {
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl Aggregator {
+    /// Starts an aggregator with `extra` YAML appended to its config.
+    #[must_use]
+    pub fn start(pki: &Pki, name: &str, extra: &str) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = pki.path(&format!("{name}.yaml"));
+        let d = pki.dir.path().display();
+        std::fs::write(
+            &config,
+            format!("listen:\n  grpc: {grpc}\n  http: {http}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\n{extra}"),
+        )
+        .unwrap();
+        let proc = spawn(
+            &bin("nodewatch-aggregator"),
+            &["--config", config.to_str().unwrap()],
+            pki.dir.path(),
+            name,
+        );
+        let agg = Self {
+            proc,
+            grpc,
+            http,
+            config,
+        };
+        wait_for(Duration::from_secs(20), "aggregator /healthz", || {
+            http_get(agg.http, "/healthz")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        });
+        agg
+    }
+
+    /// The `/metrics` body.
+    #[must_use]
+    pub fn metrics(&self) -> String {
+        http_get(self.http, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    #[must_use]
+    pub fn target(&self) -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: self.grpc.port(),
+        }
+    }
+}
+
+/// Starts an agent for `node` streaming to `aggregators`, with `extra` YAML.
+#[must_use]
+pub fn start_agent(pki: &Pki, node: &str, aggregators: &[&Aggregator], extra: &str) -> Proc {
+    let files = pki.node(node);
+    let config = pki.path(&format!("agent-{node}.yaml"));
+    let list: Vec<String> = aggregators
+        .iter()
+        .map(|a| format!("\"{}\"", a.grpc))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "aggregators: [{}]\nserver_name: localhost\ninterval: 1s\n{}{}tls:\n  ca: {}\n  cert: {}\n  key: {}\n{extra}",
+            list.join(", "),
+            if extra.contains("health_listen:") { "" } else { "health_listen: \"\"\n" },
+            if extra.contains("spool:") { String::new() } else { format!("spool: {{dir: {}}}\n", pki.path(&format!("spool-{node}")).display()) },
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        ),
+    )
+    .unwrap();
+    spawn(
+        &bin("nodewatch-agent"),
+        &["--config", config.to_str().unwrap()],
+        pki.dir.path(),
+        &format!("agent-{node}"),
+    )
+}
+
+/// A gRPC channel to an aggregator presenting `files`.
+#[must_use]
+pub fn channel(agg: &Aggregator, files: &TlsFiles) -> tonic::transport::Channel {
+    let cfg = tls::client_config(files).unwrap();
+    tls::channel(
+        &agg.target(),
+        Reloadable::new(Arc::clone(&cfg)),
+        Some("localhost".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+/// A webhook receiver: an HTTP server on loopback that stores each POST body.
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub bodies: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Webhook {
+    #[must_use]
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    // Read headers, then Content-Length bytes of body.
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                store
+                                    .lock()
+                                    .unwrap()
+                                    .push((Instant::now(), body[..len].to_string()));
+                                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, bodies }
+    }
+
+    /// The first body containing `needle`, with when it arrived.
+    #[must_use]
+    pub fn find(&self, needle: &str) -> Option<(Instant, String)> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| b.contains(needle))
+            .cloned()
+    }
+}
+
+/// A real Alertmanager sending every alert to `hook` at once.
+#[must_use]
+pub fn start_alertmanager(dir: &Path, hook: &Webhook) -> Option<(Proc, SocketAddr)> {
+    let Some(bin) =
+        find_program("prometheus-alertmanager").or_else(|| find_program("alertmanager"))
+    else {
+        missing("alertmanager (Debian package `prometheus-alertmanager`)");
+        return None;
+    };
+    let port = free_port();
+    let cfg = dir.join("alertmanager.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "route:\n  receiver: hook\n  group_by: ['alertname', 'node']\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{}/\n        send_resolved: true\n",
+            hook.addr
+        ),
+    )
+    .unwrap();
+    let p = spawn(
+        &bin,
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.path={}", dir.join("am-data").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=",
+        ],
+        dir,
+        "alertmanager",
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(20), "alertmanager ready", || {
+        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
+    });
+    Some((p, addr))
+}

@@ -1,1 +1,43 @@
-fn main() {}
+//! `nodewatch`: the query tool.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nodewatch_aggregator::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodewatch: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`nodewatch events -f | head`) is a normal end.
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                eprintln!("nodewatch: {}: {}", status.code(), status.message());
+            } else {
+                eprintln!("nodewatch: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! Mounted filesystems: `node_filesystem_*` per mount point.
+//!
+//! As `node_exporter`'s `filesystem` collector: mounts come from
+//! `<procfs>/1/mountinfo` (the host's mount namespace when we run in a
+//! container with `hostPID`), falling back to `<procfs>/self/mountinfo` where
+//! `hidepid` hides PID 1; pseudo and container-internal filesystems are
+//! dropped by its default mount point and type filters; each remaining mount
+//! is measured with `statfs(2)` on `<rootfs>/<mount point>`.
+//!
+//! A `statfs` on a dead NFS server blocks in the kernel, possibly for ever.
+//! So the calls run on a few worker threads and the collector waits at most
+//! [`MOUNT_TIMEOUT`] for each; a mount that does not answer in time is
+//! reported with `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
+//! and not asked again until the blocked call returns (`node_exporter`'s
+//! `stuckMounts`). A blocked thread is left behind, at most one per mount.
+//!
+//! Labels are `device`, `fstype`, `mountpoint`, plus `device_error` with the
+//! error text when statfs failed. `node_exporter` v1.9+ writes
+//! `device_error=""` on healthy mounts; an empty label is the same as no label
+//! in Prometheus, so the series are identical.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collectors::parse_field;
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "filesystem",
+    default_enabled: true,
+    build,
+};
+
+/// `node_exporter`'s default `--collector.filesystem.mount-points-exclude`.
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
+    "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
+
+/// `node_exporter`'s default `--collector.filesystem.fs-types-exclude`.
+pub const DEFAULT_FS_TYPES_EXCLUDE: &str = concat!(
+    "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs",
+    "|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs",
+    "|squashfs|erofs|sysfs|tracefs)$"
+);
+
+/// How long one `statfs` may take before its mount counts as stuck:
+/// `node_exporter`'s `--collector.filesystem.mount-timeout` default.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Concurrent `statfs` calls: `node_exporter`'s `--collector.filesystem.stat-workers`
+/// default. Enough to hide one slow network mount without hammering a server.
+pub const STAT_WORKERS: usize = 4;
+
+/// `device_error` label of a mount skipped because an earlier statfs is still blocked.
+pub const TIMEOUT_ERROR: &str = "mountpoint timeout";
+
+pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
+    let re = |p: &str| Regex::new(p).map_err(|e| Unavailable(format!("filesystem pattern: {e}")));
+    Ok(Box::new(FilesystemCollector {
+        procfs: paths.procfs.clone(),
+        rootfs: paths.rootfs.clone(),
+        mount_points_exclude: re(DEFAULT_MOUNT_POINTS_EXCLUDE)?,
+        fs_types_exclude: re(DEFAULT_FS_TYPES_EXCLUDE)?,
+        timeout: MOUNT_TIMEOUT,
+        stat: statfs,
+        stuck: Arc::new(Mutex::new(HashSet::new())),
+    }))
+}
+
+/// One line of `mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub major: u32,
+    pub minor: u32,
+    /// With `\040` and `\011` decoded, as `node_exporter` does.
+    pub mount_point: String,
+    pub options: String,
+    pub fs_type: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+impl Mount {
+    /// Read-only if the mount or the superblock says `ro`, or ext4 remounted
+    /// itself `emergency_ro` after an error (`node_exporter` issue 3157).
+    #[must_use]
+    pub fn read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+            || self
+                .super_options
+                .split(',')
+                .any(|o| o == "ro" || o == "emergency_ro")
+    }
+}
+
+/// Parses `/proc/<pid>/mountinfo` (proc(5)):
+/// `id parent major:minor root mountpoint options [optional…] - fstype source superoptions`.
+/// Fields are split on single spaces as the kernel writes them (spaces in
+/// names are escaped as `\040`), and the fixed tail is taken from the end,
+/// as the procfs library `node_exporter` uses does.
+pub fn parse_mountinfo(path: &Path, text: &str) -> Result<Vec<Mount>, CollectError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        // Six leading fields, any number of optional ones, then `- fstype source superoptions`.
+        let [_id, _parent, majmin, _root, mount_point, options, rest @ ..] = f.as_slice() else {
+            return Err(CollectError::parse(path, n, "fewer than 10 fields"));
+        };
+        let [.., sep, fs_type, source, super_options] = rest else {
+            return Err(CollectError::parse(path, n, "fewer than 10 fields"));
+        };
+        if *sep != "-" {
+            return Err(CollectError::parse(
+                path,
+                n,
+                "no '-' separator before fstype",
+            ));
+        }
+        let Some((major, minor)) = majmin.split_once(':') else {
+            return Err(CollectError::parse(
+                path,
+                n,
+                format!("malformed major:minor {majmin:?}"),
+            ));
+        };
+        out.push(Mount {
+            major: parse_field(path, n, "major", major)?,
+            minor: parse_field(path, n, "minor", minor)?,
+            mount_point: mount_point.replace("\\040", " ").replace("\\011", "\t"),
+            options: (*options).to_string(),
+            fs_type: (*fs_type).to_string(),
+            source: (*source).to_string(),
+            super_options: (*super_options).to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// What `statfs` says about one mount, in bytes and inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FsStat {
+    pub size: f64,
+    pub free: f64,
+    pub avail: f64,
+    pub files: f64,
+    pub files_free: f64,
+}
+
+/// `statfs(2)`; sizes use `f_bsize` as `node_exporter` does. The error is
+/// the errno's text with a lower-case first letter, as Go prints it.
+fn statfs(path: &Path) -> Result<FsStat, String> {
+    match nix::sys::statfs::statfs(path) {
+        Ok(s) => {
+            let bsize = s.block_size() as f64;
+            Ok(FsStat {
+                size: s.blocks() as f64 * bsize,
+                free: s.blocks_free() as f64 * bsize,
+                avail: s.blocks_available() as f64 * bsize,
+                files: s.files() as f64,
+                files_free: s.files_free() as f64,
+            })
+        }
+        Err(errno) => {
+            let desc = errno.desc();
+            let mut chars = desc.chars();
+            Err(chars.next().map_or_else(String::new, |c| {
+                c.to_lowercase().chain(chars).collect::<String>()
+            }))
+        }
+    }
+}
+
+type StatFn = fn(&Path) -> Result<FsStat, String>;
+
+pub struct FilesystemCollector {
+    procfs: PathBuf,
+    rootfs: PathBuf,
+    mount_points_exclude: Regex,
+    fs_types_exclude: Regex,
+    timeout: Duration,
+    stat: StatFn,
+    /// Mount points whose statfs is still blocked. Shared with the blocked
+    /// threads, which remove their entry when the call finally returns.
+    stuck: Arc<Mutex<HashSet<String>>>,
+}
+
+/// One statfs to do.
+struct Job {
+    /// Position in the job list (not the mount list).
+    idx: usize,
+    path: PathBuf,
+    mount_point: String,
+    /// Set under the `stuck` lock when statfs returned, so the collector never
+    /// marks a mount stuck after its call has already finished.
+    done: AtomicBool,
+}
+
+enum Msg {
+    Started(usize, Instant),
+    Finished(usize, Result<FsStat, String>),
+}
+
+enum Outcome {
+    Stat(FsStat),
+    Error(String),
+}
+
+impl FilesystemCollector {
+    fn read_mounts(&self) -> Result<Vec<Mount>, CollectError> {
+        let primary = self.procfs.join("1/mountinfo");
+        let (path, bytes) = match std::fs::read(&primary) {
+            Ok(b) => (primary, b),
+            // hidepid=1/2 hides other users' PIDs, PID 1 included.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                let fallback = self.procfs.join("self/mountinfo");
+                let b = std::fs::read(&fallback).map_err(|e| CollectError::io(&fallback, e))?;
+                (fallback, b)
+            }
+            Err(e) => return Err(CollectError::io(&primary, e)),
+        };
+        // Labels must be UTF-8; node_exporter replaces invalid bytes with U+FFFD too.
+        parse_mountinfo(&path, &String::from_utf8_lossy(&bytes))
+    }
+
+    /// The mount point as the host sees it: a rootfs prefix (the host's `/`
+    /// mounted at, say, `/host`) is stripped, as `node_exporter`'s `rootfsStripPrefix`.
+    fn host_mount_point(&self, mp: &str) -> String {
+        let root = self.rootfs.to_string_lossy();
+        if root == "/" {
+            return mp.to_string();
+        }
+        // Unlike a plain prefix trim, `/hostname` is not below `/host`.
+        match mp.strip_prefix(root.trim_end_matches('/')) {
+            Some("") => "/".to_string(),
+            Some(rest) if rest.starts_with('/') => rest.to_string(),
+            _ => mp.to_string(),
+        }
+    }
+
+    /// Runs statfs for every job on up to [`STAT_WORKERS`] threads, waiting at
+    /// most `timeout` for each call. Result `i` belongs to job `i`.
+    fn stat_all(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Option<Outcome>>, CollectError> {
+        let mut results: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
+        let mut pending = jobs.len();
+        let all = jobs.clone();
+        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..STAT_WORKERS.min(pending) {
+            self.spawn_worker(&queue, &tx)?;
+        }
+        let mut in_flight: Vec<(usize, Instant)> = Vec::new();
+        while pending > 0 {
+            let now = Instant::now();
+            let wait = in_flight
+                .iter()
+                .map(|(_, start)| (*start + self.timeout).saturating_duration_since(now))
+                .min()
+                .unwrap_or(self.timeout);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Started(idx, at)) => in_flight.push((idx, at)),
+                Ok(Msg::Finished(idx, r)) => {
+                    in_flight.retain(|(i, _)| *i != idx);
+                    if let Some(slot @ None) = results.get_mut(idx) {
+                        *slot = Some(match r {
+                            Ok(s) => Outcome::Stat(s),
+                            Err(e) => Outcome::Error(e),
+                        });
+                        pending -= 1;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let mut replaced = 0;
+                    let mut stuck = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+                    in_flight.retain(|(idx, start)| {
+                        if now.duration_since(*start) < self.timeout {
+                            return true;
+                        }
+                        let Some(job) = all.get(*idx) else {
+                            return false;
+                        };
+                        if job.done.load(Ordering::Acquire) {
+                            // Finished just now; its message is on the way.
+                            return true;
+                        }
+                        stuck.insert(job.mount_point.clone());
+                        if let Some(slot @ None) = results.get_mut(*idx) {
+                            *slot = Some(Outcome::Error(TIMEOUT_ERROR.to_string()));
+                            pending -= 1;
+                        }
+                        replaced += 1;
+                        false
+                    });
+                    drop(stuck);
+                    // A blocked thread is lost to this round: replace it. A
+                    // whole timeout with nothing in flight means no worker is
+                    // left (one died): start one so queued jobs still run.
+                    if in_flight.is_empty() {
+                        replaced = replaced.max(1);
+                    }
+                    for _ in 0..replaced {
+                        self.spawn_worker(&queue, &tx)?;
+                    }
+                }
+                // Unreachable while we hold `tx`; kept so the match is total.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(CollectError::Other(
+                        "filesystem: statfs result channel closed".into(),
+                    ));
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    fn spawn_worker(
+        &self,
+        queue: &Arc<Mutex<VecDeque<Arc<Job>>>>,
+        tx: &mpsc::Sender<Msg>,
+    ) -> Result<(), CollectError> {
+        let queue = Arc::clone(queue);
+        let tx = tx.clone();
+        let stuck = Arc::clone(&self.stuck);
+        let stat = self.stat;
+        std::thread::Builder::new()
+            .name("statfs".into())
+            .spawn(move || loop {
+                let job = queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
+                let Some(job) = job else { return };
+                if tx.send(Msg::Started(job.idx, Instant::now())).is_err() {
+                    return;
+                }
+                let r = stat(&job.path);
+                {
+                    let mut stuck = stuck.lock().unwrap_or_else(PoisonError::into_inner);
+                    job.done.store(true, Ordering::Release);
+                    // Recovered: ask again from the next collection on.
+                    stuck.remove(&job.mount_point);
+                }
+                // The collector may have moved on; then nobody needs the answer.
+                let _ = tx.send(Msg::Finished(job.idx, r));
+            })
+            .map(|_| ())
+            .map_err(|e| {
+                CollectError::Other(format!("filesystem: cannot start statfs thread: {e}"))
+            })
+    }
+}
+
+impl Collector for FilesystemCollector {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let mut seen = HashSet::new();
+        let mut mounts = Vec::new();
+        for m in self.read_mounts()? {
+            let mp = self.host_mount_point(&m.mount_point);
+            if self.mount_points_exclude.is_match(&mp) || self.fs_types_exclude.is_match(&m.fs_type)
+            {
+                continue;
+            }
+            // A mount point mounted over with the same device is reported once.
+            if seen.insert((
+                m.source.clone(),
+                mp.clone(),
+                m.fs_type.clone(),
+                m.major,
+                m.minor,
+            )) {
+                mounts.push((mp, m));
+            }
+        }
+
+        let stuck_now = self
+            .stuck
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut jobs = Vec::new();
+        // For each mount, its job; `None` for a mount still stuck from before.
+        let mut job_of_mount = Vec::with_capacity(mounts.len());
+        for (mp, _) in &mounts {
+            if stuck_now.contains(mp) {
+                job_of_mount.push(None);
+                continue;
+            }
+            job_of_mount.push(Some(jobs.len()));
+            jobs.push(Arc::new(Job {
+                idx: jobs.len(),
+                path: self.rootfs.join(mp.trim_start_matches('/')),
+                mount_point: mp.clone(),
+                done: AtomicBool::new(false),
+            }));
+        }
+        let mut results = self.stat_all(jobs)?;
+
+        for ((mp, m), job) in mounts.iter().zip(job_of_mount) {
+            let outcome = job
+                .and_then(|j| results.get_mut(j))
+                .and_then(Option::take)
+                .unwrap_or_else(|| Outcome::Error(TIMEOUT_ERROR.to_string()));
+            write(sink, mp, m, &outcome);
+        }
+        Ok(())
+    }
+}
+
+fn write(sink: &mut Sink, mp: &str, m: &Mount, outcome: &Outcome) {
+    let mut labels = vec![
+        ("device", m.source.as_str()),
+        ("fstype", m.fs_type.as_str()),
+        ("mountpoint", mp),
+    ];
+    if let Outcome::Error(e) = outcome {
+        labels.push(("device_error", e.as_str()));
+    }
+    sink.gauge(
+        "node_filesystem_device_error",
+        "Whether an error occurred while getting statistics for the given device.",
+        &labels,
+        if matches!(outcome, Outcome::Error(_)) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    sink.gauge(
+        "node_filesystem_readonly",
+        "Filesystem read-only status.",
+        &labels,
+        if m.read_only() { 1.0 } else { 0.0 },
+    );
+    let Outcome::Stat(s) = outcome else { return };
+    sink.gauge(
+        "node_filesystem_size_bytes",
+        "Filesystem size in bytes.",
+        &labels,
+        s.size,
+    );
+    sink.gauge(
+        "node_filesystem_free_bytes",
+        "Filesystem free space in bytes.",
+        &labels,
+        s.free,
+    );
+    sink.gauge(
+        "node_filesystem_avail_bytes",
+        "Filesystem space available to non-root users in bytes.",
+        &labels,
+        s.avail,
+    );
+    sink.gauge(
+        "node_filesystem_files",
+        "Filesystem total file nodes.",
+        &labels,
+        s.files,
+    );
+    sink.gauge(
+        "node_filesystem_files_free",
+        "Filesystem total free file nodes.",
+        &labels,
+        s.files_free,
+    );
+    let (major, minor) = (m.major.to_string(), m.minor.to_string());
+    sink.gauge(
+        "node_filesystem_mount_info",
+        "Filesystem mount information.",
+        &[
+            ("device", m.source.as_str()),
+            ("major", &major),
+            ("minor", &minor),
+            ("mountpoint", mp),
+        ],
+        1.0,
+    );
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly on a broken fixture"
+)]
+mod tests {
+    use super::*;
+    use crate::collectors::fuzz_util;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/linux");
+    const MOUNTINFO: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/linux/proc/1/mountinfo"
+    ));
+
+    const VSPHERE: &str =
+        "/var/lib/kubelet/plugins/kubernetes.io/vsphere-volume/mounts/[vsanDatastore]";
+    const PVC: &str = "bafb9e5a-8856-7e6c-699c-801844e77a4a/kubernetes-dynamic-pvc-3eba5bba-48a3-11e8-89ab-005056b92113.vmdk";
+
+    #[test]
+    fn parses_fixture_mount_points_like_node_exporter() {
+        let m = parse_mountinfo(Path::new("mountinfo"), MOUNTINFO).unwrap();
+        let mps: HashSet<String> = m.iter().map(|m| m.mount_point.clone()).collect();
+        // node_exporter's TestMountPointDetails.
+        let mut want: HashSet<String> = [
+            "/",
+            "/sys",
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/run",
+            "/sys/kernel/security",
+            "/dev/shm",
+            "/run/lock",
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/pstore",
+            "/sys/fs/cgroup/cpuset",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/devices",
+            "/sys/fs/cgroup/freezer",
+            "/sys/fs/cgroup/net_cls,net_prio",
+            "/sys/fs/cgroup/blkio",
+            "/sys/fs/cgroup/perf_event",
+            "/proc/sys/fs/binfmt_misc",
+            "/dev/mqueue",
+            "/sys/kernel/debug",
+            "/dev/hugepages",
+            "/sys/fs/fuse/connections",
+            "/boot",
+            "/run/rpc_pipefs",
+            "/run/user/1000",
+            "/run/user/1000/gvfs",
+            "/var/lib/containers/storage/overlay",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        want.insert(format!("{VSPHERE} {PVC}"));
+        want.insert(format!("{VSPHERE}\t{PVC}"));
+        assert_eq!(mps, want);
+
+        let root = m.iter().find(|m| m.mount_point == "/").unwrap();
+        assert_eq!((root.major, root.minor), (259, 2));
+        assert_eq!(root.fs_type, "ext4");
+        assert_eq!(root.source, "/dev/dm-2");
+        assert!(!root.read_only());
+        let cg = m
+            .iter()
+            .find(|m| m.mount_point == "/sys/fs/cgroup")
+            .unwrap();
+        assert!(cg.read_only());
+    }
+
+    #[test]
+    fn read_only_rules() {
+        let m = |o: &str, s: &str| Mount {
+            major: 0,
+            minor: 0,
+            mount_point: "/".into(),
+            options: o.into(),
+            fs_type: "ext4".into(),
+            source: "/dev/x".into(),
+            super_options: s.into(),
+        };
+        assert!(!m("rw,nosuid,nodev,noexec,relatime", "rw,devices").read_only());
+        assert!(m("ro,relatime", "rw,fd=22").read_only());
+        assert!(m("rw,user_id=1000", "ro").read_only());
+        assert!(m("rw", "emergency_ro").read_only());
+        assert!(!m("rw,errors=remount-ro", "rw,rootcontext=ro").read_only());
+    }
+
+    #[test]
+    fn rejects_garbled_lines() {
+        let p = Path::new("mountinfo");
+        assert!(parse_mountinfo(p, "1 2 8:1 / / rw - ext4 /dev/sda1\n").is_err());
+        assert!(parse_mountinfo(p, "1 2 nope / / rw shared:1 - ext4 /dev/sda1 rw\n").is_err());
+        assert!(parse_mountinfo(p, "1 2 8:1 / / rw shared:1 x ext4 /dev/sda1 rw\n").is_err());
+        assert!(parse_mountinfo(p, "1 2 8:x / / rw shared:1 - ext4 /dev/sda1 rw\n").is_err());
+        assert_eq!(
+            parse_mountinfo(p, "1 2 8:1 / /a\\040b rw - ext4 /dev/sda1 rw\n").unwrap()[0]
+                .mount_point,
+            "/a b"
+        );
+    }
+
+    fn collector(rootfs: &Path, stat: StatFn, timeout: Duration) -> FilesystemCollector {
+        let re = |p: &str| Regex::new(p).unwrap();
+        FilesystemCollector {
+            procfs: format!("{FIXTURES}/proc").into(),
+            rootfs: rootfs.into(),
+            mount_points_exclude: re(DEFAULT_MOUNT_POINTS_EXCLUDE),
+            fs_types_exclude: re(DEFAULT_FS_TYPES_EXCLUDE),
+            timeout,
+            stat,
+            stuck: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn mount_points(sink: &Sink, family: &str) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = sink
+            .samples
+            .iter()
+            .filter(|s| s.name == family)
+            .map(|s| {
+                let mp = s.labels.iter().find(|(k, _)| k == "mountpoint").unwrap();
+                (mp.1.clone(), s.value)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn default_filters_and_device_errors_on_fixture() {
+        let root = tempfile::tempdir().unwrap();
+        // Only `/` and `/boot` exist below this rootfs; the rest fail with ENOENT.
+        std::fs::create_dir(root.path().join("boot")).unwrap();
+        let mut c = collector(root.path(), statfs, MOUNT_TIMEOUT);
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        let errs = mount_points(&sink, "node_filesystem_device_error");
+        let kept: Vec<&str> = errs.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            kept,
+            [
+                "/",
+                "/boot",
+                "/run",
+                "/run/lock",
+                "/run/user/1000",
+                "/run/user/1000/gvfs",
+                &format!("{VSPHERE}\t{PVC}"),
+                &format!("{VSPHERE} {PVC}"),
+            ]
+        );
+        assert_eq!(errs[0].1, 0.0);
+        assert_eq!(errs[2].1, 1.0);
+        let sizes = mount_points(&sink, "node_filesystem_size_bytes");
+        assert_eq!(sizes.len(), 2);
+        assert!(sizes.iter().all(|(_, v)| *v > 0.0));
+        let failing = sink
+            .samples
+            .iter()
+            .find(|s| s.name == "node_filesystem_device_error" && s.value == 1.0)
+            .unwrap();
+        assert!(failing
+            .labels
+            .contains(&("device_error".into(), "no such file or directory".into())));
+        assert_eq!(mount_points(&sink, "node_filesystem_mount_info").len(), 2);
+    }
+
+    #[allow(clippy::unnecessary_wraps, reason = "must match StatFn")]
+    fn slow_stat(path: &Path) -> Result<FsStat, String> {
+        if path.ends_with("boot") {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        Ok(FsStat {
+            size: 1.0,
+            ..FsStat::default()
+        })
+    }
+
+    #[test]
+    fn hung_mount_times_out_is_skipped_then_recovers() {
+        let root = tempfile::tempdir().unwrap();
+        let mut c = collector(root.path(), slow_stat, Duration::from_millis(100));
+        let t = Instant::now();
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "collect waited for the hung mount"
+        );
+        let boot = sink
+            .samples
+            .iter()
+            .find(|s| {
+                s.name == "node_filesystem_device_error" && s.labels.iter().any(|l| l.1 == "/boot")
+            })
+            .unwrap();
+        assert_eq!(boot.value, 1.0);
+        assert!(boot
+            .labels
+            .contains(&("device_error".into(), TIMEOUT_ERROR.into())));
+        assert_eq!(mount_points(&sink, "node_filesystem_size_bytes").len(), 7);
+
+        // Still blocked: skipped at once, no second thread on it.
+        let t = Instant::now();
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert!(c.stuck.lock().unwrap().contains("/boot"));
+
+        // Once the call returns the mount is asked again.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(c.stuck.lock().unwrap().is_empty());
+        c.timeout = Duration::from_secs(5);
+        let mut sink = Sink::new();
+        c.collect(&mut sink).unwrap();
+        assert_eq!(mount_points(&sink, "node_filesystem_size_bytes").len(), 8);
+    }
+
+    #[test]
+    fn rootfs_prefix_is_stripped() {
+        let c = collector(Path::new("/host"), statfs, MOUNT_TIMEOUT);
+        assert_eq!(c.host_mount_point("/host"), "/");
+        assert_eq!(c.host_mount_point("/host/boot"), "/boot");
+        assert_eq!(c.host_mount_point("/etc/hosts"), "/etc/hosts");
+        assert_eq!(c.host_mount_point("/hostname"), "/hostname");
+    }
+
+    #[test]
+    fn fuzz_no_panic() {
+        fuzz_util::assert_no_panic(MOUNTINFO, 16, |t| {
+            parse_mountinfo(Path::new("mountinfo"), t)
+        });
+    }
+}

@@ -1,0 +1,90 @@
+//! `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
+//!
+//! Hand-parsed: `procfs::LoadAverage` holds the averages as `f32`, which would
+//! turn `0.21` into `0.2099999934…`; `node_exporter` parses them as `float64`.
+
+use std::path::{Path, PathBuf};
+
+use crate::collector::{
+    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+};
+use crate::collectors::parse_field;
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "loadavg",
+    default_enabled: true,
+    build,
+};
+
+pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
+    Ok(Box::new(LoadavgCollector {
+        path: paths.proc("loadavg"),
+    }))
+}
+
+/// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.
+pub fn parse(path: &Path, text: &str) -> Result<[f64; 3], CollectError> {
+    let mut fields = text.split_whitespace();
+    let mut loads = [0.0; 3];
+    for (slot, what) in loads.iter_mut().zip(["load1", "load5", "load15"]) {
+        let Some(f) = fields.next() else {
+            return Err(CollectError::parse(path, 1, format!("{what}: missing")));
+        };
+        *slot = parse_field(path, 1, what, f)?;
+    }
+    Ok(loads)
+}
+
+pub struct LoadavgCollector {
+    path: PathBuf,
+}
+
+impl Collector for LoadavgCollector {
+    fn name(&self) -> &'static str {
+        "loadavg"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let text = read_file(&self.path)?;
+        let [l1, l5, l15] = parse(&self.path, &text)?;
+        sink.gauge("node_load1", "1m load average.", &[], l1);
+        sink.gauge("node_load5", "5m load average.", &[], l5);
+        sink.gauge("node_load15", "15m load average.", &[], l15);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on a broken fixture"
+)]
+mod tests {
+    use super::*;
+    use crate::collectors::fuzz_util;
+
+    const FIXTURE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/linux/proc/loadavg"
+    ));
+
+    #[test]
+    fn parses_fixture() {
+        let l = parse(Path::new("loadavg"), FIXTURE).unwrap();
+        for (got, want) in l.iter().zip([0.21, 0.37, 0.39]) {
+            assert!((got - want).abs() < 1e-12, "{got} != {want}");
+        }
+    }
+
+    #[test]
+    fn rejects_short_or_garbled() {
+        assert!(parse(Path::new("loadavg"), "0.1 0.2").is_err());
+        assert!(parse(Path::new("loadavg"), "0.1 x 0.3").is_err());
+        assert!(parse(Path::new("loadavg"), "").is_err());
+    }
+
+    #[test]
+    fn fuzz_no_panic() {
+        fuzz_util::assert_no_panic(FIXTURE, 2, |t| parse(Path::new("loadavg"), t));
+    }
+}

@@ -1,0 +1,76 @@
+//! FreeBSD (OPNsense) sources.
+//!
+//! The parsers are pure functions on text and compile and run their tests on
+//! every OS; only the parts that call into the FreeBSD kernel (sysctl,
+//! `getifaddrs`) are `#[cfg(target_os = "freebsd")]`, because those
+//! interfaces and structure layouts exist nowhere else.
+//!
+//! # Layout
+//! - [`sysctl`]: reading sysctls by name (the only module with `unsafe`).
+//! - [`arc`]: `kstat.zfs.misc.arcstats.*` → node_exporter's FreeBSD `node_zfs_*` names.
+//! - [`pf`]: `pfctl -si` / `pfctl -sm` → pf state table and counters.
+//! - [`carp`]: `ifconfig` CARP lines → `nodewatch_carp_master`.
+//! - [`dpinger`]: OPNsense gateway monitor sockets → gateway RTT, loss, up.
+//! - [`netif`]: interface counters from `getifaddrs` `if_data`.
+//! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
+//! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
+//! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
+//!
+//! Commands (`pfctl`, `ifconfig`) run through
+//! [`CommandRunner`](crate::collectors::zpool::CommandRunner), with its timeout.
+
+#![allow(
+    clippy::doc_markdown,
+    reason = "system and tool names (OPNsense, FreeBSD, node_exporter) are prose here, not code"
+)]
+
+pub mod arc;
+pub mod carp;
+pub mod cpu;
+pub mod dpinger;
+pub mod mem;
+pub mod netif;
+pub mod oomlog;
+pub mod pf;
+pub mod sysctl;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+pub(crate) mod testutil;
+
+/// The FreeBSD collectors, for the registry.
+#[cfg(target_os = "freebsd")]
+#[must_use]
+pub fn specs() -> Vec<crate::collector::CollectorSpec> {
+    vec![
+        cpu::SPEC,
+        mem::SPEC,
+        netif::SPEC,
+        arc::SPEC,
+        pf::SPEC,
+        carp::SPEC,
+        dpinger::SPEC,
+        oomlog::SPEC,
+    ]
+}
+
+/// Runs on FreeBSD only: every collector builds (or says why not) and
+/// collects once against the live kernel without failing. Cross-linking this
+/// test binary also proves the libc symbols used exist for the target.
+#[cfg(all(test, target_os = "freebsd"))]
+mod live_tests {
+    #[test]
+    fn every_collector_builds_and_collects() {
+        let paths = crate::collector::Paths::default();
+        for spec in super::specs() {
+            match (spec.build)(&paths) {
+                Ok(mut c) => {
+                    let mut sink = crate::collector::Sink::new();
+                    let result = c.collect(&mut sink);
+                    assert!(result.is_ok(), "{}: {result:?}", spec.name);
+                }
+                Err(why) => eprintln!("{}: unavailable: {why}", spec.name),
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Interface counters on FreeBSD, as node_exporter's `netdev_bsd.go`
+//! (`getifaddrs(3)`, the `if_data` of each `AF_LINK` entry):
+//! `node_network_{receive,transmit}_{bytes,packets,errs,drop}_total{device}`.
+//! Linux reads the same names from `/proc/net/dev` in its own collector.
+
+use crate::collector::Sink;
+
+/// Counters of one interface (a safe copy of the kernel's `struct if_data` fields we use).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IfCounters {
+    pub name: String,
+    pub ibytes: u64,
+    pub obytes: u64,
+    pub ipackets: u64,
+    pub opackets: u64,
+    pub ierrors: u64,
+    pub oerrors: u64,
+    pub iqdrops: u64,
+    pub oqdrops: u64,
+}
+
+/// Writes the node_exporter families for each interface.
+pub fn write(sink: &mut Sink, interfaces: &[IfCounters]) {
+    for i in interfaces {
+        let labels = [("device", i.name.as_str())];
+        for (stat, v) in [
+            ("receive_bytes", i.ibytes),
+            ("receive_packets", i.ipackets),
+            ("receive_errs", i.ierrors),
+            ("receive_drop", i.iqdrops),
+            ("transmit_bytes", i.obytes),
+            ("transmit_packets", i.opackets),
+            ("transmit_errs", i.oerrors),
+            ("transmit_drop", i.oqdrops),
+        ] {
+            // node_exporter's HELP: "Network device statistic <stat>."
+            sink.counter(
+                &format!("node_network_{stat}_total"),
+                &format!("Network device statistic {stat}."),
+                &labels,
+                v as f64,
+            );
+        }
+    }
+}
+
+#[cfg(target_os = "freebsd")]
+pub use imp::{NetifCollector, SPEC};
+
+#[cfg(target_os = "freebsd")]
+mod imp {
+    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::freebsd::sysctl;
+
+    pub const SPEC: CollectorSpec = CollectorSpec {
+        name: "netdev",
+        default_enabled: true,
+        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
+            Ok(Box::new(NetifCollector))
+        },
+    };
+
+    /// Reads `getifaddrs` each collection.
+    pub struct NetifCollector;
+
+    impl Collector for NetifCollector {
+        fn name(&self) -> &'static str {
+            "netdev"
+        }
+
+        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+            let ifs = sysctl::interface_counters()
+                .map_err(|e| CollectError::Other(format!("getifaddrs: {e}")))?;
+            super::write(sink, &ifs);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freebsd::testutil::value;
+
+    #[test]
+    fn names_and_values() {
+        let mut sink = Sink::new();
+        write(
+            &mut sink,
+            &[IfCounters {
+                name: "vtnet0".into(),
+                ibytes: 1,
+                obytes: 2,
+                ipackets: 3,
+                opackets: 4,
+                ierrors: 5,
+                oerrors: 6,
+                iqdrops: 7,
+                oqdrops: 8,
+            }],
+        );
+        let d = [("device", "vtnet0")];
+        assert_eq!(
+            value(&sink, "node_network_receive_bytes_total", &d),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&sink, "node_network_transmit_bytes_total", &d),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&sink, "node_network_receive_drop_total", &d),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(&sink, "node_network_transmit_drop_total", &d),
+            Some(8.0)
+        );
+        assert_eq!(sink.samples.len(), 8);
+    }
+}

@@ -1,0 +1,196 @@
+//! Reading FreeBSD kernel state: sysctls by name (`sysctlbyname(3)`) and
+//! interface counters (`getifaddrs(3)`).
+//!
+//! This is the one module of the agent allowed `unsafe`: both calls are C
+//! interfaces with raw buffers. Everything unsafe is small, checked against
+//! the sizes the kernel reports, and wrapped in safe functions; the rest of
+//! the FreeBSD code only sees `u64`s and `String`s.
+//!
+//! The parsers at the end (`sysctl` command output) are pure and compile on
+//! every OS, so the collectors' tests run anywhere on captured output.
+
+/// Parses `sysctl` command output (`name: value` per line, e.g.
+/// `kstat.zfs.misc.arcstats.hits: 1473806`) into `(name, value)` pairs.
+/// Lines that are not `name: <integer>` are skipped.
+#[must_use]
+pub fn parse_sysctl_lines(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.trim();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return None;
+            }
+            let value = value.trim().parse::<u64>().ok()?;
+            Some((name.to_string(), value))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "freebsd")]
+pub use imp::*;
+
+#[cfg(target_os = "freebsd")]
+#[allow(
+    unsafe_code,
+    reason = "sysctlbyname(3) and getifaddrs(3) are C interfaces; each block has a SAFETY note"
+)]
+mod imp {
+    use std::ffi::{CStr, CString};
+    use std::io;
+
+    /// Reads a sysctl's raw bytes. The size is asked first; a value that
+    /// grows between the two calls (`kern.cp_times` after CPU hotplug) is
+    /// retried once with the new size.
+    pub fn read_raw(name: &str) -> io::Result<Vec<u8>> {
+        let cname =
+            CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        for _ in 0..2 {
+            let mut len: libc::size_t = 0;
+            // SAFETY: `cname` is a valid NUL-terminated string; a null `oldp`
+            // with a valid `oldlenp` asks only for the size.
+            let rc = unsafe {
+                libc::sysctlbyname(
+                    cname.as_ptr(),
+                    std::ptr::null_mut(),
+                    &raw mut len,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; len];
+            let mut got = len;
+            // SAFETY: `buf` has `got` writable bytes; the kernel writes at
+            // most `got` bytes and stores the count it wrote back in `got`.
+            let rc = unsafe {
+                libc::sysctlbyname(
+                    cname.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    &raw mut got,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if rc == 0 {
+                buf.truncate(got.min(len));
+                return Ok(buf);
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOMEM) {
+                return Err(err);
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ENOMEM))
+    }
+
+    /// An unsigned integer sysctl of 4 or 8 bytes (`u_int`, `u_long`, `uint64_t`).
+    pub fn read_u64(name: &str) -> io::Result<u64> {
+        let b = read_raw(name)?;
+        match b.len() {
+            4 => Ok(u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))),
+            8 => Ok(u64::from_ne_bytes([
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+            ])),
+            n => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name}: {n} bytes, expected 4 or 8"),
+            )),
+        }
+    }
+
+    /// An array of C `long` (`kern.cp_times`); 64-bit targets only, as is
+    /// every FreeBSD target the agent is built for.
+    pub fn read_long_array(name: &str) -> io::Result<Vec<i64>> {
+        let b = read_raw(name)?;
+        Ok(b.chunks_exact(8)
+            .map(|c| i64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
+    /// An array of C `int` (`kern.clockrate` is `struct clockinfo`, five ints).
+    pub fn read_int_array(name: &str) -> io::Result<Vec<i32>> {
+        let b = read_raw(name)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Every interface's counters (`getifaddrs(3)`: the `AF_LINK` entry of an
+    /// interface carries a `struct if_data` in `ifa_data`, see `net/if.h`).
+    pub fn interface_counters() -> io::Result<Vec<crate::freebsd::netif::IfCounters>> {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: `head` is a valid out-pointer; on success the list is
+        // freed below with `freeifaddrs`.
+        if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut cur = head;
+        while !cur.is_null() {
+            // SAFETY: `cur` is a non-null node of the list getifaddrs
+            // returned, valid until freeifaddrs.
+            let ifa = unsafe { &*cur };
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_data.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            // SAFETY: `ifa_addr` is non-null and points to at least a `sockaddr`.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family != libc::AF_LINK {
+                continue;
+            }
+            // SAFETY: for AF_LINK entries FreeBSD's getifaddrs points
+            // `ifa_data` at a `struct if_data` (lib/libc/net/getifaddrs.c);
+            // read_unaligned because the buffer is only byte-aligned by contract.
+            let data: libc::if_data = unsafe { std::ptr::read_unaligned(ifa.ifa_data.cast()) };
+            // SAFETY: `ifa_name` is a non-null NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
+            out.push(crate::freebsd::netif::IfCounters {
+                name,
+                ibytes: data.ifi_ibytes,
+                obytes: data.ifi_obytes,
+                ipackets: data.ifi_ipackets,
+                opackets: data.ifi_opackets,
+                ierrors: data.ifi_ierrors,
+                oerrors: data.ifi_oerrors,
+                iqdrops: data.ifi_iqdrops,
+                oqdrops: data.ifi_oqdrops,
+            });
+        }
+        // SAFETY: `head` came from a successful getifaddrs and is freed once;
+        // no reference into the list outlives this point.
+        unsafe { libc::freeifaddrs(head) };
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
+
+    #[test]
+    fn parses_sysctl_output() {
+        let v = parse_sysctl_lines(&fixture_text(
+            "freebsd/sysctl-kstat.zfs.misc.arcstats-freebsd14.txt",
+        ));
+        assert_eq!(v.len(), 148);
+        assert!(v.contains(&("kstat.zfs.misc.arcstats.hits".to_string(), 1_473_806)));
+        assert!(parse_sysctl_lines("a b: 1\nx: y\n: 3\n").is_empty());
+    }
+
+    #[test]
+    fn never_panics() {
+        let seeds = [fixture_text(
+            "freebsd/sysctl-kstat.zfs.misc.zfetchstats-freebsd14.txt",
+        )];
+        for input in fuzz_inputs(&seeds, 7) {
+            let _ = parse_sysctl_lines(&input);
+        }
+    }
+}

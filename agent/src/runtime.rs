@@ -1,0 +1,318 @@
+//! The agent's main loop: collect on every tick (and at once when an event
+//! source fires), number the collection, queue it for every aggregator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodewatch_proto::tls::{self, Reloadable, TlsFiles};
+use nodewatch_proto::v1::Event;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::batch::Collection;
+use crate::collector::{now_ms, CollectorSpec, Family, Paths, Running, Sample, Sink};
+use crate::config::Config;
+use crate::spool::{self, Shared, Spool};
+use crate::stream::Streamer;
+
+/// Events waiting for the main loop; sources count what they cannot send.
+pub const EVENT_QUEUE: usize = 4096;
+
+/// How long the agent tries to flush unacked data on SIGTERM (Kubernetes'
+/// default grace period is 30 s; stay well inside it).
+pub const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("certificate {path}: {msg}")]
+    Identity { path: String, msg: String },
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Opens the spool; an unusable folder falls back to memory, said once.
+fn open_spool(cfg: &Config) -> Result<Arc<Shared>, AgentError> {
+    let n = cfg.aggregators.len();
+    let (s, _) = match Spool::open(
+        cfg.spool.dir.as_deref(),
+        cfg.spool.max_bytes,
+        cfg.spool.retain_acked,
+        n,
+    ) {
+        Ok(r) => r,
+        Err(error) => {
+            warn!(%error, "Spool folder unusable; keeping unacknowledged data in memory only (lost if the agent restarts).");
+            Spool::open(None, cfg.spool.max_bytes, cfg.spool.retain_acked, n)?
+        }
+    };
+    Ok(Shared::new(s, n))
+}
+
+/// The agent's own delivery health, as samples of the next collection.
+fn spool_metrics(spool: &Shared, cfg: &Config, sink: &mut Sink) {
+    let s = spool.lock();
+    for (i, target) in cfg.aggregators.iter().enumerate() {
+        let t = target.to_string();
+        sink.gauge(
+            "nodewatch_agent_pending_batches",
+            "Collections not yet acknowledged by an aggregator.",
+            &[("aggregator", &t)],
+            s.pending(i) as f64,
+        );
+        sink.gauge(
+            "nodewatch_agent_acked_seq",
+            "Highest collection seq an aggregator acknowledged.",
+            &[("aggregator", &t)],
+            s.acked(i) as f64,
+        );
+    }
+    let d = s.dropped();
+    let help = "Data the spool dropped because it was full (samples first, events last).";
+    sink.counter(
+        "nodewatch_agent_spool_dropped_total",
+        help,
+        &[("kind", "samples")],
+        d.samples as f64,
+    );
+    sink.counter(
+        "nodewatch_agent_spool_dropped_total",
+        help,
+        &[("kind", "events")],
+        d.events as f64,
+    );
+    sink.gauge(
+        "nodewatch_agent_spool_bytes",
+        "Size of the spool on disk.",
+        &[],
+        s.bytes() as f64,
+    );
+    sink.counter(
+        "nodewatch_agent_collections_total",
+        "Collections made by this agent instance (its last seq).",
+        &[],
+        (s.next_seq() - 1) as f64,
+    );
+}
+
+/// Builds the enabled collectors, saying once why any cannot run here.
+pub fn build_collectors(
+    specs: &[CollectorSpec],
+    enabled: &BTreeMap<String, bool>,
+    paths: &Paths,
+) -> Vec<Running> {
+    let mut out = Vec::new();
+    for spec in specs {
+        if !enabled
+            .get(spec.name)
+            .copied()
+            .unwrap_or(spec.default_enabled)
+        {
+            continue;
+        }
+        match (spec.build)(paths) {
+            Ok(c) => out.push(Running::new(c)),
+            Err(why) => {
+                info!(collector = spec.name, reason = %why, "Collector unavailable on this host; it stays off.");
+            }
+        }
+    }
+    out
+}
+
+/// Runs every collector once into a sink (on the calling thread).
+pub fn collect_once(collectors: &mut [Running]) -> Sink {
+    let mut sink = Sink::new();
+    for c in collectors.iter_mut() {
+        c.run(&mut sink);
+    }
+    sink
+}
+
+/// Works out the node name: from the certificate, checked against the config.
+pub fn node_name(cfg: &Config, tls: &TlsFiles) -> Result<String, AgentError> {
+    let certs = tls::load_certs(&tls.cert)?;
+    let path = tls.cert.display().to_string();
+    let der = certs.first().ok_or_else(|| AgentError::Identity {
+        path: path.clone(),
+        msg: "empty".into(),
+    })?;
+    match nodewatch_proto::Identity::from_cert_der(der) {
+        Ok(nodewatch_proto::Identity::Node(n)) => {
+            if let Some(want) = &cfg.node_name {
+                if want != n.as_str() {
+                    return Err(AgentError::Identity {
+                        path,
+                        msg: format!("names node {n:?} but node_name is {want:?}; the aggregator would refuse it"),
+                    });
+                }
+            }
+            Ok(n.to_string())
+        }
+        Ok(other) => Err(AgentError::Identity {
+            path,
+            msg: format!("is an {other} certificate, not a node certificate"),
+        }),
+        Err(e) => Err(AgentError::Identity {
+            path,
+            msg: e.to_string(),
+        }),
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(
+    cfg: Config,
+    specs: Vec<CollectorSpec>,
+    mut shutdown: watch::Receiver<bool>,
+    mut events_rx: mpsc::Receiver<Event>,
+) -> Result<(), AgentError> {
+    let Some(tls_files) = cfg.tls.clone() else {
+        return Err(AgentError::Identity {
+            path: "tls".into(),
+            msg: "no certificates configured".into(),
+        });
+    };
+    let node = node_name(&cfg, &tls_files)?;
+    let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
+    let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
+
+    let mut collectors = build_collectors(&specs, &cfg.collectors, &cfg.paths);
+    let names: Vec<String> = collectors
+        .iter()
+        .map(|c| c.collector.name().to_string())
+        .collect();
+    info!(%node, collectors = ?names, interval = ?cfg.interval, "Agent starting.");
+    let mut hello =
+        crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);
+
+    let spool = open_spool(&cfg)?;
+    hello.instance_id = spool.lock().instance_id().to_string();
+    let mut streamers = Vec::new();
+    for (index, target) in cfg.aggregators.iter().enumerate() {
+        let s = Streamer {
+            target: target.clone(),
+            server_name: cfg.server_name.clone(),
+            tls: Arc::clone(&client_tls),
+            hello: hello.clone(),
+            spool: Arc::clone(&spool),
+            index,
+        };
+        streamers.push(tokio::spawn(s.run(shutdown.clone(), FLUSH_GRACE)));
+    }
+
+    // Readiness means "collecting", never "connected": an aggregator outage
+    // must not make Kubernetes restart every agent.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = match cfg.health_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(tokio::spawn(serve_health(
+                l,
+                Arc::clone(&ready),
+                shutdown.clone(),
+            ))),
+            Err(error) => {
+                warn!(%addr, %error, "Health endpoints unavailable.");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let enqueue = |t_ms: i64,
+                   families: Arc<BTreeMap<String, Family>>,
+                   samples: Vec<Sample>,
+                   events: Vec<Event>| {
+        let r = spool.lock().append(|seq| Collection {
+            seq,
+            t_ms,
+            families,
+            samples,
+            events,
+        });
+        if let Err(error) = r {
+            warn!(%error, "Could not write to the spool; this collection is not kept.");
+        }
+        spool.wake_all();
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let t_ms = now_ms();
+                let mut cs = std::mem::take(&mut collectors);
+                // Collectors read files and may block (a dead NFS mount): keep them off the async workers.
+                let (cs, mut sink) = match tokio::task::spawn_blocking(move || {
+                    let sink = collect_once(&mut cs);
+                    (cs, sink)
+                }).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(error = %e, "Collection panicked; collectors rebuilt.");
+                        (build_collectors(&specs, &cfg.collectors, &cfg.paths), Sink::new())
+                    }
+                };
+                collectors = cs;
+                spool_metrics(&spool, &cfg, &mut sink);
+                let events = sink.events.drain(..).map(|kind| Event { t_ms, kind: Some(kind), node: String::new() }).collect();
+                enqueue(t_ms, Arc::new(sink.families), sink.samples, events);
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(first) = events_rx.recv() => {
+                // Send events at once, with whatever else arrived in the same instant.
+                let mut events = vec![first];
+                while let Ok(e) = events_rx.try_recv() {
+                    events.push(e);
+                }
+                enqueue(now_ms(), Arc::new(BTreeMap::new()), Vec::new(), events);
+            }
+            _ = shutdown.wait_for(|v| *v) => break,
+        }
+    }
+    info!("Stopping: flushing unacknowledged data.");
+    for s in streamers {
+        let _ = s.await;
+    }
+    spool.lock().sync();
+    if let Some(h) = health {
+        h.abort();
+    }
+    reloader.abort();
+    Ok(())
+}
+
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not collecting yet\n")
+                    }
+                }
+            }),
+        );
+    let stop = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        warn!(%error, "Health endpoints stopped.");
+    }
+}

@@ -1,0 +1,212 @@
+//! Streaming to one aggregator: a queue of collections not yet acked, and a
+//! connection loop that (re)connects with jittered exponential backoff,
+//! resends everything after the last ack, and drops what is acked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodewatch_proto::tls::{self, Reloadable, Target};
+use nodewatch_proto::v1::ingest_client::IngestClient;
+use nodewatch_proto::v1::{agent_frame, aggregator_frame, AgentFrame, ErrorCode, Hello};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::batch::Encoder;
+use crate::collector::now_ms;
+use crate::spool::Shared;
+
+/// First reconnect delay; doubled per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest reconnect delay: an aggregator restarted by a rollout is back within seconds,
+/// and 30 s keeps a dead one from being hammered by every node.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long connecting (TCP + TLS + Hello/Welcome) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames buffered towards the gRPC stream; gives backpressure from HTTP/2 flow control.
+const OUTBOUND_FRAMES: usize = 8;
+
+/// Everything one streamer needs.
+pub struct Streamer {
+    pub target: Target,
+    pub server_name: Option<String>,
+    pub tls: Arc<Reloadable<rustls::ClientConfig>>,
+    pub hello: Hello,
+    /// The spool shared by all streams, and this stream's cursor in it.
+    pub spool: Arc<Shared>,
+    pub index: usize,
+}
+
+enum End {
+    /// Reconnect after a backoff.
+    Retry(String),
+    /// Shutdown requested and the queue is flushed (or the grace ran out).
+    Shutdown,
+}
+
+impl Streamer {
+    /// Runs until `shutdown` turns true, then tries to flush for `grace`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.session(&mut shutdown, grace).await {
+                End::Shutdown => return,
+                End::Retry(why) => {
+                    let jitter = rand::rng().random_range(0.5..1.0);
+                    let delay = backoff.mul_f64(jitter);
+                    warn!(aggregator = %self.target, error = %why, retry_in = ?delay, "Stream to aggregator lost.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|v| *v) => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            // A session that got as far as Welcome resets the backoff.
+            let acked = self.spool.lock().acked(self.index);
+            if acked > 0 {
+                backoff = BACKOFF_MIN.max(backoff / 4);
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>, grace: Duration) -> End {
+        let channel = match tls::channel(
+            &self.target,
+            Arc::clone(&self.tls),
+            self.server_name.clone(),
+            CONNECT_TIMEOUT,
+        ) {
+            Ok(c) => c,
+            Err(e) => return End::Retry(format!("bad endpoint: {e}")),
+        };
+        let mut client = IngestClient::new(channel);
+        let (tx, rx) = mpsc::channel::<AgentFrame>(OUTBOUND_FRAMES);
+        let mut hello = self.hello.clone();
+        hello.resume_from = self.spool.lock().acked(self.index) + 1;
+        if tx
+            .send(AgentFrame {
+                frame: Some(agent_frame::Frame::Hello(hello)),
+            })
+            .await
+            .is_err()
+        {
+            return End::Retry("stream closed before Hello".into());
+        }
+        let response =
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.stream(ReceiverStream::new(rx)))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(status)) => {
+                    return End::Retry(format!("{}: {}", status.code(), status.message()))
+                }
+                Err(_) => return End::Retry("connect timed out".into()),
+            };
+        let mut inbound = response.into_inner();
+        let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, inbound.next()).await {
+            Ok(Some(Ok(f))) => match f.frame {
+                Some(aggregator_frame::Frame::Welcome(w)) => w,
+                Some(aggregator_frame::Frame::Error(e)) => {
+                    return End::Retry(format!("refused: {}", e.message))
+                }
+                _ => return End::Retry("expected Welcome".into()),
+            },
+            Ok(Some(Err(status))) => {
+                return End::Retry(format!("{}: {}", status.code(), status.message()))
+            }
+            Ok(None) => return End::Retry("stream closed before Welcome".into()),
+            Err(_) => return End::Retry("no Welcome in time".into()),
+        };
+        // An aggregator that restarted knows nothing (acked 0): it gets the
+        // spool's whole retained past again, its backfill.
+        self.spool
+            .lock()
+            .ack(self.index, welcome.acked_seq, now_ms());
+        info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
+        let mut encoder = Encoder::new();
+        let mut sent = welcome.acked_seq;
+        let mut stopping: Option<tokio::time::Instant> = None;
+        loop {
+            // Send everything queued that this stream has not carried yet.
+            loop {
+                let next = self.spool.lock().next_after(sent);
+                let Some(c) = next else { break };
+                let batch = encoder.encode(&c);
+                sent = c.seq;
+                tokio::select! {
+                    r = tx.send(AgentFrame { frame: Some(agent_frame::Frame::Batch(batch)) }) => {
+                        if r.is_err() {
+                            return End::Retry("stream closed while sending".into());
+                        }
+                    }
+                    f = inbound.next() => {
+                        if let Some(end) = self.handle(f) {
+                            return end;
+                        }
+                    }
+                }
+            }
+            if let Some(deadline) = stopping {
+                let empty = self.spool.lock().pending(self.index) == 0;
+                if empty || tokio::time::Instant::now() >= deadline {
+                    return End::Shutdown;
+                }
+            }
+            let deadline =
+                stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_hours(1));
+            tokio::select! {
+                () = self.spool.notify[self.index].notified() => {}
+                f = inbound.next() => {
+                    if let Some(end) = self.handle(f) {
+                        return end;
+                    }
+                }
+                _ = shutdown.wait_for(|v| *v), if stopping.is_none() => {
+                    stopping = Some(tokio::time::Instant::now() + grace);
+                }
+                () = tokio::time::sleep_until(deadline), if stopping.is_some() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Handles one frame from the aggregator; `Some` ends the session.
+    fn handle(
+        &self,
+        f: Option<Result<nodewatch_proto::v1::AggregatorFrame, tonic::Status>>,
+    ) -> Option<End> {
+        match f {
+            Some(Ok(frame)) => match frame.frame {
+                Some(aggregator_frame::Frame::Ack(a)) => {
+                    debug!(aggregator = %self.target, seq = a.seq, "ack");
+                    self.spool.lock().ack(self.index, a.seq, now_ms());
+                    None
+                }
+                Some(aggregator_frame::Frame::Error(e)) => {
+                    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                    warn!(aggregator = %self.target, seq = e.seq, code = ?code, error = %e.message, "Aggregator reported a problem.");
+                    if e.fatal {
+                        Some(End::Retry(format!(
+                            "aggregator closed the stream: {}",
+                            e.message
+                        )))
+                    } else {
+                        None
+                    }
+                }
+                Some(aggregator_frame::Frame::Welcome(_)) | None => None,
+            },
+            Some(Err(status)) => Some(End::Retry(format!(
+                "{}: {}",
+                status.code(),
+                status.message()
+            ))),
+            None => Some(End::Retry("aggregator closed the stream".into())),
+        }
+    }
+}

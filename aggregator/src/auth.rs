@@ -1,0 +1,47 @@
+//! Roles from the client certificate: a node certificate may only Ingest, as
+//! the node it names; an operator certificate may only Query. The identity is
+//! read from the TLS session, never from the payload.
+
+use nodewatch_proto::tls::PeerInfo;
+use nodewatch_proto::{Identity, NodeName};
+use tonic::{Request, Status};
+
+fn peer<T>(req: &Request<T>) -> Result<&PeerInfo, Status> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .ok_or_else(|| Status::unauthenticated("no TLS peer information on this connection"))
+}
+
+/// The node an Ingest caller speaks for.
+pub fn require_node<T>(req: &Request<T>) -> Result<(NodeName, PeerInfo), Status> {
+    let p = peer(req)?;
+    match &p.identity {
+        Ok(Identity::Node(n)) => Ok((n.clone(), p.clone())),
+        Ok(Identity::Operator(who)) => {
+            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "ingest").increment(1);
+            Err(Status::permission_denied(format!(
+                "operator certificate ({who}) may not Ingest: only spiffe://nodewatch/node/<name> certificates may"
+            )))
+        }
+        Err(e) => Err(Status::permission_denied(format!(
+            "client certificate has no nodewatch identity: {e}"
+        ))),
+    }
+}
+
+/// The operator calling Query.
+pub fn require_operator<T>(req: &Request<T>) -> Result<String, Status> {
+    let p = peer(req)?;
+    match &p.identity {
+        Ok(Identity::Operator(who)) => Ok(who.clone()),
+        Ok(Identity::Node(n)) => {
+            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "query").increment(1);
+            Err(Status::permission_denied(format!(
+                "node certificate ({n}) may not Query: only spiffe://nodewatch/operator/<who> certificates may"
+            )))
+        }
+        Err(e) => Err(Status::permission_denied(format!(
+            "client certificate has no nodewatch identity: {e}"
+        ))),
+    }
+}

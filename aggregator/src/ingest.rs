@@ -1,0 +1,587 @@
+//! `Ingest.Stream`: one long-lived stream per agent. Frames are validated
+//! before anything is applied; a bad frame gets an error frame naming what is
+//! wrong and never disturbs other nodes' streams or data already stored.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use nodewatch_proto::v1::ingest_server::Ingest;
+use nodewatch_proto::v1::{
+    agent_frame, aggregator_frame, Ack, AgentFrame, AggregatorFrame, Batch, ErrorCode, Event,
+    Hello, StreamError, Welcome,
+};
+use nodewatch_proto::NodeName;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::auth::require_node;
+use crate::events::EventLog;
+use crate::nodes::Nodes;
+use crate::store::now_ms;
+use crate::store::{FamilyMeta, FamilyType, Labels, SeriesId, Store};
+
+/// How long an agent has to send Hello after the stream opens.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Frames queued towards one agent; acks are tiny and the agent reads them
+/// continuously, so a short queue suffices and bounds memory per stream.
+const OUTBOUND_QUEUE: usize = 32;
+
+/// Samples further ahead of the aggregator's clock are refused, as
+/// Prometheus' head refuses out-of-bounds samples.
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+/// Problems listed in one error frame at most; the rest are counted.
+const MAX_PROBLEMS_LISTED: usize = 5;
+
+pub struct IngestService {
+    pub store: Arc<Store>,
+    pub nodes: Arc<Nodes>,
+    pub events: Arc<EventLog>,
+    pub max_series_per_node: usize,
+    /// Evaluates rule groups at once when events land.
+    pub rules: Option<Arc<crate::manager::RuleManager>>,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<AggregatorFrame, Status>> + Send>>;
+
+// Returns the outbound stream's item type so call sites can send it as is.
+#[allow(clippy::unnecessary_wraps)]
+fn frame(f: aggregator_frame::Frame) -> Result<AggregatorFrame, Status> {
+    Ok(AggregatorFrame { frame: Some(f) })
+}
+
+fn error_frame(
+    code: ErrorCode,
+    message: String,
+    seq: u64,
+    fatal: bool,
+) -> Result<AggregatorFrame, Status> {
+    frame(aggregator_frame::Frame::Error(StreamError {
+        code: code as i32,
+        message,
+        seq,
+        fatal,
+    }))
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn family_type(t: i32) -> FamilyType {
+    use nodewatch_proto::v1::MetricType as T;
+    match T::try_from(t).unwrap_or(T::Unspecified) {
+        T::Gauge => FamilyType::Gauge,
+        T::Counter => FamilyType::Counter,
+        T::Histogram => FamilyType::Histogram,
+        T::Summary => FamilyType::Summary,
+        T::Untyped | T::Unspecified => FamilyType::Untyped,
+    }
+}
+
+fn kind_name(e: &Event) -> &'static str {
+    use nodewatch_proto::v1::event::Kind;
+    match &e.kind {
+        Some(Kind::OomKill(_)) => "oom_kill",
+        Some(Kind::ZpoolStateChange(_)) => "zpool_state_change",
+        Some(Kind::LinkStateChange(_)) => "link_state_change",
+        None => "unknown",
+    }
+}
+
+/// State of one stream.
+struct Session {
+    node: NodeName,
+    hello: Hello,
+    /// The stream's symbol table: agent ref → store series.
+    refs: HashMap<u64, SeriesId>,
+    /// Highest seq seen on this stream, to catch seq going backwards.
+    last_seq: u64,
+}
+
+impl IngestService {
+    /// Applies one batch. Returns the frames to send back (errors, then the ack).
+    fn apply(&self, s: &mut Session, batch: Batch) -> Vec<Result<AggregatorFrame, Status>> {
+        let node = s.node.as_str().to_string();
+        metrics::counter!("nodewatch_aggregator_batches_total", "node" => node.clone())
+            .increment(1);
+        let mut out = Vec::new();
+        let seq = batch.seq;
+        if seq == 0 {
+            return vec![error_frame(
+                ErrorCode::BadFrame,
+                "batch seq must start at 1".into(),
+                seq,
+                false,
+            )];
+        }
+        if s.last_seq != 0 && seq <= s.last_seq {
+            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => "seq_backwards").increment(1);
+            return vec![error_frame(
+                ErrorCode::BadFrame,
+                format!("batch seq {seq} is not after the previous batch's seq {} on this stream; batch ignored", s.last_seq),
+                seq,
+                false,
+            )];
+        }
+        s.last_seq = seq;
+        let cursor = self.nodes.cursor(&s.node, &s.hello);
+        if seq <= cursor {
+            // Already stored (the ack was lost, or a resend after reconnect): ack again, store nothing.
+            metrics::counter!("nodewatch_aggregator_duplicate_batches_total", "node" => node)
+                .increment(1);
+            return vec![frame(aggregator_frame::Frame::Ack(Ack { seq }))];
+        }
+
+        let mut problems: Vec<String> = Vec::new();
+        let mut problem_count = 0usize;
+        let mut problem = |msg: String| {
+            problem_count += 1;
+            if problems.len() < MAX_PROBLEMS_LISTED {
+                problems.push(msg);
+            }
+        };
+        let mut limit_hit = false;
+        for meta in &batch.metadata {
+            if valid_metric_name(&meta.name) {
+                self.store.set_family(
+                    &meta.name,
+                    FamilyMeta {
+                        kind: family_type(meta.r#type),
+                        help: meta.help.clone(),
+                    },
+                );
+            } else {
+                problem(format!("metadata: bad metric name {:?}", meta.name));
+            }
+        }
+        for (i, def) in batch.series_defs.iter().enumerate() {
+            if !valid_metric_name(&def.name) {
+                problem(format!(
+                    "series_defs[{i}] (ref {}): bad metric name {:?}",
+                    def.r#ref, def.name
+                ));
+                continue;
+            }
+            let mut labels: Vec<(String, String)> = Vec::with_capacity(def.labels.len() + 2);
+            let mut bad = None;
+            for l in &def.labels {
+                if !valid_label_name(&l.name) || l.name.starts_with("__") {
+                    bad = Some(format!("bad label name {:?}", l.name));
+                } else if l.name == "node" {
+                    bad = Some(
+                        "label \"node\" is reserved: the aggregator sets it from the certificate"
+                            .to_string(),
+                    );
+                } else if labels.iter().any(|(k, _)| *k == l.name) {
+                    bad = Some(format!("duplicate label {:?}", l.name));
+                }
+                labels.push((l.name.clone(), l.value.clone()));
+            }
+            if let Some(why) = bad {
+                problem(format!(
+                    "series_defs[{i}] (ref {}, {}): {why}",
+                    def.r#ref, def.name
+                ));
+                continue;
+            }
+            labels.push(("__name__".into(), def.name.clone()));
+            labels.push(("node".into(), node.clone()));
+            labels.sort_unstable();
+            let labels: Labels = labels.into();
+            let id = self.store.series_id(labels);
+            if !self.nodes.add_series(&s.node, id, self.max_series_per_node) {
+                limit_hit = true;
+                problem(format!(
+                    "series_defs[{i}] ({}): node is at its limit of {} series",
+                    def.name, self.max_series_per_node
+                ));
+                continue;
+            }
+            s.refs.insert(def.r#ref, id);
+        }
+        let mut samples = Vec::with_capacity(batch.samples.len());
+        let mut unknown = 0usize;
+        let mut future = 0usize;
+        let newest_allowed = now_ms() + MAX_FUTURE_MS;
+        for smp in &batch.samples {
+            if smp.t_ms > newest_allowed {
+                // A clock far ahead would push the node's own history out of retention.
+                future += 1;
+                if future == 1 {
+                    problem(format!(
+                        "samples: timestamp {} ms is more than 10 minutes in the future (ref {})",
+                        smp.t_ms, smp.r#ref
+                    ));
+                }
+                continue;
+            }
+            if let Some(id) = s.refs.get(&smp.r#ref) {
+                samples.push((*id, smp.t_ms, smp.value));
+            } else {
+                unknown += 1;
+                if unknown == 1 {
+                    problem(format!(
+                        "samples: unknown series ref {} (not defined on this stream)",
+                        smp.r#ref
+                    ));
+                }
+            }
+        }
+        if unknown > 1 {
+            problem(format!(
+                "samples: {unknown} samples with unknown series refs in all"
+            ));
+        }
+        let appended = self.store.append(&samples);
+        metrics::counter!("nodewatch_aggregator_samples_total", "node" => node.clone())
+            .increment(appended as u64);
+        let now = now_ms();
+        let had_events = !batch.events.is_empty();
+        for mut e in batch.events {
+            e.node.clone_from(&node);
+            metrics::counter!("nodewatch_aggregator_events_total", "node" => node.clone(), "kind" => kind_name(&e)).increment(1);
+            self.events.push(e);
+        }
+        self.nodes.stored(&s.node, &s.hello, seq, now);
+        if had_events {
+            if let Some(m) = &self.rules {
+                m.trigger();
+            }
+        }
+        if !problems.is_empty() {
+            let kind = if limit_hit { "limit" } else { "bad_frame" };
+            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => kind).increment(problem_count as u64);
+            if limit_hit {
+                metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.clone(), "limit" => "series").increment(1);
+            }
+            let more = problem_count.saturating_sub(problems.len());
+            let mut msg = format!("batch {seq}: {}", problems.join("; "));
+            if more > 0 {
+                let _ = write!(msg, "; and {more} more");
+            }
+            warn!(node = %s.node, seq, error = %msg, "Batch partly refused.");
+            let code = if limit_hit {
+                ErrorCode::Limit
+            } else {
+                ErrorCode::BadFrame
+            };
+            out.push(error_frame(code, msg, seq, false));
+        }
+        // Ack even a partly refused batch: resending it would fail the same way,
+        // and everything valid in it is stored.
+        out.push(frame(aggregator_frame::Frame::Ack(Ack { seq })));
+        out
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        node: NodeName,
+        peer: String,
+        mut inbound: Streaming<AgentFrame>,
+        tx: mpsc::Sender<Result<AggregatorFrame, Status>>,
+    ) {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+            Ok(Some(Ok(AgentFrame {
+                frame: Some(agent_frame::Frame::Hello(h)),
+            }))) => h,
+            Ok(Some(Ok(_))) => {
+                let _ = tx
+                    .send(error_frame(
+                        ErrorCode::BadFrame,
+                        "the first frame must be Hello".into(),
+                        0,
+                        true,
+                    ))
+                    .await;
+                return;
+            }
+            Ok(Some(Err(status))) => {
+                warn!(%node, error = %status, "Stream failed before Hello.");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                let _ = tx
+                    .send(Err(Status::deadline_exceeded("no Hello within 30 s")))
+                    .await;
+                return;
+            }
+        };
+        if !hello.node.is_empty() && hello.node != node.as_str() {
+            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "hello_identity")
+                .increment(1);
+            let msg = format!(
+                "Hello names node {:?} but the client certificate is for node {:?}; refused",
+                hello.node,
+                node.as_str()
+            );
+            warn!(%node, claimed = %hello.node, "Hello names another node; stream refused.");
+            let _ = tx
+                .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
+                .await;
+            let _ = tx.send(Err(Status::permission_denied(msg))).await;
+            return;
+        }
+        let acked = self.nodes.connect(&node, &hello, peer.clone(), now_ms());
+        metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
+        info!(%node, %peer, agent_version = %hello.agent_version, acked, "Agent connected.");
+        let welcome = Welcome {
+            node: node.to_string(),
+            aggregator_version: nodewatch_proto::VERSION.into(),
+            acked_seq: acked,
+        };
+        let mut session = Session {
+            node: node.clone(),
+            hello,
+            refs: HashMap::new(),
+            last_seq: 0,
+        };
+        if tx
+            .send(frame(aggregator_frame::Frame::Welcome(welcome)))
+            .await
+            .is_ok()
+        {
+            while let Some(msg) = inbound.next().await {
+                let replies = match msg {
+                    Ok(AgentFrame {
+                        frame: Some(agent_frame::Frame::Batch(b)),
+                    }) => {
+                        let this = Arc::clone(&self);
+                        // Applying takes the store's write lock; keep it off the async workers.
+                        match tokio::task::spawn_blocking(move || {
+                            let r = this.apply(&mut session, b);
+                            (session, r)
+                        })
+                        .await
+                        {
+                            Ok((s, r)) => {
+                                session = s;
+                                r
+                            }
+                            Err(e) => {
+                                warn!(%node, error = %e, "Batch handling panicked; closing the stream.");
+                                break;
+                            }
+                        }
+                    }
+                    Ok(AgentFrame {
+                        frame: Some(agent_frame::Frame::Hello(_)),
+                    }) => {
+                        vec![error_frame(
+                            ErrorCode::BadFrame,
+                            "Hello may only be the first frame; ignored".into(),
+                            0,
+                            false,
+                        )]
+                    }
+                    Ok(AgentFrame { frame: None }) => {
+                        vec![error_frame(
+                            ErrorCode::BadFrame,
+                            "empty frame (no Hello or Batch); ignored".into(),
+                            0,
+                            false,
+                        )]
+                    }
+                    Err(status) => {
+                        // Decoding errors (oversized or malformed frames) end up here.
+                        metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
+                        warn!(%node, error = %status, "Stream ended with an error.");
+                        let msg = format!("frame refused: {}", status.message());
+                        let _ = tx.send(Err(Status::new(status.code(), msg))).await;
+                        break;
+                    }
+                };
+                for r in replies {
+                    if tx.send(r).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.nodes.disconnect(&node);
+        metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
+        info!(%node, "Agent disconnected.");
+    }
+}
+
+/// The tonic service; `Arc` so each stream's task can hold it.
+pub struct IngestHandle(pub Arc<IngestService>);
+
+#[tonic::async_trait]
+impl Ingest for IngestHandle {
+    type StreamStream = FrameStream;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<AgentFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let (node, peer) = require_node(&req)?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tokio::spawn(Arc::clone(&self.0).run(node, peer.remote_addr.to_string(), inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodewatch_proto::v1::{Label, MetricMetadata, Sample, SeriesDef};
+    use prost::Message;
+
+    /// `SplitMix64`: a tiny deterministic generator for the fuzz loop.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn service() -> (IngestService, Session) {
+        let svc = IngestService {
+            store: Store::new(3_600_000),
+            nodes: Arc::new(Nodes::default()),
+            events: Arc::new(EventLog::default()),
+            max_series_per_node: 64,
+            rules: None,
+        };
+        let node = NodeName::new("fuzz").unwrap();
+        let s = Session {
+            node,
+            hello: Hello::default(),
+            refs: HashMap::new(),
+            last_seq: 0,
+        };
+        (svc, s)
+    }
+
+    /// A timestamp near now, so samples are inside the accepted window.
+    fn t0() -> i64 {
+        static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *T0.get_or_init(now_ms)
+    }
+
+    fn valid_batch(seq: u64) -> Batch {
+        Batch {
+            seq,
+            series_defs: vec![SeriesDef {
+                r#ref: 1,
+                name: "m".into(),
+                labels: vec![Label {
+                    name: "a".into(),
+                    value: "b".into(),
+                }],
+            }],
+            metadata: vec![MetricMetadata {
+                name: "m".into(),
+                r#type: 1,
+                help: "h".into(),
+            }],
+            samples: vec![Sample {
+                r#ref: 1,
+                t_ms: t0() + seq as i64,
+                value: 1.5,
+            }],
+            events: vec![Event::default()],
+        }
+    }
+
+    /// Mutated encodings of valid frames: decoding may fail, applying what
+    /// decodes may produce error frames, but nothing panics and the data
+    /// stored by the first valid batch stays.
+    #[test]
+    fn fuzzed_frames_never_panic_or_lose_stored_data() {
+        let (svc, mut s) = service();
+        assert!(svc.apply(&mut s, valid_batch(1)).iter().any(|r| matches!(
+            r,
+            Ok(AggregatorFrame {
+                frame: Some(aggregator_frame::Frame::Ack(_))
+            })
+        )));
+        let seed = AgentFrame {
+            frame: Some(agent_frame::Frame::Batch(valid_batch(2))),
+        }
+        .encode_to_vec();
+        let mut rng = Rng(42);
+        for _ in 0..20_000 {
+            let mut bytes = seed.clone();
+            for _ in 0..=rng.below(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                match rng.below(4) {
+                    0 => {
+                        let i = rng.below(bytes.len());
+                        bytes[i] ^= 1 << rng.below(8);
+                    }
+                    1 => bytes.truncate(rng.below(bytes.len())),
+                    2 => {
+                        let i = rng.below(bytes.len() + 1);
+                        bytes.insert(i, rng.next() as u8);
+                    }
+                    _ => {
+                        let i = rng.below(bytes.len());
+                        bytes[i] = 0xff;
+                    }
+                }
+            }
+            if let Ok(AgentFrame {
+                frame: Some(agent_frame::Frame::Batch(mut b)),
+            }) = AgentFrame::decode(bytes.as_slice())
+            {
+                // Keep seqs moving so most batches get past the seq checks and into the body.
+                if rng.below(2) == 0 {
+                    b.seq = s.last_seq + 1;
+                }
+                let _ = svc.apply(&mut s, b);
+            }
+        }
+        let inner = svc.store.read();
+        let id = inner
+            .all()
+            .find(|x| x.name() == "m")
+            .map(|x| x.samples.front().copied());
+        assert_eq!(id, Some(Some((t0() + 1, 1.5))));
+        assert!(
+            svc.nodes.series_count(&s.node) <= 64,
+            "series limit not enforced"
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_metric_name("node_cpu_seconds_total"));
+        assert!(valid_metric_name("a:b"));
+        assert!(!valid_metric_name("1abc"));
+        assert!(!valid_metric_name(""));
+        assert!(valid_label_name("le"));
+        assert!(!valid_label_name("a-b"));
+    }
+}

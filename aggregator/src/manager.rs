@@ -1,0 +1,252 @@
+//! Runs the rule groups: each on its interval, and all of them at once when
+//! a batch carrying events (an OOM kill, a pool state change) lands, so such
+//! an alert reaches Alertmanager in milliseconds rather than an interval
+//! later. Rule files reload on SIGHUP and when they change; a bad file keeps
+//! the old rules running.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::promql::Sample;
+use crate::rules::notifier::Notifier;
+use crate::rules::{load_groups, ActiveAlert, Group, GroupOptions};
+use crate::store::now_ms;
+use crate::store::Store;
+
+/// How often rule files are checked for changes.
+pub const RELOAD_POLL: Duration = Duration::from_secs(5);
+
+struct Slot {
+    group: Group,
+    next_ms: AtomicI64,
+}
+
+/// What [`RuleManager::reload`] found.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub files: usize,
+    pub groups: usize,
+    pub rules: usize,
+}
+
+pub struct RuleManager {
+    store: Arc<Store>,
+    patterns: Vec<String>,
+    opts: GroupOptions,
+    notifier: Option<Notifier>,
+    slots: RwLock<Arc<Vec<Arc<Slot>>>>,
+    seen: Mutex<Vec<(PathBuf, Option<SystemTime>)>>,
+    wake: Notify,
+    triggered: AtomicBool,
+}
+
+fn expand(patterns: &[String]) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut files: Vec<PathBuf> = patterns
+        .iter()
+        .filter_map(|p| glob::glob(p).ok())
+        .flat_map(|paths| paths.filter_map(Result::ok))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        })
+        .collect()
+}
+
+impl RuleManager {
+    #[must_use]
+    pub fn new(
+        store: Arc<Store>,
+        patterns: Vec<String>,
+        opts: GroupOptions,
+        notifier: Option<Notifier>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            patterns,
+            opts,
+            notifier,
+            slots: RwLock::new(Arc::new(Vec::new())),
+            seen: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            triggered: AtomicBool::new(false),
+        })
+    }
+
+    fn slots(&self) -> Arc<Vec<Arc<Slot>>> {
+        Arc::clone(&self.slots.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// (Re)loads the rule files. On error the previous rules stay and every
+    /// problem is returned (file, line, group, rule, field).
+    pub fn reload(&self) -> Result<LoadReport, Vec<String>> {
+        let found = expand(&self.patterns);
+        let files: Vec<PathBuf> = found.iter().map(|(p, _)| p.clone()).collect();
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = found;
+        match load_groups(&files, &self.opts) {
+            Ok(groups) => {
+                let rules = groups.iter().map(|g| g.rules().len()).sum();
+                let now = now_ms();
+                let slots: Vec<Arc<Slot>> = groups
+                    .into_iter()
+                    .map(|group| {
+                        Arc::new(Slot {
+                            group,
+                            next_ms: AtomicI64::new(now),
+                        })
+                    })
+                    .collect();
+                let report = LoadReport {
+                    files: files.len(),
+                    groups: slots.len(),
+                    rules,
+                };
+                *self.slots.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(slots);
+                metrics::gauge!("nodewatch_aggregator_rule_groups").set(report.groups as f64);
+                metrics::gauge!("nodewatch_aggregator_rules_last_reload_successful").set(1.0);
+                info!(
+                    files = report.files,
+                    groups = report.groups,
+                    rules = report.rules,
+                    "Rules loaded."
+                );
+                self.wake.notify_one();
+                Ok(report)
+            }
+            Err(errors) => {
+                let msgs: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                metrics::counter!("nodewatch_aggregator_rule_load_errors_total")
+                    .increment(msgs.len() as u64);
+                metrics::gauge!("nodewatch_aggregator_rules_last_reload_successful").set(0.0);
+                for m in &msgs {
+                    warn!(error = %m, "Rule file refused; the previous rules keep running.");
+                }
+                Err(msgs)
+            }
+        }
+    }
+
+    /// Asks for every group to be evaluated now (an event arrived).
+    pub fn trigger(&self) {
+        self.triggered.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Every pending and firing alert, with its group's name.
+    #[must_use]
+    pub fn alerts(&self) -> Vec<(String, ActiveAlert)> {
+        let mut out = Vec::new();
+        for s in self.slots().iter() {
+            for a in s.group.alerts() {
+                if a.state != crate::rules::AlertState::Inactive {
+                    out.push((s.group.name().to_string(), a));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.labels.cmp(&b.1.labels));
+        out
+    }
+
+    fn files_changed(&self) -> bool {
+        let now = expand(&self.patterns);
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) != now
+    }
+
+    fn eval(&self, slot: &Slot, t_ms: i64) {
+        let start = std::time::Instant::now();
+        let ev = slot.group.eval_detailed(self.store.as_ref(), t_ms);
+        let group = slot.group.name().to_string();
+        for (rule, error) in &ev.errors {
+            metrics::counter!("nodewatch_aggregator_rule_evaluation_failures_total", "group" => group.clone()).increment(1);
+            warn!(group = %group, rule = %rule, %error, "Rule evaluation failed.");
+        }
+        self.record(&ev.recorded);
+        if let Some(n) = &self.notifier {
+            n.send_group(&slot.group, t_ms);
+        }
+        metrics::counter!("nodewatch_aggregator_rule_group_evaluations_total", "group" => group.clone()).increment(1);
+        metrics::histogram!("nodewatch_aggregator_rule_group_duration_seconds", "group" => group)
+            .record(start.elapsed().as_secs_f64());
+    }
+
+    fn record(&self, samples: &[Sample]) {
+        let mut batch = Vec::with_capacity(samples.len());
+        for s in samples {
+            let labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let id = self.store.series_id(labels.into());
+            batch.push((id, s.t, s.v));
+        }
+        self.store.append(&batch);
+    }
+
+    /// Evaluates groups until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut poll = tokio::time::interval(RELOAD_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let slots = self.slots();
+            let now = now_ms();
+            let all = self.triggered.swap(false, Ordering::AcqRel);
+            let due: Vec<Arc<Slot>> = slots
+                .iter()
+                .filter(|s| all || s.next_ms.load(Ordering::Acquire) <= now)
+                .cloned()
+                .collect();
+            if !due.is_empty() {
+                for s in &due {
+                    let interval = s.group.interval_ms().max(1);
+                    // The next evaluation stays on the group's own grid.
+                    let mut next = s.next_ms.load(Ordering::Acquire);
+                    while next <= now {
+                        next += interval;
+                    }
+                    s.next_ms.store(next, Ordering::Release);
+                }
+                let this = Arc::clone(&self);
+                let t = now_ms();
+                let r = tokio::task::spawn_blocking(move || {
+                    for s in &due {
+                        this.eval(s, t);
+                    }
+                })
+                .await;
+                if let Err(error) = r {
+                    warn!(%error, "Rule evaluation task failed.");
+                }
+                continue;
+            }
+            let next = slots
+                .iter()
+                .map(|s| s.next_ms.load(Ordering::Acquire))
+                .min();
+            let sleep = next.map_or(Duration::from_hours(1), |n| {
+                Duration::from_millis((n - now).max(1) as u64)
+            });
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+                _ = poll.tick() => {
+                    if !self.patterns.is_empty() && self.files_changed() {
+                        info!("Rule files changed; reloading.");
+                        let _ = self.reload();
+                    }
+                }
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! What the aggregator knows about each node: its Hello, its streams, its
+//! delivery cursor and its series count.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use nodewatch_proto::v1::{Hello, NodeInfo};
+use nodewatch_proto::NodeName;
+
+use crate::store::SeriesId;
+
+/// Delivery cursors remembered per node; an agent instance that restarts
+/// gets a new instance id, so old cursors are garbage after a while.
+pub const MAX_CURSORS_PER_NODE: usize = 16;
+
+#[derive(Debug, Default)]
+struct NodeState {
+    hello: Hello,
+    peer: String,
+    streams: usize,
+    connected_since_ms: i64,
+    last_batch_ms: i64,
+    last_seq: u64,
+    /// Highest stored seq per agent instance.
+    cursors: Vec<(String, u64)>,
+    series: HashSet<SeriesId>,
+}
+
+/// All nodes seen since start.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    inner: Mutex<HashMap<NodeName, NodeState>>,
+}
+
+/// Seqs are per agent instance; the instance id lives in the agent's spool,
+/// so it (and the cursor) survives agent restarts and host reboots.
+fn cursor_key(hello: &Hello) -> String {
+    hello.instance_id.clone()
+}
+
+impl Nodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, NodeState>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A stream opened; returns the seq already stored for this agent instance.
+    pub fn connect(&self, node: &NodeName, hello: &Hello, peer: String, now_ms: i64) -> u64 {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        st.hello = hello.clone();
+        st.peer = peer;
+        if st.streams == 0 {
+            st.connected_since_ms = now_ms;
+        }
+        st.streams += 1;
+        let key = cursor_key(hello);
+        st.cursors
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, s)| *s)
+    }
+
+    pub fn disconnect(&self, node: &NodeName) {
+        if let Some(st) = self.lock().get_mut(node) {
+            st.streams = st.streams.saturating_sub(1);
+        }
+    }
+
+    /// The stored cursor for this agent instance.
+    pub fn cursor(&self, node: &NodeName, hello: &Hello) -> u64 {
+        let key = cursor_key(hello);
+        self.lock()
+            .get(node)
+            .and_then(|st| st.cursors.iter().find(|(k, _)| *k == key).map(|(_, s)| *s))
+            .unwrap_or(0)
+    }
+
+    /// Records that `seq` is stored.
+    pub fn stored(&self, node: &NodeName, hello: &Hello, seq: u64, now_ms: i64) {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        st.last_batch_ms = now_ms;
+        st.last_seq = seq;
+        let key = cursor_key(hello);
+        if let Some(c) = st.cursors.iter_mut().find(|(k, _)| *k == key) {
+            c.1 = c.1.max(seq);
+        } else {
+            if st.cursors.len() >= MAX_CURSORS_PER_NODE {
+                st.cursors.remove(0);
+            }
+            st.cursors.push((key, seq));
+        }
+    }
+
+    /// Adds series to a node's count, refusing past `limit`. Returns false when refused.
+    pub fn add_series(&self, node: &NodeName, id: SeriesId, limit: usize) -> bool {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        if st.series.contains(&id) {
+            return true;
+        }
+        if st.series.len() >= limit {
+            return false;
+        }
+        st.series.insert(id);
+        true
+    }
+
+    #[must_use]
+    pub fn series_count(&self, node: &NodeName) -> usize {
+        self.lock().get(node).map_or(0, |st| st.series.len())
+    }
+
+    #[must_use]
+    pub fn connected(&self) -> usize {
+        self.lock().values().filter(|s| s.streams > 0).count()
+    }
+
+    #[must_use]
+    pub fn list(&self) -> Vec<NodeInfo> {
+        let all = self.lock();
+        let mut out: Vec<NodeInfo> = all
+            .iter()
+            .map(|(name, st)| NodeInfo {
+                name: name.to_string(),
+                os: st.hello.os.clone(),
+                os_pretty: st.hello.os_pretty.clone(),
+                kernel: st.hello.kernel.clone(),
+                arch: st.hello.arch.clone(),
+                agent_version: st.hello.agent_version.clone(),
+                connected: st.streams > 0,
+                connected_since_ms: st.connected_since_ms,
+                last_batch_ms: st.last_batch_ms,
+                series: st.series.len() as u64,
+                last_seq: st.last_seq,
+                boot_id: st.hello.boot_id.clone(),
+                collectors: st.hello.collectors.clone(),
+                peer: st.peer.clone(),
+                interval_ms: st.hello.interval_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}

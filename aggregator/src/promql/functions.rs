@@ -1,0 +1,901 @@
+//! The function library, after `prometheus/promql/functions.go`.
+
+// Functions compare sample values exactly, as functions.go does.
+#![allow(clippy::float_cmp)]
+// Names follow functions.go (`sum_x`, `c_x`, `q`, `t`) so the port can be checked line by line.
+#![allow(clippy::similar_names, clippy::many_single_char_names)]
+
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Call, Expr, MatrixSelector};
+use regex::Regex;
+
+use super::eval::{check_unique, is_label_name, Evaluator, Val};
+use super::value::{Labels, Sample, Series, METRIC_NAME};
+use super::{EvalError, Unsupported};
+
+fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
+    c.args
+        .args
+        .get(i)
+        .map(AsRef::as_ref)
+        .ok_or_else(|| EvalError::BadArgument {
+            func: c.func.name.to_string(),
+            reason: format!("missing argument {}", i + 1),
+        })
+}
+
+/// The range selector argument of a range function (parens allowed).
+fn matrix_arg(c: &Call, i: usize) -> Result<&MatrixSelector, EvalError> {
+    let mut e = arg(c, i)?;
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    match e {
+        Expr::MatrixSelector(ms) => Ok(ms),
+        Expr::Subquery(_) => Err(Unsupported::Subquery.into()),
+        _ => Err(EvalError::BadArgument {
+            func: c.func.name.to_string(),
+            reason: "expected a range vector selector".into(),
+        }),
+    }
+}
+
+/// Applies `f` to every point list, dropping the metric name (range
+/// functions other than `last_over_time` do, `rangeEval`).
+fn over_time(
+    m: Vec<Series>,
+    t: i64,
+    keep_name: bool,
+    f: impl Fn(&[(i64, f64)]) -> Option<f64>,
+) -> Vec<Sample> {
+    m.into_iter()
+        .filter_map(|s| {
+            let v = f(&s.points)?;
+            let labels = if keep_name {
+                s.labels
+            } else {
+                s.labels.without_name()
+            };
+            Some(Sample { labels, t, v })
+        })
+        .collect()
+}
+
+/// Applies `f` to every element's value, dropping the metric name
+/// (`simpleFunc`).
+fn simple(v: Vec<Sample>, t: i64, f: impl Fn(f64) -> f64) -> Vec<Sample> {
+    v.into_iter()
+        .map(|s| Sample {
+            labels: s.labels.without_name(),
+            t,
+            v: f(s.v),
+        })
+        .collect()
+}
+
+/// Go's `math.Max`/`math.Min`: NaN wins, unlike Rust's `f64::max`.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+/// Neumaier-compensated summation step (`kahanSumInc`).
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    // An infinite sum has no meaningful compensation (`kahansum.Inc`).
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// `quantile` in functions.go: linear interpolation between the closest
+/// ranks; values are sorted with NaN first.
+pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// `extrapolatedRate`: the increase over the range, extrapolated towards
+/// the range's edges when the first/last samples are close enough to them
+/// (within 1.1 average sample intervals), never below a counter's zero
+/// point; counter resets add the value before the reset.
+fn extrapolated_rate(
+    points: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    range_secs: f64,
+    is_counter: bool,
+    is_rate: bool,
+    v3: bool,
+) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (first_t, first_v) = points[0];
+    let (last_t, last_v) = points[points.len() - 1];
+    let mut result = last_v - first_v;
+    if is_counter {
+        let mut prev = first_v;
+        for &(_, v) in &points[1..] {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut duration_to_start = first_t.saturating_sub(range_start) as f64 / 1000.0;
+    let duration_to_end = range_end.saturating_sub(last_t) as f64 / 1000.0;
+    let sampled_interval = last_t.saturating_sub(first_t) as f64 / 1000.0;
+    let avg_between = sampled_interval / (points.len() - 1) as f64;
+    let threshold = avg_between * 1.1;
+    if v3 {
+        // 3.x limits the start to half an interval first, then clamps at
+        // the zero point (so a far-away zero point cannot widen it).
+        if duration_to_start >= threshold {
+            duration_to_start = avg_between / 2.0;
+        }
+        if is_counter && result > 0.0 && first_v >= 0.0 {
+            duration_to_start = duration_to_start.min(sampled_interval * (first_v / result));
+        }
+        let duration_to_end = if duration_to_end >= threshold {
+            avg_between / 2.0
+        } else {
+            duration_to_end
+        };
+        let mut factor =
+            (sampled_interval + duration_to_start + duration_to_end) / sampled_interval;
+        if is_rate {
+            factor /= range_secs;
+        }
+        return Some(result * factor);
+    }
+    if is_counter && result > 0.0 && first_v >= 0.0 {
+        let duration_to_zero = sampled_interval * (first_v / result);
+        if duration_to_zero < duration_to_start {
+            duration_to_start = duration_to_zero;
+        }
+    }
+    let mut extrapolate_to = sampled_interval;
+    extrapolate_to += if duration_to_start < threshold {
+        duration_to_start
+    } else {
+        avg_between / 2.0
+    };
+    extrapolate_to += if duration_to_end < threshold {
+        duration_to_end
+    } else {
+        avg_between / 2.0
+    };
+    let mut factor = extrapolate_to / sampled_interval;
+    if is_rate {
+        factor /= range_secs;
+    }
+    Some(result * factor)
+}
+
+/// `instantValue` behind `irate` and `idelta`: the last two samples.
+fn instant_value(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (lt, lv) = points[points.len() - 1];
+    let (pt, pv) = points[points.len() - 2];
+    let mut result = if is_rate && lv < pv { lv } else { lv - pv };
+    let dt = lt.saturating_sub(pt);
+    if dt == 0 {
+        return None;
+    }
+    if is_rate {
+        result /= dt as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// Least-squares fit (`linearRegression`), x in seconds relative to
+/// `intercept_t`; a constant series has slope 0 exactly.
+fn linear_regression(points: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+    let (mut n, mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    let init_y = points[0].1;
+    let mut const_y = true;
+    for (i, &(t, v)) in points.iter().enumerate() {
+        #[allow(clippy::float_cmp)] // Exact equality is what Prometheus tests.
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = t.saturating_sub(intercept_t) as f64 / 1e3;
+        (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_inc(v, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_inc(x * x, sum_x2, c_x2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    let intercept = sum_y / n - slope * sum_x / n;
+    (slope, intercept)
+}
+
+fn mean_kahan(points: &[(i64, f64)]) -> f64 {
+    let (mut mean, mut count, mut c) = (0.0_f64, 0.0_f64, 0.0_f64);
+    for &(_, v) in points {
+        count += 1.0;
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        (mean, c) = kahan_inc(v / count - mean / count, mean, c);
+    }
+    if mean.is_infinite() {
+        mean
+    } else {
+        mean + c
+    }
+}
+
+/// 3.x mean (`funcAvgOverTime`, `AVG`): a compensated sum divided by the
+/// count, switching to an incremental mean only if the sum overflows.
+pub(crate) fn mean_v3(mut vals: impl Iterator<Item = f64>) -> f64 {
+    let Some(first) = vals.next() else {
+        return f64::NAN;
+    };
+    let (mut sum, mut count, mut mean, mut c) = (first, 1.0_f64, 0.0_f64, 0.0_f64);
+    let mut incremental = false;
+    for v in vals {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                (sum, c) = (ns, nc);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    if incremental {
+        mean + c
+    } else {
+        sum / count + c / count
+    }
+}
+
+fn stdvar_over(points: &[(i64, f64)]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(_, v) in points {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// Labels for `absent`/`absent_over_time`: the selector's equality
+/// matchers, except names matched more than once or otherwise
+/// (`createLabelsForAbsentFunction`).
+fn absent_labels(e: &Expr) -> Labels {
+    let m = match e {
+        Expr::VectorSelector(vs) => &vs.matchers,
+        Expr::MatrixSelector(ms) => &ms.vs.matchers,
+        _ => return Labels::new(),
+    };
+    let mut out = Labels::new();
+    let mut empty = Vec::new();
+    for ma in &m.matchers {
+        if ma.name == METRIC_NAME {
+            continue;
+        }
+        if matches!(ma.op, MatchOp::Equal) && out.get(&ma.name).is_none() {
+            out.set(ma.name.clone(), ma.value.clone());
+        } else {
+            empty.push(ma.name.clone());
+        }
+    }
+    for n in empty {
+        out.remove(&n);
+    }
+    out
+}
+
+/// Civil date of a day count since 1970-01-01 (H. Hinnant's algorithm,
+/// proleptic Gregorian like Go's `time`).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap(y) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// The date functions read a value as Unix seconds (`time.Unix(int64(v), 0)`).
+fn date_part(v: f64, part: &str) -> f64 {
+    if v.is_nan() || v.is_infinite() {
+        return f64::NAN;
+    }
+    let secs = v as i64;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    match part {
+        "minute" => ((sod % 3600) / 60) as f64,
+        "hour" => (sod / 3600) as f64,
+        "day_of_week" => (days + 4).rem_euclid(7) as f64,
+        "day_of_month" => f64::from(d),
+        "day_of_year" => {
+            let before: u32 = (1..m).map(|mm| days_in_month(y, mm)).sum();
+            f64::from(before + d)
+        }
+        "days_in_month" => f64::from(days_in_month(y, m)),
+        "month" => f64::from(m),
+        _ => y as f64,
+    }
+}
+
+/// `histogram_quantile` over classic buckets (`bucketQuantile`).
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    match buckets.last() {
+        Some(&(ub, _)) if ub.is_infinite() && ub > 0.0 => {}
+        _ => return f64::NAN,
+    }
+    // coalesceBuckets: equal upper bounds are summed.
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    for &(ub, c) in buckets.iter() {
+        match merged.last_mut() {
+            #[allow(clippy::float_cmp)]
+            Some(last) if last.0 == ub => last.1 += c,
+            _ => merged.push((ub, c)),
+        }
+    }
+    // ensureMonotonic: a count below an earlier one is raised to it.
+    let mut max = f64::NEG_INFINITY;
+    for b in &mut merged {
+        if b.1 > max {
+            max = b.1;
+        } else if b.1 < max {
+            b.1 = max;
+        }
+    }
+    if merged.len() < 2 {
+        return f64::NAN;
+    }
+    let observations = merged[merged.len() - 1].1;
+    if observations == 0.0 || observations.is_nan() {
+        return f64::NAN;
+    }
+    let mut rank = q * observations;
+    let b = merged[..merged.len() - 1].partition_point(|x| x.1 < rank);
+    if b == merged.len() - 1 {
+        return merged[merged.len() - 2].0;
+    }
+    if b == 0 && merged[0].0 <= 0.0 {
+        return merged[0].0;
+    }
+    let mut start = 0.0;
+    let end = merged[b].0;
+    let mut count = merged[b].1;
+    if b > 0 {
+        start = merged[b - 1].0;
+        count -= merged[b - 1].1;
+        rank -= merged[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
+fn bad(c: &Call, reason: impl Into<String>) -> EvalError {
+    EvalError::BadArgument {
+        func: c.func.name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Evaluates a function call.
+#[allow(clippy::too_many_lines)]
+pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let out: Vec<Sample> = match name {
+        "time" => return Ok(Val::Scalar(t as f64 / 1000.0)),
+        "rate" | "increase" | "delta" => {
+            let ms = matrix_arg(c, 0)?;
+            let (_, end) = ev.range_bounds(ms, t);
+            let range_secs = ms.range.as_secs_f64();
+            let is_counter = name != "delta";
+            let is_rate = name == "rate";
+            let v3 = ev.v3();
+            // Extrapolation measures from the nominal range `[t - range, t]`,
+            // whichever boundary convention selects the samples.
+            let range_start =
+                end.saturating_sub(i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX));
+            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+                extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
+            })
+        }
+        "irate" | "idelta" => {
+            let ms = matrix_arg(c, 0)?;
+            let is_rate = name == "irate";
+            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+                instant_value(p, is_rate)
+            })
+        }
+        "deriv" => {
+            let ms = matrix_arg(c, 0)?;
+            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+                (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
+            })
+        }
+        "predict_linear" => {
+            let ms = matrix_arg(c, 0)?;
+            let dur = ev.eval_scalar(arg(c, 1)?, t, name)?;
+            // The intercept is at the evaluation time even under `@`
+            // (`linearRegression(samples, enh.Ts)`).
+            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+                (p.len() >= 2).then(|| {
+                    let (slope, intercept) = linear_regression(p, t);
+                    slope * dur + intercept
+                })
+            })
+        }
+        "changes" | "resets" => {
+            let ms = matrix_arg(c, 0)?;
+            let resets = name == "resets";
+            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+                let mut n = 0_u32;
+                for w in p.windows(2) {
+                    let (prev, cur) = (w[0].1, w[1].1);
+                    #[allow(clippy::float_cmp)]
+                    let hit = if resets {
+                        cur < prev
+                    } else {
+                        !(cur == prev || (cur.is_nan() && prev.is_nan()))
+                    };
+                    if hit {
+                        n += 1;
+                    }
+                }
+                Some(f64::from(n))
+            })
+        }
+        "avg_over_time" => {
+            let v3 = ev.v3();
+            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+                Some(if v3 {
+                    mean_v3(p.iter().map(|x| x.1))
+                } else {
+                    mean_kahan(p)
+                })
+            })
+        }
+        "sum_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            let (mut sum, mut comp) = (0.0, 0.0);
+            for &(_, v) in p {
+                (sum, comp) = kahan_inc(v, sum, comp);
+            }
+            Some(if f64::is_infinite(sum) {
+                sum
+            } else {
+                sum + comp
+            })
+        }),
+        "count_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            Some(p.len() as f64)
+        }),
+        "min_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v < m || m.is_nan() {
+                        v
+                    } else {
+                        m
+                    }
+                },
+            ))
+        }),
+        "max_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            Some(p.iter().skip(1).fold(
+                p[0].1,
+                |m, &(_, v)| {
+                    if v > m || m.is_nan() {
+                        v
+                    } else {
+                        m
+                    }
+                },
+            ))
+        }),
+        "last_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, true, |p| {
+            p.last().map(|x| x.1)
+        }),
+        "present_over_time" => {
+            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |_| {
+                Some(1.0)
+            })
+        }
+        "stddev_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            Some(stdvar_over(p).sqrt())
+        }),
+        "stdvar_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            Some(stdvar_over(p))
+        }),
+        "quantile_over_time" => {
+            let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
+            over_time(ev.matrix_selector(matrix_arg(c, 1)?, t), t, false, |p| {
+                let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+                Some(quantile(q, &mut vals))
+            })
+        }
+        "absent" => {
+            let e = arg(c, 0)?;
+            if ev.eval_vector(e, t, name)?.is_empty() {
+                vec![Sample {
+                    labels: absent_labels(e),
+                    t,
+                    v: 1.0,
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+        "absent_over_time" => {
+            let ms = matrix_arg(c, 0)?;
+            if ev.matrix_selector(ms, t).is_empty() {
+                vec![Sample {
+                    labels: absent_labels(arg(c, 0)?),
+                    t,
+                    v: 1.0,
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+        "pi" => return Ok(Val::Scalar(std::f64::consts::PI)),
+        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "sin"
+        | "cos" | "tan" | "asin" | "acos" | "atan" | "sinh" | "cosh" | "tanh" | "asinh"
+        | "acosh" | "atanh" | "deg" | "rad" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let f: fn(f64) -> f64 = match name {
+                "sin" => f64::sin,
+                "cos" => f64::cos,
+                "tan" => f64::tan,
+                "asin" => f64::asin,
+                "acos" => f64::acos,
+                "atan" => f64::atan,
+                "sinh" => f64::sinh,
+                "cosh" => f64::cosh,
+                "tanh" => f64::tanh,
+                "asinh" => f64::asinh,
+                "acosh" => f64::acosh,
+                "atanh" => f64::atanh,
+                "deg" => |x: f64| x * 180.0 / std::f64::consts::PI,
+                "rad" => |x: f64| x * std::f64::consts::PI / 180.0,
+                "abs" => f64::abs,
+                "ceil" => f64::ceil,
+                "floor" => f64::floor,
+                "exp" => f64::exp,
+                "ln" => f64::ln,
+                "log2" => f64::log2,
+                "log10" => f64::log10,
+                "sqrt" => f64::sqrt,
+                _ => |x: f64| {
+                    if x < 0.0 {
+                        -1.0
+                    } else if x > 0.0 {
+                        1.0
+                    } else {
+                        x
+                    }
+                },
+            };
+            simple(v, t, f)
+        }
+        "round" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let to_nearest = match c.args.args.get(1) {
+                Some(e) => ev.eval_scalar(e, t, name)?,
+                None => 1.0,
+            };
+            // Rounds half up, not to even (`funcRound`).
+            let inv = 1.0 / to_nearest;
+            simple(v, t, |x| (x * inv + 0.5).floor() / inv)
+        }
+        "clamp" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let min = ev.eval_scalar(arg(c, 1)?, t, name)?;
+            let max = ev.eval_scalar(arg(c, 2)?, t, name)?;
+            if max < min {
+                Vec::new()
+            } else {
+                simple(v, t, |x| go_max(min, go_min(max, x)))
+            }
+        }
+        "clamp_min" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let min = ev.eval_scalar(arg(c, 1)?, t, name)?;
+            simple(v, t, |x| go_max(min, x))
+        }
+        "clamp_max" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let max = ev.eval_scalar(arg(c, 1)?, t, name)?;
+            simple(v, t, |x| go_min(max, x))
+        }
+        "scalar" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            return Ok(Val::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }));
+        }
+        "vector" => {
+            let v = ev.eval_scalar(arg(c, 0)?, t, name)?;
+            vec![Sample {
+                labels: Labels::new(),
+                t,
+                v,
+            }]
+        }
+        "timestamp" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            v.into_iter()
+                .map(|s| Sample {
+                    labels: s.labels.without_name(),
+                    t,
+                    v: s.t as f64 / 1000.0,
+                })
+                .collect()
+        }
+        "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month"
+        | "month" | "year" => {
+            let v = match c.args.args.first() {
+                Some(e) => ev.eval_vector(e, t, name)?,
+                None => vec![Sample {
+                    labels: Labels::new(),
+                    t,
+                    v: t as f64 / 1000.0,
+                }],
+            };
+            simple(v, t, |x| date_part(x, name))
+        }
+        "histogram_quantile" => {
+            let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
+            let v = ev.eval_vector(arg(c, 1)?, t, name)?;
+            let le = ["le".to_string(), METRIC_NAME.to_string()];
+            let mut order: Vec<Labels> = Vec::new();
+            let mut groups: std::collections::HashMap<Labels, Vec<(f64, f64)>> =
+                std::collections::HashMap::new();
+            for s in v {
+                // Series without a parsable `le` are ignored.
+                let Some(ub) = s.labels.get("le").and_then(parse_go_float) else {
+                    continue;
+                };
+                let key = s.labels.drop(&le);
+                groups
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        order.push(key);
+                        Vec::new()
+                    })
+                    .push((ub, s.v));
+            }
+            order
+                .into_iter()
+                .filter_map(|k| {
+                    let mut b = groups.remove(&k)?;
+                    Some(Sample {
+                        v: bucket_quantile(q, &mut b),
+                        labels: k,
+                        t,
+                    })
+                })
+                .collect()
+        }
+        "label_replace" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let dst = ev.eval_string(arg(c, 1)?, t, name)?;
+            let repl = ev.eval_string(arg(c, 2)?, t, name)?;
+            let src = ev.eval_string(arg(c, 3)?, t, name)?;
+            let re_s = ev.eval_string(arg(c, 4)?, t, name)?;
+            let re = Regex::new(&format!("^(?:{re_s})$")).map_err(|_| {
+                bad(
+                    c,
+                    format!("invalid regular expression in label_replace(): {re_s}"),
+                )
+            })?;
+            if !is_label_name(&dst) {
+                return Err(bad(
+                    c,
+                    format!("invalid destination label name in label_replace(): {dst}"),
+                ));
+            }
+            v.into_iter()
+                .map(|s| {
+                    let src_val = s.labels.get(&src).unwrap_or("");
+                    let labels = match re.captures(src_val) {
+                        Some(caps) => {
+                            let mut replaced = String::new();
+                            caps.expand(&repl, &mut replaced);
+                            let mut l = s.labels.clone();
+                            l.set(dst.clone(), replaced);
+                            l
+                        }
+                        None => s.labels.clone(),
+                    };
+                    Sample { labels, t, v: s.v }
+                })
+                .collect()
+        }
+        "label_join" => {
+            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let dst = ev.eval_string(arg(c, 1)?, t, name)?;
+            let sep = ev.eval_string(arg(c, 2)?, t, name)?;
+            let mut srcs = Vec::new();
+            for e in c.args.args.iter().skip(3) {
+                let s = ev.eval_string(e, t, name)?;
+                if !is_label_name(&s) {
+                    return Err(bad(
+                        c,
+                        format!("invalid source label name in label_join(): {s}"),
+                    ));
+                }
+                srcs.push(s);
+            }
+            if !is_label_name(&dst) {
+                return Err(bad(
+                    c,
+                    format!("invalid destination label name in label_join(): {dst}"),
+                ));
+            }
+            v.into_iter()
+                .map(|s| {
+                    let joined = srcs
+                        .iter()
+                        .map(|n| s.labels.get(n).unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join(&sep);
+                    let mut labels = s.labels;
+                    labels.set(dst.clone(), joined);
+                    Sample { labels, t, v: s.v }
+                })
+                .collect()
+        }
+        "sort" | "sort_desc" => {
+            let mut v = ev.eval_vector(arg(c, 0)?, t, name)?;
+            let desc = name == "sort_desc";
+            v.sort_by(|a, b| {
+                use std::cmp::Ordering;
+                match (a.v.is_nan(), b.v.is_nan()) {
+                    (true, true) => Ordering::Equal,
+                    (true, false) => Ordering::Greater,
+                    (false, true) => Ordering::Less,
+                    (false, false) if desc => b.v.partial_cmp(&a.v).unwrap_or(Ordering::Equal),
+                    (false, false) => a.v.partial_cmp(&b.v).unwrap_or(Ordering::Equal),
+                }
+            });
+            v.into_iter().map(|s| Sample { t, ..s }).collect()
+        }
+        other => return Err(Unsupported::Function(other.to_string()).into()),
+    };
+    check_unique(&out)?;
+    Ok(Val::Vector(out))
+}
+
+/// Go's `strconv.ParseFloat` for the forms bucket bounds take
+/// (`+Inf`, `Inf`, `-Inf`, `NaN`, decimal and exponent notation).
+pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
+    let t = s.trim_start_matches('+');
+    match t.to_ascii_lowercase().as_str() {
+        "inf" | "infinity" => Some(if s.starts_with('-') {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        }),
+        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
+        "nan" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn bucket_quantile_interpolates() {
+        let mut b = vec![(0.1, 10.0), (0.5, 20.0), (f64::INFINITY, 20.0)];
+        // rank 10 falls at the top of the first bucket.
+        assert!((bucket_quantile(0.5, &mut b) - 0.1).abs() < 1e-12);
+        let mut b = vec![(1.0, 0.0), (2.0, 10.0), (f64::INFINITY, 10.0)];
+        assert!((bucket_quantile(0.5, &mut b) - 1.5).abs() < 1e-12);
+        let mut b = vec![(1.0, 5.0)];
+        assert!(bucket_quantile(0.5, &mut b).is_nan());
+    }
+
+    #[test]
+    fn quantile_edges() {
+        assert_eq!(quantile(-1.0, &mut [1.0]), f64::NEG_INFINITY);
+        assert_eq!(quantile(2.0, &mut [1.0]), f64::INFINITY);
+        assert!((quantile(0.5, &mut [1.0, 2.0, 3.0, 4.0]) - 2.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,192 @@
+//! What the evaluator implements, checked before evaluation so that a rule
+//! file using anything else is refused when it loads rather than failing at
+//! every evaluation.
+
+use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
+use promql_parser::parser::Expr;
+
+/// Functions the evaluator implements.
+pub const SUPPORTED_FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "absent_over_time",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atanh",
+    "avg_over_time",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "cos",
+    "cosh",
+    "count_over_time",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "days_in_month",
+    "deg",
+    "delta",
+    "deriv",
+    "exp",
+    "floor",
+    "histogram_quantile",
+    "hour",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "ln",
+    "log10",
+    "log2",
+    "max_over_time",
+    "min_over_time",
+    "minute",
+    "month",
+    "pi",
+    "predict_linear",
+    "present_over_time",
+    "quantile_over_time",
+    "rad",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sgn",
+    "sin",
+    "sinh",
+    "sort",
+    "sort_desc",
+    "sqrt",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "tan",
+    "tanh",
+    "time",
+    "timestamp",
+    "vector",
+    "year",
+];
+
+/// A construct the evaluator refuses, named so the user can find it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// A function outside [`SUPPORTED_FUNCTIONS`].
+    #[error("unsupported function \"{0}\"")]
+    Function(String),
+    /// An aggregation operator such as `limitk`.
+    #[error("unsupported aggregation \"{0}\"")]
+    Aggregation(String),
+    /// `expr[range:step]`.
+    #[error("subqueries are not supported")]
+    Subquery,
+    /// `{a="1" or b="2"}`.
+    #[error("\"or\" inside label matchers is not supported")]
+    OrMatchers,
+    /// `fill`, `fill_left`, `fill_right` binary modifiers.
+    #[error("fill modifiers of binary operators are not supported")]
+    Fill,
+    /// Parser extensions.
+    #[error("extension expressions are not supported")]
+    Extension,
+}
+
+/// Walks `expr` and returns the first construct the evaluator refuses.
+pub fn check_supported(expr: &Expr) -> Result<(), Unsupported> {
+    match expr {
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::Paren(p) => check_supported(&p.expr),
+        Expr::Unary(u) => check_supported(&u.expr),
+        Expr::Subquery(_) => Err(Unsupported::Subquery),
+        Expr::Extension(_) => Err(Unsupported::Extension),
+        Expr::VectorSelector(vs) => {
+            if vs.matchers.or_matchers.is_empty() {
+                Ok(())
+            } else {
+                Err(Unsupported::OrMatchers)
+            }
+        }
+        Expr::MatrixSelector(ms) => {
+            if ms.vs.matchers.or_matchers.is_empty() {
+                Ok(())
+            } else {
+                Err(Unsupported::OrMatchers)
+            }
+        }
+        Expr::Aggregate(a) => {
+            let id = a.op.id();
+            if id == T_LIMITK || id == T_LIMIT_RATIO {
+                return Err(Unsupported::Aggregation(a.op.to_string()));
+            }
+            if let Some(p) = &a.param {
+                check_supported(p)?;
+            }
+            check_supported(&a.expr)
+        }
+        Expr::Binary(b) => {
+            if let Some(m) = &b.modifier {
+                if m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some() {
+                    return Err(Unsupported::Fill);
+                }
+            }
+            check_supported(&b.lhs)?;
+            check_supported(&b.rhs)
+        }
+        Expr::Call(c) => {
+            if !SUPPORTED_FUNCTIONS.contains(&c.func.name) {
+                return Err(Unsupported::Function(c.func.name.to_string()));
+            }
+            c.args.args.iter().try_for_each(|a| check_supported(a))
+        }
+    }
+}
+
+/// The label matchers of every selector in `expr`, each including its
+/// metric name as a `__name__` matcher: what a change must match to affect
+/// the expression's value.
+#[must_use]
+pub fn selectors(expr: &Expr) -> Vec<promql_parser::label::Matchers> {
+    let mut out = Vec::new();
+    collect_selectors(expr, &mut out);
+    out
+}
+
+fn collect_selectors(expr: &Expr, out: &mut Vec<promql_parser::label::Matchers>) {
+    let mut push = |vs: &promql_parser::parser::VectorSelector| {
+        let mut m = vs.matchers.clone();
+        if let Some(n) = &vs.name {
+            m.matchers.push(promql_parser::label::Matcher::new(
+                promql_parser::label::MatchOp::Equal,
+                super::METRIC_NAME,
+                n,
+            ));
+        }
+        out.push(m);
+    };
+    match expr {
+        Expr::VectorSelector(vs) => push(vs),
+        Expr::MatrixSelector(ms) => push(&ms.vs),
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+            collect_selectors(&a.expr, out);
+        }
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}

@@ -1,0 +1,322 @@
+//! Prometheus rule files: loading, evaluation, alert state and unit tests.
+//!
+//! # Layout
+//! - `file`: the rule file format and its validation ([`load_file`]).
+//! - `template`: the Go-template subset of labels and annotations.
+//! - `alerting`: the alert state machine and `ALERTS` series.
+//! - [`Group`]: evaluates a group's rules in order, keeping alert state and
+//!   writing staleness markers for series a rule stops producing.
+//! - `unittest`: `promtool test rules` / `promtool check rules`.
+
+pub mod alerting;
+pub mod file;
+pub mod notifier;
+pub mod template;
+pub mod unittest;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+pub use alerting::{ActiveAlert, AlertState, ExternalContext};
+pub use file::{load_file, parse_duration, GroupSpec, RuleFileError, RuleFileErrors, RuleSpec};
+
+use crate::promql::storage::Overlay;
+use crate::promql::{
+    stale_nan, Engine, EngineOptions, EvalError, Labels, MemStorage, Sample, Storage, Value,
+    METRIC_NAME,
+};
+
+/// Prometheus' default `evaluation_interval` is 1 minute; nodewatch
+/// evaluates every second so node events alert within a scrape of them.
+pub const DEFAULT_EVAL_INTERVAL_MS: i64 = 1000;
+
+/// Why one rule failed one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The expression could not be evaluated.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The rule's labels made two outputs identical.
+    #[error("{0}")]
+    DuplicateLabelset(&'static str),
+    /// More outputs than the group's `limit`.
+    #[error("exceeded limit of {limit} with {got} alerts")]
+    Limit {
+        /// The group's limit.
+        limit: u64,
+        /// How many there were.
+        got: u64,
+    },
+    /// A string result, which no rule can use.
+    #[error("rule result is not a vector or scalar")]
+    NotAVector,
+}
+
+/// Settings shared by the groups of one configuration.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Interval of groups that set none, ms.
+    pub default_interval_ms: i64,
+    /// External labels and URL for templates.
+    pub external: ExternalContext,
+    /// Query engine settings.
+    pub engine: EngineOptions,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self {
+            default_interval_ms: DEFAULT_EVAL_INTERVAL_MS,
+            external: ExternalContext::default(),
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// The outcome of one group evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct GroupEval {
+    /// Samples to store: recording rule outputs, `ALERTS`,
+    /// `ALERTS_FOR_STATE`, and staleness markers for series that ended.
+    pub recorded: Vec<Sample>,
+    /// Every alert the group's alerting rules hold (pending, firing and
+    /// recently resolved).
+    pub alerts: Vec<ActiveAlert>,
+    /// Rules that failed, by name.
+    pub errors: Vec<(String, RuleError)>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    alerting: Vec<alerting::AlertingState>,
+    /// Series each rule wrote at its last successful evaluation.
+    written: Vec<HashSet<Labels>>,
+}
+
+/// A rule group with its state across evaluations.
+#[derive(Debug)]
+pub struct Group {
+    spec: GroupSpec,
+    interval_ms: i64,
+    engine: Engine,
+    external: ExternalContext,
+    /// Every selector of every rule, for [`Group::reads`].
+    selectors: Vec<promql_parser::label::Matchers>,
+    state: Mutex<GroupState>,
+}
+
+impl Group {
+    /// A group from its validated spec.
+    #[must_use]
+    pub fn new(spec: GroupSpec, opts: &GroupOptions) -> Self {
+        let n = spec.rules.len();
+        let selectors = spec
+            .rules
+            .iter()
+            .flat_map(|r| crate::promql::selectors(&r.expr))
+            .collect();
+        Self {
+            selectors,
+            interval_ms: spec.interval_ms.unwrap_or(opts.default_interval_ms),
+            spec,
+            engine: Engine::new(opts.engine),
+            external: opts.external.clone(),
+            state: Mutex::new(GroupState {
+                alerting: vec![alerting::AlertingState::default(); n],
+                written: vec![HashSet::new(); n],
+            }),
+        }
+    }
+
+    /// The group's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The file the group came from.
+    #[must_use]
+    pub fn file(&self) -> &Path {
+        &self.spec.file
+    }
+
+    /// Evaluation interval, ms.
+    #[must_use]
+    pub fn interval_ms(&self) -> i64 {
+        self.interval_ms
+    }
+
+    /// The group's rules.
+    #[must_use]
+    pub fn rules(&self) -> &[RuleSpec] {
+        &self.spec.rules
+    }
+
+    /// Evaluates every rule at `t_ms`: returns the samples to store and the
+    /// group's alerts. Rule failures are in [`Group::eval_detailed`].
+    pub fn eval(&self, storage: &dyn Storage, t_ms: i64) -> (Vec<Sample>, Vec<ActiveAlert>) {
+        let e = self.eval_detailed(storage, t_ms);
+        (e.recorded, e.alerts)
+    }
+
+    /// Evaluates every rule at `t_ms`, in order; each rule sees the outputs
+    /// of the rules before it (Prometheus appends each rule's output to
+    /// storage before running the next).
+    pub fn eval_detailed(&self, storage: &dyn Storage, t_ms: i64) -> GroupEval {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut overlay = Overlay {
+            base: storage,
+            extra: MemStorage::new(),
+        };
+        let mut out = GroupEval::default();
+        for (i, rule) in self.spec.rules.iter().enumerate() {
+            let produced = match self.eval_rule(rule, &overlay, t_ms, &mut state.alerting[i]) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.errors.push((rule.name.clone(), e));
+                    continue;
+                }
+            };
+            let now: HashSet<Labels> = produced.iter().map(|s| s.labels.clone()).collect();
+            // Series the rule wrote last time but not now end with a
+            // staleness marker (`Group.Eval`, "stale" handling).
+            let mut ended: Vec<&Labels> = state.written[i].difference(&now).collect();
+            ended.sort();
+            let markers: Vec<Sample> = ended
+                .into_iter()
+                .map(|l| Sample {
+                    labels: l.clone(),
+                    t: t_ms,
+                    v: stale_nan(),
+                })
+                .collect();
+            for s in produced.iter().chain(&markers) {
+                overlay.extra.append(&s.labels, t_ms, s.v);
+            }
+            state.written[i] = now;
+            out.recorded.extend(produced);
+            out.recorded.extend(markers);
+        }
+        for a in &state.alerting {
+            let mut alerts: Vec<&ActiveAlert> = a.active.values().collect();
+            alerts.sort_by(|x, y| x.labels.cmp(&y.labels));
+            out.alerts.extend(alerts.into_iter().cloned());
+        }
+        out
+    }
+
+    fn eval_rule(
+        &self,
+        rule: &RuleSpec,
+        storage: &dyn Storage,
+        t: i64,
+        alert_state: &mut alerting::AlertingState,
+    ) -> Result<Vec<Sample>, RuleError> {
+        let vector = match self.engine.eval(storage, &rule.expr, t)? {
+            Value::Vector(v) => v,
+            Value::Scalar(v) => vec![Sample {
+                labels: Labels::new(),
+                t,
+                v,
+            }],
+            Value::String(_) => return Err(RuleError::NotAVector),
+        };
+        if rule.is_alert {
+            return alert_state.update(rule, vector, t, &self.external, self.spec.limit);
+        }
+        // Recording rule (`RecordingRule.Eval`).
+        let mut out = Vec::with_capacity(vector.len());
+        let mut seen = HashSet::new();
+        for s in vector {
+            let mut labels = s.labels;
+            labels.set(METRIC_NAME.into(), rule.name.clone());
+            for (k, v, _) in &rule.labels {
+                labels.set(k.clone(), v.clone());
+            }
+            if !seen.insert(labels.clone()) {
+                return Err(RuleError::DuplicateLabelset(
+                    "vector contains metrics with the same labelset after applying rule labels",
+                ));
+            }
+            out.push(Sample { labels, t, v: s.v });
+        }
+        let limit = self.spec.limit;
+        if limit > 0 && out.len() as u64 > limit {
+            return Err(RuleError::Limit {
+                limit,
+                got: out.len() as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a sample of a series with `labels` can change what this
+    /// group computes: any selector of any rule matches it. The aggregator
+    /// uses this to evaluate a group as soon as an event lands in a series
+    /// it reads, rather than at its next interval.
+    #[must_use]
+    pub fn reads(&self, labels: &Labels) -> bool {
+        self.selectors
+            .iter()
+            .any(|m| crate::promql::storage::matchers_select(labels, m))
+    }
+
+    /// The alerts to hand to the notifier after an evaluation at `t_ms`
+    /// (`AlertingRule.sendAlerts`): firing alerts not sent for
+    /// `resend_delay_ms`, and alerts resolved since their last send. Each is
+    /// marked sent; a firing one is valid until `t + 4 × max(interval,
+    /// resend delay)`, so Alertmanager resolves it by itself if two
+    /// evaluations or sends are missed. Returns each alert with the text of
+    /// its rule's expression (for `generatorURL`).
+    pub fn alerts_to_send(&self, t_ms: i64, resend_delay_ms: i64) -> Vec<(ActiveAlert, String)> {
+        let delta = self.interval_ms.max(resend_delay_ms);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (rule, alerting) in self.spec.rules.iter().zip(state.alerting.iter_mut()) {
+            let mut keys: Vec<&Labels> = alerting.active.keys().collect();
+            keys.sort();
+            let keys: Vec<Labels> = keys.into_iter().cloned().collect();
+            for k in keys {
+                let Some(a) = alerting.active.get_mut(&k) else {
+                    continue;
+                };
+                if a.needs_sending(t_ms, resend_delay_ms) {
+                    a.last_sent_ms = Some(t_ms);
+                    a.valid_until_ms = Some(t_ms.saturating_add(delta.saturating_mul(4)));
+                    out.push((a.clone(), rule.expr_text.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The group's alerts as of the last evaluation.
+    #[must_use]
+    pub fn alerts(&self) -> Vec<ActiveAlert> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .alerting
+            .iter()
+            .flat_map(|a| a.active.values().cloned())
+            .collect()
+    }
+}
+
+/// Loads and validates rule files into groups; every problem in every file
+/// is reported.
+pub fn load_groups(paths: &[PathBuf], opts: &GroupOptions) -> Result<Vec<Group>, RuleFileErrors> {
+    let mut groups = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match load_file(p) {
+            Ok(specs) => groups.extend(specs.into_iter().map(|s| Group::new(s, opts))),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(groups)
+    } else {
+        Err(RuleFileErrors(errors))
+    }
+}

@@ -1,0 +1,513 @@
+//! Sends alerts to Alertmanager (API v2, `POST /api/v2/alerts`) the way
+//! Prometheus does (`prometheus/notifier` and `rules.Group.sendAlerts`):
+//!
+//! - after each evaluation a group hands over firing alerts not sent for
+//!   `resend_delay`, and alerts resolved since their last send
+//!   ([`Group::alerts_to_send`]); a resolved alert stays in its rule for 15
+//!   minutes and is re-sent every `resend_delay` meanwhile;
+//! - a firing alert's `endsAt` is `now + 4 × max(eval interval, resend
+//!   delay)`, so Alertmanager resolves it by itself if Prometheus goes away;
+//! - external labels are added to every alert (without overriding its own);
+//! - alerts wait in one bounded queue (oldest dropped when full) and go out
+//!   in batches of at most [`MAX_BATCH_SIZE`] to every Alertmanager at once;
+//! - unlike Prometheus, a failed send is retried with exponential backoff a
+//!   few times before the batch is given up for that Alertmanager (the next
+//!   re-send covers it).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::{ActiveAlert, Group};
+use crate::promql::Labels;
+
+/// Prometheus' `--rules.alert.resend-delay` default.
+// `Duration::from_mins` is newer than the workspace's rust-version.
+#[allow(clippy::duration_suboptimal_units)]
+pub const DEFAULT_RESEND_DELAY: Duration = Duration::from_secs(60);
+/// Prometheus' `--alertmanager.notification-queue-capacity` default.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Alerts per request (`maxBatchSize` in prometheus/notifier).
+pub const MAX_BATCH_SIZE: usize = 256;
+/// Per-request timeout (`alertmanager_config.timeout` default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts per batch and Alertmanager beyond the first: with the backoff
+/// below a batch is retried for about 3.5 s, well inside a resend delay.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// First retry delay; doubled per attempt.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One alert as Alertmanager's API v2 takes it (`models.PostableAlert`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PostableAlert {
+    /// Identifying labels, external labels included.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// When it started firing (RFC 3339).
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    /// When it resolved, or until when it is valid (RFC 3339).
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    /// Link back to the expression.
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+/// RFC 3339 UTC with milliseconds, as Go's `time.Time` marshals.
+#[must_use]
+pub fn rfc3339_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let (year, month, day) = crate::promql::civil_from_days(days);
+    let (hour, min, sec, milli) = (
+        rem / 3_600_000,
+        (rem / 60_000) % 60,
+        (rem / 1000) % 60,
+        rem % 1000,
+    );
+    let date = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{min:02}:{sec:02}");
+    if milli == 0 {
+        format!("{date}Z")
+    } else {
+        format!("{date}.{milli:03}Z")
+    }
+}
+
+/// `url.QueryEscape`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// Builds the API v2 form of an alert (`sendAlerts` in Prometheus' main):
+/// `startsAt` is when it fired, `endsAt` its resolution time or else its
+/// validity, `generatorURL` links to the expression's graph.
+#[must_use]
+pub fn to_postable(
+    alert: &ActiveAlert,
+    expr: &str,
+    external_labels: &Labels,
+    external_url: &str,
+) -> PostableAlert {
+    let mut labels: BTreeMap<String, String> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in external_labels.iter() {
+        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    let starts = alert.fired_at_ms.unwrap_or(alert.active_at_ms);
+    let ends = alert
+        .resolved_at_ms
+        .or(alert.valid_until_ms)
+        .unwrap_or(starts);
+    PostableAlert {
+        labels,
+        annotations: alert.annotations.clone(),
+        starts_at: rfc3339_ms(starts),
+        ends_at: rfc3339_ms(ends),
+        generator_url: format!(
+            "{}/graph?g0.expr={}&g0.tab=1",
+            external_url.trim_end_matches('/'),
+            query_escape(expr)
+        ),
+    }
+}
+
+/// One Alertmanager.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerTarget {
+    /// Base URL, e.g. `http://alertmanager:9093` (a path prefix is kept).
+    pub url: Uri,
+    /// TLS settings for an `https` URL.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Notifier settings; every tunable has Prometheus' default.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    /// Where to send.
+    pub targets: Vec<AlertmanagerTarget>,
+    /// Added to every alert.
+    pub external_labels: Labels,
+    /// Base of `generatorURL`.
+    pub external_url: String,
+    /// Re-send interval of firing alerts.
+    pub resend_delay: Duration,
+    /// Alerts held while Alertmanagers are slow.
+    pub queue_capacity: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries of a failed batch per Alertmanager.
+    pub max_retries: u32,
+    /// First retry delay.
+    pub retry_backoff: Duration,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            external_labels: Labels::new(),
+            external_url: String::new(),
+            resend_delay: DEFAULT_RESEND_DELAY,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            timeout: DEFAULT_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+        }
+    }
+}
+
+/// Why one request to an Alertmanager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The target URL cannot be used.
+    #[error("bad Alertmanager URL {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// TCP or TLS connection failed.
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// HTTP protocol failure.
+    #[error("sending to {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: hyper::Error,
+    },
+    /// A non-2xx answer.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+    },
+    /// No answer within the timeout.
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+/// Counters for the aggregator's own metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifierStats {
+    /// Alerts delivered (per Alertmanager).
+    pub sent: u64,
+    /// Alerts given up after retries (per Alertmanager).
+    pub failed: u64,
+    /// Alerts dropped because the queue was full.
+    pub dropped: u64,
+    /// Alerts waiting.
+    pub queued: usize,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<PostableAlert>>,
+    wake: Notify,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The handle rule evaluation uses; cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+    cfg: Arc<NotifierConfig>,
+}
+
+/// The sending task; run it with [`NotifierTask::run`] and cancel it with
+/// its shutdown future.
+pub struct NotifierTask {
+    shared: Arc<Shared>,
+    cfg: Arc<NotifierConfig>,
+}
+
+impl Notifier {
+    /// A notifier and the task that sends for it.
+    #[must_use]
+    pub fn new(cfg: NotifierConfig) -> (Self, NotifierTask) {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let cfg = Arc::new(cfg);
+        (
+            Self {
+                shared: Arc::clone(&shared),
+                cfg: Arc::clone(&cfg),
+            },
+            NotifierTask { shared, cfg },
+        )
+    }
+
+    /// Queues alerts; when the queue is full the oldest are dropped, as
+    /// Prometheus does, since newer state supersedes them.
+    pub fn send(&self, alerts: impl IntoIterator<Item = PostableAlert>) {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut any = false;
+        for a in alerts {
+            q.push_back(a);
+            any = true;
+        }
+        let cap = self.cfg.queue_capacity.max(1);
+        if q.len() > cap {
+            let excess = q.len() - cap;
+            q.drain(..excess);
+            self.shared
+                .dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = excess,
+                "Alert notification queue full, dropping alerts."
+            );
+        }
+        drop(q);
+        if any {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Hands over what `group` should send after its evaluation at `t_ms`.
+    pub fn send_group(&self, group: &Group, t_ms: i64) {
+        let resend_ms = i64::try_from(self.cfg.resend_delay.as_millis()).unwrap_or(i64::MAX);
+        let alerts = group.alerts_to_send(t_ms, resend_ms);
+        self.send(alerts.iter().map(|(a, expr)| {
+            to_postable(a, expr, &self.cfg.external_labels, &self.cfg.external_url)
+        }));
+    }
+
+    /// Current counters.
+    #[must_use]
+    pub fn stats(&self) -> NotifierStats {
+        NotifierStats {
+            sent: self.shared.sent.load(Ordering::Relaxed),
+            failed: self.shared.failed.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            queued: self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+        }
+    }
+}
+
+impl NotifierTask {
+    /// Sends queued alerts until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.shared.wake.notified() => {}
+            }
+            loop {
+                let batch: Vec<PostableAlert> = {
+                    let mut q = self
+                        .shared
+                        .queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let n = q.len().min(MAX_BATCH_SIZE);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                // Shutdown also interrupts a batch stuck in retries.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = self.send_batch(&batch) => {}
+                }
+            }
+        }
+    }
+
+    async fn send_batch(&self, batch: &[PostableAlert]) {
+        let body = match serde_json::to_vec(batch) {
+            Ok(b) => Bytes::from(b),
+            Err(error) => {
+                tracing::error!(%error, "Cannot encode alerts.");
+                return;
+            }
+        };
+        let n = batch.len() as u64;
+        let sends = self.cfg.targets.iter().map(|t| {
+            let body = body.clone();
+            async move {
+                let mut delay = self.cfg.retry_backoff;
+                for attempt in 0..=self.cfg.max_retries {
+                    match post(t, body.clone(), self.cfg.timeout).await {
+                        Ok(()) => {
+                            self.shared.sent.fetch_add(n, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(peer = %t.url, %error, attempt, "Alertmanager send failed.");
+                        }
+                    }
+                    if attempt < self.cfg.max_retries {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RETRY_BACKOFF);
+                    }
+                }
+                self.shared.failed.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}
+
+/// One `POST /api/v2/alerts` on a fresh connection.
+async fn post(
+    target: &AlertmanagerTarget,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(), NotifyError> {
+    let url = target.url.to_string();
+    match tokio::time::timeout(timeout, post_inner(target, body, &url)).await {
+        Ok(r) => r,
+        Err(_) => Err(NotifyError::Timeout { url, timeout }),
+    }
+}
+
+async fn post_inner(
+    target: &AlertmanagerTarget,
+    body: Bytes,
+    url: &str,
+) -> Result<(), NotifyError> {
+    let bad = |reason| NotifyError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let uri = &target.url;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = format!("{}/api/v2/alerts", uri.path().trim_end_matches('/'));
+    let authority = uri.authority().map_or(host, http::uri::Authority::as_str);
+    let req = Request::post(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "nodewatch-aggregator")
+        .body(Full::new(body))
+        .map_err(|_| bad("cannot build a request"))?;
+    let connect_err = |source| NotifyError::Connect {
+        url: url.to_string(),
+        source,
+    };
+    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .map_err(connect_err)?;
+    if https {
+        let cfg = target
+            .tls
+            .clone()
+            .ok_or_else(|| bad("https needs a TLS configuration"))?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| bad("host is not a valid TLS server name"))?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(connect_err)?;
+        exchange(TokioIo::new(tls), req, url).await
+    } else {
+        exchange(TokioIo::new(tcp), req, url).await
+    }
+}
+
+async fn exchange<T>(
+    io: TokioIo<T>,
+    req: Request<Full<Bytes>>,
+    url: &str,
+) -> Result<(), NotifyError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http_err = |source| NotifyError::Http {
+        url: url.to_string(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_err)?;
+    // The connection is driven here, next to the request, rather than in a
+    // spawned task: it lives exactly as long as this one exchange.
+    let request = async move {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        drop(sender);
+        Ok::<_, hyper::Error>(status)
+    };
+    let (status, conn_result) = tokio::join!(request, conn);
+    let status = status.map_err(http_err)?;
+    if let Err(e) = conn_result {
+        tracing::debug!(peer = url, error = %e, "Alertmanager connection closed with an error.");
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(NotifyError::Status {
+            url: url.to_string(),
+            status,
+        })
+    }
+}

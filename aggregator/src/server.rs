@@ -1,0 +1,250 @@
+//! Wires the parts together: gRPC (Ingest, Query) over mutual TLS, HTTP
+//! exposition, and an orderly shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use nodewatch_proto::tls::{self, Reloadable};
+use nodewatch_proto::v1::ingest_server::IngestServer;
+use nodewatch_proto::v1::query_server::QueryServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::events::EventLog;
+use crate::ingest::{IngestHandle, IngestService};
+use crate::manager::RuleManager;
+use crate::nodes::Nodes;
+use crate::query::QueryService;
+use crate::rules::notifier::{AlertmanagerTarget, Notifier, NotifierConfig};
+use crate::rules::{ExternalContext, GroupOptions};
+use crate::store::Store;
+
+/// How long open agent streams get to finish after shutdown starts before
+/// they are cut; agents resend whatever was not acked.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How often the metrics recorder's histograms are compacted.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("rule files:\n  {}", .0.join("\n  "))]
+    Rules(Vec<String>),
+    #[error("alerting.alertmanagers: {0}")]
+    Alertmanager(String),
+}
+
+/// The aggregator's shared state.
+pub struct State {
+    pub store: Arc<Store>,
+    pub nodes: Arc<Nodes>,
+    pub events: Arc<EventLog>,
+    pub rules: Arc<RuleManager>,
+}
+
+/// A started aggregator.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn recorder() -> Result<PrometheusHandle, ServerError> {
+    // The process-wide recorder can be installed once; a second server in the
+    // same process (tests) gets a handle to a fresh, unregistered recorder.
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| ServerError::Metrics(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Binds the ports and starts serving.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let own = recorder()?;
+    let server_tls = Reloadable::new(tls::server_config(&config.tls)?);
+    let reloader = tls::spawn_reloader(
+        config.tls.clone(),
+        Arc::clone(&server_tls),
+        tls::server_config,
+    );
+
+    let grpc = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| ServerError::Listen {
+        addr: config.grpc_listen,
+        source,
+    })?;
+    let http_addr = http.local_addr().map_err(|source| ServerError::Listen {
+        addr: config.http_listen,
+        source,
+    })?;
+
+    let state_store = Store::new(config.retention.as_millis() as i64);
+    let (shutdown, rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = Vec::new();
+
+    // Alerts: Alertmanager API v2 with Prometheus' resend semantics.
+    let notifier = if config.alertmanagers.is_empty() {
+        None
+    } else {
+        let mut targets = Vec::new();
+        for u in &config.alertmanagers {
+            let url: http::Uri = u
+                .parse()
+                .map_err(|e| ServerError::Alertmanager(format!("{u:?}: {e}")))?;
+            targets.push(AlertmanagerTarget { url, tls: None });
+        }
+        let (n, task) = Notifier::new(NotifierConfig {
+            targets,
+            external_labels: crate::promql::Labels::from_pairs(config.external_labels.clone()),
+            external_url: config.external_url.clone(),
+            resend_delay: config.resend_delay,
+            ..NotifierConfig::default()
+        });
+        tasks.push(tokio::spawn(task.run(wait(rx.clone()))));
+        Some(n)
+    };
+    let opts = GroupOptions {
+        default_interval_ms: config.evaluation_interval.as_millis() as i64,
+        external: ExternalContext {
+            labels: config.external_labels.clone(),
+            url: config.external_url.clone(),
+        },
+        ..GroupOptions::default()
+    };
+    let rules = RuleManager::new(
+        Arc::clone(&state_store),
+        config.rule_files.clone(),
+        opts,
+        notifier,
+    );
+    if !config.rule_files.is_empty() {
+        rules.reload().map_err(ServerError::Rules)?;
+    }
+    tasks.push(tokio::spawn(Arc::clone(&rules).run(rx.clone())));
+
+    let state = Arc::new(State {
+        store: state_store,
+        nodes: Arc::new(Nodes::default()),
+        events: Arc::new(EventLog::default()),
+        rules: Arc::clone(&rules),
+    });
+    let ingest = IngestService {
+        rules: Some(Arc::clone(&state.rules)),
+        store: Arc::clone(&state.store),
+        nodes: Arc::clone(&state.nodes),
+        events: Arc::clone(&state.events),
+        max_series_per_node: config.limits.max_series_per_node,
+    };
+    let query = QueryService {
+        store: Arc::clone(&state.store),
+        nodes: Arc::clone(&state.nodes),
+        events: Arc::clone(&state.events),
+        rules: Some(Arc::clone(&state.rules)),
+    };
+    let incoming = tls::incoming(grpc, server_tls);
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(
+            IngestServer::new(IngestHandle(Arc::new(ingest)))
+                .max_decoding_message_size(config.limits.max_frame_bytes),
+        )
+        .add_service(QueryServer::new(query))
+        .serve_with_incoming_shutdown(incoming, wait(rx.clone()));
+    let grpc_task = tokio::spawn(async move {
+        if let Err(error) = grpc_server.await {
+            warn!(%error, "gRPC server stopped with an error.");
+        }
+    });
+
+    let http_task = {
+        let store = Arc::clone(&state.store);
+        let own = own.clone();
+        let stop = wait(rx.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::expose::serve(http, store, own, stop).await {
+                warn!(%error, "HTTP server stopped with an error.");
+            }
+        })
+    };
+
+    let upkeep = {
+        let mut rx = rx.clone();
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        own.run_upkeep();
+                        metrics::gauge!("nodewatch_aggregator_series").set(state.store.read().len() as f64);
+                    }
+                    _ = rx.wait_for(|v| *v) => return,
+                }
+            }
+        })
+    };
+
+    info!(grpc = %grpc_addr, http = %http_addr, "Aggregator listening.");
+    tasks.extend([grpc_task, http_task, upkeep, reloader]);
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops serving: new connections are refused, open streams get
+    /// [`SHUTDOWN_GRACE`] to end, then everything is cut.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let mut tasks = self.tasks;
+        // The reloader never ends on its own.
+        if let Some(reloader) = tasks.pop() {
+            reloader.abort();
+        }
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            info!("Open streams did not end within the grace period; closing them.");
+            for t in &tasks {
+                t.abort();
+            }
+        }
+    }
+}

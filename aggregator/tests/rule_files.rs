@@ -1,0 +1,192 @@
+//! Rule files with mistakes: every problem is reported at once and names
+//! the file, line, group, rule and field; and the group evaluator's alert
+//! life cycle as the notifier sees it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use nodewatch_aggregator::promql::{is_stale_nan, Labels, MemStorage};
+use nodewatch_aggregator::rules::unittest::check_rule_files;
+use nodewatch_aggregator::rules::{load_groups, AlertState, GroupOptions};
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    p
+}
+
+const BAD: &str = r#"groups:
+  - name: node
+    rules:
+      - alert: HostDown
+        expr: up == 0
+        severity: page
+      - alert: HostOOM
+        expr: rat(node_vmstat_oom_kill[5m]) > 0
+      - alert: Subquery
+        expr: max_over_time(rate(x[1m])[5m:1m]) > 0
+      - alert: Slow
+        expr: up == 0
+        for: 5 minutes
+        keep_firing_for: 10
+      - alert: Template
+        expr: up == 0
+        annotations:
+          summary: "{{ if $value }}down{{ end }}"
+      - record: "job:up sum"
+        expr: sum(up)
+        annotations:
+          a: b
+  - name: node
+    interval: fast
+    rules: []
+"#;
+
+#[test]
+fn every_problem_is_reported_with_file_group_rule_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "rules.yml", BAD);
+    let errs = load_groups(&[p], &GroupOptions::default()).unwrap_err();
+    let msgs: Vec<String> = errs
+        .0
+        .iter()
+        .map(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+        .collect();
+    let expected = [
+        r#"DIR/rules.yml:6: group "node", rule 1 ("HostDown"): unknown field `severity`, expected one of `record`, `alert`, `expr`, `for`, `keep_firing_for`, `labels`, `annotations`"#,
+        r#"DIR/rules.yml:8: group "node", rule 2 ("HostOOM"): expr: unknown function "rat""#,
+        r#"DIR/rules.yml:10: group "node", rule 3 ("Subquery"): expr: subqueries are not supported"#,
+        r#"DIR/rules.yml:13: group "node", rule 4 ("Slow"): for: not a valid duration string: "5 minutes""#,
+        r#"DIR/rules.yml:14: group "node", rule 4 ("Slow"): keep_firing_for: not a valid duration string: "10""#,
+        r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: unsupported action "if""#,
+        r#"DIR/rules.yml:19: group "node", rule 6 ("job:up sum"): record: invalid recording rule name: "job:up sum""#,
+        r#"DIR/rules.yml:21: group "node", rule 6 ("job:up sum"): annotations: invalid field 'annotations' in recording rule"#,
+        r#"DIR/rules.yml:23: group "node", groupname: "node" is repeated in the same file"#,
+        r#"DIR/rules.yml:24: group "node", interval: not a valid duration string: "fast""#,
+    ];
+    assert_eq!(msgs, expected, "{msgs:#?}");
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "broken.yml", "groups:\n  - name: x\n    rules: [\n");
+    let errs = load_groups(&[p], &GroupOptions::default()).unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert!(errs.0[0].line.is_some(), "{}", errs.0[0]);
+}
+
+#[test]
+fn check_rules_output_is_promtools() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        &dir,
+        "good.yml",
+        "groups:\n  - name: g\n    rules:\n      - record: a:b\n        expr: sum(up)\n      - alert: A\n        expr: up == 0\n",
+    );
+    let bad = write(&dir, "bad.yml", BAD);
+    let mut out = Vec::new();
+    assert_eq!(check_rule_files(std::slice::from_ref(&good), &mut out), 0);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("Checking {}\n  SUCCESS: 2 rules found\n\n", good.display())
+    );
+    let mut out = Vec::new();
+    assert_eq!(check_rule_files(&[good, bad], &mut out), 1);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("  SUCCESS: 2 rules found\n"), "{out}");
+    assert!(out.contains("  FAILED:\n"), "{out}");
+    assert_eq!(out.matches("bad.yml:").count(), 10, "{out}");
+}
+
+fn up(s: &mut MemStorage, t_s: i64, v: f64) {
+    let l = Labels::from_pairs([("__name__", "up"), ("instance", "a")]);
+    s.append(&l, t_s * 1000, v);
+}
+
+#[test]
+fn alert_life_cycle_with_for_keep_firing_for_and_resolution() {
+    use AlertState::{Firing, Inactive, Pending};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "a.yml",
+        r#"groups:
+  - name: g
+    interval: 10s
+    rules:
+      - alert: Down
+        expr: up == 0
+        for: 20s
+        keep_firing_for: 15s
+        labels:
+          severity: "{{ if_missing }}"
+"#,
+    );
+    // Unknown template functions are refused at load, by name.
+    let e = load_groups(std::slice::from_ref(&p), &GroupOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("labels.severity: template: unsupported function \"if_missing\""),
+        "{e}"
+    );
+
+    std::fs::write(
+        &p,
+        "groups:\n  - name: g\n    interval: 10s\n    rules:\n      - alert: Down\n        expr: up == 0\n        for: 20s\n        keep_firing_for: 15s\n",
+    )
+    .unwrap();
+    let groups = load_groups(&[p], &GroupOptions::default()).unwrap();
+    let g = &groups[0];
+    assert_eq!(g.interval_ms(), 10_000);
+    assert!(g.reads(&Labels::from_pairs([("__name__", "up"), ("job", "x")])));
+    assert!(!g.reads(&Labels::from_pairs([("__name__", "down")])));
+    let mut s = MemStorage::new();
+    let mut states = Vec::new();
+    for t in (0..=120).step_by(10) {
+        // Down from 10s to 40s, up again from 50s.
+        up(&mut s, t, if (10..=40).contains(&t) { 0.0 } else { 1.0 });
+        let (recorded, alerts) = g.eval(&s, t * 1000);
+        for r in &recorded {
+            s.append(&r.labels, r.t, r.v);
+        }
+        let state = alerts.first().map(|a| a.state);
+        states.push((
+            t,
+            state,
+            recorded.iter().filter(|r| is_stale_nan(r.v)).count(),
+        ));
+    }
+    assert_eq!(
+        states,
+        vec![
+            (0, None, 0),
+            (10, Some(Pending), 0),
+            (20, Some(Pending), 0),
+            (30, Some(Firing), 1), // ALERTS{alertstate="pending"} ends
+            (40, Some(Firing), 0),
+            (50, Some(Firing), 0), // kept firing for 15s
+            (60, Some(Firing), 0),
+            (70, Some(Inactive), 2), // resolved: ALERTS and ALERTS_FOR_STATE end
+            (80, Some(Inactive), 0),
+            (90, Some(Inactive), 0),
+            (100, Some(Inactive), 0),
+            (110, Some(Inactive), 0),
+            (120, Some(Inactive), 0),
+        ]
+    );
+    // A resolved alert is kept for 15 minutes, then dropped.
+    let (_, alerts) = g.eval(&s, 70_000 + 15 * 60_000);
+    assert_eq!(alerts.len(), 1);
+    let (_, alerts) = g.eval(&s, 70_000 + 15 * 60_000 + 1);
+    assert!(alerts.is_empty());
+}

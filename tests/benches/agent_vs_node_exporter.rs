@@ -1,0 +1,164 @@
+//! Agent cost per collection against `node_exporter`'s cost per scrape of the
+//! same collectors, in one run on the same machine.
+//!
+//! Both run as real processes at the same rate for the same window: the agent
+//! collecting every 100 ms and streaming over mutual TLS to a real aggregator;
+//! `node_exporter` (`--collector.disable-defaults` plus the matching collectors)
+//! scraped every 100 ms over HTTP. CPU is utime+stime from /proc/<pid>/stat
+//! (dead threads included), divided by the collections/scrapes done in the
+//! window; memory is `VmRSS` and `VmHWM` at the end.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo bench -p nodewatch-tests --bench agent_vs_node_exporter`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nodewatch_tests::{
+    find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki,
+};
+
+const WINDOW: Duration = Duration::from_secs(30);
+const WARMUP: Duration = Duration::from_secs(5);
+const RATE: Duration = Duration::from_millis(100);
+
+/// Collectors both sides run (`node_exporter` flag names).
+const COLLECTORS: &[&str] = &[
+    "cpu",
+    "stat",
+    "meminfo",
+    "loadavg",
+    "pressure",
+    "diskstats",
+    "filesystem",
+    "netdev",
+    "netstat",
+    "vmstat",
+    "conntrack",
+];
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised comm; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+        })
+        .unwrap()
+}
+
+fn batches(agg: &Aggregator) -> f64 {
+    agg.metrics()
+        .lines()
+        .find(|l| l.starts_with("nodewatch_aggregator_batches_total{node=\"bench\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let Some(ne) =
+        find_program("prometheus-node-exporter").or_else(|| find_program("node_exporter"))
+    else {
+        return missing("prometheus-node-exporter");
+    };
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let agent = start_agent(&pki, "bench", &[&agg], "interval: 100ms\n");
+    wait_for(Duration::from_secs(30), "agent streaming", || {
+        (batches(&agg) > 0.0).then_some(())
+    });
+
+    let port = free_port();
+    let mut args = vec![
+        "--collector.disable-defaults".to_string(),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ];
+    args.extend(COLLECTORS.iter().map(|c| format!("--collector.{c}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node_exporter = spawn(&ne, &args, pki.dir.path(), "node_exporter");
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(10), "node_exporter", || {
+        http_get(addr, "/metrics").ok().filter(|(s, _)| *s == 200)
+    });
+    let scrape = || {
+        let (_, body) = http_get(addr, "/metrics").unwrap();
+        body.lines().filter(|l| !l.starts_with('#')).count()
+    };
+
+    // Warm up both (allocators, caches), then measure the same window.
+    let warm = Instant::now();
+    while warm.elapsed() < WARMUP {
+        scrape();
+        std::thread::sleep(RATE);
+    }
+    let (a0, n0, b0) = (
+        cpu_ticks(agent.child.id()),
+        cpu_ticks(node_exporter.child.id()),
+        batches(&agg),
+    );
+    let start = Instant::now();
+    let mut scrapes = 0u32;
+    let mut ne_series = 0;
+    while start.elapsed() < WINDOW {
+        let t = Instant::now();
+        ne_series = scrape();
+        scrapes += 1;
+        std::thread::sleep(RATE.saturating_sub(t.elapsed()));
+    }
+    let (a1, n1, b1) = (
+        cpu_ticks(agent.child.id()),
+        cpu_ticks(node_exporter.child.id()),
+        batches(&agg),
+    );
+    let collections = b1 - b0;
+    let agent_cpu_ms = (a1 - a0) as f64 / ticks_per_sec * 1000.0 / collections;
+    let ne_cpu_ms = (n1 - n0) as f64 / ticks_per_sec * 1000.0 / f64::from(scrapes);
+    let (agent_rss, agent_hwm) = (
+        status_kib(agent.child.id(), "VmRSS:"),
+        status_kib(agent.child.id(), "VmHWM:"),
+    );
+    let (ne_rss, ne_hwm) = (
+        status_kib(node_exporter.child.id(), "VmRSS:"),
+        status_kib(node_exporter.child.id(), "VmHWM:"),
+    );
+    let agent_series = agg
+        .metrics()
+        .lines()
+        .filter(|l| l.contains("node=\"bench\"") && !l.starts_with('#'))
+        .count();
+
+    println!(
+        "## Agent vs node_exporter ({} s window, one collection / scrape every {} ms)\n",
+        WINDOW.as_secs(),
+        RATE.as_millis()
+    );
+    println!("| measure | nodewatch-agent | node_exporter | ratio (agent / node_exporter) |");
+    println!("|---|---|---|---|");
+    println!("| runs in window | {collections} collections | {scrapes} scrapes | |");
+    println!("| series per run | {agent_series} | {ne_series} | |");
+    println!(
+        "| CPU per run | {agent_cpu_ms:.3} ms | {ne_cpu_ms:.3} ms | {:.2}× |",
+        agent_cpu_ms / ne_cpu_ms
+    );
+    println!(
+        "| RSS at end | {:.1} MiB | {:.1} MiB | {:.2}× |",
+        agent_rss as f64 / 1024.0,
+        ne_rss as f64 / 1024.0,
+        agent_rss as f64 / ne_rss as f64
+    );
+    println!(
+        "| peak RSS (VmHWM) | {:.1} MiB | {:.1} MiB | {:.2}× |",
+        agent_hwm as f64 / 1024.0,
+        ne_hwm as f64 / 1024.0,
+        agent_hwm as f64 / ne_hwm as f64
+    );
+    println!("\nAgent CPU includes encoding and streaming each collection over mutual TLS; node_exporter's includes serving the scrape over HTTP.");
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every check and test of nodewatch on a fresh Debian 12 machine:
+# installs the real neighbours the tests use (Prometheus, Alertmanager,
+# node_exporter, clang-19 for the BPF objects), mounts tracefs and bpffs,
+# then formatting, lints, the FreeBSD build check and all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" = 0 ]; then
+  step "installing test dependencies (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-alertmanager prometheus-node-exporter \
+    clang-19 llvm-19 bpftool libbpf-dev \
+    iproute2 iptables e2fsprogs python3 python3-venv procps >/dev/null
+  step "installing manifest validators (PyPI, in a venv)"
+  # kubernetes-validate ships the Kubernetes 1.33 schemas; the cloudcoil
+  # model packages carry the cert-manager, Flux and prometheus-operator CRD
+  # schemas (pinned: newer ones need Python 3.14).
+  python3 -m venv /opt/nodewatch-deploy-venv
+  /opt/nodewatch-deploy-venv/bin/pip install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-cert-manager==1.17.1.0 \
+    cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0
+  step "mounting tracefs and bpffs"
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || echo "tracefs: not mounted"
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || echo "bpffs: not mounted"
+else
+  echo "not root: skipping apt-get and mounts; tests needing them will skip (or fail under CI=true)"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -x ebpf/build.sh ]; then
+  step "BPF objects match their sources"
+  ebpf/build.sh --check
+fi
+
+step "FreeBSD build check"
+if rustup target add x86_64-unknown-freebsd >/dev/null 2>&1; then
+  cargo check -q -p nodewatch-agent --target x86_64-unknown-freebsd
+else
+  echo "rustup could not install the x86_64-unknown-freebsd target; FreeBSD check skipped"
+  [ "${CI:-}" = true ] && { echo "CI=true: the FreeBSD check is required"; exit 1; }
+fi
+
+step "build"
+cargo build --workspace --bins
+
+step "tests"
+[ -d /opt/nodewatch-deploy-venv/bin ] && export PATH="/opt/nodewatch-deploy-venv/bin:$PATH"
+cargo test --workspace --no-fail-fast
