@@ -9,12 +9,15 @@
 //! - [`runtime`]: the main loop tying them together.
 //! - [`hostinfo`]: what Hello says about the host.
 //! - [`spool`]: the on-disk log of unacknowledged collections.
+//! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
 //! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
 pub mod collector;
 pub mod collectors;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod ebpf;
 pub mod freebsd;
 pub mod hostinfo;
 pub mod runtime;

@@ -1,0 +1,154 @@
+//! Block I/O latency histograms from `ebpf/blockio.bpf.c`: log2 microsecond
+//! slots per (device, op) in the kernel, turned into Prometheus cumulative
+//! buckets here.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, MapData};
+
+use crate::collector::{CollectError, Paths, Sink};
+
+/// The map name in the object (the metric's name, as `ebpf_exporter` does).
+pub const MAP: &str = "block_io_latency";
+
+/// `NW_BIO_SLOTS` in `ebpf/nodewatch.h`.
+pub const SLOTS: usize = 28;
+
+/// `struct bio_hist_key { u32 dev; u32 op; }`: an array of two u32 has the
+/// same layout and is already `aya::Pod`, so no unsafe impl is needed.
+pub type HistKey = [u32; 2];
+/// `struct bio_hist { u64 slots[SLOTS]; u64 sum_us; u64 count; }`, as an array.
+pub type Hist = [u64; SLOTS + 2];
+
+const _: () = assert!(std::mem::size_of::<HistKey>() == 8);
+const _: () = assert!(std::mem::size_of::<Hist>() == 240);
+
+/// `NW_BIO_OP_*`.
+#[must_use]
+pub fn op_name(op: u32) -> &'static str {
+    match op {
+        0 => "read",
+        1 => "write",
+        2 => "discard",
+        3 => "flush",
+        _ => "other",
+    }
+}
+
+/// Kernel-internal `dev_t` (`MINORBITS` = 20, `include/linux/kdev_t.h`), as the
+/// block tracepoints record it.
+#[must_use]
+pub fn major_minor(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & ((1 << 20) - 1))
+}
+
+/// Device name from `/sys/dev/block/MAJ:MIN/uevent` (`DEVNAME=`), else `MAJ:MIN`.
+#[must_use]
+pub fn device_name(paths: &Paths, dev: u32) -> String {
+    let (major, minor) = major_minor(dev);
+    std::fs::read_to_string(paths.sys(&format!("dev/block/{major}:{minor}/uevent")))
+        .ok()
+        .and_then(|u| parse_devname(&u))
+        .unwrap_or_else(|| format!("{major}:{minor}"))
+}
+
+#[must_use]
+pub fn parse_devname(uevent: &str) -> Option<String> {
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Cumulative Prometheus buckets from log2 slots: slot i counts latencies in
+/// [2^i, 2^(i+1)) µs (slot 0 also takes 0 µs), so its upper bound is
+/// 2^(i+1) µs. The last slot is open-ended and only enters `+Inf`.
+#[must_use]
+pub fn buckets(slots: &[u64]) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(slots.len());
+    let mut cum = 0u64;
+    for (i, n) in slots.iter().enumerate().take(slots.len().saturating_sub(1)) {
+        cum = cum.wrapping_add(*n);
+        out.push(((1u64 << (i + 1)) as f64 / 1e6, cum));
+    }
+    out
+}
+
+pub struct BlockIo {
+    map: HashMap<MapData, HistKey, Hist>,
+    paths: Paths,
+    /// dev → name, refreshed when a dev is new (names are stable while a device exists).
+    names: BTreeMap<u32, String>,
+}
+
+impl BlockIo {
+    #[must_use]
+    pub fn new(map: HashMap<MapData, HistKey, Hist>, paths: Paths) -> Self {
+        Self {
+            map,
+            paths,
+            names: BTreeMap::new(),
+        }
+    }
+
+    pub fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let mut rows = Vec::new();
+        for item in &self.map {
+            let (key, hist) = item.map_err(|e| CollectError::Other(format!("{MAP}: {e}")))?;
+            rows.push((key, hist));
+        }
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        for ([dev, op], hist) in rows {
+            let name = self
+                .names
+                .entry(dev)
+                .or_insert_with(|| device_name(&self.paths, dev))
+                .clone();
+            let (slots, rest) = hist.split_at(SLOTS);
+            let sum_us = rest.first().copied().unwrap_or(0);
+            let count = rest.get(1).copied().unwrap_or(0);
+            sink.histogram(
+                "nodewatch_block_io_latency_seconds",
+                "Block I/O request latency from issue to completion (tracepoints block/block_rq_issue, block/block_rq_complete).",
+                &[("device", &name), ("op", op_name(op))],
+                &buckets(slots),
+                sum_us as f64 / 1e6,
+                count,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_bounds() {
+        let mut slots = [0u64; SLOTS];
+        slots[0] = 1; // < 2 µs
+        slots[10] = 3; // [1024, 2048) µs
+        slots[SLOTS - 1] = 1; // ≥ 2^27 µs
+        let b = buckets(&slots);
+        assert_eq!(b.len(), SLOTS - 1);
+        assert!((b[0].0 - 2e-6).abs() < 1e-12);
+        assert_eq!(b[0].1, 1);
+        assert!((b[10].0 - 2048e-6).abs() < 1e-12);
+        assert_eq!(b[10].1, 4);
+        assert_eq!(b[SLOTS - 2].1, 4);
+    }
+
+    #[test]
+    fn devs() {
+        assert_eq!(major_minor((7 << 20) | 3), (7, 3));
+        assert_eq!(
+            parse_devname("MAJOR=7\nMINOR=3\nDEVNAME=loop3\nDEVTYPE=disk\n").as_deref(),
+            Some("loop3")
+        );
+        assert_eq!(parse_devname("MAJOR=7\n"), None);
+        assert_eq!(op_name(9), "other");
+    }
+}

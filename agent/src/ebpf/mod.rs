@@ -1,0 +1,843 @@
+//! eBPF signals: OOM kills as they happen, TCP retransmits and resets, packet
+//! drops by kernel drop reason, block I/O latency histograms.
+//!
+//! The BPF programs are C in `ebpf/` at the repository root, compiled by
+//! `ebpf/build.sh` into the committed `ebpf/*.bpf.o` that are embedded here,
+//! so building the agent needs no clang. They are loaded with aya and attach
+//! to classic tracepoints only (no kprobes, no fentry: both are refused on
+//! some kernels, see design §6).
+//!
+//! # Layout
+//! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
+//!   tracefs handling, the [`Collector`] that exports every map.
+//! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
+//! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
+//! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
+//! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
+
+pub mod blockio;
+pub mod cgroup;
+pub mod oom;
+pub mod pods;
+pub mod skb_drop;
+pub mod tcp;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::EbpfLoader;
+
+use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
+
+/// An embedded object, 8-byte aligned so the ELF parser can read its headers
+/// in place (`include_bytes!` alone only guarantees byte alignment).
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+static OOM_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/oom.bpf.o"));
+static TCP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf.o"));
+static SKB_DROP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
+static BLOCKIO_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Classic tracepoint: reads the fixed-layout record only.
+    TracePoint,
+    /// BTF-typed raw tracepoint (`tp_btf`): gets the tracepoint's typed
+    /// arguments (kernel pointers), resolved against the kernel's BTF.
+    BtfTracePoint,
+}
+
+/// One BPF program and where it attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    pub attach: Attach,
+    /// Function name in the object (`SEC("tracepoint/...") int <program>(...)`).
+    pub program: &'static str,
+    /// Tracepoint group and event, as under `/sys/kernel/tracing/events/`.
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    /// A required program that cannot load makes [`Ebpf::start`] fail; an
+    /// optional one is logged and skipped.
+    pub required: bool,
+    /// Reads kernel memory beyond its tracepoint record (`bpf_probe_read_kernel`
+    /// or BTF pointer walks) on every path: not loaded under
+    /// `lockdown=confidentiality`. (The classic OOM program's one such read
+    /// is switched off by a load-time constant instead.)
+    pub reads_kernel_memory: bool,
+}
+
+/// One object file and its programs.
+struct ObjectSpec {
+    name: &'static str,
+    bytes: &'static [u8],
+    programs: &'static [ProgramSpec],
+}
+
+const fn tp(
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+) -> ProgramSpec {
+    ProgramSpec {
+        attach: Attach::TracePoint,
+        program,
+        category,
+        tracepoint,
+        required,
+        reads_kernel_memory: false,
+    }
+}
+
+/// The OOM victim's memory cgroup comes from walking kernel pointers from its
+/// task: optional (the classic record plus /proc still attribute most kills)
+/// and not loaded under `lockdown=confidentiality`.
+const OOM_VICTIM_MEMCG: ProgramSpec = ProgramSpec {
+    attach: Attach::BtfTracePoint,
+    program: "oom_victim_memcg",
+    category: "oom",
+    tracepoint: "mark_victim",
+    required: false,
+    reads_kernel_memory: true,
+};
+
+/// The load specs. OOM kills are the reason this module exists, so their
+/// program is required; the rest add detail and are optional.
+static OBJECTS: &[ObjectSpec] = &[
+    ObjectSpec {
+        name: "oom",
+        bytes: &OOM_OBJ.0,
+        // Attach order is call order at the tracepoint (probes of equal
+        // priority run in registration order, kernel/tracepoint.c): the
+        // victim map entry is written before the ring record wakes the reader.
+        programs: &[
+            OOM_VICTIM_MEMCG,
+            tp("oom_mark_victim", "oom", "mark_victim", true),
+        ],
+    },
+    ObjectSpec {
+        name: "tcp",
+        bytes: &TCP_OBJ.0,
+        programs: &[
+            tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
+            tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
+            tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
+        ],
+    },
+    ObjectSpec {
+        name: "skb_drop",
+        bytes: &SKB_DROP_OBJ.0,
+        programs: &[tp("skb_kfree_skb", "skb", "kfree_skb", false)],
+    },
+    ObjectSpec {
+        name: "blockio",
+        bytes: &BLOCKIO_OBJ.0,
+        programs: &[
+            tp("block_rq_issue", "block", "block_rq_issue", false),
+            tp("block_rq_complete", "block", "block_rq_complete", false),
+        ],
+    },
+];
+
+/// The load specs, for diagnostics and tests.
+pub fn program_specs() -> impl Iterator<Item = &'static ProgramSpec> {
+    OBJECTS.iter().flat_map(|o| o.programs.iter())
+}
+
+/// Kernel lockdown mode (`/sys/kernel/security/lockdown`, Linux 5.4+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lockdown {
+    None,
+    Integrity,
+    /// BPF may not read kernel memory (`LOCKDOWN_BPF_READ_KERNEL`): Talos
+    /// with `SecureBoot` up to 1.13.
+    Confidentiality,
+}
+
+/// Parses `none [integrity] confidentiality`: the bracketed word is in force.
+#[must_use]
+pub fn parse_lockdown(text: &str) -> Option<Lockdown> {
+    let start = text.find('[')?;
+    let end = start + text.get(start..)?.find(']')?;
+    match text.get(start + 1..end)? {
+        "none" => Some(Lockdown::None),
+        "integrity" => Some(Lockdown::Integrity),
+        "confidentiality" => Some(Lockdown::Confidentiality),
+        _ => None,
+    }
+}
+
+/// The lockdown mode in force, from `/sys/kernel/security/lockdown` (mounting
+/// securityfs when it is not). `None` when it cannot be read (kernel without
+/// the lockdown LSM, or not root): the loader then tries and falls back.
+#[must_use]
+pub fn lockdown(paths: &Paths) -> Option<Lockdown> {
+    let file = paths.sys("kernel/security/lockdown");
+    let read = || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| parse_lockdown(&t))
+    };
+    if let Some(l) = read() {
+        return Some(l);
+    }
+    // securityfs is not always mounted (minimal images, containers that
+    // bind /sys without it): mount it when root, as systemd would.
+    let dir = paths.sys("kernel/security");
+    let empty = std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_none());
+    if empty && nix::unistd::geteuid().is_root() {
+        if let Err(error) = nix::mount::mount(
+            Some("securityfs"),
+            &dir,
+            Some("securityfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ) {
+            tracing::debug!(%error, path = %dir.display(), "Could not mount securityfs.");
+        }
+    }
+    read()
+}
+
+/// Options for [`Ebpf::start_with`].
+#[derive(Clone, Debug)]
+pub struct EbpfConfig {
+    /// Mount tracefs at `/sys/kernel/tracing` when no tracefs is mounted
+    /// (tracepoint attach looks up event ids there). Needs root.
+    pub mount_tracefs: bool,
+    /// Turn on the kernel's per-program run time accounting
+    /// (`BPF_ENABLE_STATS`, held while the agent runs) and export
+    /// `nodewatch_agent_ebpf_program_run_seconds_total`. Costs two clock
+    /// reads per program run, so off by default.
+    pub measure_cost: bool,
+    /// Use this lockdown mode instead of reading it from the kernel (to run
+    /// as under `confidentiality` on a host that is not, e.g. in tests).
+    pub lockdown_override: Option<Lockdown>,
+    /// Pod names for OOM events: a cache the caller refreshes from the
+    /// kubelet's pod list ([`pods::PodCache::replace_from_json`]). `None`:
+    /// a new empty cache (see [`Ebpf::pods`]).
+    pub pods: Option<pods::SharedPods>,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            mount_tracefs: true,
+            measure_cost: false,
+            lockdown_override: None,
+            pods: None,
+        }
+    }
+}
+
+/// What happened to one program at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProgramState {
+    Attached,
+    /// Loading or attaching failed (the error).
+    Failed(String),
+    /// Not tried: tracepoint absent, or not allowed under lockdown.
+    Skipped(String),
+}
+
+impl ProgramState {
+    fn label(&self) -> &'static str {
+        match self {
+            ProgramState::Attached => "attached",
+            ProgramState::Failed(_) => "failed",
+            ProgramState::Skipped(_) => "skipped",
+        }
+    }
+}
+
+/// Per-program cost counters from the kernel (`bpf_prog_info`).
+#[derive(Clone, Debug)]
+pub struct ProgramCost {
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// The loaded eBPF programs. Dropping it stops the OOM reader thread and
+/// detaches every program.
+pub struct Ebpf {
+    // Field order is drop order: stop the reader before the objects go.
+    oom_reader: Option<oom::Reader>,
+    oom_state: Arc<oom::OomState>,
+    pods: pods::SharedPods,
+    oom_lost: Option<Array<MapData, u64>>,
+    tcp: Option<tcp::Tcp>,
+    skb_drop: Option<skb_drop::SkbDrop>,
+    blockio: Option<blockio::BlockIo>,
+    programs: Vec<(ProgramSpec, ProgramState)>,
+    objects: Vec<aya::Ebpf>,
+    lockdown: Option<Lockdown>,
+    /// Whether the OOM program reads the victim's comm from kernel memory.
+    oom_reads_kernel: bool,
+    /// Held to keep the kernel's BPF run-time statistics on (`BPF_ENABLE_STATS`);
+    /// closing it turns them off again.
+    stats_guard: Option<OwnedFd>,
+}
+
+/// Directories aya looks in for tracefs (`aya::programs::utils::find_tracefs_path`).
+const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+fn tracefs_dir() -> Option<&'static str> {
+    TRACEFS_DIRS.into_iter().find(|d| {
+        std::fs::read_dir(d)
+            .ok()
+            .and_then(|mut e| e.next())
+            .is_some()
+    })
+}
+
+/// Makes sure tracefs is mounted where aya looks. Minimal systems (and this
+/// project's build machine) boot without it.
+fn ensure_tracefs(cfg: &EbpfConfig) -> Result<&'static str, Unavailable> {
+    if let Some(dir) = tracefs_dir() {
+        return Ok(dir);
+    }
+    let target = TRACEFS_DIRS[0];
+    if !cfg.mount_tracefs {
+        return Err(Unavailable(format!(
+            "tracefs is not mounted at {target} and mounting it is disabled"
+        )));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Unavailable(format!(
+            "tracefs is not mounted at {target} and the agent is not root to mount it (mount -t tracefs tracefs {target})"
+        )));
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        target,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| Unavailable(format!("mounting tracefs at {target}: {e}")))?;
+    tracing::info!(path = target, "Mounted tracefs for tracepoint programs.");
+    tracefs_dir().ok_or_else(|| Unavailable(format!("tracefs at {target} is empty after mounting")))
+}
+
+/// Whether an error says BPF itself is not allowed (rather than one program failing).
+fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                return true;
+            }
+        }
+        let text = err.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl Ebpf {
+    /// Loads and attaches every program with the default options.
+    pub fn start(paths: &Paths, events: EventSender) -> Result<Self, Unavailable> {
+        Self::start_with(paths, events, &EbpfConfig::default())
+    }
+
+    /// Loads and attaches every program. Fails (once, with the reason) when
+    /// BPF cannot run here at all: no kernel BTF, no permission, no tracefs,
+    /// or the required OOM program cannot attach. Optional programs that fail
+    /// are logged, skipped and reported in `nodewatch_agent_ebpf_programs`.
+    pub fn start_with(
+        paths: &Paths,
+        events: EventSender,
+        cfg: &EbpfConfig,
+    ) -> Result<Self, Unavailable> {
+        let btf_path = paths.sys("kernel/btf/vmlinux");
+        if !btf_path.exists() {
+            return Err(Unavailable(format!(
+                "eBPF off: no kernel BTF at {} (CO-RE programs need CONFIG_DEBUG_INFO_BTF)",
+                btf_path.display()
+            )));
+        }
+        let lockdown = cfg.lockdown_override.or_else(|| lockdown(paths));
+        let tracefs = ensure_tracefs(cfg).map_err(|u| Unavailable(format!("eBPF off: {}", u.0)))?;
+
+        let mut events = Some(events);
+        let mut programs = Vec::new();
+        let mut objects = Vec::new();
+        let mut state = Self {
+            oom_reader: None,
+            oom_state: Arc::new(oom::OomState::default()),
+            pods: cfg.pods.clone().unwrap_or_default(),
+            oom_lost: None,
+            tcp: None,
+            skb_drop: None,
+            blockio: None,
+            programs: Vec::new(),
+            objects: Vec::new(),
+            lockdown,
+            oom_reads_kernel: false,
+            stats_guard: None,
+        };
+
+        for obj in OBJECTS {
+            // The OOM program reads the victim's comm with bpf_probe_read_kernel
+            // unless told not to. Where the lockdown mode could not be read,
+            // try with the read and fall back to the variant without it.
+            let variants: &[u32] = if obj.name == "oom" {
+                match lockdown {
+                    Some(Lockdown::Confidentiality) => &[0],
+                    Some(_) => &[1],
+                    None => &[1, 0],
+                }
+            } else {
+                &[0]
+            };
+            let mut loaded = None;
+            for (i, &read_kernel) in variants.iter().enumerate() {
+                let last = i + 1 == variants.len();
+                let mut obj_loader = EbpfLoader::new();
+                if obj.name == "oom" {
+                    obj_loader.override_global("cfg_read_kernel", &read_kernel, true);
+                }
+                let mut bpf = match obj_loader.load(obj.bytes) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if is_permission_error(&e) && objects.is_empty() {
+                            return Err(Unavailable(format!(
+                                "eBPF off: the kernel refused to load BPF objects ({e}); needs CAP_BPF and CAP_PERFMON (or root)"
+                            )));
+                        }
+                        if !last {
+                            continue;
+                        }
+                        let msg = format!("loading {}.bpf.o: {e}", obj.name);
+                        for spec in obj.programs {
+                            if spec.required {
+                                return Err(Unavailable(format!("eBPF off: {msg}")));
+                            }
+                            tracing::warn!(program = spec.program, error = %msg, "eBPF program skipped.");
+                            programs.push((*spec, ProgramState::Failed(msg.clone())));
+                        }
+                        break;
+                    }
+                };
+                let states: Vec<_> = obj
+                    .programs
+                    .iter()
+                    .map(|spec| (*spec, attach(&mut bpf, spec, lockdown, tracefs)))
+                    .collect();
+                let required_failed = states
+                    .iter()
+                    .find(|(spec, st)| spec.required && *st != ProgramState::Attached);
+                if let Some((spec, st)) = required_failed {
+                    if !last {
+                        tracing::info!(program = spec.program, state = ?st, "Retrying without kernel memory reads.");
+                        continue;
+                    }
+                    return Err(Unavailable(format!(
+                        "eBPF off: required program {} ({}/{}): {st:?}",
+                        spec.program, spec.category, spec.tracepoint
+                    )));
+                }
+                for (spec, st) in states {
+                    match &st {
+                        ProgramState::Attached => {
+                            tracing::debug!(program = spec.program, "eBPF program attached.");
+                        }
+                        ProgramState::Failed(error) | ProgramState::Skipped(error) => {
+                            tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
+                        }
+                    }
+                    programs.push((spec, st));
+                }
+                if obj.name == "oom" {
+                    state.oom_reads_kernel = read_kernel == 1;
+                }
+                loaded = Some(bpf);
+                break;
+            }
+            let Some(mut bpf) = loaded else {
+                continue;
+            };
+            let attached = |name: &str| {
+                programs
+                    .iter()
+                    .any(|(s, st)| s.program == name && *st == ProgramState::Attached)
+            };
+            match obj.name {
+                "oom" => {
+                    state.oom_lost = bpf
+                        .take_map("oom_events_lost")
+                        .and_then(|m| Array::try_from(m).ok());
+                    let ring = bpf
+                        .take_map("oom_events")
+                        .ok_or_else(|| {
+                            Unavailable("eBPF off: oom.bpf.o has no oom_events map".into())
+                        })
+                        .and_then(|m| {
+                            RingBuf::try_from(m)
+                                .map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
+                        })?;
+                    let victims = if attached(OOM_VICTIM_MEMCG.program) {
+                        bpf.take_map(oom::VICTIMS_MAP)
+                            .and_then(|m| HashMap::try_from(m).ok())
+                    } else {
+                        None
+                    };
+                    state.oom_reader = Some(
+                        oom::Reader::spawn(
+                            ring,
+                            victims,
+                            state.pods.clone(),
+                            paths.clone(),
+                            events
+                                .take()
+                                .ok_or_else(|| Unavailable("eBPF off: two OOM objects".into()))?,
+                            state.oom_state.clone(),
+                        )
+                        .map_err(|e| Unavailable(format!("eBPF off: OOM reader thread: {e}")))?,
+                    );
+                }
+                "tcp" if attached("tcp_retransmit_skb") => {
+                    if let Some(m) = bpf
+                        .take_map(tcp::MAP)
+                        .and_then(|m| PerCpuArray::try_from(m).ok())
+                    {
+                        let resets = attached("tcp_send_reset") || attached("tcp_receive_reset");
+                        let peers = bpf
+                            .take_map(tcp::PEERS_MAP)
+                            .and_then(|p| HashMap::try_from(p).ok());
+                        state.tcp = Some(tcp::Tcp::new(m, peers, resets));
+                    }
+                }
+                "skb_drop" if attached("skb_kfree_skb") => {
+                    let names = skb_drop::reason_names(&btf_path).unwrap_or_else(|error| {
+                        tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
+                        skb_drop::ReasonNames::new()
+                    });
+                    if let Some(m) = bpf
+                        .take_map(skb_drop::MAP)
+                        .and_then(|m| PerCpuHashMap::try_from(m).ok())
+                    {
+                        state.skb_drop = Some(skb_drop::SkbDrop::new(m, names));
+                    }
+                }
+                "blockio" if attached("block_rq_complete") => {
+                    if let Some(m) = bpf
+                        .take_map(blockio::MAP)
+                        .and_then(|m| HashMap::try_from(m).ok())
+                    {
+                        state.blockio = Some(blockio::BlockIo::new(m, paths.clone()));
+                    }
+                }
+                _ => {}
+            }
+            objects.push(bpf);
+        }
+
+        if cfg.measure_cost {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => state.stats_guard = Some(fd),
+                Err(error) => tracing::warn!(%error, "Could not turn on BPF run time statistics."),
+            }
+        }
+        let attached = programs
+            .iter()
+            .filter(|(_, s)| *s == ProgramState::Attached)
+            .count();
+        tracing::info!(
+            attached,
+            total = programs.len(),
+            lockdown = ?lockdown,
+            "eBPF programs loaded."
+        );
+        state.programs = programs;
+        state.objects = objects;
+        Ok(state)
+    }
+
+    /// Each program's start-up outcome.
+    #[must_use]
+    pub fn programs(&self) -> &[(ProgramSpec, ProgramState)] {
+        &self.programs
+    }
+
+    /// The pod name cache OOM events are resolved against: refresh it with
+    /// [`pods::PodCache::replace_from_json`] from the kubelet's `/pods`.
+    #[must_use]
+    pub fn pods(&self) -> pods::SharedPods {
+        self.pods.clone()
+    }
+
+    /// Whether this agent turned on the kernel's BPF run-time statistics.
+    #[must_use]
+    pub fn measuring_cost(&self) -> bool {
+        self.stats_guard.is_some()
+    }
+
+    /// The lockdown mode the programs were chosen for.
+    #[must_use]
+    pub fn lockdown(&self) -> Option<Lockdown> {
+        self.lockdown
+    }
+
+    /// Whether the OOM program was loaded with its kernel memory read (off
+    /// under `lockdown=confidentiality`: the comm then comes from `/proc`).
+    #[must_use]
+    pub fn oom_reads_kernel(&self) -> bool {
+        self.oom_reads_kernel
+    }
+
+    /// OOM records decoded so far.
+    #[must_use]
+    pub fn oom_records(&self) -> u64 {
+        self.oom_state.records.load(Ordering::Relaxed)
+    }
+
+    /// Run time and count per attached program. Counts only grow while
+    /// statistics are on (`EbpfConfig::measure_cost` or `kernel.bpf_stats_enabled=1`).
+    #[must_use]
+    pub fn costs(&self) -> Vec<ProgramCost> {
+        let mut out = Vec::new();
+        for bpf in &self.objects {
+            for (name, prog) in bpf.programs() {
+                let Some(spec) = program_specs().find(|s| s.program == name) else {
+                    continue;
+                };
+                if let Ok(info) = prog.info() {
+                    out.push(ProgramCost {
+                        program: spec.program,
+                        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                        run_count: info.run_count(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn attach(
+    bpf: &mut aya::Ebpf,
+    spec: &ProgramSpec,
+    lockdown: Option<Lockdown>,
+    tracefs: &str,
+) -> ProgramState {
+    // With the mode unknown, try: the verifier refuses what lockdown forbids,
+    // and the program is optional.
+    if spec.reads_kernel_memory && lockdown == Some(Lockdown::Confidentiality) {
+        return ProgramState::Skipped(
+            "reads kernel memory, refused under lockdown=confidentiality".into(),
+        );
+    }
+    let events = Path::new(tracefs)
+        .join("events")
+        .join(spec.category)
+        .join(spec.tracepoint);
+    if !events.exists() {
+        return ProgramState::Skipped(format!(
+            "no tracepoint {}/{} in this kernel",
+            spec.category, spec.tracepoint
+        ));
+    }
+    let Some(prog) = bpf.program_mut(spec.program) else {
+        return ProgramState::Failed("not in the object".into());
+    };
+    let result = match spec.attach {
+        Attach::TracePoint => {
+            let prog: &mut TracePoint = match prog.try_into() {
+                Ok(p) => p,
+                Err(e) => return ProgramState::Failed(e.to_string()),
+            };
+            prog.load()
+                .map_err(|e| format!("load: {}", error_chain(&e)))
+                .and_then(|()| {
+                    prog.attach(spec.category, spec.tracepoint)
+                        .map_err(|e| format!("attach: {}", error_chain(&e)))
+                })
+                .map(drop)
+        }
+        Attach::BtfTracePoint => {
+            let prog: &mut BtfTracePoint = match prog.try_into() {
+                Ok(p) => p,
+                Err(e) => return ProgramState::Failed(e.to_string()),
+            };
+            let btf = match aya::Btf::from_sys_fs() {
+                Ok(b) => b,
+                Err(e) => return ProgramState::Failed(format!("kernel BTF: {e}")),
+            };
+            prog.load(spec.tracepoint, &btf)
+                .map_err(|e| format!("load: {}", error_chain(&e)))
+                .and_then(|()| {
+                    prog.attach()
+                        .map_err(|e| format!("attach: {}", error_chain(&e)))
+                })
+                .map(drop)
+        }
+    };
+    // The program owns its link: it stays attached until the program is dropped.
+    match result {
+        Ok(()) => ProgramState::Attached,
+        Err(e) => ProgramState::Failed(e),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+impl Collector for Ebpf {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        for (spec, st) in &self.programs {
+            for state in ["attached", "failed", "skipped"] {
+                sink.gauge(
+                    "nodewatch_agent_ebpf_programs",
+                    "eBPF programs by start-up outcome (1 for the program's state).",
+                    &[("program", spec.program), ("state", state)],
+                    if st.label() == state { 1.0 } else { 0.0 },
+                );
+            }
+        }
+
+        if let Ok(kills) = self.oom_state.kills.lock() {
+            let mut rows: Vec<_> = kills.iter().collect();
+            rows.sort();
+            for (k, n) in rows {
+                sink.counter(
+                    "nodewatch_oom_kills_total",
+                    "Processes killed by the OOM killer (tracepoint oom/mark_victim), any process of a container, not only its main one.",
+                    &[
+                        ("namespace", &k.namespace),
+                        ("pod", &k.pod),
+                        ("container", &k.container),
+                        ("comm", &k.comm),
+                    ],
+                    *n as f64,
+                );
+            }
+        }
+        let ring_lost = self
+            .oom_lost
+            .as_ref()
+            .and_then(|m| m.get(&0, 0).ok())
+            .unwrap_or(0);
+        let help = "OOM events lost: ring buffer full in the kernel, or the event channel to the stream full.";
+        sink.counter(
+            "nodewatch_agent_ebpf_events_lost_total",
+            help,
+            &[("stage", "ringbuf")],
+            ring_lost as f64,
+        );
+        sink.counter(
+            "nodewatch_agent_ebpf_events_lost_total",
+            help,
+            &[("stage", "channel")],
+            self.oom_state.channel_dropped.load(Ordering::Relaxed) as f64,
+        );
+
+        if let Some(t) = &self.tcp {
+            t.collect(sink)?;
+        }
+        if let Some(s) = &self.skb_drop {
+            s.collect(sink)?;
+        }
+        if let Some(b) = &mut self.blockio {
+            b.collect(sink)?;
+        }
+
+        for c in self.costs() {
+            if c.run_count == 0 {
+                continue;
+            }
+            sink.counter(
+                "nodewatch_agent_ebpf_program_run_seconds_total",
+                "Time spent in each eBPF program (kernel BPF statistics; grows only while they are on).",
+                &[("program", c.program)],
+                c.run_time_ns as f64 / 1e9,
+            );
+            sink.counter(
+                "nodewatch_agent_ebpf_program_runs_total",
+                "Runs of each eBPF program (kernel BPF statistics; grows only while they are on).",
+                &[("program", c.program)],
+                c.run_count as f64,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockdown_modes() {
+        assert_eq!(
+            parse_lockdown("none [integrity] confidentiality\n"),
+            Some(Lockdown::Integrity)
+        );
+        assert_eq!(
+            parse_lockdown("[none] integrity confidentiality\n"),
+            Some(Lockdown::None)
+        );
+        assert_eq!(
+            parse_lockdown("none integrity [confidentiality]\n"),
+            Some(Lockdown::Confidentiality)
+        );
+        assert_eq!(parse_lockdown("none integrity confidentiality"), None);
+        assert_eq!(parse_lockdown("]["), None);
+        assert_eq!(parse_lockdown("[bogus]"), None);
+    }
+
+    #[test]
+    fn lockdown_fuzz_no_panic() {
+        let seed = b"none [integrity] confidentiality\n";
+        for i in 0..seed.len() {
+            for j in i..=seed.len() {
+                let s = String::from_utf8_lossy(&seed[i..j]);
+                let _ = parse_lockdown(&s);
+                let mut m = seed.to_vec();
+                m[i] = b"[]\xff "[j % 4];
+                let _ = parse_lockdown(&String::from_utf8_lossy(&m));
+            }
+        }
+    }
+
+    #[test]
+    fn specs_are_consistent() {
+        let names: Vec<_> = program_specs().map(|s| s.program).collect();
+        let mut dedup = names.clone();
+        dedup.sort_unstable();
+        dedup.dedup();
+        assert_eq!(names.len(), dedup.len());
+        assert!(program_specs().any(|s| s.required && s.tracepoint == "mark_victim"));
+        for o in OBJECTS {
+            // ELF magic: the committed objects are real BPF objects.
+            assert_eq!(o.bytes.get(..4), Some(&b"\x7fELF"[..]), "{}", o.name);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Packet drops by the kernel's own drop reason: tracepoint/skb/kfree_skb
+ * fires for every freed-as-dropped skb with an enum skb_drop_reason (since
+ * v5.17); consumed packets go to consume_skb and are not seen here. User
+ * space names the reasons from the running kernel's BTF.
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "nodewatch.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NW_SKB_DROP_MAX_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} skb_drops SEC(".maps");
+
+SEC("tracepoint/skb/kfree_skb")
+int skb_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
+{
+	__u32 reason = ctx->reason;
+	__u64 *v = bpf_map_lookup_elem(&skb_drops, &reason);
+	if (v) {
+		*v += 1; /* per-CPU value */
+		return 0;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&skb_drops, &reason, &one, BPF_NOEXIST) != 0) {
+		/* Full, or another CPU inserted it first: count in the overflow slot or retry once. */
+		v = bpf_map_lookup_elem(&skb_drops, &reason);
+		if (v) {
+			*v += 1;
+			return 0;
+		}
+		reason = NW_SKB_DROP_OVERFLOW_KEY;
+		v = bpf_map_lookup_elem(&skb_drops, &reason);
+		if (v)
+			*v += 1;
+		else
+			bpf_map_update_elem(&skb_drops, &reason, &one, BPF_NOEXIST);
+	}
+	return 0;
+}
