@@ -171,7 +171,8 @@ impl File {
             },
         };
         for name in self.collectors.keys() {
-            if !known_collectors.contains(&name.as_str()) {
+            // `ebpf` is started apart from the registry: it needs the event channel.
+            if name != "ebpf" && !known_collectors.contains(&name.as_str()) {
                 p.add(
                     format!("collectors.{name}"),
                     format!("unknown collector; known: {}", known_collectors.join(", ")),

@@ -90,13 +90,12 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (_events_tx, events_rx) = tokio::sync::mpsc::channel(runtime::EVENT_QUEUE);
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("Shutdown requested.");
             let _ = stop_tx.send(true);
         });
-        match runtime::run(cfg, specs, stop_rx, events_rx).await {
+        match runtime::run(cfg, specs, stop_rx).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nodewatch-agent: {e}");

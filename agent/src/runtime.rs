@@ -162,13 +162,29 @@ pub fn node_name(cfg: &Config, tls: &TlsFiles) -> Result<String, AgentError> {
     }
 }
 
+/// Starts the eBPF programs (Linux), adding them as a collector; where BPF
+/// cannot run it says why once and the procfs collectors carry on.
+#[cfg(target_os = "linux")]
+fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Running>) {
+    if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
+        return;
+    }
+    match crate::ebpf::Ebpf::start(&cfg.paths, events) {
+        Ok(e) => collectors.push(Running::new(Box::new(e))),
+        Err(why) => info!(reason = %why, "eBPF signals off on this host; procfs collectors keep running."),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_ebpf(_cfg: &Config, _events: mpsc::Sender<Event>, _collectors: &mut [Running]) {}
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
     cfg: Config,
     specs: Vec<CollectorSpec>,
     mut shutdown: watch::Receiver<bool>,
-    mut events_rx: mpsc::Receiver<Event>,
 ) -> Result<(), AgentError> {
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let Some(tls_files) = cfg.tls.clone() else {
         return Err(AgentError::Identity {
             path: "tls".into(),
@@ -180,6 +196,7 @@ pub async fn run(
     let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
 
     let mut collectors = build_collectors(&specs, &cfg.collectors, &cfg.paths);
+    start_ebpf(&cfg, events_tx, &mut collectors);
     let names: Vec<String> = collectors
         .iter()
         .map(|c| c.collector.name().to_string())
@@ -241,7 +258,20 @@ pub async fn run(
     };
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            first = async {
+                tokio::select! {
+                    _ = tick.tick() => None,
+                    Some(e) = events_rx.recv() => Some(e),
+                }
+            } => {
+                // An event (an OOM kill) triggers a collection at once, so the
+                // counters that move with it (nodewatch_oom_kills_total,
+                // node_vmstat_oom_kill) reach the aggregator in the same batch
+                // and its rules fire within milliseconds.
+                let mut events: Vec<Event> = first.into_iter().collect();
+                while let Ok(e) = events_rx.try_recv() {
+                    events.push(e);
+                }
                 let t_ms = now_ms();
                 let mut cs = std::mem::take(&mut collectors);
                 // Collectors read files and may block (a dead NFS mount): keep them off the async workers.
@@ -257,17 +287,9 @@ pub async fn run(
                 };
                 collectors = cs;
                 spool_metrics(&spool, &cfg, &mut sink);
-                let events = sink.events.drain(..).map(|kind| Event { t_ms, kind: Some(kind), node: String::new() }).collect();
+                events.extend(sink.events.drain(..).map(|kind| Event { t_ms, kind: Some(kind), node: String::new() }));
                 enqueue(t_ms, Arc::new(sink.families), sink.samples, events);
                 ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Some(first) = events_rx.recv() => {
-                // Send events at once, with whatever else arrived in the same instant.
-                let mut events = vec![first];
-                while let Ok(e) = events_rx.try_recv() {
-                    events.push(e);
-                }
-                enqueue(now_ms(), Arc::new(BTreeMap::new()), Vec::new(), events);
             }
             _ = shutdown.wait_for(|v| *v) => break,
         }
