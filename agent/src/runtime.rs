@@ -172,7 +172,7 @@ fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Ru
     match crate::ebpf::Ebpf::start(&cfg.paths, events) {
         Ok(e) => collectors.push(Running::new(Box::new(e))),
         Err(why) => {
-            info!(reason = %why, "eBPF signals off on this host; procfs collectors keep running.")
+            info!(reason = %why, "eBPF signals off on this host; procfs collectors keep running.");
         }
     }
 }
