@@ -131,6 +131,26 @@ pub fn collect_once(collectors: &mut [Running]) -> Sink {
     sink
 }
 
+/// Says clearly, at start-up, when the agent's own certificate is not valid
+/// now: the aggregators will refuse every handshake until it is renewed.
+fn warn_if_expired(tls: &TlsFiles) {
+    let Ok(certs) = tls::load_certs(&tls.cert) else {
+        return;
+    };
+    let Some((not_before, not_after)) = certs
+        .first()
+        .and_then(|c| nodewatch_proto::identity::validity(c))
+    else {
+        return;
+    };
+    let now = now_ms() / 1000;
+    if now > not_after {
+        tracing::error!(path = %tls.cert.display(), not_after, "Client certificate expired; aggregators will refuse it until it is renewed.");
+    } else if now < not_before {
+        tracing::error!(path = %tls.cert.display(), not_before, "Client certificate not valid yet (clock skew?); aggregators will refuse it.");
+    }
+}
+
 /// Works out the node name: from the certificate, checked against the config.
 pub fn node_name(cfg: &Config, tls: &TlsFiles) -> Result<String, AgentError> {
     let certs = tls::load_certs(&tls.cert)?;
@@ -194,6 +214,7 @@ pub async fn run(
         });
     };
     let node = node_name(&cfg, &tls_files)?;
+    warn_if_expired(&tls_files);
     let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
     let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
 

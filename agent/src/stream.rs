@@ -39,6 +39,24 @@ pub struct Streamer {
     pub index: usize,
 }
 
+/// A status with its whole error chain: tonic's own message for a failed
+/// handshake is "transport error"; the reason (an expired or unknown
+/// certificate, a TLS alert) is in the sources.
+fn describe(status: &tonic::Status) -> String {
+    let mut msg = format!("{}: {}", status.code(), status.message());
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    let mut seen = std::collections::HashSet::new();
+    while let Some(e) = src {
+        let text = e.to_string();
+        if seen.insert(text.clone()) && !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = e.source();
+    }
+    msg
+}
+
 enum End {
     /// Reconnect after a backoff.
     Retry(String),
@@ -103,9 +121,7 @@ impl Streamer {
                 .await
             {
                 Ok(Ok(r)) => r,
-                Ok(Err(status)) => {
-                    return End::Retry(format!("{}: {}", status.code(), status.message()))
-                }
+                Ok(Err(status)) => return End::Retry(describe(&status)),
                 Err(_) => return End::Retry("connect timed out".into()),
             };
         let mut inbound = response.into_inner();
@@ -117,9 +133,7 @@ impl Streamer {
                 }
                 _ => return End::Retry("expected Welcome".into()),
             },
-            Ok(Some(Err(status))) => {
-                return End::Retry(format!("{}: {}", status.code(), status.message()))
-            }
+            Ok(Some(Err(status))) => return End::Retry(describe(&status)),
             Ok(None) => return End::Retry("stream closed before Welcome".into()),
             Err(_) => return End::Retry("no Welcome in time".into()),
         };
@@ -201,11 +215,7 @@ impl Streamer {
                 }
                 Some(aggregator_frame::Frame::Welcome(_)) | None => None,
             },
-            Some(Err(status)) => Some(End::Retry(format!(
-                "{}: {}",
-                status.code(),
-                status.message()
-            ))),
+            Some(Err(status)) => Some(End::Retry(describe(&status))),
             None => Some(End::Retry("aggregator closed the stream".into())),
         }
     }

@@ -126,7 +126,20 @@ pub struct Limits {
     /// Largest frame (bytes) accepted from an agent.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: usize,
+    /// Samples per second one node may send, averaged over a minute (bursts
+    /// such as a backfill after an outage may use a minute's worth at once).
+    #[serde(default = "default_max_sps")]
+    pub max_samples_per_second_per_node: u64,
 }
+
+fn default_max_sps() -> u64 {
+    DEFAULT_MAX_SAMPLES_PER_SECOND
+}
+
+/// Default per-node sample rate: a node sends ~1,500 series every 10 s
+/// (150/s, 1,500/s at a 1 s interval); 100 k/s leaves room for backfills
+/// while one broken agent cannot take an aggregator's whole ingest budget.
+pub const DEFAULT_MAX_SAMPLES_PER_SECOND: u64 = 100_000;
 
 fn default_max_series() -> usize {
     DEFAULT_MAX_SERIES_PER_NODE
@@ -140,6 +153,7 @@ impl Default for Limits {
         Self {
             max_series_per_node: default_max_series(),
             max_frame_bytes: default_max_frame(),
+            max_samples_per_second_per_node: default_max_sps(),
         }
     }
 }

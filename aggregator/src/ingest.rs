@@ -45,6 +45,7 @@ pub struct IngestService {
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
     pub max_series_per_node: usize,
+    pub max_samples_per_second: u64,
     /// Evaluates rule groups at once when events land.
     pub rules: Option<Arc<crate::manager::RuleManager>>,
 }
@@ -252,6 +253,23 @@ impl IngestService {
                 "samples: {unknown} samples with unknown series refs in all"
             ));
         }
+        if !samples.is_empty()
+            && !self.nodes.take_samples(
+                &s.node,
+                samples.len(),
+                self.max_samples_per_second,
+                now_ms(),
+            )
+        {
+            limit_hit = true;
+            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.clone(), "limit" => "samples_per_second").increment(1);
+            problem(format!(
+                "node is over its limit of {} samples per second; {} samples of this batch dropped",
+                self.max_samples_per_second,
+                samples.len()
+            ));
+            samples.clear();
+        }
         let appended = self.store.append(&samples);
         metrics::counter!("nodewatch_aggregator_samples_total", "node" => node.clone())
             .increment(appended as u64);
@@ -271,7 +289,10 @@ impl IngestService {
         if !problems.is_empty() {
             let kind = if limit_hit { "limit" } else { "bad_frame" };
             metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => kind).increment(problem_count as u64);
-            if limit_hit {
+            if problems
+                .iter()
+                .any(|p| p.contains("series_defs") && p.contains("limit"))
+            {
                 metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.clone(), "limit" => "series").increment(1);
             }
             let more = problem_count.saturating_sub(problems.len());
@@ -405,6 +426,9 @@ impl IngestService {
                     Err(status) => {
                         // Decoding errors (oversized or malformed frames) end up here.
                         metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
+                        if status.message().contains("too large") {
+                            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
+                        }
                         warn!(%node, error = %status, "Stream ended with an error.");
                         let msg = format!("frame refused: {}", status.message());
                         let _ = tx.send(Err(Status::new(status.code(), msg))).await;
@@ -470,6 +494,7 @@ mod tests {
             nodes: Arc::new(Nodes::default()),
             events: Arc::new(EventLog::default()),
             max_series_per_node: 64,
+            max_samples_per_second: 1_000_000,
             rules: None,
         };
         let node = NodeName::new("fuzz").unwrap();

@@ -24,7 +24,12 @@ struct NodeState {
     /// Highest stored seq per agent instance.
     cursors: Vec<(String, u64)>,
     series: HashSet<SeriesId>,
+    /// Token bucket of samples: (tokens, last refill ms).
+    bucket: Option<(f64, i64)>,
 }
+
+/// How many seconds of the per-node sample rate a burst may use at once.
+pub const SAMPLE_BURST_SECONDS: f64 = 60.0;
 
 /// All nodes seen since start.
 #[derive(Debug, Default)]
@@ -106,6 +111,23 @@ impl Nodes {
         }
         st.series.insert(id);
         true
+    }
+
+    /// Takes `n` samples from the node's budget of `rate` per second;
+    /// false (and nothing taken) when the node is over it.
+    pub fn take_samples(&self, node: &NodeName, n: usize, rate: u64, now_ms: i64) -> bool {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        let cap = rate as f64 * SAMPLE_BURST_SECONDS;
+        let (tokens, last) = st.bucket.unwrap_or((cap, now_ms));
+        let tokens = (tokens + (now_ms - last).max(0) as f64 / 1000.0 * rate as f64).min(cap);
+        if tokens >= n as f64 {
+            st.bucket = Some((tokens - n as f64, now_ms));
+            true
+        } else {
+            st.bucket = Some((tokens, now_ms));
+            false
+        }
     }
 
     #[must_use]

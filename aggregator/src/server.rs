@@ -169,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         nodes: Arc::clone(&state.nodes),
         events: Arc::clone(&state.events),
         max_series_per_node: config.limits.max_series_per_node,
+        max_samples_per_second: config.limits.max_samples_per_second_per_node,
     };
     let query = QueryService {
         store: Arc::clone(&state.store),

@@ -13,6 +13,9 @@ use rcgen::{
 
 use crate::identity::Identity;
 
+/// The time type of [`Ca::issue_window`].
+pub use time::{Duration as TimeDuration, OffsetDateTime};
+
 /// Default lifetime of leaf certificates made here: a year, for homelab use
 /// without rotation. cert-manager deployments use shorter ones.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_hours(8760);
@@ -144,8 +147,23 @@ impl Ca {
         &self.pem
     }
 
-    /// Signs a new leaf certificate with a fresh key.
+    /// Signs a new leaf certificate with a fresh key, valid from five minutes ago for `lifetime`.
     pub fn issue(&self, leaf: &Leaf, lifetime: Duration) -> Result<Pem, CertError> {
+        let now = time_now();
+        self.issue_window(
+            leaf,
+            now - time::Duration::minutes(5),
+            now + time::Duration::seconds(lifetime.as_secs() as i64),
+        )
+    }
+
+    /// Signs a leaf valid from `not_before` to `not_after` (tests use this for expired certificates).
+    pub fn issue_window(
+        &self,
+        leaf: &Leaf,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> Result<Pem, CertError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -179,7 +197,8 @@ impl Ca {
         }
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, lifetime);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),

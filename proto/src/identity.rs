@@ -143,6 +143,14 @@ impl Identity {
     }
 }
 
+/// A certificate's validity window, as Unix seconds `(not_before, not_after)`.
+#[must_use]
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -145,6 +145,28 @@ impl Pki {
         }
     }
 
+    /// Issues `<stem>.crt/.key` valid only from `not_before` to `not_after` (e.g. already expired).
+    #[must_use]
+    pub fn issue_expired(
+        &self,
+        stem: &str,
+        leaf: &Leaf,
+        not_before: nodewatch_proto::certs::OffsetDateTime,
+        not_after: nodewatch_proto::certs::OffsetDateTime,
+    ) -> TlsFiles {
+        let (cert, key) = self
+            .ca
+            .issue_window(leaf, not_before, not_after)
+            .unwrap()
+            .write(self.dir.path(), stem)
+            .unwrap();
+        TlsFiles {
+            ca: self.path("ca.crt"),
+            cert,
+            key,
+        }
+    }
+
     /// A node certificate (`node-<name>`).
     #[must_use]
     pub fn node(&self, name: &str) -> TlsFiles {
@@ -272,6 +294,34 @@ impl Aggregator {
         agg
     }
 
+    /// `kill -9`: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+    }
+
+    /// Starts it again on the same ports with the same configuration.
+    pub fn restart(&mut self, pki: &Pki, name: &str) {
+        self.kill9();
+        self.proc = spawn(
+            &bin("nodewatch-aggregator"),
+            &["--config", self.config.to_str().unwrap()],
+            pki.dir.path(),
+            name,
+        );
+        let http = self.http;
+        wait_for(
+            Duration::from_secs(20),
+            "aggregator /healthz after restart",
+            || {
+                http_get(http, "/healthz")
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ())
+            },
+        );
+    }
+
     /// The `/metrics` body.
     #[must_use]
     pub fn metrics(&self) -> String {
@@ -292,7 +342,18 @@ impl Aggregator {
 /// Starts an agent for `node` streaming to `aggregators`, with `extra` YAML.
 #[must_use]
 pub fn start_agent(pki: &Pki, node: &str, aggregators: &[&Aggregator], extra: &str) -> Proc {
-    let files = pki.node(node);
+    start_agent_with(pki, node, &pki.node(node), aggregators, extra)
+}
+
+/// Starts an agent presenting `files`.
+#[must_use]
+pub fn start_agent_with(
+    pki: &Pki,
+    node: &str,
+    files: &TlsFiles,
+    aggregators: &[&Aggregator],
+    extra: &str,
+) -> Proc {
     let config = pki.path(&format!("agent-{node}.yaml"));
     let list: Vec<String> = aggregators
         .iter()
@@ -320,6 +381,42 @@ pub fn start_agent(pki: &Pki, node: &str, aggregators: &[&Aggregator], extra: &s
         pki.dir.path(),
         &format!("agent-{node}"),
     )
+}
+
+/// Runs an instant `PromQL` query through the real CLI with an operator certificate; returns the JSON result.
+#[must_use]
+pub fn cli_query(pki: &Pki, agg: &Aggregator, expr: &str) -> serde_json::Value {
+    let ops = pki.operator("cli");
+    let out = Command::new(bin("nodewatch"))
+        .args([
+            "--aggregator",
+            &agg.grpc.to_string(),
+            "--server-name",
+            "localhost",
+        ])
+        .args([
+            "--ca",
+            ops.ca.to_str().unwrap(),
+            "--cert",
+            ops.cert.to_str().unwrap(),
+            "--key",
+            ops.key.to_str().unwrap(),
+        ])
+        .args(["query", "-o", "json", expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nodewatch query {expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The single value of an instant query's vector result, if any.
+#[must_use]
+pub fn scalar_of(v: &serde_json::Value) -> Option<f64> {
+    v["result"].get(0)?["value"][1].as_str()?.parse().ok()
 }
 
 /// A gRPC channel to an aggregator presenting `files`.

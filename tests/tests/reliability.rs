@@ -1,0 +1,432 @@
+//! Nothing lost, nobody let in: aggregator restarts and `kill -9`, agent
+//! restarts, two aggregators, certificate rotation and expiry, per-node
+//! limits, SIGTERM, health endpoints, and version skew on the wire.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nodewatch_proto::certs::{Leaf, OffsetDateTime};
+use nodewatch_proto::{Identity, NodeName};
+use nodewatch_tests::{
+    cli_query, free_port, http_get, scalar_of, start_agent, start_agent_with, wait_for, Aggregator,
+    Pki,
+};
+
+/// Every collection of agent `node` since it started is stored exactly once:
+/// `nodewatch_agent_collections_total` carries the collection's seq, so the
+/// count of stored samples must equal the span of their values.
+fn assert_complete(pki: &Pki, agg: &Aggregator, node: &str) -> (f64, f64) {
+    let sel = format!("nodewatch_agent_collections_total{{node=\"{node}\"}}[15m]");
+    let count = scalar_of(&cli_query(pki, agg, &format!("count_over_time({sel})"))).unwrap();
+    let max = scalar_of(&cli_query(pki, agg, &format!("max_over_time({sel})"))).unwrap();
+    let min = scalar_of(&cli_query(pki, agg, &format!("min_over_time({sel})"))).unwrap();
+    assert!(
+        (count - (max - min + 1.0)).abs() < 0.5,
+        "stored {count} collections for seqs {min}..={max}: something was lost"
+    );
+    (count, max)
+}
+
+fn collections(pki: &Pki, agg: &Aggregator, node: &str) -> f64 {
+    scalar_of(&cli_query(
+        pki,
+        agg,
+        &format!("max_over_time(nodewatch_agent_collections_total{{node=\"{node}\"}}[15m])"),
+    ))
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn aggregator_kill9_and_agent_kill9_lose_nothing_and_store_nothing_twice() {
+    let pki = Pki::new();
+    let mut agg = Aggregator::start(&pki, "agg", "");
+    let mut agent = start_agent(&pki, "n1", &[&agg], "");
+    wait_for(Duration::from_secs(30), "a few collections", || {
+        (collections(&pki, &agg, "n1") >= 3.0).then_some(())
+    });
+
+    // The aggregator dies without warning; the agent keeps collecting into its spool.
+    agg.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    agg.restart(&pki, "agg-2");
+    // Back: the agent backfills the restarted (empty) aggregator from its spool.
+    wait_for(Duration::from_secs(30), "backfill after restart", || {
+        let n = collections(&pki, &agg, "n1");
+        (n >= 8.0).then_some(())
+    });
+    let (count, _) = assert_complete(&pki, &agg, "n1");
+    assert!(
+        count >= 8.0,
+        "history before the restart came back: {count}"
+    );
+
+    // The agent dies without warning; its restart resends what was not acked and continues the seq.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let before = collections(&pki, &agg, "n1");
+    let _agent2 = start_agent(&pki, "n1", &[&agg], "");
+    wait_for(
+        Duration::from_secs(30),
+        "collections after the agent restart",
+        || (collections(&pki, &agg, "n1") >= before + 3.0).then_some(()),
+    );
+    assert_complete(&pki, &agg, "n1");
+    let dups = agg
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("nodewatch_aggregator_duplicate_batches_total{node=\"n1\"}"))
+        .map(str::to_string);
+    println!("duplicates dropped by the aggregator: {dups:?}");
+}
+
+#[test]
+fn two_aggregators_one_down_does_not_slow_the_other() {
+    let pki = Pki::new();
+    let a = Aggregator::start(&pki, "agg-a", "");
+    let mut b = Aggregator::start(&pki, "agg-b", "");
+    let _agent = start_agent(&pki, "n1", &[&a, &b], "");
+    wait_for(Duration::from_secs(30), "both aggregators fed", || {
+        (collections(&pki, &a, "n1") >= 2.0 && collections(&pki, &b, "n1") >= 2.0).then_some(())
+    });
+    b.kill9();
+    let start = collections(&pki, &a, "n1");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let gained = collections(&pki, &a, "n1") - start;
+    // 1 s interval: about one collection a second keeps arriving at A.
+    assert!(
+        gained >= 4.0,
+        "A got {gained} collections in {:?} while B was down",
+        t0.elapsed()
+    );
+    b.restart(&pki, "agg-b-2");
+    wait_for(Duration::from_secs(30), "B caught up", || {
+        (collections(&pki, &b, "n1") >= collections(&pki, &a, "n1") - 1.0).then_some(())
+    });
+    assert_complete(&pki, &a, "n1");
+    assert_complete(&pki, &b, "n1");
+}
+
+#[test]
+fn rotated_certificates_are_picked_up_without_dropping_streams() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let _agent = start_agent(&pki, "n1", &[&agg], "");
+    wait_for(Duration::from_secs(30), "streaming", || {
+        (collections(&pki, &agg, "n1") >= 2.0).then_some(())
+    });
+    // cert-manager renews the server certificate (here with a new name, so we can tell).
+    let _ = pki.issue(
+        "aggregator",
+        &Leaf::Server {
+            names: vec!["rotated.nodewatch.test".into(), "localhost".into()],
+        },
+    );
+    let ops = pki.operator("ops");
+    let cli_with = |server_name: &str| {
+        std::process::Command::new(nodewatch_tests::bin("nodewatch"))
+            .args([
+                "--aggregator",
+                &agg.grpc.to_string(),
+                "--server-name",
+                server_name,
+            ])
+            .args([
+                "--ca",
+                ops.ca.to_str().unwrap(),
+                "--cert",
+                ops.cert.to_str().unwrap(),
+                "--key",
+                ops.key.to_str().unwrap(),
+            ])
+            .arg("nodes")
+            .output()
+            .unwrap()
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "new handshakes use the renewed certificate",
+        || {
+            cli_with("rotated.nodewatch.test")
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert!(agg.proc.log_text().contains("TLS certificates reloaded"));
+    // The agent's stream was never dropped.
+    let log = agg.proc.log_text();
+    assert_eq!(
+        log.matches("Agent connected").count(),
+        1,
+        "the stream reconnected:\n{log}"
+    );
+    assert!(!log.contains("Agent disconnected"));
+    let before = collections(&pki, &agg, "n1");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(collections(&pki, &agg, "n1") > before);
+}
+
+#[test]
+fn an_expired_certificate_is_refused_with_a_clear_log_line_on_both_sides() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let now = OffsetDateTime::now_utc();
+    let leaf = Leaf::Client(Identity::Node(NodeName::new("old").unwrap()));
+    let expired = pki.issue_expired("node-old", &leaf, now - time_days(30), now - time_days(1));
+    let agent = start_agent_with(&pki, "old", &expired, &[&agg], "");
+    wait_for(Duration::from_secs(20), "the refusal in both logs", || {
+        let a = agg.proc.log_text();
+        let g = agent.log_text();
+        (a.contains("TLS handshake refused")
+            && a.to_lowercase().contains("expired")
+            && g.to_lowercase().contains("expired"))
+        .then_some(())
+    });
+    assert!(!agg.metrics().contains("node=\"old\""));
+}
+
+fn time_days(d: i64) -> nodewatch_proto::certs::TimeDuration {
+    nodewatch_proto::certs::TimeDuration::days(d)
+}
+
+#[test]
+fn a_node_over_its_limits_gets_an_error_and_a_metric_and_others_are_fine() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "limits:\n  max_series_per_node: 50\n");
+    let greedy = start_agent(&pki, "greedy", &[&agg], "");
+    wait_for(Duration::from_secs(30), "the series limit hit", || {
+        agg.metrics()
+            .lines()
+            .any(|l| {
+                l.starts_with("nodewatch_aggregator_node_limit_hits_total{")
+                    && l.contains("node=\"greedy\"")
+                    && l.contains("limit=\"series\"")
+            })
+            .then_some(())
+    });
+    wait_for(Duration::from_secs(10), "the agent told why", || {
+        greedy
+            .log_text()
+            .contains("limit of 50 series")
+            .then_some(())
+    });
+    let series = agg
+        .metrics()
+        .lines()
+        .filter(|l| l.contains("node=\"greedy\"") && !l.starts_with("nodewatch_aggregator"))
+        .count();
+    assert!(
+        series <= 50,
+        "{series} series stored for a node limited to 50"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agent_quickly_even_with_the_aggregator_gone_and_health_never_depends_on_it() {
+    let pki = Pki::new();
+    let mut agg = Aggregator::start(&pki, "agg", "");
+    let port = free_port();
+    let mut agent = start_agent(
+        &pki,
+        "n1",
+        &[&agg],
+        &format!("health_listen: 127.0.0.1:{port}\n"),
+    );
+    let health: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(20), "ready", || {
+        http_get(health, "/readyz").ok().filter(|(s, _)| *s == 200)
+    });
+    agg.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    // The aggregator is gone: the agent is still healthy and ready (it collects into its spool).
+    assert_eq!(http_get(health, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(health, "/readyz").unwrap().0, 200);
+    let t = Instant::now();
+    let code = agent.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "agent did not exit cleanly within 10 s");
+    println!(
+        "agent stopped {} ms after SIGTERM with no aggregator",
+        t.elapsed().as_millis()
+    );
+}
+
+/// Messages as an agent one version ahead would send them: unknown fields
+/// in Hello and Batch, and a frame kind this aggregator has never heard of.
+mod future {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Hello {
+        #[prost(string, tag = "1")]
+        pub agent_version: String,
+        #[prost(string, tag = "2")]
+        pub node: String,
+        #[prost(string, tag = "8")]
+        pub instance_id: String,
+        #[prost(string, tag = "99")]
+        pub new_field: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SeriesDef {
+        #[prost(uint64, tag = "1")]
+        pub r#ref: u64,
+        #[prost(string, tag = "2")]
+        pub name: String,
+        #[prost(message, repeated, tag = "3")]
+        pub labels: Vec<Label>,
+        #[prost(string, tag = "42")]
+        pub unit: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, tag = "1")]
+        pub r#ref: u64,
+        #[prost(int64, tag = "2")]
+        pub t_ms: i64,
+        #[prost(double, tag = "3")]
+        pub value: f64,
+        #[prost(uint32, tag = "9")]
+        pub flags: u32,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Batch {
+        #[prost(uint64, tag = "1")]
+        pub seq: u64,
+        #[prost(message, repeated, tag = "2")]
+        pub series_defs: Vec<SeriesDef>,
+        #[prost(message, repeated, tag = "4")]
+        pub samples: Vec<Sample>,
+        #[prost(bytes = "vec", tag = "77")]
+        pub compressed_block: Vec<u8>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AgentFrame {
+        #[prost(oneof = "Kind", tags = "1, 2, 9")]
+        pub frame: Option<Kind>,
+    }
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Hello(Hello),
+        #[prost(message, tag = "2")]
+        Batch(Batch),
+        #[prost(message, tag = "9")]
+        Heartbeat(Hello),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_from_another_version_still_streams() {
+    use nodewatch_proto::v1::{aggregator_frame, AggregatorFrame};
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let files = pki.node("skew");
+    let channel = nodewatch_tests::channel(&agg, &files);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = future::AgentFrame {
+        frame: Some(future::Kind::Hello(future::Hello {
+            agent_version: "9.9.9".into(),
+            node: "skew".into(),
+            instance_id: "future".into(),
+            new_field: "from the future".into(),
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/nodewatch.v1.Ingest/Stream");
+    let codec: tonic_prost::ProstCodec<future::AgentFrame, AggregatorFrame> =
+        tonic_prost::ProstCodec::default();
+    let mut inbound = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            path,
+            codec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.frame,
+        Some(aggregator_frame::Frame::Welcome(_))
+    ));
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // A frame kind this aggregator does not know: ignored with an error frame, the stream goes on.
+    tx.send(future::AgentFrame {
+        frame: Some(future::Kind::Heartbeat(future::Hello::default())),
+    })
+    .await
+    .unwrap();
+    let batch = future::Batch {
+        seq: 1,
+        series_defs: vec![future::SeriesDef {
+            r#ref: 1,
+            name: "skew_metric".into(),
+            labels: vec![future::Label {
+                name: "k".into(),
+                value: "v".into(),
+            }],
+            unit: "bytes".into(),
+        }],
+        samples: vec![future::Sample {
+            r#ref: 1,
+            t_ms: t,
+            value: 5.0,
+            flags: 3,
+        }],
+        compressed_block: vec![1, 2, 3],
+    };
+    tx.send(future::AgentFrame {
+        frame: Some(future::Kind::Batch(batch)),
+    })
+    .await
+    .unwrap();
+    let mut acked = false;
+    while let Some(f) = inbound.message().await.unwrap() {
+        if let Some(aggregator_frame::Frame::Ack(a)) = f.frame {
+            assert_eq!(a.seq, 1);
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked);
+    let v = scalar_of(&cli_query(&pki, &agg, "skew_metric{node=\"skew\",k=\"v\"}"));
+    assert_eq!(v, Some(5.0));
+    // An older agent: a Hello with only a version (no boot id, instance id, collectors).
+    let (tx2, rx2) = tokio::sync::mpsc::channel(8);
+    let old = future::AgentFrame {
+        frame: Some(future::Kind::Hello(future::Hello {
+            agent_version: "0.0.1".into(),
+            ..Default::default()
+        })),
+    };
+    tx2.send(old).await.unwrap();
+    let codec: tonic_prost::ProstCodec<future::AgentFrame, AggregatorFrame> =
+        tonic_prost::ProstCodec::default();
+    let mut grpc2 = tonic::client::Grpc::new(nodewatch_tests::channel(&agg, &files));
+    grpc2.ready().await.unwrap();
+    let mut inbound2 = grpc2
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx2)),
+            http::uri::PathAndQuery::from_static("/nodewatch.v1.Ingest/Stream"),
+            codec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound2.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.frame, Some(aggregator_frame::Frame::Welcome(_))),
+        "{first:?}"
+    );
+}
