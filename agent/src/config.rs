@@ -17,7 +17,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest interval accepted; below this procfs reads dominate the CPU.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct File {
     /// This node's name. Defaults to the name in the agent's certificate
@@ -48,6 +48,20 @@ pub struct File {
     /// Local address for `/healthz` and `/readyz` (default `127.0.0.1:9465`; `""` turns them off).
     #[serde(default)]
     pub health_listen: Option<String>,
+    /// Get (and renew) the node certificate from an aggregator with a
+    /// Kubernetes ServiceAccount token, instead of a certificate file made by hand.
+    #[serde(default)]
+    pub bootstrap: Option<BootstrapConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// The projected ServiceAccount token (audience `nodewatch`).
+    pub token: PathBuf,
+    /// Share of the certificate's lifetime after which it is renewed (default 0.66, as cert-manager).
+    #[serde(default)]
+    pub renew_at: Option<f64>,
 }
 
 /// Default address of the agent's health endpoints: loopback, since the
@@ -116,6 +130,7 @@ pub struct Config {
     pub paths: Paths,
     pub spool: Spool,
     pub health_listen: Option<std::net::SocketAddr>,
+    pub bootstrap: Option<BootstrapConfig>,
 }
 
 impl File {
@@ -148,10 +163,30 @@ impl File {
                 Err(e) => p.add(format!("aggregators[{i}]"), e),
             }
         }
-        let tls = if streaming {
-            self.tls.validate("tls", &mut p)
-        } else {
+        let tls = if !streaming {
             None
+        } else if let Some(b) = &self.bootstrap {
+            // The certificate and key are written by the bootstrap: they need not exist yet.
+            p.file("bootstrap.token", &b.token);
+            if let Some(r) = b.renew_at {
+                if !(0.1..=0.95).contains(&r) {
+                    p.add("bootstrap.renew_at", format!("{r} is outside 0.1..=0.95"));
+                }
+            }
+            if let (Some(ca), Some(cert), Some(key)) = (&self.tls.ca, &self.tls.cert, &self.tls.key)
+            {
+                p.file("tls.ca", ca);
+                Some(TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            } else {
+                p.add("tls", "with bootstrap, tls.ca must exist and tls.cert/tls.key name where the issued certificate goes");
+                None
+            }
+        } else {
+            self.tls.validate("tls", &mut p)
         };
         let interval = match &self.interval {
             None => DEFAULT_INTERVAL,
@@ -229,6 +264,7 @@ impl File {
         };
         p.into_result()?;
         Ok(Config {
+            bootstrap: self.bootstrap.clone(),
             health_listen,
             spool: Spool {
                 dir,

@@ -8,11 +8,13 @@
 //! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
 //! - [`runtime`]: the main loop tying them together.
 //! - [`hostinfo`]: what Hello says about the host.
+//! - [`bootstrap`]: the node certificate from a Kubernetes ServiceAccount token.
 //! - [`spool`]: the on-disk log of unacknowledged collections.
 //! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
 //! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
+pub mod bootstrap;
 pub mod collector;
 pub mod collectors;
 pub mod config;

@@ -213,6 +213,31 @@ pub async fn run(
             msg: "no certificates configured".into(),
         });
     };
+    // With bootstrap, the certificate comes from an aggregator: get it before
+    // anything else, retrying until one answers.
+    let renewal = if let Some(bs) = cfg.bootstrap.clone() {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match crate::bootstrap::ensure(&cfg, &tls_files, &bs).await {
+                Ok(_) => break,
+                Err(error) => {
+                    warn!(%error, retry_in = ?delay, "Could not get a node certificate yet.");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        Some(crate::bootstrap::spawn_renewal(
+            cfg.clone(),
+            tls_files.clone(),
+            bs,
+        ))
+    } else {
+        None
+    };
     let node = node_name(&cfg, &tls_files)?;
     warn_if_expired(&tls_files);
     let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
@@ -326,6 +351,9 @@ pub async fn run(
         h.abort();
     }
     reloader.abort();
+    if let Some(r) = renewal {
+        r.abort();
+    }
     Ok(())
 }
 

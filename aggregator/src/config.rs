@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodewatch_proto::config::{self, ConfigError, Problems, TlsConfig};
@@ -52,7 +52,57 @@ pub struct File {
     /// Where alerts go.
     #[serde(default)]
     pub alerting: Alerting,
+    /// Per-node certificates for Kubernetes agents (the `Bootstrap` RPC); off when absent.
+    #[serde(default)]
+    pub bootstrap: Option<BootstrapFile>,
 }
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapFile {
+    /// CA certificate that signs node certificates (cert-manager's CA Secret `tls.crt`).
+    pub ca_cert: PathBuf,
+    /// Its key (`tls.key`).
+    pub ca_key: PathBuf,
+    /// Audience the agents' projected tokens are bound to (default `nodewatch`).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// ServiceAccounts allowed to bootstrap, as `system:serviceaccount:<namespace>:<name>`.
+    pub service_accounts: Vec<String>,
+    /// Lifetime of issued certificates (default `24h`); agents renew at two thirds.
+    #[serde(default)]
+    pub validity: Option<String>,
+    /// How to reach the API server (defaults: in-cluster).
+    #[serde(default)]
+    pub kubernetes: KubeFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KubeFile {
+    /// API server URL (default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`).
+    pub api: Option<String>,
+    /// Bearer token file (default the pod's ServiceAccount token).
+    pub token_file: Option<PathBuf>,
+    /// CA of the API server (default the pod's ServiceAccount `ca.crt`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Validated bootstrap settings.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub audience: String,
+    pub service_accounts: Vec<String>,
+    pub validity: Duration,
+    pub api: String,
+    pub token_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Default lifetime of bootstrapped node certificates.
+pub const DEFAULT_BOOTSTRAP_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +222,7 @@ pub struct Config {
     pub external_url: String,
     pub alertmanagers: Vec<String>,
     pub resend_delay: Duration,
+    pub bootstrap: Option<Bootstrap>,
 }
 
 impl File {
@@ -241,6 +292,10 @@ impl File {
                 p.add(format!("external_labels.{k}"), "not a valid label name");
             }
         }
+        let bootstrap = self
+            .bootstrap
+            .as_ref()
+            .and_then(|b| validate_bootstrap(b, &mut p));
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -263,10 +318,90 @@ impl File {
                     .map(|u| u.trim_end_matches('/').to_string())
                     .collect(),
                 resend_delay,
+                bootstrap,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }
     }
+}
+
+fn validate_bootstrap(b: &BootstrapFile, p: &mut Problems) -> Option<Bootstrap> {
+    p.file("bootstrap.ca_cert", &b.ca_cert);
+    p.file("bootstrap.ca_key", &b.ca_key);
+    if b.service_accounts.is_empty() {
+        p.add(
+            "bootstrap.service_accounts",
+            "list at least one system:serviceaccount:<namespace>:<name>",
+        );
+    }
+    for (i, sa) in b.service_accounts.iter().enumerate() {
+        let parts: Vec<&str> = sa.split(':').collect();
+        if parts.len() != 4
+            || parts[0] != "system"
+            || parts[1] != "serviceaccount"
+            || parts[2].is_empty()
+            || parts[3].is_empty()
+        {
+            p.add(
+                format!("bootstrap.service_accounts[{i}]"),
+                format!("{sa:?}: expected system:serviceaccount:<namespace>:<name>"),
+            );
+        }
+    }
+    let validity = match &b.validity {
+        None => DEFAULT_BOOTSTRAP_VALIDITY,
+        Some(v) => config::parse_duration(v)
+            .map_err(|e| p.add("bootstrap.validity", e))
+            .unwrap_or(DEFAULT_BOOTSTRAP_VALIDITY),
+    };
+    let api = b.kubernetes.api.clone().or_else(|| {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        Some(if host.contains(':') {
+            format!("https://[{host}]:{port}")
+        } else {
+            format!("https://{host}:{port}")
+        })
+    });
+    let Some(api) = api else {
+        p.add(
+            "bootstrap.kubernetes.api",
+            "not set, and KUBERNETES_SERVICE_HOST is not set (not running in a cluster)",
+        );
+        return None;
+    };
+    if !(api.starts_with("https://") || api.starts_with("http://"))
+        || api.parse::<http::Uri>().is_err()
+    {
+        p.add(
+            "bootstrap.kubernetes.api",
+            format!("{api:?}: expected an https:// URL"),
+        );
+    }
+    let token_file = b
+        .kubernetes
+        .token_file
+        .clone()
+        .unwrap_or_else(|| crate::bootstrap::IN_CLUSTER_TOKEN.into());
+    p.file("bootstrap.kubernetes.token_file", &token_file);
+    let ca_file = match &b.kubernetes.ca_file {
+        Some(f) => {
+            p.file("bootstrap.kubernetes.ca_file", f);
+            Some(f.clone())
+        }
+        None if api.starts_with("https://") => Some(crate::bootstrap::IN_CLUSTER_CA.into()),
+        None => None,
+    };
+    Some(Bootstrap {
+        ca_cert: b.ca_cert.clone(),
+        ca_key: b.ca_key.clone(),
+        audience: b.audience.clone().unwrap_or_else(|| "nodewatch".into()),
+        service_accounts: b.service_accounts.clone(),
+        validity,
+        api,
+        token_file,
+        ca_file,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`auth`]: roles from the client certificate.
+//! - [`bootstrap`]: per-node certificates for Kubernetes agents (TokenReview).
 //! - [`ingest`]: the `Ingest.Stream` service (agent → store).
 //! - [`store`]: per-series rings of recent samples, family metadata.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
@@ -17,6 +18,7 @@
 //! - [`cli`]: the `nodewatch` command-line tool.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::bootstrap::BootstrapService;
 use crate::config::Config;
 use crate::events::EventLog;
 use crate::ingest::{IngestHandle, IngestService};
@@ -22,6 +23,7 @@ use crate::query::QueryService;
 use crate::rules::notifier::{AlertmanagerTarget, Notifier, NotifierConfig};
 use crate::rules::{ExternalContext, GroupOptions};
 use crate::store::Store;
+use nodewatch_proto::v1::bootstrap_server::BootstrapServer;
 
 /// How long open agent streams get to finish after shutdown starts before
 /// they are cut; agents resend whatever was not acked.
@@ -47,6 +49,32 @@ pub enum ServerError {
     Rules(Vec<String>),
     #[error("alerting.alertmanagers: {0}")]
     Alertmanager(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+fn bootstrap_service(b: &crate::config::Bootstrap) -> Result<BootstrapService, ServerError> {
+    let ca = nodewatch_proto::certs::Ca::load_files(&b.ca_cert, &b.ca_key)
+        .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+    let tls = match &b.ca_file {
+        Some(f) => Some(crate::bootstrap::api_tls(f)?),
+        None => None,
+    };
+    let base: http::Uri = b
+        .api
+        .parse()
+        .map_err(|e| ServerError::Bootstrap(format!("kubernetes.api {:?}: {e}", b.api)))?;
+    Ok(BootstrapService {
+        ca: Arc::new(ca),
+        audience: b.audience.clone(),
+        service_accounts: b.service_accounts.clone(),
+        validity: b.validity,
+        kube: crate::bootstrap::KubeApi {
+            base,
+            token_file: b.token_file.clone(),
+            tls,
+        },
+    })
 }
 
 /// The aggregator's shared state.
@@ -82,12 +110,16 @@ fn recorder() -> Result<PrometheusHandle, ServerError> {
 /// Binds the ports and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let own = recorder()?;
-    let server_tls = Reloadable::new(tls::server_config(&config.tls)?);
-    let reloader = tls::spawn_reloader(
-        config.tls.clone(),
-        Arc::clone(&server_tls),
-        tls::server_config,
-    );
+    // With bootstrap on, clients may connect without a certificate, for that one RPC.
+    let anonymous = config.bootstrap.is_some();
+    let server_tls = Reloadable::new(tls::server_config_with(&config.tls, anonymous)?);
+    let reloader = tls::spawn_reloader(config.tls.clone(), Arc::clone(&server_tls), move |f| {
+        tls::server_config_with(f, anonymous)
+    });
+    let bootstrap = match &config.bootstrap {
+        None => None,
+        Some(b) => Some(bootstrap_service(b)?),
+    };
 
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
@@ -184,6 +216,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 .max_decoding_message_size(config.limits.max_frame_bytes),
         )
         .add_service(QueryServer::new(query))
+        .add_optional_service(bootstrap.map(BootstrapServer::new))
         .serve_with_incoming_shutdown(incoming, wait(rx.clone()));
     let grpc_task = tokio::spawn(async move {
         if let Err(error) = grpc_server.await {

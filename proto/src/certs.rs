@@ -136,10 +136,18 @@ impl Ca {
 
     /// Loads a CA from `<dir>/ca.crt` and `<dir>/ca.key`.
     pub fn load(dir: &Path) -> Result<Self, CertError> {
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(&p).map_err(|source| CertError::Io { path: p, source })
+        Self::load_files(&dir.join("ca.crt"), &dir.join("ca.key"))
+    }
+
+    /// Loads a CA from its PEM certificate and key files.
+    pub fn load_files(cert: &Path, key: &Path) -> Result<Self, CertError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| CertError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
         };
-        Self::from_pem(&read(dir.join("ca.crt"))?, &read(dir.join("ca.key"))?)
+        Self::from_pem(&read(cert)?, &read(key)?)
     }
 
     #[must_use]
@@ -207,6 +215,50 @@ impl Ca {
     }
 }
 
+/// A new private key and a certificate request for it (PEM), for bootstrapping.
+pub fn key_and_csr(node: &crate::identity::NodeName) -> Result<(String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node.as_str());
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+impl Ca {
+    /// Signs a client certificate for `identity` with the public key of a
+    /// PEM certificate request. Only the request's key is used: its names are
+    /// ignored, the identity is the caller's decision.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<Pem, CertError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "nodewatch");
+        dn.push(DnType::CommonName, identity.to_string());
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity.uri().try_into()?));
+        params.use_authority_key_identifier_extension = true;
+        let now = time_now();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: String::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +290,15 @@ mod tests {
             .unwrap();
         assert!(Identity::from_cert_der(&der).is_err());
         // Reloading the CA from PEM still signs certificates.
+        // A certificate request is signed for the identity chosen by the CA, not the request's names.
+        let other = NodeName::new("n2").unwrap();
+        let (_key, csr) = key_and_csr(&other).unwrap();
+        let signed = ca.sign_request(&csr, &id, DEFAULT_LEAF_VALIDITY).unwrap();
+        let der = rustls_pemfile::certs(&mut signed.cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(Identity::from_cert_der(&der).unwrap(), id);
         let again = Ca::from_pem(&ca.pem().cert, &ca.pem().key).unwrap();
         again
             .issue(

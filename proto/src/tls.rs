@@ -126,8 +126,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Server side: TLS 1.3 only, a client certificate chaining to `files.ca` is required.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, false)
+}
+
+/// As [`server_config`]; with `allow_anonymous` a client may also connect
+/// without a certificate (for the Bootstrap RPC only: every other service
+/// refuses a peer without an identity). A certificate that is presented is
+/// still verified.
+pub fn server_config_with(
+    files: &TlsFiles,
+    allow_anonymous: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(roots(&files.ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let builder = if allow_anonymous {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -160,6 +177,20 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             what: "client certificate and key",
             source,
         })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client side without a certificate of its own (an agent bootstrapping its identity).
+pub fn anonymous_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3",
+            source,
+        })?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -1,0 +1,363 @@
+//! `Bootstrap.Issue`: per-node certificates for Kubernetes agents without
+//! listing nodes. The agent presents its projected, audience-bound
+//! ServiceAccount token; a `TokenReview` says whose it is and (Kubernetes
+//! 1.30+) which pod and node it was issued to; the pod is then read from the
+//! API to confirm it runs on that node with that uid; only then is the
+//! agent's key certified as `spiffe://nodewatch/node/<node>`. A pod on node A
+//! can never get node B's identity: the node comes from the API server, not
+//! from anything the agent says.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use nodewatch_proto::certs::Ca;
+use nodewatch_proto::v1::bootstrap_server::Bootstrap;
+use nodewatch_proto::v1::{IssueRequest, IssueResponse};
+use nodewatch_proto::{Identity, NodeName};
+use serde_json::Value;
+use tonic::{Request as GrpcRequest, Response, Status};
+use tracing::{info, warn};
+
+/// Where a pod finds its ServiceAccount token and the API server's CA.
+pub const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// The token claims Kubernetes 1.30+ adds for a pod-bound token (`ServiceAccountTokenPodNodeInfo`).
+pub const EXTRA_NODE: &str = "authentication.kubernetes.io/node-name";
+pub const EXTRA_POD: &str = "authentication.kubernetes.io/pod-name";
+pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+/// Timeout of one API server request.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest certificate request accepted.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{url}: {msg}")]
+    Request { url: String, msg: String },
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// The few API server calls the bootstrap needs.
+pub struct KubeApi {
+    pub base: Uri,
+    pub token_file: PathBuf,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What a successful TokenReview told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewed {
+    pub username: String,
+    pub node: String,
+    pub pod: String,
+    pub pod_uid: String,
+}
+
+fn first_extra(user: &Value, key: &str) -> Option<String> {
+    user["extra"][key]
+        .get(0)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+impl KubeApi {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, KubeError> {
+        let url = format!("{}{}", self.base.to_string().trim_end_matches('/'), path);
+        let req_err = |msg: String| KubeError::Request {
+            url: url.clone(),
+            msg,
+        };
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| req_err(format!("{}: {e}", self.token_file.display())))?;
+        let https = self.base.scheme_str() == Some("https");
+        let host = self
+            .base
+            .host()
+            .ok_or_else(|| req_err("no host".into()))?
+            .to_string();
+        let port = self.base.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(
+                http::header::HOST,
+                self.base
+                    .authority()
+                    .map_or(host.as_str(), http::uri::Authority::as_str),
+            )
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| req_err(e.to_string()))?;
+        let run = async {
+            let tcp = tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            ))
+            .await
+            .map_err(|e| req_err(e.to_string()))?;
+            if https {
+                let cfg = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| req_err("https needs the API server's CA".into()))?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| req_err(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| req_err(e.to_string()))?;
+                exchange(TokioIo::new(tls), req).await.map_err(req_err)
+            } else {
+                exchange(TokioIo::new(tcp), req).await.map_err(req_err)
+            }
+        };
+        let (status, body) = tokio::time::timeout(API_TIMEOUT, run)
+            .await
+            .map_err(|_| req_err("timed out".into()))??;
+        if !status.is_success() {
+            return Err(KubeError::Status {
+                url,
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| KubeError::Bad(format!("{url}: not JSON: {e}")))
+    }
+
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+    pub async fn review(&self, token: &str, audience: &str) -> Result<Reviewed, KubeError> {
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        });
+        let v = self
+            .call(
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+        let st = &v["status"];
+        if st["authenticated"] != Value::Bool(true) {
+            let why = st["error"].as_str().unwrap_or("not authenticated");
+            return Err(KubeError::Bad(format!(
+                "token refused by the API server: {why}"
+            )));
+        }
+        // An audience-bound review answers with the audiences it matched.
+        let audiences = st["audiences"].as_array().cloned().unwrap_or_default();
+        if !audiences.iter().any(|a| a.as_str() == Some(audience)) {
+            return Err(KubeError::Bad(format!(
+                "token is not for audience {audience:?}"
+            )));
+        }
+        let user = &st["user"];
+        let username = user["username"].as_str().unwrap_or_default().to_string();
+        let node = first_extra(user, EXTRA_NODE)
+            .ok_or_else(|| KubeError::Bad(format!("token names no node ({EXTRA_NODE}); it must be a pod-bound token on Kubernetes 1.30+")))?;
+        let pod = first_extra(user, EXTRA_POD)
+            .ok_or_else(|| KubeError::Bad(format!("token names no pod ({EXTRA_POD})")))?;
+        let pod_uid = first_extra(user, EXTRA_POD_UID)
+            .ok_or_else(|| KubeError::Bad(format!("token names no pod uid ({EXTRA_POD_UID})")))?;
+        Ok(Reviewed {
+            username,
+            node,
+            pod,
+            pod_uid,
+        })
+    }
+
+    /// The node a pod is scheduled on and its uid.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<(String, String), KubeError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+                None,
+            )
+            .await?;
+        let node = v["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let uid = v["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok((node, uid))
+    }
+}
+
+async fn exchange<T>(
+    io: TokioIo<T>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = async move {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        drop(sender);
+        Ok::<_, hyper::Error>((status, body))
+    };
+    let (r, _conn) = tokio::join!(request, conn);
+    r.map_err(|e| e.to_string())
+}
+
+/// The running bootstrap service.
+pub struct BootstrapService {
+    pub ca: Arc<Ca>,
+    pub audience: String,
+    /// `system:serviceaccount:<namespace>:<name>` allowed to bootstrap.
+    pub service_accounts: Vec<String>,
+    pub validity: Duration,
+    pub kube: KubeApi,
+}
+
+fn refuse(reason: &'static str, msg: String) -> Status {
+    metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => reason).increment(1);
+    warn!(reason, error = %msg, "Bootstrap refused.");
+    Status::permission_denied(msg)
+}
+
+#[tonic::async_trait]
+impl Bootstrap for BootstrapService {
+    async fn issue(
+        &self,
+        req: GrpcRequest<IssueRequest>,
+    ) -> Result<Response<IssueResponse>, Status> {
+        let r = req.into_inner();
+        if r.token.is_empty() {
+            return Err(Status::invalid_argument("token: empty"));
+        }
+        if r.csr_pem.is_empty() || r.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "csr_pem: must be 1..={MAX_CSR_BYTES} bytes of PEM"
+            )));
+        }
+        let review = match self.kube.review(&r.token, &self.audience).await {
+            Ok(v) => v,
+            Err(KubeError::Bad(msg)) => return Err(refuse("token", msg)),
+            Err(e) => {
+                metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "api_error")
+                    .increment(1);
+                return Err(Status::unavailable(format!("cannot check the token: {e}")));
+            }
+        };
+        if !self.service_accounts.contains(&review.username) {
+            return Err(refuse(
+                "service_account",
+                format!(
+                    "{} may not bootstrap (allowed: {})",
+                    review.username,
+                    self.service_accounts.join(", ")
+                ),
+            ));
+        }
+        let namespace = review
+            .username
+            .split(':')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let (pod_node, pod_uid) = match self.kube.pod(&namespace, &review.pod).await {
+            Ok(p) => p,
+            Err(e) => {
+                metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "api_error")
+                    .increment(1);
+                return Err(Status::unavailable(format!(
+                    "cannot read pod {namespace}/{}: {e}",
+                    review.pod
+                )));
+            }
+        };
+        // The token is bound to a pod; the pod must still be that pod, on that node.
+        if pod_uid != review.pod_uid {
+            return Err(refuse(
+                "pod_uid",
+                format!(
+                    "pod {namespace}/{} has uid {pod_uid}, the token was issued to {}",
+                    review.pod, review.pod_uid
+                ),
+            ));
+        }
+        if pod_node != review.node {
+            return Err(refuse(
+                "node",
+                format!(
+                    "pod {namespace}/{} runs on {pod_node:?}, the token names node {:?}",
+                    review.pod, review.node
+                ),
+            ));
+        }
+        let node = NodeName::new(pod_node).map_err(|e| refuse("node", e.to_string()))?;
+        let pem = self
+            .ca
+            .sign_request(&r.csr_pem, &Identity::Node(node.clone()), self.validity)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "issued")
+            .increment(1);
+        info!(%node, pod = %review.pod, "Issued a node certificate.");
+        let not_after_ms = crate::store::now_ms() + self.validity.as_millis() as i64;
+        Ok(Response::new(IssueResponse {
+            cert_pem: pem.cert,
+            ca_pem: self.ca.pem().cert.clone(),
+            not_after_ms,
+            node: node.to_string(),
+        }))
+    }
+}
+
+/// A TLS client configuration trusting the API server's CA (TLS 1.2 and 1.3, as API servers speak both).
+pub fn api_tls(
+    ca: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, nodewatch_proto::tls::TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in nodewatch_proto::tls::load_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|source| nodewatch_proto::tls::TlsError::BadCa {
+                path: ca.to_path_buf(),
+                source,
+            })?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|source| nodewatch_proto::tls::TlsError::Rustls {
+        what: "TLS versions",
+        source,
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
