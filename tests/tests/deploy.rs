@@ -194,7 +194,6 @@ fn base_renders_every_file_with_namespaced_objects() {
         "StatefulSet",
         "PodDisruptionBudget",
         "ServiceMonitor",
-        "PrometheusRule",
         "Issuer",
         "Certificate",
         "ClusterRole",
@@ -380,10 +379,19 @@ fn rule_pack_passes_promtool_and_matches_the_prometheus_rule() {
     let rules_file = deploy("rules/nodewatch.rules.yml");
     let rules = &load_docs(&rules_file)[0].value;
     let docs = render();
-    let pr = find(&docs, "PrometheusRule", "nodewatch");
+    // The aggregators evaluate the pack from this ConfigMap...
+    let cm = find(&docs, "ConfigMap", "nodewatch-rules");
+    assert_eq!(
+        cm["data"]["nodewatch.rules.yml"].as_str(),
+        Some(std::fs::read_to_string(&rules_file).unwrap().as_str()),
+        "kubernetes/aggregator-rules.yaml must carry rules/nodewatch.rules.yml verbatim"
+    );
+    // ...and the PrometheusRule (an alternative, not in the base) holds the same groups.
+    let pr_docs = load_docs(&deploy("kubernetes/optional/prometheusrule.yaml"));
+    let pr = &pr_docs[0].value;
     assert_eq!(
         &pr["spec"]["groups"], &rules["groups"],
-        "kubernetes/prometheusrule.yaml must carry rules/nodewatch.rules.yml's groups verbatim"
+        "kubernetes/optional/prometheusrule.yaml must carry rules/nodewatch.rules.yml's groups verbatim"
     );
     let mut alerts = 0;
     for g in seq(&rules["groups"]) {
