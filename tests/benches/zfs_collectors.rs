@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use nodewatch_agent::collector::{Collector, Paths, Sink};
+use nodewatch_agent::collector::{Paths, Sink};
 use nodewatch_tests::{find_program, free_port, http_get, missing, spawn, wait_for};
 
 const RUNS: u32 = 2000;
@@ -35,7 +35,7 @@ fn per_run(mut f: impl FnMut()) -> Duration {
     for _ in 0..RUNS {
         f();
     }
-    (thread_cpu() - t0) / RUNS
+    thread_cpu().saturating_sub(t0) / RUNS
 }
 
 fn ticks(pid: u32) -> u64 {
