@@ -24,3 +24,21 @@ pub use identity::{Identity, NodeName};
 
 /// Version of this build, sent in `Hello` and `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Resolves on SIGTERM or SIGINT: every binary's orderly-shutdown trigger.
+/// Where the handlers cannot be installed it never resolves (the process can
+/// then only be killed), rather than stopping at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

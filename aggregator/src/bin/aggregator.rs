@@ -135,26 +135,10 @@ fn main() -> ExitCode {
                 let _ = rules.reload();
             }
         });
-        shutdown_signal().await;
+        nodewatch_proto::shutdown_signal().await;
         hup.abort();
         tracing::info!("Shutting down.");
         running.stop().await;
         ExitCode::SUCCESS
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed; run until then.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

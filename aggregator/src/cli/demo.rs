@@ -228,26 +228,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops both.");
     std::io::stdout().flush()?;
 
-    wait_for_signal().await;
+    nodewatch_proto::shutdown_signal().await;
     eprintln!("demo: stopping");
     if children.stop() {
         Ok(())
     } else {
         anyhow::bail!("a component did not stop cleanly")
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
