@@ -124,6 +124,7 @@ pub fn read_file(path: &Path) -> Result<String, CollectError> {
 
 /// Open procfs/sysfs files kept across collections; past this many the cache
 /// starts over (a node with thousands of interfaces still works, just slower).
+#[cfg(target_os = "linux")]
 const MAX_OPEN_FILES: usize = 2048;
 
 /// Reads a whole file. Files on procfs and sysfs stay open between calls and
