@@ -189,7 +189,11 @@ fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Ru
     if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
         return;
     }
-    match crate::ebpf::Ebpf::start(&cfg.paths, events) {
+    let ebpf_cfg = crate::ebpf::EbpfConfig {
+        measure_cost: cfg.ebpf_measure_cost,
+        ..crate::ebpf::EbpfConfig::default()
+    };
+    match crate::ebpf::Ebpf::start_with(&cfg.paths, events, &ebpf_cfg) {
         Ok(e) => collectors.push(Running::new(Box::new(e))),
         Err(why) => {
             info!(reason = %why, "eBPF signals off on this host; procfs collectors keep running.");
