@@ -1,7 +1,8 @@
 //! An agent that may not use BPF still does its job: started as root but
 //! without `CAP_BPF`, `CAP_PERFMON` and `CAP_SYS_ADMIN` (as a container
 //! without those capabilities would be), it runs, says once why its eBPF
-//! signals are off, and the aggregator still gets its procfs series.
+//! signals are off, the aggregator still gets its procfs series, and a real
+//! OOM kill still arrives as an event, read from the kernel log.
 //!
 //! The capabilities are dropped from the bounding set by `capsh` (Debian
 //! `libcap2-bin`) or, failing that, `setpriv` (`util-linux`); root's
@@ -10,7 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nodewatch_tests::{bin, find_program, missing, spawn, wait_for, Aggregator, Pki};
 
@@ -21,6 +23,46 @@ const CAP_BPF: u32 = 39;
 
 /// The log line the agent writes when eBPF cannot run (`runtime::start_ebpf`).
 const EBPF_OFF: &str = "eBPF signals off on this host";
+
+/// A memory cgroup (v1 or v2) removed on drop.
+struct MemCgroup {
+    dir: PathBuf,
+}
+
+impl MemCgroup {
+    fn new(limit: u64) -> Option<Self> {
+        let name = format!("nodewatch-nobpf-{}", std::process::id());
+        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(&name), "memory.limit_in_bytes")
+        } else if PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists() {
+            (PathBuf::from("/sys/fs/cgroup").join(&name), "memory.max")
+        } else {
+            return None;
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self { dir };
+        std::fs::write(cg.dir.join(limit_file), limit.to_string()).ok()?;
+        let _ = std::fs::write(cg.dir.join("memory.swappiness"), "0");
+        let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+        let _ = std::fs::write(
+            cg.dir.join("memory.memsw.limit_in_bytes"),
+            limit.to_string(),
+        );
+        Some(cg)
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 /// The agent's config: like `nodewatch_tests::start_agent_with`'s, with eBPF on.
 fn agent_config(pki: &Pki, agg: &Aggregator) -> PathBuf {
@@ -142,4 +184,63 @@ fn agent_without_bpf_capabilities_keeps_procfs_series() {
             || agg.metrics().contains("node_load1{node=\"n1\"}"),
         "procfs series stopped"
     );
+
+    // A real OOM kill still becomes an event, from the kernel log.
+    let Some(cg) = MemCgroup::new(32 << 20) else {
+        return missing("a memory cgroup controller (v1 memory or v2 with memory)");
+    };
+    let mut hog = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec tail /dev/zero",
+            cg.dir.join("cgroup.procs").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = hog.id();
+    assert!(!hog.wait().unwrap().success(), "the hog was not killed");
+    let killed_at = Instant::now();
+    let ops = pki.operator("ops");
+    let ev = wait_for(
+        Duration::from_secs(10),
+        "the OOM event from /dev/kmsg",
+        || {
+            let out = Command::new(bin("nodewatch"))
+                .args([
+                    "--aggregator",
+                    &agg.grpc.to_string(),
+                    "--server-name",
+                    "localhost",
+                ])
+                .args([
+                    "--ca",
+                    ops.ca.to_str().unwrap(),
+                    "--cert",
+                    ops.cert.to_str().unwrap(),
+                ])
+                .args(["--key", ops.key.to_str().unwrap(), "events", "-o", "json"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["oomKill"]["pid"] == pid)
+        },
+    );
+    println!(
+        "OOM kill → event via /dev/kmsg within {} ms: {ev}",
+        killed_at.elapsed().as_millis()
+    );
+    let k = &ev["oomKill"];
+    assert_eq!(k["source"], "kmsg", "{ev}");
+    assert_eq!(k["comm"], "tail", "{ev}");
+    assert_eq!(k["constraint"], "memcg", "{ev}");
+    let cgroup = k["cgroup"].as_str().unwrap_or_default();
+    assert!(
+        cgroup.ends_with(&format!("nodewatch-nobpf-{}", std::process::id())),
+        "{ev}"
+    );
+    drop(cg);
 }

@@ -163,11 +163,12 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     // 10 s interval: the event must not wait for the next collection.
+    // With cost measurement on, the OOM program's runs are counted too.
     let _agent = start_agent(
         &pki,
         "n1",
         &[&agg],
-        "interval: 10s\ncollectors: {ebpf: true}\n",
+        "interval: 10s\ncollectors: {ebpf: true}\nebpf_measure_cost: true\n",
     );
     wait_for(
         Duration::from_secs(60),
@@ -305,6 +306,28 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(value >= 1.0, "{series}");
+
+    // `ebpf_measure_cost: true`: the kernel counted the OOM program's runs.
+    let m = agg.metrics();
+    let runs = m
+        .lines()
+        .find(|l| {
+            l.starts_with("nodewatch_agent_ebpf_run_count_total{")
+                && l.contains("program=\"oom_mark_victim\"")
+                && l.contains("node=\"n1\"")
+        })
+        .unwrap_or_else(|| panic!("no run count for oom_mark_victim in:\n{m}"));
+    assert!(
+        runs.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0),
+        "{runs}"
+    );
+    assert!(
+        m.contains("nodewatch_agent_ebpf_run_seconds_total{"),
+        "no run time series"
+    );
 
     drop(follow);
     drop(first);

@@ -11,12 +11,14 @@
 //! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
 //!   tracefs handling, the [`Collector`] that exports every map.
 //! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
+//! - [`kmsg`]: OOM kills from the kernel log (`/dev/kmsg`) where BPF cannot run.
 //! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
 //! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
 //! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
 
 pub mod blockio;
 pub mod cgroup;
+pub mod kmsg;
 pub mod oom;
 pub mod pods;
 pub mod skb_drop;
@@ -737,23 +739,7 @@ impl Collector for Ebpf {
             }
         }
 
-        if let Ok(kills) = self.oom_state.kills.lock() {
-            let mut rows: Vec<_> = kills.iter().collect();
-            rows.sort();
-            for (k, n) in rows {
-                sink.counter(
-                    "nodewatch_oom_kills_total",
-                    "Processes killed by the OOM killer (tracepoint oom/mark_victim), any process of a container, not only its main one.",
-                    &[
-                        ("namespace", &k.namespace),
-                        ("pod", &k.pod),
-                        ("container", &k.container),
-                        ("comm", &k.comm),
-                    ],
-                    *n as f64,
-                );
-            }
-        }
+        self.oom_state.export_kills(sink);
         let ring_lost = self
             .oom_lost
             .as_ref()
