@@ -183,17 +183,31 @@ pub fn node_name(cfg: &Config, tls: &TlsFiles) -> Result<String, AgentError> {
 }
 
 /// Starts the eBPF programs (Linux), adding them as a collector; where BPF
-/// cannot run it says why once and the procfs collectors carry on.
+/// cannot run it says why once, the procfs collectors carry on, and OOM
+/// kills come from the kernel log (`/dev/kmsg`) instead.
 #[cfg(target_os = "linux")]
 fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Running>) {
     if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
         return;
     }
-    match crate::ebpf::Ebpf::start(&cfg.paths, events) {
+    // One pod name cache for whichever OOM source runs.
+    let pods = crate::ebpf::pods::SharedPods::default();
+    let ebpf_cfg = crate::ebpf::EbpfConfig {
+        measure_cost: cfg.ebpf_measure_cost,
+        pods: Some(pods.clone()),
+        ..crate::ebpf::EbpfConfig::default()
+    };
+    match crate::ebpf::Ebpf::start_with(&cfg.paths, events.clone(), &ebpf_cfg) {
         Ok(e) => collectors.push(Running::new(Box::new(e))),
-        Err(why) => {
-            info!(reason = %why, "eBPF signals off on this host; procfs collectors keep running.");
-        }
+        Err(why) => match crate::ebpf::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
+            Ok(k) => {
+                info!(reason = %why, fallback = crate::ebpf::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
+                collectors.push(Running::new(Box::new(k)));
+            }
+            Err(kmsg) => {
+                info!(reason = %why, fallback = %kmsg, "eBPF signals off on this host; procfs collectors keep running, no OOM kill events.");
+            }
+        },
     }
 }
 

@@ -11,12 +11,14 @@
 //! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
 //!   tracefs handling, the [`Collector`] that exports every map.
 //! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
+//! - [`kmsg`]: OOM kills from the kernel log (`/dev/kmsg`) where BPF cannot run.
 //! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
 //! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
 //! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
 
 pub mod blockio;
 pub mod cgroup;
+pub mod kmsg;
 pub mod oom;
 pub mod pods;
 pub mod skb_drop;
@@ -215,7 +217,8 @@ pub struct EbpfConfig {
     pub mount_tracefs: bool,
     /// Turn on the kernel's per-program run time accounting
     /// (`BPF_ENABLE_STATS`, held while the agent runs) and export
-    /// `nodewatch_agent_ebpf_program_run_seconds_total`. Costs two clock
+    /// `nodewatch_agent_ebpf_run_seconds_total{program}` and
+    /// `nodewatch_agent_ebpf_run_count_total{program}`. Costs two clock
     /// reads per program run, so off by default.
     pub measure_cost: bool,
     /// Use this lockdown mode instead of reading it from the kernel (to run
@@ -258,6 +261,12 @@ impl ProgramState {
     }
 }
 
+/// Run time per program, exported when [`EbpfConfig::measure_cost`] is on
+/// (design §6: per-event cost is measured).
+pub const COST_SECONDS: &str = "nodewatch_agent_ebpf_run_seconds_total";
+/// Runs per program, next to [`COST_SECONDS`]; their ratio is the cost per event.
+pub const COST_COUNT: &str = "nodewatch_agent_ebpf_run_count_total";
+
 /// Per-program cost counters from the kernel (`bpf_prog_info`).
 #[derive(Clone, Debug)]
 pub struct ProgramCost {
@@ -285,6 +294,9 @@ pub struct Ebpf {
     /// Held to keep the kernel's BPF run-time statistics on (`BPF_ENABLE_STATS`);
     /// closing it turns them off again.
     stats_guard: Option<OwnedFd>,
+    /// Whether cost measurement was asked for: the run time and count
+    /// series are exported only then.
+    export_cost: bool,
 }
 
 /// Directories aya looks in for tracefs (`aya::programs::utils::find_tracefs_path`).
@@ -389,6 +401,7 @@ impl Ebpf {
             lockdown,
             oom_reads_kernel: false,
             stats_guard: None,
+            export_cost: cfg.measure_cost,
         };
 
         for obj in OBJECTS {
@@ -550,7 +563,11 @@ impl Ebpf {
         if cfg.measure_cost {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => state.stats_guard = Some(fd),
-                Err(error) => tracing::warn!(%error, "Could not turn on BPF run time statistics."),
+                // Still exported: with `kernel.bpf_stats_enabled=1` set by the
+                // operator the counters grow; otherwise they stay at 0, visibly.
+                Err(error) => {
+                    tracing::warn!(%error, "Could not turn on BPF run time statistics (sysctl kernel.bpf_stats_enabled=1 does it for the whole host).");
+                }
             }
         }
         let attached = programs
@@ -722,23 +739,7 @@ impl Collector for Ebpf {
             }
         }
 
-        if let Ok(kills) = self.oom_state.kills.lock() {
-            let mut rows: Vec<_> = kills.iter().collect();
-            rows.sort();
-            for (k, n) in rows {
-                sink.counter(
-                    "nodewatch_oom_kills_total",
-                    "Processes killed by the OOM killer (tracepoint oom/mark_victim), any process of a container, not only its main one.",
-                    &[
-                        ("namespace", &k.namespace),
-                        ("pod", &k.pod),
-                        ("container", &k.container),
-                        ("comm", &k.comm),
-                    ],
-                    *n as f64,
-                );
-            }
-        }
+        self.oom_state.export_kills(sink);
         let ring_lost = self
             .oom_lost
             .as_ref()
@@ -768,22 +769,21 @@ impl Collector for Ebpf {
             b.collect(sink)?;
         }
 
-        for c in self.costs() {
-            if c.run_count == 0 {
-                continue;
+        if self.export_cost {
+            for c in self.costs() {
+                sink.counter(
+                    COST_SECONDS,
+                    "Time spent in each eBPF program (kernel BPF statistics, BPF_ENABLE_STATS).",
+                    &[("program", c.program)],
+                    c.run_time_ns as f64 / 1e9,
+                );
+                sink.counter(
+                    COST_COUNT,
+                    "Runs of each eBPF program (kernel BPF statistics, BPF_ENABLE_STATS).",
+                    &[("program", c.program)],
+                    c.run_count as f64,
+                );
             }
-            sink.counter(
-                "nodewatch_agent_ebpf_program_run_seconds_total",
-                "Time spent in each eBPF program (kernel BPF statistics; grows only while they are on).",
-                &[("program", c.program)],
-                c.run_time_ns as f64 / 1e9,
-            );
-            sink.counter(
-                "nodewatch_agent_ebpf_program_runs_total",
-                "Runs of each eBPF program (kernel BPF statistics; grows only while they are on).",
-                &[("program", c.program)],
-                c.run_count as f64,
-            );
         }
         Ok(())
     }

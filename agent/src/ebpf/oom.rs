@@ -326,7 +326,29 @@ pub struct OomState {
 }
 
 impl OomState {
-    fn count(&self, kill: &OomKill) {
+    /// Exports `nodewatch_oom_kills_total` from the kills counted so far.
+    pub(crate) fn export_kills(&self, sink: &mut crate::collector::Sink) {
+        let Ok(kills) = self.kills.lock() else {
+            return;
+        };
+        let mut rows: Vec<_> = kills.iter().collect();
+        rows.sort();
+        for (k, n) in rows {
+            sink.counter(
+                "nodewatch_oom_kills_total",
+                "Processes killed by the OOM killer (tracepoint oom/mark_victim, or the kernel log without BPF), any process of a container, not only its main one.",
+                &[
+                    ("namespace", &k.namespace),
+                    ("pod", &k.pod),
+                    ("container", &k.container),
+                    ("comm", &k.comm),
+                ],
+                *n as f64,
+            );
+        }
+    }
+
+    pub(crate) fn count(&self, kill: &OomKill) {
         // Without the kubelet's pod list the names are unknown: the pod label
         // carries the pod UID and the container label the container id, as
         // the cgroup path gives them.
