@@ -308,6 +308,8 @@ impl Notifier {
             self.shared
                 .dropped
                 .fetch_add(excess as u64, Ordering::Relaxed);
+            metrics::counter!("nodewatch_aggregator_notifications_dropped_total")
+                .increment(excess as u64);
             tracing::warn!(
                 dropped = excess,
                 "Alert notification queue full, dropping alerts."
@@ -393,9 +395,12 @@ impl NotifierTask {
                     match post(t, body.clone(), self.cfg.timeout).await {
                         Ok(()) => {
                             self.shared.sent.fetch_add(n, Ordering::Relaxed);
+                            // Prometheus' `prometheus_notifications_sent_total` under our prefix.
+                            metrics::counter!("nodewatch_aggregator_notifications_sent_total", "alertmanager" => t.url.to_string()).increment(n);
                             return;
                         }
                         Err(error) => {
+                            metrics::counter!("nodewatch_aggregator_notifications_errors_total", "alertmanager" => t.url.to_string()).increment(1);
                             tracing::warn!(peer = %t.url, %error, attempt, "Alertmanager send failed.");
                         }
                     }
