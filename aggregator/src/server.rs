@@ -19,7 +19,7 @@ use crate::ingest::{IngestHandle, IngestService};
 use crate::manager::RuleManager;
 use crate::nodes::Nodes;
 use crate::query::QueryService;
-use crate::rules::notifier::{AlertmanagerTarget, Notifier, NotifierConfig};
+use crate::rules::notifier::{self, AlertmanagerTarget, Notifier, NotifierConfig};
 use crate::rules::{ExternalContext, GroupOptions};
 use crate::store::Store;
 
@@ -122,11 +122,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         None
     } else {
         let mut targets = Vec::new();
-        for u in &config.alertmanagers {
+        for am in &config.alertmanagers {
+            let u = &am.url;
             let url: http::Uri = u
                 .parse()
                 .map_err(|e| ServerError::Alertmanager(format!("{u:?}: {e}")))?;
-            targets.push(AlertmanagerTarget { url, tls: None });
+            let mut target = AlertmanagerTarget::new(url);
+            target.auth.clone_from(&am.auth);
+            if let Some(t) = &am.tls {
+                let cert_key = t.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                target.tls = Some(
+                    notifier::tls_client_config(&t.ca, cert_key)
+                        .map_err(|e| ServerError::Alertmanager(format!("{u}: {e}")))?,
+                );
+                target.server_name.clone_from(&t.server_name);
+            }
+            targets.push(target);
         }
         let (n, task) = Notifier::new(NotifierConfig {
             targets,

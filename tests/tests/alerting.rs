@@ -399,3 +399,53 @@ fn alerts_reach_an_alertmanager_that_comes_up_late() {
         at.duration_since(up)
     );
 }
+
+#[test]
+fn alerts_reach_an_alertmanager_behind_basic_auth() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    // bcrypt (cost 4, to start fast) of "nodewatch-test", as Alertmanager's
+    // `--web.config.file` wants it.
+    let hash = "$2b$04$gImHz4RDuBDy1psIk8y.3OiRT3.4Q7aDOxZkdyNxJkTkAf27Svvem";
+    let Some((_am, am_addr)) = start_alertmanager_with(
+        pki.dir.path(),
+        &hook,
+        &AlertmanagerOptions {
+            web_config: Some(format!("basic_auth_users:\n  nodewatch: '{hash}'\n")),
+            ..AlertmanagerOptions::default()
+        },
+    ) else {
+        return;
+    };
+    // Without credentials Alertmanager refuses.
+    let (status, _) = http_get(am_addr, "/api/v2/alerts").unwrap();
+    assert_eq!(status, 401);
+    let password = pki.path("am-password");
+    std::fs::write(&password, "nodewatch-test\n").unwrap();
+    let rules = rule_file(
+        &pki,
+        "auth.yml",
+        "      - alert: BehindBasicAuth\n        expr: vector(1)\n",
+    );
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(
+            &rules,
+            &format!(
+                "{{url: 'http://{am_addr}', basic_auth: {{username: nodewatch, password_file: '{}'}}}}",
+                password.display()
+            ),
+        ),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the alert through basic auth",
+        || hook.find("BehindBasicAuth"),
+    );
+    assert!(
+        !agg.proc.log_text().contains("401"),
+        "{}",
+        agg.proc.log_text()
+    );
+}
