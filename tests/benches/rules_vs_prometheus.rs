@@ -504,6 +504,8 @@ fn main() {
     });
 
     let ops = pki.operator("bench");
+    // The channel is made lazily on the runtime.
+    let _enter = rt.enter();
     let mut q = QueryClient::new(channel(&agg, &ops)).max_decoding_message_size(256 * 1024 * 1024);
     let mut nw_query = |expr: &str| -> usize {
         rt.block_on(async {
