@@ -110,7 +110,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         source,
     })?;
 
-    let state_store = Store::new(config.retention.as_millis() as i64);
+    let opts = GroupOptions {
+        default_interval_ms: config.evaluation_interval.as_millis() as i64,
+        external: ExternalContext {
+            labels: config.external_labels.clone(),
+            url: config.external_url.clone(),
+        },
+        ..GroupOptions::default()
+    };
+    let configured_ms = config.retention.as_millis() as i64;
+    let retention_ms =
+        crate::manager::retention_for_rules(&config.rule_files, &opts, configured_ms);
+    if retention_ms > configured_ms {
+        info!(
+            retention_ms,
+            configured_ms, "Store retention raised to the longest range the rules read."
+        );
+    }
+    let state_store = Store::new(retention_ms);
     let (shutdown, rx) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -148,14 +165,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         });
         tasks.push(tokio::spawn(task.run(wait(rx.clone()))));
         Some(n)
-    };
-    let opts = GroupOptions {
-        default_interval_ms: config.evaluation_interval.as_millis() as i64,
-        external: ExternalContext {
-            labels: config.external_labels.clone(),
-            url: config.external_url.clone(),
-        },
-        ..GroupOptions::default()
     };
     let rules = RuleManager::new(
         Arc::clone(&state_store),
