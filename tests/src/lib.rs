@@ -540,8 +540,9 @@ impl Default for AlertmanagerOptions {
     }
 }
 
-/// A real Alertmanager as `opts` says, waiting until it is ready (with
-/// basic auth configured, a 401 from `/-/ready` also says it is up).
+/// A real Alertmanager as `opts` says, waiting until it is ready (with a
+/// web config, any HTTP answer says it is up: a 401 for basic auth, a 400
+/// to plain HTTP for TLS).
 #[must_use]
 pub fn start_alertmanager_with(
     dir: &Path,
@@ -588,7 +589,7 @@ pub fn start_alertmanager_with(
     wait_for(Duration::from_secs(20), "alertmanager ready", || {
         http_get(addr, "/-/ready")
             .ok()
-            .filter(|(s, _)| *s == 200 || (auth && *s == 401))
+            .filter(|(s, _)| *s == 200 || (auth && *s != 0))
     });
     Some((p, addr))
 }

@@ -449,3 +449,46 @@ fn alerts_reach_an_alertmanager_behind_basic_auth() {
         agg.proc.log_text()
     );
 }
+
+#[test]
+fn alerts_reach_an_alertmanager_over_https_with_a_bearer_token_file_configured() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    let d = pki.dir.path().display();
+    // Alertmanager serves TLS with the test CA's server certificate (issued
+    // for localhost and 127.0.0.1).
+    let Some((_am, am_addr)) = start_alertmanager_with(
+        pki.dir.path(),
+        &hook,
+        &AlertmanagerOptions {
+            web_config: Some(format!(
+                "tls_server_config:\n  cert_file: {d}/aggregator.crt\n  key_file: {d}/aggregator.key\n"
+            )),
+            ..AlertmanagerOptions::default()
+        },
+    ) else {
+        return;
+    };
+    let token = pki.path("am-token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let rules = rule_file(
+        &pki,
+        "tls.yml",
+        "      - alert: OverHttps\n        expr: vector(1)\n",
+    );
+    let _agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(
+            &rules,
+            &format!(
+                "{{url: 'https://127.0.0.1:{}', bearer_token_file: '{}', tls: {{ca: '{d}/ca.crt', server_name: localhost}}}}",
+                am_addr.port(),
+                token.display()
+            ),
+        ),
+    );
+    wait_for(Duration::from_secs(30), "the alert over https", || {
+        hook.find("OverHttps")
+    });
+}
