@@ -536,15 +536,21 @@ fn main() {
     }
     let mut nw = Vec::new();
     let mut prom = Vec::new();
+    // Per expression, summed over rounds: where each side spends its time.
+    let mut per_expr = vec![(Duration::ZERO, Duration::ZERO); PACK.len()];
     for _ in 0..ROUNDS {
         let t = Instant::now();
-        for expr in PACK {
+        for (i, expr) in PACK.iter().enumerate() {
+            let e = Instant::now();
             nw_query(expr);
+            per_expr[i].0 += e.elapsed();
         }
         nw.push(t.elapsed());
         let t = Instant::now();
-        for expr in PACK {
+        for (i, expr) in PACK.iter().enumerate() {
+            let e = Instant::now();
             prom_query(paddr, expr, end_s);
+            per_expr[i].1 += e.elapsed();
         }
         prom.push(t.elapsed());
     }
@@ -576,6 +582,20 @@ fn main() {
         ms(a) / PACK.len() as f64,
         ms(b) / PACK.len() as f64
     );
+    let mut slowest: Vec<(usize, (Duration, Duration))> =
+        per_expr.iter().copied().enumerate().collect();
+    slowest.sort_by_key(|(_, (a, _))| std::cmp::Reverse(*a));
+    println!("\nThe five expressions nodewatch spends most on (mean per evaluation):\n");
+    println!("| expression | nodewatch | Prometheus |");
+    println!("|---|---|---|");
+    for (i, (a, b)) in slowest.iter().take(5) {
+        println!(
+            "| `{}` | {:.1} ms | {:.1} ms |",
+            PACK[*i].replace('|', "\\|"),
+            ms(*a) / ROUNDS as f64,
+            ms(*b) / ROUNDS as f64
+        );
+    }
     if mismatches.is_empty() {
         println!("\nEvery expression returned the same number of series on both sides.");
     } else {
