@@ -107,12 +107,251 @@ pub const DEFAULT_BOOTSTRAP_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Alerting {
-    /// Alertmanager base URLs (`http://alertmanager:9093`); every alert goes to each.
+    /// Alertmanagers; every alert goes to each. An entry is a base URL
+    /// (`http://alertmanager:9093`) or an object with credentials and TLS.
     #[serde(default)]
-    pub alertmanagers: Vec<String>,
+    pub alertmanagers: Vec<AlertmanagerEntry>,
     /// How often firing alerts are re-sent (default `1m`, as Prometheus).
     #[serde(default)]
     pub resend_delay: Option<String>,
+}
+
+/// One `alerting.alertmanagers` entry: a URL, or `{url, basic_auth,
+/// bearer_token_file, tls}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlertmanagerEntry {
+    /// Just the base URL.
+    Url(String),
+    /// The URL with how to reach it.
+    Full(AlertmanagerSpec),
+}
+
+// Written out rather than `#[serde(untagged)]`: untagged hides the object's
+// own error ("data did not match any variant"), while this keeps serde's
+// message with its line, e.g. an unknown key under an Alertmanager.
+impl<'de> Deserialize<'de> for AlertmanagerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AlertmanagerEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an Alertmanager URL or {url, basic_auth, bearer_token_file, tls}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(AlertmanagerEntry::Url(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                AlertmanagerSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AlertmanagerEntry::Full)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// An Alertmanager with credentials and TLS settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSpec {
+    /// Base URL.
+    pub url: String,
+    /// HTTP basic authentication.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// File holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS settings for an `https://` URL.
+    #[serde(default)]
+    pub tls: Option<AlertmanagerTls>,
+}
+
+/// `basic_auth` of an Alertmanager; the password stays in its own file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// File holding the password.
+    pub password_file: PathBuf,
+}
+
+/// `tls` of an Alertmanager.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerTls {
+    /// CA bundle the server's certificate must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate, when Alertmanager asks for one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name expected in the server's certificate, when not the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// A validated Alertmanager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertmanagerConfig {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    /// Credentials, if any.
+    pub auth: Option<crate::rules::notifier::Authorization>,
+    /// TLS files, for `https://` URLs.
+    pub tls: Option<AlertmanagerTlsFiles>,
+}
+
+/// A validated Alertmanager `tls` block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertmanagerTlsFiles {
+    /// CA bundle.
+    pub ca: PathBuf,
+    /// Client certificate and key.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// Name expected in the server's certificate.
+    pub server_name: Option<String>,
+}
+
+impl AlertmanagerEntry {
+    /// Checks the entry, recording problems under `key`.
+    fn validate(&self, key: &str, problems: &mut Problems) -> Option<AlertmanagerConfig> {
+        use crate::rules::notifier::Authorization;
+        let mut probs = Counted { p: problems, n: 0 };
+        let spec = match self {
+            Self::Url(u) => AlertmanagerSpec {
+                url: u.clone(),
+                basic_auth: None,
+                bearer_token_file: None,
+                tls: None,
+            },
+            Self::Full(s) => s.clone(),
+        };
+        // Keys name the object's fields only where there is an object.
+        let field = |f: &str| match self {
+            Self::Url(_) => key.to_string(),
+            Self::Full(_) => format!("{key}.{f}"),
+        };
+        let url = &spec.url;
+        let https = url.starts_with("https://");
+        if url.starts_with("http://") || https {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {}
+                Ok(_) => probs.add(field("url"), format!("{url:?}: no host")),
+                Err(e) => probs.add(field("url"), format!("{url:?}: {e}")),
+            }
+        } else {
+            probs.add(
+                field("url"),
+                format!("{url:?}: expected an http:// or https:// URL"),
+            );
+        }
+        let auth = match (&spec.basic_auth, &spec.bearer_token_file) {
+            (Some(_), Some(_)) => {
+                probs.add(
+                    key,
+                    "basic_auth and bearer_token_file are exclusive: set one",
+                );
+                None
+            }
+            (Some(b), None) => {
+                if b.username.is_empty() {
+                    probs.add(format!("{key}.basic_auth.username"), "must not be empty");
+                }
+                probs.file(&format!("{key}.basic_auth.password_file"), &b.password_file);
+                Some(Authorization::Basic {
+                    username: b.username.clone(),
+                    password_file: b.password_file.clone(),
+                })
+            }
+            (None, Some(f)) => {
+                probs.file(&format!("{key}.bearer_token_file"), f);
+                Some(Authorization::Bearer {
+                    token_file: f.clone(),
+                })
+            }
+            (None, None) => None,
+        };
+        let tls = match (&spec.tls, https) {
+            (Some(_), false) => {
+                probs.add(format!("{key}.tls"), "only used with an https:// URL");
+                None
+            }
+            (None, true) => {
+                // No system trust store is bundled: the CA is always explicit.
+                probs.add(field("tls.ca"), "required for an https:// URL");
+                None
+            }
+            (None, false) => None,
+            (Some(t), true) => {
+                let ca = t.ca.clone();
+                match &ca {
+                    Some(ca) => probs.file(&format!("{key}.tls.ca"), ca),
+                    None => probs.add(format!("{key}.tls.ca"), "required for an https:// URL"),
+                }
+                let cert_key = match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => {
+                        probs.file(&format!("{key}.tls.cert"), c);
+                        probs.file(&format!("{key}.tls.key"), k);
+                        Some((c.clone(), k.clone()))
+                    }
+                    (Some(_), None) => {
+                        probs.add(format!("{key}.tls.key"), "required with tls.cert");
+                        None
+                    }
+                    (None, Some(_)) => {
+                        probs.add(format!("{key}.tls.cert"), "required with tls.key");
+                        None
+                    }
+                    (None, None) => None,
+                };
+                if let Some(n) = &t.server_name {
+                    if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                        probs.add(
+                            format!("{key}.tls.server_name"),
+                            format!("{n:?}: not a DNS name or IP address"),
+                        );
+                    }
+                }
+                ca.map(|ca| AlertmanagerTlsFiles {
+                    ca,
+                    cert_key,
+                    server_name: t.server_name.clone(),
+                })
+            }
+        };
+        (probs.n == 0).then(|| AlertmanagerConfig {
+            url: url.trim_end_matches('/').to_string(),
+            auth,
+            tls,
+        })
+    }
+}
+
+/// Problems, counting those of one entry so it is returned only when sound.
+struct Counted<'a> {
+    p: &'a mut Problems,
+    n: usize,
+}
+
+impl Counted<'_> {
+    fn add(&mut self, key: impl Into<String>, msg: impl Into<String>) {
+        self.n += 1;
+        self.p.add(key, msg);
+    }
+
+    fn file(&mut self, key: &str, path: &Path) {
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            self.n += 1;
+            self.p.file(key, path);
+        }
+    }
 }
 
 /// Default interval of rule groups: one second, so node events alert at once.
@@ -220,7 +459,7 @@ pub struct Config {
     pub evaluation_interval: Duration,
     pub external_labels: BTreeMap<String, String>,
     pub external_url: String,
-    pub alertmanagers: Vec<String>,
+    pub alertmanagers: Vec<AlertmanagerConfig>,
     pub resend_delay: Duration,
     pub bootstrap: Option<Bootstrap>,
 }
@@ -271,14 +510,13 @@ impl File {
                 .map_err(|e| p.add("alerting.resend_delay", e))
                 .unwrap_or(DEFAULT_RESEND_DELAY),
         };
-        for (i, u) in self.alerting.alertmanagers.iter().enumerate() {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                p.add(
-                    format!("alerting.alertmanagers[{i}]"),
-                    format!("{u:?}: expected an http:// or https:// URL"),
-                );
-            }
-        }
+        let alertmanagers: Vec<AlertmanagerConfig> = self
+            .alerting
+            .alertmanagers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.validate(&format!("alerting.alertmanagers[{i}]"), &mut p))
+            .collect();
         for (i, g) in self.rule_files.iter().enumerate() {
             if let Err(e) = glob::Pattern::new(g) {
                 p.add(format!("rule_files[{i}]"), format!("{g:?}: {e}"));
@@ -311,12 +549,7 @@ impl File {
                     .external_url
                     .clone()
                     .unwrap_or_else(|| format!("http://{http_listen}")),
-                alertmanagers: self
-                    .alerting
-                    .alertmanagers
-                    .iter()
-                    .map(|u| u.trim_end_matches('/').to_string())
-                    .collect(),
+                alertmanagers,
                 resend_delay,
                 bootstrap,
             }),
@@ -434,5 +667,73 @@ mod tests {
         let err = config::parse_yaml::<File>("limits:\n  max_series: 3\n", Path::new("agg.yaml"))
             .unwrap_err();
         assert!(err.to_string().contains("max_series"), "{err}");
+    }
+
+    fn alerting(yaml: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["ca.crt", "tls.crt", "tls.key", "pw", "token"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        let text = format!(
+            "tls: {{ca: {0}/ca.crt, cert: {0}/tls.crt, key: {0}/tls.key}}\nalerting:\n{1}",
+            d.display(),
+            yaml.replace("$D", &d.display().to_string())
+        );
+        let f: File =
+            config::parse_yaml(&text, Path::new("agg.yaml")).map_err(|e| e.to_string())?;
+        f.validate(Some(Path::new("agg.yaml")))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn alertmanagers_are_urls_or_objects_with_credentials_and_tls() {
+        use crate::rules::notifier::Authorization;
+        let c = alerting(
+            "  alertmanagers:\n    - http://am1:9093/\n    - url: https://am2:9093\n      basic_auth: {username: nw, password_file: $D/pw}\n      tls: {ca: $D/ca.crt, cert: $D/tls.crt, key: $D/tls.key, server_name: am.lan}\n    - {url: 'http://am3', bearer_token_file: $D/token}\n",
+        )
+        .unwrap();
+        let am = &c.alertmanagers;
+        assert_eq!(am.len(), 3);
+        assert_eq!(am[0].url, "http://am1:9093");
+        assert_eq!((&am[0].auth, &am[0].tls), (&None, &None));
+        assert!(
+            matches!(&am[1].auth, Some(Authorization::Basic { username, .. }) if username == "nw")
+        );
+        let tls = am[1].tls.as_ref().unwrap();
+        assert!(tls.cert_key.is_some());
+        assert_eq!(tls.server_name.as_deref(), Some("am.lan"));
+        assert!(
+            matches!(&am[2].auth, Some(Authorization::Bearer { token_file }) if token_file.ends_with("token"))
+        );
+    }
+
+    #[test]
+    fn every_alertmanager_problem_is_reported_with_its_key() {
+        let err = alerting(
+            "  alertmanagers:\n    - ftp://x\n    - url: https://am\n      basic_auth: {username: '', password_file: /no/pw}\n      tls: {cert: $D/tls.crt, server_name: 'bad name!'}\n    - url: http://am\n      basic_auth: {username: a, password_file: $D/pw}\n      bearer_token_file: /no/token\n      tls: {ca: $D/ca.crt}\n    - https://am4\n",
+        )
+        .unwrap_err();
+        for want in [
+            "alerting.alertmanagers[0]: \"ftp://x\": expected an http:// or https:// URL",
+            "alerting.alertmanagers[1].basic_auth.username: must not be empty",
+            "alerting.alertmanagers[1].basic_auth.password_file: file not found: /no/pw",
+            "alerting.alertmanagers[1].tls.ca: required for an https:// URL",
+            "alerting.alertmanagers[1].tls.key: required with tls.cert",
+            "alerting.alertmanagers[1].tls.server_name",
+            "alerting.alertmanagers[2]: basic_auth and bearer_token_file are exclusive",
+            "alerting.alertmanagers[2].tls: only used with an https:// URL",
+            "alerting.alertmanagers[3]: required for an https:// URL",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_under_an_alertmanager_is_refused_with_its_line() {
+        let err = alerting("  alertmanagers:\n    - url: http://am\n      pasword_file: x\n")
+            .unwrap_err();
+        assert!(err.contains("pasword_file"), "{err}");
+        assert!(err.contains("line") || err.contains(":3"), "{err}");
     }
 }

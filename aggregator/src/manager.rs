@@ -14,9 +14,27 @@ use tracing::{info, warn};
 
 use crate::promql::Sample;
 use crate::rules::notifier::Notifier;
-use crate::rules::{load_groups, ActiveAlert, Group, GroupOptions};
+use crate::rules::{
+    load_groups, ActiveAlert, Group, GroupOptions, DEFAULT_FOR_GRACE_PERIOD_MS,
+    DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+};
 use crate::store::now_ms;
 use crate::store::Store;
+
+/// The history the store keeps: the configured retention, or more when
+/// the rule files read further back (a `rate(x[1h])` needs an hour). Rules
+/// are loaded once here to know; errors are left to the real load.
+#[must_use]
+pub fn retention_for_rules(patterns: &[String], opts: &GroupOptions, configured_ms: i64) -> i64 {
+    let files: Vec<PathBuf> = expand(patterns).into_iter().map(|(p, _)| p).collect();
+    let Ok(groups) = load_groups(&files, opts) else {
+        return configured_ms;
+    };
+    groups
+        .iter()
+        .filter_map(Group::history_needed_ms)
+        .fold(configured_ms, i64::max)
+}
 
 /// How often rule files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(5);
@@ -24,6 +42,8 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(5);
 struct Slot {
     group: Group,
     next_ms: AtomicI64,
+    /// Whether `for` state was restored after this group's first evaluation.
+    restored: AtomicBool,
 }
 
 /// What [`RuleManager::reload`] found.
@@ -43,6 +63,8 @@ pub struct RuleManager {
     seen: Mutex<Vec<(PathBuf, Option<SystemTime>)>>,
     wake: Notify,
     triggered: AtomicBool,
+    /// Whether rules were loaded before (so this is a reload).
+    loaded: AtomicBool,
 }
 
 fn expand(patterns: &[String]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -80,6 +102,7 @@ impl RuleManager {
             seen: Mutex::new(Vec::new()),
             wake: Notify::new(),
             triggered: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
         })
     }
 
@@ -97,12 +120,17 @@ impl RuleManager {
             Ok(groups) => {
                 let rules = groups.iter().map(|g| g.rules().len()).sum();
                 let now = now_ms();
+                // Only the rules loaded at start restore `for` state, as in
+                // Prometheus: after a reload the grace period would push
+                // nearly-due alerts back by minutes.
+                let restored = self.loaded.swap(true, Ordering::AcqRel);
                 let slots: Vec<Arc<Slot>> = groups
                     .into_iter()
                     .map(|group| {
                         Arc::new(Slot {
                             group,
                             next_ms: AtomicI64::new(now),
+                            restored: AtomicBool::new(restored),
                         })
                     })
                     .collect();
@@ -134,6 +162,16 @@ impl RuleManager {
                 Err(msgs)
             }
         }
+    }
+
+    /// How much history the loaded rules read (ms): the longest range or
+    /// lookback plus offset over every group; `None` if a rule pins a
+    /// selector with `@`, which no retention can promise.
+    #[must_use]
+    pub fn history_needed_ms(&self) -> Option<i64> {
+        self.slots().iter().try_fold(0_i64, |acc, s| {
+            s.group.history_needed_ms().map(|n| acc.max(n))
+        })
     }
 
     /// Asks for every group to be evaluated now (an event arrived).
@@ -171,6 +209,20 @@ impl RuleManager {
             warn!(group = %group, rule = %rule, %error, "Rule evaluation failed.");
         }
         self.record(&ev.recorded);
+        // As Prometheus after a start: once the group knows its active
+        // alerts, their `for` progress comes back from `ALERTS_FOR_STATE`,
+        // before the first send, so a restored alert's first notification
+        // carries its real start. The store is in memory, so today this
+        // finds state only if `ALERTS_FOR_STATE` reached the store before
+        // the first evaluation; it is the hook a persisted store needs.
+        if !slot.restored.swap(true, Ordering::AcqRel) {
+            slot.group.restore_for_state(
+                self.store.as_ref(),
+                t_ms,
+                DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
+                DEFAULT_FOR_GRACE_PERIOD_MS,
+            );
+        }
         if let Some(n) = &self.notifier {
             n.send_group(&slot.group, t_ms);
         }
@@ -248,5 +300,31 @@ impl RuleManager {
                 _ = shutdown.wait_for(|v| *v) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_grows_to_the_longest_range_the_rules_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("r.yml");
+        std::fs::write(
+            &f,
+            "groups:\n  - name: g\n    rules:\n      - record: a\n        expr: rate(x[1h])\n      - record: b\n        expr: y offset 10m\n",
+        )
+        .unwrap();
+        let pat = vec![f.display().to_string()];
+        let opts = GroupOptions::default();
+        let fifteen = 15 * 60 * 1000;
+        assert!(retention_for_rules(&pat, &opts, fifteen) >= 60 * 60 * 1000);
+        // A longer configured retention stays; no rules, no change.
+        assert_eq!(
+            retention_for_rules(&pat, &opts, 3 * 3_600_000),
+            3 * 3_600_000
+        );
+        assert_eq!(retention_for_rules(&[], &opts, fifteen), fifteen);
     }
 }

@@ -20,7 +20,7 @@ use crate::ingest::{IngestHandle, IngestService};
 use crate::manager::RuleManager;
 use crate::nodes::Nodes;
 use crate::query::QueryService;
-use crate::rules::notifier::{AlertmanagerTarget, Notifier, NotifierConfig};
+use crate::rules::notifier::{self, AlertmanagerTarget, Notifier, NotifierConfig};
 use crate::rules::{ExternalContext, GroupOptions};
 use crate::store::Store;
 use nodewatch_proto::v1::bootstrap_server::BootstrapServer;
@@ -142,7 +142,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         source,
     })?;
 
-    let state_store = Store::new(config.retention.as_millis() as i64);
+    let opts = GroupOptions {
+        default_interval_ms: config.evaluation_interval.as_millis() as i64,
+        external: ExternalContext {
+            labels: config.external_labels.clone(),
+            url: config.external_url.clone(),
+        },
+        ..GroupOptions::default()
+    };
+    let configured_ms = config.retention.as_millis() as i64;
+    let retention_ms =
+        crate::manager::retention_for_rules(&config.rule_files, &opts, configured_ms);
+    if retention_ms > configured_ms {
+        info!(
+            retention_ms,
+            configured_ms, "Store retention raised to the longest range the rules read."
+        );
+    }
+    let state_store = Store::new(retention_ms);
     let (shutdown, rx) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -154,11 +171,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         None
     } else {
         let mut targets = Vec::new();
-        for u in &config.alertmanagers {
+        for am in &config.alertmanagers {
+            let u = &am.url;
             let url: http::Uri = u
                 .parse()
                 .map_err(|e| ServerError::Alertmanager(format!("{u:?}: {e}")))?;
-            targets.push(AlertmanagerTarget { url, tls: None });
+            let mut target = AlertmanagerTarget::new(url);
+            target.auth.clone_from(&am.auth);
+            if let Some(t) = &am.tls {
+                let cert_key = t.cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                target.tls = Some(
+                    notifier::tls_client_config(&t.ca, cert_key)
+                        .map_err(|e| ServerError::Alertmanager(format!("{u}: {e}")))?,
+                );
+                target.server_name.clone_from(&t.server_name);
+            }
+            targets.push(target);
         }
         let (n, task) = Notifier::new(NotifierConfig {
             targets,
@@ -169,14 +197,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         });
         tasks.push(tokio::spawn(task.run(wait(rx.clone()))));
         Some(n)
-    };
-    let opts = GroupOptions {
-        default_interval_ms: config.evaluation_interval.as_millis() as i64,
-        external: ExternalContext {
-            labels: config.external_labels.clone(),
-            url: config.external_url.clone(),
-        },
-        ..GroupOptions::default()
     };
     let rules = RuleManager::new(
         Arc::clone(&state_store),

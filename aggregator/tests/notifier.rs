@@ -99,10 +99,7 @@ async fn firing_and_resolved_alerts_are_posted_like_prometheus() {
     let groups = load_groups(&[p], &GroupOptions::default()).unwrap();
     let g = &groups[0];
     let (notifier, task) = Notifier::new(NotifierConfig {
-        targets: vec![AlertmanagerTarget {
-            url: url.parse().unwrap(),
-            tls: None,
-        }],
+        targets: vec![AlertmanagerTarget::new(url.parse().unwrap())],
         external_labels: Labels::from_pairs([("dc", "eu1"), ("replica", "a")]),
         external_url: "http://agg:9090/".into(),
         resend_delay: nodewatch_aggregator::rules::notifier::DEFAULT_RESEND_DELAY,
@@ -161,10 +158,7 @@ async fn firing_and_resolved_alerts_are_posted_like_prometheus() {
 async fn failed_sends_are_retried_with_backoff() {
     let (url, seen) = fake_am(vec![503, 500]).await;
     let (notifier, task) = Notifier::new(NotifierConfig {
-        targets: vec![AlertmanagerTarget {
-            url: url.parse().unwrap(),
-            tls: None,
-        }],
+        targets: vec![AlertmanagerTarget::new(url.parse().unwrap())],
         retry_backoff: Duration::from_millis(10),
         ..NotifierConfig::default()
     });
@@ -188,10 +182,7 @@ async fn unreachable_alertmanager_gives_up_after_retries() {
     let url = format!("http://{}", l.local_addr().unwrap());
     drop(l);
     let (notifier, task) = Notifier::new(NotifierConfig {
-        targets: vec![AlertmanagerTarget {
-            url: url.parse().unwrap(),
-            tls: None,
-        }],
+        targets: vec![AlertmanagerTarget::new(url.parse().unwrap())],
         retry_backoff: Duration::from_millis(5),
         max_retries: 2,
         ..NotifierConfig::default()

@@ -486,6 +486,18 @@ impl Webhook {
         Self { addr, bodies }
     }
 
+    /// Every body containing `needle`, in arrival order.
+    #[must_use]
+    pub fn find_all(&self, needle: &str) -> Vec<(Instant, String)> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     /// The first body containing `needle`, with when it arrived.
     #[must_use]
     pub fn find(&self, needle: &str) -> Option<(Instant, String)> {
@@ -501,36 +513,83 @@ impl Webhook {
 /// A real Alertmanager sending every alert to `hook` at once.
 #[must_use]
 pub fn start_alertmanager(dir: &Path, hook: &Webhook) -> Option<(Proc, SocketAddr)> {
+    start_alertmanager_with(dir, hook, &AlertmanagerOptions::default())
+}
+
+/// How [`start_alertmanager_with`] runs Alertmanager.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerOptions {
+    /// Port to listen on (a free one if `None`).
+    pub port: Option<u16>,
+    /// The route's `group_by`.
+    pub group_by: Vec<String>,
+    /// `--web.config.file` contents (basic auth, TLS), if any.
+    pub web_config: Option<String>,
+    /// Process and log name (several Alertmanagers may share a folder).
+    pub name: String,
+}
+
+impl Default for AlertmanagerOptions {
+    fn default() -> Self {
+        Self {
+            port: None,
+            group_by: vec!["alertname".into(), "node".into()],
+            web_config: None,
+            name: "alertmanager".into(),
+        }
+    }
+}
+
+/// A real Alertmanager as `opts` says, waiting until it is ready (with a
+/// web config, any HTTP answer says it is up: a 401 for basic auth, a 400
+/// to plain HTTP for TLS).
+#[must_use]
+pub fn start_alertmanager_with(
+    dir: &Path,
+    hook: &Webhook,
+    opts: &AlertmanagerOptions,
+) -> Option<(Proc, SocketAddr)> {
     let Some(bin) =
         find_program("prometheus-alertmanager").or_else(|| find_program("alertmanager"))
     else {
         missing("alertmanager (Debian package `prometheus-alertmanager`)");
         return None;
     };
-    let port = free_port();
-    let cfg = dir.join("alertmanager.yml");
+    let port = opts.port.unwrap_or_else(free_port);
+    let name = &opts.name;
+    let cfg = dir.join(format!("{name}.yml"));
+    let group_by: Vec<String> = opts.group_by.iter().map(|g| format!("'{g}'")).collect();
     std::fs::write(
         &cfg,
         format!(
-            "route:\n  receiver: hook\n  group_by: ['alertname', 'node']\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{}/\n        send_resolved: true\n",
+            "route:\n  receiver: hook\n  group_by: [{}]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{}/\n        send_resolved: true\n",
+            group_by.join(", "),
             hook.addr
         ),
     )
     .unwrap();
-    let p = spawn(
-        &bin,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.path={}", dir.join("am-data").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=",
-        ],
-        dir,
-        "alertmanager",
-    );
+    let mut args = vec![
+        format!("--config.file={}", cfg.display()),
+        format!(
+            "--storage.path={}",
+            dir.join(format!("{name}-data")).display()
+        ),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".to_string(),
+    ];
+    if let Some(web) = &opts.web_config {
+        let f = dir.join(format!("{name}-web.yml"));
+        std::fs::write(&f, web).unwrap();
+        args.push(format!("--web.config.file={}", f.display()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = spawn(&bin, &args, dir, name);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let auth = opts.web_config.is_some();
     wait_for(Duration::from_secs(20), "alertmanager ready", || {
-        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
+        http_get(addr, "/-/ready")
+            .ok()
+            .filter(|(s, _)| *s == 200 || (auth && *s != 0))
     });
     Some((p, addr))
 }

@@ -5,8 +5,56 @@
 use std::time::Duration;
 
 use nodewatch_tests::{
-    bin, http_get, start_agent, start_alertmanager, wait_for, Aggregator, Pki, Webhook,
+    bin, free_port, http_get, start_agent, start_alertmanager, start_alertmanager_with, wait_for,
+    Aggregator, AlertmanagerOptions, Pki, Webhook,
 };
+
+/// Writes a one-group rule file (1 s interval) with `rules` (YAML list items).
+fn rule_file(pki: &Pki, name: &str, rules: &str) -> std::path::PathBuf {
+    let path = pki.path(name);
+    std::fs::write(
+        &path,
+        format!("groups:\n  - name: {name}\n    interval: 1s\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    path
+}
+
+/// The aggregator's config for `rules` sending to `alertmanagers` every second.
+fn alerting_config(rules: &std::path::Path, alertmanagers: &str) -> String {
+    format!(
+        "rule_files: ['{}']\nalerting:\n  alertmanagers: [{alertmanagers}]\n  resend_delay: 1s\n",
+        rules.display()
+    )
+}
+
+/// The alerts of one webhook body: (alertname, status).
+fn alerts_in(body: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Webhook bodies carrying `alertname` with status `status`.
+fn notifications(hook: &Webhook, alertname: &str, status: &str) -> usize {
+    hook.find_all(alertname)
+        .iter()
+        .filter(|(_, b)| {
+            alerts_in(b)
+                .iter()
+                .any(|(n, s)| n == alertname && s == status)
+        })
+        .count()
+}
 
 #[test]
 fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
@@ -214,4 +262,233 @@ fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
     // Old rules still run.
     std::thread::sleep(Duration::from_secs(2));
     assert!(agg.metrics().contains("seen:load1{node=\"n1\"}"));
+}
+
+#[test]
+fn a_cleared_condition_reaches_the_webhook_as_resolved() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
+        return;
+    };
+    // True for the first 5 s of every 10 s: it fires, then clears on its own,
+    // with no data to feed and no wall-clock race (both halves come round).
+    let rules = rule_file(
+        &pki,
+        "toggle.yml",
+        "      - alert: Toggle\n        expr: vector(1) and on() (vector(time()) % 10 < 5)\n",
+    );
+    let _agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(&rules, &format!("'http://{am_addr}'")),
+    );
+    let (fired, _) = wait_for(Duration::from_secs(30), "the firing alert", || {
+        hook.find_all("Toggle")
+            .into_iter()
+            .find(|(_, b)| alerts_in(b).iter().any(|(_, s)| s == "firing"))
+    });
+    let (resolved, body) = wait_for(Duration::from_secs(30), "the resolved alert", || {
+        hook.find_all("Toggle")
+            .into_iter()
+            .find(|(t, b)| *t > fired && alerts_in(b).iter().any(|(_, s)| s == "resolved"))
+    });
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "resolved", "{body}");
+    let ends = v["alerts"][0]["endsAt"].as_str().unwrap();
+    assert!(
+        !ends.starts_with("0001"),
+        "a resolved alert has its end time: {ends}"
+    );
+    // A clear takes at most 5 s to come, plus an evaluation and a group interval.
+    assert!(
+        resolved.duration_since(fired) < Duration::from_secs(9),
+        "resolved {:?} after firing",
+        resolved.duration_since(fired)
+    );
+}
+
+#[test]
+fn two_aggregators_with_the_same_rule_give_one_notification() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
+        return;
+    };
+    let rules = rule_file(
+        &pki,
+        "always.yml",
+        "      - alert: BothReplicas\n        expr: vector(1)\n        labels: {severity: info}\n",
+    );
+    let cfg = alerting_config(&rules, &format!("'http://{am_addr}'"));
+    let a = Aggregator::start(&pki, "agg-a", &cfg);
+    let b = Aggregator::start(&pki, "agg-b", &cfg);
+    // Both replicas send, each every second.
+    let sent = |agg: &Aggregator| {
+        agg.metrics().lines().find_map(|l| {
+            l.strip_prefix("nodewatch_aggregator_notifications_sent_total")
+                .and_then(|v| v.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+    };
+    wait_for(Duration::from_secs(30), "both replicas sending", || {
+        (sent(&a).unwrap_or(0.0) >= 2.0 && sent(&b).unwrap_or(0.0) >= 2.0).then_some(())
+    });
+    wait_for(Duration::from_secs(30), "the notification", || {
+        hook.find("BothReplicas")
+    });
+    // Several group intervals later, still one: Alertmanager merged them.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        notifications(&hook, "BothReplicas", "firing"),
+        1,
+        "{:?}",
+        hook.find_all("BothReplicas")
+    );
+    let (_, api) = http_get(am_addr, "/api/v2/alerts").unwrap();
+    let list: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{api}");
+}
+
+#[test]
+fn alerts_reach_an_alertmanager_that_comes_up_late() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    let port = free_port();
+    let rules = rule_file(
+        &pki,
+        "late.yml",
+        "      - alert: LateAlertmanager\n        expr: vector(1)\n",
+    );
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(&rules, &format!("'http://127.0.0.1:{port}'")),
+    );
+    // Nothing listens yet: sends fail and are counted, nothing is lost for good.
+    wait_for(Duration::from_secs(30), "failed sends", || {
+        agg.proc
+            .log_text()
+            .contains("Alertmanager send failed")
+            .then_some(())
+    });
+    let Some((_am, _)) = start_alertmanager_with(
+        pki.dir.path(),
+        &hook,
+        &AlertmanagerOptions {
+            port: Some(port),
+            ..AlertmanagerOptions::default()
+        },
+    ) else {
+        return;
+    };
+    let up = std::time::Instant::now();
+    let (at, body) = wait_for(
+        Duration::from_secs(30),
+        "the alert once Alertmanager is up",
+        || hook.find("LateAlertmanager"),
+    );
+    assert_eq!(
+        alerts_in(&body),
+        vec![("LateAlertmanager".into(), "firing".into())]
+    );
+    // The next retry or re-send (each within a few seconds) delivers it.
+    assert!(
+        at.duration_since(up) < Duration::from_secs(10),
+        "{:?}",
+        at.duration_since(up)
+    );
+}
+
+#[test]
+fn alerts_reach_an_alertmanager_behind_basic_auth() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    // bcrypt (cost 4, to start fast) of "nodewatch-test", as Alertmanager's
+    // `--web.config.file` wants it.
+    let hash = "$2b$04$gImHz4RDuBDy1psIk8y.3OiRT3.4Q7aDOxZkdyNxJkTkAf27Svvem";
+    let Some((_am, am_addr)) = start_alertmanager_with(
+        pki.dir.path(),
+        &hook,
+        &AlertmanagerOptions {
+            web_config: Some(format!("basic_auth_users:\n  nodewatch: '{hash}'\n")),
+            ..AlertmanagerOptions::default()
+        },
+    ) else {
+        return;
+    };
+    // Without credentials Alertmanager refuses.
+    let (status, _) = http_get(am_addr, "/api/v2/alerts").unwrap();
+    assert_eq!(status, 401);
+    let password = pki.path("am-password");
+    std::fs::write(&password, "nodewatch-test\n").unwrap();
+    let rules = rule_file(
+        &pki,
+        "auth.yml",
+        "      - alert: BehindBasicAuth\n        expr: vector(1)\n",
+    );
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(
+            &rules,
+            &format!(
+                "{{url: 'http://{am_addr}', basic_auth: {{username: nodewatch, password_file: '{}'}}}}",
+                password.display()
+            ),
+        ),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the alert through basic auth",
+        || hook.find("BehindBasicAuth"),
+    );
+    assert!(
+        !agg.proc.log_text().contains("401"),
+        "{}",
+        agg.proc.log_text()
+    );
+}
+
+#[test]
+fn alerts_reach_an_alertmanager_over_https_with_a_bearer_token_file_configured() {
+    let pki = Pki::new();
+    let hook = Webhook::start();
+    let d = pki.dir.path().display();
+    // Alertmanager serves TLS with the test CA's server certificate (issued
+    // for localhost and 127.0.0.1).
+    let Some((_am, am_addr)) = start_alertmanager_with(
+        pki.dir.path(),
+        &hook,
+        &AlertmanagerOptions {
+            web_config: Some(format!(
+                "tls_server_config:\n  cert_file: {d}/aggregator.crt\n  key_file: {d}/aggregator.key\n"
+            )),
+            ..AlertmanagerOptions::default()
+        },
+    ) else {
+        return;
+    };
+    let token = pki.path("am-token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let rules = rule_file(
+        &pki,
+        "tls.yml",
+        "      - alert: OverHttps\n        expr: vector(1)\n",
+    );
+    let _agg = Aggregator::start(
+        &pki,
+        "agg",
+        &alerting_config(
+            &rules,
+            &format!(
+                "{{url: 'https://127.0.0.1:{}', bearer_token_file: '{}', tls: {{ca: '{d}/ca.crt', server_name: localhost}}}}",
+                am_addr.port(),
+                token.display()
+            ),
+        ),
+    );
+    wait_for(Duration::from_secs(30), "the alert over https", || {
+        hook.find("OverHttps")
+    });
 }

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -149,6 +150,134 @@ pub struct AlertmanagerTarget {
     pub url: Uri,
     /// TLS settings for an `https` URL.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Name the server certificate must carry, when not the URL's host.
+    pub server_name: Option<String>,
+    /// Credentials sent in the `Authorization` header.
+    pub auth: Option<Authorization>,
+}
+
+impl AlertmanagerTarget {
+    /// A target at `url` with no TLS settings and no credentials.
+    #[must_use]
+    pub fn new(url: Uri) -> Self {
+        Self {
+            url,
+            tls: None,
+            server_name: None,
+            auth: None,
+        }
+    }
+}
+
+/// How requests to an Alertmanager authenticate. Secrets live in files that
+/// are read on every request, as Prometheus does, so a rotated password or
+/// token is used without a restart and never sits in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// User name.
+        username: String,
+        /// File holding the password (surrounding whitespace ignored).
+        password_file: PathBuf,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// File holding the token (surrounding whitespace ignored).
+        token_file: PathBuf,
+    },
+}
+
+impl Authorization {
+    /// The `Authorization` header value, reading the secret file now.
+    pub fn header_value(&self) -> std::io::Result<http::HeaderValue> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let text = match self {
+            Self::Basic {
+                username,
+                password_file,
+            } => {
+                let password = read(password_file)?;
+                format!(
+                    "Basic {}",
+                    base64(format!("{username}:{}", password.trim()).as_bytes())
+                )
+            }
+            Self::Bearer { token_file } => format!("Bearer {}", read(token_file)?.trim()),
+        };
+        let mut v = http::HeaderValue::from_str(&text).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "credentials contain characters not allowed in a header",
+            )
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for basic auth.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// TLS client settings for an Alertmanager: servers must chain to the CA
+/// in `ca`; `cert_key` is presented when Alertmanager asks for a client
+/// certificate. Unlike the agents' gRPC TLS this allows TLS 1.2 and offers
+/// only HTTP/1.1, since Alertmanager is a Go HTTP server that may be set up
+/// either way.
+pub fn tls_client_config(
+    ca: &Path,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, nodewatch_proto::tls::TlsError> {
+    use nodewatch_proto::tls::{load_certs, load_key, TlsError};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots.add(cert).map_err(|source| TlsError::BadCa {
+            path: ca.to_path_buf(),
+            source,
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|source| TlsError::Rustls {
+        what: "TLS versions",
+        source,
+    })?
+    .with_root_certificates(roots);
+    let mut config = match cert_key {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|source| TlsError::Rustls {
+                what: "client certificate and key",
+                source,
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Notifier settings; every tunable has Prometheus' default.
@@ -221,6 +350,14 @@ pub enum NotifyError {
         url: String,
         /// The status.
         status: StatusCode,
+    },
+    /// The credentials file cannot be read.
+    #[error("credentials for {url}: {source}")]
+    Credentials {
+        /// The URL.
+        url: String,
+        /// The cause.
+        source: std::io::Error,
     },
     /// No answer within the timeout.
     #[error("{url} did not answer within {timeout:?}")]
@@ -308,6 +445,8 @@ impl Notifier {
             self.shared
                 .dropped
                 .fetch_add(excess as u64, Ordering::Relaxed);
+            metrics::counter!("nodewatch_aggregator_notifications_dropped_total")
+                .increment(excess as u64);
             tracing::warn!(
                 dropped = excess,
                 "Alert notification queue full, dropping alerts."
@@ -393,9 +532,12 @@ impl NotifierTask {
                     match post(t, body.clone(), self.cfg.timeout).await {
                         Ok(()) => {
                             self.shared.sent.fetch_add(n, Ordering::Relaxed);
+                            // Prometheus' `prometheus_notifications_sent_total` under our prefix.
+                            metrics::counter!("nodewatch_aggregator_notifications_sent_total", "alertmanager" => t.url.to_string()).increment(n);
                             return;
                         }
                         Err(error) => {
+                            metrics::counter!("nodewatch_aggregator_notifications_errors_total", "alertmanager" => t.url.to_string()).increment(1);
                             tracing::warn!(peer = %t.url, %error, attempt, "Alertmanager send failed.");
                         }
                     }
@@ -443,10 +585,20 @@ async fn post_inner(
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let path = format!("{}/api/v2/alerts", uri.path().trim_end_matches('/'));
     let authority = uri.authority().map_or(host, http::uri::Authority::as_str);
-    let req = Request::post(path)
+    let mut req = Request::post(path)
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "nodewatch-aggregator")
+        .header(http::header::USER_AGENT, "nodewatch-aggregator");
+    if let Some(auth) = &target.auth {
+        let value = auth
+            .header_value()
+            .map_err(|source| NotifyError::Credentials {
+                url: url.to_string(),
+                source,
+            })?;
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req
         .body(Full::new(body))
         .map_err(|_| bad("cannot build a request"))?;
     let connect_err = |source| NotifyError::Connect {
@@ -461,7 +613,8 @@ async fn post_inner(
             .tls
             .clone()
             .ok_or_else(|| bad("https needs a TLS configuration"))?;
-        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        let name = target.server_name.as_deref().unwrap_or(host);
+        let name = rustls_pki_types::ServerName::try_from(name.to_string())
             .map_err(|_| bad("host is not a valid TLS server name"))?;
         let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
@@ -509,5 +662,56 @@ where
             url: url.to_string(),
             status,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o, "{i:?}");
+        }
+    }
+
+    #[test]
+    fn authorization_header_reads_the_secret_file_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "open sesame\n").unwrap();
+        let basic = Authorization::Basic {
+            username: "aladdin".into(),
+            password_file: pw.clone(),
+        };
+        // RFC 7617's example, the trailing newline of the file ignored.
+        assert_eq!(
+            basic.header_value().unwrap(),
+            "Basic YWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert!(basic.header_value().unwrap().is_sensitive());
+        std::fs::write(&pw, "rotated").unwrap();
+        assert_eq!(
+            basic.header_value().unwrap(),
+            format!("Basic {}", base64(b"aladdin:rotated"))
+        );
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, " abc.def \n").unwrap();
+        let bearer = Authorization::Bearer { token_file: tok };
+        assert_eq!(bearer.header_value().unwrap(), "Bearer abc.def");
+        let gone = Authorization::Bearer {
+            token_file: dir.path().join("missing"),
+        };
+        let err = gone.header_value().unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
     }
 }
