@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`auth`]: roles from the client certificate.
 //! - [`ingest`]: the `Ingest.Stream` service (agent → store).
-//! - [`store`]: per-series rings of recent samples, family metadata.
+//! - [`store`]: per-series recent samples, family metadata.
+//! - [`chunk`]: Gorilla-compressed sample chunks the store keeps.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics`, `/healthz`.
@@ -17,6 +18,7 @@
 //! - [`cli`]: the `nodewatch` command-line tool.
 
 pub mod auth;
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod events;

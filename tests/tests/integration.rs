@@ -462,8 +462,18 @@ fn unknown_config_keys_are_named() {
 
 #[test]
 fn the_opnsense_sample_config_is_accepted_by_the_agent() {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/opnsense/nodewatch-agent.yaml.sample");
-    let out = std::process::Command::new(nodewatch_tests::bin("nodewatch-agent")).args(["--config", sample, "--once"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/opnsense/nodewatch-agent.yaml.sample"
+    );
+    let out = std::process::Command::new(nodewatch_tests::bin("nodewatch-agent"))
+        .args(["--config", sample, "--once"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("node_load1"));
 }
