@@ -7,6 +7,7 @@
 //! - [`ingest`]: the `Ingest.Stream` service (agent → store).
 //! - [`store`]: per-series recent samples, family metadata.
 //! - [`chunk`]: Gorilla-compressed sample chunks the store keeps.
+//! - [`remote_write`]: Prometheus remote-write 1.0 sender.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics`, `/healthz`.
@@ -28,6 +29,7 @@ pub mod manager;
 pub mod nodes;
 pub mod promql;
 pub mod query;
+pub mod remote_write;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -47,6 +47,8 @@ pub enum ServerError {
     Rules(Vec<String>),
     #[error("alerting.alertmanagers: {0}")]
     Alertmanager(String),
+    #[error("remote_write: {0}")]
+    RemoteWrite(#[from] crate::remote_write::RemoteWriteError),
 }
 
 /// The aggregator's shared state.
@@ -116,6 +118,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+
+    // Remote write: every sample the store accepts, to each receiver's queue.
+    let mut queues = Vec::new();
+    for target in &config.remote_write {
+        let (queue, sender) = crate::remote_write::Sender::new(target)?;
+        queues.push(queue);
+        tasks.push(tokio::spawn(sender.run(wait(rx.clone()))));
+    }
+    if !queues.is_empty() {
+        state_store.set_sink(Box::new(move |samples| {
+            for q in &queues {
+                q.push(samples.iter().cloned());
+            }
+        }));
+    }
 
     // Alerts: Alertmanager API v2 with Prometheus' resend semantics.
     let notifier = if config.alertmanagers.is_empty() {

@@ -312,11 +312,24 @@ impl Inner {
     }
 }
 
+/// Receives every sample the store accepts, in append order (remote write).
+pub type AppendSink = Box<dyn Fn(&[(Labels, i64, f64)]) + Send + Sync>;
+
 /// The store, shared by ingest, rules, exposition and queries.
-#[derive(Debug)]
 pub struct Store {
     inner: RwLock<Inner>,
     retention_ms: i64,
+    sink: std::sync::OnceLock<AppendSink>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("inner", &self.inner)
+            .field("retention_ms", &self.retention_ms)
+            .field("sink", &self.sink.get().is_some())
+            .finish()
+    }
 }
 
 impl Store {
@@ -325,7 +338,15 @@ impl Store {
         Arc::new(Self {
             inner: RwLock::new(Inner::default()),
             retention_ms,
+            sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the one receiver of every accepted sample; false if one is
+    /// already installed. It runs under the store's write lock, so it sees
+    /// each series' samples in order and must be quick (a queue push).
+    pub fn set_sink(&self, sink: AppendSink) -> bool {
+        self.sink.set(sink).is_ok()
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -373,6 +394,8 @@ impl Store {
     /// are dropped, as Prometheus' head does; returns how many were appended.
     pub fn append(&self, samples: &[(SeriesId, i64, f64)]) -> usize {
         let mut inner = self.write();
+        let sink = self.sink.get();
+        let mut accepted = Vec::new();
         let mut n = 0;
         for &(id, t, v) in samples {
             let Some(series) = inner.series.get_mut(id.0 as usize) else {
@@ -380,6 +403,14 @@ impl Store {
             };
             if series.push(t, v, self.retention_ms) {
                 n += 1;
+                if sink.is_some() {
+                    accepted.push((Arc::clone(&series.labels), t, v));
+                }
+            }
+        }
+        if let Some(sink) = sink {
+            if !accepted.is_empty() {
+                sink(&accepted);
             }
         }
         inner.samples_total += n as u64;
