@@ -4,7 +4,7 @@
 //! its history in a horizontally scaled store.
 //!
 //! Wire format (the remote-write 1.0 spec): a `prometheus.WriteRequest`
-//! protobuf, snappy block-compressed, POSTed with `Content-Encoding: snappy`,
+//! protobuf, snappy block-compressed, sent by HTTP POST with `Content-Encoding: snappy`,
 //! `Content-Type: application/x-protobuf` and
 //! `X-Prometheus-Remote-Write-Version: 0.1.0`. As Prometheus' own queue
 //! manager: 5xx, 429 and connection errors are retried with exponential
@@ -144,12 +144,11 @@ impl HttpSender {
 
     /// Sends one encoded body; returns the response status.
     pub async fn post(&mut self, body: Bytes) -> Result<http::StatusCode, RemoteWriteError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.post_inner(body)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.conn = None;
-                Err(RemoteWriteError::Timeout(REQUEST_TIMEOUT))
-            }
+        if let Ok(r) = tokio::time::timeout(REQUEST_TIMEOUT, self.post_inner(body)).await {
+            r
+        } else {
+            self.conn = None;
+            Err(RemoteWriteError::Timeout(REQUEST_TIMEOUT))
         }
     }
 

@@ -224,25 +224,25 @@ async fn run(args: Args) -> Result<()> {
 
 fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: Option<u64>) {
     let secs = args.duration.as_secs_f64();
-    let mut lat = stats
+    let mut latencies = stats
         .latencies
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    lat.sort_unstable();
+    latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
+        if latencies.is_empty() {
             return f64::NAN;
         }
-        let idx = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[idx] as f64 / 1000.0
+        let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[idx] as f64 / 1000.0
     };
     let batches = stats.batches.load(Ordering::Relaxed);
     let acks = stats.acks.load(Ordering::Relaxed);
     let errors = stats.errors.load(Ordering::Relaxed);
     let bytes_per_sample = bytes.map(|b| b as f64 / samples.max(1) as f64);
     let sent_rate = samples as f64 / secs;
-    let acked_rate = lat.len() as f64 / batches.max(1) as f64 * sent_rate;
+    let acked_rate = latencies.len() as f64 / batches.max(1) as f64 * sent_rate;
     println!(
         "nodes {} × series {} (template {template_len}) every {:?}, measured {:?}",
         args.nodes, args.series, args.interval, args.duration
@@ -250,7 +250,7 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
     println!("samples sent      {samples} ({sent_rate:.0}/s)");
     println!(
         "batches sent      {batches}, acked {} ({acks} acks in all)",
-        lat.len()
+        latencies.len()
     );
     println!(
         "ack latency       p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -262,13 +262,13 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
         println!("socket bytes/sample {b:.3} (TLS included)");
     }
     if errors > 0 {
-        let last = stats
+        let last_error = stats
             .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .unwrap_or_default();
-        println!("errors            {errors} (last: {last})");
+        println!("errors            {errors} (last: {last_error})");
     }
     if args.json {
         let v = serde_json::json!({
@@ -280,7 +280,7 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
             "samples_per_s": sent_rate,
             "acked_samples_per_s": acked_rate,
             "batches": batches,
-            "acked_batches": lat.len(),
+            "acked_batches": latencies.len(),
             "acks": acks,
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
@@ -521,13 +521,13 @@ async fn remote_write_node(
             stats.batches.fetch_add(1, Ordering::Relaxed);
         }
         match sender.post(body).await {
-            Ok(status) if status.is_success() => {
+            Ok(code) if code.is_success() => {
                 stats.acks.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     stats.latency(at.elapsed());
                 }
             }
-            Ok(status) => stats.error(format!("remote write: HTTP {status}")),
+            Ok(code) => stats.error(format!("remote write: HTTP {code}")),
             Err(e) => stats.error(format!("remote write: {e:#}")),
         }
     }
@@ -630,17 +630,15 @@ fn parse_text(text: &str) -> (Vec<TemplateSeries>, Vec<Family>) {
 }
 
 fn parse_series(line: &str) -> Option<TemplateSeries> {
-    let (name, rest) = match line.find('{') {
-        Some(i) => (&line[..i], &line[i + 1..]),
-        None => {
-            let (n, v) = line.split_once(' ')?;
-            return Some(TemplateSeries {
-                name: n.to_string(),
-                labels: Vec::new(),
-                value: parse_value(v)?,
-            });
-        }
+    let Some(brace) = line.find('{') else {
+        let (n, v) = line.split_once(' ')?;
+        return Some(TemplateSeries {
+            name: n.to_string(),
+            labels: Vec::new(),
+            value: parse_value(v)?,
+        });
     };
+    let (name, rest) = (&line[..brace], &line[brace + 1..]);
     let mut labels = Vec::new();
     let mut chars = rest.char_indices().peekable();
     let mut end = None;
