@@ -218,7 +218,10 @@ pub struct Queue {
     capacity: usize,
     max_per_send: usize,
     items: Mutex<VecDeque<Queued>>,
+    /// Taken from `items` and not yet delivered (being sent or retried).
+    in_flight: std::sync::atomic::AtomicUsize,
     notify: Notify,
+    length: metrics::Gauge,
 }
 
 impl Queue {
@@ -235,6 +238,7 @@ impl Queue {
         }
         let len = q.len();
         drop(q);
+        self.set_length(len);
         if dropped > 0 {
             metrics::counter!("nodewatch_aggregator_remote_write_dropped_samples_total", "url" => self.url.clone())
                 .increment(dropped);
@@ -251,10 +255,30 @@ impl Queue {
             .len()
     }
 
+    /// The gauge counts what is queued and what is still being delivered.
+    fn set_length(&self, queued: usize) {
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        self.length.set((queued + in_flight) as f64);
+    }
+
+    /// Takes up to `n` samples; they count as queued until [`Queue::done`].
     fn take(&self, n: usize) -> Vec<Queued> {
         let mut q = self.items.lock().unwrap_or_else(PoisonError::into_inner);
         let n = n.min(q.len());
-        q.drain(..n).collect()
+        let batch: Vec<Queued> = q.drain(..n).collect();
+        self.in_flight
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::Relaxed);
+        let len = q.len();
+        drop(q);
+        self.set_length(len);
+        batch
+    }
+
+    /// A taken batch was delivered or given up.
+    fn done(&self, n: usize) {
+        self.in_flight
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        self.set_length(self.len());
     }
 }
 
@@ -302,7 +326,9 @@ impl Sender {
             capacity: target.queue.capacity,
             max_per_send: target.queue.max_samples_per_send,
             items: Mutex::new(VecDeque::new()),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             notify: Notify::new(),
+            length: metrics::gauge!("nodewatch_aggregator_remote_write_queue_length", "url" => target.url.clone()),
         });
         Ok((
             Arc::clone(&queue),
@@ -338,7 +364,7 @@ impl Sender {
                 continue;
             }
             tokio::select! {
-                () = self.send_with_retries(&batch) => {}
+                () = self.send_with_retries(&batch) => self.queue.done(batch.len()),
                 () = &mut stop => return,
             }
         }
@@ -350,7 +376,9 @@ impl Sender {
             if batch.is_empty() {
                 return;
             }
-            if self.send(&batch).await.is_err() {
+            let delivered = self.send(&batch).await.is_ok();
+            self.queue.done(batch.len());
+            if !delivered {
                 return;
             }
         }
