@@ -1,9 +1,10 @@
-//! remote_write end to end: a real agent streams to a real aggregator that
+//! `remote_write` end to end: a real agent streams to a real aggregator that
 //! remote-writes to a real Prometheus (`--web.enable-remote-write-receiver`);
 //! Prometheus' API then returns the node's series. Prometheus starts only
 //! after the aggregator has been queueing for a while: the queue retries and
 //! every sample the aggregator stored arrives, none dropped.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Sample counts are whole numbers carried as f64: exact comparison is the check.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::float_cmp)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
