@@ -569,4 +569,39 @@ mod tests {
             }
         }
     }
+
+    /// The memory budget: 900 samples (15 minutes at 1 s) of node-like
+    /// series (jittered timestamps, rising counters, mostly still gauges)
+    /// cost a few bytes per sample, not the ring's 16.
+    #[test]
+    fn a_few_bytes_per_sample() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let store = Store::new(15 * 60 * 1000);
+        let ids: Vec<SeriesId> = (0..200)
+            .map(|i| store.series_id(labels(&[("__name__", "m"), ("i", &i.to_string())])))
+            .collect();
+        let mut values: Vec<f64> = (0..ids.len()).map(|i| (i * 1000) as f64).collect();
+        let t0 = 1_700_000_000_000i64;
+        for k in 0..900i64 {
+            let t = t0 + k * 1000 + rng.random_range(0..5);
+            let batch: Vec<_> = ids
+                .iter()
+                .zip(values.iter_mut())
+                .enumerate()
+                .map(|(i, (id, v))| {
+                    if i % 2 == 0 {
+                        *v += f64::from(rng.random_range(0u32..2000));
+                    } else if rng.random_bool(0.2) {
+                        *v = (*v * rng.random_range(0.9..1.1)).round();
+                    }
+                    (*id, t, *v)
+                })
+                .collect();
+            store.append(&batch);
+        }
+        let bytes = store.read().sample_bytes() as f64 / (200.0 * 900.0);
+        eprintln!("{bytes:.2} bytes per sample");
+        assert!(bytes < 6.0, "{bytes:.2} bytes per sample");
+    }
 }
