@@ -52,6 +52,9 @@ pub struct File {
     /// Where alerts go.
     #[serde(default)]
     pub alerting: Alerting,
+    /// Prometheus remote-write 1.0 receivers every stored sample is sent to.
+    #[serde(default)]
+    pub remote_write: Vec<RemoteWrite>,
     /// Per-node certificates for Kubernetes agents (the `Bootstrap` RPC); off when absent.
     #[serde(default)]
     pub bootstrap: Option<BootstrapFile>,
@@ -75,6 +78,31 @@ pub struct BootstrapFile {
     /// How to reach the API server (defaults: in-cluster).
     #[serde(default)]
     pub kubernetes: KubeFile,
+}
+
+/// One remote-write receiver.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWrite {
+    /// `http://host:port/api/v1/write`.
+    pub url: String,
+    #[serde(default)]
+    pub queue: RemoteWriteQueue,
+}
+
+/// A receiver's queue (unset fields take Prometheus' defaults).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteQueue {
+    /// Samples held while the receiver is slow or down; past it new ones are dropped.
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// Most samples in one request.
+    #[serde(default)]
+    pub max_samples_per_send: Option<usize>,
+    /// Longest a sample waits for a request to fill (e.g. `5s`).
+    #[serde(default)]
+    pub batch_send_deadline: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -462,6 +490,7 @@ pub struct Config {
     pub alertmanagers: Vec<AlertmanagerConfig>,
     pub resend_delay: Duration,
     pub bootstrap: Option<Bootstrap>,
+    pub remote_write: Vec<crate::remote_write::Target>,
 }
 
 impl File {
@@ -534,6 +563,7 @@ impl File {
             .bootstrap
             .as_ref()
             .and_then(|b| validate_bootstrap(b, &mut p));
+        let remote_write = self.validate_remote_write(&mut p);
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -552,9 +582,57 @@ impl File {
                 alertmanagers,
                 resend_delay,
                 bootstrap,
+                remote_write,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }
+    }
+
+    fn validate_remote_write(&self, p: &mut Problems) -> Vec<crate::remote_write::Target> {
+        let mut out = Vec::new();
+        for (i, rw) in self.remote_write.iter().enumerate() {
+            let key = format!("remote_write[{i}]");
+            if let Err(e) = crate::remote_write::HttpSender::new(&rw.url) {
+                p.add(format!("{key}.url"), e.to_string());
+            }
+            let mut queue = crate::remote_write::QueueConfig::default();
+            if let Some(c) = rw.queue.capacity {
+                queue.capacity = c;
+            }
+            if let Some(m) = rw.queue.max_samples_per_send {
+                queue.max_samples_per_send = m;
+            }
+            if let Some(d) = &rw.queue.batch_send_deadline {
+                match config::parse_duration(d) {
+                    Ok(d) if !d.is_zero() => queue.batch_send_deadline = d,
+                    Ok(_) => p.add(
+                        format!("{key}.queue.batch_send_deadline"),
+                        "must be more than 0",
+                    ),
+                    Err(e) => p.add(format!("{key}.queue.batch_send_deadline"), e),
+                }
+            }
+            if queue.max_samples_per_send == 0 {
+                p.add(
+                    format!("{key}.queue.max_samples_per_send"),
+                    "must be at least 1",
+                );
+            }
+            if queue.capacity < queue.max_samples_per_send {
+                p.add(
+                    format!("{key}.queue.capacity"),
+                    format!(
+                        "{} is less than max_samples_per_send ({})",
+                        queue.capacity, queue.max_samples_per_send
+                    ),
+                );
+            }
+            out.push(crate::remote_write::Target {
+                url: rw.url.clone(),
+                queue,
+            });
+        }
+        out
     }
 }
 
@@ -735,5 +813,28 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("pasword_file"), "{err}");
         assert!(err.contains("line") || err.contains(":3"), "{err}");
+    }
+
+    #[test]
+    fn remote_write_is_validated() {
+        let f: File = config::parse_yaml(
+            "remote_write:\n  - url: ftp://x\n  - url: http://p:9090/api/v1/write\n    queue: {capacity: 10, max_samples_per_send: 20, batch_send_deadline: soon}\n",
+            Path::new("agg.yaml"),
+        )
+        .unwrap();
+        let msg = f.validate(None).unwrap_err().to_string();
+        for want in [
+            "remote_write[0].url",
+            "remote_write[1].queue.capacity",
+            "remote_write[1].queue.batch_send_deadline",
+        ] {
+            assert!(msg.contains(want), "missing {want:?} in {msg}");
+        }
+        let err = config::parse_yaml::<File>(
+            "remote_write:\n  - url: http://p/\n    queue: {size: 3}\n",
+            Path::new("agg.yaml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
     }
 }

@@ -592,7 +592,7 @@ mod tests {
         let id = inner
             .all()
             .find(|x| x.name() == "m")
-            .map(|x| x.samples.front().copied());
+            .map(|x| x.samples().next());
         assert_eq!(id, Some(Some((t0() + 1, 1.5))));
         assert!(
             svc.nodes.series_count(&s.node) <= 64,

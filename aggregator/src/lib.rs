@@ -6,7 +6,9 @@
 //! - [`auth`]: roles from the client certificate.
 //! - [`bootstrap`]: per-node certificates for Kubernetes agents (TokenReview).
 //! - [`ingest`]: the `Ingest.Stream` service (agent → store).
-//! - [`store`]: per-series rings of recent samples, family metadata.
+//! - [`store`]: per-series recent samples, family metadata.
+//! - [`chunk`]: Gorilla-compressed sample chunks the store keeps.
+//! - [`remote_write`]: Prometheus remote-write 1.0 sender.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics`, `/healthz`.
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod events;
@@ -28,6 +31,7 @@ pub mod manager;
 pub mod nodes;
 pub mod promql;
 pub mod query;
+pub mod remote_write;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -51,6 +51,8 @@ pub enum ServerError {
     Alertmanager(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("remote_write: {0}")]
+    RemoteWrite(#[from] crate::remote_write::RemoteWriteError),
 }
 
 fn bootstrap_service(b: &crate::config::Bootstrap) -> Result<BootstrapService, ServerError> {
@@ -165,6 +167,21 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+
+    // Remote write: every sample the store accepts, to each receiver's queue.
+    let mut queues = Vec::new();
+    for target in &config.remote_write {
+        let (queue, sender) = crate::remote_write::Sender::new(target)?;
+        queues.push(queue);
+        tasks.push(tokio::spawn(sender.run(wait(rx.clone()))));
+    }
+    if !queues.is_empty() {
+        state_store.set_sink(Box::new(move |samples| {
+            for q in &queues {
+                q.push(samples.iter().cloned());
+            }
+        }));
+    }
 
     // Alerts: Alertmanager API v2 with Prometheus' resend semantics.
     let notifier = if config.alertmanagers.is_empty() {

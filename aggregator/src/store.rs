@@ -1,5 +1,5 @@
-//! The in-memory store: per series a bounded ring of recent `(t, value)`
-//! samples, plus metric family metadata for exposition.
+//! The in-memory store: per series the recent `(t, value)` samples in
+//! Gorilla-compressed chunks ([`crate::chunk`]), plus metric family metadata for exposition.
 //!
 //! The agent is the source of truth for its recent past (it resends what was
 //! not acked), so the store keeps only what rules, queries and `/metrics`
@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use promql_parser::label::{Matcher, Matchers};
+
+use crate::chunk::Chunk;
 
 /// Hard cap of samples kept per series whatever the retention, so a node
 /// sending far faster than expected cannot grow a ring without bound
@@ -63,26 +65,141 @@ pub struct FamilyMeta {
     pub help: String,
 }
 
+/// One series: its labels and its recent samples in compressed chunks.
+///
+/// The chunks may hold more than is visible: retention and the per-series
+/// cap hide samples one by one, but memory is released a whole chunk at a
+/// time. Every read applies both bounds, so what is visible is exactly what
+/// a ring trimmed after every append would hold.
 #[derive(Debug)]
 pub struct Series {
     pub labels: Labels,
-    pub samples: VecDeque<(i64, f64)>,
+    /// In time order; the last one is the open chunk appends go to.
+    chunks: VecDeque<Chunk>,
+    /// Samples held in `chunks`, visible or not.
+    stored: usize,
+    /// Samples older than this are past retention (newest sample − retention).
+    min_t: i64,
 }
 
 impl Series {
+    fn new(labels: Labels) -> Self {
+        Self {
+            labels,
+            chunks: VecDeque::new(),
+            stored: 0,
+            min_t: i64::MIN,
+        }
+    }
+
     /// The metric name (`__name__`).
     #[must_use]
     pub fn name(&self) -> &str {
         label(&self.labels, "__name__").unwrap_or("")
     }
 
+    /// Leading samples hidden by [`MAX_SAMPLES_PER_SERIES`].
+    fn capped(&self) -> usize {
+        self.stored.saturating_sub(MAX_SAMPLES_PER_SERIES)
+    }
+
+    /// The newest sample.
+    #[must_use]
+    pub fn last(&self) -> Option<(i64, f64)> {
+        self.chunks.back().and_then(Chunk::last)
+    }
+
+    /// Every visible sample, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
+        let min_t = self.min_t;
+        self.chunks
+            .iter()
+            .flat_map(Chunk::iter)
+            .skip(self.capped())
+            .skip_while(move |(t, _)| *t < min_t)
+    }
+
+    /// Visible samples with `start_ms <= t <= end_ms`, oldest first.
+    #[must_use]
+    pub fn range(&self, start_ms: i64, end_ms: i64) -> Vec<(i64, f64)> {
+        let capped = self.capped();
+        let lo = start_ms.max(self.min_t);
+        let mut out = Vec::new();
+        let mut idx = 0;
+        for c in &self.chunks {
+            let n = c.len();
+            let skip = idx + n <= capped || c.last().is_none_or(|(t, _)| t < lo);
+            if !skip {
+                if c.first_t() > end_ms {
+                    break;
+                }
+                for (k, (t, v)) in c.iter().enumerate() {
+                    if t > end_ms {
+                        break;
+                    }
+                    if idx + k >= capped && t >= lo {
+                        out.push((t, v));
+                    }
+                }
+            }
+            idx += n;
+        }
+        out
+    }
+
+    /// Heap bytes of the encoded samples.
+    #[must_use]
+    pub fn sample_bytes(&self) -> usize {
+        self.chunks.iter().map(Chunk::heap_bytes).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Chunk>()
+    }
+
     /// The latest sample at or before `t_ms` within the lookback window.
     #[must_use]
     pub fn at(&self, t_ms: i64) -> Option<(i64, f64)> {
-        let idx = self.samples.partition_point(|(t, _)| *t <= t_ms);
-        let (t, v) = *self.samples.get(idx.checked_sub(1)?)?;
+        let found = match self.last() {
+            // The common case (exposition, instant queries at now): no decoding.
+            Some((t, v)) if t <= t_ms => (t, v),
+            Some(_) => *self.range(i64::MIN, t_ms).last()?,
+            None => return None,
+        };
+        let (t, v) = found;
         // A staleness marker (written when a recording rule's series ends) hides the series.
         (t > t_ms - LOOKBACK_MS && !crate::promql::is_stale_nan(v)).then_some((t, v))
+    }
+
+    /// Appends one sample; false when it is not newer than the newest.
+    fn push(&mut self, t: i64, v: f64, retention_ms: i64) -> bool {
+        if self.last().is_some_and(|(last, _)| last >= t) {
+            return false;
+        }
+        if self.chunks.back().is_none_or(Chunk::is_full) {
+            if let Some(full) = self.chunks.back_mut() {
+                full.seal();
+            }
+            self.chunks.push_back(Chunk::new());
+        }
+        if let Some(head) = self.chunks.back_mut() {
+            head.push(t, v);
+            self.stored += 1;
+        }
+        self.min_t = t.saturating_sub(retention_ms);
+        // Free whole chunks once nothing in them is visible; the open chunk
+        // holds the newest sample and always stays.
+        while self.chunks.len() > 1 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let n = front.len();
+            let past = front.last().is_none_or(|(t, _)| t < self.min_t);
+            if past || self.stored - n >= MAX_SAMPLES_PER_SERIES {
+                self.stored -= n;
+                self.chunks.pop_front();
+            } else {
+                break;
+            }
+        }
+        true
     }
 }
 
@@ -146,6 +263,12 @@ impl Inner {
         self.series.is_empty()
     }
 
+    /// Heap bytes held by every series' samples (for the memory budget).
+    #[must_use]
+    pub fn sample_bytes(&self) -> usize {
+        self.series.iter().map(Series::sample_bytes).sum()
+    }
+
     /// Series matching a selector. Uses the name index when `__name__` is fixed.
     #[must_use]
     pub fn select<'a>(&'a self, ms: &'a Matchers) -> Box<dyn Iterator<Item = &'a Series> + 'a> {
@@ -189,11 +312,24 @@ impl Inner {
     }
 }
 
+/// Receives every sample the store accepts, in append order (remote write).
+pub type AppendSink = Box<dyn Fn(&[(Labels, i64, f64)]) + Send + Sync>;
+
 /// The store, shared by ingest, rules, exposition and queries.
-#[derive(Debug)]
 pub struct Store {
     inner: RwLock<Inner>,
     retention_ms: i64,
+    sink: std::sync::OnceLock<AppendSink>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("inner", &self.inner)
+            .field("retention_ms", &self.retention_ms)
+            .field("sink", &self.sink.get().is_some())
+            .finish()
+    }
 }
 
 impl Store {
@@ -202,7 +338,15 @@ impl Store {
         Arc::new(Self {
             inner: RwLock::new(Inner::default()),
             retention_ms,
+            sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the one receiver of every accepted sample; false if one is
+    /// already installed. It runs under the store's write lock, so it sees
+    /// each series' samples in order and must be quick (a queue push).
+    pub fn set_sink(&self, sink: AppendSink) -> bool {
+        self.sink.set(sink).is_ok()
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -230,10 +374,7 @@ impl Store {
         let name = label(&labels, "__name__").unwrap_or("").to_string();
         inner.by_name.entry(name).or_default().push(id);
         inner.ids.insert(Arc::clone(&labels), id);
-        inner.series.push(Series {
-            labels,
-            samples: VecDeque::new(),
-        });
+        inner.series.push(Series::new(labels));
         id
     }
 
@@ -253,22 +394,24 @@ impl Store {
     /// are dropped, as Prometheus' head does; returns how many were appended.
     pub fn append(&self, samples: &[(SeriesId, i64, f64)]) -> usize {
         let mut inner = self.write();
+        let sink = self.sink.get();
+        let mut accepted = Vec::new();
         let mut n = 0;
         for &(id, t, v) in samples {
             let Some(series) = inner.series.get_mut(id.0 as usize) else {
                 continue;
             };
-            if series.samples.back().is_some_and(|(last, _)| *last >= t) {
-                continue;
+            if series.push(t, v, self.retention_ms) {
+                n += 1;
+                if sink.is_some() {
+                    accepted.push((Arc::clone(&series.labels), t, v));
+                }
             }
-            series.samples.push_back((t, v));
-            let horizon = t - self.retention_ms;
-            while series.samples.len() > MAX_SAMPLES_PER_SERIES
-                || series.samples.front().is_some_and(|(t0, _)| *t0 < horizon)
-            {
-                series.samples.pop_front();
+        }
+        if let Some(sink) = sink {
+            if !accepted.is_empty() {
+                sink(&accepted);
             }
-            n += 1;
         }
         inner.samples_total += n as u64;
         n
@@ -287,16 +430,15 @@ impl crate::promql::Storage for Store {
         inner
             .select(matchers)
             .filter_map(|s| {
-                let lo = s.samples.partition_point(|(t, _)| *t < start_ms);
-                let hi = s.samples.partition_point(|(t, _)| *t <= end_ms);
-                if lo >= hi {
+                let samples = s.range(start_ms, end_ms);
+                if samples.is_empty() {
                     return None;
                 }
                 Some(crate::promql::SeriesData {
                     labels: crate::promql::Labels::from_pairs(
                         s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                     ),
-                    samples: s.samples.range(lo..hi).copied().collect(),
+                    samples,
                 })
             })
             .collect()
@@ -348,6 +490,118 @@ mod tests {
         drop(inner);
         // Retention drops old samples.
         store.append(&[(a, 100_000, 5.0)]);
-        assert_eq!(store.read().series(a).samples.len(), 1);
+        assert_eq!(store.read().series(a).samples().count(), 1);
+    }
+
+    /// The chunked store against the plain ring it replaced: same appends,
+    /// same visible samples, windows and `at`, across chunk boundaries,
+    /// retention cuts, the per-series cap and special values.
+    #[test]
+    #[allow(clippy::many_single_char_names)]
+    fn matches_a_plain_ring() {
+        use crate::promql::Storage;
+        use rand::{Rng, SeedableRng};
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for round in 0..12 {
+            let retention = [5_000, 60_000, 1_000_000, 10_000_000][round % 4];
+            let store = Store::new(retention);
+            let id = store.series_id(labels(&[("__name__", "m"), ("node", "a")]));
+            let mut model: VecDeque<(i64, f64)> = VecDeque::new();
+            let mut t = 1_700_000_000_000i64;
+            let n = rng.random_range(1..6000);
+            for _ in 0..n {
+                t += match rng.random_range(0..10) {
+                    0 => -rng.random_range(0..3000),
+                    1 => rng.random_range(0..100_000),
+                    _ => 1000 + rng.random_range(-3..3),
+                };
+                let v = match rng.random_range(0..8) {
+                    0 => stale,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    3 => 0.0,
+                    _ => rng.random_range(0.0..1e9f64).floor(),
+                };
+                let took = store.append(&[(id, t, v)]);
+                if model.back().is_some_and(|(last, _)| *last >= t) {
+                    assert_eq!(took, 0);
+                    continue;
+                }
+                assert_eq!(took, 1);
+                model.push_back((t, v));
+                while model.len() > MAX_SAMPLES_PER_SERIES
+                    || model.front().is_some_and(|(t0, _)| *t0 < t - retention)
+                {
+                    model.pop_front();
+                }
+            }
+            let bits =
+                |v: &[(i64, f64)]| v.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>();
+            let want: Vec<_> = model.iter().copied().collect();
+            let inner = store.read();
+            let s = inner.series(id);
+            assert_eq!(bits(&s.samples().collect::<Vec<_>>()), bits(&want));
+            drop(inner);
+            let ms = Matchers::new(vec![Matcher::new(MatchOp::Equal, "__name__", "m")]);
+            for _ in 0..50 {
+                let a = rng.random_range(want[0].0 - 5000..=t + 5000);
+                let b = a + rng.random_range(0..200_000);
+                let got = store.select(&ms, a, b);
+                let expect: Vec<_> = want
+                    .iter()
+                    .copied()
+                    .filter(|(x, _)| *x >= a && *x <= b)
+                    .collect();
+                assert_eq!(
+                    got.first().map(|s| bits(&s.samples)).unwrap_or_default(),
+                    bits(&expect)
+                );
+                let at = want
+                    .iter()
+                    .rev()
+                    .find(|(x, _)| *x <= a)
+                    .filter(|(x, v)| *x > a - LOOKBACK_MS && !crate::promql::is_stale_nan(*v));
+                assert_eq!(
+                    store.read().series(id).at(a).map(|(t, v)| (t, v.to_bits())),
+                    at.map(|(t, v)| (*t, v.to_bits()))
+                );
+            }
+        }
+    }
+
+    /// The memory budget: 900 samples (15 minutes at 1 s) of node-like
+    /// series (jittered timestamps, rising counters, mostly still gauges)
+    /// cost a few bytes per sample, not the ring's 16.
+    #[test]
+    fn a_few_bytes_per_sample() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let store = Store::new(15 * 60 * 1000);
+        let ids: Vec<SeriesId> = (0..200)
+            .map(|i| store.series_id(labels(&[("__name__", "m"), ("i", &i.to_string())])))
+            .collect();
+        let mut values: Vec<f64> = (0..ids.len()).map(|i| (i * 1000) as f64).collect();
+        let t0 = 1_700_000_000_000i64;
+        for k in 0..900i64 {
+            let t = t0 + k * 1000 + rng.random_range(0..5);
+            let batch: Vec<_> = ids
+                .iter()
+                .zip(values.iter_mut())
+                .enumerate()
+                .map(|(i, (id, v))| {
+                    if i % 2 == 0 {
+                        *v += f64::from(rng.random_range(0u32..2000));
+                    } else if rng.random_bool(0.2) {
+                        *v = (*v * rng.random_range(0.9..1.1)).round();
+                    }
+                    (*id, t, *v)
+                })
+                .collect();
+            store.append(&batch);
+        }
+        let bytes = store.read().sample_bytes() as f64 / (200.0 * 900.0);
+        eprintln!("{bytes:.2} bytes per sample");
+        assert!(bytes < 6.0, "{bytes:.2} bytes per sample");
     }
 }

@@ -1,0 +1,321 @@
+//! Scale against Prometheus 2.42, one run on one machine:
+//!
+//! - ingest: `nodewatch-loadgen` simulates N agents (1,500 series each, 10 s
+//!   interval) over mutual TLS; N rises until the ack p99 passes 1 s (or
+//!   acks go missing). The same load goes to Prometheus' remote-write
+//!   receiver (one request per node per interval, its response is the ack).
+//! - memory: bytes per active series after a fixed number of samples per
+//!   series. 15 minutes of 1 s samples (900) would take 15 minutes per side;
+//!   this sends [`MEM_SAMPLES`] samples per series at [`MEM_INTERVAL`]
+//!   instead, which exercises the same chunk encoding at the same shape
+//!   (regular interval, ms jitter) in a fraction of the time. nodewatch:
+//!   RSS growth of the aggregator divided by its series; Prometheus: its
+//!   `process_resident_memory_bytes` / `prometheus_tsdb_head_series` as it
+//!   reports them, and its RSS growth per series measured as for nodewatch.
+//! - wire: bytes the load generator wrote to its sockets (TLS records
+//!   included, `wchar` of `/proc/self/io`) per sample in steady state,
+//!   against Prometheus text exposition of an agent's series (bytes of
+//!   `nodewatch-agent --once` per sample line, uncompressed).
+//!
+//! The load generator runs on the same 2 cores as the system under test, for
+//! both sides alike.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo bench -p nodewatch-tests --bench scale`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use nodewatch_tests::{
+    bin, find_program, free_port, http_get, missing, spawn, wait_for, Aggregator, Pki, Proc,
+};
+
+const SERIES_PER_NODE: usize = 1500;
+const INGEST_INTERVAL: &str = "10s";
+const INGEST_WARMUP: &str = "12s";
+const INGEST_WINDOW: &str = "15s";
+const STEPS: &[usize] = &[50, 200, 500, 1000];
+const MEM_NODES: usize = 10;
+const MEM_SERIES: usize = 1000;
+const MEM_INTERVAL: &str = "200ms";
+const MEM_SAMPLES: u32 = 300;
+
+fn loadgen(args: &[String]) -> serde_json::Value {
+    let out = std::process::Command::new(bin("nodewatch-loadgen"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprint!("{text}");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("JSON "))
+        .unwrap_or_else(|| panic!("loadgen failed: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map(|v| {
+            v.trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        })
+        .unwrap()
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn start_prometheus(bin: &std::path::Path, dir: &std::path::Path, tag: &str) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let cfg = dir.join(format!("prometheus-{tag}.yml"));
+    std::fs::write(&cfg, "global:\n  evaluation_interval: 1m\n").unwrap();
+    let p = spawn(
+        bin,
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!(
+                "--storage.tsdb.path={}",
+                dir.join(format!("tsdb-{tag}")).display()
+            ),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-remote-write-receiver",
+        ],
+        dir,
+        &format!("prometheus-{tag}"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(30), "prometheus ready", || {
+        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
+    });
+    (p, addr)
+}
+
+fn held(r: &serde_json::Value) -> bool {
+    r["p99_ms"].as_f64().is_some_and(|p| p <= 1000.0)
+        && r["errors"].as_u64() == Some(0)
+        && r["acked_batches"].as_u64().unwrap_or(0) as f64
+            >= 0.99 * r["batches"].as_u64().unwrap_or(0) as f64
+}
+
+struct Step {
+    nodes: usize,
+    sps: f64,
+    p50: f64,
+    p99: f64,
+    held: bool,
+}
+
+fn ingest_steps(target: &dyn Fn(&str, usize) -> Vec<String>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (i, &n) in STEPS.iter().enumerate() {
+        let mut args = target(&format!("s{i}"), n);
+        args.extend(
+            [
+                "--nodes",
+                &n.to_string(),
+                "--series",
+                &SERIES_PER_NODE.to_string(),
+                "--interval",
+                INGEST_INTERVAL,
+                "--warmup",
+                INGEST_WARMUP,
+                "--duration",
+                INGEST_WINDOW,
+                "--prefix",
+                &format!("s{i}"),
+            ]
+            .map(String::from),
+        );
+        let r = loadgen(&args);
+        let ok = held(&r);
+        steps.push(Step {
+            nodes: n,
+            sps: r["acked_samples_per_s"].as_f64().unwrap_or(0.0),
+            p50: r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            p99: r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            held: ok,
+        });
+        if !ok {
+            break;
+        }
+    }
+    steps
+}
+
+fn best(steps: &[Step]) -> (usize, f64) {
+    steps
+        .iter()
+        .filter(|s| s.held)
+        .map(|s| (s.nodes, s.sps))
+        .next_back()
+        .unwrap_or((0, 0.0))
+}
+
+fn main() {
+    let Some(prometheus) = find_program("prometheus") else {
+        return missing("prometheus (Debian package `prometheus`)");
+    };
+    let started = Instant::now();
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+    let agent_text = std::process::Command::new(bin("nodewatch-agent"))
+        .arg("--once")
+        .output()
+        .unwrap()
+        .stdout;
+    let template = dir.join("template.prom");
+    std::fs::write(&template, &agent_text).unwrap();
+    let common = |extra: Vec<String>| -> Vec<String> {
+        let mut v = vec!["--template".to_string(), template.display().to_string()];
+        v.extend(extra);
+        v
+    };
+
+    // (a) ingest, nodewatch: a fresh aggregator per step.
+    let agg_cell = std::cell::RefCell::new(Vec::<Aggregator>::new());
+    let ours = ingest_steps(&|tag, _| {
+        let mut aggs = agg_cell.borrow_mut();
+        aggs.clear();
+        let agg = Aggregator::start(&pki, &format!("agg-{tag}"), "");
+        let a = agg.grpc.to_string();
+        aggs.push(agg);
+        common(vec![
+            "--aggregator".into(),
+            a,
+            "--ca".into(),
+            dir.display().to_string(),
+        ])
+    });
+    // Steady-state wire cost from the first (unloaded) step's loadgen run.
+    agg_cell.borrow_mut().clear();
+
+    // (a) ingest, Prometheus remote-write receiver: a fresh Prometheus per step.
+    let prom_cell = std::cell::RefCell::new(Vec::<Proc>::new());
+    let theirs = ingest_steps(&|tag, _| {
+        let mut ps = prom_cell.borrow_mut();
+        ps.clear();
+        let (p, addr) = start_prometheus(&prometheus, &dir, tag);
+        ps.push(p);
+        common(vec![
+            "--remote-write".into(),
+            format!("http://{addr}/api/v1/write"),
+        ])
+    });
+    prom_cell.borrow_mut().clear();
+
+    // (b) memory, and (c) wire from the same nodewatch run.
+    let mem_window = humantime::parse_duration(MEM_INTERVAL).unwrap() * MEM_SAMPLES;
+    let mem_args = |target: Vec<String>| -> Vec<String> {
+        let mut v = common(target);
+        v.extend(
+            [
+                "--nodes",
+                &MEM_NODES.to_string(),
+                "--series",
+                &MEM_SERIES.to_string(),
+                "--interval",
+                MEM_INTERVAL,
+                "--warmup",
+                "2s",
+                "--duration",
+                &format!("{}ms", mem_window.as_millis()),
+                "--prefix",
+                "mem",
+            ]
+            .map(String::from),
+        );
+        v
+    };
+    let series = (MEM_NODES * MEM_SERIES) as f64;
+    // The 2 s warm-up (definitions, first acks) adds its samples too.
+    let per_series =
+        f64::from(MEM_SAMPLES) + 2.0 / mem_window.as_secs_f64() * f64::from(MEM_SAMPLES);
+    let agg = Aggregator::start(&pki, "agg-mem", "");
+    let agg_pid = agg.proc.child.id();
+    let before = rss_bytes(agg_pid);
+    let wire = loadgen(&mem_args(vec![
+        "--aggregator".into(),
+        agg.grpc.to_string(),
+        "--ca".into(),
+        dir.display().to_string(),
+    ]));
+    let ours_mem = (rss_bytes(agg_pid).saturating_sub(before)) as f64 / series;
+    drop(agg);
+
+    let (prom, addr) = start_prometheus(&prometheus, &dir, "mem");
+    let prom_pid = prom.child.id();
+    let prom_before = rss_bytes(prom_pid);
+    let _ = loadgen(&mem_args(vec![
+        "--remote-write".into(),
+        format!("http://{addr}/api/v1/write"),
+    ]));
+    let (_, pm) = http_get(addr, "/metrics").unwrap();
+    let prss = metric(&pm, "process_resident_memory_bytes").unwrap_or(f64::NAN);
+    let phead = metric(&pm, "prometheus_tsdb_head_series").unwrap_or(f64::NAN);
+    let theirs_mem_reported = prss / phead;
+    let theirs_mem_delta = (rss_bytes(prom_pid).saturating_sub(prom_before)) as f64 / series;
+    drop(prom);
+
+    let text = String::from_utf8_lossy(&agent_text);
+    let lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let text_bps = agent_text.len() as f64 / lines.max(1) as f64;
+    let wire_bps = wire["bytes_per_sample"].as_f64().unwrap_or(f64::NAN);
+
+    let (on, osps) = best(&ours);
+    let (tn, tsps) = best(&theirs);
+    println!("\n### Scale against Prometheus 2.42\n");
+    println!("Ingest steps ({SERIES_PER_NODE} series per node, {INGEST_INTERVAL} interval, {INGEST_WINDOW} measured):\n");
+    println!("| nodes | nodewatch samples/s | ack p50 / p99 | Prometheus RW samples/s | response p50 / p99 |");
+    println!("|---|---|---|---|---|");
+    for (i, &n) in STEPS.iter().enumerate() {
+        let f = |s: Option<&Step>| {
+            s.map_or(("–".to_string(), "–".to_string()), |s| {
+                (
+                    format!("{:.0}{}", s.sps, if s.held { "" } else { " (not held)" }),
+                    format!("{:.0} / {:.0} ms", s.p50, s.p99),
+                )
+            })
+        };
+        let (our_sps, our_lat) = f(ours.get(i));
+        let (their_sps, their_lat) = f(theirs.get(i));
+        println!("| {n} | {our_sps} | {our_lat} | {their_sps} | {their_lat} |");
+    }
+    println!("\n| measure | nodewatch | Prometheus 2.42 | ratio (nodewatch / Prometheus) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| ingest: samples/s held (ack p99 ≤ 1 s) | {osps:.0} ({on} nodes) | {tsps:.0} ({tn} nodes) | {:.2}× |",
+        osps / tsps
+    );
+    println!(
+        "| memory: bytes per series, {MEM_SAMPLES} samples each, RSS growth | {ours_mem:.0} | {theirs_mem_delta:.0} | {:.2}× |",
+        ours_mem / theirs_mem_delta
+    );
+    println!(
+        "| memory: Prometheus' own `process_resident_memory_bytes / prometheus_tsdb_head_series` | {ours_mem:.0} | {theirs_mem_reported:.0} | {:.2}× |",
+        ours_mem / theirs_mem_reported
+    );
+    println!(
+        "| memory: bytes per sample (RSS growth / samples) | {:.2} | {:.2} | |",
+        ours_mem / per_series,
+        theirs_mem_delta / per_series
+    );
+    println!(
+        "| wire: bytes per sample (nodewatch stream, TLS included / text exposition) | {wire_bps:.2} | {text_bps:.2} | {:.2}× |",
+        wire_bps / text_bps
+    );
+    println!("\n({} s in all)", started.elapsed().as_secs());
+}
