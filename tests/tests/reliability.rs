@@ -550,6 +550,27 @@ fn twenty_aggregator_kill9s_at_random_moments_lose_no_sample_and_no_event() {
     println!("duplicates dropped by the last aggregator: {dups:?}");
 }
 
+/// Appends a torn record (header for 1000 bytes, 10 bytes of it) to the newest spool segment.
+fn tear_newest_segment(dir: &std::path::Path) {
+    use std::io::Write;
+    let Some(newest) = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+    else {
+        return;
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(newest)
+        .unwrap();
+    let mut torn = 1000u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+    torn.extend_from_slice(&[7; 10]);
+    f.write_all(&torn).unwrap();
+}
+
 #[test]
 fn agent_kill9s_while_writing_its_spool_store_nothing_twice() {
     let pki = Pki::new();
@@ -558,10 +579,18 @@ fn agent_kill9s_while_writing_its_spool_store_nothing_twice() {
     let mut agent = start_agent(&pki, "w", &[&agg], extra);
     let mut rng = Rng::from_env(0x7370_6f6f_6c21);
     let kills = 15;
-    for _ in 0..kills {
+    let mut tears = 0;
+    for i in 0..kills {
         std::thread::sleep(rng.millis(200, 1200));
         let _ = agent.child.kill();
         let _ = agent.child.wait();
+        // A kill -9 rarely lands inside one write(2); every other time, leave
+        // what a power cut mid-write would: a record header promising more
+        // bytes than follow. The restart must cut it, not read it.
+        if i % 2 == 1 {
+            tear_newest_segment(&pki.path("spool-w"));
+            tears += 1;
+        }
         agent = start_agent(&pki, "w", &[&agg], extra);
     }
     let series = "nodewatch_agent_collections_total{node=\"w\"}";
@@ -569,6 +598,7 @@ fn agent_kill9s_while_writing_its_spool_store_nothing_twice() {
     let (count, min, max, pending) = settle(&pki, &agg, "w", series, Duration::from_secs(30));
     println!("{pending} pending");
     let cuts = agent.log_text().matches("torn or corrupt tail").count();
+    assert!(cuts >= tears, "{tears} torn tails left, {cuts} cut");
     println!(
         "{kills} agent kill -9s: {count} collections stored for seqs {min}..={max}; torn tails cut on restart: {cuts}"
     );
