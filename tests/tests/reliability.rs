@@ -471,6 +471,21 @@ fn settle(
     last
 }
 
+/// Checks that the testseq events of `node` hold every number of `1..=max/EVENT_EVERY`
+/// exactly once (later ones may have arrived since `max` was read).
+fn assert_events_complete(pki: &Pki, agg: &Aggregator, node: &str, max: f64) -> usize {
+    let events = testseq_events(pki, agg, node);
+    assert!(
+        events.windows(2).all(|w| w[0] < w[1]),
+        "an event was stored twice: {events:?}"
+    );
+    let k = max as u64 / testseq::EVENT_EVERY;
+    let upto: Vec<u64> = events.iter().copied().filter(|e| *e <= k).collect();
+    let want: Vec<u64> = (1..=k).collect();
+    assert_eq!(upto, want, "every test event of values 1..={max}");
+    upto.len()
+}
+
 /// The testseq events of `node` the aggregator holds: their numbers, sorted.
 fn testseq_events(pki: &Pki, agg: &Aggregator, node: &str) -> Vec<u64> {
     let mut v: Vec<u64> = cli_events(pki, agg)
@@ -535,13 +550,8 @@ fn twenty_aggregator_kill9s_at_random_moments_lose_no_sample_and_no_event() {
         max >= expected * 0.5,
         "only {max} collections in {expected} expected"
     );
-    let events = testseq_events(&pki, &agg, "seq");
-    let want: Vec<u64> = (1..=(max as u64 / testseq::EVENT_EVERY)).collect();
-    assert_eq!(
-        events, want,
-        "every test event exactly once (values 1..={max})"
-    );
-    println!("events: {} stored, all exactly once", events.len());
+    let events = assert_events_complete(&pki, &agg, "seq", max);
+    println!("events: {events} stored, all exactly once");
     let dups = agg
         .metrics()
         .lines()
@@ -682,7 +692,7 @@ fn a_full_spool_keeps_events_drops_oldest_samples_and_counts_them() {
         dropped / per_collection
     );
     assert!(dropped_events < 0.5);
-    let events = testseq_events(&pki, &agg, "full");
-    let want: Vec<u64> = (1..=(max as u64 / testseq::EVENT_EVERY)).collect();
-    assert_eq!(events, want, "every event survived the full spool");
+    // Every event survived the full spool.
+    let events = assert_events_complete(&pki, &agg, "full", max);
+    println!("events: {events} stored, all exactly once");
 }
