@@ -148,23 +148,31 @@ impl Streamer {
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
             // Send everything queued that this stream has not carried yet.
+            // A slot in the outbound queue is reserved before the next
+            // collection is taken and encoded: if an ack wins the race
+            // instead, nothing was taken, so nothing is skipped (a cancelled
+            // `send` would drop its batch after `sent` had moved past it,
+            // and the encoder would believe its series defined).
             loop {
-                let next = self.spool.lock().next_after(sent);
-                let Some(c) = next else { break };
-                let batch = encoder.encode(&c);
-                sent = c.seq;
-                tokio::select! {
-                    r = tx.send(AgentFrame { frame: Some(agent_frame::Frame::Batch(batch)) }) => {
-                        if r.is_err() {
-                            return End::Retry("stream closed while sending".into());
-                        }
-                    }
+                let permit = tokio::select! {
+                    p = tx.reserve() => match p {
+                        Ok(p) => p,
+                        Err(_) => return End::Retry("stream closed while sending".into()),
+                    },
                     f = inbound.next() => {
                         if let Some(end) = self.handle(f) {
                             return end;
                         }
+                        continue;
                     }
-                }
+                };
+                let next = self.spool.lock().next_after(sent);
+                let Some(c) = next else { break };
+                let batch = encoder.encode(&c);
+                sent = c.seq;
+                permit.send(AgentFrame {
+                    frame: Some(agent_frame::Frame::Batch(batch)),
+                });
             }
             if let Some(deadline) = stopping {
                 let empty = self.spool.lock().pending(self.index) == 0;

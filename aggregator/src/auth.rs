@@ -2,9 +2,18 @@
 //! the node it names; an operator certificate may only Query. The identity is
 //! read from the TLS session, never from the payload.
 
-use nodewatch_proto::tls::PeerInfo;
+use nodewatch_proto::tls::{count_auth_failure, AuthFailure, PeerInfo};
 use nodewatch_proto::{Identity, NodeName};
 use tonic::{Request, Status};
+use tracing::warn;
+
+/// Counts and logs one refusal after a successful handshake; the handshake
+/// refusals themselves are counted in the TLS accept loop.
+fn refuse(p: &PeerInfo, reason: AuthFailure, status: Status) -> Status {
+    count_auth_failure(reason.as_str());
+    warn!(peer = %p.remote_addr, reason = reason.as_str(), error = %status.message(), "Call refused.");
+    status
+}
 
 fn peer<T>(req: &Request<T>) -> Result<&PeerInfo, Status> {
     req.extensions()
@@ -19,13 +28,15 @@ pub fn require_node<T>(req: &Request<T>) -> Result<(NodeName, PeerInfo), Status>
         Ok(Identity::Node(n)) => Ok((n.clone(), p.clone())),
         Ok(Identity::Operator(who)) => {
             metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "ingest").increment(1);
-            Err(Status::permission_denied(format!(
+            Err(refuse(p, AuthFailure::Role, Status::permission_denied(format!(
                 "operator certificate ({who}) may not Ingest: only spiffe://nodewatch/node/<name> certificates may"
-            )))
+            ))))
         }
-        Err(e) => Err(Status::permission_denied(format!(
-            "client certificate has no nodewatch identity: {e}"
-        ))),
+        Err(e) => Err(refuse(
+            p,
+            AuthFailure::NoIdentity,
+            Status::permission_denied(format!("client certificate has no nodewatch identity: {e}")),
+        )),
     }
 }
 
@@ -36,12 +47,14 @@ pub fn require_operator<T>(req: &Request<T>) -> Result<String, Status> {
         Ok(Identity::Operator(who)) => Ok(who.clone()),
         Ok(Identity::Node(n)) => {
             metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "query").increment(1);
-            Err(Status::permission_denied(format!(
+            Err(refuse(p, AuthFailure::Role, Status::permission_denied(format!(
                 "node certificate ({n}) may not Query: only spiffe://nodewatch/operator/<who> certificates may"
-            )))
+            ))))
         }
-        Err(e) => Err(Status::permission_denied(format!(
-            "client certificate has no nodewatch identity: {e}"
-        ))),
+        Err(e) => Err(refuse(
+            p,
+            AuthFailure::NoIdentity,
+            Status::permission_denied(format!("client certificate has no nodewatch identity: {e}")),
+        )),
     }
 }

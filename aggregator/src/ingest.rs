@@ -351,12 +351,15 @@ impl IngestService {
         if !hello.node.is_empty() && hello.node != node.as_str() {
             metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "hello_identity")
                 .increment(1);
+            nodewatch_proto::tls::count_auth_failure(
+                nodewatch_proto::tls::AuthFailure::HelloIdentity.as_str(),
+            );
             let msg = format!(
                 "Hello names node {:?} but the client certificate is for node {:?}; refused",
                 hello.node,
                 node.as_str()
             );
-            warn!(%node, claimed = %hello.node, "Hello names another node; stream refused.");
+            warn!(%node, claimed = %hello.node, reason = "hello_identity", "Hello names another node; stream refused.");
             let _ = tx
                 .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
                 .await;

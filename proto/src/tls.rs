@@ -354,8 +354,19 @@ pub fn incoming(
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(io)) => {
+                let handshake = async {
+                    // Peeked, not read: the first byte tells a TLS client
+                    // (handshake record, 0x16) from a plaintext one, which
+                    // rustls alone reports only as a malformed message.
+                    let mut first = [0u8; 1];
+                    let first = match tcp.peek(&mut first).await {
+                        Ok(1) => Some(first[0]),
+                        _ => None,
+                    };
+                    (first, acceptor.accept(tcp).await)
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok((_, Ok(io))) => {
                         let identity = io
                             .get_ref()
                             .1
@@ -376,19 +387,140 @@ pub fn incoming(
                             }))
                             .await;
                     }
-                    Ok(Err(error)) => {
-                        metrics::counter!("nodewatch_tls_handshake_failures_total").increment(1);
-                        warn!(peer = %remote_addr, %error, "TLS handshake refused");
+                    Ok((first, Err(error))) => {
+                        let reason = handshake_failure_reason(first, &error);
+                        count_auth_failure(reason);
+                        warn!(peer = %remote_addr, reason, %error, "TLS handshake refused");
                     }
                     Err(_) => {
-                        metrics::counter!("nodewatch_tls_handshake_failures_total").increment(1);
-                        warn!(peer = %remote_addr, "TLS handshake timed out");
+                        count_auth_failure(AuthFailure::Timeout.as_str());
+                        warn!(peer = %remote_addr, reason = AuthFailure::Timeout.as_str(), "TLS handshake timed out");
                     }
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Why a connection or a call was refused: the `reason` label of
+/// `nodewatch_aggregator_auth_failures_total` and the `reason` field of the
+/// log line, so an operator can tell a rotation gone wrong (expired, unknown
+/// CA) from a misconfigured client (protocol version, plaintext) at a glance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The client certificate does not chain to the configured CA.
+    UnknownCa,
+    /// The client certificate's notAfter has passed.
+    Expired,
+    /// The client certificate's notBefore is still ahead (or the clocks disagree).
+    NotYetValid,
+    /// Any other problem with the client certificate (bad signature, usage, encoding).
+    BadCertificate,
+    /// The client sent no certificate.
+    NoClientCert,
+    /// The client offered no TLS version the server accepts (only 1.3 is).
+    ProtocolVersion,
+    /// The client speaks TLS but nothing in common was found (ciphers, groups, ALPN).
+    Incompatible,
+    /// The first bytes were not a TLS handshake record (HTTP, gRPC without TLS).
+    Plaintext,
+    /// The client aborted the handshake with an alert (usually: it does not trust our certificate).
+    ClientAlert,
+    /// The connection closed or broke during the handshake.
+    Disconnected,
+    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// The certificate is valid but its role may not call this service.
+    Role,
+    /// The certificate is valid but carries no nodewatch identity (URI SAN).
+    NoIdentity,
+    /// A node's Hello named another node than its certificate.
+    HelloIdentity,
+    /// Anything else rustls refused.
+    Other,
+}
+
+impl AuthFailure {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadCertificate => "bad_certificate",
+            Self::NoClientCert => "no_client_cert",
+            Self::ProtocolVersion => "protocol_version",
+            Self::Incompatible => "incompatible",
+            Self::Plaintext => "plaintext",
+            Self::ClientAlert => "client_alert",
+            Self::Disconnected => "disconnected",
+            Self::Timeout => "timeout",
+            Self::Role => "role",
+            Self::NoIdentity => "no_identity",
+            Self::HelloIdentity => "hello_identity",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Counts one refusal under `nodewatch_aggregator_auth_failures_total{reason}`.
+/// The older unlabelled handshake counter is kept for existing dashboards.
+pub fn count_auth_failure(reason: &'static str) {
+    metrics::counter!("nodewatch_aggregator_auth_failures_total", "reason" => reason).increment(1);
+    if !matches!(reason, "role" | "no_identity" | "hello_identity") {
+        metrics::counter!("nodewatch_tls_handshake_failures_total").increment(1);
+    }
+}
+
+/// Classifies a failed server handshake. `first` is the first byte the
+/// client sent, if any.
+#[must_use]
+pub fn handshake_failure_reason(first: Option<u8>, error: &io::Error) -> &'static str {
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    if first.is_some_and(|b| b != TLS_HANDSHAKE_RECORD) {
+        return AuthFailure::Plaintext.as_str();
+    }
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return match error.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => AuthFailure::Disconnected,
+            _ => AuthFailure::Other,
+        }
+        .as_str();
+    };
+    rustls_failure(tls).as_str()
+}
+
+fn rustls_failure(error: &rustls::Error) -> AuthFailure {
+    use rustls::{CertificateError as C, Error as E, PeerIncompatible as P};
+    match error {
+        E::InvalidCertificate(c) => match c {
+            // A certificate from another CA with the same subject name as
+            // ours (every throwaway "nodewatch CA" looks alike) finds our CA
+            // as its issuer and then fails the signature check: for the
+            // operator it is the same mistake as an unknown issuer.
+            C::UnknownIssuer | C::BadSignature => AuthFailure::UnknownCa,
+            C::Expired | C::ExpiredContext { .. } => AuthFailure::Expired,
+            C::NotValidYet | C::NotValidYetContext { .. } => AuthFailure::NotYetValid,
+            _ => AuthFailure::BadCertificate,
+        },
+        E::NoCertificatesPresented => AuthFailure::NoClientCert,
+        E::PeerIncompatible(
+            P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+            | P::SupportedVersionsExtensionRequired
+            | P::ServerDoesNotSupportTls12Or13,
+        ) => AuthFailure::ProtocolVersion,
+        E::PeerIncompatible(_) | E::NoApplicationProtocol => AuthFailure::Incompatible,
+        E::AlertReceived(_) => AuthFailure::ClientAlert,
+        _ => AuthFailure::Other,
+    }
 }
 
 /// Where a client connects: `host:port`, optionally with an `https://` prefix.
@@ -486,5 +618,44 @@ mod tests {
         assert!(Target::parse("http://x:1").is_err());
         assert!(Target::parse("x").is_err());
         assert!(Target::parse("x:y").is_err());
+    }
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        let wrap = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let cert = |c| wrap(rustls::Error::InvalidCertificate(c));
+        assert_eq!(
+            handshake_failure_reason(Some(b'G'), &wrap(rustls::Error::General(String::new()))),
+            "plaintext"
+        );
+        assert_eq!(
+            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::UnknownIssuer)),
+            "unknown_ca"
+        );
+        assert_eq!(
+            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::Expired)),
+            "expired"
+        );
+        assert_eq!(
+            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::NotValidYet)),
+            "not_yet_valid"
+        );
+        assert_eq!(
+            handshake_failure_reason(Some(0x16), &wrap(rustls::Error::NoCertificatesPresented)),
+            "no_client_cert"
+        );
+        assert_eq!(
+            handshake_failure_reason(
+                Some(0x16),
+                &wrap(rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+                ))
+            ),
+            "protocol_version"
+        );
+        assert_eq!(
+            handshake_failure_reason(None, &io::Error::from(io::ErrorKind::UnexpectedEof)),
+            "disconnected"
+        );
     }
 }

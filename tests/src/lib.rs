@@ -354,11 +354,21 @@ pub fn start_agent_with(
     aggregators: &[&Aggregator],
     extra: &str,
 ) -> Proc {
+    start_agent_env(pki, node, files, aggregators, extra, &[])
+}
+
+/// Writes the configuration of agent `node` (`agent-<node>.yaml`) streaming
+/// to `aggregators` (addresses), with `extra` YAML; returns its path.
+#[must_use]
+pub fn write_agent_config(
+    pki: &Pki,
+    node: &str,
+    files: &TlsFiles,
+    aggregators: &[String],
+    extra: &str,
+) -> PathBuf {
     let config = pki.path(&format!("agent-{node}.yaml"));
-    let list: Vec<String> = aggregators
-        .iter()
-        .map(|a| format!("\"{}\"", a.grpc))
-        .collect();
+    let list: Vec<String> = aggregators.iter().map(|a| format!("\"{a}\"")).collect();
     std::fs::write(
         &config,
         format!(
@@ -375,12 +385,126 @@ pub fn start_agent_with(
         ),
     )
     .unwrap();
-    spawn(
+    config
+}
+
+/// Starts an agent presenting `files` with extra environment variables
+/// (e.g. `NODEWATCH_TESTSEQ_SERIES` for the test collector).
+#[must_use]
+pub fn start_agent_env(
+    pki: &Pki,
+    node: &str,
+    files: &TlsFiles,
+    aggregators: &[&Aggregator],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Proc {
+    let list: Vec<String> = aggregators.iter().map(|a| a.grpc.to_string()).collect();
+    let config = write_agent_config(pki, node, files, &list, extra);
+    spawn_env(
         &bin("nodewatch-agent"),
         &["--config", config.to_str().unwrap()],
         pki.dir.path(),
         &format!("agent-{node}"),
+        env,
     )
+}
+
+/// Spawns `bin` as [`spawn`] with extra environment variables. The log file
+/// is appended to, so restarts of the same process keep one log.
+#[must_use]
+pub fn spawn_env(bin: &Path, args: &[&str], dir: &Path, name: &str, env: &[(&str, &str)]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let err = out.try_clone().unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    Proc {
+        child,
+        name: name.into(),
+        log,
+    }
+}
+
+/// Every event the aggregator keeps, through `nodewatch events -o json`.
+#[must_use]
+pub fn cli_events(pki: &Pki, agg: &Aggregator) -> Vec<serde_json::Value> {
+    let ops = pki.operator("cli");
+    let out = Command::new(bin("nodewatch"))
+        .args([
+            "--aggregator",
+            &agg.grpc.to_string(),
+            "--server-name",
+            "localhost",
+            "--ca",
+            ops.ca.to_str().unwrap(),
+            "--cert",
+            ops.cert.to_str().unwrap(),
+            "--key",
+            ops.key.to_str().unwrap(),
+            "events",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nodewatch events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A small seeded generator (`SplitMix64`), so a randomized test can be
+/// replayed from the seed it prints.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `NODEWATCH_TEST_SEED` when set, else from `default`.
+    #[must_use]
+    pub fn from_env(default: u64) -> Self {
+        let seed = std::env::var("NODEWATCH_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default);
+        println!("seed: {seed} (NODEWATCH_TEST_SEED={seed} replays this run)");
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A duration drawn uniformly from `lo..hi` (milliseconds).
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next_u64() % (hi - lo).max(1))
+    }
+}
+
+/// Counts stored for an instant-vector expression, or `None` if empty.
+#[must_use]
+pub fn query_scalar(pki: &Pki, agg: &Aggregator, expr: &str) -> Option<f64> {
+    scalar_of(&cli_query(pki, agg, expr))
 }
 
 /// Runs an instant `PromQL` query through the real CLI with an operator certificate; returns the JSON result.

@@ -4,7 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
+
+use nodewatch_proto::certs::Leaf;
+use nodewatch_proto::tls;
+use nodewatch_proto::{Identity, NodeName};
 
 use nodewatch_proto::v1::ingest_client::IngestClient;
 use nodewatch_proto::v1::query_client::QueryClient;
@@ -176,6 +181,7 @@ async fn certificate_from_another_ca_is_refused() {
                 .then_some(())
         },
     );
+    assert_refused(&agg, "unknown_ca");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,6 +192,7 @@ async fn node_certificate_may_not_query() {
     let err = q.list_nodes(ListNodesRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("may not Query"), "{}", err.message());
+    assert_refused(&agg, "role");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,6 +209,7 @@ async fn operator_certificate_may_not_ingest() {
         "{}",
         err.message()
     );
+    assert_refused(&agg, "role");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -223,7 +231,11 @@ async fn hello_naming_another_node_is_refused() {
                     );
                 }
                 Ok(other) => panic!("expected an error frame, got {other:?}"),
-                Err(status) => return check_identity_status(&status),
+                Err(status) => {
+                    check_identity_status(&status);
+                    assert_refused(&agg, "hello_identity");
+                    return;
+                }
             }
             let _ =
                 s.tx.send(batch(
@@ -240,6 +252,7 @@ async fn hello_naming_another_node_is_refused() {
         }
     };
     check_identity_status(&status);
+    assert_refused(&agg, "hello_identity");
     // Nothing was stored under either name.
     assert!(!agg.metrics().contains("x_total"));
     assert!(!agg.metrics().contains("node=\"n2\""));
@@ -280,6 +293,83 @@ async fn plaintext_client_is_refused() {
         !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
         "plaintext got an answer"
     );
+    assert_refused(&agg, "plaintext");
+}
+
+/// The aggregator logged a refusal with `reason` and counts it in
+/// `nodewatch_aggregator_auth_failures_total{reason}`.
+fn assert_refused(agg: &Aggregator, reason: &str) {
+    let series = format!("nodewatch_aggregator_auth_failures_total{{reason=\"{reason}\"}}");
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{series} and the reason in the log"),
+        || {
+            let counted = agg.metrics().lines().any(|l| {
+                l.strip_prefix(series.as_str())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+            });
+            let logged = agg
+                .proc
+                .log_text()
+                .lines()
+                .any(|l| l.contains("refused") && l.contains(reason));
+            (counted && logged).then_some(())
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_not_yet_valid_is_refused() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let now = nodewatch_proto::certs::OffsetDateTime::now_utc();
+    let day = nodewatch_proto::certs::TimeDuration::days(1);
+    let leaf = Leaf::Client(Identity::Node(NodeName::new("early").unwrap()));
+    let files = pki.issue_expired("node-early", &leaf, now + day, now + day * 30);
+    let refused = match RawStream::open(&agg, &files, hello("early")).await {
+        Err(_) => true,
+        Ok(mut s) => s.next().await.is_err(),
+    };
+    assert!(refused, "a not-yet-valid certificate was let in");
+    assert_refused(&agg, "not_yet_valid");
+    assert!(!agg.metrics().contains("node=\"early\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls12_only_client_is_refused() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let ops = pki.operator("old-client");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::load_certs(&ops.ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        tls::load_certs(&ops.cert).unwrap(),
+        tls::load_key(&ops.key).unwrap(),
+    )
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let ch = tls::channel(
+        &agg.target(),
+        tls::Reloadable::new(Arc::new(cfg)),
+        Some("localhost".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = QueryClient::new(ch)
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    assert_refused(&agg, "protocol_version");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,6 +52,7 @@ pub mod pressure;
 pub mod sockstat;
 #[cfg(target_os = "linux")]
 pub mod stat;
+pub mod testseq;
 #[cfg(target_os = "linux")]
 pub mod vmstat;
 pub mod zfs;
@@ -85,6 +86,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         zfs::SPEC,
     ]);
     specs.push(zpool::SPEC);
+    specs.push(testseq::SPEC);
     #[cfg(target_os = "freebsd")]
     specs.extend(crate::freebsd::specs());
     specs
