@@ -56,3 +56,6 @@ cargo build --workspace --bins
 step "tests"
 [ -d /opt/nodewatch-deploy-venv/bin ] && export PATH="/opt/nodewatch-deploy-venv/bin:$PATH"
 cargo test --workspace --no-fail-fast
+
+step "fuzzing (10 s per target)"
+bash tests/fuzz/run.sh 10
