@@ -204,6 +204,10 @@ fn ours() -> Exposition {
     let paths = Paths::default();
     let mut sink = Sink::new();
     for spec in registry() {
+        // As in the agent, collectors off by default do not run.
+        if !spec.default_enabled {
+            continue;
+        }
         // As in the agent: a collector that cannot run on this host (no ZFS) stays off.
         let Ok(mut c) = (spec.build)(&paths) else {
             continue;
