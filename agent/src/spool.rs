@@ -620,8 +620,12 @@ impl Spool {
                 })
                 .filter_map(|(s, _)| self.load(*s).map(|c| (*s, c)))
                 .collect();
-            for e in self.index.values() {
-                if matches!(e.body, Body::Disk { seg, .. } if seg == oldest) {
+            // Only data some aggregator never acknowledged is lost; acknowledged
+            // records kept for backfill are not counted as dropped.
+            let acked_by_all = self.cursors.iter().copied().min().unwrap_or(0);
+            for (seq, e) in &self.index {
+                if *seq > acked_by_all && matches!(e.body, Body::Disk { seg, .. } if seg == oldest)
+                {
                     self.dropped.samples += u64::from(e.samples);
                 }
             }
