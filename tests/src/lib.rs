@@ -717,3 +717,66 @@ pub fn start_alertmanager_with(
     });
     Some((p, addr))
 }
+
+/// A memory cgroup (v1 `memory` controller, or v2 where that is what is
+/// mounted) with a limit, removed on drop. `None` where neither is available.
+pub struct MemCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemCgroup {
+    /// `nodewatch-<tag>-<pid>` limited to `limit` bytes, with swap closed so
+    /// a process over the limit is OOM-killed rather than paged out.
+    #[must_use]
+    pub fn new(tag: &str, limit: u64) -> Option<Self> {
+        let name = format!("nodewatch-{tag}-{}", std::process::id());
+        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(&name), "memory.limit_in_bytes")
+        } else if PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists() {
+            (PathBuf::from("/sys/fs/cgroup").join(&name), "memory.max")
+        } else {
+            return None;
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Self { dir };
+        std::fs::write(cg.dir.join(limit_file), limit.to_string()).ok()?;
+        let _ = std::fs::write(cg.dir.join("memory.swappiness"), "0");
+        let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+        let _ = std::fs::write(
+            cg.dir.join("memory.memsw.limit_in_bytes"),
+            limit.to_string(),
+        );
+        Some(cg)
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The real `nodewatch` CLI pointed at `agg` with the operator certificate `ops`; add the command's arguments.
+#[must_use]
+pub fn operator_cli(ops: &TlsFiles, agg: &Aggregator) -> Command {
+    let mut c = Command::new(bin("nodewatch"));
+    c.args([
+        "--aggregator",
+        &agg.grpc.to_string(),
+        "--server-name",
+        "localhost",
+    ])
+    .arg("--ca")
+    .arg(&ops.ca)
+    .arg("--cert")
+    .arg(&ops.cert)
+    .arg("--key")
+    .arg(&ops.key);
+    c
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nodewatch_tests::{bin, find_program, missing, spawn, wait_for, Aggregator, Pki};
+use nodewatch_tests::{bin, find_program, missing, spawn, wait_for, Aggregator, MemCgroup, Pki};
 
 /// Capability numbers (`include/uapi/linux/capability.h`).
 const CAP_SYS_ADMIN: u32 = 21;
@@ -23,46 +23,6 @@ const CAP_BPF: u32 = 39;
 
 /// The log line the agent writes when eBPF cannot run (`runtime::start_ebpf`).
 const EBPF_OFF: &str = "eBPF signals off on this host";
-
-/// A memory cgroup (v1 or v2) removed on drop.
-struct MemCgroup {
-    dir: PathBuf,
-}
-
-impl MemCgroup {
-    fn new(limit: u64) -> Option<Self> {
-        let name = format!("nodewatch-nobpf-{}", std::process::id());
-        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
-        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
-            (v1.join(&name), "memory.limit_in_bytes")
-        } else if PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists() {
-            (PathBuf::from("/sys/fs/cgroup").join(&name), "memory.max")
-        } else {
-            return None;
-        };
-        std::fs::create_dir(&dir).ok()?;
-        let cg = Self { dir };
-        std::fs::write(cg.dir.join(limit_file), limit.to_string()).ok()?;
-        let _ = std::fs::write(cg.dir.join("memory.swappiness"), "0");
-        let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
-        let _ = std::fs::write(
-            cg.dir.join("memory.memsw.limit_in_bytes"),
-            limit.to_string(),
-        );
-        Some(cg)
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// The agent's config: like `nodewatch_tests::start_agent_with`'s, with eBPF on.
 fn agent_config(pki: &Pki, agg: &Aggregator) -> PathBuf {
@@ -186,7 +146,7 @@ fn agent_without_bpf_capabilities_keeps_procfs_series() {
     );
 
     // A real OOM kill still becomes an event, from the kernel log.
-    let Some(cg) = MemCgroup::new(32 << 20) else {
+    let Some(cg) = MemCgroup::new("nobpf", 32 << 20) else {
         return missing("a memory cgroup controller (v1 memory or v2 with memory)");
     };
     let mut hog = Command::new("sh")

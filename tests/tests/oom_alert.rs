@@ -5,49 +5,13 @@
 //! The agent collects every 10 s: the alert must not wait for that.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, missing, start_agent, start_alertmanager, wait_for, Aggregator, Pki, Webhook,
+    missing, operator_cli, start_agent, start_alertmanager, wait_for, Aggregator, MemCgroup, Pki,
+    Webhook,
 };
-
-/// A memory cgroup (v1 or v2) removed on drop.
-struct MemCgroup {
-    dir: PathBuf,
-}
-
-impl MemCgroup {
-    fn new(limit: u64) -> Option<Self> {
-        let name = format!("nodewatch-e2e-{}", std::process::id());
-        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
-        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
-            (v1.join(&name), "memory.limit_in_bytes")
-        } else if PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists() {
-            (PathBuf::from("/sys/fs/cgroup").join(&name), "memory.max")
-        } else {
-            return None;
-        };
-        std::fs::create_dir(&dir).ok()?;
-        std::fs::write(dir.join(limit_file), limit.to_string()).ok()?;
-        let _ = std::fs::write(dir.join("memory.swappiness"), "0");
-        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
-        Some(Self { dir })
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 #[test]
 fn oom_kill_reaches_alertmanager_within_a_second() {
@@ -88,28 +52,14 @@ fn oom_kill_reaches_alertmanager_within_a_second() {
         },
     );
 
-    let Some(cg) = MemCgroup::new(32 << 20) else {
+    let Some(cg) = MemCgroup::new("e2e", 32 << 20) else {
         return missing("a memory cgroup controller (v1 memory or v2 with memory)");
     };
     // A live watcher, as a user would run it.
     let ops = pki.operator("ops");
     let cli = |args: &[&str]| {
-        let mut c = Command::new(bin("nodewatch"));
-        c.args([
-            "--aggregator",
-            &agg.grpc.to_string(),
-            "--server-name",
-            "localhost",
-        ])
-        .args([
-            "--ca",
-            ops.ca.to_str().unwrap(),
-            "--cert",
-            ops.cert.to_str().unwrap(),
-            "--key",
-            ops.key.to_str().unwrap(),
-        ])
-        .args(args);
+        let mut c = operator_cli(&ops, &agg);
+        c.args(args);
         c
     };
     let mut follow = cli(&["events", "--follow", "-o", "json"])

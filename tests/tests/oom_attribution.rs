@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nodewatch_tests::{bin, missing, start_agent, wait_for, Aggregator, Pki};
+use nodewatch_tests::{missing, operator_cli, start_agent, wait_for, Aggregator, Pki};
 
 /// The memory limit of the container cgroup: small enough that `tail
 /// /dev/zero` reaches it in milliseconds.
@@ -182,22 +182,8 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
 
     let ops = pki.operator("ops");
     let cli = |args: &[&str]| {
-        let mut c = Command::new(bin("nodewatch"));
-        c.args([
-            "--aggregator",
-            &agg.grpc.to_string(),
-            "--server-name",
-            "localhost",
-        ])
-        .args([
-            "--ca",
-            ops.ca.to_str().unwrap(),
-            "--cert",
-            ops.cert.to_str().unwrap(),
-            "--key",
-            ops.key.to_str().unwrap(),
-        ])
-        .args(args);
+        let mut c = operator_cli(&ops, &agg);
+        c.args(args);
         c
     };
     let mut follow = Reaped(
