@@ -14,37 +14,13 @@
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki,
+    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, start_agent, wait_for,
+    Aggregator, Pki, NODE_EXPORTER_COLLECTORS,
 };
 
 const WINDOW: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(5);
 const RATE: Duration = Duration::from_millis(100);
-
-/// Collectors both sides run (`node_exporter` flag names).
-const COLLECTORS: &[&str] = &[
-    "cpu",
-    "stat",
-    "meminfo",
-    "loadavg",
-    "pressure",
-    "diskstats",
-    "filesystem",
-    "netdev",
-    "netclass",
-    "netstat",
-    "sockstat",
-    "vmstat",
-    "conntrack",
-];
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised comm; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
 
 fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -83,7 +59,11 @@ fn main() {
         "--collector.disable-defaults".to_string(),
         format!("--web.listen-address=127.0.0.1:{port}"),
     ];
-    args.extend(COLLECTORS.iter().map(|c| format!("--collector.{c}")));
+    args.extend(
+        NODE_EXPORTER_COLLECTORS
+            .iter()
+            .map(|c| format!("--collector.{c}")),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node_exporter = spawn(&ne, &args, pki.dir.path(), "node_exporter");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -102,8 +82,8 @@ fn main() {
         std::thread::sleep(RATE);
     }
     let (a0, n0, b0) = (
-        cpu_ticks(agent.child.id()),
-        cpu_ticks(node_exporter.child.id()),
+        process_cpu_ticks(agent.child.id()),
+        process_cpu_ticks(node_exporter.child.id()),
         batches(&agg),
     );
     let start = Instant::now();
@@ -116,8 +96,8 @@ fn main() {
         std::thread::sleep(RATE.saturating_sub(t.elapsed()));
     }
     let (a1, n1, b1) = (
-        cpu_ticks(agent.child.id()),
-        cpu_ticks(node_exporter.child.id()),
+        process_cpu_ticks(agent.child.id()),
+        process_cpu_ticks(node_exporter.child.id()),
         batches(&agg),
     );
     let collections = b1 - b0;

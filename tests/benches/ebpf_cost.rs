@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki,
+    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, start_agent, wait_for,
+    Aggregator, Pki, NODE_EXPORTER_COLLECTORS,
 };
 
 /// The high-load window for ns per event.
@@ -50,23 +51,6 @@ const GOAL_NS: f64 = 100.0;
 const GOAL_CPU_PERCENT: f64 = 1.0;
 /// `USER_HZ` on Linux: the unit of utime and stime in /proc/<pid>/stat.
 const TICKS_PER_SEC: f64 = 100.0;
-
-/// `node_exporter`'s collectors, the same as in `agent_vs_node_exporter`.
-const COLLECTORS: &[&str] = &[
-    "cpu",
-    "stat",
-    "meminfo",
-    "loadavg",
-    "pressure",
-    "diskstats",
-    "filesystem",
-    "netdev",
-    "netclass",
-    "netstat",
-    "sockstat",
-    "vmstat",
-    "conntrack",
-];
 
 /// `kernel.bpf_stats_enabled` set to 1, restored on drop.
 struct BpfStats {
@@ -221,13 +205,6 @@ fn closed_port() -> u16 {
         .port()
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 /// Per program: (run seconds, run count), as the aggregator shows them for `node`.
 type Costs = BTreeMap<String, (f64, f64)>;
 
@@ -375,7 +352,11 @@ fn main() {
         "--collector.disable-defaults".to_string(),
         format!("--web.listen-address=127.0.0.1:{port}"),
     ];
-    args.extend(COLLECTORS.iter().map(|c| format!("--collector.{c}")));
+    args.extend(
+        NODE_EXPORTER_COLLECTORS
+            .iter()
+            .map(|c| format!("--collector.{c}")),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node_exporter = spawn(&ne, &args, pki.dir.path(), "node_exporter");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -387,7 +368,7 @@ fn main() {
     load.add(Some(MODERATE_DATAGRAMS), udp_drops(udp_port));
     std::thread::sleep(Duration::from_secs(3));
     let pids = [agent.child.id(), plain.child.id(), node_exporter.child.id()];
-    let t0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let t0: Vec<u64> = pids.iter().map(|p| process_cpu_ticks(*p)).collect();
     let a = next_costs(&agg, "bench");
     let start = Instant::now();
     let mut scrapes = 0u32;
@@ -398,7 +379,7 @@ fn main() {
         std::thread::sleep(RATE.saturating_sub(t.elapsed()));
     }
     let wall = start.elapsed().as_secs_f64();
-    let t1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let t1: Vec<u64> = pids.iter().map(|p| process_cpu_ticks(*p)).collect();
     let b = next_costs(&agg, "bench");
     drop(load);
     let moderate = rates(&a, &b);
@@ -459,7 +440,7 @@ fn main() {
     println!("| nodewatch-agent, eBPF off | {:.2} % | |", cpu[1]);
     println!(
         "| node_exporter ({} collectors, {scrapes} scrapes) | {:.2} % | |",
-        COLLECTORS.len(),
+        NODE_EXPORTER_COLLECTORS.len(),
         cpu[2]
     );
     println!(

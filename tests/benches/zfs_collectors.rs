@@ -14,7 +14,9 @@
 use std::time::Duration;
 
 use nodewatch_agent::collector::{Paths, Sink};
-use nodewatch_tests::{find_program, free_port, http_get, missing, spawn, wait_for};
+use nodewatch_tests::{
+    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, wait_for,
+};
 
 const RUNS: u32 = 2000;
 
@@ -36,13 +38,6 @@ fn per_run(mut f: impl FnMut()) -> Duration {
         f();
     }
     thread_cpu().saturating_sub(t0) / RUNS
-}
-
-fn ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 fn main() {
@@ -107,11 +102,11 @@ fn main() {
     let scrapes = 300u32;
     let (_, body) = http_get(addr, "/metrics").unwrap();
     let ne_series = body.lines().filter(|l| l.starts_with("node_zfs_")).count();
-    let t0 = ticks(ne_proc.child.id());
+    let t0 = process_cpu_ticks(ne_proc.child.id());
     for _ in 0..scrapes {
         http_get(addr, "/metrics").unwrap();
     }
-    let ne_ms = (ticks(ne_proc.child.id()) - t0) as f64 * 10.0 / f64::from(scrapes);
+    let ne_ms = (process_cpu_ticks(ne_proc.child.id()) - t0) as f64 * 10.0 / f64::from(scrapes);
     let z = ours_zfs.as_secs_f64() * 1000.0;
     println!("## ZFS and FreeBSD collectors on the fixture captures\n");
     println!("| collection | nodewatch | node_exporter | ratio |");

@@ -511,21 +511,7 @@ pub fn query_scalar(pki: &Pki, agg: &Aggregator, expr: &str) -> Option<f64> {
 #[must_use]
 pub fn cli_query(pki: &Pki, agg: &Aggregator, expr: &str) -> serde_json::Value {
     let ops = pki.operator("cli");
-    let out = Command::new(bin("nodewatch"))
-        .args([
-            "--aggregator",
-            &agg.grpc.to_string(),
-            "--server-name",
-            "localhost",
-        ])
-        .args([
-            "--ca",
-            ops.ca.to_str().unwrap(),
-            "--cert",
-            ops.cert.to_str().unwrap(),
-            "--key",
-            ops.key.to_str().unwrap(),
-        ])
+    let out = operator_cli(&ops, agg)
         .args(["query", "-o", "json", expr])
         .output()
         .unwrap();
@@ -779,4 +765,31 @@ pub fn operator_cli(ops: &TlsFiles, agg: &Aggregator) -> Command {
     .arg("--key")
     .arg(&ops.key);
     c
+}
+
+/// node_exporter collectors matching the agent's default Linux set, for benchmarks run beside it.
+pub const NODE_EXPORTER_COLLECTORS: &[&str] = &[
+    "cpu",
+    "stat",
+    "meminfo",
+    "loadavg",
+    "pressure",
+    "diskstats",
+    "filesystem",
+    "netdev",
+    "netclass",
+    "netstat",
+    "sockstat",
+    "vmstat",
+    "conntrack",
+];
+
+/// A process's CPU time (utime + stime, dead threads included) in clock ticks.
+#[must_use]
+pub fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised comm; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }

@@ -121,21 +121,7 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
     // The CLI shows it firing, and the recording rule's series is queryable.
     let ops = pki.operator("ops");
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin("nodewatch"))
-            .args([
-                "--aggregator",
-                &agg.grpc.to_string(),
-                "--server-name",
-                "localhost",
-            ])
-            .args([
-                "--ca",
-                ops.ca.to_str().unwrap(),
-                "--cert",
-                ops.cert.to_str().unwrap(),
-                "--key",
-                ops.key.to_str().unwrap(),
-            ])
+        let out = nodewatch_tests::operator_cli(&ops, &agg)
             .args(args)
             .output()
             .unwrap();
