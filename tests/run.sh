@@ -31,6 +31,9 @@ else
   echo "not root: skipping apt-get and mounts; tests needing them will skip (or fail under CI=true)"
 fi
 
+step "disk"
+df -h . | tail -1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
