@@ -154,6 +154,12 @@ impl Series {
             + self.chunks.capacity() * std::mem::size_of::<Chunk>()
     }
 
+    /// Whether the newest sample, at `t`, is visible: not hidden by retention
+    /// or the per-series cap (it never is unless the cap is zero).
+    fn visible(&self, t: i64) -> bool {
+        t >= self.min_t && self.capped() < self.stored
+    }
+
     /// The latest sample at or before `t_ms` within the lookback window.
     #[must_use]
     pub fn at(&self, t_ms: i64) -> Option<(i64, f64)> {
@@ -203,13 +209,35 @@ impl Series {
     }
 }
 
+/// `labels` sorted by name, names unique (the last wins), no empty values.
+fn canonical(labels: Labels) -> Labels {
+    let ok =
+        labels.windows(2).all(|w| w[0].0 < w[1].0) && labels.iter().all(|(_, v)| !v.is_empty());
+    if ok {
+        return labels;
+    }
+    let mut v = labels.to_vec();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(String, String)> = Vec::with_capacity(v.len());
+    for (k, val) in v {
+        match out.last_mut() {
+            Some(last) if last.0 == k => last.1 = val,
+            _ => out.push((k, val)),
+        }
+    }
+    out.retain(|(_, v)| !v.is_empty());
+    out.into()
+}
+
 /// The value of label `name`.
 #[must_use]
 pub fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    // A series has a handful of labels: a scan comparing lengths first beats
+    // a binary search's full string comparisons.
     labels
-        .binary_search_by(|(k, _)| k.as_str().cmp(name))
-        .ok()
-        .map(|i| labels[i].1.as_str())
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn matches(labels: &[(String, String)], m: &Matcher) -> bool {
@@ -269,28 +297,44 @@ impl Inner {
         self.series.iter().map(Series::sample_bytes).sum()
     }
 
-    /// Series matching a selector. Uses the name index when `__name__` is fixed.
+    /// Series matching a selector. Uses the name index when `__name__` is
+    /// fixed; then the series come in label order.
     #[must_use]
     pub fn select<'a>(&'a self, ms: &'a Matchers) -> Box<dyn Iterator<Item = &'a Series> + 'a> {
         let by_name = ms
             .matchers
             .iter()
             .find(|m| m.name == "__name__" && matches!(m.op, promql_parser::label::MatchOp::Equal));
-        match by_name {
-            Some(m) => Box::new(
-                self.by_name
-                    .get(&m.value)
-                    .into_iter()
-                    .flatten()
-                    .map(|id| self.series(*id))
-                    .filter(move |s| matches_all(&s.labels, ms)),
-            ),
-            None => Box::new(
-                self.series
-                    .iter()
-                    .filter(move |s| matches_all(&s.labels, ms)),
-            ),
-        }
+        let Some(m) = by_name else {
+            let mut hits: Vec<&Series> = self
+                .series
+                .iter()
+                .filter(|s| matches_all(&s.labels, ms))
+                .collect();
+            hits.sort_by(|a, b| a.labels.cmp(&b.labels));
+            return Box::new(hits.into_iter());
+        };
+        // The index already fixed the name; only the others remain.
+        let rest: Vec<&Matcher> = ms
+            .matchers
+            .iter()
+            .filter(|o| !std::ptr::eq(*o, m))
+            .collect();
+        Box::new(
+            self.by_name
+                .get(&m.value)
+                .into_iter()
+                .flatten()
+                .map(|id| self.series(*id))
+                .filter(move |s| {
+                    rest.iter().all(|m| matches(&s.labels, m))
+                        && (ms.or_matchers.is_empty()
+                            || ms
+                                .or_matchers
+                                .iter()
+                                .any(|g| g.iter().all(|m| matches(&s.labels, m))))
+                }),
+        )
     }
 
     /// The family a series name belongs to: histogram and summary series
@@ -361,8 +405,11 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Looks up or creates the series for `labels` (must be sorted and hold `__name__`).
+    /// Looks up or creates the series for `labels` (holding `__name__`).
+    /// Labels are kept sorted by name, names unique (the last wins), without
+    /// empty values: queries share them as they are.
     pub fn series_id(&self, labels: Labels) -> SeriesId {
+        let labels = canonical(labels);
         if let Some(id) = self.read().ids.get(&labels) {
             return *id;
         }
@@ -372,9 +419,16 @@ impl Store {
         }
         let id = SeriesId(inner.series.len() as u32);
         let name = label(&labels, "__name__").unwrap_or("").to_string();
-        inner.by_name.entry(name).or_default().push(id);
-        inner.ids.insert(Arc::clone(&labels), id);
-        inner.series.push(Series::new(labels));
+        inner.series.push(Series::new(Arc::clone(&labels)));
+        // Each name's series are kept in label order, so selectors hand the
+        // evaluator an already sorted vector.
+        let Inner {
+            by_name, series, ..
+        } = &mut *inner;
+        let ids = by_name.entry(name).or_default();
+        let at = ids.partition_point(|i| series[i.0 as usize].labels < labels);
+        ids.insert(at, id);
+        inner.ids.insert(labels, id);
         id
     }
 
@@ -435,10 +489,35 @@ impl crate::promql::Storage for Store {
                     return None;
                 }
                 Some(crate::promql::SeriesData {
-                    labels: crate::promql::Labels::from_pairs(
-                        s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    ),
+                    labels: crate::promql::Labels::from_shared(Arc::clone(&s.labels)),
                     samples,
+                })
+            })
+            .collect()
+    }
+
+    fn select_latest(
+        &self,
+        matchers: &Matchers,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<(crate::promql::Labels, i64, f64)> {
+        let inner = self.read();
+        inner
+            .select(matchers)
+            .filter_map(|s| {
+                let (t, v) = match s.last() {
+                    // The common case (rules and queries at now): no decoding.
+                    Some((t, v)) if t <= end_ms && s.visible(t) => (t, v),
+                    Some(_) => *s.range(start_ms, end_ms).last()?,
+                    None => return None,
+                };
+                (t >= start_ms).then(|| {
+                    (
+                        crate::promql::Labels::from_shared(Arc::clone(&s.labels)),
+                        t,
+                        v,
+                    )
                 })
             })
             .collect()
@@ -457,6 +536,44 @@ mod tests {
             .collect();
         v.sort();
         v.into()
+    }
+
+    /// Selectors get a name's series in label order whatever order they
+    /// were created in, and label sets are stored in canonical form.
+    #[test]
+    fn select_is_in_label_order() {
+        let store = Store::new(60_000);
+        for node in ["c", "a", "d", "b"] {
+            let id = store.series_id(labels(&[("__name__", "m"), ("node", node)]));
+            store.append(&[(id, 1000, 1.0)]);
+        }
+        let unsorted: Labels = vec![
+            ("node".to_string(), "e".to_string()),
+            ("__name__".to_string(), "m".to_string()),
+            ("x".to_string(), String::new()),
+        ]
+        .into();
+        let e = store.series_id(unsorted);
+        assert_eq!(
+            store.series_id(labels(&[("__name__", "m"), ("node", "e")])),
+            e
+        );
+        store.append(&[(e, 1000, 1.0)]);
+        for ms in [
+            Matchers::new(vec![Matcher::new(MatchOp::Equal, "__name__", "m")]),
+            Matchers::new(vec![Matcher::new(MatchOp::NotEqual, "node", "zz")]),
+        ] {
+            let got: Vec<String> = crate::promql::Storage::select(&*store, &ms, 0, 2000)
+                .iter()
+                .map(|s| s.labels.get("node").unwrap_or("").to_string())
+                .collect();
+            assert_eq!(got, ["a", "b", "c", "d", "e"]);
+            let latest = crate::promql::Storage::select_latest(&*store, &ms, 0, 2000);
+            assert_eq!(latest.len(), 5);
+            assert!(latest
+                .iter()
+                .all(|(_, t, v)| *t == 1000 && v.to_bits() == 1f64.to_bits()));
+        }
     }
 
     #[test]

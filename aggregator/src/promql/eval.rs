@@ -128,6 +128,11 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
     if v.len() < 2 {
         return Ok(());
     }
+    // Results mostly come in label order (as selectors return them): then
+    // one pass shows every set differs from the next.
+    if v.windows(2).all(|w| w[0].labels < w[1].labels) {
+        return Ok(());
+    }
     let mut seen: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
     seen.sort();
     if seen.windows(2).any(|w| w[0] == w[1]) {
@@ -248,32 +253,20 @@ impl<'a> Evaluator<'a> {
         if self.opts.left_open() {
             start = start.saturating_add(1);
         }
-        let mut out: Vec<Sample> = self
-            .storage
-            .select(&storage_matchers(vs), start, ts)
+        // Storage returns series in label order (its contract).
+        self.storage
+            .select_latest(&storage_matchers(vs), start, ts)
             .into_iter()
-            .filter_map(|s| {
-                let &(st, v) = s
-                    .samples
-                    .iter()
-                    .rev()
-                    .find(|(st, _)| *st <= ts && *st >= start)?;
-                (!is_stale_nan(v)).then_some(Sample {
-                    labels: s.labels,
-                    t: st,
-                    v,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+            .filter(|&(_, _, v)| !is_stale_nan(v))
+            .map(|(labels, st, v)| Sample { labels, t: st, v })
+            .collect()
     }
 
     /// All non-stale samples of each matching series in the range; series
     /// without any are left out.
     pub(crate) fn matrix_selector(&self, ms: &MatrixSelector, t: i64) -> Vec<Series> {
         let (start, end) = self.range_bounds(ms, t);
-        let mut out: Vec<Series> = self
+        let out: Vec<Series> = self
             .storage
             .select(&storage_matchers(&ms.vs), start, end)
             .into_iter()
@@ -289,7 +282,7 @@ impl<'a> Evaluator<'a> {
                 })
             })
             .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        // Storage returns series in label order (its contract).
         out
     }
 
@@ -382,8 +375,26 @@ impl<'a> Evaluator<'a> {
             }
         };
         // Groups in order of first appearance, as Prometheus' `orderedResult`.
-        let mut order: Vec<Labels> = Vec::new();
-        let mut groups: HashMap<Labels, Vec<Sample>> = HashMap::new();
+        // A sample's group is found by hashing the labels its key would
+        // have, without building them: only a new group's key is built.
+        let in_key = |k: &str| {
+            if without {
+                k != METRIC_NAME && !grouping.iter().any(|g| g == k)
+            } else {
+                grouping.iter().any(|g| g == k)
+            }
+        };
+        let hash_pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+            let mut h =
+                std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
+            for (k, v) in pairs {
+                std::hash::Hash::hash(k, &mut h);
+                std::hash::Hash::hash(v, &mut h);
+            }
+            std::hash::Hasher::finish(&h)
+        };
+        let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
         let count_values_label = if op == T_COUNT_VALUES {
             let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
                 func: name.clone(),
@@ -401,15 +412,30 @@ impl<'a> Evaluator<'a> {
             None
         };
         for s in vec {
-            let mut key = key_of(&s.labels);
-            if let Some(l) = &count_values_label {
+            // count_values' key carries the value as a label: built up front.
+            let built = count_values_label.as_ref().map(|l| {
+                let mut key = key_of(&s.labels);
                 key.set(l.clone(), format_go_float(s.v));
-            }
-            if let Some(g) = groups.get_mut(&key) {
-                g.push(s);
+                key
+            });
+            let h = match &built {
+                Some(k) => hash_pairs(&mut k.iter()),
+                None => hash_pairs(&mut s.labels.iter().filter(|(k, _)| in_key(k))),
+            };
+            let slot = index.entry(h).or_default();
+            let found = slot.iter().copied().find(|&gi| match &built {
+                Some(k) => groups[gi].0 == *k,
+                None => groups[gi]
+                    .0
+                    .iter()
+                    .eq(s.labels.iter().filter(|(k, _)| in_key(k))),
+            });
+            if let Some(gi) = found {
+                groups[gi].1.push(s);
             } else {
-                order.push(key.clone());
-                groups.insert(key, vec![s]);
+                let key = built.unwrap_or_else(|| key_of(&s.labels));
+                slot.push(groups.len());
+                groups.push((key, vec![s]));
             }
         }
         let param = match op {
@@ -431,10 +457,7 @@ impl<'a> Evaluator<'a> {
             _ => 0.0,
         };
         let mut out = Vec::new();
-        for key in order {
-            let Some(g) = groups.remove(&key) else {
-                continue;
-            };
+        for (key, g) in groups {
             match op {
                 T_TOPK | T_BOTTOMK => {
                     out.extend(top_k(g, param, op == T_TOPK).into_iter().map(|s| Sample {

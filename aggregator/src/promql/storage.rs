@@ -28,9 +28,33 @@ pub fn is_stale_nan(v: f64) -> bool {
 /// Read access to stored samples.
 pub trait Storage: Send + Sync {
     /// Every series matching all `matchers` (incl. `__name__`), with its
-    /// samples in `[start_ms, end_ms]`, oldest first. Staleness markers are
-    /// returned like any other sample.
+    /// samples in `[start_ms, end_ms]`, oldest first, the series in label
+    /// order (the evaluator relies on it instead of sorting every selector's
+    /// result). Staleness markers are returned like any other sample.
     fn select(&self, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<SeriesData>;
+
+    /// The newest sample in `[start_ms, end_ms]` of every matching series
+    /// that has one, in label order: what an instant selector reads. Stores
+    /// that can answer without decoding the window override it.
+    fn select_latest(
+        &self,
+        matchers: &Matchers,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<(Labels, i64, f64)> {
+        latest(self.select(matchers, start_ms, end_ms))
+    }
+}
+
+/// The newest sample of each series.
+fn latest(series: Vec<SeriesData>) -> Vec<(Labels, i64, f64)> {
+    series
+        .into_iter()
+        .filter_map(|s| {
+            let &(t, v) = s.samples.last()?;
+            Some((s.labels, t, v))
+        })
+        .collect()
 }
 
 /// One series as returned by [`Storage::select`].
@@ -125,7 +149,8 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn select(&self, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<SeriesData> {
-        self.series
+        let mut out = self
+            .series
             .iter()
             .filter(|s| matchers_select(&s.labels, matchers))
             .filter_map(|s| {
@@ -136,7 +161,9 @@ impl Storage for MemStorage {
                     samples: s.samples[lo..hi].to_vec(),
                 })
             })
-            .collect()
+            .collect::<Vec<_>>();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
     }
 }
 
@@ -152,8 +179,11 @@ pub(crate) struct Overlay<'a> {
 impl Storage for Overlay<'_> {
     fn select(&self, matchers: &Matchers, start_ms: i64, end_ms: i64) -> Vec<SeriesData> {
         let mut out = self.base.select(matchers, start_ms, end_ms);
-        for extra in self.extra.select(matchers, start_ms, end_ms) {
-            if let Some(s) = out.iter_mut().find(|s| s.labels == extra.labels) {
+        let extras = self.extra.select(matchers, start_ms, end_ms);
+        let added = !extras.is_empty();
+        for extra in extras {
+            if let Ok(i) = out.binary_search_by(|s| s.labels.cmp(&extra.labels)) {
+                let s = &mut out[i];
                 for (t, v) in extra.samples {
                     let pos = s.samples.partition_point(|p| p.0 < t);
                     if s.samples.get(pos).is_some_and(|p| p.0 == t) {
@@ -166,6 +196,23 @@ impl Storage for Overlay<'_> {
                 out.push(extra);
             }
         }
+        if added {
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
         out
+    }
+
+    fn select_latest(
+        &self,
+        matchers: &Matchers,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Vec<(Labels, i64, f64)> {
+        // Earlier rules of the group rarely wrote what this selector reads.
+        if self.extra.select(matchers, start_ms, end_ms).is_empty() {
+            self.base.select_latest(matchers, start_ms, end_ms)
+        } else {
+            latest(self.select(matchers, start_ms, end_ms))
+        }
     }
 }

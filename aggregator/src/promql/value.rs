@@ -1,20 +1,75 @@
 //! Label sets, samples and query results.
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 /// The label that holds a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
 
 /// A label set: `(name, value)` pairs sorted by name, names unique, no empty
 /// values (Prometheus treats an empty value as an absent label).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+///
+/// The pairs are shared: a selector hands out the store's own label set
+/// without copying it, dropping the metric name (as every function and
+/// operator does) only hides it, and only other changes (`set`, `remove`, …)
+/// build a new set.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pairs: Arc<[(String, String)]>,
+    /// Index of a pair that is not part of the set ([`NONE_HIDDEN`] if none).
+    hidden: usize,
+}
+
+const NONE_HIDDEN: usize = usize::MAX;
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Labels {}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.len());
+        for (k, v) in self.iter() {
+            k.hash(state);
+            v.hash(state);
+        }
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.iter().cmp(other.iter())
+    }
+}
 
 impl Labels {
     /// An empty label set.
     #[must_use]
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self::shared(Arc::from(Vec::new()))
+    }
+
+    fn shared(pairs: Arc<[(String, String)]>) -> Self {
+        Self {
+            pairs,
+            hidden: NONE_HIDDEN,
+        }
     }
 
     /// Builds a label set from pairs in any order. Later duplicates win and
@@ -25,55 +80,107 @@ impl Labels {
         K: Into<String>,
         V: Into<String>,
     {
-        let mut l = Self::new();
-        for (k, v) in pairs {
-            l.set(k.into(), v.into());
+        let mut v: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // A stable sort keeps duplicates in input order, so the last one wins.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(String, String)> = Vec::with_capacity(v.len());
+        for (k, val) in v {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = val,
+                _ => out.push((k, val)),
+            }
         }
-        l
+        out.retain(|(_, v)| !v.is_empty());
+        Self::shared(out.into())
+    }
+
+    /// Shares a label set that is already sorted by name with unique names
+    /// and no empty values (the store keeps its labels so).
+    #[must_use]
+    pub fn from_shared(pairs: Arc<[(String, String)]>) -> Self {
+        debug_assert!(
+            pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty()),
+            "label set not in canonical form"
+        );
+        Self::shared(pairs)
+    }
+
+    /// The visible pairs, as owned strings, for building a changed set.
+    fn to_vec(&self) -> Vec<(String, String)> {
+        self.pairs_iter().cloned().collect()
+    }
+
+    fn pairs_iter(&self) -> impl Iterator<Item = &(String, String)> {
+        let hidden = self.hidden;
+        self.pairs
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != hidden)
+            .map(|(_, p)| p)
     }
 
     /// The value of label `name`, if present.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(name))
-            .ok()
-            .map(|i| self.0[i].1.as_str())
+        // Label sets are small: a scan comparing lengths first beats a
+        // binary search's full string comparisons.
+        self.pairs_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets `name` to `value`; an empty value removes the label.
     pub fn set(&mut self, name: String, value: String) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+        let mut v = self.to_vec();
+        match v.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                v.remove(i);
             }
-            Ok(i) => self.0[i].1 = value,
-            Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, (name, value)),
+            Ok(i) if v[i].1 == value => return,
+            Ok(i) => v[i].1 = value,
+            Err(_) if value.is_empty() => return,
+            Err(i) => v.insert(i, (name, value)),
         }
+        *self = Self::shared(v.into());
     }
 
     /// Removes label `name` if present.
     pub fn remove(&mut self, name: &str) {
-        if let Ok(i) = self.0.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
-            self.0.remove(i);
+        if self.get(name).is_some() {
+            let v: Vec<(String, String)> = self
+                .pairs_iter()
+                .filter(|(k, _)| k != name)
+                .cloned()
+                .collect();
+            *self = Self::shared(v.into());
         }
     }
 
     /// This label set without `__name__`.
     #[must_use]
     pub fn without_name(&self) -> Self {
-        let mut l = self.clone();
-        l.remove(METRIC_NAME);
-        l
+        match self.pairs.iter().position(|(k, _)| k == METRIC_NAME) {
+            Some(i) if self.hidden == NONE_HIDDEN => Self {
+                pairs: Arc::clone(&self.pairs),
+                hidden: i,
+            },
+            Some(i) if self.hidden != i => {
+                let mut l = self.clone();
+                l.remove(METRIC_NAME);
+                l
+            }
+            _ => self.clone(),
+        }
     }
 
     /// Only the labels named in `names`.
     #[must_use]
     pub fn keep(&self, names: &[String]) -> Self {
-        Self(
-            self.0
-                .iter()
+        Self::shared(
+            self.pairs_iter()
                 .filter(|(k, _)| names.iter().any(|n| n == k))
                 .cloned()
                 .collect(),
@@ -83,9 +190,8 @@ impl Labels {
     /// All labels except those in `names`.
     #[must_use]
     pub fn remove_all(&self, names: &[String]) -> Self {
-        Self(
-            self.0
-                .iter()
+        Self::shared(
+            self.pairs_iter()
                 .filter(|(k, _)| !names.iter().any(|n| n == k))
                 .cloned()
                 .collect(),
@@ -94,19 +200,19 @@ impl Labels {
 
     /// Iterates `(name, value)` in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.pairs_iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Number of labels.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs.len() - usize::from(self.hidden != NONE_HIDDEN)
     }
 
     /// Whether there are no labels.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -114,7 +220,7 @@ impl fmt::Display for Labels {
     /// Prometheus' text form, `{a="1", b="2"}` (`labels.Labels.String`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, (k, v)) in self.0.iter().enumerate() {
+        for (i, (k, v)) in self.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -175,4 +281,48 @@ pub enum Value {
 pub(crate) struct Series {
     pub(crate) labels: Labels,
     pub(crate) points: Vec<(i64, f64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    fn hash(l: &Labels) -> u64 {
+        foldhash::fast::FixedState::default().hash_one(l)
+    }
+
+    /// A set whose name is only hidden behaves exactly like one built
+    /// without it: equality, hashing, order, lookups, changes.
+    #[test]
+    fn hidden_name_is_absent() {
+        let full = Labels::from_pairs([("__name__", "m"), ("a", "1"), ("b", "2")]);
+        let hidden = full.without_name();
+        let built = Labels::from_pairs([("a", "1"), ("b", "2")]);
+        assert_eq!(hidden, built);
+        assert_eq!(hash(&hidden), hash(&built));
+        assert_eq!(hidden.cmp(&built), std::cmp::Ordering::Equal);
+        assert_eq!(hidden.len(), 2);
+        assert_eq!(hidden.get("__name__"), None);
+        assert_eq!(hidden.to_string(), r#"{a="1", b="2"}"#);
+        assert_eq!(hidden.without_name(), built);
+        let mut changed = hidden.clone();
+        changed.set("c".into(), "3".into());
+        assert_eq!(
+            changed,
+            Labels::from_pairs([("a", "1"), ("b", "2"), ("c", "3")])
+        );
+        let mut renamed = hidden;
+        renamed.set("__name__".into(), "n".into());
+        assert_eq!(renamed.get("__name__"), Some("n"));
+        assert!(Labels::from_pairs([("a", "1")]) < built);
+    }
+
+    #[test]
+    fn from_pairs_sorts_and_last_wins() {
+        let l = Labels::from_pairs([("b", "1"), ("a", "x"), ("b", "2"), ("c", "")]);
+        assert_eq!(l.iter().collect::<Vec<_>>(), vec![("a", "x"), ("b", "2")]);
+        let l = Labels::from_pairs([("a", "1"), ("a", "")]);
+        assert!(l.is_empty());
+    }
 }
