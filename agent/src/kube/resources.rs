@@ -379,6 +379,83 @@ mod tests {
         assert_eq!(s.pull_failures, want);
     }
 
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/kubernetes")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    const MI: f64 = 1024.0 * 1024.0;
+
+    /// The fixture's figures, worked out by hand:
+    /// - web: requests max(app 250m + sidecar 100m, migrate 1 + sidecar
+    ///   100m) plus overhead 50m = 1.15; memory max(128 + 64, 64 + 64) plus
+    ///   32 = 224Mi; limits max(1 + 0.5, 2 + 0.5) plus 0.05 = 2.55; memory
+    ///   256 + 128 plus 32 = 416Mi;
+    /// - api 500m / 256Mi both; worker max(2, 0.2) = 2 / 1Gi, limits 4 / 2Gi;
+    /// - agent 20m / 32Mi, memory limit 128Mi; kube-proxy nothing;
+    /// - the Succeeded report pod nothing.
+    #[test]
+    fn kubelet_pods_fixture() {
+        let s = PodSummary::from_json(&fixture("kubelet-pods.json")).unwrap();
+        assert_eq!(s.pods, 5);
+        assert!(close(s.requests.cpu, 3.67), "{s:?}");
+        assert!(close(s.limits.cpu, 7.05), "{s:?}");
+        assert!(close(s.requests.memory, 1536.0 * MI), "{s:?}");
+        assert!(close(s.limits.memory, 2848.0 * MI), "{s:?}");
+        let want: BTreeMap<(String, Reason), u64> = [
+            (("docker.io".to_string(), Reason::RateLimited), 1),
+            (("ghcr.io".to_string(), Reason::Unauthorized), 1),
+        ]
+        .into();
+        assert_eq!(s.pull_failures, want);
+    }
+
+    #[test]
+    fn node_fixture() {
+        let n = NodeResources::from_json(&fixture("node.json")).unwrap();
+        assert_eq!(n.cpu_capacity, Some(4.0));
+        assert_eq!(n.cpu_allocatable, Some(3.8));
+        assert_eq!(n.memory_capacity, Some(16_266_836.0 * 1024.0));
+        assert_eq!(n.memory_allocatable, Some(15_640_148.0 * 1024.0));
+    }
+
+    /// Odd input never panics: every prefix of the fixtures, and byte flips.
+    #[test]
+    fn odd_input_never_panics() {
+        let text = fixture("kubelet-pods.json");
+        let bytes = text.as_bytes();
+        for end in (0..bytes.len()).step_by(97) {
+            let _ = PodSummary::from_json(&String::from_utf8_lossy(&bytes[..end]));
+        }
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..500 {
+            let mut b = bytes.to_vec();
+            for _ in 0..6 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state as usize) % b.len();
+                let alphabet = b"{}[]\",:0m.-eE ";
+                b[at] = alphabet[(state >> 32) as usize % alphabet.len()];
+            }
+            let _ = PodSummary::from_json(&String::from_utf8_lossy(&b));
+        }
+        for odd in [
+            "null",
+            "[]",
+            "{}",
+            r#"{"items": {}}"#,
+            r#"{"items": [null, 1, "x", []]}"#,
+            r#"{"items": [{"spec": {"containers": {"a": 1}}, "status": []}]}"#,
+            r#"{"items": [{"spec": {"containers": [{"resources": {"requests": {"cpu": "1e30"}}}]}}]}"#,
+        ] {
+            let _ = PodSummary::from_json(odd);
+            let _ = NodeResources::from_json(odd);
+        }
+    }
+
     #[test]
     fn node_status() {
         let n = NodeResources::from_value(&json!({"status": {
