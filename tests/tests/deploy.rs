@@ -466,6 +466,10 @@ fn dashboard_is_embedded_and_its_queries_parse() {
         "nodewatch_gateway_loss_ratio",
         "nodewatch_zpool_health",
         "nodewatch_aggregator_nodes_connected",
+        "nodewatch_node_cpu_requests_cores",
+        "nodewatch_node_cpu_limits_cores",
+        "nodewatch_node_cpu_allocatable_cores",
+        "nodewatch_image_pull_failures",
     ] {
         assert!(all.contains(metric), "no panel shows {metric}");
     }
