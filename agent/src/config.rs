@@ -59,6 +59,199 @@ pub struct File {
     /// Kubernetes ServiceAccount token, instead of a certificate file made by hand.
     #[serde(default)]
     pub bootstrap: Option<BootstrapConfig>,
+    /// Pod names for OOM kills and the node's requests, limits, allocatable
+    /// resources and image pull failures, read from the kubelet and the API
+    /// server (Linux). Off when absent.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// Where the agent reads the node's pods and Node object. Every URL may name
+/// environment variables as `${NAME}` (the DaemonSet sets `NODE_IP` from
+/// `status.hostIP`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The kubelet's API, e.g. `https://${NODE_IP}:10250`; its `/pods` is
+    /// this node's pod list. Unset: the pod list comes from the API server
+    /// (`/api/v1/pods?fieldSelector=spec.nodeName=<node>`), which is also
+    /// the fallback while the kubelet does not answer.
+    #[serde(default)]
+    pub kubelet_url: Option<String>,
+    /// The API server (default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`).
+    #[serde(default)]
+    pub api_server: Option<String>,
+    /// The bearer token sent to both, re-read on every request because the
+    /// kubelet rotates projected tokens (default: the pod's ServiceAccount token).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle for the API server and the kubelet (default: the pod's
+    /// ServiceAccount `ca.crt`). Kubelets with `serverTLSBootstrap` serve
+    /// certificates from the cluster CA, so this one bundle verifies both.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any kubelet serving certificate (default `false`). Only for
+    /// kubelets that serve their default self-signed certificate; the
+    /// token is then sent to whoever answers at `kubelet_url`. Never applies
+    /// to the API server.
+    #[serde(default)]
+    pub kubelet_insecure_skip_verify: Option<bool>,
+    /// How often both are read (default `30s`).
+    #[serde(default)]
+    pub refresh: Option<String>,
+    /// The Node object's name (default: the node the agent's certificate names).
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+/// In-cluster defaults of the ServiceAccount files.
+pub const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// Default refresh of the kubelet and API reads: the kubelet's own status
+/// sync runs every 10 s, and OOM kills name pods from whatever was read last,
+/// so a new pod is named at most this late.
+pub const DEFAULT_KUBE_REFRESH: Duration = Duration::from_secs(30);
+/// Shortest refresh accepted: every agent of a cluster reads the API server.
+pub const MIN_KUBE_REFRESH: Duration = Duration::from_secs(1);
+
+/// The validated `kubernetes:` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// Base URL of the kubelet (`None`: the API server's pod list only).
+    pub kubelet: Option<http::Uri>,
+    /// Base URL of the API server (`None`: not in a cluster and none named).
+    pub api_server: Option<http::Uri>,
+    pub token_file: PathBuf,
+    /// `None` when the in-cluster default does not exist (not in a cluster).
+    pub ca_file: Option<PathBuf>,
+    pub kubelet_insecure_skip_verify: bool,
+    pub refresh: Duration,
+    pub node_name: Option<String>,
+}
+
+/// Replaces every `${NAME}` with the variable's value; an unset or empty
+/// variable is an error naming it.
+pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{s:?}: unterminated ${{"))?;
+        let name = &after[..end];
+        match env(name).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("{s:?}: environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// An `https://host[:port]` base URL (no path: the agent appends its own).
+fn https_base(s: &str) -> Result<http::Uri, String> {
+    let u: http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if u.scheme_str() != Some("https") {
+        return Err(format!(
+            "{s:?}: must be https:// (the bearer token is never sent in clear)"
+        ));
+    }
+    if u.host().is_none_or(str::is_empty) {
+        return Err(format!("{s:?}: no host"));
+    }
+    if !matches!(u.path(), "" | "/") || u.query().is_some() {
+        return Err(format!("{s:?}: give scheme, host and port only"));
+    }
+    Ok(u)
+}
+
+impl KubernetesConfig {
+    /// Validates the section, reading `${…}` and the in-cluster variables
+    /// through `env` (the process environment outside tests).
+    pub fn validate(&self, env: &dyn Fn(&str) -> Option<String>, p: &mut Problems) -> Kubernetes {
+        let url = |key: &str, v: &str, p: &mut Problems| {
+            expand_env(v, env)
+                .and_then(|v| https_base(&v))
+                .map_err(|e| p.add(format!("kubernetes.{key}"), e))
+                .ok()
+        };
+        let kubelet = match self.kubelet_url.as_deref() {
+            None | Some("") => None,
+            Some(v) => url("kubelet_url", v, p),
+        };
+        let api_server = match self.api_server.as_deref() {
+            Some(v) if !v.is_empty() => url("api_server", v, p),
+            _ => match (
+                env("KUBERNETES_SERVICE_HOST"),
+                env("KUBERNETES_SERVICE_PORT"),
+            ) {
+                (Some(host), port) if !host.is_empty() => {
+                    // An IPv6 service address needs brackets in a URL.
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    let port = port.filter(|p| !p.is_empty()).unwrap_or("443".into());
+                    url("api_server", &format!("https://{host}:{port}"), p)
+                }
+                _ => None,
+            },
+        };
+        let token_file = match &self.token_file {
+            Some(t) => {
+                p.file("kubernetes.token_file", t);
+                t.clone()
+            }
+            None => PathBuf::from(IN_CLUSTER_TOKEN),
+        };
+        let ca_file = match &self.ca_file {
+            Some(c) => {
+                p.file("kubernetes.ca_file", c);
+                Some(c.clone())
+            }
+            None => Some(PathBuf::from(IN_CLUSTER_CA)).filter(|c| c.is_file()),
+        };
+        let refresh = match &self.refresh {
+            None => DEFAULT_KUBE_REFRESH,
+            Some(s) => match config::parse_duration(s) {
+                Ok(d) if d >= MIN_KUBE_REFRESH => d,
+                Ok(_) => {
+                    p.add(
+                        "kubernetes.refresh",
+                        format!("{s:?} is shorter than the minimum of {MIN_KUBE_REFRESH:?}"),
+                    );
+                    DEFAULT_KUBE_REFRESH
+                }
+                Err(e) => {
+                    p.add("kubernetes.refresh", e);
+                    DEFAULT_KUBE_REFRESH
+                }
+            },
+        };
+        let node_name = match self.node_name.as_deref() {
+            None | Some("") => None,
+            Some(n) => match expand_env(n, env) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    p.add("kubernetes.node_name", e);
+                    None
+                }
+            },
+        };
+        Kubernetes {
+            kubelet,
+            api_server,
+            token_file,
+            ca_file,
+            kubelet_insecure_skip_verify: self.kubelet_insecure_skip_verify.unwrap_or(false),
+            refresh,
+            node_name,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -139,6 +332,7 @@ pub struct Config {
     pub health_listen: Option<std::net::SocketAddr>,
     pub bootstrap: Option<BootstrapConfig>,
     pub ebpf_measure_cost: bool,
+    pub kubernetes: Option<Kubernetes>,
 }
 
 impl File {
@@ -270,8 +464,11 @@ impl File {
                 .map_err(|e| p.add("health_listen", format!("{a:?}: {e}")))
                 .ok(),
         };
+        let env = |k: &str| std::env::var(k).ok();
+        let kubernetes = self.kubernetes.as_ref().map(|k| k.validate(&env, &mut p));
         p.into_result()?;
         Ok(Config {
+            kubernetes,
             bootstrap: self.bootstrap.clone(),
             health_listen,
             ebpf_measure_cost: self.ebpf_measure_cost.unwrap_or(false),
@@ -315,6 +512,62 @@ mod tests {
         ] {
             assert!(msg.contains(want), "missing {want:?} in {msg}");
         }
+    }
+
+    #[test]
+    fn kubernetes_section() {
+        let env = |k: &str| match k {
+            "NODE_IP" => Some("10.0.0.5".to_string()),
+            "KUBERNETES_SERVICE_HOST" => Some("fd00::1".to_string()),
+            "KUBERNETES_SERVICE_PORT" => Some("6443".to_string()),
+            _ => None,
+        };
+        let mut p = Problems::new(None);
+        let k = KubernetesConfig {
+            kubelet_url: Some("https://${NODE_IP}:10250".into()),
+            ..KubernetesConfig::default()
+        }
+        .validate(&env, &mut p);
+        assert!(p.is_empty(), "{p}");
+        assert_eq!(k.kubelet.unwrap().to_string(), "https://10.0.0.5:10250/");
+        assert_eq!(k.api_server.unwrap().to_string(), "https://[fd00::1]:6443/");
+        assert_eq!(k.token_file, PathBuf::from(IN_CLUSTER_TOKEN));
+        assert_eq!(k.refresh, DEFAULT_KUBE_REFRESH);
+        assert!(!k.kubelet_insecure_skip_verify);
+
+        // Not in a cluster and nothing named: valid, and off at run time.
+        let k = KubernetesConfig::default().validate(&|_| None, &mut p);
+        assert!(p.is_empty() && k.kubelet.is_none() && k.api_server.is_none());
+    }
+
+    #[test]
+    fn kubernetes_problems_all_at_once() {
+        let f: File = config::parse_yaml(
+            "kubernetes:\n  kubelet_url: http://${NO_SUCH_VAR_FOR_TEST}:10250\n  api_server: http://api:6443\n  token_file: /no/token\n  refresh: 10ms\n",
+            Path::new("agent.yaml"),
+        )
+        .unwrap();
+        let msg = f.validate(None, &[], false).unwrap_err().to_string();
+        for want in [
+            "kubernetes.kubelet_url: \"http://${NO_SUCH_VAR_FOR_TEST}:10250\": environment variable NO_SUCH_VAR_FOR_TEST is not set",
+            "kubernetes.api_server: \"http://api:6443\": must be https://",
+            "kubernetes.token_file: file not found: /no/token",
+            "kubernetes.refresh",
+        ] {
+            assert!(msg.contains(want), "missing {want:?} in {msg}");
+        }
+        let bad: Result<File, _> =
+            config::parse_yaml("kubernetes: {kubelet: x}\n", Path::new("agent.yaml"));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `kubelet`"));
+        assert!(expand_env("https://${X", &|_| Some("y".into())).is_err());
+        assert_eq!(
+            expand_env("a${X}b${X}", &|_| Some("y".into())).unwrap(),
+            "ayby"
+        );
+        assert!(https_base("https://h:1/path").is_err());
     }
 
     #[test]

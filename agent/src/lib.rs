@@ -11,6 +11,7 @@
 //! - [`bootstrap`]: the node certificate from a Kubernetes ServiceAccount token.
 //! - [`spool`]: the on-disk log of unacknowledged collections.
 //! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
+//! - [`kube`]: the node's pods and Node object from the kubelet and the API server (pod names for OOM kills, requests, limits, image pull failures); Linux only.
 //! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
@@ -22,6 +23,8 @@ pub mod config;
 pub mod ebpf;
 pub mod freebsd;
 pub mod hostinfo;
+#[cfg(target_os = "linux")]
+pub mod kube;
 pub mod runtime;
 pub mod spool;
 pub mod stream;

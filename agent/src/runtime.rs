@@ -186,12 +186,15 @@ pub fn node_name(cfg: &Config, tls: &TlsFiles) -> Result<String, AgentError> {
 /// cannot run it says why once, the procfs collectors carry on, and OOM
 /// kills come from the kernel log (`/dev/kmsg`) instead.
 #[cfg(target_os = "linux")]
-fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Running>) {
+fn start_ebpf(
+    cfg: &Config,
+    events: mpsc::Sender<Event>,
+    collectors: &mut Vec<Running>,
+    pods: crate::ebpf::pods::SharedPods,
+) {
     if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
         return;
     }
-    // One pod name cache for whichever OOM source runs.
-    let pods = crate::ebpf::pods::SharedPods::default();
     let ebpf_cfg = crate::ebpf::EbpfConfig {
         measure_cost: cfg.ebpf_measure_cost,
         pods: Some(pods.clone()),
@@ -211,8 +214,45 @@ fn start_ebpf(cfg: &Config, events: mpsc::Sender<Event>, collectors: &mut Vec<Ru
     }
 }
 
+/// Starts the OOM sources and the Kubernetes reader (Linux), which share one
+/// pod name cache: the reader fills it, the OOM source names victims from it.
+#[cfg(target_os = "linux")]
+fn start_linux(
+    cfg: &Config,
+    node: &str,
+    events: mpsc::Sender<Event>,
+    collectors: &mut Vec<Running>,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let pods = crate::ebpf::pods::SharedPods::default();
+    start_ebpf(cfg, events, collectors, pods.clone());
+    let k = cfg.kubernetes.as_ref()?;
+    match crate::kube::start(k, node, Some(pods), shutdown.clone()) {
+        Ok((collector, task)) => {
+            info!(kubelet = ?k.kubelet.as_ref().map(ToString::to_string), api_server = ?k.api_server.as_ref().map(ToString::to_string), refresh = ?k.refresh, "Kubernetes signals on.");
+            collectors.push(Running::new(Box::new(collector)));
+            Some(task)
+        }
+        Err(reason) => {
+            info!(%reason, "Kubernetes signals off.");
+            None
+        }
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
-fn start_ebpf(_cfg: &Config, _events: mpsc::Sender<Event>, _collectors: &mut [Running]) {}
+fn start_linux(
+    cfg: &Config,
+    _node: &str,
+    _events: mpsc::Sender<Event>,
+    _collectors: &mut [Running],
+    _shutdown: &watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if cfg.kubernetes.is_some() {
+        info!("Kubernetes signals off: they are read on Linux nodes only.");
+    }
+    None
+}
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(
@@ -258,7 +298,7 @@ pub async fn run(
     let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
 
     let mut collectors = build_collectors(&specs, &cfg.collectors, &cfg.paths);
-    start_ebpf(&cfg, events_tx, &mut collectors);
+    let kube = start_linux(&cfg, &node, events_tx, &mut collectors, &shutdown);
     let names: Vec<String> = collectors
         .iter()
         .map(|c| c.collector.name().to_string())
@@ -367,6 +407,9 @@ pub async fn run(
     reloader.abort();
     if let Some(r) = renewal {
         r.abort();
+    }
+    if let Some(k) = kube {
+        k.abort();
     }
     Ok(())
 }

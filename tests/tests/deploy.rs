@@ -466,6 +466,10 @@ fn dashboard_is_embedded_and_its_queries_parse() {
         "nodewatch_gateway_loss_ratio",
         "nodewatch_zpool_health",
         "nodewatch_aggregator_nodes_connected",
+        "nodewatch_node_cpu_requests_cores",
+        "nodewatch_node_cpu_limits_cores",
+        "nodewatch_node_cpu_allocatable_cores",
+        "nodewatch_image_pull_failures",
     ] {
         assert!(all.contains(metric), "no panel shows {metric}");
     }
@@ -785,6 +789,35 @@ fn configs_parse_with_the_binaries_own_types_and_match_the_pods() {
         mounted(agent_c, spool),
         "spool {spool} is not on a mounted volume"
     );
+    // The Kubernetes section validates once the DaemonSet's environment is
+    // set, and every variable it names comes from the downward API.
+    let kube = agent.kubernetes.as_ref().expect("kubernetes section");
+    let env_from = |name: &str| {
+        seq(&agent_c["env"])
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .and_then(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(env_from("NODE_IP").as_deref(), Some("status.hostIP"));
+    let url = kube.kubelet_url.as_deref().expect("kubelet_url");
+    assert!(
+        url.contains("${NODE_IP}") && url.ends_with(":10250"),
+        "{url}"
+    );
+    let env = |k: &str| match k {
+        "NODE_IP" => Some("10.0.0.5".to_string()),
+        "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_string()),
+        "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
+        _ => None,
+    };
+    let mut problems = nodewatch_proto::config::Problems::new(None);
+    let k = kube.validate(&env, &mut problems);
+    assert!(problems.is_empty(), "{problems}");
+    assert_eq!(k.kubelet.unwrap().to_string(), "https://10.0.0.5:10250/");
+    assert!(!k.kubelet_insecure_skip_verify);
+    // The in-cluster token and CA the agent defaults to are mounted.
+    assert_eq!(ds_pod["automountServiceAccountToken"].as_bool(), Some(true));
     let (spool_vol, _) = mount_of(ds_pod, agent_c, "/var/lib/nodewatch");
     assert!(spool_vol["hostPath"].is_mapping());
     // The probes reach the address the agent serves its health on.
@@ -967,12 +1000,24 @@ fn bootstrap_trust_chain_is_wired() {
         sa_bound("RoleBinding", "nodewatch-aggregator-pods"),
         ["nodewatch-aggregator"]
     );
+    // The agent reads its kubelet's pod list (nodes/pods, never nodes/proxy,
+    // which authorizes exec), the API server's pod list as the fallback, and
+    // its Node object; nothing else, and nothing but reads.
     let agent_role = find(&docs, "ClusterRole", "nodewatch-agent");
+    let allowed = [("nodes/pods", "get"), ("pods", "list"), ("nodes", "get")];
     for r in seq(&agent_role["rules"]) {
-        assert_eq!(strs(&r["resources"]), ["pods"], "agent reads pods only");
-        for v in strs(&r["verbs"]) {
-            assert!(["get", "list", "watch"].contains(&v), "agent verb {v}");
+        assert_eq!(strs(&r["apiGroups"]), [""], "agent: core group only");
+        for res in strs(&r["resources"]) {
+            for v in strs(&r["verbs"]) {
+                assert!(
+                    allowed.contains(&(res, v)),
+                    "agent may not {v} {res} (allowed: {allowed:?})"
+                );
+            }
         }
+    }
+    for (res, v) in allowed {
+        assert!(has_rule(agent_role, "", res, v), "agent needs {v} {res}");
     }
     assert_eq!(
         sa_bound("ClusterRoleBinding", "nodewatch-agent"),

@@ -2,8 +2,8 @@
 //! (`GET https://<node>:10250/pods`, a `PodList`), mapping the pod UID and
 //! container id a cgroup path gives to namespace, pod name and container name.
 //!
-//! The cache is fed from outside (whoever holds the kubelet endpoint and
-//! token calls [`PodCache::replace_from_json`] on each refresh), and the OOM
+//! The cache is fed from outside (the Kubernetes reader, [`crate::kube`],
+//! installs a fresh one on each refresh), and the OOM
 //! reader only ever reads what is already cached: a kill is never delayed
 //! by a kubelet round trip, and without a feed the event keeps what the
 //! path gave (pod UID, container id).
@@ -48,6 +48,13 @@ impl PodCache {
     /// their `containerd://`, `cri-o://` or `docker://` scheme.
     pub fn from_json(text: &str) -> Result<Self, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("pod list: {e}"))?;
+        Self::from_value(&v)
+    }
+
+    /// As [`PodCache::from_json`], from a list already parsed (the
+    /// Kubernetes reader parses each list once for this cache and the
+    /// node's resource figures).
+    pub fn from_value(v: &Value) -> Result<Self, String> {
         let items = v
             .get("items")
             .and_then(Value::as_array)
@@ -102,9 +109,13 @@ impl PodCache {
     /// Replaces a shared cache's content from a new pod list; on a parse
     /// error the old content stays.
     pub fn replace_from_json(shared: &SharedPods, text: &str) -> Result<(), String> {
-        let fresh = Self::from_json(text)?;
+        Self::from_json(text)?.install(shared)
+    }
+
+    /// Makes this the shared cache's content.
+    pub fn install(self, shared: &SharedPods) -> Result<(), String> {
         let mut guard = shared.write().map_err(|_| "pod cache lock poisoned")?;
-        *guard = fresh;
+        *guard = self;
         Ok(())
     }
 
@@ -189,6 +200,23 @@ mod tests {
         let r = c.resolve("0d08203e-255a-11e9-8cd9-0007cb0b2cc8", "");
         assert_eq!((r.pod.as_str(), r.container.as_str()), ("pending", ""));
         assert_eq!(c.resolve("nope", "nope"), Resolved::default());
+    }
+
+    /// The kubelet `/pods` fixture names the containers of the cgroup fixtures.
+    #[test]
+    fn kubelet_fixture() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/kubernetes/kubelet-pods.json");
+        let c = PodCache::from_json(&std::fs::read_to_string(p).unwrap()).unwrap();
+        assert_eq!(c.len(), 6);
+        let r = c.resolve(
+            "",
+            "49f9e8e5395d57c1083996c09e2e6f042d5fe1ec0310facab32f94912b35ce59",
+        );
+        assert_eq!(
+            (r.namespace.as_str(), r.pod.as_str(), r.container.as_str()),
+            ("shop", "web-7d4b9c-qx2lp", "proxy")
+        );
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! Kubelet-derived signals end to end: a real agent reads the node's pods
+//! from a kubelet and its Node object from an API server, and a real
+//! aggregator (over mutual TLS) exposes what it found.
+//!
+//! No Kubernetes cluster exists where these tests run, so a local HTTPS
+//! server stands in for each: the "kubelet" serves its default kind of
+//! certificate (self-signed, made here with rcgen; the agent runs with
+//! `kubelet_insecure_skip_verify`), the "API server" one from the test CA
+//! (checked through `ca_file`). They answer `GET /pods` and
+//! `GET /api/v1/nodes/<node>` with the fixtures in
+//! `tests/fixtures/kubernetes/` and refuse the fallback pod list with 403,
+//! as an API server does for a ServiceAccount without `list pods`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nodewatch_proto::certs::Leaf;
+use nodewatch_tests::{start_agent_env, wait_for, Aggregator, Pki};
+
+const TOKEN: &str = "test-sa-token-0123";
+const NODE: &str = "talos-w1";
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kubernetes")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A stand-in HTTPS server: answers each request from `route(path)` and
+/// records every request's path and `Authorization` header.
+struct FakeServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Route = fn(&str) -> (&'static str, String);
+
+/// A series name, labels besides `node`, and its value.
+type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
+
+impl FakeServer {
+    fn start(cert_pem: &str, key_pem: &str, route: Route) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(tcp) = tcp else { continue };
+                let _ = serve_one(tcp, &cfg, route, &seen2);
+            }
+            // The listener is dropped here: connections are refused from now on.
+        });
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Goes away: stops accepting and closes the listening socket.
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn requests(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+fn serve_one(
+    tcp: TcpStream,
+    cfg: &Arc<rustls::ServerConfig>,
+    route: Route,
+    seen: &Mutex<Vec<(String, String)>>,
+) -> std::io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let conn = rustls::ServerConnection::new(Arc::clone(cfg)).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut reader = BufReader::new(&mut tls);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut auth = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = v.trim().to_string();
+            }
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    seen.lock().unwrap().push((path.clone(), auth.clone()));
+    let (status, body) = if auth == format!("Bearer {TOKEN}") {
+        route(&path)
+    } else {
+        ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.into())
+    };
+    write!(
+        tls,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    tls.conn.send_close_notify();
+    tls.flush()
+}
+
+fn kubelet_routes(path: &str) -> (&'static str, String) {
+    match path {
+        "/pods" => ("200 OK", fixture("kubelet-pods.json")),
+        _ => ("404 Not Found", r#"{"kind":"Status","code":404}"#.into()),
+    }
+}
+
+fn api_routes(path: &str) -> (&'static str, String) {
+    if path == format!("/api/v1/nodes/{NODE}") {
+        ("200 OK", fixture("node.json"))
+    } else if path.starts_with("/api/v1/pods?") {
+        (
+            "403 Forbidden",
+            r#"{"kind":"Status","code":403,"reason":"Forbidden","message":"pods is forbidden"}"#
+                .into(),
+        )
+    } else {
+        ("404 Not Found", r#"{"kind":"Status","code":404}"#.into())
+    }
+}
+
+/// The value of the one series named `name` with all of `labels` (the
+/// aggregator adds `node`).
+fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        (n == name
+            && rest.contains(&format!("node=\"{NODE}\""))
+            && labels
+                .iter()
+                .all(|(k, val)| rest.contains(&format!("{k}=\"{val}\""))))
+        .then(|| v.parse().ok())
+        .flatten()
+    })
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-9 * b.abs().max(1.0))
+}
+
+#[test]
+fn kubelet_and_node_figures_reach_the_aggregator_and_outlive_the_kubelet() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+
+    // The kubelet's default serving certificate: self-signed, for its host name.
+    let kubelet_cert = rcgen::generate_simple_self_signed(vec![NODE.to_string()]).unwrap();
+    let mut kubelet = FakeServer::start(
+        &kubelet_cert.cert.pem(),
+        &kubelet_cert.signing_key.serialize_pem(),
+        kubelet_routes,
+    );
+    // The API server's certificate, from the CA the agent is given.
+    let api_files = pki.issue(
+        "apiserver",
+        &Leaf::Server {
+            names: vec!["127.0.0.1".into()],
+        },
+    );
+    let api = FakeServer::start(
+        &std::fs::read_to_string(&api_files.cert).unwrap(),
+        &std::fs::read_to_string(&api_files.key).unwrap(),
+        api_routes,
+    );
+    let token = pki.path("sa-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+
+    let extra = format!(
+        "kubernetes:\n  kubelet_url: https://${{NODE_IP}}:{}\n  api_server: https://127.0.0.1:{}\n  token_file: {}\n  ca_file: {}\n  kubelet_insecure_skip_verify: true\n  refresh: 1s\n",
+        kubelet.addr.port(),
+        api.addr.port(),
+        token.display(),
+        pki.path("ca.crt").display(),
+    );
+    let agent = start_agent_env(
+        &pki,
+        NODE,
+        &pki.node(NODE),
+        &[&agg],
+        &extra,
+        &[("NODE_IP", "127.0.0.1")],
+    );
+
+    // The fixture's figures (worked out in agent/src/kube/resources.rs).
+    let mi = 1024.0 * 1024.0;
+    let want: &[Expected] = &[
+        ("nodewatch_node_cpu_requests_cores", &[], 3.67),
+        ("nodewatch_node_cpu_limits_cores", &[], 7.05),
+        ("nodewatch_node_memory_requests_bytes", &[], 1536.0 * mi),
+        ("nodewatch_node_memory_limits_bytes", &[], 2848.0 * mi),
+        ("nodewatch_node_cpu_allocatable_cores", &[], 3.8),
+        ("nodewatch_node_cpu_capacity_cores", &[], 4.0),
+        (
+            "nodewatch_node_memory_allocatable_bytes",
+            &[],
+            15_640_148.0 * 1024.0,
+        ),
+        (
+            "nodewatch_node_memory_capacity_bytes",
+            &[],
+            16_266_836.0 * 1024.0,
+        ),
+        ("nodewatch_node_pods", &[], 5.0),
+        (
+            "nodewatch_image_pull_failures",
+            &[("registry", "docker.io"), ("reason", "rate_limited")],
+            1.0,
+        ),
+        (
+            "nodewatch_image_pull_failures",
+            &[("registry", "ghcr.io"), ("reason", "unauthorized")],
+            1.0,
+        ),
+    ];
+    let all_there = |m: &str| {
+        want.iter()
+            .all(|(name, labels, v)| close(value(m, name, labels), *v))
+    };
+    wait_for(Duration::from_secs(30), "the Kubernetes figures", || {
+        let m = agg.metrics();
+        all_there(&m).then_some(())
+    });
+
+    // Both servers saw the ServiceAccount token on every request, and only
+    // read-only GETs of the kubelet's pods and this node.
+    let kubelet_seen = kubelet.requests();
+    let api_seen = api.requests();
+    assert!(!kubelet_seen.is_empty() && !api_seen.is_empty());
+    for (path, auth) in kubelet_seen.iter().chain(api_seen.iter()) {
+        assert_eq!(auth, &format!("Bearer {TOKEN}"), "request to {path}");
+    }
+    assert!(kubelet_seen.iter().all(|(p, _)| p == "/pods"));
+    assert!(api_seen
+        .iter()
+        .all(|(p, _)| p == &format!("/api/v1/nodes/{NODE}")));
+
+    // The kubelet goes away: the last figures stay, failures are counted
+    // (the API server's fallback pod list is refused too), and the agent
+    // says so once, not on every refresh.
+    kubelet.shut_down();
+    let errors = |m: &str, endpoint: &str| {
+        value(
+            m,
+            "nodewatch_agent_kubernetes_errors_total",
+            &[("endpoint", endpoint)],
+        )
+    };
+    let m = wait_for(Duration::from_secs(30), "kubelet errors counted", || {
+        let m = agg.metrics();
+        (errors(&m, "kubelet_pods").unwrap_or(0.0) >= 3.0
+            && errors(&m, "apiserver_pods").unwrap_or(0.0) >= 3.0)
+            .then_some(m)
+    });
+    assert!(all_there(&m), "last figures kept:\n{m}");
+    assert!(close(
+        value(
+            &m,
+            "nodewatch_agent_kubernetes_up",
+            &[("endpoint", "kubelet_pods")]
+        ),
+        0.0
+    ));
+    assert!(close(
+        value(
+            &m,
+            "nodewatch_agent_kubernetes_up",
+            &[("endpoint", "apiserver_node")]
+        ),
+        1.0
+    ));
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("cannot read the kubelet's pod list").count(),
+        1,
+        "one warning per state change:\n{log}"
+    );
+    assert!(api
+        .requests()
+        .iter()
+        .any(|(p, _)| p == &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}")));
+}
