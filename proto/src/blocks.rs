@@ -325,7 +325,7 @@ fn check_padding(
             format!("{} bytes for {n} entries of {bits_per} bits", bytes.len()),
         ));
     }
-    if used % 8 != 0 && bytes.len() == used.div_ceil(8) {
+    if used & 7 != 0 && bytes.len() == used.div_ceil(8) {
         let last = bytes[bytes.len() - 1];
         if last >> (used % 8) != 0 {
             return Err(err(field, "bits set past the last entry"));
@@ -539,7 +539,7 @@ impl BlockEncoder {
             }
             let step = choose(s, smp.value);
             let kind = put_step(&mut values, s, step);
-            if changed % 4 == 0 {
+            if kinds.len() == changed / 4 {
                 kinds.push(0);
             }
             if let Some(k) = kinds.last_mut() {

@@ -104,7 +104,14 @@ struct TemplateSeries {
     scale: Option<u8>,
 }
 
+/// A series' identity: name and sorted labels.
+type SeriesKey<'a> = (&'a str, &'a [(String, String)]);
+
 impl TemplateSeries {
+    fn key(&self) -> SeriesKey<'_> {
+        (&self.name, &self.labels)
+    }
+
     fn cumulative(&self) -> bool {
         ["_total", "_bucket", "_count", "_sum"]
             .iter()
@@ -182,13 +189,11 @@ async fn run(args: Args) -> Result<()> {
     }
     for text in &texts[1..] {
         let (later, _) = parse_text(text);
-        let by_key: std::collections::HashMap<(&str, &[(String, String)]), &TemplateSeries> = later
-            .iter()
-            .map(|s| ((s.name.as_str(), s.labels.as_slice()), s))
-            .collect();
+        let by_key: std::collections::HashMap<SeriesKey<'_>, &TemplateSeries> =
+            later.iter().map(|s| (s.key(), s)).collect();
         for s in &mut template {
             // A series missing later keeps its last value.
-            let next = by_key.get(&(s.name.as_str(), s.labels.as_slice()));
+            let next = by_key.get(&s.key());
             let v = next.map_or(s.values[s.values.len() - 1], |n| n.value);
             s.scale = s
                 .scale
@@ -457,7 +462,7 @@ async fn stream_node(
             frame: Some(aggregator_frame::Frame::Welcome(w)),
         })) => w,
         Some(Ok(other)) => bail!("expected Welcome, got {other:?}"),
-        Some(Err(status)) => bail!("stream refused: {status}"),
+        Some(Err(e)) => bail!("stream refused: {e}"),
         None => bail!("stream closed before Welcome"),
     };
     let mut blocks =
