@@ -1,10 +1,12 @@
 //! Collections (one run of every collector, or a burst of events) and their
 //! encoding into wire batches with a per-stream symbol table: a series is
-//! defined once per stream (`SeriesDef`), then its samples carry only a ref.
+//! defined once per stream (`SeriesDef`), then its samples carry only a ref,
+//! and to an aggregator that reads them, go as one compact `SampleBlock`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use nodewatch_proto::blocks::BlockEncoder;
 use nodewatch_proto::v1::{Batch, Event, Label, MetricMetadata, Sample as WireSample, SeriesDef};
 
 use crate::collector::{Family, Sample};
@@ -48,6 +50,8 @@ pub struct Encoder {
     keys: Vec<(String, Vec<(String, String)>)>,
     families_sent: HashSet<String>,
     next_ref: u64,
+    /// Set when the aggregator reads sample blocks.
+    blocks: Option<BlockEncoder>,
 }
 
 fn fingerprint(name: &str, labels: &[(String, String)]) -> u64 {
@@ -59,9 +63,19 @@ fn fingerprint(name: &str, labels: &[(String, String)]) -> u64 {
 }
 
 impl Encoder {
+    /// An encoder that sends plain samples.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An encoder that sends sample blocks.
+    #[must_use]
+    pub fn compact() -> Self {
+        Self {
+            blocks: Some(BlockEncoder::new()),
+            ..Self::default()
+        }
     }
 
     /// Series defined on this stream so far.
@@ -122,12 +136,24 @@ impl Encoder {
                 });
             }
         }
+        let mut blocks = Vec::new();
+        if let (Some(enc), false) = (&mut self.blocks, samples.is_empty()) {
+            match enc.encode(&samples) {
+                Ok(b) => {
+                    blocks.push(b);
+                    samples.clear();
+                }
+                // Past a block limit: these go plainly, the encoder is unchanged.
+                Err(e) => tracing::debug!(seq = c.seq, error = %e, "Samples sent without a block."),
+            }
+        }
         Batch {
             seq: c.seq,
             series_defs,
             metadata,
             samples,
             events: c.events.clone(),
+            blocks,
         }
     }
 }
@@ -160,5 +186,47 @@ mod tests {
         // A new stream defines everything again.
         let b3 = Encoder::new().encode(&c);
         assert_eq!(b3.series_defs.len(), 2);
+    }
+
+    #[test]
+    fn compact_encoder_sends_one_block_per_collection() {
+        use nodewatch_proto::blocks::BlockDecoder;
+        let mut sink = Sink::new();
+        sink.gauge(
+            "a",
+            "A.",
+            &[("x", "1")],
+            f64::from_bits(0x7ff0_0000_0000_0002),
+        );
+        sink.counter("b_total", "B.", &[], 2.0);
+        let mut c = Collection {
+            seq: 1,
+            t_ms: 5,
+            families: Arc::new(sink.families.clone()),
+            samples: sink.samples.clone(),
+            events: vec![],
+        };
+        let mut enc = Encoder::compact();
+        let mut dec = BlockDecoder::new();
+        for seq in 1..4 {
+            c.seq = seq;
+            c.samples[1].value += 1.0;
+            let b = enc.encode(&c);
+            assert!(b.samples.is_empty());
+            assert_eq!(b.blocks.len(), 1);
+            let mut out = Vec::new();
+            dec.decode(&b.blocks[0], &mut out, 10).unwrap();
+            let got: Vec<(u64, i64, u64)> = out
+                .iter()
+                .map(|s| (s.r#ref, s.t_ms, s.value.to_bits()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (1, 5, 0x7ff0_0000_0000_0002),
+                    (2, 5, (2.0 + seq as f64).to_bits())
+                ]
+            );
+        }
     }
 }

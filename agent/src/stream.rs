@@ -60,6 +60,9 @@ fn describe(status: &tonic::Status) -> String {
 enum End {
     /// Reconnect after a backoff.
     Retry(String),
+    /// The aggregator could not decode a sample block: reconnect after a
+    /// backoff and send plain samples to it from then on.
+    BlocksRefused(String),
     /// Shutdown requested and the queue is flushed (or the grace ran out).
     Shutdown,
 }
@@ -68,20 +71,24 @@ impl Streamer {
     /// Runs until `shutdown` turns true, then tries to flush for `grace`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let mut backoff = BACKOFF_MIN;
+        let mut plain = false;
         loop {
-            match self.session(&mut shutdown, grace).await {
+            let why = match self.session(&mut shutdown, grace, plain).await {
                 End::Shutdown => return,
-                End::Retry(why) => {
-                    let jitter = rand::rng().random_range(0.5..1.0);
-                    let delay = backoff.mul_f64(jitter);
-                    warn!(aggregator = %self.target, error = %why, retry_in = ?delay, "Stream to aggregator lost.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|v| *v) => return,
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                End::Retry(why) => why,
+                End::BlocksRefused(why) => {
+                    plain = true;
+                    why
                 }
+            };
+            let jitter = rand::rng().random_range(0.5..1.0);
+            let delay = backoff.mul_f64(jitter);
+            warn!(aggregator = %self.target, error = %why, retry_in = ?delay, "Stream to aggregator lost.");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
             }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
             if *shutdown.borrow() {
                 return;
             }
@@ -93,7 +100,14 @@ impl Streamer {
         }
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>, grace: Duration) -> End {
+    /// One stream; `plain` keeps it to plain samples even where the
+    /// aggregator reads blocks (it failed to decode one of ours before).
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        grace: Duration,
+        plain: bool,
+    ) -> End {
         let channel = match tls::channel(
             &self.target,
             Arc::clone(&self.tls),
@@ -143,7 +157,13 @@ impl Streamer {
             .lock()
             .ack(self.index, welcome.acked_seq, now_ms());
         info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
-        let mut encoder = Encoder::new();
+        // Blocks only to an aggregator that says it reads them: an older one
+        // would skip the unknown field and ack samples it never stored.
+        let mut encoder = if welcome.sample_blocks >= nodewatch_proto::blocks::VERSION && !plain {
+            Encoder::compact()
+        } else {
+            Encoder::new()
+        };
         let mut sent = welcome.acked_seq;
         let mut stopping: Option<tokio::time::Instant> = None;
         loop {
@@ -212,7 +232,12 @@ impl Streamer {
                 Some(aggregator_frame::Frame::Error(e)) => {
                     let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
                     warn!(aggregator = %self.target, seq = e.seq, code = ?code, error = %e.message, "Aggregator reported a problem.");
-                    if e.fatal {
+                    if e.fatal && code == ErrorCode::BlockDecode {
+                        Some(End::BlocksRefused(format!(
+                            "aggregator could not decode a sample block (plain samples from now on): {}",
+                            e.message
+                        )))
+                    } else if e.fatal {
                         Some(End::Retry(format!(
                             "aggregator closed the stream: {}",
                             e.message

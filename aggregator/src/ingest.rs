@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use nodewatch_proto::blocks::BlockDecoder;
 use nodewatch_proto::v1::ingest_server::Ingest;
 use nodewatch_proto::v1::{
     agent_frame, aggregator_frame, Ack, AgentFrame, AggregatorFrame, Batch, ErrorCode, Event,
@@ -117,7 +118,14 @@ struct Session {
     refs: HashMap<u64, SeriesId>,
     /// Highest seq seen on this stream, to catch seq going backwards.
     last_seq: u64,
+    /// The stream's sample block state, in step with the agent's encoder.
+    blocks: BlockDecoder,
 }
+
+/// Samples one batch's blocks may decode to, in multiples of the node's
+/// series limit: a collection has each series once; more room is left for
+/// blocks carrying several timestamps of a series.
+const BLOCK_SAMPLES_PER_SERIES_LIMIT: usize = 4;
 
 impl IngestService {
     /// Applies one batch. Returns the frames to send back (errors, then the ack).
@@ -127,6 +135,24 @@ impl IngestService {
             .increment(1);
         let mut out = Vec::new();
         let seq = batch.seq;
+        // Blocks first, whatever happens to the batch next (a duplicate, a
+        // bad seq): each is encoded against the ones before it, so skipping
+        // one would put every later block out of step.
+        let mut decoded = Vec::new();
+        let budget = self
+            .max_series_per_node
+            .saturating_mul(BLOCK_SAMPLES_PER_SERIES_LIMIT);
+        for (i, block) in batch.blocks.iter().enumerate() {
+            let left = budget.saturating_sub(decoded.len());
+            if let Err(e) = s.blocks.decode(block, &mut decoded, left) {
+                metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => "block_decode").increment(1);
+                let msg = format!(
+                    "batch {seq}: blocks[{i}].{e}; nothing of this batch stored, stream closed (block state lost)"
+                );
+                warn!(node = %s.node, seq, error = %msg, "Sample block refused.");
+                return vec![error_frame(ErrorCode::BlockDecode, msg, seq, true)];
+            }
+        }
         if seq == 0 {
             return vec![error_frame(
                 ErrorCode::BadFrame,
@@ -220,11 +246,11 @@ impl IngestService {
             }
             s.refs.insert(def.r#ref, id);
         }
-        let mut samples = Vec::with_capacity(batch.samples.len());
+        let mut samples = Vec::with_capacity(batch.samples.len() + decoded.len());
         let mut unknown = 0usize;
         let mut future = 0usize;
         let newest_allowed = now_ms() + MAX_FUTURE_MS;
-        for smp in &batch.samples {
+        for smp in batch.samples.iter().chain(&decoded) {
             if smp.t_ms > newest_allowed {
                 // A clock far ahead would push the node's own history out of retention.
                 future += 1;
@@ -373,12 +399,14 @@ impl IngestService {
             node: node.to_string(),
             aggregator_version: nodewatch_proto::VERSION.into(),
             acked_seq: acked,
+            sample_blocks: nodewatch_proto::blocks::VERSION,
         };
         let mut session = Session {
             node: node.clone(),
             hello,
             refs: HashMap::new(),
             last_seq: 0,
+            blocks: BlockDecoder::new(),
         };
         if tx
             .send(frame(aggregator_frame::Frame::Welcome(welcome)))
@@ -438,10 +466,18 @@ impl IngestService {
                         break;
                     }
                 };
+                let fatal = replies.iter().any(|r| {
+                    matches!(r, Ok(AggregatorFrame {
+                        frame: Some(aggregator_frame::Frame::Error(e)),
+                    }) if e.fatal)
+                });
                 for r in replies {
                     if tx.send(r).await.is_err() {
                         break;
                     }
+                }
+                if fatal {
+                    break;
                 }
             }
         }
@@ -506,6 +542,7 @@ mod tests {
             hello: Hello::default(),
             refs: HashMap::new(),
             last_seq: 0,
+            blocks: BlockDecoder::new(),
         };
         (svc, s)
     }
@@ -538,7 +575,84 @@ mod tests {
                 value: 1.5,
             }],
             events: vec![Event::default()],
+            blocks: Vec::new(),
         }
+    }
+
+    fn stored(svc: &IngestService, name: &str) -> Vec<(i64, f64)> {
+        let inner = svc.store.read();
+        inner
+            .all()
+            .filter(|x| x.name() == name)
+            .flat_map(|x| x.samples().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn error_of(replies: &[Result<AggregatorFrame, Status>]) -> Option<&StreamError> {
+        replies.iter().find_map(|r| match r {
+            Ok(AggregatorFrame {
+                frame: Some(aggregator_frame::Frame::Error(e)),
+            }) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// Blocks are decoded even in batches dropped as duplicates (the
+    /// encoder moved on), and a block that does not decode is a fatal error
+    /// naming the batch and field, with what was stored before kept.
+    #[test]
+    fn sample_blocks_stay_in_step_and_fail_clearly() {
+        use nodewatch_proto::blocks::BlockEncoder;
+        let (svc, mut s) = service();
+        let mut enc = BlockEncoder::new();
+        let mut block_batch = |seq: u64, v: f64| {
+            let samples = [Sample {
+                r#ref: 1,
+                t_ms: t0() + seq as i64,
+                value: v,
+            }];
+            Batch {
+                seq,
+                series_defs: valid_batch(seq).series_defs,
+                blocks: vec![enc.encode(&samples).unwrap()],
+                ..Batch::default()
+            }
+        };
+        let b1 = block_batch(1, 10.0);
+        let b2 = block_batch(2, 12.5);
+        let b3 = block_batch(3, 12.5);
+        assert!(error_of(&svc.apply(&mut s, b1)).is_none());
+        // Batch 2 is stored already (here without samples; say its ack was
+        // lost and the agent resends it): dropped as a duplicate, yet its
+        // block sets the state batch 3 is encoded against.
+        let mut dup = b2.clone();
+        dup.blocks.clear();
+        assert!(error_of(&svc.apply(&mut s, dup)).is_none());
+        s.last_seq = 1;
+        assert!(error_of(&svc.apply(&mut s, b2)).is_none());
+        assert!(error_of(&svc.apply(&mut s, b3)).is_none());
+        // Batch 3's value is "unchanged" from the duplicate's.
+        assert_eq!(stored(&svc, "m"), vec![(t0() + 1, 10.0), (t0() + 3, 12.5)]);
+
+        let mut bad = block_batch(4, 99.0);
+        bad.blocks[0].values.push(7);
+        let replies = svc.apply(&mut s, bad);
+        let e = error_of(&replies).unwrap();
+        assert!(e.fatal);
+        assert_eq!(e.seq, 4);
+        assert_eq!(e.code, ErrorCode::BlockDecode as i32);
+        assert!(
+            e.message.contains("batch 4: blocks[0].values"),
+            "{}",
+            e.message
+        );
+        assert!(!replies.iter().any(|r| matches!(
+            r,
+            Ok(AggregatorFrame {
+                frame: Some(aggregator_frame::Frame::Ack(_))
+            })
+        )));
+        assert_eq!(stored(&svc, "m").len(), 2);
     }
 
     /// Mutated encodings of valid frames: decoding may fail, applying what

@@ -7,7 +7,9 @@
 //!   server's accept loop that attaches the peer identity to each connection,
 //!   and the client connector.
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
+//! - [`blocks`]: the compact `SampleBlock` encoding of a stream's samples.
 
+pub mod blocks;
 pub mod certs;
 pub mod config;
 pub mod identity;

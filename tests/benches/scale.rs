@@ -13,14 +13,23 @@
 //!   `process_resident_memory_bytes` / `prometheus_tsdb_head_series` as it
 //!   reports them, and its RSS growth per series measured as for nodewatch.
 //! - wire: bytes the load generator wrote to its sockets (TLS records
-//!   included, `wchar` of `/proc/self/io`) per sample in steady state,
+//!   included, `wchar` of `/proc/self/io`) per sample in steady state
+//!   ([`WIRE_NODES`] nodes at the agent's 10 s interval for [`WIRE_WINDOW`],
+//!   after a warm-up that carries the series definitions), in sample blocks
+//!   as the agent sends them and in plain samples as older agents do,
 //!   against Prometheus text exposition of an agent's series (bytes of
 //!   `nodewatch-agent --once` per sample line, uncompressed).
+//!
+//! Values are a real agent's: [`COLLECTIONS`] runs of `nodewatch-agent
+//! --once` on this machine, 10 s apart, whose changes the load generator
+//! replays (counters rise by the real differences, gauges take the real
+//! values).
 //!
 //! The load generator runs on the same 2 cores as the system under test, for
 //! both sides alike.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p nodewatch-tests --bench scale`
+//! (`NODEWATCH_BENCH_SCALE=wire`: the wire measurement alone, about 3 minutes).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::net::SocketAddr;
@@ -39,6 +48,10 @@ const MEM_NODES: usize = 10;
 const MEM_SERIES: usize = 1000;
 const MEM_INTERVAL: &str = "200ms";
 const MEM_SAMPLES: u32 = 300;
+const COLLECTIONS: usize = 4;
+const COLLECTION_INTERVAL: Duration = Duration::from_secs(10);
+const WIRE_NODES: usize = 10;
+const WIRE_WINDOW: &str = "60s";
 
 fn loadgen(args: &[String]) -> serde_json::Value {
     let out = std::process::Command::new(bin("nodewatch-loadgen"))
@@ -169,18 +182,88 @@ fn main() {
     let started = Instant::now();
     let pki = Pki::new();
     let dir = pki.dir.path().to_path_buf();
-    let agent_text = std::process::Command::new(bin("nodewatch-agent"))
-        .arg("--once")
-        .output()
-        .unwrap()
-        .stdout;
-    let template = dir.join("template.prom");
-    std::fs::write(&template, &agent_text).unwrap();
+    let mut templates = Vec::new();
+    let mut agent_text = Vec::new();
+    for i in 0..COLLECTIONS {
+        let at = started + COLLECTION_INTERVAL * i as u32;
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        let text = std::process::Command::new(bin("nodewatch-agent"))
+            .arg("--once")
+            .output()
+            .unwrap()
+            .stdout;
+        let path = dir.join(format!("collection-{i}.prom"));
+        std::fs::write(&path, &text).unwrap();
+        templates.push(path);
+        if i == 0 {
+            agent_text = text;
+        }
+    }
     let common = |extra: Vec<String>| -> Vec<String> {
-        let mut v = vec!["--template".to_string(), template.display().to_string()];
+        let mut v = Vec::new();
+        for t in &templates {
+            v.extend(["--template".to_string(), t.display().to_string()]);
+        }
         v.extend(extra);
         v
     };
+    let text = String::from_utf8_lossy(&agent_text);
+    let lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let text_bps = agent_text.len() as f64 / lines.max(1) as f64;
+
+    // (c) wire, in blocks and in plain samples.
+    let wire = |tag: &str, extra: &[&str]| -> f64 {
+        let agg = Aggregator::start(&pki, &format!("agg-wire-{tag}"), "");
+        let mut args = common(vec![
+            "--aggregator".into(),
+            agg.grpc.to_string(),
+            "--ca".into(),
+            dir.display().to_string(),
+        ]);
+        args.extend(
+            [
+                "--nodes",
+                &WIRE_NODES.to_string(),
+                "--series",
+                &SERIES_PER_NODE.to_string(),
+                "--interval",
+                INGEST_INTERVAL,
+                "--warmup",
+                INGEST_WARMUP,
+                "--duration",
+                WIRE_WINDOW,
+                "--prefix",
+                &format!("wire-{tag}"),
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        let r = loadgen(&args);
+        assert_eq!(r["errors"].as_u64(), Some(0), "wire run had errors");
+        r["bytes_per_sample"].as_f64().unwrap_or(f64::NAN)
+    };
+    let wire_bps = wire("blocks", &[]);
+    let wire_plain_bps = wire("plain", &["--plain"]);
+    let wire_rows = || {
+        println!(
+            "| wire: bytes per sample (nodewatch stream in sample blocks, TLS included / text exposition) | {wire_bps:.2} | {text_bps:.2} | {:.3}× |",
+            wire_bps / text_bps
+        );
+        println!(
+            "| wire: bytes per sample, plain samples (older agents) | {wire_plain_bps:.2} | {text_bps:.2} | {:.2}× |",
+            wire_plain_bps / text_bps
+        );
+    };
+    if std::env::var("NODEWATCH_BENCH_SCALE").as_deref() == Ok("wire") {
+        println!("\n| measure | nodewatch | Prometheus text | ratio |");
+        println!("|---|---|---|---|");
+        wire_rows();
+        println!("\n({} s in all)", started.elapsed().as_secs());
+        return;
+    }
 
     // (a) ingest, nodewatch: a fresh aggregator per step.
     let agg_cell = std::cell::RefCell::new(Vec::<Aggregator>::new());
@@ -197,7 +280,6 @@ fn main() {
             dir.display().to_string(),
         ])
     });
-    // Steady-state wire cost from the first (unloaded) step's loadgen run.
     agg_cell.borrow_mut().clear();
 
     // (a) ingest, Prometheus remote-write receiver: a fresh Prometheus per step.
@@ -214,7 +296,7 @@ fn main() {
     });
     prom_cell.borrow_mut().clear();
 
-    // (b) memory, and (c) wire from the same nodewatch run.
+    // (b) memory.
     let mem_window = humantime::parse_duration(MEM_INTERVAL).unwrap() * MEM_SAMPLES;
     let mem_args = |target: Vec<String>| -> Vec<String> {
         let mut v = common(target);
@@ -244,7 +326,7 @@ fn main() {
     let agg = Aggregator::start(&pki, "agg-mem", "");
     let agg_pid = agg.proc.child.id();
     let before = rss_bytes(agg_pid);
-    let wire = loadgen(&mem_args(vec![
+    let _ = loadgen(&mem_args(vec![
         "--aggregator".into(),
         agg.grpc.to_string(),
         "--ca".into(),
@@ -266,14 +348,6 @@ fn main() {
     let theirs_mem_reported = prss / phead;
     let theirs_mem_delta = (rss_bytes(prom_pid).saturating_sub(prom_before)) as f64 / series;
     drop(prom);
-
-    let text = String::from_utf8_lossy(&agent_text);
-    let lines = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
-    let text_bps = agent_text.len() as f64 / lines.max(1) as f64;
-    let wire_bps = wire["bytes_per_sample"].as_f64().unwrap_or(f64::NAN);
 
     let (on, osps) = best(&ours);
     let (tn, tsps) = best(&theirs);
@@ -313,9 +387,6 @@ fn main() {
         ours_mem / per_series,
         theirs_mem_delta / per_series
     );
-    println!(
-        "| wire: bytes per sample (nodewatch stream, TLS included / text exposition) | {wire_bps:.2} | {text_bps:.2} | {:.2}× |",
-        wire_bps / text_bps
-    );
+    wire_rows();
     println!("\n({} s in all)", started.elapsed().as_secs());
 }

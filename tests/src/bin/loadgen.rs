@@ -10,8 +10,17 @@
 //! The series set comes from `nodewatch-agent --once` (the agent binary next
 //! to this one, or `--template FILE` holding its output): every series with
 //! labels is repeated with per-node label values (`cpu="0"` → `cpu="0_3"`)
-//! until each node has `--series` of them; values move like a node's do
-//! (counters rise by whole steps, most gauges hold still between samples).
+//! until each node has `--series` of them. Given several `--template` files,
+//! successive collections of a real agent taken one `--interval` apart,
+//! values replay them: counters (`_total`, histogram `_bucket/_count/_sum`)
+//! rise by the real changes between collections, gauges take the real
+//! values, each copy and node scaled a little (and rounded to the decimals
+//! the agent printed) so copies do not repeat each other. With one template
+//! values move by a model instead (counters rise by random whole steps, most
+//! gauges hold still).
+//!
+//! Streams send `SampleBlock`s, as the agent does, to an aggregator that
+//! reads them (`--plain`: samples, as older agents do).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,12 +30,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use nodewatch_proto::blocks;
 use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_LEAF_VALIDITY};
 use nodewatch_proto::tls::{self, Reloadable, Target, TlsFiles};
 use nodewatch_proto::v1::ingest_client::IngestClient;
 use nodewatch_proto::v1::{
-    agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, MetricMetadata, MetricType,
-    Sample, SeriesDef,
+    agent_frame, aggregator_frame, AgentFrame, AggregatorFrame, Batch, Hello, Label,
+    MetricMetadata, MetricType, Sample, SeriesDef,
 };
 use nodewatch_proto::{Identity, NodeName};
 use rand::{Rng, SeedableRng};
@@ -67,9 +77,13 @@ struct Args {
     /// Node names are `<prefix>-<i>`.
     #[arg(long, default_value = "load")]
     prefix: String,
-    /// `nodewatch-agent --once` output to take series from (default: run the agent).
+    /// `nodewatch-agent --once` output to take series from (default: run the
+    /// agent). Repeated: successive collections whose changes are replayed.
     #[arg(long)]
-    template: Option<PathBuf>,
+    template: Vec<PathBuf>,
+    /// Send plain `Sample`s even to an aggregator that reads sample blocks.
+    #[arg(long)]
+    plain: bool,
     /// Send to this Prometheus remote-write URL instead of an aggregator.
     #[arg(long)]
     remote_write: Option<String>,
@@ -84,6 +98,36 @@ struct TemplateSeries {
     name: String,
     labels: Vec<(String, String)>,
     value: f64,
+    /// Its value in each template, the first being `value`.
+    values: Vec<f64>,
+    /// Decimals the agent printed (at most 9; `None`: not a short decimal).
+    scale: Option<u8>,
+}
+
+/// A series' identity: name and sorted labels.
+type SeriesKey<'a> = (&'a str, &'a [(String, String)]);
+
+impl TemplateSeries {
+    fn key(&self) -> SeriesKey<'_> {
+        (&self.name, &self.labels)
+    }
+
+    fn cumulative(&self) -> bool {
+        ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .any(|s| self.name.ends_with(s))
+    }
+
+    /// `v` at the decimals this series has.
+    fn round(&self, v: f64) -> f64 {
+        match self.scale {
+            Some(e) => {
+                let p = 10f64.powi(i32::from(e));
+                (v * p).round() / p
+            }
+            None => v,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -131,13 +175,32 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let text = match &args.template {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
-        None => agent_once()?,
+    let texts = if args.template.is_empty() {
+        vec![agent_once()?]
+    } else {
+        args.template
+            .iter()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("{}", p.display())))
+            .collect::<Result<Vec<_>>>()?
     };
-    let (template, families) = parse_text(&text);
+    let (mut template, families) = parse_text(&texts[0]);
     if template.is_empty() {
         bail!("no series in the template");
+    }
+    for text in &texts[1..] {
+        let (later, _) = parse_text(text);
+        let by_key: std::collections::HashMap<SeriesKey<'_>, &TemplateSeries> =
+            later.iter().map(|s| (s.key(), s)).collect();
+        for s in &mut template {
+            // A series missing later keeps its last value.
+            let next = by_key.get(&s.key());
+            let v = next.map_or(s.values[s.values.len() - 1], |n| n.value);
+            s.scale = s
+                .scale
+                .zip(next.map_or(s.scale, |n| n.scale))
+                .map(|(a, b)| a.max(b));
+            s.values.push(v);
+        }
     }
     let node_names: Vec<String> = (0..args.nodes)
         .map(|i| format!("{}-{i}", args.prefix))
@@ -161,7 +224,8 @@ async fn run(args: Args) -> Result<()> {
         let series = node_series(&template, args.series, i);
         // Agents start at different moments: spread the first batches over one interval.
         let offset = args.interval.mul_f64(i as f64 / args.nodes.max(1) as f64);
-        let sim = NodeSim::new(node.clone(), series, i as u64);
+        let mut sim = NodeSim::new(node.clone(), series, i as u64);
+        sim.plain = args.plain;
         let stats = Arc::clone(&stats);
         let families = families.clone();
         let interval = args.interval;
@@ -306,6 +370,9 @@ struct NodeSim {
     series: Vec<(TemplateSeries, bool)>,
     values: Vec<f64>,
     rng: rand::rngs::StdRng,
+    /// Collections since the first.
+    steps: usize,
+    plain: bool,
 }
 
 impl NodeSim {
@@ -314,7 +381,7 @@ impl NodeSim {
         let series = series
             .into_iter()
             .map(|s| {
-                let counter = s.name.ends_with("_total");
+                let counter = s.cumulative();
                 (s, counter)
             })
             .collect();
@@ -323,11 +390,27 @@ impl NodeSim {
             series,
             values,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
+            steps: 0,
+            plain: false,
         }
     }
 
     /// Moves every value one collection on.
     fn step(&mut self) {
+        self.steps += 1;
+        let recorded = self.series.first().map_or(0, |(s, _)| s.values.len());
+        if recorded > 1 {
+            // Replays the recorded collections' changes, round and round.
+            let j = (self.steps - 1) % (recorded - 1) + 1;
+            for ((s, counter), v) in self.series.iter().zip(self.values.iter_mut()) {
+                *v = if *counter {
+                    s.round(*v + (s.values[j] - s.values[j - 1]))
+                } else {
+                    s.values[j]
+                };
+            }
+            return;
+        }
         for ((_, counter), v) in self.series.iter().zip(self.values.iter_mut()) {
             if *counter {
                 // Busy counters rise every time, idle ones rarely.
@@ -373,6 +456,17 @@ async fn stream_node(
     })
     .await?;
     let mut rx = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    // As the agent: blocks only to an aggregator that says it reads them.
+    let welcome = match rx.next().await {
+        Some(Ok(AggregatorFrame {
+            frame: Some(aggregator_frame::Frame::Welcome(w)),
+        })) => w,
+        Some(Ok(other)) => bail!("expected Welcome, got {other:?}"),
+        Some(Err(e)) => bail!("stream refused: {e}"),
+        None => bail!("stream closed before Welcome"),
+    };
+    let mut blocks =
+        (welcome.sample_blocks >= blocks::VERSION && !sim.plain).then(blocks::BlockEncoder::new);
     // Sent batches not yet acked: (seq, scheduled time, measured).
     let pending: Arc<Mutex<VecDeque<(u64, Instant, bool)>>> = Arc::default();
     let acks = {
@@ -429,6 +523,11 @@ async fn stream_node(
                 })
                 .collect();
             let n = samples.len() as u64;
+            let (samples, blocks) = match blocks.as_mut().map(|b| b.encode(&samples)) {
+                Some(Ok(block)) => (Vec::new(), vec![block]),
+                Some(Err(e)) => bail!("sample block: {e}"),
+                None => (samples, Vec::new()),
+            };
             let batch = Batch {
                 seq,
                 series_defs: if first { series_defs(&sim) } else { Vec::new() },
@@ -439,6 +538,7 @@ async fn stream_node(
                 },
                 samples,
                 events: Vec::new(),
+                blocks,
             };
             let measured = at >= timing.measure_from;
             pending
@@ -566,7 +666,16 @@ fn metadata(families: &[Family]) -> Vec<MetricMetadata> {
 /// `count` series for node `node`: the template, then copies of its labelled
 /// series with per-copy label values, cut at `count`.
 fn node_series(template: &[TemplateSeries], count: usize, node: usize) -> Vec<TemplateSeries> {
-    let mut out: Vec<TemplateSeries> = template.iter().take(count).cloned().collect();
+    // Nodes and copies differ: values scaled a little per node and copy, so
+    // series do not compress as copies of each other.
+    let scaled = |s: &TemplateSeries, copy: usize| {
+        let f = 1.0 + ((node * 31 + copy * 7) % 97) as f64 / 100.0;
+        let mut s = s.clone();
+        s.values = s.values.iter().map(|v| s.round(v * f)).collect();
+        s.value = s.values[0];
+        s
+    };
+    let mut out: Vec<TemplateSeries> = template.iter().take(count).map(|s| scaled(s, 0)).collect();
     let labelled: Vec<&TemplateSeries> = template.iter().filter(|s| !s.labels.is_empty()).collect();
     let mut copy = 1;
     while out.len() < count && !labelled.is_empty() {
@@ -574,18 +683,13 @@ fn node_series(template: &[TemplateSeries], count: usize, node: usize) -> Vec<Te
             if out.len() >= count {
                 break;
             }
-            let mut s = (*s).clone();
+            let mut s = scaled(s, copy);
             if let Some(l) = s.labels.first_mut() {
                 l.1 = format!("{}_{copy}", l.1);
             }
             out.push(s);
         }
         copy += 1;
-    }
-    // Nodes differ: scale values a little per node so series do not compress as copies.
-    let f = 1.0 + (node % 97) as f64 / 100.0;
-    for s in &mut out {
-        s.value = (s.value * f).round();
     }
     out
 }
@@ -632,10 +736,13 @@ fn parse_text(text: &str) -> (Vec<TemplateSeries>, Vec<Family>) {
 fn parse_series(line: &str) -> Option<TemplateSeries> {
     let Some(brace) = line.find('{') else {
         let (n, v) = line.split_once(' ')?;
+        let value = parse_value(v)?;
         return Some(TemplateSeries {
             name: n.to_string(),
             labels: Vec::new(),
-            value: parse_value(v)?,
+            value,
+            values: vec![value],
+            scale: decimals(v),
         });
     };
     let (name, rest) = (&line[..brace], &line[brace + 1..]);
@@ -673,13 +780,28 @@ fn parse_series(line: &str) -> Option<TemplateSeries> {
             break;
         }
     }
-    let value = parse_value(rest.get(end?..)?)?;
+    let text = rest.get(end?..)?;
+    let value = parse_value(text)?;
     labels.sort();
     Some(TemplateSeries {
         name: name.to_string(),
         labels,
         value,
+        values: vec![value],
+        scale: decimals(text),
     })
+}
+
+/// Digits after the point of a printed value, if it is a plain decimal.
+fn decimals(s: &str) -> Option<u8> {
+    let v = s.split_whitespace().next()?;
+    if v.bytes()
+        .any(|b| !(b.is_ascii_digit() || b == b'.' || b == b'-'))
+    {
+        return None;
+    }
+    let d = v.split_once('.').map_or(0, |(_, f)| f.len());
+    u8::try_from(d).ok().filter(|d| *d <= 9)
 }
 
 fn parse_value(s: &str) -> Option<f64> {
