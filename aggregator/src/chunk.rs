@@ -232,24 +232,36 @@ pub struct Iter<'a> {
 }
 
 impl Iter<'_> {
+    /// The next `n` (at most 64) bits, most significant first.
     fn read(&mut self, n: u32) -> Option<u64> {
-        let mut out = 0u64;
-        let mut left = n;
-        while left > 0 {
-            let byte = u64::from(*self.data.get(self.pos / 8)?);
-            let bit_off = (self.pos % 8) as u32;
-            let room = 8 - bit_off;
-            let take = room.min(left);
-            let chunk = (byte >> (room - take)) & mask(take);
-            out = (out << take) | chunk;
-            self.pos += take as usize;
-            left -= take;
+        debug_assert!(n <= 64);
+        if n == 0 {
+            return Some(0);
         }
-        Some(out)
+        let end = self.pos + n as usize;
+        if end > self.data.len() * 8 {
+            return None;
+        }
+        // One unaligned 16-byte window holds any 64 bits at any bit offset.
+        let byte = self.pos / 8;
+        let off = (self.pos % 8) as u32;
+        let mut buf = [0u8; 16];
+        if let Some(w) = self.data.get(byte..byte + 16) {
+            buf.copy_from_slice(w);
+        } else {
+            let tail = &self.data[byte..];
+            buf[..tail.len()].copy_from_slice(tail);
+        }
+        let window = u128::from_be_bytes(buf);
+        self.pos = end;
+        Some(((window << off) >> (128 - n)) as u64)
     }
 
     fn bit(&mut self) -> Option<bool> {
-        self.read(1).map(|b| b == 1)
+        let byte = *self.data.get(self.pos / 8)?;
+        let b = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(b == 1)
     }
 
     fn next_sample(&mut self) -> Option<(i64, f64)> {

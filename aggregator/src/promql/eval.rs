@@ -128,6 +128,14 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
     if v.len() < 2 {
         return Ok(());
     }
+    // Sets that are distinct sets minus one shared metric name are still
+    // distinct: the common case of a function or operator over one metric.
+    // Every vector reaching here had unique label sets before the step.
+    if let Some(name) = v[0].labels.dropped_name() {
+        if v.iter().all(|s| s.labels.dropped_name() == Some(name)) {
+            return Ok(());
+        }
+    }
     // Results mostly come in label order (as selectors return them): then
     // one pass shows every set differs from the next.
     if v.windows(2).all(|w| w[0].labels < w[1].labels) {
@@ -394,7 +402,7 @@ impl<'a> Evaluator<'a> {
             std::hash::Hasher::finish(&h)
         };
         let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
-        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut index: foldhash::HashMap<u64, Vec<usize>> = foldhash::HashMap::default();
         let count_values_label = if op == T_COUNT_VALUES {
             let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
                 func: name.clone(),

@@ -161,19 +161,25 @@ impl Labels {
 
     /// This label set without `__name__`.
     #[must_use]
-    pub fn without_name(&self) -> Self {
+    pub fn without_name(mut self) -> Self {
         match self.pairs.iter().position(|(k, _)| k == METRIC_NAME) {
-            Some(i) if self.hidden == NONE_HIDDEN => Self {
-                pairs: Arc::clone(&self.pairs),
-                hidden: i,
-            },
-            Some(i) if self.hidden != i => {
-                let mut l = self.clone();
-                l.remove(METRIC_NAME);
-                l
+            Some(i) if self.hidden == NONE_HIDDEN => {
+                self.hidden = i;
+                self
             }
-            _ => self.clone(),
+            Some(i) if self.hidden != i => {
+                self.remove(METRIC_NAME);
+                self
+            }
+            _ => self,
         }
+    }
+
+    /// The metric name this set no longer shows, if it was dropped by
+    /// [`Labels::without_name`] and nothing else changed since.
+    #[must_use]
+    pub(crate) fn dropped_name(&self) -> Option<&str> {
+        self.pairs.get(self.hidden).map(|(_, v)| v.as_str())
     }
 
     /// Only the labels named in `names`.
@@ -297,7 +303,9 @@ mod tests {
     #[test]
     fn hidden_name_is_absent() {
         let full = Labels::from_pairs([("__name__", "m"), ("a", "1"), ("b", "2")]);
-        let hidden = full.without_name();
+        let hidden = full.clone().without_name();
+        assert_eq!(hidden.dropped_name(), Some("m"));
+        assert_eq!(full.dropped_name(), None);
         let built = Labels::from_pairs([("a", "1"), ("b", "2")]);
         assert_eq!(hidden, built);
         assert_eq!(hash(&hidden), hash(&built));
@@ -305,7 +313,7 @@ mod tests {
         assert_eq!(hidden.len(), 2);
         assert_eq!(hidden.get("__name__"), None);
         assert_eq!(hidden.to_string(), r#"{a="1", b="2"}"#);
-        assert_eq!(hidden.without_name(), built);
+        assert_eq!(hidden.clone().without_name(), built);
         let mut changed = hidden.clone();
         changed.set("c".into(), "3".into());
         assert_eq!(

@@ -349,7 +349,7 @@ impl Group {
                 // Exactly this alert's series, not one with extra labels.
                 let Some((down_at, active_s)) = series
                     .iter()
-                    .filter(|s| s.labels.without_name() == a.labels)
+                    .filter(|s| s.labels.clone().without_name() == a.labels)
                     .filter_map(|s| {
                         s.samples
                             .iter()
