@@ -3,11 +3,12 @@
 //! a missing real component fails the test under `CI=true`.
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY};
@@ -618,6 +619,137 @@ impl Webhook {
             .find(|(_, b)| b.contains(needle))
             .cloned()
     }
+}
+
+/// How a [`FakeServer`] answers a request path: HTTP status line text
+/// (`"200 OK"`) and a JSON body.
+type Route = Arc<dyn Fn(&str) -> (&'static str, String) + Send + Sync>;
+
+/// A stand-in HTTPS server for the kubelet or the API server (no cluster
+/// exists where the tests run): answers each request from `route(path)` when
+/// it carries `Authorization: Bearer <token>`, 401 otherwise, and records
+/// every request's path and `Authorization` header.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Serves with the PEM certificate chain and key given.
+    #[must_use]
+    pub fn start(
+        cert_pem: &str,
+        key_pem: &str,
+        token: &str,
+        route: impl Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+    ) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+        let route: Route = Arc::new(route);
+        let bearer = format!("Bearer {token}");
+        let thread = std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(tcp) = tcp else { continue };
+                let _ = serve_one(tcp, &cfg, &route, &bearer, &seen2);
+            }
+            // The listener is dropped here: connections are refused from now on.
+        });
+        Self {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Goes away: stops accepting and closes the listening socket.
+    pub fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// Every request so far: path and `Authorization` header.
+    #[must_use]
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+fn serve_one(
+    tcp: TcpStream,
+    cfg: &Arc<rustls::ServerConfig>,
+    route: &Route,
+    bearer: &str,
+    seen: &Mutex<Vec<(String, String)>>,
+) -> std::io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let conn = rustls::ServerConnection::new(Arc::clone(cfg)).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut reader = BufReader::new(&mut tls);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut auth = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = v.trim().to_string();
+            }
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    seen.lock().unwrap().push((path.clone(), auth.clone()));
+    let (status, body) = if auth == bearer {
+        route(&path)
+    } else {
+        ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.into())
+    };
+    write!(
+        tls,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    tls.conn.send_close_notify();
+    tls.flush()
 }
 
 /// A real Alertmanager sending every alert to `hook` at once.

@@ -12,15 +12,11 @@
 //! as an API server does for a ServiceAccount without `list pods`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodewatch_proto::certs::Leaf;
-use nodewatch_tests::{start_agent_env, wait_for, Aggregator, Pki};
+use nodewatch_tests::{start_agent_env, wait_for, Aggregator, FakeServer, Pki};
 
 const TOKEN: &str = "test-sa-token-0123";
 const NODE: &str = "talos-w1";
@@ -32,123 +28,8 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// A stand-in HTTPS server: answers each request from `route(path)` and
-/// records every request's path and `Authorization` header.
-struct FakeServer {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-type Route = fn(&str) -> (&'static str, String);
-
 /// A series name, labels besides `node`, and its value.
 type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
-
-impl FakeServer {
-    fn start(cert_pem: &str, key_pem: &str, route: Route) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(tcp) = tcp else { continue };
-                let _ = serve_one(tcp, &cfg, route, &seen2);
-            }
-            // The listener is dropped here: connections are refused from now on.
-        });
-        Self {
-            addr,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Goes away: stops accepting and closes the listening socket.
-    fn shut_down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-
-    fn requests(&self) -> Vec<(String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
-fn serve_one(
-    tcp: TcpStream,
-    cfg: &Arc<rustls::ServerConfig>,
-    route: Route,
-    seen: &Mutex<Vec<(String, String)>>,
-) -> std::io::Result<()> {
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let conn = rustls::ServerConnection::new(Arc::clone(cfg)).map_err(std::io::Error::other)?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut reader = BufReader::new(&mut tls);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut auth = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                auth = v.trim().to_string();
-            }
-        }
-    }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    seen.lock().unwrap().push((path.clone(), auth.clone()));
-    let (status, body) = if auth == format!("Bearer {TOKEN}") {
-        route(&path)
-    } else {
-        ("401 Unauthorized", r#"{"kind":"Status","code":401}"#.into())
-    };
-    write!(
-        tls,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    tls.conn.send_close_notify();
-    tls.flush()
-}
 
 fn kubelet_routes(path: &str) -> (&'static str, String) {
     match path {
@@ -201,6 +82,7 @@ fn kubelet_and_node_figures_reach_the_aggregator_and_outlive_the_kubelet() {
     let mut kubelet = FakeServer::start(
         &kubelet_cert.cert.pem(),
         &kubelet_cert.signing_key.serialize_pem(),
+        TOKEN,
         kubelet_routes,
     );
     // The API server's certificate, from the CA the agent is given.
@@ -213,6 +95,7 @@ fn kubelet_and_node_figures_reach_the_aggregator_and_outlive_the_kubelet() {
     let api = FakeServer::start(
         &std::fs::read_to_string(&api_files.cert).unwrap(),
         &std::fs::read_to_string(&api_files.key).unwrap(),
+        TOKEN,
         api_routes,
     );
     let token = pki.path("sa-token");

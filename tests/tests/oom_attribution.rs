@@ -5,14 +5,26 @@
 //! reports a kill of a container's main process; the agent must name the
 //! second one with its pid, comm, cgroup, pod UID and container id, at the
 //! aggregator within a second, and move `nodewatch_oom_kills_total` there.
+//!
+//! With a kubelet (a local HTTPS stand-in serving `/pods`, as in
+//! `kubelet.rs`: no cluster exists where these tests run), the same kill
+//! carries the namespace, pod and container names of the pod list, for both
+//! kubelet cgroup drivers' path shapes, and a kubelet that stops answering
+//! neither delays the next event nor takes the names away.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::BufRead;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nodewatch_tests::{missing, operator_cli, start_agent, wait_for, Aggregator, Pki};
+use nodewatch_proto::tls::TlsFiles;
+use nodewatch_tests::{
+    missing, operator_cli, start_agent, wait_for, Aggregator, FakeServer, Pki, Proc,
+};
 
 /// The memory limit of the container cgroup: small enough that `tail
 /// /dev/zero` reaches it in milliseconds.
@@ -29,8 +41,30 @@ struct PodCgroup {
     path: String,
 }
 
+/// The cgroupfs driver's container cgroup: `kubepods/burstable/pod<uid>/<id>`.
+fn cgroupfs_segments(pod_uid: &str, container_id: &str) -> Vec<String> {
+    vec![
+        "kubepods".to_string(),
+        "burstable".to_string(),
+        format!("pod{pod_uid}"),
+        container_id.to_string(),
+    ]
+}
+
+/// The systemd driver's container cgroup under containerd: slices named after the QoS class
+/// and the pod UID (dashes turned to underscores), the container a
+/// `cri-containerd-<id>.scope`.
+fn systemd_segments(pod_uid: &str, container_id: &str) -> Vec<String> {
+    vec![
+        "kubepods.slice".to_string(),
+        "kubepods-burstable.slice".to_string(),
+        format!("kubepods-burstable-pod{}.slice", pod_uid.replace('-', "_")),
+        format!("cri-containerd-{container_id}.scope"),
+    ]
+}
+
 impl PodCgroup {
-    fn new(pod_uid: &str, container_id: &str) -> Result<Self, String> {
+    fn new(segments: &[String]) -> Result<Self, String> {
         let v1 = Path::new("/sys/fs/cgroup/memory");
         let unified = Path::new("/sys/fs/cgroup");
         let (root, v2) = if v1.join("memory.limit_in_bytes").exists() {
@@ -42,18 +76,12 @@ impl PodCgroup {
         } else {
             return Err("a memory cgroup controller (v1 memory or v2 with memory)".into());
         };
-        let segments = [
-            "kubepods".to_string(),
-            "burstable".to_string(),
-            format!("pod{pod_uid}"),
-            container_id.to_string(),
-        ];
         let mut cg = Self {
             created: Vec::new(),
             leaf: root.to_path_buf(),
             path: String::new(),
         };
-        for seg in &segments {
+        for seg in segments {
             // v2: a child only gets a memory controller when its parent
             // delegates it (no-internal-process rule: the processes live in
             // the leaf only).
@@ -146,29 +174,27 @@ fn ids() -> (String, String) {
     (uid, cid)
 }
 
-#[test]
-fn oom_kill_of_a_second_process_names_pod_and_container() {
+/// Root and kernel BTF, or `missing(..)` said why not.
+fn can_run() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        return missing("root (memory cgroups and eBPF)");
+        missing("root (memory cgroups and eBPF)");
+        return false;
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return missing("kernel BTF (/sys/kernel/btf/vmlinux)");
+        missing("kernel BTF (/sys/kernel/btf/vmlinux)");
+        return false;
     }
-    let (pod_uid, container_id) = ids();
-    let cg = match PodCgroup::new(&pod_uid, &container_id) {
-        Ok(cg) => cg,
-        Err(what) => return missing(&what),
-    };
+    true
+}
 
-    let pki = Pki::new();
-    let agg = Aggregator::start(&pki, "agg", "");
-    // 10 s interval: the event must not wait for the next collection.
-    // With cost measurement on, the OOM program's runs are counted too.
-    let _agent = start_agent(
-        &pki,
+/// Starts the agent with `extra` config and waits until its OOM program is
+/// attached. A 10 s interval: the event must not wait for the next collection.
+fn start_oom_agent(pki: &Pki, agg: &Aggregator, extra: &str) -> Proc {
+    let agent = start_agent(
+        pki,
         "n1",
-        &[&agg],
-        "interval: 10s\ncollectors: {ebpf: true}\nebpf_measure_cost: true\n",
+        &[agg],
+        &format!("interval: 10s\ncollectors: {{ebpf: true}}\n{extra}"),
     );
     wait_for(
         Duration::from_secs(60),
@@ -179,32 +205,67 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
                 .then_some(())
         },
     );
+    agent
+}
 
-    let ops = pki.operator("ops");
-    let cli = |args: &[&str]| {
-        let mut c = operator_cli(&ops, &agg);
-        c.args(args);
-        c
-    };
-    let mut follow = Reaped(
-        cli(&["events", "--follow", "-o", "json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let follow_out = follow.0.stdout.take().unwrap();
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<(Instant, String)>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(follow_out)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = line_tx.send((Instant::now(), line));
+/// `nodewatch events --follow -o json`, each line stamped when it arrived.
+struct Follow {
+    _child: Reaped,
+    lines: Receiver<(Instant, String)>,
+}
+
+impl Follow {
+    fn start(ops: &TlsFiles, agg: &Aggregator) -> Self {
+        let mut child = Reaped(
+            operator_cli(ops, agg)
+                .args(["events", "--follow", "-o", "json"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = child.0.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<(Instant, String)>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((Instant::now(), line));
+            }
+        });
+        // Subscribed before anything is killed.
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            _child: child,
+            lines,
         }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    }
 
-    // The container's first process, small and alive throughout.
+    /// Waits for the OOM event of `pid` and asserts it arrived within a
+    /// second of `killed_at`.
+    fn expect_within_a_second(&self, pid: u32, killed_at: Instant) {
+        let (arrived, line) = wait_for(
+            Duration::from_secs(10),
+            "the OOM event at the aggregator",
+            || {
+                self.lines
+                    .try_iter()
+                    .find(|(_, l)| l.contains(&format!("\"pid\":{pid}")))
+            },
+        );
+        let latency = arrived.saturating_duration_since(killed_at);
+        println!(
+            "OOM kill of pid {pid} → `nodewatch events --follow`: {} ms",
+            latency.as_millis()
+        );
+        assert!(
+            latency < Duration::from_secs(1),
+            "event took {latency:?}: {line}"
+        );
+    }
+}
+
+/// Starts a first process in `cg` that stays alive, then a second that
+/// allocates until the OOM killer takes it; returns the first (still
+/// running), the second's pid and when its death was seen.
+fn kill_a_second_process(cg: &PodCgroup) -> (Reaped, u32, Instant) {
     let mut first = Reaped(cg.spawn("sleep 120"));
     wait_for(
         Duration::from_secs(5),
@@ -226,41 +287,77 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
         first.0.try_wait().unwrap().is_none(),
         "the first process died too: the kill was not of the second one alone"
     );
+    (first, pid, killed_at)
+}
 
-    let (arrived, line) = wait_for(
-        Duration::from_secs(10),
-        "the OOM event at the aggregator",
-        || {
-            line_rx
-                .try_iter()
-                .find(|(_, l)| l.contains(&format!("\"pid\":{pid}")))
-        },
-    );
-    let latency = arrived.saturating_duration_since(killed_at);
-    println!(
-        "OOM kill of pid {pid} → `nodewatch events --follow`: {} ms",
-        latency.as_millis()
-    );
-    assert!(
-        latency < Duration::from_secs(1),
-        "event took {latency:?}: {line}"
-    );
-
-    // The stored event, as `nodewatch events -o json` prints it.
-    let out = cli(&["events", "-o", "json"]).output().unwrap();
+/// The stored event of `pid`, as `nodewatch events -o json` prints it.
+fn stored_event(ops: &TlsFiles, agg: &Aggregator, pid: u32) -> serde_json::Value {
+    let out = operator_cli(ops, agg)
+        .args(["events", "-o", "json"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "nodewatch events: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let ev: serde_json::Value = text
+    let ev = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|e| e["oomKill"]["pid"] == pid)
         .unwrap_or_else(|| panic!("no event for pid {pid} in:\n{text}"));
-    let k = &ev["oomKill"];
     println!("event: {ev}");
+    ev
+}
+
+/// The value of node n1's series `name` with all of `labels`.
+fn metric(agg: &Aggregator, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    agg.metrics().lines().find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?.strip_prefix('{')?;
+        let ours = rest.contains("node=\"n1\"")
+            && labels
+                .iter()
+                .all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
+        ours.then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// Waits until `nodewatch_oom_kills_total` of node n1 with all of `labels`
+/// reaches `at_least`.
+fn wait_kill_count(agg: &Aggregator, labels: &[(&str, &str)], at_least: f64) {
+    let what = format!("nodewatch_oom_kills_total{labels:?} >= {at_least}");
+    wait_for(Duration::from_secs(5), &what, || {
+        metric(agg, "nodewatch_oom_kills_total", labels)
+            .filter(|v| *v >= at_least)
+            .map(|_| ())
+    });
+}
+
+#[test]
+fn oom_kill_of_a_second_process_names_pod_and_container() {
+    if !can_run() {
+        return;
+    }
+    let (pod_uid, container_id) = ids();
+    let cg = match PodCgroup::new(&cgroupfs_segments(&pod_uid, &container_id)) {
+        Ok(cg) => cg,
+        Err(what) => return missing(&what),
+    };
+
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    // With cost measurement on, the OOM program's runs are counted too.
+    let _agent = start_oom_agent(&pki, &agg, "ebpf_measure_cost: true\n");
+    let ops = pki.operator("ops");
+    let follow = Follow::start(&ops, &agg);
+
+    let (first, pid, killed_at) = kill_a_second_process(&cg);
+    follow.expect_within_a_second(pid, killed_at);
+
+    let ev = stored_event(&ops, &agg, pid);
+    let k = &ev["oomKill"];
     assert_eq!(ev["node"], "n1");
     assert_eq!(k["comm"], "tail", "{ev}");
     assert_eq!(k["cgroup"], cg.path.as_str(), "{ev}");
@@ -270,28 +367,15 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
 
     // The counter moved on the aggregator's /metrics, labelled with the pod
     // UID and container id (no kubelet names configured).
-    let series = wait_for(
-        Duration::from_secs(5),
-        "nodewatch_oom_kills_total for the pod",
-        || {
-            agg.metrics()
-                .lines()
-                .find(|l| {
-                    l.starts_with("nodewatch_oom_kills_total{")
-                        && l.contains(&format!("pod=\"{pod_uid}\""))
-                        && l.contains(&format!("container=\"{container_id}\""))
-                        && l.contains("comm=\"tail\"")
-                        && l.contains("node=\"n1\"")
-                })
-                .map(str::to_string)
-        },
+    wait_kill_count(
+        &agg,
+        &[
+            ("pod", &pod_uid),
+            ("container", &container_id),
+            ("comm", "tail"),
+        ],
+        1.0,
     );
-    let value: f64 = series
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(value >= 1.0, "{series}");
 
     // `ebpf_measure_cost: true`: the kernel counted the OOM program's runs.
     let m = agg.metrics();
@@ -318,4 +402,199 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
     drop(follow);
     drop(first);
     drop(cg);
+}
+
+const TOKEN: &str = "oom-test-sa-token";
+
+/// One pod of the stand-in kubelet's list and the cgroup its container runs in.
+struct Pod {
+    namespace: &'static str,
+    name: &'static str,
+    container: &'static str,
+    uid: String,
+    container_id: String,
+    cg: PodCgroup,
+}
+
+impl Pod {
+    /// A kubelet `/pods` item: the fields the agent reads, in the shape
+    /// the kubelet serves them (containerd's `containerd://` id scheme).
+    fn item(&self) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+            "spec": {"containers": [{
+                "name": self.container,
+                "image": "docker.io/library/busybox:1.36",
+                "resources": {"limits": {"memory": LIMIT_BYTES.to_string()}}
+            }]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{
+                    "name": self.container,
+                    "containerID": format!("containerd://{}", self.container_id),
+                    "ready": true,
+                    "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}
+                }]
+            }
+        })
+    }
+
+    /// The `nodewatch_oom_kills_total` labels of a kill of `tail` here.
+    fn labels(&self) -> [(&str, &str); 4] {
+        [
+            ("namespace", self.namespace),
+            ("pod", self.name),
+            ("container", self.container),
+            ("comm", "tail"),
+        ]
+    }
+
+    /// Asserts a stored event names this pod and container.
+    fn assert_named(&self, ev: &serde_json::Value) {
+        let k = &ev["oomKill"];
+        assert_eq!(ev["node"], "n1");
+        assert_eq!(k["comm"], "tail", "{ev}");
+        assert_eq!(k["cgroup"], self.cg.path.as_str(), "{ev}");
+        assert_eq!(k["podUid"], self.uid.as_str(), "{ev}");
+        assert_eq!(k["containerId"], self.container_id.as_str(), "{ev}");
+        assert_eq!(k["namespace"], self.namespace, "{ev}");
+        assert_eq!(k["pod"], self.name, "{ev}");
+        assert_eq!(k["container"], self.container, "{ev}");
+    }
+}
+
+/// Accepts connections on `addr` and never answers: a kubelet that hangs
+/// (the slowest way to be unreachable, each read waits for the agent's
+/// timeout). Counts the connections it holds.
+struct HungKubelet {
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl HungKubelet {
+    fn at(addr: SocketAddr) -> Self {
+        // std sets SO_REUSEADDR: the port the stand-in just closed binds again.
+        let listener = TcpListener::bind(addr).unwrap();
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let keep = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().map_while(Result::ok) {
+                keep.lock().unwrap().push(tcp);
+            }
+        });
+        Self { held }
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+#[test]
+fn oom_kill_carries_namespace_pod_and_container_names_from_the_kubelet() {
+    if !can_run() {
+        return;
+    }
+    // One pod per kubelet cgroup driver's path shape.
+    let mut pods = Vec::new();
+    for (namespace, name, container, segments) in [
+        (
+            "shop",
+            "cart-5d8f7b-x2k9q",
+            "cart",
+            cgroupfs_segments as fn(&str, &str) -> Vec<String>,
+        ),
+        ("batch", "report-28711440-bq7lm", "render", systemd_segments),
+    ] {
+        let (uid, container_id) = ids();
+        let cg = match PodCgroup::new(&segments(&uid, &container_id)) {
+            Ok(cg) => cg,
+            Err(what) => return missing(&what),
+        };
+        pods.push(Pod {
+            namespace,
+            name,
+            container,
+            uid,
+            container_id,
+            cg,
+        });
+    }
+    // A pod of another container runtime's id scheme, not killed: the list
+    // is read whole, not only the entries the test looks up.
+    let mut items: Vec<serde_json::Value> = pods.iter().map(Pod::item).collect();
+    items.push(serde_json::json!({
+        "metadata": {"name": "dns-6f6b679f8f-7lq2x", "namespace": "kube-system", "uid": "0d08203e-255a-11e9-8cd9-0007cb0b2cc8"},
+        "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.11.3"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "coredns",
+            "containerID": "cri-o://49f9e8e5395d57c1083996c09e2e6f042d5fe1ec0310facab32f94912b35ce59"}]}
+    }));
+    let list =
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "items": items}).to_string();
+
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    // The kubelet's default serving certificate: self-signed.
+    let cert = rcgen::generate_simple_self_signed(vec!["n1".to_string()]).unwrap();
+    let mut kubelet = FakeServer::start(
+        &cert.cert.pem(),
+        &cert.signing_key.serialize_pem(),
+        TOKEN,
+        move |path| match path {
+            "/pods" => ("200 OK", list.clone()),
+            _ => ("404 Not Found", r#"{"kind":"Status","code":404}"#.into()),
+        },
+    );
+    let token = pki.path("sa-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let _agent = start_oom_agent(
+        &pki,
+        &agg,
+        &format!(
+            "kubernetes:\n  kubelet_url: https://127.0.0.1:{}\n  token_file: {}\n  kubelet_insecure_skip_verify: true\n  refresh: 1s\n",
+            kubelet.addr.port(),
+            token.display(),
+        ),
+    );
+    // The agent has read the list (it fills the OOM name cache before it
+    // reports the pod count).
+    wait_for(Duration::from_secs(30), "nodewatch_node_pods 3", || {
+        (metric(&agg, "nodewatch_node_pods", &[]) == Some(3.0)).then_some(())
+    });
+    assert!(kubelet
+        .requests()
+        .iter()
+        .all(|(p, a)| p == "/pods" && a == &format!("Bearer {TOKEN}")));
+
+    let ops = pki.operator("ops");
+    let follow = Follow::start(&ops, &agg);
+    let mut alive = Vec::new();
+    for pod in &pods {
+        let (first, pid, killed_at) = kill_a_second_process(&pod.cg);
+        alive.push(first);
+        follow.expect_within_a_second(pid, killed_at);
+        pod.assert_named(&stored_event(&ops, &agg, pid));
+        wait_kill_count(&agg, &pod.labels(), 1.0);
+    }
+
+    // The kubelet hangs: the agent's reads wait for their timeout. The next
+    // kill is still at the aggregator within a second, named from the last
+    // list read.
+    let addr = kubelet.addr;
+    kubelet.shut_down();
+    let hung = HungKubelet::at(addr);
+    wait_for(
+        Duration::from_secs(10),
+        "the agent waiting on the hung kubelet",
+        || (hung.connections() > 0).then_some(()),
+    );
+    let pod = &pods[0];
+    let (first, pid, killed_at) = kill_a_second_process(&pod.cg);
+    alive.push(first);
+    follow.expect_within_a_second(pid, killed_at);
+    pod.assert_named(&stored_event(&ops, &agg, pid));
+    wait_kill_count(&agg, &pod.labels(), 2.0);
+
+    drop(follow);
+    drop(alive);
+    drop(pods);
 }
