@@ -1,10 +1,14 @@
-//! Reading FreeBSD kernel state: sysctls by name (`sysctlbyname(3)`) and
-//! interface counters (`getifaddrs(3)`).
+//! Reading FreeBSD kernel state: sysctls by name and interface counters
+//! (`getifaddrs(3)`).
 //!
-//! This is the one module of the agent allowed `unsafe`: both calls are C
-//! interfaces with raw buffers. Everything unsafe is small, checked against
-//! the sizes the kernel reports, and wrapped in safe functions; the rest of
-//! the FreeBSD code only sees `u64`s and `String`s.
+//! Scalar sysctls (kstat/ARC, `vm.stats.*`, `hw.*`) go through the `sysctl`
+//! crate. Two reads stay on the C interfaces, the one place in the agent
+//! allowed `unsafe`: array sysctls (`kern.cp_times`, `kern.clockrate`), of
+//! which the crate returns only the first element (its `value()` decodes one
+//! integer of the sysctl's type), and the per-interface `struct if_data`,
+//! which `nix::ifaddrs` does not expose. Everything unsafe is small, checked
+//! against the sizes the kernel reports, and wrapped in safe functions; the
+//! rest of the FreeBSD code only sees `u64`s and `String`s.
 //!
 //! The parsers at the end (`sysctl` command output) are pure and compile on
 //! every OS, so the collectors' tests run anywhere on captured output.
@@ -86,18 +90,24 @@ mod imp {
         Err(io::Error::from_raw_os_error(libc::ENOMEM))
     }
 
-    /// An unsigned integer sysctl of 4 or 8 bytes (`u_int`, `u_long`, `uint64_t`).
+    /// An integer sysctl (`u_int`, `u_long`, `uint64_t`, …) as `u64`;
+    /// negative values are an error rather than wrapped.
     pub fn read_u64(name: &str) -> io::Result<u64> {
-        let b = read_raw(name)?;
-        match b.len() {
-            4 => Ok(u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))),
-            8 => Ok(u64::from_ne_bytes([
-                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-            ])),
-            n => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{name}: {n} bytes, expected 4 or 8"),
-            )),
+        use sysctl::{Ctl, CtlValue, Sysctl as _};
+        let bad =
+            |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {why}"));
+        let value = Ctl::new(name)
+            .and_then(|c| c.value())
+            .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+        let signed = |v: i64| u64::try_from(v).map_err(|_| bad(format!("negative value {v}")));
+        match value {
+            CtlValue::Uint(v) | CtlValue::U32(v) => Ok(u64::from(v)),
+            CtlValue::Ulong(v) | CtlValue::U64(v) => Ok(v),
+            CtlValue::U16(v) => Ok(u64::from(v)),
+            CtlValue::U8(v) => Ok(u64::from(v)),
+            CtlValue::Int(v) | CtlValue::S32(v) => signed(i64::from(v)),
+            CtlValue::Long(v) | CtlValue::S64(v) => signed(v),
+            other => Err(bad(format!("not an integer: {other:?}"))),
         }
     }
 
