@@ -394,6 +394,20 @@ impl IngestService {
         }
         let acked = self.nodes.connect(&node, &hello, peer.clone(), now_ms());
         metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
+        // A node's trouble counters exist at 0 from its first stream on, so
+        // an alert on their increase sees the first error.
+        for kind in [
+            "decode",
+            "bad_frame",
+            "limit",
+            "block_decode",
+            "seq_backwards",
+        ] {
+            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(0);
+        }
+        for limit in ["frame_bytes", "series", "samples_per_second"] {
+            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => limit).increment(0);
+        }
         info!(%node, %peer, agent_version = %hello.agent_version, acked, "Agent connected.");
         let welcome = Welcome {
             node: node.to_string(),

@@ -112,6 +112,11 @@ fn recorder() -> Result<PrometheusHandle, ServerError> {
 /// Binds the ports and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
     let own = recorder()?;
+    // Counters that only move on trouble are exported at 0 from the start,
+    // so rate() and dashboards see them before the first denial.
+    for rpc in ["ingest", "query", "hello_identity"] {
+        metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(0);
+    }
     // With bootstrap on, clients may connect without a certificate, for that one RPC.
     let anonymous = config.bootstrap.is_some();
     let server_tls = Reloadable::new(tls::server_config_with(&config.tls, anonymous)?);

@@ -203,6 +203,10 @@ fn a_node_over_its_limits_gets_an_error_and_a_metric_and_others_are_fine() {
                 l.starts_with("nodewatch_aggregator_node_limit_hits_total{")
                     && l.contains("node=\"greedy\"")
                     && l.contains("limit=\"series\"")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
             })
             .then_some(())
     });
