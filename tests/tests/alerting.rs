@@ -429,8 +429,9 @@ fn alerts_reach_an_alertmanager_behind_basic_auth() {
         "the alert through basic auth",
         || hook.find("BehindBasicAuth"),
     );
+    // A refused send is logged as "<url> answered 401 Unauthorized".
     assert!(
-        !agg.proc.log_text().contains("401"),
+        !agg.proc.log_text().contains("answered 401"),
         "{}",
         agg.proc.log_text()
     );
