@@ -1564,6 +1564,42 @@ mod tests {
         assert!(parse_status_json("{}").is_err());
     }
 
+    /// The same pool as JSON (`zpool status -j`) and as text: the same
+    /// vdev paths, error counts, pool state and data errors. The man page's
+    /// JSON says `HEALTHY` where the text (and released OpenZFS) says
+    /// `ONLINE`; that is the one difference allowed.
+    #[test]
+    fn json_and_text_forms_agree() {
+        let json =
+            parse_status_json(&fixture_text("zfs/zpool-status-j-manpage-example.json")).unwrap();
+        let text = parse_status_text(&fixture_text(
+            "zfs/zpool-status-text-of-manpage-json-example.txt",
+        ));
+        assert_eq!(json.len(), 1);
+        assert_eq!(text.len(), 1);
+        let (j, t) = (&json[0], &text[0]);
+        assert_eq!((&j.name, &j.state), (&t.name, &t.state));
+        assert_eq!(j.data_errors, t.data_errors);
+        let rows =
+            |p: &PoolStatus| -> Vec<(String, String, Option<u64>, Option<u64>, Option<u64>)> {
+                let mut v: Vec<_> = p
+                    .vdevs
+                    .iter()
+                    .map(|d| {
+                        let state = if d.state == "HEALTHY" {
+                            "ONLINE".to_string()
+                        } else {
+                            d.state.clone()
+                        };
+                        (d.path.clone(), state, d.read, d.write, d.checksum)
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+        assert_eq!(rows(j), rows(t));
+    }
+
     #[test]
     fn json_scan_stats() {
         let text = r#"{"pools":{"p":{"name":"p","state":"ONLINE","scan_stats":{"function":"SCRUB","state":"FINISHED","end_time":"1700000000","errors":"2"}},
