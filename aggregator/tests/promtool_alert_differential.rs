@@ -79,6 +79,8 @@ const ANNOTATIONS: &[&str] = &[
     "{{ printf \"%.2f\" $value }} {{ .Labels.job }}",
     "{{ if gt $value 7.0 }}high{{ else }}elevated{{ end }} ({{ $externalLabels.dc }})",
     "{{ $value | humanizeDuration }}",
+    "{{ with query \"sum(m)\" }}{{ . | first | value | humanize }}{{ else }}none{{ end }} {{ $labels.job }}",
+    "{{ range query \"m > 2\" | sortByLabel \"instance\" }}{{ .Labels.instance }}={{ printf \"%.1f\" .Value }} {{ end }}",
 ];
 
 #[test]

@@ -21,7 +21,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   fi
 fi
 export RUSTC_BOOTSTRAP=1
-targets=(procfs zpool pfctl spool_segment agent_config rules agent_frame pod_list sample_block)
+targets=(procfs zpool pfctl spool_segment agent_config rules agent_frame pod_list sample_block template)
 cargo fuzz build --fuzz-dir "$here" -s none --debug-assertions
 status=0
 for t in "${targets[@]}"; do

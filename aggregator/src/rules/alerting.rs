@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::file::RuleSpec;
-use super::template::TemplateData;
+use super::template::{QueryFn, TemplateData};
 use super::RuleError;
 use crate::promql::{Labels, Sample, METRIC_NAME};
 
@@ -108,12 +108,12 @@ pub(crate) struct AlertingState {
 
 impl AlertingState {
     /// Applies one evaluation result at `t` and returns the `ALERTS` and
-    /// `ALERTS_FOR_STATE` samples.
+    /// `ALERTS_FOR_STATE` samples; `query` serves the templates' `query`.
     pub(crate) fn update(
         &mut self,
         rule: &RuleSpec,
         result: Vec<Sample>,
-        t: i64,
+        (t, query): (i64, &QueryFn<'_>),
         ext: &ExternalContext,
         limit: u64,
     ) -> Result<Vec<Sample>, RuleError> {
@@ -128,6 +128,8 @@ impl AlertingState {
                 external_labels: ext.labels.clone(),
                 external_url: ext.url.clone(),
                 value: s.v,
+                time_ms: t,
+                query: Some(query),
             };
             // Template errors are shown in place, as Prometheus does.
             let expand = |tmpl: &super::template::Template| {

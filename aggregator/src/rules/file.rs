@@ -618,7 +618,7 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
                         continue;
                     }
                     if is_alert {
-                        match Template::parse(v) {
+                        match Template::parse_for_alert(&name, v) {
                             Ok(t) => out.push((k.clone(), v.clone(), t)),
                             Err(e) => push(format!("{field}.{k}: {e}")),
                         }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - `file`: the rule file format and its validation ([`load_file`]).
-//! - `template`: the Go-template subset of labels and annotations.
+//! - `template`: Go templates of labels and annotations.
 //! - `alerting`: the alert state machine and `ALERTS` series.
 //! - [`Group`]: evaluates a group's rules in order, keeping alert state and
 //!   writing staleness markers for series a rule stops producing.
@@ -260,7 +260,26 @@ impl Group {
             Value::String(_) => return Err(RuleError::NotAVector),
         };
         if rule.is_alert {
-            return alert_state.update(rule, vector, t, &self.external, self.spec.limit);
+            // Templates' `query` reads what the rule reads, at its time.
+            let query = |q: &str| -> Result<Vec<template::QuerySample>, String> {
+                let sample = |labels: &Labels, value| template::QuerySample {
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    value,
+                };
+                match self
+                    .engine
+                    .query(storage, q, t)
+                    .map_err(|e| e.to_string())?
+                {
+                    Value::Vector(v) => Ok(v.iter().map(|s| sample(&s.labels, s.v)).collect()),
+                    Value::Scalar(v) => Ok(vec![sample(&Labels::new(), v)]),
+                    Value::String(_) => Err("rule result is not a vector or scalar".into()),
+                }
+            };
+            return alert_state.update(rule, vector, (t, &query), &self.external, self.spec.limit);
         }
         // Recording rule (`RecordingRule.Eval`).
         let mut out = Vec::with_capacity(vector.len());

@@ -91,7 +91,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 }
 
 /// `url.QueryEscape`.
-fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
