@@ -345,7 +345,7 @@ fn bars(results: &[BenchResult]) -> Vec<Bar> {
 }
 
 /// Character budget of a bar's label in the left margin.
-const LABEL_CHARS: usize = 72;
+const LABEL_CHARS: usize = 84;
 
 /// nodewatch / peer as horizontal bars from 1.0 on a log scale: to the left
 /// nodewatch's figure is smaller, to the right larger; the colour says
