@@ -14,13 +14,17 @@
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, start_agent, wait_for,
-    Aggregator, Pki, NODE_EXPORTER_COLLECTORS,
+    find_program, free_port, http_get, missing, peer_name, process_cpu_ticks, spawn, start_agent,
+    wait_for, Aggregator, BenchResult, Better, Pki, NODE_EXPORTER_COLLECTORS,
 };
 
 const WINDOW: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_secs(5);
 const RATE: Duration = Duration::from_millis(100);
+/// Goal: at most half of node_exporter's CPU for the same collection.
+const GOAL_CPU_RATIO: f64 = 0.5;
+/// Goal: no more memory than node_exporter.
+const GOAL_MEMORY_RATIO: f64 = 1.0;
 
 fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -142,5 +146,24 @@ fn main() {
         ne_hwm as f64 / 1024.0,
         agent_hwm as f64 / ne_hwm as f64
     );
+    let peer = peer_name("node_exporter", &ne);
+    BenchResult::new(
+        "CPU per collection / scrape",
+        "ms",
+        agent_cpu_ms,
+        Better::Lower,
+    )
+    .peer(&peer, ne_cpu_ms)
+    .goal_ratio(GOAL_CPU_RATIO)
+    .record();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    BenchResult::new("RSS at end", "MiB", mib(agent_rss), Better::Lower)
+        .peer(&peer, mib(ne_rss))
+        .goal_ratio(GOAL_MEMORY_RATIO)
+        .record();
+    BenchResult::new("peak RSS (VmHWM)", "MiB", mib(agent_hwm), Better::Lower)
+        .peer(&peer, mib(ne_hwm))
+        .goal_ratio(GOAL_MEMORY_RATIO)
+        .record();
     println!("\nAgent CPU includes encoding and streaming each collection over mutual TLS; node_exporter's includes serving the scrape over HTTP.");
 }

@@ -24,8 +24,8 @@ use nodewatch_proto::v1::{
     agent_frame, event, AgentFrame, Batch, Event, Hello, Label, OomKill, Sample, SeriesDef,
 };
 use nodewatch_tests::{
-    channel, find_program, free_port, http_get, missing, spawn, start_alertmanager_with, wait_for,
-    Aggregator, AlertmanagerOptions, Pki, Webhook,
+    channel, find_program, free_port, http_get, missing, peer_name, spawn, start_alertmanager_with,
+    wait_for, Aggregator, AlertmanagerOptions, BenchResult, Better, Pki, Webhook,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +35,10 @@ use tokio_stream::StreamExt;
 const ALERTS: usize = 300;
 /// Alerts timed through Prometheus (each takes up to two 15 s intervals).
 const PROM_ALERTS: usize = 6;
+/// Goal for nodewatch's p99, in ms: an event-triggered evaluation alerts
+/// "within milliseconds, not after a scrape interval" (design §8); 100 ms is
+/// well inside the first and orders of magnitude below the second.
+const GOAL_P99_MS: f64 = 100.0;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -263,6 +267,27 @@ fn main() {
         ms(prom[0]),
         ms(prom[prom.len() - 1])
     );
+    let peer = format!(
+        "{} (15 s scrape, 15 s evaluation)",
+        peer_name("Prometheus", &prometheus)
+    );
+    BenchResult::new(
+        "batch to webhook via Alertmanager, p50",
+        "ms",
+        ms(pct(&nw, 50)),
+        Better::Lower,
+    )
+    .peer(&peer, ms(pct(&prom, 50)))
+    .record();
+    // Prometheus' side has too few alerts for a p99; the goal is the measure.
+    BenchResult::new(
+        "batch to webhook via Alertmanager, p99",
+        "ms",
+        ms(pct(&nw, 99)),
+        Better::Lower,
+    )
+    .goal(GOAL_P99_MS)
+    .record();
     if !same.is_empty() {
         let worst = same.iter().max().copied().unwrap_or_default();
         println!(

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, start_agent, wait_for,
-    Aggregator, Pki, NODE_EXPORTER_COLLECTORS,
+    find_program, free_port, http_get, missing, peer_name, process_cpu_ticks, spawn, start_agent,
+    wait_for, Aggregator, BenchResult, Better, Pki, NODE_EXPORTER_COLLECTORS,
 };
 
 /// The high-load window for ns per event.
@@ -426,6 +426,14 @@ fn main() {
         };
         println!("| `{p}` | {load} | {rate:.0} | {ns} | {goal} |");
     }
+    // Programs that saw events under the load; none of them has a peer.
+    for p in &attached {
+        if let Some(&(_, ns)) = full.get(p).filter(|(r, ns)| *r > 0.0 && ns.is_finite()) {
+            BenchResult::new(&format!("`{p}` per event"), "ns", ns, Better::Lower)
+                .goal(GOAL_NS)
+                .record();
+        }
+    }
     println!(
         "\n## Whole-process CPU at ~10k events/s ({} s, collection and scrape every {} s, {moderate_total:.0} events/s measured)\n",
         CPU_WINDOW.as_secs(),
@@ -446,6 +454,23 @@ fn main() {
     println!(
         "| BPF programs, in the tasks that fire them (Σ events/s × ns/event) | {bpf_percent:.2} % | |"
     );
+    let peer = format!(
+        "{} ({} collectors)",
+        peer_name("node_exporter", &ne),
+        NODE_EXPORTER_COLLECTORS.len()
+    );
+    BenchResult::new(
+        "agent CPU at ~10k events/s, all eBPF programs attached",
+        "% of a core",
+        cpu[0],
+        Better::Lower,
+    )
+    .peer(&peer, cpu[2])
+    .goal(GOAL_CPU_PERCENT)
+    .record();
+    BenchResult::new("agent CPU, eBPF off", "% of a core", cpu[1], Better::Lower)
+        .peer(&peer, cpu[2])
+        .record();
     drop(node_exporter);
     drop(plain);
     drop(agent);

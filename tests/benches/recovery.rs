@@ -22,7 +22,9 @@ use nodewatch_agent::collector::Paths;
 use nodewatch_agent::collectors::registry;
 use nodewatch_agent::runtime::{build_collectors, collect_once};
 use nodewatch_agent::spool::Spool;
-use nodewatch_tests::{query_scalar, start_agent, wait_for, Aggregator, Pki, Proc};
+use nodewatch_tests::{
+    query_scalar, start_agent, wait_for, Aggregator, BenchResult, Better, Pki, Proc,
+};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -64,6 +66,15 @@ fn spool_write_cost() {
         times[rounds * 99 / 100],
         times[rounds - 1],
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    BenchResult::new("spool append, mean", "ms", ms(mean), Better::Lower).record();
+    BenchResult::new(
+        "spool append, p99 (periodic fdatasync)",
+        "ms",
+        ms(times[rounds * 99 / 100]),
+        Better::Lower,
+    )
+    .record();
 }
 
 fn recovery() {
@@ -115,6 +126,28 @@ fn recovery() {
         "recovery: aggregator healthy {up:?} after restart; all {agents} agents caught up {caught_up:?} after restart; {samples} samples taken in, {:.0} samples/s",
         samples / caught_up.as_secs_f64()
     );
+    let setting = format!("{} s outage, {agents} agents", outage.as_secs());
+    BenchResult::new(
+        &format!("aggregator healthy after restart ({setting})"),
+        "ms",
+        up.as_secs_f64() * 1000.0,
+        Better::Lower,
+    )
+    .record();
+    BenchResult::new(
+        &format!("every agent caught up after restart ({setting})"),
+        "s",
+        caught_up.as_secs_f64(),
+        Better::Lower,
+    )
+    .record();
+    BenchResult::new(
+        &format!("samples taken in while catching up ({setting})"),
+        "samples/s",
+        samples / caught_up.as_secs_f64(),
+        Better::Higher,
+    )
+    .record();
     drop(procs);
 }
 

@@ -19,6 +19,10 @@
 //! results small. Every expression's result size is compared so both
 //! evaluate the same thing.
 //!
+//! Apart from the pack, and after it (so the pack's figures compare with
+//! earlier runs), [`QUERIES`] time what `nodewatch query` or a dashboard
+//! asks: every selected series back, tens of thousands of them.
+//!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p nodewatch-tests --bench rules_vs_prometheus`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // One quoting style for the whole pack, whether an expression has quotes or not.
@@ -35,7 +39,8 @@ use nodewatch_proto::v1::{
     agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, QueryRequest, Sample, SeriesDef,
 };
 use nodewatch_tests::{
-    channel, find_program, free_port, http_get, missing, spawn, wait_for, Aggregator, Pki,
+    channel, find_program, free_port, http_get, missing, peer_name, spawn, wait_for, Aggregator,
+    BenchResult, Better, Pki,
 };
 
 /// Simulated nodes.
@@ -46,6 +51,19 @@ const STEP_S: i64 = 30;
 const POINTS: i64 = 21;
 /// Full-pack evaluations timed per side (after one warm-up).
 const ROUNDS: usize = 5;
+
+/// Goal for the pack: half of Prometheus' time.
+const GOAL_PACK_RATIO: f64 = 0.5;
+
+/// Queries with large, unaggregated results, timed apart from the pack:
+/// (what it is, expression).
+const QUERIES: &[(&str, &str)] = &[
+    ("plain selector over all nodes", "node_cpu_seconds_total"),
+    (
+        "rate, not aggregated",
+        "rate(node_network_receive_bytes_total[5m])",
+    ),
+];
 
 /// The pack: what node-mixin's recording and alerting rules compute.
 const PACK: &[&str] = &[
@@ -431,6 +449,22 @@ fn prom_query(addr: std::net::SocketAddr, expr: &str, t_s: i64) -> usize {
     }
 }
 
+/// Prometheus' raw answer and the number of series in it. Only the HTTP
+/// exchange is timed: parsing the JSON here is the client's cost, and the
+/// large answers of [`QUERIES`] would make it a noticeable part of the figure.
+fn prom_fetch(addr: std::net::SocketAddr, expr: &str, t_s: i64) -> (Duration, usize) {
+    let start = Instant::now();
+    let (status, body) = http_get(
+        addr,
+        &format!("/api/v1/query?query={}&time={t_s}", escape(expr)),
+    )
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{expr}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (took, v["data"]["result"].as_array().map_or(1, Vec::len))
+}
+
 fn main() {
     let Some(prometheus) = find_program("prometheus") else {
         return missing("prometheus (Debian package `prometheus`)");
@@ -556,6 +590,27 @@ fn main() {
     }
     nw.sort();
     prom.sort();
+
+    // The large queries, each side back to back per round, after one warm-up.
+    let mut query_times = Vec::new();
+    for (what, expr) in QUERIES {
+        let a = nw_query(expr);
+        let (_, b) = prom_fetch(paddr, expr, end_s);
+        if a != b {
+            mismatches.push(format!("{expr}: nodewatch {a} series, Prometheus {b}"));
+        }
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            nw_query(expr);
+            ours.push(t.elapsed());
+            theirs.push(prom_fetch(paddr, expr, end_s).0);
+        }
+        ours.sort();
+        theirs.sort();
+        query_times.push((*what, *expr, a, ours[ROUNDS / 2], theirs[ROUNDS / 2]));
+    }
+
     let (a, b) = (nw[ROUNDS / 2], prom[ROUNDS / 2]);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
@@ -596,6 +651,49 @@ fn main() {
             ms(*b) / ROUNDS as f64
         );
     }
+    println!(
+        "\nLarge results, apart from the pack (median of {ROUNDS}; nodewatch's time includes decoding the protobuf answer, Prometheus' only receiving its JSON):\n"
+    );
+    println!("| query | series | nodewatch | Prometheus | ratio (nodewatch / Prometheus) |");
+    println!("|---|---:|---|---|---|");
+    for (what, expr, series, ours, theirs) in &query_times {
+        println!(
+            "| {what}: `{expr}` | {series} | {:.1} ms | {:.1} ms | {:.2}× |",
+            ms(*ours),
+            ms(*theirs),
+            ms(*ours) / ms(*theirs)
+        );
+    }
+
+    let peer = peer_name("Prometheus", &prometheus);
+    BenchResult::new(
+        &format!("full pack of {} expressions (median)", PACK.len()),
+        "ms",
+        ms(a),
+        Better::Lower,
+    )
+    .peer(&peer, ms(b))
+    .goal_ratio(GOAL_PACK_RATIO)
+    .record();
+    BenchResult::new(
+        &format!("full pack of {} expressions (best)", PACK.len()),
+        "ms",
+        ms(nw[0]),
+        Better::Lower,
+    )
+    .peer(&peer, ms(prom[0]))
+    .record();
+    for (_, expr, series, ours, theirs) in &query_times {
+        BenchResult::new(
+            &format!("query `{expr}`, {series} series (median)"),
+            "ms",
+            ms(*ours),
+            Better::Lower,
+        )
+        .peer(&peer, ms(*theirs))
+        .record();
+    }
+
     if mismatches.is_empty() {
         println!("\nEvery expression returned the same number of series on both sides.");
     } else {

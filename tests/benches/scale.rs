@@ -36,7 +36,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, find_program, free_port, http_get, missing, spawn, wait_for, Aggregator, Pki, Proc,
+    bin, find_program, free_port, http_get, missing, peer_name, spawn, wait_for, Aggregator,
+    BenchResult, Better, Pki, Proc,
 };
 
 const SERIES_PER_NODE: usize = 1500;
@@ -52,6 +53,10 @@ const COLLECTIONS: usize = 4;
 const COLLECTION_INTERVAL: Duration = Duration::from_secs(10);
 const WIRE_NODES: usize = 10;
 const WIRE_WINDOW: &str = "60s";
+/// Goal for the stream in sample blocks: bytes on the wire per sample, TLS included.
+const GOAL_WIRE_BYTES_PER_SAMPLE: f64 = 2.0;
+/// What the wire figures are compared with: a format, not a process.
+const TEXT_PEER: &str = "Prometheus text exposition (uncompressed)";
 
 fn loadgen(args: &[String]) -> serde_json::Value {
     let out = std::process::Command::new(bin("nodewatch-loadgen"))
@@ -256,6 +261,23 @@ fn main() {
             "| wire: bytes per sample, plain samples (older agents) | {wire_plain_bps:.2} | {text_bps:.2} | {:.2}× |",
             wire_plain_bps / text_bps
         );
+        BenchResult::new(
+            "wire: bytes per sample, sample blocks (TLS included)",
+            "B",
+            wire_bps,
+            Better::Lower,
+        )
+        .peer(TEXT_PEER, text_bps)
+        .goal(GOAL_WIRE_BYTES_PER_SAMPLE)
+        .record();
+        BenchResult::new(
+            "wire: bytes per sample, plain samples (older agents)",
+            "B",
+            wire_plain_bps,
+            Better::Lower,
+        )
+        .peer(TEXT_PEER, text_bps)
+        .record();
     };
     if std::env::var("NODEWATCH_BENCH_SCALE").as_deref() == Ok("wire") {
         println!("\n| measure | nodewatch | Prometheus text | ratio |");
@@ -389,4 +411,29 @@ fn main() {
     );
     wire_rows();
     println!("\n({} s in all)", started.elapsed().as_secs());
+    let peer = peer_name("Prometheus", &prometheus);
+    BenchResult::new(
+        &format!("ingest: samples/s held, ack p99 ≤ 1 s ({on} nodes / Prometheus {tn})"),
+        "samples/s",
+        osps,
+        Better::Higher,
+    )
+    .peer(&format!("{peer} remote-write receiver"), tsps)
+    .record();
+    BenchResult::new(
+        "memory: bytes per active series (RSS growth)",
+        "B",
+        ours_mem,
+        Better::Lower,
+    )
+    .peer(&peer, theirs_mem_delta)
+    .record();
+    BenchResult::new(
+        "memory: bytes per sample (RSS growth)",
+        "B",
+        ours_mem / per_series,
+        Better::Lower,
+    )
+    .peer(&peer, theirs_mem_delta / per_series)
+    .record();
 }

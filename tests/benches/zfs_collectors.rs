@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use nodewatch_agent::collector::{Paths, Sink};
 use nodewatch_tests::{
-    find_program, free_port, http_get, missing, process_cpu_ticks, spawn, wait_for,
+    find_program, free_port, http_get, missing, peer_name, process_cpu_ticks, spawn, wait_for,
+    BenchResult, Better,
 };
 
 const RUNS: u32 = 2000;
@@ -77,6 +78,15 @@ fn main() {
         fb_series = sink.samples.len();
     });
 
+    // Recorded before looking for node_exporter: it has no peer to wait for.
+    BenchResult::new(
+        "FreeBSD parsers (ARC sysctls, pfctl -si, zpool list/status), CPU per collection",
+        "ms",
+        ours_freebsd.as_secs_f64() * 1000.0,
+        Better::Lower,
+    )
+    .record();
+
     let Some(ne) =
         find_program("prometheus-node-exporter").or_else(|| find_program("node_exporter"))
     else {
@@ -116,5 +126,13 @@ fn main() {
         "| FreeBSD parsers: ARC sysctls, pfctl -si, zpool list, zpool status | {:.3} ms, {fb_series} series | (no FreeBSD pool/pf collector) | |",
         ours_freebsd.as_secs_f64() * 1000.0
     );
+    BenchResult::new(
+        "Linux ZFS kstats on node_exporter's fixtures, CPU per collection",
+        "ms",
+        z,
+        Better::Lower,
+    )
+    .peer(&peer_name("node_exporter", &ne), ne_ms)
+    .record();
     println!("\nnodewatch: CPU time of the collecting thread, mean of {RUNS} runs; node_exporter: process CPU per scrape over {scrapes} scrapes (10 ms tick resolution).");
 }
