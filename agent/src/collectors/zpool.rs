@@ -1564,6 +1564,9 @@ mod tests {
         assert!(parse_status_json("{}").is_err());
     }
 
+    /// A vdev as both forms can say it: path, state, read/write/checksum errors.
+    type VdevRow = (String, String, Option<u64>, Option<u64>, Option<u64>);
+
     /// The same pool as JSON (`zpool status -j`) and as text: the same
     /// vdev paths, error counts, pool state and data errors. The man page's
     /// JSON says `HEALTHY` where the text (and released OpenZFS) says
@@ -1580,23 +1583,22 @@ mod tests {
         let (j, t) = (&json[0], &text[0]);
         assert_eq!((&j.name, &j.state), (&t.name, &t.state));
         assert_eq!(j.data_errors, t.data_errors);
-        let rows =
-            |p: &PoolStatus| -> Vec<(String, String, Option<u64>, Option<u64>, Option<u64>)> {
-                let mut v: Vec<_> = p
-                    .vdevs
-                    .iter()
-                    .map(|d| {
-                        let state = if d.state == "HEALTHY" {
-                            "ONLINE".to_string()
-                        } else {
-                            d.state.clone()
-                        };
-                        (d.path.clone(), state, d.read, d.write, d.checksum)
-                    })
-                    .collect();
-                v.sort();
-                v
-            };
+        let rows = |p: &PoolStatus| -> Vec<VdevRow> {
+            let mut v: Vec<_> = p
+                .vdevs
+                .iter()
+                .map(|d| {
+                    let state = if d.state == "HEALTHY" {
+                        "ONLINE".to_string()
+                    } else {
+                        d.state.clone()
+                    };
+                    (d.path.clone(), state, d.read, d.write, d.checksum)
+                })
+                .collect();
+            v.sort();
+            v
+        };
         assert_eq!(rows(j), rows(t));
     }
 
