@@ -84,11 +84,20 @@ struct tcp_peer_counts {
 };
 
 /*
- * Distinct drop reasons kept. enum skb_drop_reason has 128 core values in
- * v6.18 (SKB_DROP_REASON_MAX) plus subsystem ranges in the high 16 bits
- * (SKB_DROP_REASON_SUBSYS_MASK, include/net/dropreason.h); 1024 leaves room
- * for both on future kernels. A reason seen when the map is full is counted
- * under NW_SKB_DROP_OVERFLOW_KEY.
+ * Drop reasons counted in a per-CPU array indexed by the reason itself: an
+ * array lookup is inlined by the verifier into an address computation, where
+ * a hash lookup is a call that hashes the key and walks a bucket. enum
+ * skb_drop_reason has 128 core values in v6.18 (SKB_DROP_REASON_MAX, include/net/dropreason-core.h,
+ * a few more each release); 256 slots leave room for years of them.
+ */
+#define NW_SKB_DROP_CORE_SLOTS 256
+
+/*
+ * Reasons at or above NW_SKB_DROP_CORE_SLOTS: the subsystem ranges in the
+ * high 16 bits (SKB_DROP_REASON_SUBSYS_MASK, include/net/dropreason.h:
+ * mac80211, openvswitch) and any core value past the array. They go to a
+ * per-CPU hash bounded at 1024 distinct reasons; a reason seen when that is
+ * full is counted under NW_SKB_DROP_OVERFLOW_KEY.
  */
 #define NW_SKB_DROP_MAX_REASONS 1024
 #define NW_SKB_DROP_OVERFLOW_KEY 0xffffffffu

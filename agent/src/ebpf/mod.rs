@@ -540,11 +540,14 @@ impl Ebpf {
                         tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
                         skb_drop::ReasonNames::new()
                     });
-                    if let Some(m) = bpf
+                    let core = bpf
+                        .take_map(skb_drop::CORE_MAP)
+                        .and_then(|m| PerCpuArray::try_from(m).ok());
+                    let other = bpf
                         .take_map(skb_drop::MAP)
-                        .and_then(|m| PerCpuHashMap::try_from(m).ok())
-                    {
-                        state.skb_drop = Some(skb_drop::SkbDrop::new(m, names));
+                        .and_then(|m| PerCpuHashMap::try_from(m).ok());
+                    if let (Some(core), Some(other)) = (core, other) {
+                        state.skb_drop = Some(skb_drop::SkbDrop::new(core, other, names));
                     }
                 }
                 "blockio" if attached("block_rq_complete") => {
