@@ -117,7 +117,8 @@ struct tcp_peer_counts {
 #define NW_BIO_SLOTS 28
 
 /*
- * In-flight requests tracked between issue and completion. A queue holds at
+ * In-flight requests tracked between issue and completion by the classic
+ * tracepoint pair (blockio.bpf.c; the tp_btf program needs no such map). A queue holds at
  * most nr_requests (default 256 per hardware queue, BLKDEV_DEFAULT_RQ in
  * include/linux/blkdev.h); 16384 covers 64 such queues. An LRU map: when
  * full, the oldest start is dropped (that request is not timed).
@@ -133,9 +134,25 @@ struct bio_start_key {
 	__u32 _pad;
 };
 
+/*
+ * Where a histogram's interval starts (bio_hist_key.from). Both end at
+ * block_rq_complete.
+ *  ISSUE: the driver was handed the request (block_rq_issue; in the tp_btf
+ *         program rq->io_start_time_ns, stamped at the same point in
+ *         blk_mq_start_request() when the queue keeps I/O statistics, e.g.
+ *         for writeback throttling).
+ *  ALLOC: the request was allocated for its first bio (rq->start_time_ns,
+ *         the start of the kernel's own diskstats time): includes time in
+ *         the plug, the I/O scheduler and waiting for a driver tag. Used by
+ *         the tp_btf program only where the issue time is not stamped.
+ */
+#define NW_BIO_FROM_ISSUE 0
+#define NW_BIO_FROM_ALLOC 1
+
 struct bio_hist_key {
 	__u32 dev;
 	__u32 op;   /* NW_BIO_OP_* */
+	__u32 from; /* NW_BIO_FROM_* */
 };
 
 struct bio_hist {
@@ -150,7 +167,7 @@ _Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
 _Static_assert(sizeof(struct tcp_peer_key) == 20, "tcp_peer_key layout");
 _Static_assert(sizeof(struct tcp_peer_counts) == 24, "tcp_peer_counts layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
-_Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");
+_Static_assert(sizeof(struct bio_hist_key) == 12, "bio_hist_key layout");
 _Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");
 
 #endif /* NODEWATCH_H */
