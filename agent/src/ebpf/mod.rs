@@ -608,7 +608,15 @@ impl Ebpf {
                 }
                 _ => {}
             }
-            objects.push(bpf);
+            // An object none of whose programs attached (the block tp_btf
+            // object under lockdown=confidentiality) would only keep its maps.
+            if obj
+                .programs
+                .iter()
+                .any(|p| attached_in(&programs, p.program))
+            {
+                objects.push(bpf);
+            }
         }
 
         if cfg.measure_cost {
