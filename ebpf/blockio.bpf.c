@@ -3,6 +3,10 @@
  * Block I/O latency per device and operation, issue to completion, as log2
  * histograms in the kernel (the biolatency approach of bcc/ebpf_exporter).
  *
+ * The fallback for kernels where blockio_btf.bpf.c cannot load (before
+ * v5.15, or lockdown=confidentiality): it pays for an in-flight map, an
+ * update at every issue and a lookup and delete at every completion.
+ *
  * The classic block_rq_issue/block_rq_complete tracepoints do not carry the
  * struct request pointer, so a request is keyed by (dev, sector); only the
  * record is read, which keeps the program loadable under
@@ -13,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "nodewatch.h"
+#include "blockio.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -27,21 +32,6 @@ struct {
 	__type(key, struct bio_start_key);
 	__type(value, __u64);
 } bio_start SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NW_BIO_HISTS);
-	__type(key, struct bio_hist_key);
-	__type(value, struct bio_hist);
-} block_io_latency SEC(".maps");
-
-/* Scratch space for a new histogram (too large for the 512-byte stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct bio_hist);
-} bio_zero SEC(".maps");
 
 SEC("tracepoint/block/block_rq_issue")
 int block_rq_issue(struct trace_event_raw_block_rq *ctx)
@@ -73,19 +63,6 @@ static __always_inline __u32 op_of(char c0, char c1)
 	}
 }
 
-static __always_inline __u32 log2_slot(__u64 v)
-{
-	__u32 slot = 0;
-#pragma unroll
-	for (int i = 0; i < NW_BIO_SLOTS - 1; i++) {
-		if (v >= 2) {
-			v >>= 1;
-			slot++;
-		}
-	}
-	return slot;
-}
-
 static __always_inline int complete(__u32 dev, __u64 sector, char c0, char c1)
 {
 	struct bio_start_key key = { .sector = sector, .dev = dev };
@@ -93,27 +70,10 @@ static __always_inline int complete(__u32 dev, __u64 sector, char c0, char c1)
 	if (!start)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 delta_us = now > *start ? (now - *start) / 1000 : 0;
+	/* Read before the delete: the element may be reused once freed. */
+	__u64 delta_ns = now > *start ? now - *start : 0;
 	bpf_map_delete_elem(&bio_start, &key);
-
-	struct bio_hist_key hk = { .dev = dev, .op = op_of(c0, c1) };
-	struct bio_hist *h = bpf_map_lookup_elem(&block_io_latency, &hk);
-	if (!h) {
-		__u32 zero = 0;
-		struct bio_hist *z = bpf_map_lookup_elem(&bio_zero, &zero);
-		if (!z)
-			return 0;
-		bpf_map_update_elem(&block_io_latency, &hk, z, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&block_io_latency, &hk);
-		if (!h)
-			return 0; /* map full: this device/op is not timed */
-	}
-	__u32 slot = log2_slot(delta_us);
-	if (slot >= NW_BIO_SLOTS)
-		slot = NW_BIO_SLOTS - 1;
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->sum_us, delta_us);
-	__sync_fetch_and_add(&h->count, 1);
+	record(dev, op_of(c0, c1), NW_BIO_FROM_ISSUE, delta_ns);
 	return 0;
 }
 

@@ -84,11 +84,20 @@ struct tcp_peer_counts {
 };
 
 /*
- * Distinct drop reasons kept. enum skb_drop_reason has 128 core values in
- * v6.18 (SKB_DROP_REASON_MAX) plus subsystem ranges in the high 16 bits
- * (SKB_DROP_REASON_SUBSYS_MASK, include/net/dropreason.h); 1024 leaves room
- * for both on future kernels. A reason seen when the map is full is counted
- * under NW_SKB_DROP_OVERFLOW_KEY.
+ * Drop reasons counted in a per-CPU array indexed by the reason itself: an
+ * array lookup is inlined by the verifier into an address computation, where
+ * a hash lookup is a call that hashes the key and walks a bucket. enum
+ * skb_drop_reason has 128 core values in v6.18 (SKB_DROP_REASON_MAX, include/net/dropreason-core.h,
+ * a few more each release); 256 slots leave room for years of them.
+ */
+#define NW_SKB_DROP_CORE_SLOTS 256
+
+/*
+ * Reasons at or above NW_SKB_DROP_CORE_SLOTS: the subsystem ranges in the
+ * high 16 bits (SKB_DROP_REASON_SUBSYS_MASK, include/net/dropreason.h:
+ * mac80211, openvswitch) and any core value past the array. They go to a
+ * per-CPU hash bounded at 1024 distinct reasons; a reason seen when that is
+ * full is counted under NW_SKB_DROP_OVERFLOW_KEY.
  */
 #define NW_SKB_DROP_MAX_REASONS 1024
 #define NW_SKB_DROP_OVERFLOW_KEY 0xffffffffu
@@ -108,7 +117,8 @@ struct tcp_peer_counts {
 #define NW_BIO_SLOTS 28
 
 /*
- * In-flight requests tracked between issue and completion. A queue holds at
+ * In-flight requests tracked between issue and completion by the classic
+ * tracepoint pair (blockio.bpf.c; the tp_btf program needs no such map). A queue holds at
  * most nr_requests (default 256 per hardware queue, BLKDEV_DEFAULT_RQ in
  * include/linux/blkdev.h); 16384 covers 64 such queues. An LRU map: when
  * full, the oldest start is dropped (that request is not timed).
@@ -124,9 +134,25 @@ struct bio_start_key {
 	__u32 _pad;
 };
 
+/*
+ * Where a histogram's interval starts (bio_hist_key.from). Both end at
+ * block_rq_complete.
+ *  ISSUE: the driver was handed the request (block_rq_issue; in the tp_btf
+ *         program rq->io_start_time_ns, stamped at the same point in
+ *         blk_mq_start_request() when the queue keeps I/O statistics, e.g.
+ *         for writeback throttling).
+ *  ALLOC: the request was allocated for its first bio (rq->start_time_ns,
+ *         the start of the kernel's own diskstats time): includes time in
+ *         the plug, the I/O scheduler and waiting for a driver tag. Used by
+ *         the tp_btf program only where the issue time is not stamped.
+ */
+#define NW_BIO_FROM_ISSUE 0
+#define NW_BIO_FROM_ALLOC 1
+
 struct bio_hist_key {
 	__u32 dev;
 	__u32 op;   /* NW_BIO_OP_* */
+	__u32 from; /* NW_BIO_FROM_* */
 };
 
 struct bio_hist {
@@ -141,7 +167,7 @@ _Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
 _Static_assert(sizeof(struct tcp_peer_key) == 20, "tcp_peer_key layout");
 _Static_assert(sizeof(struct tcp_peer_counts) == 24, "tcp_peer_counts layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
-_Static_assert(sizeof(struct bio_hist_key) == 8, "bio_hist_key layout");
+_Static_assert(sizeof(struct bio_hist_key) == 12, "bio_hist_key layout");
 _Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");
 
 #endif /* NODEWATCH_H */

@@ -39,16 +39,25 @@ static __always_inline void count_peer(struct tcp_peer_key *key, __u32 idx)
 {
 	if (key->family != NW_AF_INET && key->family != NW_AF_INET6)
 		return;
+	if (idx >= NW_TCP_COUNTERS)
+		return;
 	struct tcp_peer_counts *c = bpf_map_lookup_elem(&tcp_peers, key);
 	if (!c) {
-		struct tcp_peer_counts zero = {};
-		bpf_map_update_elem(&tcp_peers, key, &zero, BPF_NOEXIST);
+		/*
+		 * A new peer is inserted with its first count already in: one
+		 * hash operation instead of insert-zero-then-look-up-again. A
+		 * reset storm from a scan is mostly new peers.
+		 */
+		struct tcp_peer_counts first = {};
+		first.counts[idx] = 1;
+		if (bpf_map_update_elem(&tcp_peers, key, &first, BPF_NOEXIST) == 0)
+			return;
+		/* Another CPU inserted it first: add to its entry. */
 		c = bpf_map_lookup_elem(&tcp_peers, key);
 		if (!c)
 			return;
 	}
-	if (idx < NW_TCP_COUNTERS)
-		__sync_fetch_and_add(&c->counts[idx], 1);
+	__sync_fetch_and_add(&c->counts[idx], 1);
 }
 
 /*
@@ -60,29 +69,41 @@ static __always_inline void count_peer(struct tcp_peer_key *key, __u32 idx)
  * plain constant loads, with no bpf_probe_read (fine under lockdown).
  * Offsets are those of /sys/kernel/tracing/events/tcp/<event>/format on
  * v6.18, unchanged since the address fields were added (v4.15-v4.16).
+ *
+ * The address arrays carry the alignment their offsets have (2, or 4 for the
+ * sockaddr), so the copies below compile to 16- and 32-bit loads rather than
+ * one load per byte; the verifier accepts naturally aligned context loads.
  */
+#define A2 __attribute__((aligned(2)))
+#define A4 __attribute__((aligned(4)))
+
 struct rec_sk_skb_fixed {           /* tcp_retransmit_skb (tcp_event_sk_skb before v6.x) */
 	__u8 _head[32];
 	__u16 family;                   /* 32 */
-	__u8 saddr[4];                  /* 34 */
-	__u8 daddr[4];                  /* 38 */
-	__u8 saddr_v6[16];              /* 42 */
-	__u8 daddr_v6[16];              /* 58 */
+	__u8 saddr[4] A2;               /* 34 */
+	__u8 daddr[4] A2;               /* 38 */
+	__u8 saddr_v6[16] A2;           /* 42 */
+	__u8 daddr_v6[16] A2;           /* 58 */
 };
 
 struct rec_sk_fixed {               /* tcp_event_sk: tcp_receive_reset */
 	__u8 _head[20];
 	__u16 family;                   /* 20 */
-	__u8 saddr[4];                  /* 22 */
-	__u8 daddr[4];                  /* 26 */
-	__u8 saddr_v6[16];              /* 30 */
-	__u8 daddr_v6[16];              /* 46 */
+	__u8 saddr[4] A2;               /* 22 */
+	__u8 daddr[4] A2;               /* 26 */
+	__u8 saddr_v6[16] A2;           /* 30 */
+	__u8 daddr_v6[16] A2;           /* 46 */
 };
 
 struct rec_send_reset_fixed {       /* tcp_send_reset since v6.10 */
 	__u8 _head[60];
-	__u8 daddr[28];                 /* 60: struct sockaddr_in / sockaddr_in6 of the peer */
+	__u8 daddr[28] A4;              /* 60: struct sockaddr_in / sockaddr_in6 of the peer */
 };
+
+/* The alignment attributes must not move a field. */
+_Static_assert(__builtin_offsetof(struct rec_sk_skb_fixed, daddr_v6) == 58, "rec_sk_skb_fixed layout");
+_Static_assert(__builtin_offsetof(struct rec_sk_fixed, daddr_v6) == 46, "rec_sk_fixed layout");
+_Static_assert(__builtin_offsetof(struct rec_send_reset_fixed, daddr) == 60, "rec_send_reset_fixed layout");
 
 #define SAME_LAYOUT(type, fixed)                                                        \
 	(bpf_core_field_offset(type, family) == __builtin_offsetof(fixed, family) &&    \
@@ -132,8 +153,10 @@ int tcp_send_reset(void *ctx)
 		    __builtin_offsetof(struct rec_send_reset_fixed, daddr)) {
 		struct rec_send_reset_fixed *r = ctx;
 		struct tcp_peer_key key = {};
-		/* sa_family is host-endian; the objects target little-endian hosts (x86_64, arm64). */
-		key.family = r->daddr[0] | (r->daddr[1] << 8);
+		/* sa_family is host-endian: a 16-bit load reads it as is. */
+		__u16 family;
+		__builtin_memcpy(&family, r->daddr, sizeof(family));
+		key.family = family;
 		if (key.family == NW_AF_INET)
 			__builtin_memcpy(key.addr, &r->daddr[4], 4);   /* sin_addr */
 		else

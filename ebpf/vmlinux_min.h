@@ -48,6 +48,10 @@ enum {
 	BPF_EXIST = 2,
 };
 
+enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 /* include/linux/trace_events.h */
@@ -175,6 +179,29 @@ struct trace_event_raw_block_rq_with_error {
 };
 
 /*
+ * The request handed to tp_btf/block_rq_complete (TP_PROTO(struct request
+ * *rq, blk_status_t error, unsigned int nr_bytes) on v6.18; include/linux/
+ * blk-mq.h, blkdev.h). request_queue.disk exists since v5.15 (earlier
+ * kernels fail the relocation and get the classic tracepoint pair).
+ */
+struct gendisk {
+	int major;
+	int first_minor;
+};
+
+struct request_queue {
+	struct gendisk *disk;
+};
+
+struct request {
+	struct request_queue *q;
+	__u32 cmd_flags;          /* blk_opf_t: REQ_OP_* in the low REQ_OP_BITS */
+	unsigned int __data_len;  /* bytes not yet completed */
+	__u64 start_time_ns;      /* allocation, 0 when not stamped (blk_mq_rq_time_init) */
+	__u64 io_start_time_ns;   /* issue, 0 unless the queue keeps stats (blk_mq_start_request) */
+};
+
+/*
  * The path from a task to its memory cgroup's kernfs id, for the tp_btf
  * program (include/linux/sched.h, cgroup-defs.h, kernfs.h). kernfs_node.id
  * is a u64 since v5.5 and is what cgroupfs shows as the directory's inode
@@ -204,6 +231,17 @@ struct task_struct {
 };
 
 #pragma clang attribute pop
+
+/*
+ * include/linux/blk_types.h. Only the value that moved is listed: 13 in the
+ * older enum req_opf (v5.8), 7 in enum req_op on v6.18; it is relocated with
+ * bpf_core_enum_value behind bpf_core_enum_value_exists (a kernel with the
+ * old enum name gets zone appends under "other"). READ 0, WRITE 1, FLUSH 2,
+ * DISCARD 3, SECURE_ERASE 5 are the same in both.
+ */
+enum req_op {
+	REQ_OP_ZONE_APPEND = 7,
+};
 
 /* include/linux/cgroup_subsys.h order; relocated with bpf_core_enum_value. */
 enum cgroup_subsys_id {

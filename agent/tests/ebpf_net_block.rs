@@ -22,7 +22,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nodewatch_agent::ebpf::Ebpf;
+use nodewatch_agent::ebpf::{Ebpf, Lockdown, ProgramState};
 use support::{run, run_quiet, value};
 
 fn start_measuring() -> Ebpf {
@@ -261,12 +261,49 @@ impl Drop for LoopFs {
     }
 }
 
-#[test]
-fn block_io_latency_is_measured_per_device() {
+/// Which block program a test expects to time the writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockMode {
+    /// `tp_btf/block_rq_complete` alone (the default where it loads).
+    Btf,
+    /// The classic `block_rq_issue`/`block_rq_complete` pair (the fallback).
+    Classic,
+}
+
+fn block_io_latency(mode: BlockMode) {
     if !support::require("ebpf_block", &["losetup", "mkfs.ext4", "mount", "umount"]) {
         return;
     }
-    let mut ebpf = start_measuring();
+    // Under confidentiality the loader must not try the BTF program.
+    let lockdown = (mode == BlockMode::Classic).then_some(Lockdown::Confidentiality);
+    let mut ebpf = support::start_as(lockdown).0;
+    let state = |program: &str| {
+        ebpf.programs()
+            .iter()
+            .find(|(s, _)| s.program == program)
+            .map(|(_, st)| st.clone())
+    };
+    let (on, off): (&[&str], &[&str]) = match mode {
+        BlockMode::Btf => (
+            &["block_rq_complete_btf"],
+            &["block_rq_issue", "block_rq_complete"],
+        ),
+        BlockMode::Classic => (
+            &["block_rq_issue", "block_rq_complete"],
+            &["block_rq_complete_btf"],
+        ),
+    };
+    for p in on {
+        assert_eq!(state(p), Some(ProgramState::Attached), "{p}");
+    }
+    for p in off {
+        assert!(
+            matches!(state(p), Some(ProgramState::Skipped(_))),
+            "{p}: {:?}",
+            state(p)
+        );
+    }
+
     let fs = LoopFs::new();
     let device = fs.dev.trim_start_matches("/dev/").to_string();
     let before = support::collect(&mut ebpf);
@@ -289,7 +326,7 @@ fn block_io_latency_is_measured_per_device() {
     let after = support::collect(&mut ebpf);
     let writes = count(&after, "write") - count(&before, "write");
     eprintln!(
-        "{device}: +{writes} writes timed\n{}",
+        "{mode:?}, {device}: +{writes} writes timed\n{}",
         after
             .render_text()
             .lines()
@@ -309,6 +346,27 @@ fn block_io_latency_is_measured_per_device() {
         &[("device", &device), ("op", "write")],
     );
     assert!(sum > 0.0);
+    // The classic pair only ever measures from issue.
+    if mode == BlockMode::Classic {
+        let alloc = value(
+            &after,
+            "nodewatch_block_io_latency_seconds_count",
+            &[("device", &device), ("from", "alloc")],
+        );
+        assert!(alloc < 0.5, "{alloc} requests timed from allocation");
+    }
+}
+
+#[test]
+fn block_io_latency_is_measured_per_device() {
+    block_io_latency(BlockMode::Btf);
+}
+
+/// The fallback where `tp_btf` cannot load: run as under
+/// `lockdown=confidentiality`, which the loader does not try it under.
+#[test]
+fn block_io_latency_falls_back_to_the_tracepoint_pair() {
+    block_io_latency(BlockMode::Classic);
 }
 
 /// Per-event cost under sustained load, for `ebpf/README.md`:

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 
 use nodewatch_agent::collector::{Collector, Paths, Sink};
-use nodewatch_agent::ebpf::{Ebpf, EbpfConfig};
+use nodewatch_agent::ebpf::{Ebpf, EbpfConfig, Lockdown};
 use nodewatch_proto::v1::Event;
 
 /// Checks requirements; `false` means "skip" (outside CI).
@@ -52,9 +52,16 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
 /// Loads the programs with run-time statistics on; a failure here is a
 /// test failure once requirements are met.
 pub fn start() -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
+    start_as(None)
+}
+
+/// [`start`], choosing the programs as under `lockdown` (`None`: as the
+/// running kernel's mode says).
+pub fn start_as(lockdown: Option<Lockdown>) -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let cfg = EbpfConfig {
         measure_cost: true,
+        lockdown_override: lockdown,
         ..EbpfConfig::default()
     };
     let ebpf = match Ebpf::start_with(&Paths::default(), tx, &cfg) {

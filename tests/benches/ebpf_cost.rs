@@ -5,7 +5,8 @@
 //!
 //! Load, generated here:
 //! - block I/O: 4 KiB `O_DIRECT` reads from a loop device (each one a request:
-//!   `block_rq_issue` and `block_rq_complete` on the loop device);
+//!   `block_rq_complete_btf`, or `block_rq_issue` and `block_rq_complete`
+//!   where the agent falls back to the tracepoint pair);
 //! - packets: UDP datagrams to a closed loopback port (each dropped with
 //!   `SKB_DROP_REASON_NO_SOCKET`: `skb_kfree_skb`) and TCP connects to a
 //!   closed port (`tcp_send_reset`, `tcp_receive_reset`).
@@ -404,7 +405,7 @@ fn main() {
     for p in &attached {
         let (rate, ns) = full.get(p).copied().unwrap_or((0.0, f64::NAN));
         let (load, goal) = match p.as_str() {
-            "block_rq_issue" | "block_rq_complete" => {
+            "block_rq_issue" | "block_rq_complete" | "block_rq_complete_btf" => {
                 ("4 KiB O_DIRECT reads, loop device", "≤ 100 ns")
             }
             "skb_kfree_skb" => ("UDP to a closed loopback port", "≤ 100 ns"),

@@ -1,26 +1,27 @@
-//! Block I/O latency histograms from `ebpf/blockio.bpf.c`: log2 microsecond
-//! slots per (device, op) in the kernel, turned into Prometheus cumulative
-//! buckets here.
+//! Block I/O latency histograms from `ebpf/blockio_btf.bpf.c` (or, where that
+//! cannot load, `ebpf/blockio.bpf.c`): log2 microsecond slots per (device,
+//! op, start point) in the kernel, turned into Prometheus cumulative buckets
+//! here.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{MapData, PerCpuHashMap};
 
 use crate::collector::{CollectError, Paths, Sink};
 
-/// The map name in the object (the metric's name, as `ebpf_exporter` does).
+/// The map name in both objects (the metric's name, as `ebpf_exporter` does).
 pub const MAP: &str = "block_io_latency";
 
 /// `NW_BIO_SLOTS` in `ebpf/nodewatch.h`.
 pub const SLOTS: usize = 28;
 
-/// `struct bio_hist_key { u32 dev; u32 op; }`: an array of two u32 has the
-/// same layout and is already `aya::Pod`, so no unsafe impl is needed.
-pub type HistKey = [u32; 2];
+/// `struct bio_hist_key { u32 dev; u32 op; u32 from; }`: an array of three
+/// u32 has the same layout and is already `aya::Pod`, so no unsafe impl is needed.
+pub type HistKey = [u32; 3];
 /// `struct bio_hist { u64 slots[SLOTS]; u64 sum_us; u64 count; }`, as an array.
 pub type Hist = [u64; SLOTS + 2];
 
-const _: () = assert!(std::mem::size_of::<HistKey>() == 8);
+const _: () = assert!(std::mem::size_of::<HistKey>() == 12);
 const _: () = assert!(std::mem::size_of::<Hist>() == 240);
 
 /// `NW_BIO_OP_*`.
@@ -32,6 +33,15 @@ pub fn op_name(op: u32) -> &'static str {
         2 => "discard",
         3 => "flush",
         _ => "other",
+    }
+}
+
+/// `NW_BIO_FROM_*`: where the interval starts (it always ends at completion).
+#[must_use]
+pub fn from_name(from: u32) -> &'static str {
+    match from {
+        0 => "issue",
+        _ => "alloc",
     }
 }
 
@@ -75,8 +85,19 @@ pub fn buckets(slots: &[u64]) -> Vec<(f64, u64)> {
     out
 }
 
+/// What the histogram measures, per `from` label value.
+const HELP: &str = "Block I/O request latency until completion (tracepoint block/block_rq_complete), by where the interval starts: from=issue since the driver was handed the request (block_rq_issue, or the request's io_start_time_ns); from=alloc since the request was allocated (its start_time_ns, where /proc/diskstats I/O time starts: includes plug, scheduler and tag waits), on queues that do not stamp the issue time.";
+
+/// Adds one CPU's histogram into `into` (counters wrap like the kernel's u64).
+pub fn add_hist(into: &mut Hist, other: &Hist) {
+    for (a, b) in into.iter_mut().zip(other) {
+        *a = a.wrapping_add(*b);
+    }
+}
+
 pub struct BlockIo {
-    map: HashMap<MapData, HistKey, Hist>,
+    /// Per-CPU histograms: each CPU's copy is summed here.
+    map: PerCpuHashMap<MapData, HistKey, Hist>,
     paths: Paths,
     /// dev → name, refreshed when a dev is new (names are stable while a device exists).
     names: BTreeMap<u32, String>,
@@ -84,7 +105,7 @@ pub struct BlockIo {
 
 impl BlockIo {
     #[must_use]
-    pub fn new(map: HashMap<MapData, HistKey, Hist>, paths: Paths) -> Self {
+    pub fn new(map: PerCpuHashMap<MapData, HistKey, Hist>, paths: Paths) -> Self {
         Self {
             map,
             paths,
@@ -95,11 +116,15 @@ impl BlockIo {
     pub fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut rows = Vec::new();
         for item in &self.map {
-            let (key, hist) = item.map_err(|e| CollectError::Other(format!("{MAP}: {e}")))?;
+            let (key, per_cpu) = item.map_err(|e| CollectError::Other(format!("{MAP}: {e}")))?;
+            let mut hist = [0u64; SLOTS + 2];
+            for h in per_cpu.iter() {
+                add_hist(&mut hist, h);
+            }
             rows.push((key, hist));
         }
         rows.sort_unstable_by_key(|(k, _)| *k);
-        for ([dev, op], hist) in rows {
+        for ([dev, op, from], hist) in rows {
             let name = self
                 .names
                 .entry(dev)
@@ -110,8 +135,12 @@ impl BlockIo {
             let count = rest.get(1).copied().unwrap_or(0);
             sink.histogram(
                 "nodewatch_block_io_latency_seconds",
-                "Block I/O request latency from issue to completion (tracepoints block/block_rq_issue, block/block_rq_complete).",
-                &[("device", &name), ("op", op_name(op))],
+                HELP,
+                &[
+                    ("device", &name),
+                    ("op", op_name(op)),
+                    ("from", from_name(from)),
+                ],
                 &buckets(slots),
                 sum_us as f64 / 1e6,
                 count,
@@ -142,6 +171,21 @@ mod tests {
     }
 
     #[test]
+    fn per_cpu_sum() {
+        let mut a = [0u64; SLOTS + 2];
+        let mut b = [0u64; SLOTS + 2];
+        b[3] = 2;
+        b[SLOTS] = 7;
+        b[SLOTS + 1] = u64::MAX;
+        add_hist(&mut a, &b);
+        b[SLOTS + 1] = 2;
+        add_hist(&mut a, &b);
+        assert_eq!(a[3], 4);
+        assert_eq!(a[SLOTS], 14);
+        assert_eq!(a[SLOTS + 1], 1); // wraps, as the kernel's counter would
+    }
+
+    #[test]
     fn devs() {
         assert_eq!(major_minor((7 << 20) | 3), (7, 3));
         assert_eq!(
@@ -150,5 +194,7 @@ mod tests {
         );
         assert_eq!(parse_devname("MAJOR=7\n"), None);
         assert_eq!(op_name(9), "other");
+        assert_eq!(from_name(0), "issue");
+        assert_eq!(from_name(1), "alloc");
     }
 }

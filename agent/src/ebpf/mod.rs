@@ -4,8 +4,8 @@
 //! The BPF programs are C in `ebpf/` at the repository root, compiled by
 //! `ebpf/build.sh` into the committed `ebpf/*.bpf.o` that are embedded here,
 //! so building the agent needs no clang. They are loaded with aya and attach
-//! to classic tracepoints only (no kprobes, no fentry: both are refused on
-//! some kernels, see design §6).
+//! to tracepoints only, classic and `tp_btf` (no kprobes, no fentry: both are
+//! refused on some kernels, see design §6).
 //!
 //! # Layout
 //! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
@@ -44,6 +44,8 @@ static OOM_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/oom.bpf
 static TCP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf.o"));
 static SKB_DROP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
 static BLOCKIO_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
+static BLOCKIO_BTF_OBJ: &Aligned<[u8]> =
+    &Aligned(*include_bytes!("../../../ebpf/blockio_btf.bpf.o"));
 
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +81,9 @@ struct ObjectSpec {
     name: &'static str,
     bytes: &'static [u8],
     programs: &'static [ProgramSpec],
+    /// A fallback: loaded only when no program of the named object (listed
+    /// earlier) attached. Its programs are otherwise reported as skipped.
+    instead_of: Option<&'static str>,
 }
 
 const fn tp(
@@ -109,12 +114,26 @@ const OOM_VICTIM_MEMCG: ProgramSpec = ProgramSpec {
     reads_kernel_memory: true,
 };
 
+/// Block I/O latency from the completion's `struct request` alone: no
+/// in-flight map and no issue program. Reads kernel memory (BTF pointer
+/// walks), so not loaded under `lockdown=confidentiality`, where the classic
+/// pair in `blockio.bpf.o` takes over.
+const BLOCK_RQ_COMPLETE_BTF: ProgramSpec = ProgramSpec {
+    attach: Attach::BtfTracePoint,
+    program: "block_rq_complete_btf",
+    category: "block",
+    tracepoint: "block_rq_complete",
+    required: false,
+    reads_kernel_memory: true,
+};
+
 /// The load specs. OOM kills are the reason this module exists, so their
 /// program is required; the rest add detail and are optional.
 static OBJECTS: &[ObjectSpec] = &[
     ObjectSpec {
         name: "oom",
         bytes: &OOM_OBJ.0,
+        instead_of: None,
         // Attach order is call order at the tracepoint (probes of equal
         // priority run in registration order, kernel/tracepoint.c): the
         // victim map entry is written before the ring record wakes the reader.
@@ -126,6 +145,7 @@ static OBJECTS: &[ObjectSpec] = &[
     ObjectSpec {
         name: "tcp",
         bytes: &TCP_OBJ.0,
+        instead_of: None,
         programs: &[
             tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
             tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
@@ -135,11 +155,19 @@ static OBJECTS: &[ObjectSpec] = &[
     ObjectSpec {
         name: "skb_drop",
         bytes: &SKB_DROP_OBJ.0,
+        instead_of: None,
         programs: &[tp("skb_kfree_skb", "skb", "kfree_skb", false)],
+    },
+    ObjectSpec {
+        name: "blockio_btf",
+        bytes: &BLOCKIO_BTF_OBJ.0,
+        programs: &[BLOCK_RQ_COMPLETE_BTF],
+        instead_of: None,
     },
     ObjectSpec {
         name: "blockio",
         bytes: &BLOCKIO_OBJ.0,
+        instead_of: Some("blockio_btf"),
         programs: &[
             tp("block_rq_issue", "block", "block_rq_issue", false),
             tp("block_rq_complete", "block", "block_rq_complete", false),
@@ -405,6 +433,22 @@ impl Ebpf {
         };
 
         for obj in OBJECTS {
+            if let Some(primary) = obj.instead_of.and_then(|name| {
+                OBJECTS.iter().find(|o| o.name == name).and_then(|o| {
+                    o.programs
+                        .iter()
+                        .find(|p| attached_in(&programs, p.program))
+                })
+            }) {
+                // The preferred object does the job: loading this one would
+                // only create its maps and attach programs with nothing to add.
+                for spec in obj.programs {
+                    let why = format!("not needed: {} attached", primary.program);
+                    tracing::info!(program = spec.program, reason = %why, "eBPF program skipped.");
+                    programs.push((*spec, ProgramState::Skipped(why)));
+                }
+                continue;
+            }
             // The OOM program reads the victim's comm with bpf_probe_read_kernel
             // unless told not to. Where the lockdown mode could not be read,
             // try with the read and fall back to the variant without it.
@@ -484,11 +528,7 @@ impl Ebpf {
             let Some(mut bpf) = loaded else {
                 continue;
             };
-            let attached = |name: &str| {
-                programs
-                    .iter()
-                    .any(|(s, st)| s.program == name && *st == ProgramState::Attached)
-            };
+            let attached = |name: &str| attached_in(&programs, name);
             match obj.name {
                 "oom" => {
                     state.oom_lost = bpf
@@ -540,24 +580,43 @@ impl Ebpf {
                         tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
                         skb_drop::ReasonNames::new()
                     });
-                    if let Some(m) = bpf
+                    let core = bpf
+                        .take_map(skb_drop::CORE_MAP)
+                        .and_then(|m| PerCpuArray::try_from(m).ok());
+                    let other = bpf
                         .take_map(skb_drop::MAP)
+                        .and_then(|m| PerCpuHashMap::try_from(m).ok());
+                    if let (Some(core), Some(other)) = (core, other) {
+                        state.skb_drop = Some(skb_drop::SkbDrop::new(core, other, names));
+                    }
+                }
+                "blockio_btf" if attached(BLOCK_RQ_COMPLETE_BTF.program) => {
+                    if let Some(m) = bpf
+                        .take_map(blockio::MAP)
                         .and_then(|m| PerCpuHashMap::try_from(m).ok())
                     {
-                        state.skb_drop = Some(skb_drop::SkbDrop::new(m, names));
+                        state.blockio = Some(blockio::BlockIo::new(m, paths.clone()));
                     }
                 }
                 "blockio" if attached("block_rq_complete") => {
                     if let Some(m) = bpf
                         .take_map(blockio::MAP)
-                        .and_then(|m| HashMap::try_from(m).ok())
+                        .and_then(|m| PerCpuHashMap::try_from(m).ok())
                     {
                         state.blockio = Some(blockio::BlockIo::new(m, paths.clone()));
                     }
                 }
                 _ => {}
             }
-            objects.push(bpf);
+            // An object none of whose programs attached (the block tp_btf
+            // object under lockdown=confidentiality) would only keep its maps.
+            if obj
+                .programs
+                .iter()
+                .any(|p| attached_in(&programs, p.program))
+            {
+                objects.push(bpf);
+            }
         }
 
         if cfg.measure_cost {
@@ -644,6 +703,13 @@ impl Ebpf {
         }
         out
     }
+}
+
+/// Whether `program` is among `programs` and attached.
+fn attached_in(programs: &[(ProgramSpec, ProgramState)], program: &str) -> bool {
+    programs
+        .iter()
+        .any(|(s, st)| s.program == program && *st == ProgramState::Attached)
 }
 
 fn attach(
@@ -835,9 +901,17 @@ mod tests {
         dedup.dedup();
         assert_eq!(names.len(), dedup.len());
         assert!(program_specs().any(|s| s.required && s.tracepoint == "mark_victim"));
-        for o in OBJECTS {
+        for (i, o) in OBJECTS.iter().enumerate() {
             // ELF magic: the committed objects are real BPF objects.
             assert_eq!(o.bytes.get(..4), Some(&b"\x7fELF"[..]), "{}", o.name);
+            // A fallback names an object loaded before it, which has no
+            // required program (it may be skipped) and no fallback itself.
+            if let Some(primary) = o.instead_of {
+                let p = OBJECTS[..i].iter().find(|p| p.name == primary).unwrap();
+                assert!(p.programs.iter().all(|s| !s.required), "{}", o.name);
+                assert!(p.instead_of.is_none(), "{}", o.name);
+                assert!(o.programs.iter().all(|s| !s.required), "{}", o.name);
+            }
         }
     }
 }

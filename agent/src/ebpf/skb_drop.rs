@@ -1,15 +1,22 @@
 //! Packet drops by reason from `ebpf/skb_drop.bpf.c`, named with the running
 //! kernel's own `enum skb_drop_reason` read from its BTF, so a new kernel's
 //! new reasons get their names without an agent release.
+//!
+//! Two maps: core reasons in a per-CPU array indexed by the reason (the
+//! program's fast path), the rest (subsystem ranges) in a per-CPU hash.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
 use crate::collector::{CollectError, Sink};
 
-/// The map name in the object.
+/// The per-CPU array of core reasons, indexed by the reason value.
+pub const CORE_MAP: &str = "skb_drop_core";
+/// `NW_SKB_DROP_CORE_SLOTS` in `ebpf/nodewatch.h`: the array's length.
+pub const CORE_SLOTS: u32 = 256;
+/// The per-CPU hash of reasons at or above [`CORE_SLOTS`].
 pub const MAP: &str = "skb_drops";
 
 /// `NW_SKB_DROP_OVERFLOW_KEY` in `ebpf/nodewatch.h`: drops whose reason found the map full.
@@ -71,13 +78,23 @@ pub fn label(names: &ReasonNames, reason: u32) -> String {
         .unwrap_or_else(|| format!("unknown_{reason:#x}"))
 }
 
+/// Sums per-CPU values (counters wrap like the kernel's u64).
+fn total(values: &PerCpuValues<u64>) -> u64 {
+    values.iter().copied().fold(0u64, u64::wrapping_add)
+}
+
 pub struct SkbDrop {
+    core: PerCpuArray<MapData, u64>,
     map: PerCpuHashMap<MapData, u32, u64>,
     names: ReasonNames,
 }
 
 impl SkbDrop {
-    pub fn new(mut map: PerCpuHashMap<MapData, u32, u64>, names: ReasonNames) -> Self {
+    pub fn new(
+        core: PerCpuArray<MapData, u64>,
+        mut map: PerCpuHashMap<MapData, u32, u64>,
+        names: ReasonNames,
+    ) -> Self {
         // Reserve the overflow slot now, so there is room for it when the
         // map fills up (the program only increments it then).
         let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1));
@@ -86,14 +103,26 @@ impl SkbDrop {
                 tracing::debug!(%error, "Could not reserve the skb_drops overflow slot.");
             }
         }
-        Self { map, names }
+        Self { core, map, names }
     }
 
     pub fn collect(&self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
+        for reason in 0..CORE_SLOTS {
+            let values = self
+                .core
+                .get(&reason, 0)
+                .map_err(|e| CollectError::Other(format!("{CORE_MAP}[{reason}]: {e}")))?;
+            let n = total(&values);
+            // Every slot exists in an array; a reason that never happened is not a series.
+            if n == 0 {
+                continue;
+            }
+            *by_label.entry(label(&self.names, reason)).or_insert(0) += n;
+        }
         for item in &self.map {
             let (reason, values) = item.map_err(|e| CollectError::Other(format!("{MAP}: {e}")))?;
-            let n = values.iter().copied().fold(0u64, u64::wrapping_add);
+            let n = total(&values);
             if reason == OVERFLOW_KEY && n == 0 {
                 continue;
             }
