@@ -226,7 +226,14 @@ struct LoopFs {
 
 impl LoopFs {
     fn new() -> Self {
-        let id = std::process::id();
+        // Tests run in parallel threads of one process: each file system
+        // gets its own image and mount point.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let image = std::env::temp_dir().join(format!("nodewatch-blk-{id}.img"));
         let mnt = std::env::temp_dir().join(format!("nodewatch-blk-{id}"));
         std::fs::File::create(&image)
