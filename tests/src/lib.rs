@@ -235,15 +235,28 @@ impl Drop for Proc {
     }
 }
 
-/// Spawns `bin` with `args`, output to a log file in `dir`.
+/// Spawns `bin` with `args`, output to a log file in `dir` (started afresh).
 #[must_use]
 pub fn spawn(bin: &Path, args: &[&str], dir: &Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
+    start_logged(bin, args, &[], out, name, log)
+}
+
+/// Starts `bin` with its stdout and stderr going to `out`, the file at `log`.
+fn start_logged(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    out: std::fs::File,
+    name: &str,
+    log: PathBuf,
+) -> Proc {
     let err = out.try_clone().unwrap();
     let child = Command::new(bin)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -424,21 +437,7 @@ pub fn spawn_env(bin: &Path, args: &[&str], dir: &Path, name: &str, env: &[(&str
         .append(true)
         .open(&log)
         .unwrap();
-    let err = out.try_clone().unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    Proc {
-        child,
-        name: name.into(),
-        log,
-    }
+    start_logged(bin, args, env, out, name, log)
 }
 
 /// Every event the aggregator keeps, through `nodewatch events -o json`.
