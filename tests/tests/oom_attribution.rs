@@ -90,10 +90,11 @@ impl PodCgroup {
             }
             cg.leaf = cg.leaf.join(seg);
             cg.path = format!("{}/{seg}", cg.path);
-            if !cg.leaf.exists() {
-                std::fs::create_dir(&cg.leaf)
-                    .map_err(|e| format!("creating {}: {e}", cg.leaf.display()))?;
-                cg.created.push(cg.leaf.clone());
+            match std::fs::create_dir(&cg.leaf) {
+                Ok(()) => cg.created.push(cg.leaf.clone()),
+                // Left by an earlier run or made by the node's own kubelet.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating {}: {e}", cg.leaf.display())),
             }
         }
         let limit_file = if v2 {
@@ -172,6 +173,18 @@ fn ids() -> (String, String) {
     );
     let cid = format!("{hex}{:016x}{:016x}", random(), random());
     (uid, cid)
+}
+
+/// The tests of this file share the `kubepods` folders of the memory
+/// hierarchy: one creating `kubepods/burstable` while the other removes
+/// `kubepods` on its way out would fail. They take turns.
+static CGROUPS: Mutex<()> = Mutex::new(());
+
+/// Holds the cgroup turn for the test that calls it.
+fn cgroup_turn() -> std::sync::MutexGuard<'static, ()> {
+    CGROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Root and kernel BTF, or `missing(..)` said why not.
@@ -340,6 +353,7 @@ fn oom_kill_of_a_second_process_names_pod_and_container() {
     if !can_run() {
         return;
     }
+    let _turn = cgroup_turn();
     let (pod_uid, container_id) = ids();
     let cg = match PodCgroup::new(&cgroupfs_segments(&pod_uid, &container_id)) {
         Ok(cg) => cg,
@@ -494,6 +508,7 @@ fn oom_kill_carries_namespace_pod_and_container_names_from_the_kubelet() {
     if !can_run() {
         return;
     }
+    let _turn = cgroup_turn();
     // One pod per kubelet cgroup driver's path shape.
     let mut pods = Vec::new();
     for (namespace, name, container, segments) in [
