@@ -201,6 +201,7 @@ impl IngestService {
                 problem(format!("metadata: bad metric name {:?}", meta.name));
             }
         }
+        let mut wanted: Vec<(usize, Labels)> = Vec::with_capacity(batch.series_defs.len());
         for (i, def) in batch.series_defs.iter().enumerate() {
             if !valid_metric_name(&def.name) {
                 problem(format!(
@@ -234,17 +235,52 @@ impl IngestService {
             labels.push(("__name__".into(), def.name.clone()));
             labels.push(("node".into(), node.clone()));
             labels.sort_unstable();
-            let labels: Labels = labels.into();
-            let id = self.store.series_id(labels);
-            if !self.nodes.add_series(&s.node, id, self.max_series_per_node) {
+            wanted.push((i, labels.into()));
+        }
+        // The node's series limit is applied before any series is created,
+        // and the store is locked once for the whole batch, not per series.
+        if !wanted.is_empty() {
+            let (at, labels): (Vec<usize>, Vec<Labels>) = wanted.into_iter().unzip();
+            let resolved = self.store.resolve(labels);
+            let existing: Vec<Option<SeriesId>> = resolved.iter().map(|(_, id)| *id).collect();
+            let admitted = self
+                .nodes
+                .admit(&s.node, &existing, self.max_series_per_node);
+            let mut refused = Vec::new();
+            let (mut create, mut create_at) = (Vec::new(), Vec::new());
+            for ((i, (labels, id)), ok) in at.into_iter().zip(resolved).zip(admitted) {
+                match (ok, id) {
+                    (false, _) => refused.push(i),
+                    (true, Some(id)) => {
+                        s.refs.insert(batch.series_defs[i].r#ref, id);
+                    }
+                    (true, None) => {
+                        create.push(labels);
+                        create_at.push(i);
+                    }
+                }
+            }
+            if !create.is_empty() {
+                let ids = self.store.create(create);
+                let added = self
+                    .nodes
+                    .add_created(&s.node, &ids, self.max_series_per_node);
+                for ((i, id), ok) in create_at.into_iter().zip(ids).zip(added) {
+                    if ok {
+                        s.refs.insert(batch.series_defs[i].r#ref, id);
+                    } else {
+                        refused.push(i);
+                    }
+                }
+            }
+            refused.sort_unstable();
+            for i in refused {
                 limit_hit = true;
                 problem(format!(
                     "series_defs[{i}] ({}): node is at its limit of {} series",
-                    def.name, self.max_series_per_node
+                    batch.series_defs[i].name, self.max_series_per_node
                 ));
-                continue;
             }
-            s.refs.insert(def.r#ref, id);
         }
         let mut samples = Vec::with_capacity(batch.samples.len() + decoded.len());
         let mut unknown = 0usize;
@@ -591,6 +627,44 @@ mod tests {
             events: vec![Event::default()],
             blocks: Vec::new(),
         }
+    }
+
+    /// A node defining more series than its limit: the ones past it are
+    /// refused, named in the error, and never created in the store; the
+    /// ones it has keep working, including when defined again.
+    #[test]
+    fn series_past_the_limit_are_refused_before_they_exist() {
+        let (svc, mut s) = service();
+        let def = |i: u64| SeriesDef {
+            r#ref: i,
+            name: "m".into(),
+            labels: vec![Label {
+                name: "i".into(),
+                value: i.to_string(),
+            }],
+        };
+        let mut batch = valid_batch(1);
+        batch.series_defs = (1..=100).map(def).collect();
+        let replies = svc.apply(&mut s, batch);
+        let err = error_of(&replies).expect("a limit error");
+        assert_eq!(err.code, ErrorCode::Limit as i32, "{err:?}");
+        assert!(
+            err.message
+                .contains("series_defs[64] (m): node is at its limit of 64 series"),
+            "{}",
+            err.message
+        );
+        assert_eq!(svc.store.read().len(), 64);
+        assert_eq!(s.refs.len(), 64);
+        // Defined again on a new stream (a reconnect): the same 64, no more.
+        s.refs.clear();
+        s.last_seq = 0;
+        let mut again = valid_batch(2);
+        again.series_defs = (1..=100).map(def).collect();
+        svc.apply(&mut s, again);
+        assert_eq!(svc.store.read().len(), 64);
+        assert_eq!(s.refs.len(), 64);
+        assert!((1..=64).all(|r| s.refs.contains_key(&r)));
     }
 
     fn stored(svc: &IngestService, name: &str) -> Vec<(i64, f64)> {

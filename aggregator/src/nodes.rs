@@ -23,7 +23,7 @@ struct NodeState {
     last_seq: u64,
     /// Highest stored seq per agent instance.
     cursors: Vec<(String, u64)>,
-    series: HashSet<SeriesId>,
+    series: HashSet<SeriesId, foldhash::fast::RandomState>,
     /// Token bucket of samples: (tokens, last refill ms).
     bucket: Option<(f64, i64)>,
 }
@@ -99,18 +99,49 @@ impl Nodes {
         }
     }
 
-    /// Adds series to a node's count, refusing past `limit`. Returns false when refused.
-    pub fn add_series(&self, node: &NodeName, id: SeriesId, limit: usize) -> bool {
+    /// Which of a batch's series the node may have, before any is created:
+    /// one it already has always; a new or not yet created one (`None`)
+    /// while the node is under `limit`, counting those admitted before it
+    /// in the same call. Series that exist are added to the node's count
+    /// here; created ones are added with [`Nodes::add_created`].
+    pub fn admit(&self, node: &NodeName, ids: &[Option<SeriesId>], limit: usize) -> Vec<bool> {
         let mut all = self.lock();
         let st = all.entry(node.clone()).or_default();
-        if st.series.contains(&id) {
-            return true;
-        }
-        if st.series.len() >= limit {
-            return false;
-        }
-        st.series.insert(id);
-        true
+        let mut pending = 0usize;
+        ids.iter()
+            .map(|id| match id {
+                Some(id) if st.series.contains(id) => true,
+                _ if st.series.len() + pending >= limit => false,
+                Some(id) => {
+                    st.series.insert(*id);
+                    true
+                }
+                None => {
+                    pending += 1;
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Adds series created after [`Nodes::admit`] let them in; false for
+    /// each refused because the node reached `limit` meanwhile (another
+    /// stream of the same node admitted series at the same time).
+    pub fn add_created(&self, node: &NodeName, ids: &[SeriesId], limit: usize) -> Vec<bool> {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        ids.iter()
+            .map(|id| {
+                if st.series.contains(id) {
+                    return true;
+                }
+                if st.series.len() >= limit {
+                    return false;
+                }
+                st.series.insert(*id);
+                true
+            })
+            .collect()
     }
 
     /// Takes `n` samples from the node's budget of `rate` per second;

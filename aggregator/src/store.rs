@@ -258,7 +258,7 @@ pub fn matches_all(labels: &[(String, String)], ms: &Matchers) -> bool {
 
 #[derive(Debug, Default)]
 pub struct Inner {
-    ids: HashMap<Labels, SeriesId>,
+    ids: HashMap<Labels, SeriesId, foldhash::fast::RandomState>,
     series: Vec<Series>,
     by_name: HashMap<String, Vec<SeriesId>>,
     families: HashMap<String, FamilyMeta>,
@@ -413,23 +413,78 @@ impl Store {
         if let Some(id) = self.read().ids.get(&labels) {
             return *id;
         }
+        self.create(vec![labels])[0]
+    }
+
+    /// The label sets in the store's form (as [`Store::series_id`] keeps
+    /// them), each with its series where one exists: one read lock for all.
+    pub fn resolve(&self, labels: Vec<Labels>) -> Vec<(Labels, Option<SeriesId>)> {
+        let labels: Vec<Labels> = labels.into_iter().map(canonical).collect();
+        let inner = self.read();
+        labels
+            .into_iter()
+            .map(|l| {
+                let id = inner.ids.get(&l).copied();
+                (l, id)
+            })
+            .collect()
+    }
+
+    /// The series of each label set (in the form [`Store::resolve`] returns),
+    /// created where missing, under one write lock for all: an agent's
+    /// first batch defines ~1,500 series, and a thousand agents reconnect
+    /// at once after an aggregator restart.
+    pub fn create(&self, labels: Vec<Labels>) -> Vec<SeriesId> {
         let mut inner = self.write();
-        if let Some(id) = inner.ids.get(&labels) {
-            return *id;
-        }
-        let id = SeriesId(inner.series.len() as u32);
-        let name = label(&labels, "__name__").unwrap_or("").to_string();
-        inner.series.push(Series::new(Arc::clone(&labels)));
-        // Each name's series are kept in label order, so selectors hand the
-        // evaluator an already sorted vector.
         let Inner {
-            by_name, series, ..
+            ids,
+            series,
+            by_name,
+            ..
         } = &mut *inner;
-        let ids = by_name.entry(name).or_default();
-        let at = ids.partition_point(|i| series[i.0 as usize].labels < labels);
-        ids.insert(at, id);
-        inner.ids.insert(labels, id);
-        id
+        let first_new = series.len();
+        let out = labels
+            .into_iter()
+            .map(|l| {
+                if let Some(id) = ids.get(&l) {
+                    return *id;
+                }
+                let id = SeriesId(series.len() as u32);
+                series.push(Series::new(Arc::clone(&l)));
+                ids.insert(l, id);
+                id
+            })
+            .collect();
+        let mut added: HashMap<&str, Vec<SeriesId>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (i, s) in series.iter().enumerate().skip(first_new) {
+            added.entry(s.name()).or_default().push(SeriesId(i as u32));
+        }
+        // Each name's series are kept in label order, so selectors hand the
+        // evaluator an already sorted vector: the new ones are sorted, each
+        // one's place found by binary search (label comparisons are the
+        // cost), and the name's list rebuilt once rather than shifted per
+        // series.
+        for (name, mut new) in added {
+            let key = |id: &SeriesId| &series[id.0 as usize].labels;
+            new.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+            let have = by_name.entry(name.to_string()).or_default();
+            if have.last().is_none_or(|last| key(last) < key(&new[0])) {
+                have.extend(new);
+                continue;
+            }
+            let mut merged = Vec::with_capacity(have.len() + new.len());
+            let mut from = 0;
+            for id in new {
+                let at = from + have[from..].partition_point(|x| key(x) < key(&id));
+                merged.extend_from_slice(&have[from..at]);
+                merged.push(id);
+                from = at;
+            }
+            merged.extend_from_slice(&have[from..]);
+            *have = merged;
+        }
+        out
     }
 
     /// Records metadata for a family; the first writer wins, later
@@ -573,6 +628,58 @@ mod tests {
             assert!(latest
                 .iter()
                 .all(|(_, t, v)| *t == 1000 && v.to_bits() == 1f64.to_bits()));
+        }
+    }
+
+    /// Series created in batches (as an agent's first batch defines them),
+    /// in any order and with repeats, get the ids one-at-a-time creation
+    /// would give the same label sets, and selectors still see each name's
+    /// series in label order.
+    #[test]
+    fn batch_creation_keeps_label_order_and_ids() {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut all: Vec<Labels> = Vec::new();
+        for node in 0..40 {
+            for cpu in 0..3 {
+                for name in ["m", "n"] {
+                    all.push(labels(&[
+                        ("__name__", name),
+                        ("cpu", &cpu.to_string()),
+                        ("node", &format!("n{node}")),
+                    ]));
+                }
+            }
+        }
+        all.shuffle(&mut rng);
+        let store = Store::new(60_000);
+        let mut ids = HashMap::new();
+        for batch in all.chunks(17) {
+            // A repeat inside the batch and one from an earlier batch.
+            let mut b = batch.to_vec();
+            b.push(batch[0].clone());
+            b.push(all[0].clone());
+            let resolved = store.resolve(b);
+            let want: Vec<Labels> = resolved.iter().map(|(l, _)| Arc::clone(l)).collect();
+            let got = store.create(want.clone());
+            for (l, id) in want.iter().zip(&got) {
+                assert_eq!(*ids.entry(Arc::clone(l)).or_insert(*id), *id, "{l:?}");
+                assert_eq!(store.series_id(Arc::clone(l)), *id);
+            }
+        }
+        assert_eq!(store.read().len(), all.len());
+        let inner = store.read();
+        for name in ["m", "n"] {
+            let ms = Matchers::new(vec![Matcher::new(MatchOp::Equal, "__name__", name)]);
+            let got: Vec<Labels> = inner.select(&ms).map(|s| Arc::clone(&s.labels)).collect();
+            let mut want: Vec<Labels> = all
+                .iter()
+                .filter(|l| label(l, "__name__") == Some(name))
+                .cloned()
+                .collect();
+            want.sort();
+            assert_eq!(got, want);
         }
     }
 
