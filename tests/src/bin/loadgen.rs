@@ -209,23 +209,37 @@ async fn run(args: Args) -> Result<()> {
         .warmup
         .unwrap_or_else(|| (args.interval * 2).max(Duration::from_secs(3)));
     let stats = Arc::new(Stats::default());
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + args.duration;
-
-    let mut tasks = Vec::with_capacity(args.nodes);
     let certs = if args.remote_write.is_none() {
         Some(node_certs(&args, &node_names)?)
     } else {
         None
     };
     let target = parse_target(&args.aggregator)?;
-    for (i, node) in node_names.iter().enumerate() {
-        let series = node_series(&template, args.series, i);
+    // Every node's certificate and series are made before the clock starts:
+    // at 1,000 nodes that takes seconds, and a schedule begun before it
+    // would send the first nodes' batches (and their TLS handshakes and
+    // series definitions) in one burst instead of spread over an interval.
+    let sims: Vec<NodeSim> = node_names
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut sim = NodeSim::new(
+                node.clone(),
+                node_series(&template, args.series, i),
+                i as u64,
+            );
+            sim.plain = args.plain;
+            sim
+        })
+        .collect();
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + args.duration;
+
+    let mut tasks = Vec::with_capacity(args.nodes);
+    for (i, sim) in sims.into_iter().enumerate() {
         // Agents start at different moments: spread the first batches over one interval.
         let offset = args.interval.mul_f64(i as f64 / args.nodes.max(1) as f64);
-        let mut sim = NodeSim::new(node.clone(), series, i as u64);
-        sim.plain = args.plain;
         let stats = Arc::clone(&stats);
         let families = families.clone();
         let interval = args.interval;
