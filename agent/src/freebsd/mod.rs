@@ -14,6 +14,7 @@
 //! - [`netif`]: interface counters from `getifaddrs` `if_data`.
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
+//! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
@@ -28,6 +29,7 @@ pub mod arc;
 pub mod carp;
 pub mod cpu;
 pub mod dpinger;
+pub mod loadavg;
 pub mod mem;
 pub mod netif;
 pub mod oomlog;
@@ -45,6 +47,7 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
     vec![
         cpu::SPEC,
         mem::SPEC,
+        loadavg::SPEC,
         netif::SPEC,
         arc::SPEC,
         pf::SPEC,
