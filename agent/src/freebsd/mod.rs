@@ -1,6 +1,6 @@
 //! FreeBSD (OPNsense) sources.
 //!
-//! The parsers are pure functions on text and compile and run their tests on
+//! The parsers are pure functions on text (bytes for `kern.devstat.all`) and compile and run their tests on
 //! every OS; only the parts that call into the FreeBSD kernel (sysctl,
 //! `getifaddrs`) are `#[cfg(target_os = "freebsd")]`, because those
 //! interfaces and structure layouts exist nowhere else.
@@ -15,6 +15,7 @@
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
 //! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
+//! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
@@ -28,6 +29,7 @@
 pub mod arc;
 pub mod carp;
 pub mod cpu;
+pub mod devstat;
 pub mod dpinger;
 pub mod loadavg;
 pub mod mem;
@@ -48,6 +50,7 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
         cpu::SPEC,
         mem::SPEC,
         loadavg::SPEC,
+        devstat::SPEC,
         netif::SPEC,
         arc::SPEC,
         pf::SPEC,
