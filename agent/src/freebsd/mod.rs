@@ -1,12 +1,13 @@
 //! FreeBSD (OPNsense) sources.
 //!
-//! The parsers are pure functions on text and compile and run their tests on
-//! every OS; only the parts that call into the FreeBSD kernel (sysctl,
-//! `getifaddrs`) are `#[cfg(target_os = "freebsd")]`, because those
-//! interfaces and structure layouts exist nowhere else.
+//! The parsers are pure functions on text (on bytes for `kern.devstat.all`)
+//! and compile and run their tests on every OS; only the parts that call into
+//! the FreeBSD kernel (sysctl, `getifaddrs`, `getfsstat`, `statfs`) are
+//! `#[cfg(target_os = "freebsd")]`, because those interfaces and structure
+//! layouts exist nowhere else.
 //!
 //! # Layout
-//! - [`sysctl`]: reading sysctls by name (the only module with `unsafe`).
+//! - [`sysctl`]: reading sysctls by name, `getifaddrs`, `getfsstat` (the only module with `unsafe`).
 //! - [`arc`]: `kstat.zfs.misc.arcstats.*` → node_exporter's FreeBSD `node_zfs_*` names.
 //! - [`pf`]: `pfctl -si` / `pfctl -sm` → pf state table and counters.
 //! - [`carp`]: `ifconfig` CARP lines → `nodewatch_carp_master`.
@@ -14,6 +15,9 @@
 //! - [`netif`]: interface counters from `getifaddrs` `if_data`.
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
+//! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
+//! - [`filesystem`]: `getfsstat(2)`, `statfs(2)` → `node_filesystem_*`.
+//! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
@@ -27,7 +31,10 @@
 pub mod arc;
 pub mod carp;
 pub mod cpu;
+pub mod devstat;
 pub mod dpinger;
+pub mod filesystem;
+pub mod loadavg;
 pub mod mem;
 pub mod netif;
 pub mod oomlog;
@@ -45,6 +52,9 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
     vec![
         cpu::SPEC,
         mem::SPEC,
+        loadavg::SPEC,
+        filesystem::SPEC,
+        devstat::SPEC,
         netif::SPEC,
         arc::SPEC,
         pf::SPEC,

@@ -1,14 +1,18 @@
-//! Reading FreeBSD kernel state: sysctls by name and interface counters
-//! (`getifaddrs(3)`).
+//! Reading FreeBSD kernel state: sysctls by name, interface counters
+//! (`getifaddrs(3)`) and the mount list (`getfsstat(2)`).
 //!
 //! Scalar sysctls (kstat/ARC, `vm.stats.*`, `hw.*`) go through the `sysctl`
-//! crate. Two reads stay on the C interfaces, the one place in the agent
-//! allowed `unsafe`: array sysctls (`kern.cp_times`, `kern.clockrate`), of
-//! which the crate returns only the first element (its `value()` decodes one
-//! integer of the sysctl's type), and the per-interface `struct if_data`,
-//! which `nix::ifaddrs` does not expose. Everything unsafe is small, checked
-//! against the sizes the kernel reports, and wrapped in safe functions; the
-//! rest of the FreeBSD code only sees `u64`s and `String`s.
+//! crate. Three reads stay on the C interfaces, the one place in the agent
+//! allowed `unsafe`: array and binary sysctls (`kern.cp_times`,
+//! `kern.clockrate`, `kern.devstat.all`), of which the crate returns only the
+//! first element (its `value()` decodes one integer of the sysctl's type);
+//! the per-interface `struct if_data`, which `nix::ifaddrs` does not expose;
+//! and the mount list, for which neither `nix` (it has `statfs` of one path,
+//! but no `getfsstat`/`getmntinfo`) nor `sysinfo::Disks` (no free blocks or
+//! inode counts, renamed devices, tmpfs dropped, `MNT_WAIT`) serves.
+//! Everything unsafe is small, checked against the sizes the kernel reports,
+//! and wrapped in safe functions; the rest of the FreeBSD code only sees
+//! `u64`s and `String`s.
 //!
 //! The parsers at the end (`sysctl` command output) are pure and compile on
 //! every OS, so the collectors' tests run anywhere on captured output.
@@ -176,6 +180,67 @@ mod imp {
         // no reference into the list outlives this point.
         unsafe { libc::freeifaddrs(head) };
         Ok(out)
+    }
+
+    /// A fixed-size C string field (`char name[N]`) up to its NUL, as UTF-8
+    /// with invalid bytes replaced (label values must be UTF-8).
+    fn c_field(field: &[libc::c_char]) -> String {
+        let bytes: Vec<u8> = field
+            .iter()
+            .map(|c| *c as u8)
+            .take_while(|b| *b != 0)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Every mount, as `getfsstat(2)` with `MNT_NOWAIT` lists it: the
+    /// kernel's cached `statfs` of each, without asking any file system
+    /// (so it never blocks on a dead network mount).
+    pub fn mounts() -> io::Result<Vec<crate::freebsd::filesystem::MountEntry>> {
+        // A mount added between the count and the listing fills the spare
+        // slots; a listing that fills them all is retried once, larger.
+        let mut spare = 8;
+        let mut list = Vec::new();
+        for _ in 0..2 {
+            // SAFETY: a null buffer asks only for the number of mounts.
+            let n = unsafe { libc::getfsstat(std::ptr::null_mut(), 0, libc::MNT_NOWAIT) };
+            let Ok(n) = usize::try_from(n) else {
+                return Err(io::Error::last_os_error());
+            };
+            let cap = n + spare;
+            // SAFETY: `struct statfs` is plain data (integers and char
+            // arrays), for which all-zero bytes are a valid value.
+            let zero: libc::statfs = unsafe { std::mem::zeroed() };
+            list = vec![zero; cap];
+            let bytes = libc::c_long::try_from(cap * std::mem::size_of::<libc::statfs>())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+            // SAFETY: `list` has room for `cap` structures, `bytes` bytes,
+            // and the kernel writes at most that many.
+            let got = unsafe { libc::getfsstat(list.as_mut_ptr(), bytes, libc::MNT_NOWAIT) };
+            let Ok(got) = usize::try_from(got) else {
+                return Err(io::Error::last_os_error());
+            };
+            list.truncate(got.min(cap));
+            if got < cap {
+                break;
+            }
+            spare *= 8;
+        }
+        Ok(list
+            .iter()
+            .map(|s| crate::freebsd::filesystem::MountEntry {
+                device: c_field(&s.f_mntfromname),
+                fstype: c_field(&s.f_fstypename),
+                mountpoint: c_field(&s.f_mntonname),
+                flags: s.f_flags,
+                bsize: s.f_bsize,
+                blocks: s.f_blocks,
+                bfree: s.f_bfree,
+                bavail: s.f_bavail,
+                files: s.f_files,
+                ffree: s.f_ffree,
+            })
+            .collect())
     }
 }
 

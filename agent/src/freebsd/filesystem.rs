@@ -1,0 +1,368 @@
+//! Mounted file systems on FreeBSD, as node_exporter's
+//! `collector/filesystem_freebsd.go`: `node_filesystem_{size,free,avail}_bytes`,
+//! `node_filesystem_files`, `node_filesystem_files_free`,
+//! `node_filesystem_readonly`, `node_filesystem_device_error` (always 0, as
+//! there) with labels `device`, `fstype`, `mountpoint`, and
+//! `node_filesystem_mount_info{device,mountpoint}` (node_exporter's `major`
+//! and `minor` are empty on FreeBSD, which is the same as absent).
+//!
+//! The mounts come from `getfsstat(2)` with `MNT_NOWAIT`, which never waits
+//! for a file system. node_exporter's defaults on FreeBSD drop mount points
+//! under `/dev` (`^/(dev)($|/)`), the `devfs` type (`^devfs$`) and mounts
+//! flagged `MNT_IGNORE`; so does [`write`]. A mount point listed twice with
+//! the same device and type is reported once.
+//!
+//! `MNT_NOWAIT` returns the kernel's cached `statfs` of each mount, which is
+//! refreshed only when something asks for it, so node_exporter's sizes go
+//! stale on OPNsense until someone runs `df` (node_exporter issues 1498 and
+//! 2800). Here every local mount (`MNT_LOCAL`: UFS, ZFS, tmpfs, …), whose
+//! `statfs` answers from memory, is asked afresh with `statfs(2)`; network
+//! mounts keep the cached figures, so a dead NFS server never blocks a
+//! collection.
+
+use crate::collector::Sink;
+
+/// `sys/mount.h` flags (`f_flags`).
+pub const MNT_RDONLY: u64 = 0x0000_0001;
+pub const MNT_LOCAL: u64 = 0x0000_1000;
+pub const MNT_IGNORE: u64 = 0x0080_0000;
+
+/// One entry of `getfsstat(2)`: the fields of `struct statfs` used here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `f_mntfromname`, e.g. `zroot/ROOT/default` or `/dev/ada0p2`.
+    pub device: String,
+    /// `f_fstypename`.
+    pub fstype: String,
+    /// `f_mntonname`.
+    pub mountpoint: String,
+    /// `f_flags` (`MNT_*`).
+    pub flags: u64,
+    /// `f_bsize`: the fragment size the block counts are in.
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    /// Negative when root has used into the reserve.
+    pub bavail: i64,
+    pub files: u64,
+    pub ffree: i64,
+}
+
+/// Whether node_exporter's FreeBSD defaults leave this mount out.
+#[must_use]
+pub fn excluded(m: &MountEntry) -> bool {
+    let under_dev = m
+        .mountpoint
+        .strip_prefix("/dev")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    under_dev || m.fstype == "devfs" || m.flags & MNT_IGNORE != 0
+}
+
+/// The mounts whose figures are worth asking `statfs(2)` for afresh: local,
+/// reported, and the topmost of their mount point (a path names only the
+/// last file system mounted on it, so an earlier one there cannot be asked).
+#[must_use]
+pub fn refresh_targets(mounts: &[MountEntry]) -> Vec<usize> {
+    (0..mounts.len())
+        .filter(|&i| {
+            let m = &mounts[i];
+            m.flags & MNT_LOCAL != 0
+                && !excluded(m)
+                && !mounts[i + 1..]
+                    .iter()
+                    .any(|later| later.mountpoint == m.mountpoint)
+        })
+        .collect()
+}
+
+/// Writes the node_exporter families for every mount [`excluded`] keeps.
+pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
+    let mut seen = std::collections::HashSet::new();
+    for m in mounts {
+        if excluded(m) || !seen.insert((&m.device, &m.mountpoint, &m.fstype)) {
+            continue;
+        }
+        let labels = [
+            ("device", m.device.as_str()),
+            ("fstype", m.fstype.as_str()),
+            ("mountpoint", m.mountpoint.as_str()),
+        ];
+        let bsize = m.bsize as f64;
+        sink.gauge(
+            "node_filesystem_device_error",
+            "Whether an error occurred while getting statistics for the given device.",
+            &labels,
+            0.0,
+        );
+        sink.gauge(
+            "node_filesystem_readonly",
+            "Filesystem read-only status.",
+            &labels,
+            if m.flags & MNT_RDONLY != 0 { 1.0 } else { 0.0 },
+        );
+        sink.gauge(
+            "node_filesystem_size_bytes",
+            "Filesystem size in bytes.",
+            &labels,
+            m.blocks as f64 * bsize,
+        );
+        sink.gauge(
+            "node_filesystem_free_bytes",
+            "Filesystem free space in bytes.",
+            &labels,
+            m.bfree as f64 * bsize,
+        );
+        sink.gauge(
+            "node_filesystem_avail_bytes",
+            "Filesystem space available to non-root users in bytes.",
+            &labels,
+            m.bavail as f64 * bsize,
+        );
+        sink.gauge(
+            "node_filesystem_files",
+            "Filesystem total file nodes.",
+            &labels,
+            m.files as f64,
+        );
+        sink.gauge(
+            "node_filesystem_files_free",
+            "Filesystem total free file nodes.",
+            &labels,
+            m.ffree as f64,
+        );
+        sink.gauge(
+            "node_filesystem_mount_info",
+            "Filesystem mount information.",
+            &[
+                ("device", m.device.as_str()),
+                ("mountpoint", m.mountpoint.as_str()),
+            ],
+            1.0,
+        );
+    }
+}
+
+#[cfg(target_os = "freebsd")]
+pub use imp::{FilesystemCollector, SPEC};
+
+#[cfg(target_os = "freebsd")]
+mod imp {
+    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::freebsd::sysctl;
+
+    // The flag values written out above (so the pure code builds everywhere)
+    // are the target's.
+    const _: () = {
+        assert!(super::MNT_RDONLY == libc::MNT_RDONLY as u64);
+        assert!(super::MNT_LOCAL == libc::MNT_LOCAL);
+        assert!(super::MNT_IGNORE == libc::MNT_IGNORE);
+    };
+
+    pub const SPEC: CollectorSpec = CollectorSpec {
+        name: "filesystem",
+        default_enabled: true,
+        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
+            Ok(Box::new(FilesystemCollector))
+        },
+    };
+
+    /// Lists the mounts with `getfsstat` and refreshes the local ones each collection.
+    pub struct FilesystemCollector;
+
+    impl Collector for FilesystemCollector {
+        fn name(&self) -> &'static str {
+            "filesystem"
+        }
+
+        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+            let mut mounts =
+                sysctl::mounts().map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?;
+            for i in super::refresh_targets(&mounts) {
+                let Some(m) = mounts.get_mut(i) else { continue };
+                // Unmounted since the listing, or mounted over: keep the listing's figures.
+                let Ok(s) = nix::sys::statfs::statfs(m.mountpoint.as_str()) else {
+                    continue;
+                };
+                if s.filesystem_type_name() != m.fstype {
+                    continue;
+                }
+                m.bsize = s.block_size();
+                m.blocks = s.blocks();
+                m.bfree = s.blocks_free();
+                m.bavail = s.blocks_available();
+                m.files = s.files();
+                m.ffree = s.files_free();
+            }
+            super::write(sink, &mounts);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freebsd::testutil::value;
+
+    fn mount(device: &str, fstype: &str, mountpoint: &str, flags: u64) -> MountEntry {
+        MountEntry {
+            device: device.into(),
+            fstype: fstype.into(),
+            mountpoint: mountpoint.into(),
+            flags,
+            bsize: 4096,
+            blocks: 1000,
+            bfree: 600,
+            bavail: 550,
+            files: 200,
+            ffree: 150,
+        }
+    }
+
+    /// Mounts of the kinds an OPNsense install on ZFS has (root, EFI
+    /// partition, datasets, the DHCP chroot's devfs, fdescfs, procfs, tmpfs),
+    /// plus a CD and an NFS share, in mount order.
+    fn opnsense() -> Vec<MountEntry> {
+        const L: u64 = MNT_LOCAL;
+        const NOATIME: u64 = 0x1000_0000;
+        vec![
+            mount("zroot/ROOT/default", "zfs", "/", L | NOATIME),
+            mount("devfs", "devfs", "/dev", L | MNT_IGNORE),
+            mount("/dev/gpt/efiboot0", "msdosfs", "/boot/efi", L),
+            mount("zroot/tmp", "zfs", "/tmp", L),
+            mount("zroot/var/log", "zfs", "/var/log", L),
+            mount("devfs", "devfs", "/var/dhcpd/dev", L | MNT_IGNORE),
+            mount("fdescfs", "fdescfs", "/dev/fd", 0),
+            mount("procfs", "procfs", "/proc", L),
+            mount("tmpfs", "tmpfs", "/var/unbound", L),
+            mount("/dev/md0", "cd9660", "/mnt/cd", L | MNT_RDONLY),
+            mount("nas:/backup", "nfs", "/mnt/backup", 0),
+        ]
+    }
+
+    #[test]
+    fn node_exporter_defaults_and_values() {
+        let mut sink = Sink::new();
+        write(&mut sink, &opnsense());
+        let mps: Vec<&str> = sink
+            .samples
+            .iter()
+            .filter(|s| s.name == "node_filesystem_size_bytes")
+            .filter_map(|s| {
+                s.labels
+                    .iter()
+                    .find(|(k, _)| k == "mountpoint")
+                    .map(|(_, v)| v.as_str())
+            })
+            .collect();
+        // devfs (by type, by /dev and by MNT_IGNORE) and /dev/fd are left out;
+        // procfs, tmpfs and NFS stay, as in node_exporter.
+        assert_eq!(
+            mps,
+            [
+                "/",
+                "/boot/efi",
+                "/tmp",
+                "/var/log",
+                "/proc",
+                "/var/unbound",
+                "/mnt/cd",
+                "/mnt/backup"
+            ]
+        );
+        let root = [
+            ("device", "zroot/ROOT/default"),
+            ("fstype", "zfs"),
+            ("mountpoint", "/"),
+        ];
+        assert_eq!(
+            value(&sink, "node_filesystem_size_bytes", &root),
+            Some(4_096_000.0)
+        );
+        assert_eq!(
+            value(&sink, "node_filesystem_free_bytes", &root),
+            Some(2_457_600.0)
+        );
+        assert_eq!(
+            value(&sink, "node_filesystem_avail_bytes", &root),
+            Some(2_252_800.0)
+        );
+        assert_eq!(value(&sink, "node_filesystem_files", &root), Some(200.0));
+        assert_eq!(
+            value(&sink, "node_filesystem_files_free", &root),
+            Some(150.0)
+        );
+        assert_eq!(value(&sink, "node_filesystem_readonly", &root), Some(0.0));
+        assert_eq!(
+            value(&sink, "node_filesystem_device_error", &root),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &sink,
+                "node_filesystem_mount_info",
+                &[("device", "zroot/ROOT/default"), ("mountpoint", "/")]
+            ),
+            Some(1.0)
+        );
+        let cd = [
+            ("device", "/dev/md0"),
+            ("fstype", "cd9660"),
+            ("mountpoint", "/mnt/cd"),
+        ];
+        assert_eq!(value(&sink, "node_filesystem_readonly", &cd), Some(1.0));
+        // 8 mounts × 8 families.
+        assert_eq!(sink.samples.len(), 64);
+        assert!(sink
+            .families
+            .values()
+            .all(|f| f.kind == crate::collector::MetricKind::Gauge));
+    }
+
+    #[test]
+    fn negative_avail_duplicates_and_dev_prefix() {
+        let mut over = mount("/dev/ada0p2", "ufs", "/", MNT_LOCAL);
+        over.bavail = -10;
+        let mounts = vec![
+            over.clone(),
+            over,
+            // `/devices` is not below `/dev`.
+            mount("tank/devices", "zfs", "/devices", MNT_LOCAL),
+        ];
+        let mut sink = Sink::new();
+        write(&mut sink, &mounts);
+        let l = [
+            ("device", "/dev/ada0p2"),
+            ("fstype", "ufs"),
+            ("mountpoint", "/"),
+        ];
+        assert_eq!(
+            value(&sink, "node_filesystem_avail_bytes", &l),
+            Some(-40_960.0)
+        );
+        assert_eq!(sink.samples.len(), 16);
+    }
+
+    #[test]
+    fn refreshes_local_topmost_mounts_only() {
+        let mut m = opnsense();
+        // A second file system mounted over /tmp: only the upper one can be asked.
+        m.push(mount("tmpfs", "tmpfs", "/tmp", MNT_LOCAL));
+        let t = refresh_targets(&m);
+        let mps: Vec<&str> = t.iter().map(|&i| m[i].mountpoint.as_str()).collect();
+        assert_eq!(
+            mps,
+            [
+                "/",
+                "/boot/efi",
+                "/var/log",
+                "/proc",
+                "/var/unbound",
+                "/mnt/cd",
+                "/tmp"
+            ]
+        );
+        assert_eq!(t.last(), Some(&(m.len() - 1)));
+        assert!(refresh_targets(&[]).is_empty());
+    }
+}

@@ -1,0 +1,81 @@
+//! Load averages, as node_exporter's `collector/loadavg.go`: `node_load1`,
+//! `node_load5`, `node_load15`. On FreeBSD `sysinfo` reads them with
+//! `getloadavg(3)` (the `vm.loadavg` sysctl node_exporter reads, scaled by
+//! its `fscale`).
+
+use crate::collector::Sink;
+
+/// Writes the three averages (1, 5 and 15 minutes).
+pub fn write(sink: &mut Sink, load: [f64; 3]) {
+    let [l1, l5, l15] = load;
+    sink.gauge("node_load1", "1m load average.", &[], l1);
+    sink.gauge("node_load5", "5m load average.", &[], l5);
+    sink.gauge("node_load15", "15m load average.", &[], l15);
+}
+
+/// The averages from `sysinfo`, which says why when the call fails.
+pub fn read() -> Result<[f64; 3], String> {
+    sysinfo::System::load_average()
+        .map(|l| [l.one, l.five, l.fifteen])
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(target_os = "freebsd")]
+pub use imp::{LoadavgCollector, SPEC};
+
+#[cfg(target_os = "freebsd")]
+mod imp {
+    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+
+    pub const SPEC: CollectorSpec = CollectorSpec {
+        name: "loadavg",
+        default_enabled: true,
+        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
+            Ok(Box::new(LoadavgCollector))
+        },
+    };
+
+    /// Reads the load averages each collection.
+    pub struct LoadavgCollector;
+
+    impl Collector for LoadavgCollector {
+        fn name(&self) -> &'static str {
+            "loadavg"
+        }
+
+        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+            let load =
+                super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
+            super::write(sink, load);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freebsd::testutil::value;
+
+    #[test]
+    fn names_and_values() {
+        let mut sink = Sink::new();
+        write(&mut sink, [0.21, 0.37, 0.39]);
+        assert_eq!(value(&sink, "node_load1", &[]), Some(0.21));
+        assert_eq!(value(&sink, "node_load5", &[]), Some(0.37));
+        assert_eq!(value(&sink, "node_load15", &[]), Some(0.39));
+        assert_eq!(sink.families["node_load15"].help, "15m load average.");
+        assert_eq!(
+            sink.families["node_load1"].kind,
+            crate::collector::MetricKind::Gauge
+        );
+        assert_eq!(sink.samples.len(), 3);
+    }
+
+    /// The same `sysinfo` call the FreeBSD collector makes, on the test host.
+    #[test]
+    fn reads_the_host() {
+        let load = read().unwrap_or_else(|e| panic!("load_average: {e}"));
+        assert!(load.iter().all(|l| l.is_finite() && *l >= 0.0), "{load:?}");
+    }
+}
