@@ -23,6 +23,19 @@ struct {
 	__type(value, struct bio_hist);
 } block_io_latency SEC(".maps");
 
+/*
+ * The slot table in front of block_io_latency (NW_BIO_SLOTS_TABLE in
+ * nodewatch.h): an array lookup is inlined by the verifier into a bounds
+ * check and an address computation, where the hash lookup is a jhash of
+ * the key and a bucket walk.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NW_BIO_SLOTS_TABLE);
+	__type(key, __u32);
+	__type(value, struct bio_slot);
+} block_io_slots SEC(".maps");
+
 /* Scratch space for a new histogram (too large for the 512-byte stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -71,11 +84,46 @@ static __always_inline __u64 ns_to_us(__u64 ns)
 	return ns / 1000;
 }
 
+/*
+ * Adds delta_us to a histogram: this CPU's copy, and a program does not run
+ * again on a CPU where it is already running (the kernel skips the nested
+ * run): one writer, plain increments.
+ */
+static __always_inline void hist_add(struct bio_hist *h, __u64 delta_us)
+{
+	h->slots[log2_slot(delta_us)] += 1;
+	h->sum_us += delta_us;
+	h->count += 1;
+}
+
 /* Adds one request of delta_ns to the (dev, op, from) histogram. */
 static __always_inline void record(__u32 dev, __u32 op, __u32 from, __u64 delta_ns)
 {
-	struct bio_hist_key hk = { .dev = dev, .op = op, .from = from };
 	__u64 delta_us = ns_to_us(delta_ns);
+	__u64 key = NW_BIO_SLOT_KEY(dev, op, from);
+	/* Fibonacci hashing: the top bits of key x 2^64/phi pick the first slot. */
+	__u32 first = (__u32)((key * 0x9E3779B97F4A7C15ULL) >> (64 - NW_BIO_SLOTS_TABLE_BITS));
+
+#pragma unroll
+	for (__u32 p = 0; p < NW_BIO_SLOT_PROBES; p++) {
+		__u32 idx = (first + p) & (NW_BIO_SLOTS_TABLE - 1);
+		struct bio_slot *s = bpf_map_lookup_elem(&block_io_slots, &idx);
+		if (!s)
+			return;
+		if (s->key == key) {
+			hist_add(&s->hist, delta_us);
+			return;
+		}
+		if (s->key == 0) {
+			/* Free in this CPU's copy: claim it (no other writer). */
+			s->key = key;
+			hist_add(&s->hist, delta_us);
+			return;
+		}
+	}
+
+	/* No room in the probed slots: the per-CPU hash. */
+	struct bio_hist_key hk = { .dev = dev, .op = op, .from = from };
 	struct bio_hist *h = bpf_map_lookup_elem(&block_io_latency, &hk);
 	if (!h) {
 		__u32 zero = 0;
@@ -88,13 +136,7 @@ static __always_inline void record(__u32 dev, __u32 op, __u32 from, __u64 delta_
 		if (!h)
 			return; /* map full: this device/op is not timed */
 	}
-	/*
-	 * This CPU's copy, and a program does not run again on a CPU where it
-	 * is already running (the kernel skips the nested run): one writer.
-	 */
-	h->slots[log2_slot(delta_us)] += 1;
-	h->sum_us += delta_us;
-	h->count += 1;
+	hist_add(h, delta_us);
 }
 
 #endif /* NODEWATCH_BLOCKIO_H */

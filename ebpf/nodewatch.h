@@ -125,8 +125,27 @@ struct tcp_peer_counts {
  */
 #define NW_BIO_INFLIGHT 16384
 
-/* Distinct (device, op) histograms: 5 ops x ~200 devices. */
+/*
+ * Distinct (device, op, from) histograms in the per-CPU hash
+ * block_io_latency: 5 ops x ~200 devices. The hash takes only what the
+ * slot table below has no room for.
+ */
 #define NW_BIO_HISTS 1024
+
+/*
+ * Per-CPU slot table (block_io_slots) in front of that hash: a completion
+ * finds its histogram by a multiplicative hash of the packed key and up to
+ * NW_BIO_SLOT_PROBES linear probes in a per-CPU array, whose lookups the
+ * verifier inlines, instead of hashing the key and walking a bucket. A
+ * node has a few disks x 2-4 ops x (mostly) one start point: 32 slots
+ * hold ~20 series with room to spare for probing. The table is
+ * preallocated: 32 x 248 bytes = 7.75 KiB per possible CPU (2 MiB at 256
+ * CPUs). Each CPU claims slots in its own copy (one writer), so two CPUs
+ * may put one key in different slots; user space sums by key.
+ */
+#define NW_BIO_SLOTS_TABLE_BITS 5
+#define NW_BIO_SLOTS_TABLE (1 << NW_BIO_SLOTS_TABLE_BITS)
+#define NW_BIO_SLOT_PROBES 4
 
 struct bio_start_key {
 	__u64 sector;
@@ -161,6 +180,20 @@ struct bio_hist {
 	__u64 count;
 };
 
+/*
+ * A bio_hist_key packed into the slot table's key, non-zero for a claimed
+ * slot: dev in the high 32 bits, NW_BIO_SLOT_USED, op in bits 1-3, from in
+ * bit 0.
+ */
+#define NW_BIO_SLOT_USED (1ULL << 31)
+#define NW_BIO_SLOT_KEY(dev, op, from) \
+	(((__u64)(dev) << 32) | NW_BIO_SLOT_USED | ((__u64)((op) & 0x7) << 1) | ((from) & 0x1))
+
+struct bio_slot {
+	__u64 key;  /* NW_BIO_SLOT_KEY, 0: free */
+	struct bio_hist hist;
+};
+
 /* The agent asserts the same sizes on its #[repr(C)] mirrors. */
 _Static_assert(sizeof(struct oom_event) == 96, "oom_event layout");
 _Static_assert(sizeof(struct oom_victim) == 32, "oom_victim layout");
@@ -169,5 +202,6 @@ _Static_assert(sizeof(struct tcp_peer_counts) == 24, "tcp_peer_counts layout");
 _Static_assert(sizeof(struct bio_start_key) == 16, "bio_start_key layout");
 _Static_assert(sizeof(struct bio_hist_key) == 12, "bio_hist_key layout");
 _Static_assert(sizeof(struct bio_hist) == 240, "bio_hist layout");
+_Static_assert(sizeof(struct bio_slot) == 248, "bio_slot layout");
 
 #endif /* NODEWATCH_H */

@@ -1,16 +1,20 @@
 //! Block I/O latency histograms from `ebpf/blockio_btf.bpf.c` (or, where that
 //! cannot load, `ebpf/blockio.bpf.c`): log2 microsecond slots per (device,
 //! op, start point) in the kernel, turned into Prometheus cumulative buckets
-//! here.
+//! here. The kernel keeps them in a per-CPU slot table (`block_io_slots`)
+//! and, for what does not fit there, a per-CPU hash (`block_io_latency`);
+//! both are summed by key over every CPU.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
 use crate::collector::{CollectError, Paths, Sink};
 
 /// The map name in both objects (the metric's name, as `ebpf_exporter` does).
 pub const MAP: &str = "block_io_latency";
+/// The per-CPU slot table in front of [`MAP`], in both objects.
+pub const SLOTS_MAP: &str = "block_io_slots";
 
 /// `NW_BIO_SLOTS` in `ebpf/nodewatch.h`.
 pub const SLOTS: usize = 28;
@@ -21,8 +25,29 @@ pub type HistKey = [u32; 3];
 /// `struct bio_hist { u64 slots[SLOTS]; u64 sum_us; u64 count; }`, as an array.
 pub type Hist = [u64; SLOTS + 2];
 
+/// `struct bio_slot { u64 key; struct bio_hist hist; }`: the packed key,
+/// then the histogram.
+pub type Slot = [u64; SLOTS + 3];
+
 const _: () = assert!(std::mem::size_of::<HistKey>() == 12);
 const _: () = assert!(std::mem::size_of::<Hist>() == 240);
+const _: () = assert!(std::mem::size_of::<Slot>() == 248);
+
+/// `NW_BIO_SLOT_USED`: set in every claimed slot's key.
+const SLOT_USED: u64 = 1 << 31;
+
+/// The (dev, op, from) of a slot key (`NW_BIO_SLOT_KEY`), `None` for a free slot.
+#[must_use]
+pub fn unpack_slot_key(key: u64) -> Option<HistKey> {
+    if key & SLOT_USED == 0 {
+        return None;
+    }
+    Some([
+        (key >> 32) as u32,
+        ((key >> 1) & 0x7) as u32,
+        (key & 1) as u32,
+    ])
+}
 
 /// `NW_BIO_OP_*`.
 #[must_use]
@@ -95,8 +120,25 @@ pub fn add_hist(into: &mut Hist, other: &Hist) {
     }
 }
 
+/// Adds one CPU's copy of a slot into `rows` under its key (free slots add nothing).
+pub fn add_slot(rows: &mut BTreeMap<HistKey, Hist>, slot: &Slot) {
+    let Some((key, hist)) = slot.split_first() else {
+        return;
+    };
+    let Some(key) = unpack_slot_key(*key) else {
+        return;
+    };
+    let into = rows.entry(key).or_insert([0u64; SLOTS + 2]);
+    for (a, b) in into.iter_mut().zip(hist) {
+        *a = a.wrapping_add(*b);
+    }
+}
+
 pub struct BlockIo {
-    /// Per-CPU histograms: each CPU's copy is summed here.
+    /// Per-CPU slot table: each CPU claims its own slots, so a key may sit
+    /// in different slots on different CPUs.
+    slots: PerCpuArray<MapData, Slot>,
+    /// Per-CPU histograms for what the slot table had no room for.
     map: PerCpuHashMap<MapData, HistKey, Hist>,
     paths: Paths,
     /// dev → name, refreshed when a dev is new (names are stable while a device exists).
@@ -105,26 +147,43 @@ pub struct BlockIo {
 
 impl BlockIo {
     #[must_use]
-    pub fn new(map: PerCpuHashMap<MapData, HistKey, Hist>, paths: Paths) -> Self {
+    pub fn new(
+        slots: PerCpuArray<MapData, Slot>,
+        map: PerCpuHashMap<MapData, HistKey, Hist>,
+        paths: Paths,
+    ) -> Self {
         Self {
+            slots,
             map,
             paths,
             names: BTreeMap::new(),
         }
     }
 
-    pub fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let mut rows = Vec::new();
+    /// Every histogram, summed over CPUs, slots and the hash.
+    fn read(&self) -> Result<BTreeMap<HistKey, Hist>, CollectError> {
+        let mut rows: BTreeMap<HistKey, Hist> = BTreeMap::new();
+        for idx in 0..self.slots.len() {
+            let per_cpu = self
+                .slots
+                .get(&idx, 0)
+                .map_err(|e| CollectError::Other(format!("{SLOTS_MAP}[{idx}]: {e}")))?;
+            for slot in per_cpu.iter() {
+                add_slot(&mut rows, slot);
+            }
+        }
         for item in &self.map {
             let (key, per_cpu) = item.map_err(|e| CollectError::Other(format!("{MAP}: {e}")))?;
-            let mut hist = [0u64; SLOTS + 2];
+            let hist = rows.entry(key).or_insert([0u64; SLOTS + 2]);
             for h in per_cpu.iter() {
-                add_hist(&mut hist, h);
+                add_hist(hist, h);
             }
-            rows.push((key, hist));
         }
-        rows.sort_unstable_by_key(|(k, _)| *k);
-        for ([dev, op, from], hist) in rows {
+        Ok(rows)
+    }
+
+    pub fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        for ([dev, op, from], hist) in self.read()? {
             let name = self
                 .names
                 .entry(dev)
@@ -183,6 +242,40 @@ mod tests {
         assert_eq!(a[3], 4);
         assert_eq!(a[SLOTS], 14);
         assert_eq!(a[SLOTS + 1], 1); // wraps, as the kernel's counter would
+    }
+
+    #[test]
+    fn slot_keys_and_sums() {
+        // NW_BIO_SLOT_KEY(dev, op, from) as blockio.h packs it.
+        let pack = |dev: u32, op: u32, from: u32| {
+            (u64::from(dev) << 32) | SLOT_USED | (u64::from(op & 7) << 1) | u64::from(from & 1)
+        };
+        let dev = (259 << 20) | 0x11;
+        assert_eq!(unpack_slot_key(pack(dev, 3, 1)), Some([dev, 3, 1]));
+        assert_eq!(unpack_slot_key(pack(0, 4, 0)), Some([0, 4, 0]));
+        assert_eq!(unpack_slot_key(0), None);
+
+        // One key in different slots of two CPUs, a free slot, another key.
+        let mut a = [0u64; SLOTS + 3];
+        a[0] = pack(dev, 0, 0);
+        a[1 + 5] = 2;
+        a[1 + SLOTS] = 100; // sum_us
+        a[1 + SLOTS + 1] = 2; // count
+        let mut b = a;
+        b[1 + 5] = 1;
+        b[1 + SLOTS] = 7;
+        b[1 + SLOTS + 1] = 1;
+        let free = [0u64; SLOTS + 3];
+        let mut c = a;
+        c[0] = pack(dev, 1, 0);
+        let mut rows = BTreeMap::new();
+        for s in [&a, &free, &b, &c] {
+            add_slot(&mut rows, s);
+        }
+        assert_eq!(rows.len(), 2);
+        let r = rows[&[dev, 0, 0]];
+        assert_eq!((r[5], r[SLOTS], r[SLOTS + 1]), (3, 107, 3));
+        assert_eq!(rows[&[dev, 1, 0]][SLOTS + 1], 2);
     }
 
     #[test]

@@ -590,20 +590,17 @@ impl Ebpf {
                         state.skb_drop = Some(skb_drop::SkbDrop::new(core, other, names));
                     }
                 }
-                "blockio_btf" if attached(BLOCK_RQ_COMPLETE_BTF.program) => {
-                    if let Some(m) = bpf
+                "blockio_btf" | "blockio"
+                    if attached(BLOCK_RQ_COMPLETE_BTF.program) || attached("block_rq_complete") =>
+                {
+                    let slots = bpf
+                        .take_map(blockio::SLOTS_MAP)
+                        .and_then(|m| PerCpuArray::try_from(m).ok());
+                    let hash = bpf
                         .take_map(blockio::MAP)
-                        .and_then(|m| PerCpuHashMap::try_from(m).ok())
-                    {
-                        state.blockio = Some(blockio::BlockIo::new(m, paths.clone()));
-                    }
-                }
-                "blockio" if attached("block_rq_complete") => {
-                    if let Some(m) = bpf
-                        .take_map(blockio::MAP)
-                        .and_then(|m| PerCpuHashMap::try_from(m).ok())
-                    {
-                        state.blockio = Some(blockio::BlockIo::new(m, paths.clone()));
+                        .and_then(|m| PerCpuHashMap::try_from(m).ok());
+                    if let (Some(slots), Some(hash)) = (slots, hash) {
+                        state.blockio = Some(blockio::BlockIo::new(slots, hash, paths.clone()));
                     }
                 }
                 _ => {}
