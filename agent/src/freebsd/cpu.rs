@@ -5,6 +5,10 @@
 //! CPU in the order `CP_USER, CP_NICE, CP_SYS, CP_INTR, CP_IDLE`
 //! (`sys/sys/resource.h`). Ticks are counted at `stathz`, the fourth `int`
 //! of `struct clockinfo` (`kern.clockrate`, `sys/sys/time.h`).
+//!
+//! Not through `sysinfo`, which the agent uses for load and host facts:
+//! it reports each CPU's usage as a percentage since its last refresh, not
+//! the cumulative seconds per mode a Prometheus counter needs.
 
 use crate::collector::Sink;
 

@@ -3,6 +3,11 @@
 //! `node_memory_free_bytes`, `node_memory_swap_in_bytes_total`, …
 //! Page counts are multiplied by `vm.stats.vm.v_page_size`.
 //!
+//! Not through `sysinfo`, which the agent uses for load and host facts: it
+//! gives total, used, free and available memory, not the page queues
+//! (active, inactive, laundry, wired) and swap paging counters that
+//! node_exporter's names carry.
+//!
 //! Not exported: `node_memory_swap_used_bytes`, which node_exporter reads
 //! through libkvm (`kvm_getswapinfo`), not a sysctl.
 
