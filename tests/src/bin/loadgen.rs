@@ -146,6 +146,10 @@ struct Stats {
     errors: AtomicU64,
     /// Ack latencies in microseconds, measured batches only.
     latencies: Mutex<Vec<u64>>,
+    /// Ack latencies of each node's first batch (its series definitions),
+    /// in microseconds: how long a node waits while every node connects
+    /// at once, as after an aggregator restart.
+    first_latencies: Mutex<Vec<u64>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -160,6 +164,13 @@ impl Stats {
 
     fn latency(&self, d: Duration) {
         self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(d.as_micros() as u64);
+    }
+
+    fn first_latency(&self, d: Duration) {
+        self.first_latencies
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(d.as_micros() as u64);
@@ -308,13 +319,20 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
+    let mut first = stats
+        .first_latencies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    first.sort_unstable();
+    let pct_of = |v: &[u64], p: f64| -> f64 {
+        if v.is_empty() {
             return f64::NAN;
         }
-        let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[idx] as f64 / 1000.0
+        let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[idx] as f64 / 1000.0
     };
+    let pct = |p: f64| pct_of(&latencies, p);
     let batches = stats.batches.load(Ordering::Relaxed);
     let acks = stats.acks.load(Ordering::Relaxed);
     let errors = stats.errors.load(Ordering::Relaxed);
@@ -335,6 +353,13 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
         pct(0.5),
         pct(0.99),
         pct(1.0)
+    );
+    println!(
+        "first batches     {} acked (series definitions, every node connecting): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        first.len(),
+        pct_of(&first, 0.5),
+        pct_of(&first, 0.99),
+        pct_of(&first, 1.0)
     );
     if let Some(b) = bytes_per_sample {
         println!("socket bytes/sample {b:.3} (TLS included)");
@@ -362,6 +387,10 @@ fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: 
             "acks": acks,
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
+            "first_batches_acked": first.len(),
+            "first_p50_ms": pct_of(&first, 0.5),
+            "first_p99_ms": pct_of(&first, 0.99),
+            "first_max_ms": pct_of(&first, 1.0),
             "max_ms": pct(1.0),
             "bytes_per_sample": bytes_per_sample,
             "errors": errors,
@@ -494,9 +523,12 @@ async fn stream_node(
                         let now = Instant::now();
                         let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
                         while p.front().is_some_and(|(seq, _, _)| *seq <= a.seq) {
-                            if let Some((_, at, measured)) = p.pop_front() {
+                            if let Some((seq, at, measured)) = p.pop_front() {
                                 if measured {
                                     stats.latency(now.saturating_duration_since(at));
+                                }
+                                if seq == 1 {
+                                    stats.first_latency(now.saturating_duration_since(at));
                                 }
                             }
                         }
@@ -609,6 +641,7 @@ async fn remote_write_node(
         if at >= timing.end {
             return Ok(());
         }
+        let was_first = first;
         if !first {
             sim.step();
         }
@@ -639,6 +672,9 @@ async fn remote_write_node(
                 stats.acks.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     stats.latency(at.elapsed());
+                }
+                if was_first {
+                    stats.first_latency(at.elapsed());
                 }
             }
             Ok(code) => stats.error(format!("remote write: HTTP {code}")),
