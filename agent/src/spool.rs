@@ -242,9 +242,12 @@ fn from_record(r: SpoolRecord) -> Collection {
     }
 }
 
-/// Parses the records of one segment; returns them with the offset where
-/// valid data ends (the rest is a torn or corrupt tail).
-fn parse_segment(data: &[u8]) -> (Vec<(u64, u32, SpoolRecord)>, u64) {
+/// Parses the records of one segment; returns them, each with its offset and
+/// payload length, with the offset where valid data ends (the rest is a torn
+/// or corrupt tail). Public only for the fuzzer: a pure function on bytes.
+#[doc(hidden)]
+#[must_use]
+pub fn parse_segment(data: &[u8]) -> (Vec<(u64, u32, SpoolRecord)>, u64) {
     let mut out = Vec::new();
     let mut off = 0usize;
     while let Some(header) = data.get(off..off + HEADER as usize) {

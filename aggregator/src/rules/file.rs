@@ -242,9 +242,12 @@ const RULE_KEYS: &[&str] = &[
     "annotations",
 ];
 
-/// The first line at or after `from` (1-based) that sets `key`.
-fn key_line(text: &str, from: usize, key: &str) -> Option<usize> {
-    text.lines()
+/// The first line at or after `from` (1-based) of `lines` (the file's,
+/// split once per file: searching the text itself would walk it from the
+/// start on every call) that sets `key`.
+fn key_line(lines: &[&str], from: usize, key: &str) -> Option<usize> {
+    lines
+        .iter()
         .enumerate()
         .skip(from.saturating_sub(1))
         .find(|(_, l)| {
@@ -293,7 +296,7 @@ fn unknown_field(key: &str, expected: &[&str]) -> String {
 /// group and rule: unknown keys and wrongly typed fields are collected and
 /// the rest of the file is still read.
 #[allow(clippy::too_many_lines)]
-fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
+fn decode(path: &Path, text: &str, lines: &[&str]) -> (RuleFileDef, Vec<RuleFileError>) {
     use serde_yaml_ng::Value;
     let mut errors = Vec::new();
     let mut def = RuleFileDef { groups: Vec::new() };
@@ -330,7 +333,7 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
         let k = scalar_string(k).unwrap_or_default();
         if !FILE_KEYS.contains(&k.as_str()) {
             errors.push(err(
-                key_line(text, 1, &k),
+                key_line(lines, 1, &k),
                 None,
                 None,
                 unknown_field(&k, FILE_KEYS),
@@ -342,7 +345,7 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
         Some(Value::Sequence(s)) => s.clone(),
         Some(_) => {
             errors.push(err(
-                key_line(text, 1, "groups"),
+                key_line(lines, 1, "groups"),
                 None,
                 None,
                 "groups: expected a list".into(),
@@ -364,7 +367,7 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
             continue;
         };
         let name = g.get("name").and_then(scalar_string).unwrap_or_default();
-        let gline = key_line(text, group_search_from, "name");
+        let gline = key_line(lines, group_search_from, "name");
         if let Some(l) = gline {
             group_search_from = l + 1;
         }
@@ -373,7 +376,7 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
             let k = scalar_string(k).unwrap_or_default();
             if !GROUP_KEYS.contains(&k.as_str()) {
                 errors.push(err(
-                    key_line(text, gline.unwrap_or(1), &k),
+                    key_line(lines, gline.unwrap_or(1), &k),
                     gname,
                     None,
                     unknown_field(&k, GROUP_KEYS),
@@ -436,7 +439,7 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
                             known.insert(k.clone(), v);
                         } else {
                             errors.push(err(
-                                key_line(text, line.unwrap_or(1), &ks).or(line),
+                                key_line(lines, line.unwrap_or(1), &ks).or(line),
                                 gname,
                                 rid,
                                 unknown_field(&ks, RULE_KEYS),
@@ -469,14 +472,16 @@ fn decode(path: &Path, text: &str) -> (RuleFileDef, Vec<RuleFileError>) {
 
 /// The line of the field a problem names (`expr: …`, `annotations.x: …`)
 /// within a rule's lines.
-fn field_line(text: &str, (start, end): (usize, usize), problem: &str) -> Option<usize> {
+fn field_line(lines: &[&str], (start, end): (usize, usize), problem: &str) -> Option<usize> {
     let path = problem.split_once(": ")?.0;
     if path.contains(char::is_whitespace) {
         return None;
     }
+    // Lines past `end` belong to the next rule: no need to search them.
+    let lines = &lines[..end.min(lines.len())];
     let mut at = start;
     for key in path.split('.') {
-        at = key_line(text, at, key).filter(|l| *l <= end)?;
+        at = key_line(lines, at, key)?;
     }
     Some(at)
 }
@@ -506,13 +511,14 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
             rule: rule.map(|(i, n)| (i, n.to_string())),
             problem,
         };
-    let (def, mut errors) = decode(path, text);
+    let lines: Vec<&str> = text.lines().collect();
+    let (def, mut errors) = decode(path, text, &lines);
     let mut groups = Vec::new();
     let mut seen_groups: Vec<&str> = Vec::new();
     for g in &def.groups {
         let gname = Some(g.name.as_str());
         let gline = g.line;
-        let interval_line = g.line.and_then(|l| key_line(text, l, "interval"));
+        let interval_line = g.line.and_then(|l| key_line(&lines, l, "interval"));
         if g.name.is_empty() {
             errors.push(err(gline, None, None, "groupname must not be empty".into()));
         } else if seen_groups.contains(&g.name.as_str()) {
@@ -554,7 +560,7 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<GroupSpec>, RuleFileEr
             let rid = Some((r.index, name.as_str()));
             let span = (line.unwrap_or(1), r.end_line.unwrap_or(usize::MAX));
             let mut push = |problem: String| {
-                let at = field_line(text, span, &problem).or(line);
+                let at = field_line(&lines, span, &problem).or(line);
                 errors.push(err(at, gname, rid, problem));
             };
             let is_alert = r.alert.is_some();
