@@ -590,8 +590,13 @@ impl Ebpf {
                         state.skb_drop = Some(skb_drop::SkbDrop::new(core, other, names));
                     }
                 }
-                "blockio_btf" | "blockio"
-                    if attached(BLOCK_RQ_COMPLETE_BTF.program) || attached("block_rq_complete") =>
+                // Each object's maps only when its own completion program attached.
+                name @ ("blockio_btf" | "blockio")
+                    if attached(if name == "blockio" {
+                        "block_rq_complete"
+                    } else {
+                        BLOCK_RQ_COMPLETE_BTF.program
+                    }) =>
                 {
                     let slots = bpf
                         .take_map(blockio::SLOTS_MAP)
