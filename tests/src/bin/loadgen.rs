@@ -163,18 +163,25 @@ impl Stats {
     }
 
     fn latency(&self, d: Duration) {
-        self.latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(d.as_micros() as u64);
+        push_micros(&self.latencies, d);
     }
 
     fn first_latency(&self, d: Duration) {
-        self.first_latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(d.as_micros() as u64);
+        push_micros(&self.first_latencies, d);
     }
+}
+
+fn push_micros(into: &Mutex<Vec<u64>>, d: Duration) {
+    into.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(d.as_micros() as u64);
+}
+
+/// A copy of `from`, sorted.
+fn sorted(from: &Mutex<Vec<u64>>) -> Vec<u64> {
+    let mut v = from.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    v.sort_unstable();
+    v
 }
 
 fn main() -> Result<()> {
@@ -313,18 +320,8 @@ async fn run(args: Args) -> Result<()> {
 
 fn report(args: &Args, template_len: usize, stats: &Stats, samples: u64, bytes: Option<u64>) {
     let secs = args.duration.as_secs_f64();
-    let mut latencies = stats
-        .latencies
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    latencies.sort_unstable();
-    let mut first = stats
-        .first_latencies
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    first.sort_unstable();
+    let latencies = sorted(&stats.latencies);
+    let first = sorted(&stats.first_latencies);
     let pct_of = |v: &[u64], p: f64| -> f64 {
         if v.is_empty() {
             return f64::NAN;
