@@ -56,14 +56,35 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never the same twice in one test process.
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999),
+/// so no outgoing connection of an agent, Prometheus or another test can hold
+/// one between this call and the listener's bind. Asking the kernel for port
+/// 0 instead hands back ephemeral ports that a parallel test's client socket
+/// may take first (seen as "Address already in use" at aggregator start).
 #[must_use]
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    // Each test binary starts at its own offset so that two running at once
+    // (or a leftover child of the previous one) rarely meet.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + n % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A plain HTTP/1.0 GET; returns (status, body).
