@@ -8,27 +8,25 @@
 //! is measured with `statfs(2)` on `<rootfs>/<mount point>`.
 //!
 //! A `statfs` on a dead NFS server blocks in the kernel, possibly for ever.
-//! So the calls run on a few worker threads and the collector waits at most
+//! So the calls go through a [`StatfsPool`], which waits at most
 //! [`MOUNT_TIMEOUT`] for each; a mount that does not answer in time is
 //! reported with `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
-//! and not asked again until the blocked call returns (`node_exporter`'s
-//! `stuckMounts`). A blocked thread is left behind, at most one per mount.
+//! and not asked again until the blocked call returns.
 //!
 //! Labels are `device`, `fstype`, `mountpoint`, plus `device_error` with the
 //! error text when statfs failed. `node_exporter` v1.9+ writes
 //! `device_error=""` on healthy mounts; an empty label is the same as no label
 //! in Prometheus, so the series are identical.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use regex::Regex;
 
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::parse_field;
+use crate::collectors::statfs_pool::{Answer, StatfsPool};
+pub use crate::collectors::statfs_pool::{MOUNT_TIMEOUT, STAT_WORKERS, TIMEOUT_ERROR};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "filesystem",
@@ -47,17 +45,6 @@ pub const DEFAULT_FS_TYPES_EXCLUDE: &str = concat!(
     "|squashfs|erofs|sysfs|tracefs)$"
 );
 
-/// How long one `statfs` may take before its mount counts as stuck:
-/// `node_exporter`'s `--collector.filesystem.mount-timeout` default.
-pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Concurrent `statfs` calls: `node_exporter`'s `--collector.filesystem.stat-workers`
-/// default. Enough to hide one slow network mount without hammering a server.
-pub const STAT_WORKERS: usize = 4;
-
-/// `device_error` label of a mount skipped because an earlier statfs is still blocked.
-pub const TIMEOUT_ERROR: &str = "mountpoint timeout";
-
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     let re = |p: &str| Regex::new(p).map_err(|e| Unavailable(format!("filesystem pattern: {e}")));
     Ok(Box::new(FilesystemCollector {
@@ -65,9 +52,7 @@ pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
         rootfs: paths.rootfs.clone(),
         mount_points_exclude: re(DEFAULT_MOUNT_POINTS_EXCLUDE)?,
         fs_types_exclude: re(DEFAULT_FS_TYPES_EXCLUDE)?,
-        timeout: MOUNT_TIMEOUT,
-        stat: statfs,
-        stuck: Arc::new(Mutex::new(HashSet::new())),
+        stat: StatfsPool::new(statfs, MOUNT_TIMEOUT, STAT_WORKERS),
     }))
 }
 
@@ -178,39 +163,12 @@ fn statfs(path: &Path) -> Result<FsStat, String> {
     }
 }
 
-type StatFn = fn(&Path) -> Result<FsStat, String>;
-
 pub struct FilesystemCollector {
     procfs: PathBuf,
     rootfs: PathBuf,
     mount_points_exclude: Regex,
     fs_types_exclude: Regex,
-    timeout: Duration,
-    stat: StatFn,
-    /// Mount points whose statfs is still blocked. Shared with the blocked
-    /// threads, which remove their entry when the call finally returns.
-    stuck: Arc<Mutex<HashSet<String>>>,
-}
-
-/// One statfs to do.
-struct Job {
-    /// Position in the job list (not the mount list).
-    idx: usize,
-    path: PathBuf,
-    mount_point: String,
-    /// Set under the `stuck` lock when statfs returned, so the collector never
-    /// marks a mount stuck after its call has already finished.
-    done: AtomicBool,
-}
-
-enum Msg {
-    Started(usize, Instant),
-    Finished(usize, Result<FsStat, String>),
-}
-
-enum Outcome {
-    Stat(FsStat),
-    Error(String),
+    stat: StatfsPool<FsStat>,
 }
 
 impl FilesystemCollector {
@@ -249,118 +207,6 @@ impl FilesystemCollector {
             _ => mp.to_string(),
         }
     }
-
-    /// Runs statfs for every job on up to [`STAT_WORKERS`] threads, waiting at
-    /// most `timeout` for each call. Result `i` belongs to job `i`.
-    fn stat_all(&self, jobs: Vec<Arc<Job>>) -> Result<Vec<Option<Outcome>>, CollectError> {
-        let mut results: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
-        let mut pending = jobs.len();
-        let all = jobs.clone();
-        let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
-        let (tx, rx) = mpsc::channel();
-        for _ in 0..STAT_WORKERS.min(pending) {
-            self.spawn_worker(&queue, &tx)?;
-        }
-        let mut in_flight: Vec<(usize, Instant)> = Vec::new();
-        while pending > 0 {
-            let now = Instant::now();
-            let wait = in_flight
-                .iter()
-                .map(|(_, start)| (*start + self.timeout).saturating_duration_since(now))
-                .min()
-                .unwrap_or(self.timeout);
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Started(idx, at)) => in_flight.push((idx, at)),
-                Ok(Msg::Finished(idx, r)) => {
-                    in_flight.retain(|(i, _)| *i != idx);
-                    if let Some(slot @ None) = results.get_mut(idx) {
-                        *slot = Some(match r {
-                            Ok(s) => Outcome::Stat(s),
-                            Err(e) => Outcome::Error(e),
-                        });
-                        pending -= 1;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let now = Instant::now();
-                    let mut replaced = 0;
-                    let mut stuck = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
-                    in_flight.retain(|(idx, start)| {
-                        if now.duration_since(*start) < self.timeout {
-                            return true;
-                        }
-                        let Some(job) = all.get(*idx) else {
-                            return false;
-                        };
-                        if job.done.load(Ordering::Acquire) {
-                            // Finished just now; its message is on the way.
-                            return true;
-                        }
-                        stuck.insert(job.mount_point.clone());
-                        if let Some(slot @ None) = results.get_mut(*idx) {
-                            *slot = Some(Outcome::Error(TIMEOUT_ERROR.to_string()));
-                            pending -= 1;
-                        }
-                        replaced += 1;
-                        false
-                    });
-                    drop(stuck);
-                    // A blocked thread is lost to this round: replace it. A
-                    // whole timeout with nothing in flight means no worker is
-                    // left (one died): start one so queued jobs still run.
-                    if in_flight.is_empty() {
-                        replaced = replaced.max(1);
-                    }
-                    for _ in 0..replaced {
-                        self.spawn_worker(&queue, &tx)?;
-                    }
-                }
-                // Unreachable while we hold `tx`; kept so the match is total.
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(CollectError::Other(
-                        "filesystem: statfs result channel closed".into(),
-                    ));
-                }
-            }
-        }
-        Ok(results)
-    }
-
-    fn spawn_worker(
-        &self,
-        queue: &Arc<Mutex<VecDeque<Arc<Job>>>>,
-        tx: &mpsc::Sender<Msg>,
-    ) -> Result<(), CollectError> {
-        let queue = Arc::clone(queue);
-        let tx = tx.clone();
-        let stuck = Arc::clone(&self.stuck);
-        let stat = self.stat;
-        std::thread::Builder::new()
-            .name("statfs".into())
-            .spawn(move || loop {
-                let job = queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
-                let Some(job) = job else { return };
-                if tx.send(Msg::Started(job.idx, Instant::now())).is_err() {
-                    return;
-                }
-                let r = stat(&job.path);
-                {
-                    let mut stuck = stuck.lock().unwrap_or_else(PoisonError::into_inner);
-                    job.done.store(true, Ordering::Release);
-                    // Recovered: ask again from the next collection on.
-                    stuck.remove(&job.mount_point);
-                }
-                // The collector may have moved on; then nobody needs the answer.
-                let _ = tx.send(Msg::Finished(job.idx, r));
-            })
-            .map(|_| ())
-            .map_err(|e| {
-                CollectError::Other(format!("filesystem: cannot start statfs thread: {e}"))
-            })
-    }
 }
 
 impl Collector for FilesystemCollector {
@@ -389,58 +235,32 @@ impl Collector for FilesystemCollector {
             }
         }
 
-        let stuck_now = self
-            .stuck
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut jobs = Vec::new();
-        // For each mount, its job; `None` for a mount still stuck from before.
-        let mut job_of_mount = Vec::with_capacity(mounts.len());
-        for (mp, _) in &mounts {
-            if stuck_now.contains(mp) {
-                job_of_mount.push(None);
-                continue;
-            }
-            job_of_mount.push(Some(jobs.len()));
-            jobs.push(Arc::new(Job {
-                idx: jobs.len(),
-                path: self.rootfs.join(mp.trim_start_matches('/')),
-                mount_point: mp.clone(),
-                done: AtomicBool::new(false),
-            }));
-        }
-        let mut results = self.stat_all(jobs)?;
-
-        for ((mp, m), job) in mounts.iter().zip(job_of_mount) {
-            let outcome = job
-                .and_then(|j| results.get_mut(j))
-                .and_then(Option::take)
-                .unwrap_or_else(|| Outcome::Error(TIMEOUT_ERROR.to_string()));
-            write(sink, mp, m, &outcome);
+        let jobs: Vec<(String, PathBuf)> = mounts
+            .iter()
+            .map(|(mp, _)| (mp.clone(), self.rootfs.join(mp.trim_start_matches('/'))))
+            .collect();
+        let answers = self.stat.stat_all(&jobs)?;
+        for ((mp, m), answer) in mounts.iter().zip(&answers) {
+            write(sink, mp, m, answer);
         }
         Ok(())
     }
 }
 
-fn write(sink: &mut Sink, mp: &str, m: &Mount, outcome: &Outcome) {
+fn write(sink: &mut Sink, mp: &str, m: &Mount, answer: &Answer<FsStat>) {
     let mut labels = vec![
         ("device", m.source.as_str()),
         ("fstype", m.fs_type.as_str()),
         ("mountpoint", mp),
     ];
-    if let Outcome::Error(e) = outcome {
-        labels.push(("device_error", e.as_str()));
+    if let Some(e) = answer.error() {
+        labels.push(("device_error", e));
     }
     sink.gauge(
         "node_filesystem_device_error",
         "Whether an error occurred while getting statistics for the given device.",
         &labels,
-        if matches!(outcome, Outcome::Error(_)) {
-            1.0
-        } else {
-            0.0
-        },
+        if answer.error().is_some() { 1.0 } else { 0.0 },
     );
     sink.gauge(
         "node_filesystem_readonly",
@@ -448,7 +268,7 @@ fn write(sink: &mut Sink, mp: &str, m: &Mount, outcome: &Outcome) {
         &labels,
         if m.read_only() { 1.0 } else { 0.0 },
     );
-    let Outcome::Stat(s) = outcome else { return };
+    let Answer::Stat(s) = answer else { return };
     sink.gauge(
         "node_filesystem_size_bytes",
         "Filesystem size in bytes.",
@@ -600,16 +420,17 @@ mod tests {
         );
     }
 
-    fn collector(rootfs: &Path, stat: StatFn, timeout: Duration) -> FilesystemCollector {
+    use crate::collectors::statfs_pool::StatFn;
+    use std::time::{Duration, Instant};
+
+    fn collector(rootfs: &Path, stat: StatFn<FsStat>, timeout: Duration) -> FilesystemCollector {
         let re = |p: &str| Regex::new(p).unwrap();
         FilesystemCollector {
             procfs: format!("{FIXTURES}/proc").into(),
             rootfs: rootfs.into(),
             mount_points_exclude: re(DEFAULT_MOUNT_POINTS_EXCLUDE),
             fs_types_exclude: re(DEFAULT_FS_TYPES_EXCLUDE),
-            timeout,
-            stat,
-            stuck: Arc::new(Mutex::new(HashSet::new())),
+            stat: StatfsPool::new(stat, timeout, STAT_WORKERS),
         }
     }
 
@@ -706,12 +527,12 @@ mod tests {
         let mut sink = Sink::new();
         c.collect(&mut sink).unwrap();
         assert!(t.elapsed() < Duration::from_millis(100));
-        assert!(c.stuck.lock().unwrap().contains("/boot"));
+        assert!(c.stat.is_stuck("/boot"));
 
         // Once the call returns the mount is asked again.
         std::thread::sleep(Duration::from_millis(700));
-        assert!(c.stuck.lock().unwrap().is_empty());
-        c.timeout = Duration::from_secs(5);
+        assert!(!c.stat.is_stuck("/boot"));
+        c.stat.timeout = Duration::from_secs(5);
         let mut sink = Sink::new();
         c.collect(&mut sink).unwrap();
         assert_eq!(mount_points(&sink, "node_filesystem_size_bytes").len(), 8);

@@ -52,6 +52,7 @@ pub mod pressure;
 pub mod sockstat;
 #[cfg(target_os = "linux")]
 pub mod stat;
+pub mod statfs_pool;
 pub mod testseq;
 #[cfg(target_os = "linux")]
 pub mod vmstat;

@@ -18,9 +18,15 @@
 //! 2800). Here every local mount (`MNT_LOCAL`: UFS, ZFS, tmpfs, …), whose
 //! `statfs` answers from memory, is asked afresh with `statfs(2)`; network
 //! mounts keep the cached figures, so a dead NFS server never blocks a
-//! collection.
+//! collection. A local file system can block too (a ZFS pool whose disks
+//! went away suspends its I/O), so the refreshes run through the same
+//! [`StatfsPool`](crate::collectors::statfs_pool::StatfsPool) as on Linux: a
+//! mount that does not answer within 5 s is reported as
+//! `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
+//! without sizes, and not asked again until its call returns.
 
 use crate::collector::Sink;
+use crate::collectors::statfs_pool::TIMEOUT_ERROR;
 
 /// `sys/mount.h` flags (`f_flags`).
 pub const MNT_RDONLY: u64 = 0x0000_0001;
@@ -46,6 +52,9 @@ pub struct MountEntry {
     pub bavail: i64,
     pub files: u64,
     pub ffree: i64,
+    /// Its refresh did not answer in time: only `device_error` (labelled
+    /// `mountpoint timeout`), `readonly` and `mount_info` are written.
+    pub timed_out: bool,
 }
 
 /// Whether node_exporter's FreeBSD defaults leave this mount out.
@@ -82,17 +91,20 @@ pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
         if excluded(m) || !seen.insert((&m.device, &m.mountpoint, &m.fstype)) {
             continue;
         }
-        let labels = [
+        let mut labels = vec![
             ("device", m.device.as_str()),
             ("fstype", m.fstype.as_str()),
             ("mountpoint", m.mountpoint.as_str()),
         ];
+        if m.timed_out {
+            labels.push(("device_error", TIMEOUT_ERROR));
+        }
         let bsize = m.bsize as f64;
         sink.gauge(
             "node_filesystem_device_error",
             "Whether an error occurred while getting statistics for the given device.",
             &labels,
-            0.0,
+            if m.timed_out { 1.0 } else { 0.0 },
         );
         sink.gauge(
             "node_filesystem_readonly",
@@ -100,6 +112,18 @@ pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
             &labels,
             if m.flags & MNT_RDONLY != 0 { 1.0 } else { 0.0 },
         );
+        sink.gauge(
+            "node_filesystem_mount_info",
+            "Filesystem mount information.",
+            &[
+                ("device", m.device.as_str()),
+                ("mountpoint", m.mountpoint.as_str()),
+            ],
+            1.0,
+        );
+        if m.timed_out {
+            continue;
+        }
         sink.gauge(
             "node_filesystem_size_bytes",
             "Filesystem size in bytes.",
@@ -130,15 +154,6 @@ pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
             &labels,
             m.ffree as f64,
         );
-        sink.gauge(
-            "node_filesystem_mount_info",
-            "Filesystem mount information.",
-            &[
-                ("device", m.device.as_str()),
-                ("mountpoint", m.mountpoint.as_str()),
-            ],
-            1.0,
-        );
     }
 }
 
@@ -147,7 +162,10 @@ pub use imp::{FilesystemCollector, SPEC};
 
 #[cfg(target_os = "freebsd")]
 mod imp {
+    use std::path::{Path, PathBuf};
+
     use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collectors::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
     use crate::freebsd::sysctl;
 
     // The flag values written out above (so the pure code builds everywhere)
@@ -162,12 +180,40 @@ mod imp {
         name: "filesystem",
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(FilesystemCollector))
+            Ok(Box::new(FilesystemCollector {
+                refresh: StatfsPool::new(refresh, MOUNT_TIMEOUT, STAT_WORKERS),
+            }))
         },
     };
 
+    /// What a fresh `statfs(2)` says about one mount.
+    struct Fresh {
+        fstype: String,
+        bsize: u64,
+        blocks: u64,
+        bfree: u64,
+        bavail: i64,
+        files: u64,
+        ffree: i64,
+    }
+
+    fn refresh(path: &Path) -> Result<Fresh, String> {
+        let s = nix::sys::statfs::statfs(path).map_err(|e| e.desc().to_string())?;
+        Ok(Fresh {
+            fstype: s.filesystem_type_name().to_string(),
+            bsize: s.block_size(),
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+        })
+    }
+
     /// Lists the mounts with `getfsstat` and refreshes the local ones each collection.
-    pub struct FilesystemCollector;
+    pub struct FilesystemCollector {
+        refresh: StatfsPool<Fresh>,
+    }
 
     impl Collector for FilesystemCollector {
         fn name(&self) -> &'static str {
@@ -177,21 +223,28 @@ mod imp {
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let mut mounts =
                 sysctl::mounts().map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?;
-            for i in super::refresh_targets(&mounts) {
+            let targets = super::refresh_targets(&mounts);
+            let jobs: Vec<(String, PathBuf)> = targets
+                .iter()
+                .filter_map(|&i| mounts.get(i))
+                .map(|m| (m.mountpoint.clone(), PathBuf::from(&m.mountpoint)))
+                .collect();
+            let answers = self.refresh.stat_all(&jobs)?;
+            for (&i, answer) in targets.iter().zip(answers) {
                 let Some(m) = mounts.get_mut(i) else { continue };
-                // Unmounted since the listing, or mounted over: keep the listing's figures.
-                let Ok(s) = nix::sys::statfs::statfs(m.mountpoint.as_str()) else {
-                    continue;
-                };
-                if s.filesystem_type_name() != m.fstype {
-                    continue;
+                match answer {
+                    Answer::Stat(s) if s.fstype == m.fstype => {
+                        m.bsize = s.bsize;
+                        m.blocks = s.blocks;
+                        m.bfree = s.bfree;
+                        m.bavail = s.bavail;
+                        m.files = s.files;
+                        m.ffree = s.ffree;
+                    }
+                    Answer::TimedOut => m.timed_out = true,
+                    // Unmounted since the listing, or mounted over: keep the listing's figures.
+                    Answer::Stat(_) | Answer::Error(_) => {}
                 }
-                m.bsize = s.block_size();
-                m.blocks = s.blocks();
-                m.bfree = s.blocks_free();
-                m.bavail = s.blocks_available();
-                m.files = s.files();
-                m.ffree = s.files_free();
             }
             super::write(sink, &mounts);
             Ok(())
@@ -216,6 +269,7 @@ mod tests {
             bavail: 550,
             files: 200,
             ffree: 150,
+            timed_out: false,
         }
     }
 
@@ -341,6 +395,42 @@ mod tests {
             Some(-40_960.0)
         );
         assert_eq!(sink.samples.len(), 16);
+    }
+
+    #[test]
+    fn a_mount_whose_refresh_timed_out_reports_the_error_and_no_sizes() {
+        let mut hung = mount("tank", "zfs", "/tank", MNT_LOCAL);
+        hung.timed_out = true;
+        let mut sink = Sink::new();
+        write(&mut sink, &[hung, mount("zroot", "zfs", "/", MNT_LOCAL)]);
+        let l = [
+            ("device", "tank"),
+            ("fstype", "zfs"),
+            ("mountpoint", "/tank"),
+            ("device_error", TIMEOUT_ERROR),
+        ];
+        assert_eq!(value(&sink, "node_filesystem_device_error", &l), Some(1.0));
+        assert_eq!(value(&sink, "node_filesystem_readonly", &l), Some(0.0));
+        let tank: Vec<&str> = sink
+            .samples
+            .iter()
+            .filter(|s| s.labels.iter().any(|(_, v)| v == "/tank"))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            tank,
+            [
+                "node_filesystem_device_error",
+                "node_filesystem_readonly",
+                "node_filesystem_mount_info"
+            ]
+        );
+        let root = [("device", "zroot"), ("fstype", "zfs"), ("mountpoint", "/")];
+        assert_eq!(
+            value(&sink, "node_filesystem_device_error", &root),
+            Some(0.0)
+        );
+        assert!(value(&sink, "node_filesystem_size_bytes", &root).is_some());
     }
 
     #[test]

@@ -239,6 +239,7 @@ mod imp {
                 bavail: s.f_bavail,
                 files: s.f_files,
                 ffree: s.f_ffree,
+                timed_out: false,
             })
             .collect())
     }
