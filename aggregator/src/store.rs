@@ -256,16 +256,147 @@ pub fn matches_all(labels: &[(String, String)], ms: &Matchers) -> bool {
                 .any(|g| g.iter().all(|m| matches(labels, m))))
 }
 
+/// One metric name's series in label order, so selectors hand the evaluator
+/// an already sorted vector.
+///
+/// Each series has an order key: its labels in one byte string whose
+/// byte order is the label sets' order (see [`order_key`]), kept in one
+/// buffer per name. Finding a new series' place compares those (a cache
+/// line or two each) instead of walking two heap strings per label, which
+/// is what bounds series creation when a thousand nodes' first batches
+/// arrive at once.
 #[derive(Debug, Default)]
+struct NameIndex {
+    /// (where the series' key starts in `keys`, in [`KEY_ALIGN`] units; the
+    /// series), in label order.
+    entries: Vec<(u32, SeriesId)>,
+    /// Keys, each a little-endian `u32` length then the key, padded to
+    /// [`KEY_ALIGN`]. Series are never removed, so keys only grow.
+    keys: Vec<u8>,
+}
+
+/// Keys start at multiples of this, so a `u32` reaches 32 GiB of keys.
+const KEY_ALIGN: usize = 8;
+
+impl NameIndex {
+    fn key(&self, at: u32) -> &[u8] {
+        let start = at as usize * KEY_ALIGN;
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&self.keys[start..start + 4]);
+        &self.keys[start + 4..start + 4 + u32::from_le_bytes(len) as usize]
+    }
+
+    fn push_key(&mut self, labels: &[(String, String)]) -> u32 {
+        let start = self.keys.len();
+        self.keys.extend_from_slice(&[0; 4]);
+        order_key(labels, &mut self.keys);
+        let len = (self.keys.len() - start - 4) as u32;
+        self.keys[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.keys
+            .resize(self.keys.len().next_multiple_of(KEY_ALIGN), 0);
+        // Past 32 GiB of keys for one name the order would be wrong; memory
+        // runs out long before.
+        u32::try_from(start / KEY_ALIGN).unwrap_or(u32::MAX)
+    }
+
+    /// Adds new series (all of this name, none already here) in label order.
+    fn insert<'a>(&mut self, new: impl Iterator<Item = (SeriesId, &'a [(String, String)])>) {
+        let mut new: Vec<(u32, SeriesId)> = new.map(|(id, l)| (self.push_key(l), id)).collect();
+        new.sort_unstable_by(|a, b| self.key(a.0).cmp(self.key(b.0)));
+        let Some(first) = new.first() else {
+            return;
+        };
+        if self
+            .entries
+            .last()
+            .is_none_or(|last| self.key(last.0) < self.key(first.0))
+        {
+            self.entries.extend(new);
+            return;
+        }
+        // Each new one's place by binary search from the previous one's, and
+        // the list rebuilt once rather than shifted per series.
+        let mut merged = Vec::with_capacity(self.entries.len() + new.len());
+        let mut from = 0;
+        for e in new {
+            let key = self.key(e.0);
+            let at = from + self.entries[from..].partition_point(|x| self.key(x.0) < key);
+            merged.extend_from_slice(&self.entries[from..at]);
+            merged.push(e);
+            from = at;
+        }
+        merged.extend_from_slice(&self.entries[from..]);
+        self.entries = merged;
+    }
+}
+
+/// Appends `labels` (a canonical label set) as a byte string whose byte
+/// order is the label sets' order among series of one name: the
+/// `__name__` pair, the same in all of them, is one marker byte; every
+/// other pair is a class byte saying on which side of `__name__` its name
+/// sorts, then name and value, each with 0x00 and 0x01 escaped and ended by
+/// 0x00 (so no string's encoding is a prefix of another's).
+fn order_key(labels: &[(String, String)], out: &mut Vec<u8>) {
+    fn string(s: &str, out: &mut Vec<u8>) {
+        for &b in s.as_bytes() {
+            match b {
+                0 => out.extend_from_slice(&[1, 1]),
+                1 => out.extend_from_slice(&[1, 2]),
+                b => out.push(b),
+            }
+        }
+        out.push(0);
+    }
+    for (k, v) in labels {
+        match k.as_str().cmp("__name__") {
+            std::cmp::Ordering::Equal => out.push(3),
+            o => {
+                out.push(if o == std::cmp::Ordering::Less { 2 } else { 4 });
+                string(k, out);
+                string(v, out);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
 pub struct Inner {
-    ids: HashMap<Labels, SeriesId, foldhash::fast::RandomState>,
+    /// Every series by its labels' hash (kept beside the id, so growing the
+    /// table never rehashes label sets: at a million series that was half
+    /// a second under the write lock).
+    ids: hashbrown::HashTable<(u64, SeriesId)>,
+    hasher: foldhash::fast::RandomState,
     series: Vec<Series>,
-    by_name: HashMap<String, Vec<SeriesId>>,
+    by_name: HashMap<String, NameIndex>,
     families: HashMap<String, FamilyMeta>,
     samples_total: u64,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("series", &self.series.len())
+            .field("names", &self.by_name.len())
+            .field("families", &self.families.len())
+            .field("samples_total", &self.samples_total)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Inner {
+    fn hash(&self, labels: &[(String, String)]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(labels)
+    }
+
+    fn find(&self, hash: u64, labels: &[(String, String)]) -> Option<SeriesId> {
+        self.ids
+            .find(hash, |(h, id)| {
+                *h == hash && *self.series[id.0 as usize].labels == *labels
+            })
+            .map(|(_, id)| *id)
+    }
+
     #[must_use]
     pub fn series(&self, id: SeriesId) -> &Series {
         &self.series[id.0 as usize]
@@ -324,8 +455,8 @@ impl Inner {
             self.by_name
                 .get(&m.value)
                 .into_iter()
-                .flatten()
-                .map(|id| self.series(*id))
+                .flat_map(|index| index.entries.iter())
+                .map(|(_, id)| self.series(*id))
                 .filter(move |s| {
                     rest.iter().all(|m| matches(&s.labels, m))
                         && (ms.or_matchers.is_empty()
@@ -410,9 +541,11 @@ impl Store {
     /// empty values: queries share them as they are.
     pub fn series_id(&self, labels: Labels) -> SeriesId {
         let labels = canonical(labels);
-        if let Some(id) = self.read().ids.get(&labels) {
-            return *id;
+        let inner = self.read();
+        if let Some(id) = inner.find(inner.hash(&labels), &labels) {
+            return id;
         }
+        drop(inner);
         self.create(vec![labels])[0]
     }
 
@@ -424,7 +557,7 @@ impl Store {
         labels
             .into_iter()
             .map(|l| {
-                let id = inner.ids.get(&l).copied();
+                let id = inner.find(inner.hash(&l), &l);
                 (l, id)
             })
             .collect()
@@ -438,6 +571,7 @@ impl Store {
         let mut inner = self.write();
         let Inner {
             ids,
+            hasher,
             series,
             by_name,
             ..
@@ -446,13 +580,22 @@ impl Store {
         let out = labels
             .into_iter()
             .map(|l| {
-                if let Some(id) = ids.get(&l) {
-                    return *id;
+                use std::hash::BuildHasher;
+                let hash = hasher.hash_one(&*l);
+                let entry = ids.entry(
+                    hash,
+                    |(h, id)| *h == hash && *series[id.0 as usize].labels == *l,
+                    |(h, _)| *h,
+                );
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(e) => e.get().1,
+                    hashbrown::hash_table::Entry::Vacant(e) => {
+                        let id = SeriesId(series.len() as u32);
+                        series.push(Series::new(l));
+                        e.insert((hash, id));
+                        id
+                    }
                 }
-                let id = SeriesId(series.len() as u32);
-                series.push(Series::new(Arc::clone(&l)));
-                ids.insert(l, id);
-                id
             })
             .collect();
         let mut added: HashMap<&str, Vec<SeriesId>, foldhash::fast::RandomState> =
@@ -460,29 +603,11 @@ impl Store {
         for (i, s) in series.iter().enumerate().skip(first_new) {
             added.entry(s.name()).or_default().push(SeriesId(i as u32));
         }
-        // Each name's series are kept in label order, so selectors hand the
-        // evaluator an already sorted vector: the new ones are sorted, each
-        // one's place found by binary search (label comparisons are the
-        // cost), and the name's list rebuilt once rather than shifted per
-        // series.
-        for (name, mut new) in added {
-            let key = |id: &SeriesId| &series[id.0 as usize].labels;
-            new.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-            let have = by_name.entry(name.to_string()).or_default();
-            if have.last().is_none_or(|last| key(last) < key(&new[0])) {
-                have.extend(new);
-                continue;
-            }
-            let mut merged = Vec::with_capacity(have.len() + new.len());
-            let mut from = 0;
-            for id in new {
-                let at = from + have[from..].partition_point(|x| key(x) < key(&id));
-                merged.extend_from_slice(&have[from..at]);
-                merged.push(id);
-                from = at;
-            }
-            merged.extend_from_slice(&have[from..]);
-            *have = merged;
+        for (name, new) in added {
+            by_name
+                .entry(name.to_string())
+                .or_default()
+                .insert(new.iter().map(|id| (*id, &*series[id.0 as usize].labels)));
         }
         out
     }
@@ -680,6 +805,77 @@ mod tests {
                 .collect();
             want.sort();
             assert_eq!(got, want);
+        }
+    }
+
+    fn label_set() -> impl proptest::strategy::Strategy<Value = Vec<(String, String)>> {
+        use proptest::prelude::*;
+        // Names on both sides of `__name__` (upper case and `_A` sort
+        // before it), values with the escaped bytes and prefixes of others.
+        let name = prop_oneof![
+            Just("A".to_string()),
+            Just("_A".to_string()),
+            Just("a".to_string()),
+            Just("ab".to_string()),
+            Just("node".to_string()),
+        ];
+        let value = proptest::collection::vec(
+            prop_oneof![
+                Just('\0'),
+                Just('\u{1}'),
+                Just('\u{2}'),
+                Just('a'),
+                Just('é')
+            ],
+            1..4,
+        )
+        .prop_map(|c| c.into_iter().collect::<String>());
+        proptest::collection::btree_map(name, value, 0..4).prop_map(|m| {
+            let mut v: Vec<(String, String)> = m.into_iter().collect();
+            v.push(("__name__".into(), "m".into()));
+            v.sort();
+            v
+        })
+    }
+
+    proptest::proptest! {
+        /// Order keys sort as the label sets they encode (one name).
+        #[test]
+        fn order_keys_sort_as_label_sets(a in label_set(), b in label_set()) {
+            let (mut ka, mut kb) = (Vec::new(), Vec::new());
+            order_key(&a, &mut ka);
+            order_key(&b, &mut kb);
+            proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b), "{:?} {:?}", a, b);
+        }
+
+        /// A name's index keeps label order however its series arrive.
+        #[test]
+        fn name_index_keeps_label_order(
+            batches in proptest::collection::vec(proptest::collection::vec(label_set(), 0..6), 1..6)
+        ) {
+            let mut all: Vec<Vec<(String, String)>> = Vec::new();
+            let mut index = NameIndex::default();
+            for batch in batches {
+                let mut fresh = Vec::new();
+                for l in batch {
+                    if !all.contains(&l) && !fresh.contains(&l) {
+                        fresh.push(l);
+                    }
+                }
+                let first = all.len();
+                all.extend(fresh);
+                index.insert(
+                    all[first..]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| (SeriesId((first + i) as u32), l.as_slice())),
+                );
+            }
+            let got: Vec<&Vec<(String, String)>> =
+                index.entries.iter().map(|(_, id)| &all[id.0 as usize]).collect();
+            let mut want: Vec<&Vec<(String, String)>> = all.iter().collect();
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
