@@ -206,6 +206,23 @@ pub trait Collector: Send {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError>;
 }
 
+/// A collector that keeps nothing between collections: its name and what
+/// one collection does.
+pub struct Stateless {
+    pub name: &'static str,
+    pub collect: fn(&mut Sink) -> Result<(), CollectError>,
+}
+
+impl Collector for Stateless {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        (self.collect)(sink)
+    }
+}
+
 /// A collector that cannot run on this host, and why (said once at start-up).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -232,11 +232,13 @@ pub fn write_arc(sink: &mut Sink, lookup: impl Fn(&str) -> Option<u64>) -> usize
 }
 
 #[cfg(target_os = "freebsd")]
-pub use imp::{ArcCollector, SPEC};
+pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collector::{
+        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
+    };
     use crate::freebsd::sysctl;
 
     pub const SPEC: CollectorSpec = CollectorSpec {
@@ -252,21 +254,17 @@ mod imp {
                 "no kstat.zfs.misc.arcstats sysctls (zfs.ko not loaded)".into(),
             ));
         }
-        Ok(Box::new(ArcCollector))
+        Ok(Box::new(Stateless {
+            name: "zfs_arc",
+            collect,
+        }))
     }
 
     /// Reads the ARC sysctls once per collection.
-    pub struct ArcCollector;
-
-    impl Collector for ArcCollector {
-        fn name(&self) -> &'static str {
-            "zfs_arc"
-        }
-
-        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            super::write_arc(sink, |mib| sysctl::read_u64(mib).ok());
-            Ok(())
-        }
+    #[allow(clippy::unnecessary_wraps)] // the collector's signature
+    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
+        super::write_arc(sink, |mib| sysctl::read_u64(mib).ok());
+        Ok(())
     }
 }
 

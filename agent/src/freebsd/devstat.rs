@@ -227,13 +227,15 @@ pub fn write(sink: &mut Sink, devices: &[DevStat]) {
 }
 
 #[cfg(target_os = "freebsd")]
-pub use imp::{DevstatCollector, SPEC};
+pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
     use std::mem::{offset_of, size_of};
 
-    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collector::{
+        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
+    };
     use crate::freebsd::sysctl;
 
     // The hand-written offsets are the kernel's, as the libc crate declares
@@ -261,24 +263,19 @@ mod imp {
         let version = sysctl::read_u64("kern.devstat.version")
             .map_err(|e| Unavailable(format!("kern.devstat.version: {e}")))?;
         super::check_version(version).map_err(|e| Unavailable(e.to_string()))?;
-        Ok(Box::new(DevstatCollector))
+        Ok(Box::new(Stateless {
+            name: "devstat",
+            collect,
+        }))
     }
 
     /// Reads `kern.devstat.all` each collection.
-    pub struct DevstatCollector;
-
-    impl Collector for DevstatCollector {
-        fn name(&self) -> &'static str {
-            "devstat"
-        }
-
-        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let raw = sysctl::read_raw("kern.devstat.all")
-                .map_err(|e| CollectError::Other(format!("kern.devstat.all: {e}")))?;
-            let devices = super::parse(&raw).map_err(|e| CollectError::Other(e.to_string()))?;
-            super::write(sink, &devices);
-            Ok(())
-        }
+    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
+        let raw = sysctl::read_raw("kern.devstat.all")
+            .map_err(|e| CollectError::Other(format!("kern.devstat.all: {e}")))?;
+        let devices = super::parse(&raw).map_err(|e| CollectError::Other(e.to_string()))?;
+        super::write(sink, &devices);
+        Ok(())
     }
 }
 

@@ -21,34 +21,30 @@ pub fn read() -> Result<[f64; 3], String> {
 }
 
 #[cfg(target_os = "freebsd")]
-pub use imp::{LoadavgCollector, SPEC};
+pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collector::{
+        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
+    };
 
     pub const SPEC: CollectorSpec = CollectorSpec {
         name: "loadavg",
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(LoadavgCollector))
+            Ok(Box::new(Stateless {
+                name: "loadavg",
+                collect,
+            }))
         },
     };
 
     /// Reads the load averages each collection.
-    pub struct LoadavgCollector;
-
-    impl Collector for LoadavgCollector {
-        fn name(&self) -> &'static str {
-            "loadavg"
-        }
-
-        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let load =
-                super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
-            super::write(sink, load);
-            Ok(())
-        }
+    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
+        let load = super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
+        super::write(sink, load);
+        Ok(())
     }
 }
 

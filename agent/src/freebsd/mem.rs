@@ -158,39 +158,36 @@ pub fn write(sink: &mut Sink, lookup: impl Fn(&str) -> Option<u64>) {
 }
 
 #[cfg(target_os = "freebsd")]
-pub use imp::{MemCollector, SPEC};
+pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collector::{
+        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
+    };
     use crate::freebsd::sysctl;
 
     pub const SPEC: CollectorSpec = CollectorSpec {
         name: "meminfo",
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(MemCollector))
+            Ok(Box::new(Stateless {
+                name: "meminfo",
+                collect,
+            }))
         },
     };
 
     /// Reads the memory sysctls each collection.
-    pub struct MemCollector;
-
-    impl Collector for MemCollector {
-        fn name(&self) -> &'static str {
-            "meminfo"
+    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
+        if sysctl::read_u64(super::PAGE_SIZE_MIB).is_err() {
+            return Err(CollectError::Other(format!(
+                "{} unreadable",
+                super::PAGE_SIZE_MIB
+            )));
         }
-
-        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            if sysctl::read_u64(super::PAGE_SIZE_MIB).is_err() {
-                return Err(CollectError::Other(format!(
-                    "{} unreadable",
-                    super::PAGE_SIZE_MIB
-                )));
-            }
-            super::write(sink, |mib| sysctl::read_u64(mib).ok());
-            Ok(())
-        }
+        super::write(sink, |mib| sysctl::read_u64(mib).ok());
+        Ok(())
     }
 }
 

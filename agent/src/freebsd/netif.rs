@@ -45,35 +45,32 @@ pub fn write(sink: &mut Sink, interfaces: &[IfCounters]) {
 }
 
 #[cfg(target_os = "freebsd")]
-pub use imp::{NetifCollector, SPEC};
+pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+    use crate::collector::{
+        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
+    };
     use crate::freebsd::sysctl;
 
     pub const SPEC: CollectorSpec = CollectorSpec {
         name: "netdev",
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(NetifCollector))
+            Ok(Box::new(Stateless {
+                name: "netdev",
+                collect,
+            }))
         },
     };
 
     /// Reads `getifaddrs` each collection.
-    pub struct NetifCollector;
-
-    impl Collector for NetifCollector {
-        fn name(&self) -> &'static str {
-            "netdev"
-        }
-
-        fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let ifs = sysctl::interface_counters()
-                .map_err(|e| CollectError::Other(format!("getifaddrs: {e}")))?;
-            super::write(sink, &ifs);
-            Ok(())
-        }
+    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
+        let ifs = sysctl::interface_counters()
+            .map_err(|e| CollectError::Other(format!("getifaddrs: {e}")))?;
+        super::write(sink, &ifs);
+        Ok(())
     }
 }
 
