@@ -53,6 +53,24 @@ else
   [ "${CI:-}" = true ] && { echo "CI=true: the FreeBSD check is required"; exit 1; }
 fi
 
+step "FreeBSD agent binary (cargo-zigbuild, as deploy/opnsense/build.sh documents)"
+if bin=$(deploy/opnsense/build.sh --debug | tail -1) && [ -x "$bin" ]; then
+  # A FreeBSD executable for FreeBSD's loader, needing only base-system
+  # libraries that every OPNsense install has.
+  readelf -n "$bin" | grep -q FreeBSD || { echo "$bin: no FreeBSD ABI note"; exit 1; }
+  readelf -l "$bin" | grep -q '/libexec/ld-elf.so.1' || { echo "$bin: not for FreeBSD's loader"; exit 1; }
+  needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
+  echo "$bin needs: $needed"
+  for lib in $needed; do
+    case "$lib" in libc.so.7|libm.so.5|libthr.so.3|libgcc_s.so.1) ;;
+      *) echo "$bin needs $lib, not in every FreeBSD base system"; exit 1 ;;
+    esac
+  done
+else
+  echo "the FreeBSD agent binary could not be built (rustup target, ziglang or cargo-zigbuild missing?)"
+  [ "${CI:-}" = true ] && { echo "CI=true: the FreeBSD link is required"; exit 1; }
+fi
+
 step "build"
 cargo build --workspace --bins
 
