@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cross-builds nodewatch-agent for OPNsense / FreeBSD (x86_64) on Linux:
 # the Rust FreeBSD target, with zig (from PyPI) as the linker through
-# cargo-zigbuild. Installs what is missing (the rustup target, ziglang,
-# cargo-zigbuild), then prints the binary's path.
+# cargo-zigbuild. Installs what is missing (the rustup target, ziglang in a
+# venv under target/freebsd, cargo-zigbuild), then prints the binary's path.
+# Needs python3 with venv (Debian: python3-venv).
 #
 #   deploy/opnsense/build.sh            # release build
 #   deploy/opnsense/build.sh --debug    # debug build (quicker; used by tests/run.sh)
@@ -20,13 +21,22 @@ profile=release
 flag=--release
 if [ "${1:-}" = --debug ]; then profile=debug; flag=; fi
 
-rustup target add "$target" >/dev/null
-python3 -c 'import ziglang' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check ziglang
-command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked --quiet cargo-zigbuild
-
 # Its own target folder: the stand-ins' -L flag would otherwise make every
 # `cargo check --target x86_64-unknown-freebsd` rebuild from scratch.
 dir=target/freebsd
+mkdir -p "$dir"
+
+rustup target add "$target" >/dev/null
+# zig in a venv of its own (Debian's python3 takes no pip installs); its
+# python3 first on PATH, where cargo-zigbuild looks for `python3 -m ziglang`.
+if [ ! -x "$dir/venv/bin/python3" ]; then
+  python3 -m venv "$dir/venv"
+fi
+"$dir/venv/bin/python3" -c 'import ziglang' 2>/dev/null ||
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check ziglang
+export PATH="$PWD/$dir/venv/bin:$PATH"
+command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked --quiet cargo-zigbuild
+
 stubs="$dir/base-libs"
 mkdir -p "$stubs"
 : > "$stubs/empty.c"
