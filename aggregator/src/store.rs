@@ -383,17 +383,27 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-impl Inner {
-    fn hash(&self, labels: &[(String, String)]) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(labels)
-    }
+/// The hash `ids` files a label set under.
+fn label_hash(hasher: &foldhash::fast::RandomState, labels: &[(String, String)]) -> u64 {
+    use std::hash::BuildHasher;
+    hasher.hash_one(labels)
+}
 
-    fn find(&self, hash: u64, labels: &[(String, String)]) -> Option<SeriesId> {
+/// Whether an `ids` entry is the series with these labels (and their hash).
+fn is_series<'a>(
+    series: &'a [Series],
+    hash: u64,
+    labels: &'a [(String, String)],
+) -> impl Fn(&(u64, SeriesId)) -> bool + 'a {
+    move |(h, id)| *h == hash && *series[id.0 as usize].labels == *labels
+}
+
+impl Inner {
+    /// The series with these labels, if there is one.
+    fn find(&self, labels: &[(String, String)]) -> Option<SeriesId> {
+        let hash = label_hash(&self.hasher, labels);
         self.ids
-            .find(hash, |(h, id)| {
-                *h == hash && *self.series[id.0 as usize].labels == *labels
-            })
+            .find(hash, is_series(&self.series, hash, labels))
             .map(|(_, id)| *id)
     }
 
@@ -542,7 +552,7 @@ impl Store {
     pub fn series_id(&self, labels: Labels) -> SeriesId {
         let labels = canonical(labels);
         let inner = self.read();
-        if let Some(id) = inner.find(inner.hash(&labels), &labels) {
+        if let Some(id) = inner.find(&labels) {
             return id;
         }
         drop(inner);
@@ -557,7 +567,7 @@ impl Store {
         labels
             .into_iter()
             .map(|l| {
-                let id = inner.find(inner.hash(&l), &l);
+                let id = inner.find(&l);
                 (l, id)
             })
             .collect()
@@ -580,14 +590,8 @@ impl Store {
         let out = labels
             .into_iter()
             .map(|l| {
-                use std::hash::BuildHasher;
-                let hash = hasher.hash_one(&*l);
-                let entry = ids.entry(
-                    hash,
-                    |(h, id)| *h == hash && *series[id.0 as usize].labels == *l,
-                    |(h, _)| *h,
-                );
-                match entry {
+                let hash = label_hash(hasher, &l);
+                match ids.entry(hash, is_series(series, hash, &l), |(h, _)| *h) {
                     hashbrown::hash_table::Entry::Occupied(e) => e.get().1,
                     hashbrown::hash_table::Entry::Vacant(e) => {
                         let id = SeriesId(series.len() as u32);
