@@ -255,7 +255,7 @@ mod imp {
             ));
         }
         Ok(Box::new(Stateless {
-            name: "zfs_arc",
+            name: SPEC.name,
             collect,
         }))
     }

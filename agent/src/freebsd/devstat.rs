@@ -264,7 +264,7 @@ mod imp {
             .map_err(|e| Unavailable(format!("kern.devstat.version: {e}")))?;
         super::check_version(version).map_err(|e| Unavailable(e.to_string()))?;
         Ok(Box::new(Stateless {
-            name: "devstat",
+            name: SPEC.name,
             collect,
         }))
     }

@@ -34,7 +34,7 @@ mod imp {
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
             Ok(Box::new(Stateless {
-                name: "loadavg",
+                name: SPEC.name,
                 collect,
             }))
         },

@@ -172,7 +172,7 @@ mod imp {
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
             Ok(Box::new(Stateless {
-                name: "meminfo",
+                name: SPEC.name,
                 collect,
             }))
         },

@@ -59,7 +59,7 @@ mod imp {
         default_enabled: true,
         build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
             Ok(Box::new(Stateless {
-                name: "netdev",
+                name: SPEC.name,
                 collect,
             }))
         },
