@@ -57,8 +57,12 @@ step "FreeBSD agent binary (cargo-zigbuild, as deploy/opnsense/build.sh document
 if bin=$(deploy/opnsense/build.sh --debug | tail -1) && [ -x "$bin" ]; then
   # A FreeBSD executable for FreeBSD's loader, needing only base-system
   # libraries that every OPNsense install has.
-  readelf -n "$bin" | grep -q FreeBSD || { echo "$bin: no FreeBSD ABI note"; exit 1; }
-  readelf -l "$bin" | grep -q '/libexec/ld-elf.so.1' || { echo "$bin: not for FreeBSD's loader"; exit 1; }
+  # (Read whole before matching: `readelf | grep -q` could fail under
+  # pipefail when grep stops reading early.)
+  notes=$(readelf -n "$bin")
+  headers=$(readelf -l "$bin")
+  grep -q FreeBSD <<<"$notes" || { echo "$bin: no FreeBSD ABI note"; exit 1; }
+  grep -q '/libexec/ld-elf.so.1' <<<"$headers" || { echo "$bin: not for FreeBSD's loader"; exit 1; }
   needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')
   echo "$bin needs: $needed"
   for lib in $needed; do
