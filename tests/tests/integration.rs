@@ -133,6 +133,31 @@ async fn agent_series_arrive_with_node_label_and_nodes_lists_it() {
         body.contains("nodewatch_aggregator_samples_total{node=\"n1\"}"),
         "own metrics missing"
     );
+    // The same scrape gzip-compressed when asked, as node_exporter answers
+    // Prometheus; it decodes to an exposition holding the same series.
+    let raw = {
+        let mut s = std::net::TcpStream::connect(agg.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        buf
+    };
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&raw[split + 4..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.starts_with(SERIES) || l.starts_with(&format!("# TYPE {SERIES} ")))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k).to_owned())
+            .collect()
+    };
+    assert_eq!(names(&unzipped), names(&body));
     let v = query(&agg, &pki, &format!("{SERIES}{{node=\"n1\"}}")).await;
     assert_eq!(v.len(), 1);
     assert!(v[0].value > 0.0);
