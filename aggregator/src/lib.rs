@@ -11,7 +11,8 @@
 //! - [`remote_write`]: Prometheus remote-write 1.0 sender.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
 //! - [`events`]: recent events and the live feed.
-//! - [`expose`]: `/metrics`, `/healthz`.
+//! - [`expose`]: `/metrics` (gzip when asked), `/healthz`.
+//! - [`own_metrics`]: the aggregator's own metrics and their help texts.
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
 //! - [`promql`]: the `PromQL` evaluator over a `Storage` trait.
 //! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
@@ -29,6 +30,7 @@ pub mod expose;
 pub mod ingest;
 pub mod manager;
 pub mod nodes;
+pub mod own_metrics;
 pub mod promql;
 pub mod query;
 pub mod remote_write;

@@ -106,6 +106,7 @@ fn recorder() -> Result<PrometheusHandle, ServerError> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| ServerError::Metrics(e.to_string()))?;
+    crate::own_metrics::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
