@@ -1,4 +1,5 @@
-//! Rule evaluation cost against Prometheus, on the same data, in one run.
+//! Rule evaluation cost against Prometheus and VictoriaMetrics, on the same
+//! data, in one run.
 //!
 //! A pack of node-mixin style expressions (rates, sums by, quantiles, joins,
 //! `histogram_quantile`, filesystem predictions) over simulated nodes with
@@ -12,8 +13,13 @@
 //! - Prometheus: the same samples written as `OpenMetrics`, turned into TSDB
 //!   blocks with `promtool tsdb create-blocks-from openmetrics`, served by a
 //!   real `prometheus`; the expressions go through `/api/v1/query`.
+//! - VictoriaMetrics (single node): the same samples through its import API
+//!   (`/api/v1/import/prometheus`, text exposition with millisecond
+//!   timestamps), then `/internal/force_flush`; the expressions go through
+//!   its Prometheus-compatible `/api/v1/query` (MetricsQL, which accepts
+//!   every expression of the pack), with its response cache off.
 //!
-//! Both answer instant queries at the same timestamp, one after the other,
+//! All answer instant queries at the same timestamp, one after the other,
 //! so each side's time includes its API's encoding of the result; the
 //! expressions aggregate (as recording and alerting rules do), keeping
 //! results small. Every expression's result size is compared so both
@@ -39,8 +45,8 @@ use nodewatch_proto::v1::{
     agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, QueryRequest, Sample, SeriesDef,
 };
 use nodewatch_tests::{
-    channel, find_program, free_port, http_get, missing, peer_name, spawn, wait_for, Aggregator,
-    BenchResult, Better, Pki,
+    channel, find_program, free_port, http_get, missing, peer_name, spawn, victoria, wait_for,
+    Aggregator, BenchResult, Better, Pki,
 };
 
 /// Simulated nodes.
@@ -54,6 +60,8 @@ const ROUNDS: usize = 5;
 
 /// Goal for the pack: half of Prometheus' time.
 const GOAL_PACK_RATIO: f64 = 0.5;
+/// Goal for the pack against VictoriaMetrics: no slower.
+const GOAL_PACK_RATIO_VM: f64 = 1.0;
 
 /// Queries with large, unaggregated results, timed apart from the pack:
 /// (what it is, expression).
@@ -422,6 +430,24 @@ fn openmetrics(end_s: i64) -> String {
     out
 }
 
+/// One node's history as Prometheus text exposition with millisecond
+/// timestamps, for VictoriaMetrics' import API.
+fn exposition(n: usize, end_s: i64) -> String {
+    let mut out = String::with_capacity(300 * POINTS as usize * 90);
+    for (r, s) in node_series(n).iter().enumerate() {
+        let mut labels = format!("node=\"{}\"", node_name(n));
+        for (k, v) in &s.labels {
+            let _ = write!(labels, ",{k}=\"{v}\"");
+        }
+        for i in 0..POINTS {
+            let t = end_s - (POINTS - 1 - i) * STEP_S;
+            let v = value(s.kind, i, (n * 100_000 + r) as u64);
+            let _ = writeln!(out, "{}{{{labels}}} {v:?} {}", s.name, t * 1000);
+        }
+    }
+    out
+}
+
 /// `url.QueryEscape` for the query string.
 fn escape(s: &str) -> String {
     let mut out = String::new();
@@ -471,6 +497,9 @@ fn main() {
     };
     let Some(promtool) = find_program("promtool") else {
         return missing("promtool (Debian package `prometheus`)");
+    };
+    let Some(vm_bin) = find_program(victoria::PROGRAM) else {
+        return missing("victoria-metrics (Debian package `victoria-metrics`)");
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pki = Pki::new();
@@ -537,6 +566,42 @@ fn main() {
         http_get(paddr, "/-/ready").ok().filter(|(s, _)| *s == 200)
     });
 
+    // VictoriaMetrics: the same samples through its import API.
+    let t0 = Instant::now();
+    let (_vm, vaddr) = victoria::start(&vm_bin, &dir, "rules");
+    for n in 0..NODES {
+        let (status, body) = victoria::post(
+            vaddr,
+            "/api/v1/import/prometheus",
+            exposition(n, end_s).as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            (200..300).contains(&status),
+            "import node {n}: {status} {body}"
+        );
+    }
+    victoria::flush(vaddr);
+    let want = total_series;
+    wait_for(
+        Duration::from_mins(2),
+        "victoria-metrics holding every series",
+        || {
+            let (_, body) = http_get(
+                vaddr,
+                &format!(
+                    "/api/v1/query?query={}&time={end_s}",
+                    escape("count({__name__=~\".+\"})")
+                ),
+            )
+            .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let n: usize = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            (n == want).then_some(())
+        },
+    );
+    eprintln!("victoria-metrics import: {:?}", t0.elapsed());
+
     let ops = pki.operator("bench");
     // The channel is made lazily on the runtime.
     let _enter = rt.enter();
@@ -564,14 +629,18 @@ fn main() {
     for expr in PACK {
         let a = nw_query(expr);
         let b = prom_query(paddr, expr, end_s);
-        if a != b {
-            mismatches.push(format!("{expr}: nodewatch {a} series, Prometheus {b}"));
+        let c = prom_query(vaddr, expr, end_s);
+        if a != b || a != c {
+            mismatches.push(format!(
+                "{expr}: nodewatch {a} series, Prometheus {b}, VictoriaMetrics {c}"
+            ));
         }
     }
     let mut nw = Vec::new();
     let mut prom = Vec::new();
+    let mut vm = Vec::new();
     // Per expression, summed over rounds: where each side spends its time.
-    let mut per_expr = vec![(Duration::ZERO, Duration::ZERO); PACK.len()];
+    let mut per_expr = vec![(Duration::ZERO, Duration::ZERO, Duration::ZERO); PACK.len()];
     for _ in 0..ROUNDS {
         let t = Instant::now();
         for (i, expr) in PACK.iter().enumerate() {
@@ -587,81 +656,128 @@ fn main() {
             per_expr[i].1 += e.elapsed();
         }
         prom.push(t.elapsed());
+        let t = Instant::now();
+        for (i, expr) in PACK.iter().enumerate() {
+            let e = Instant::now();
+            prom_query(vaddr, expr, end_s);
+            per_expr[i].2 += e.elapsed();
+        }
+        vm.push(t.elapsed());
     }
     nw.sort();
     prom.sort();
+    vm.sort();
 
     // The large queries, each side back to back per round, after one warm-up.
     let mut query_times = Vec::new();
     for (what, expr) in QUERIES {
         let a = nw_query(expr);
-        let (_, b) = prom_fetch(paddr, expr, end_s);
-        if a != b {
-            mismatches.push(format!("{expr}: nodewatch {a} series, Prometheus {b}"));
+        let (_, in_prom) = prom_fetch(paddr, expr, end_s);
+        let (_, in_vm) = prom_fetch(vaddr, expr, end_s);
+        if a != in_prom || a != in_vm {
+            mismatches.push(format!(
+                "{expr}: nodewatch {a} series, Prometheus {in_prom}, VictoriaMetrics {in_vm}"
+            ));
         }
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut vms) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let t = Instant::now();
             nw_query(expr);
             ours.push(t.elapsed());
             theirs.push(prom_fetch(paddr, expr, end_s).0);
+            vms.push(prom_fetch(vaddr, expr, end_s).0);
         }
         ours.sort();
         theirs.sort();
-        query_times.push((*what, *expr, a, ours[ROUNDS / 2], theirs[ROUNDS / 2]));
+        vms.sort();
+        query_times.push((
+            *what,
+            *expr,
+            a,
+            ours[ROUNDS / 2],
+            theirs[ROUNDS / 2],
+            vms[ROUNDS / 2],
+        ));
     }
 
-    let (a, b) = (nw[ROUNDS / 2], prom[ROUNDS / 2]);
+    let (a, b, c) = (nw[ROUNDS / 2], prom[ROUNDS / 2], vm[ROUNDS / 2]);
+    let vm_peer = victoria::peer_name();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "\n{} expressions over {total_series} series ({NODES} nodes, {POINTS} samples per series, {STEP_S} s apart), median of {ROUNDS} full-pack evaluations:\n",
         PACK.len()
     );
-    println!("| measure | nodewatch | Prometheus | ratio (nodewatch / Prometheus) |");
-    println!("|---|---|---|---|");
+    println!("| measure | nodewatch | Prometheus | {vm_peer} | nodewatch / Prometheus | nodewatch / VictoriaMetrics |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| full pack (median) | {:.1} ms | {:.1} ms | {:.2}× |",
+        "| full pack (median) | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.2}× |",
         ms(a),
         ms(b),
-        ms(a) / ms(b)
+        ms(c),
+        ms(a) / ms(b),
+        ms(a) / ms(c)
     );
     println!(
-        "| full pack (best) | {:.1} ms | {:.1} ms | {:.2}× |",
+        "| full pack (best) | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.2}× |",
         ms(nw[0]),
         ms(prom[0]),
-        ms(nw[0]) / ms(prom[0])
+        ms(vm[0]),
+        ms(nw[0]) / ms(prom[0]),
+        ms(nw[0]) / ms(vm[0])
     );
     println!(
-        "| per expression (median pack / {}) | {:.2} ms | {:.2} ms | |",
+        "| per expression (median pack / {}) | {:.2} ms | {:.2} ms | {:.2} ms | | |",
         PACK.len(),
         ms(a) / PACK.len() as f64,
-        ms(b) / PACK.len() as f64
+        ms(b) / PACK.len() as f64,
+        ms(c) / PACK.len() as f64
     );
-    let mut slowest: Vec<(usize, (Duration, Duration))> =
+    let mut slowest: Vec<(usize, (Duration, Duration, Duration))> =
         per_expr.iter().copied().enumerate().collect();
-    slowest.sort_by_key(|(_, (a, _))| std::cmp::Reverse(*a));
+    slowest.sort_by_key(|(_, (a, _, _))| std::cmp::Reverse(*a));
     println!("\nThe five expressions nodewatch spends most on (mean per evaluation):\n");
-    println!("| expression | nodewatch | Prometheus |");
+    println!("| expression | nodewatch | Prometheus | VictoriaMetrics |");
+    println!("|---|---|---|---|");
+    for (i, (a, b, c)) in slowest.iter().take(5) {
+        println!(
+            "| `{}` | {:.1} ms | {:.1} ms | {:.1} ms |",
+            PACK[*i].replace('|', "\\|"),
+            ms(*a) / ROUNDS as f64,
+            ms(*b) / ROUNDS as f64,
+            ms(*c) / ROUNDS as f64
+        );
+    }
+    let mut behind: Vec<&(usize, (Duration, Duration, Duration))> =
+        slowest.iter().filter(|(_, (a, _, c))| a > c).collect();
+    behind.sort_by_key(|(_, (a, _, c))| std::cmp::Reverse(a.saturating_sub(*c)));
+    println!(
+        "\nExpressions where VictoriaMetrics is faster ({} of {}; most behind first, mean per evaluation):\n",
+        behind.len(),
+        PACK.len()
+    );
+    println!("| expression | nodewatch | VictoriaMetrics |");
     println!("|---|---|---|");
-    for (i, (a, b)) in slowest.iter().take(5) {
+    for (i, (a, _, c)) in behind.iter().take(10) {
         println!(
             "| `{}` | {:.1} ms | {:.1} ms |",
             PACK[*i].replace('|', "\\|"),
             ms(*a) / ROUNDS as f64,
-            ms(*b) / ROUNDS as f64
+            ms(*c) / ROUNDS as f64
         );
     }
     println!(
-        "\nLarge results, apart from the pack (median of {ROUNDS}; nodewatch's time includes decoding the protobuf answer, Prometheus' only receiving its JSON):\n"
+        "\nLarge results, apart from the pack (median of {ROUNDS}; nodewatch's time includes decoding the protobuf answer, the others' only receiving their JSON):\n"
     );
-    println!("| query | series | nodewatch | Prometheus | ratio (nodewatch / Prometheus) |");
-    println!("|---|---:|---|---|---|");
-    for (what, expr, series, ours, theirs) in &query_times {
+    println!("| query | series | nodewatch | Prometheus | VictoriaMetrics | nodewatch / Prometheus | nodewatch / VictoriaMetrics |");
+    println!("|---|---:|---|---|---|---|---|");
+    for (what, expr, series, ours, theirs, vms) in &query_times {
         println!(
-            "| {what}: `{expr}` | {series} | {:.1} ms | {:.1} ms | {:.2}× |",
+            "| {what}: `{expr}` | {series} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.2}× |",
             ms(*ours),
             ms(*theirs),
-            ms(*ours) / ms(*theirs)
+            ms(*vms),
+            ms(*ours) / ms(*theirs),
+            ms(*ours) / ms(*vms)
         );
     }
 
@@ -683,7 +799,16 @@ fn main() {
     )
     .peer(&peer, ms(prom[0]))
     .record();
-    for (_, expr, series, ours, theirs) in &query_times {
+    BenchResult::new(
+        &format!("full pack of {} expressions (median)", PACK.len()),
+        "ms",
+        ms(a),
+        Better::Lower,
+    )
+    .peer(&vm_peer, ms(c))
+    .goal_ratio(GOAL_PACK_RATIO_VM)
+    .record();
+    for (_, expr, series, ours, theirs, vms) in &query_times {
         BenchResult::new(
             &format!("query `{expr}`, {series} series (median)"),
             "ms",
@@ -692,10 +817,18 @@ fn main() {
         )
         .peer(&peer, ms(*theirs))
         .record();
+        BenchResult::new(
+            &format!("query `{expr}`, {series} series (median)"),
+            "ms",
+            ms(*ours),
+            Better::Lower,
+        )
+        .peer(&vm_peer, ms(*vms))
+        .record();
     }
 
     if mismatches.is_empty() {
-        println!("\nEvery expression returned the same number of series on both sides.");
+        println!("\nEvery expression returned the same number of series on every side.");
     } else {
         println!("\nResult sizes differ for:");
         for m in mismatches {

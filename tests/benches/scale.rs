@@ -1,9 +1,11 @@
-//! Scale against Prometheus 2.42, one run on one machine:
+//! Scale against Prometheus 2.42 and VictoriaMetrics 1.79 (single node), one
+//! run on one machine:
 //!
 //! - ingest: `nodewatch-loadgen` simulates N agents (1,500 series each, 10 s
 //!   interval) over mutual TLS; N rises until the ack p99 passes 1 s (or
 //!   acks go missing). The same load goes to Prometheus' remote-write
-//!   receiver (one request per node per interval, its response is the ack).
+//!   receiver and to VictoriaMetrics' (`/api/v1/write`), one request per
+//!   node per interval, its response the ack.
 //! - memory: bytes per active series after a fixed number of samples per
 //!   series. 15 minutes of 1 s samples (900) would take 15 minutes per side;
 //!   this sends [`MEM_SAMPLES`] samples per series at [`MEM_INTERVAL`]
@@ -11,7 +13,8 @@
 //!   (regular interval, ms jitter) in a fraction of the time. nodewatch:
 //!   RSS growth of the aggregator divided by its series; Prometheus: its
 //!   `process_resident_memory_bytes` / `prometheus_tsdb_head_series` as it
-//!   reports them, and its RSS growth per series measured as for nodewatch.
+//!   reports them, and its RSS growth per series measured as for nodewatch;
+//!   VictoriaMetrics: its RSS growth per series, likewise.
 //! - wire: bytes the load generator wrote to its sockets (TLS records
 //!   included, `wchar` of `/proc/self/io`) per sample in steady state
 //!   ([`WIRE_NODES`] nodes at the agent's 10 s interval for [`WIRE_WINDOW`],
@@ -36,8 +39,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, find_program, free_port, http_get, missing, peer_name, spawn, wait_for, Aggregator,
-    BenchResult, Better, Pki, Proc,
+    bin, find_program, free_port, http_get, missing, peer_name, spawn, victoria, wait_for,
+    Aggregator, BenchResult, Better, Pki, Proc,
 };
 
 const SERIES_PER_NODE: usize = 1500;
@@ -48,7 +51,9 @@ const INGEST_INTERVAL: &str = "10s";
 /// batches' own ack times are reported beside it.
 const INGEST_WARMUP: &str = "25s";
 const INGEST_WINDOW: &str = "15s";
-const STEPS: &[usize] = &[50, 200, 500, 1000];
+/// Node counts tried in turn until a side stops holding (past 1,000 to find
+/// where each one fails on this machine).
+const STEPS: &[usize] = &[50, 200, 500, 1000, 1500, 2000];
 const MEM_NODES: usize = 10;
 const MEM_SERIES: usize = 1000;
 const MEM_INTERVAL: &str = "200ms";
@@ -193,6 +198,9 @@ fn main() {
     let Some(prometheus) = find_program("prometheus") else {
         return missing("prometheus (Debian package `prometheus`)");
     };
+    let Some(vm_bin) = find_program(victoria::PROGRAM) else {
+        return missing("victoria-metrics (Debian package `victoria-metrics`)");
+    };
     let started = Instant::now();
     let pki = Pki::new();
     let dir = pki.dir.path().to_path_buf();
@@ -327,6 +335,20 @@ fn main() {
     });
     prom_cell.borrow_mut().clear();
 
+    // (a) ingest, VictoriaMetrics' remote-write receiver: a fresh one per step.
+    let vm_cell = std::cell::RefCell::new(Vec::<Proc>::new());
+    let vms = ingest_steps(&|tag, _| {
+        let mut ps = vm_cell.borrow_mut();
+        ps.clear();
+        let (p, addr) = victoria::start(&vm_bin, &dir, tag);
+        ps.push(p);
+        common(vec![
+            "--remote-write".into(),
+            format!("http://{addr}/api/v1/write"),
+        ])
+    });
+    vm_cell.borrow_mut().clear();
+
     // (b) memory.
     let mem_window = humantime::parse_duration(MEM_INTERVAL).unwrap() * MEM_SAMPLES;
     let mem_args = |target: Vec<String>| -> Vec<String> {
@@ -380,12 +402,24 @@ fn main() {
     let theirs_mem_delta = (rss_bytes(prom_pid).saturating_sub(prom_before)) as f64 / series;
     drop(prom);
 
+    let (vm, addr) = victoria::start(&vm_bin, &dir, "mem");
+    let vm_pid = vm.child.id();
+    let vm_before = rss_bytes(vm_pid);
+    let _ = loadgen(&mem_args(vec![
+        "--remote-write".into(),
+        format!("http://{addr}/api/v1/write"),
+    ]));
+    let vm_mem_delta = (rss_bytes(vm_pid).saturating_sub(vm_before)) as f64 / series;
+    drop(vm);
+
     let (on, osps) = best(&ours);
     let (tn, tsps) = best(&theirs);
-    println!("\n### Scale against Prometheus 2.42\n");
+    let (vn, vsps) = best(&vms);
+    let vm_peer = victoria::peer_name();
+    println!("\n### Scale against Prometheus 2.42 and {vm_peer}\n");
     println!("Ingest steps ({SERIES_PER_NODE} series per node, {INGEST_INTERVAL} interval, {INGEST_WINDOW} measured):\n");
-    println!("| nodes | nodewatch samples/s | ack p50 / p99 | first batches p99 / max | Prometheus RW samples/s | response p50 / p99 | first requests p99 / max |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| nodes | nodewatch samples/s | ack p50 / p99 | first batches p99 / max | Prometheus RW samples/s | response p50 / p99 | first requests p99 / max | VictoriaMetrics RW samples/s | response p50 / p99 | first requests p99 / max |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, &n) in STEPS.iter().enumerate() {
         let f = |s: Option<&Step>| {
             s.map_or(
@@ -401,26 +435,30 @@ fn main() {
         };
         let (our_sps, our_lat, our_first) = f(ours.get(i));
         let (their_sps, their_lat, their_first) = f(theirs.get(i));
-        println!("| {n} | {our_sps} | {our_lat} | {our_first} | {their_sps} | {their_lat} | {their_first} |");
+        let (vm_sps, vm_lat, vm_first) = f(vms.get(i));
+        println!("| {n} | {our_sps} | {our_lat} | {our_first} | {their_sps} | {their_lat} | {their_first} | {vm_sps} | {vm_lat} | {vm_first} |");
     }
-    println!("\n| measure | nodewatch | Prometheus 2.42 | ratio (nodewatch / Prometheus) |");
-    println!("|---|---|---|---|");
+    println!("\n| measure | nodewatch | Prometheus 2.42 | {vm_peer} | nodewatch / Prometheus | nodewatch / VictoriaMetrics |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| ingest: samples/s held (ack p99 ≤ 1 s) | {osps:.0} ({on} nodes) | {tsps:.0} ({tn} nodes) | {:.2}× |",
-        osps / tsps
+        "| ingest: samples/s held (ack p99 ≤ 1 s) | {osps:.0} ({on} nodes) | {tsps:.0} ({tn} nodes) | {vsps:.0} ({vn} nodes) | {:.2}× | {:.2}× |",
+        osps / tsps,
+        osps / vsps
     );
     println!(
-        "| memory: bytes per series, {MEM_SAMPLES} samples each, RSS growth | {ours_mem:.0} | {theirs_mem_delta:.0} | {:.2}× |",
-        ours_mem / theirs_mem_delta
+        "| memory: bytes per series, {MEM_SAMPLES} samples each, RSS growth | {ours_mem:.0} | {theirs_mem_delta:.0} | {vm_mem_delta:.0} | {:.2}× | {:.2}× |",
+        ours_mem / theirs_mem_delta,
+        ours_mem / vm_mem_delta
     );
     println!(
-        "| memory: Prometheus' own `process_resident_memory_bytes / prometheus_tsdb_head_series` | {ours_mem:.0} | {theirs_mem_reported:.0} | {:.2}× |",
+        "| memory: Prometheus' own `process_resident_memory_bytes / prometheus_tsdb_head_series` | {ours_mem:.0} | {theirs_mem_reported:.0} | | {:.2}× | |",
         ours_mem / theirs_mem_reported
     );
     println!(
-        "| memory: bytes per sample (RSS growth / samples) | {:.2} | {:.2} | |",
+        "| memory: bytes per sample (RSS growth / samples) | {:.2} | {:.2} | {:.2} | | |",
         ours_mem / per_series,
-        theirs_mem_delta / per_series
+        theirs_mem_delta / per_series,
+        vm_mem_delta / per_series
     );
     wire_rows();
     println!("\n({} s in all)", started.elapsed().as_secs());
@@ -448,5 +486,31 @@ fn main() {
         Better::Lower,
     )
     .peer(&peer, theirs_mem_delta / per_series)
+    .record();
+    BenchResult::new(
+        &format!("ingest: samples/s held, ack p99 ≤ 1 s ({on} nodes / VictoriaMetrics {vn})"),
+        "samples/s",
+        osps,
+        Better::Higher,
+    )
+    .peer(&format!("{vm_peer} remote-write receiver"), vsps)
+    .goal_ratio(1.0)
+    .record();
+    BenchResult::new(
+        "memory: bytes per active series (RSS growth)",
+        "B",
+        ours_mem,
+        Better::Lower,
+    )
+    .peer(&vm_peer, vm_mem_delta)
+    .goal_ratio(1.0)
+    .record();
+    BenchResult::new(
+        "memory: bytes per sample (RSS growth)",
+        "B",
+        ours_mem / per_series,
+        Better::Lower,
+    )
+    .peer(&vm_peer, vm_mem_delta / per_series)
     .record();
 }

@@ -15,6 +15,8 @@ use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDIT
 use nodewatch_proto::tls::{self, Reloadable, Target, TlsFiles};
 use nodewatch_proto::{Identity, NodeName};
 
+pub mod victoria;
+
 /// Whether tests run in CI, where a missing component is a failure.
 #[must_use]
 pub fn in_ci() -> bool {
