@@ -322,27 +322,28 @@ fn the_firewall_gets_its_identity_from_its_service_account_and_renews() {
     let pki = Pki::new();
     let node_ca = node_ca(&pki);
     let mut agg = split_aggregator(&pki, "30s");
+    // The OPNsense sample configuration as shipped, with its folders moved
+    // under the test's and the aggregator's address in place of the
+    // LoadBalancer addresses (an IP address the server certificate names,
+    // as in the deploy).
     let etc = pki.path("usr-local-etc-nodewatch");
+    let var = pki.path("var-db-nodewatch");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::copy(pki.path("ca.crt"), etc.join("ca.crt")).unwrap();
     std::fs::write(etc.join("token"), "tok-fw\n").unwrap();
-    let identity = pki.path("var-db-nodewatch-identity");
+    let sample = std::fs::read_to_string(opnsense("nodewatch-agent.yaml.sample")).unwrap();
+    let lb = "  - 192.168.10.40:7443\n  - 192.168.10.41:7443\n";
+    assert!(sample.contains(lb), "the sample's aggregators changed");
+    let text = sample
+        .replace(lb, &format!("  - {}\n", agg.grpc))
+        .replace("/usr/local/etc/nodewatch/", &format!("{}/", etc.display()))
+        .replace("/var/db/nodewatch/", &format!("{}/", var.display()))
+        .replace("interval: 10s", "interval: 1s")
+        .replace("health_listen: 127.0.0.1:9465", "health_listen: ''")
+        + "collectors: {ebpf: false}\n";
+    let identity = var.join("identity");
     let cfg = pki.path("agent-fw.yaml");
-    // No node_name: the agent asks with its host name as a hint, which the
-    // aggregator ignores; the ServiceAccount's annotation says opnsense.
-    std::fs::write(
-        &cfg,
-        format!(
-            "aggregators: ['{}']\nserver_name: localhost\ninterval: 1s\nhealth_listen: ''\ncollectors: {{ebpf: false}}\nspool: {{dir: {}}}\nbootstrap:\n  token: {}\ntls:\n  ca: {}\n  cert: {}/tls.crt\n  key: {}/tls.key\n",
-            agg.grpc,
-            pki.path("spool-fw").display(),
-            etc.join("token").display(),
-            etc.join("ca.crt").display(),
-            identity.display(),
-            identity.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, text).unwrap();
     let _agent = spawn(
         &bin("nodewatch-agent"),
         &["--config", cfg.to_str().unwrap()],
@@ -394,6 +395,48 @@ fn the_firewall_gets_its_identity_from_its_service_account_and_renews() {
                 .then_some(())
         },
     );
+}
+
+fn opnsense(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/opnsense")
+        .join(file)
+}
+
+/// The install notes, the sample configuration and the rc.d script name
+/// the same files.
+#[test]
+fn the_opnsense_readme_sample_and_rc_script_name_the_same_files() {
+    let sample = std::fs::read_to_string(opnsense("nodewatch-agent.yaml.sample")).unwrap();
+    let readme = std::fs::read_to_string(opnsense("README.md")).unwrap();
+    let rc = std::fs::read_to_string(opnsense("rc.d/nodewatch_agent")).unwrap();
+    let cfg: serde_json::Value = serde_yaml_ng::from_str(&sample).unwrap();
+    let mut files = vec![];
+    for path in [
+        &cfg["tls"]["ca"],
+        &cfg["tls"]["cert"],
+        &cfg["tls"]["key"],
+        &cfg["bootstrap"]["token"],
+        &cfg["spool"]["dir"],
+    ] {
+        files.push(path.as_str().expect("a path in the sample").to_string());
+    }
+    files.push("/usr/local/etc/nodewatch/agent.yaml".into());
+    for f in &files {
+        assert!(readme.contains(f.as_str()), "README.md does not name {f}");
+        assert!(
+            rc.contains(f.as_str()),
+            "rc.d/nodewatch_agent does not name {f}"
+        );
+    }
+    // And nothing else: the names older notes and samples used are gone
+    // (`nodewatch certs` still writes node-<name>.crt, which the notes
+    // install under the names above).
+    for old in ["ca.pem", "agent.pem", "agent-key.pem"] {
+        assert!(!readme.contains(old), "README.md still names {old}");
+        assert!(!sample.contains(old), "the sample still names {old}");
+    }
+    assert!(!sample.contains("node-opnsense.crt"));
 }
 
 fn now_secs() -> i64 {
