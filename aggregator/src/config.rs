@@ -787,6 +787,42 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// A config with `bootstrap:` (`$D` is a folder holding the files it names).
+    fn with_bootstrap(yaml: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["ca.crt", "tls.crt", "tls.key", "token"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        let text = format!(
+            "tls: {{ca: {0}/ca.crt, cert: {0}/tls.crt, key: {0}/tls.key}}\nbootstrap:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/tls.key\n  kubernetes: {{api: 'http://127.0.0.1:1', token_file: {0}/token}}\n{1}",
+            d.display(),
+            yaml
+        );
+        let f: File =
+            config::parse_yaml(&text, Path::new("agg.yaml")).map_err(|e| e.to_string())?;
+        f.validate(Some(Path::new("agg.yaml")))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_service_accounts_are_checked_like_service_accounts() {
+        let fw = "system:serviceaccount:nodewatch:nodewatch-firewall";
+        let c = with_bootstrap(&format!("  node_service_accounts: ['{fw}']\n")).unwrap();
+        let b = c.bootstrap.unwrap();
+        assert_eq!(b.node_service_accounts, [fw]);
+        assert!(b.service_accounts.is_empty());
+        let err = with_bootstrap("  node_service_accounts: ['nodewatch-firewall']\n").unwrap_err();
+        assert!(err.contains("bootstrap.node_service_accounts[0]"), "{err}");
+        let err = with_bootstrap(&format!(
+            "  service_accounts: ['{fw}']\n  node_service_accounts: ['{fw}']\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("also in bootstrap.service_accounts"), "{err}");
+        let err = with_bootstrap("").unwrap_err();
+        assert!(err.contains("bootstrap.service_accounts"), "{err}");
+    }
+
     #[test]
     fn alertmanagers_are_urls_or_objects_with_credentials_and_tls() {
         use crate::rules::notifier::Authorization;

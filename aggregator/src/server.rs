@@ -118,6 +118,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     for rpc in ["ingest", "query", "hello_identity"] {
         metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(0);
     }
+    if config.bootstrap.is_some() {
+        for result in ["issued", "token", "service_account", "no_node_annotation"] {
+            metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => result)
+                .increment(0);
+        }
+    }
     // With bootstrap on, clients may connect without a certificate, for that one RPC.
     let anonymous = config.bootstrap.is_some();
     // With bootstrap on, trust is split by role: node certificates chain to
