@@ -567,6 +567,13 @@ async fn the_node_issuing_key_cannot_make_an_operator() {
             .then_some(())
     });
     let root_node = pki.node("node-d");
+    let unknown_ca = || {
+        counter(
+            &agg.metrics(),
+            "nodewatch_aggregator_auth_failures_total{reason=\"unknown_ca\"}",
+        )
+    };
+    let before = unknown_ca();
     let refused = IngestClient::new(nodewatch_tests::channel(&agg, &root_node))
         .stream(tokio_stream::empty())
         .await;
@@ -574,4 +581,8 @@ async fn the_node_issuing_key_cannot_make_an_operator() {
         refused.is_err(),
         "a node certificate the root signed directly was accepted"
     );
+    // Refused at the handshake, for its issuer (not for the empty stream).
+    wait_for(Duration::from_secs(5), "the refusal counted", || {
+        (unknown_ca() > before).then_some(())
+    });
 }
