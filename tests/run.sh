@@ -24,6 +24,11 @@ if [ "$(id -u)" = 0 ]; then
   /opt/nodewatch-deploy-venv/bin/pip install --quiet --disable-pip-version-check \
     kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-cert-manager==1.17.1.0 \
     cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0
+  # kustomize itself, for the optional components (tests/tests/deploy.rs):
+  # pykustomize's wheel carries kustomize's Go library, which the test calls
+  # through ctypes, so Debian's Python 3.11 serves although the wheel says 3.14.
+  /opt/nodewatch-deploy-venv/bin/pip install --quiet --disable-pip-version-check \
+    --no-deps --ignore-requires-python pykustomize==0.1.4
   step "mounting tracefs and bpffs"
   mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || echo "tracefs: not mounted"
   mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || echo "bpffs: not mounted"

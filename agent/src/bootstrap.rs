@@ -17,8 +17,11 @@ use crate::config::{BootstrapConfig, Config};
 
 /// cert-manager's default renewal point: two thirds of the lifetime.
 pub const DEFAULT_RENEW_AT: f64 = 0.66;
-/// How often the certificate's age is checked.
+/// How often the certificate's age is checked at most.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest wait between two checks, so a certificate whose renewal
+/// point has passed does not spin the loop.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -66,6 +69,26 @@ fn write_atomic(path: &Path, data: &str, mode: u32) -> Result<(), BootstrapError
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// How long until the certificate at `cert` is due for renewal (zero when it is already due).
+#[must_use]
+pub fn until_due(cert: &Path, renew_at: f64) -> Duration {
+    let Ok(certs) = tls::load_certs(cert) else {
+        return Duration::ZERO;
+    };
+    let Some((nb, na)) = certs
+        .first()
+        .and_then(|c| nodewatch_proto::identity::validity(c))
+    else {
+        return Duration::ZERO;
+    };
+    let due_at = nb + ((na - nb) as f64 * renew_at) as i64;
+    let now = now_ms() / 1000;
+    if now < nb {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(u64::try_from(due_at - now).unwrap_or(0))
 }
 
 /// Gets a certificate if there is none or it is due; returns whether one was issued.
@@ -138,7 +161,10 @@ async fn issue(
     }
 }
 
-/// Renews the certificate in the background; the TLS reloader picks up the new files.
+/// Renews the certificate in the background; the TLS reloader picks up the
+/// new files. It wakes at the renewal point or every [`CHECK_INTERVAL`],
+/// whichever is sooner (a certificate replaced by hand is noticed too), and
+/// after a failure retries every [`CHECK_INTERVAL`].
 #[must_use]
 pub fn spawn_renewal(
     cfg: Config,
@@ -146,10 +172,14 @@ pub fn spawn_renewal(
     bs: BootstrapConfig,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let renew_at = bs.renew_at.unwrap_or(DEFAULT_RENEW_AT);
         loop {
-            tokio::time::sleep(CHECK_INTERVAL).await;
+            let next = until_due(&files.cert, renew_at).clamp(MIN_CHECK_INTERVAL, CHECK_INTERVAL);
+            tokio::time::sleep(next).await;
             if let Err(error) = ensure(&cfg, &files, &bs).await {
                 warn!(%error, "Certificate renewal failed; retrying in a minute.");
+                // The certificate is still due: wait the full interval, not the minimum.
+                tokio::time::sleep(CHECK_INTERVAL).await;
             }
         }
     })

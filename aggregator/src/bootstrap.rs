@@ -6,6 +6,13 @@
 //! agent's key certified as `spiffe://nodewatch/node/<node>`. A pod on node A
 //! can never get node B's identity: the node comes from the API server, not
 //! from anything the agent says.
+//!
+//! An agent off the cluster (the OPNsense firewall) has no pod. It presents
+//! a long-lived, audience-bound token of a ServiceAccount listed in
+//! `bootstrap.node_service_accounts`; the node it stands for is the
+//! [`NODE_ANNOTATION`] on that ServiceAccount, read from the API server after
+//! the TokenReview ([`BootstrapService::issue_for_service_account`]). Only a
+//! cluster administrator can annotate it; the request never names the node.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +37,9 @@ pub const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/c
 pub const EXTRA_NODE: &str = "authentication.kubernetes.io/node-name";
 pub const EXTRA_POD: &str = "authentication.kubernetes.io/pod-name";
 pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+/// The annotation on a ServiceAccount in `bootstrap.node_service_accounts`
+/// that names the one node its tokens stand for (e.g. `opnsense`).
+pub const NODE_ANNOTATION: &str = "nodewatch.io/node-name";
 /// Timeout of one API server request.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest certificate request accepted.
@@ -63,6 +73,63 @@ pub struct Reviewed {
     pub node: String,
     pub pod: String,
     pub pod_uid: String,
+}
+
+/// Whose token it is, before asking which pod or node it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewedUser {
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub username: String,
+    /// The ServiceAccount's uid (the API server fills `user.uid` for its tokens).
+    pub uid: String,
+    user: Value,
+}
+
+impl ReviewedUser {
+    /// The pod and node a pod-bound token carries (Kubernetes 1.30+).
+    pub fn pod_bound(&self) -> Result<Reviewed, KubeError> {
+        let user = &self.user;
+        let node = first_extra(user, EXTRA_NODE)
+            .ok_or_else(|| KubeError::Bad(format!("token names no node ({EXTRA_NODE}); it must be a pod-bound token on Kubernetes 1.30+")))?;
+        let pod = first_extra(user, EXTRA_POD)
+            .ok_or_else(|| KubeError::Bad(format!("token names no pod ({EXTRA_POD})")))?;
+        let pod_uid = first_extra(user, EXTRA_POD_UID)
+            .ok_or_else(|| KubeError::Bad(format!("token names no pod uid ({EXTRA_POD_UID})")))?;
+        Ok(Reviewed {
+            username: self.username.clone(),
+            node,
+            pod,
+            pod_uid,
+        })
+    }
+
+    /// `(namespace, name)` of a ServiceAccount user name.
+    #[must_use]
+    pub fn service_account(&self) -> Option<(&str, &str)> {
+        let mut parts = self.username.split(':');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("system"), Some("serviceaccount"), Some(ns), Some(name), None)
+                if !ns.is_empty() && !name.is_empty() =>
+            {
+                Some((ns, name))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the API server says of a ServiceAccount: its uid and annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountInfo {
+    pub uid: String,
+    /// The value of [`NODE_ANNOTATION`], if set.
+    pub node: Option<String>,
 }
 
 fn first_extra(user: &Value, key: &str) -> Option<String> {
@@ -146,8 +213,13 @@ impl KubeApi {
         serde_json::from_slice(&body).map_err(|e| KubeError::Bad(format!("{url}: not JSON: {e}")))
     }
 
-    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
-    pub async fn review(&self, token: &str, audience: &str) -> Result<Reviewed, KubeError> {
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`: whether the token
+    /// is valid for `audience`, and whose it is.
+    pub async fn review_user(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<ReviewedUser, KubeError> {
         let body = serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
@@ -174,19 +246,40 @@ impl KubeApi {
                 "token is not for audience {audience:?}"
             )));
         }
-        let user = &st["user"];
-        let username = user["username"].as_str().unwrap_or_default().to_string();
-        let node = first_extra(user, EXTRA_NODE)
-            .ok_or_else(|| KubeError::Bad(format!("token names no node ({EXTRA_NODE}); it must be a pod-bound token on Kubernetes 1.30+")))?;
-        let pod = first_extra(user, EXTRA_POD)
-            .ok_or_else(|| KubeError::Bad(format!("token names no pod ({EXTRA_POD})")))?;
-        let pod_uid = first_extra(user, EXTRA_POD_UID)
-            .ok_or_else(|| KubeError::Bad(format!("token names no pod uid ({EXTRA_POD_UID})")))?;
-        Ok(Reviewed {
-            username,
-            node,
-            pod,
-            pod_uid,
+        let user = st["user"].clone();
+        Ok(ReviewedUser {
+            username: user["username"].as_str().unwrap_or_default().to_string(),
+            uid: user["uid"].as_str().unwrap_or_default().to_string(),
+            user,
+        })
+    }
+
+    /// A pod-bound token's review: whose it is, its pod and that pod's node.
+    pub async fn review(&self, token: &str, audience: &str) -> Result<Reviewed, KubeError> {
+        self.review_user(token, audience).await?.pod_bound()
+    }
+
+    /// `GET` a ServiceAccount: its uid and [`NODE_ANNOTATION`].
+    pub async fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ServiceAccountInfo, KubeError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}"),
+                None,
+            )
+            .await?;
+        Ok(ServiceAccountInfo {
+            uid: v["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            node: v["metadata"]["annotations"][NODE_ANNOTATION]
+                .as_str()
+                .map(str::to_string),
         })
     }
 
@@ -238,6 +331,9 @@ pub struct BootstrapService {
     pub audience: String,
     /// `system:serviceaccount:<namespace>:<name>` allowed to bootstrap.
     pub service_accounts: Vec<String>,
+    /// ServiceAccounts that each stand for one node off the cluster, named
+    /// by their [`NODE_ANNOTATION`] (their tokens are bound to no pod).
+    pub node_service_accounts: Vec<String>,
     pub validity: Duration,
     pub kube: KubeApi,
 }
@@ -263,7 +359,7 @@ impl Bootstrap for BootstrapService {
                 "csr_pem: must be 1..={MAX_CSR_BYTES} bytes of PEM"
             )));
         }
-        let review = match self.kube.review(&r.token, &self.audience).await {
+        let user = match self.kube.review_user(&r.token, &self.audience).await {
             Ok(v) => v,
             Err(KubeError::Bad(msg)) => return Err(refuse("token", msg)),
             Err(e) => {
@@ -272,6 +368,12 @@ impl Bootstrap for BootstrapService {
                 return Err(Status::unavailable(format!("cannot check the token: {e}")));
             }
         };
+        if self.node_service_accounts.contains(&user.username) {
+            return self.issue_for_service_account(&user, &r.csr_pem).await;
+        }
+        let review = user
+            .pod_bound()
+            .map_err(|e| refuse("token", e.to_string()))?;
         if !self.service_accounts.contains(&review.username) {
             return Err(refuse(
                 "service_account",
@@ -326,6 +428,74 @@ impl Bootstrap for BootstrapService {
         metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "issued")
             .increment(1);
         info!(%node, pod = %review.pod, "Issued a node certificate.");
+        let not_after_ms = crate::store::now_ms() + self.validity.as_millis() as i64;
+        Ok(Response::new(IssueResponse {
+            cert_pem: pem.cert,
+            ca_pem: self.ca.pem().cert.clone(),
+            not_after_ms,
+            node: node.to_string(),
+        }))
+    }
+}
+
+impl BootstrapService {
+    /// The off-cluster path: the node is the annotation on the token's
+    /// ServiceAccount, read now from the API server (so removing or changing
+    /// the annotation takes effect at the next renewal). A ServiceAccount
+    /// without it is refused and counted (`result="no_node_annotation"`).
+    pub async fn issue_for_service_account(
+        &self,
+        user: &ReviewedUser,
+        csr_pem: &str,
+    ) -> Result<Response<IssueResponse>, Status> {
+        let Some((namespace, name)) = user.service_account() else {
+            return Err(refuse(
+                "service_account",
+                format!("{} is not a ServiceAccount", user.username),
+            ));
+        };
+        let sa = match self.kube.service_account(namespace, name).await {
+            Ok(sa) => sa,
+            Err(e) => {
+                metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "api_error")
+                    .increment(1);
+                return Err(Status::unavailable(format!(
+                    "cannot read ServiceAccount {namespace}/{name}: {e}"
+                )));
+            }
+        };
+        // A ServiceAccount deleted and made again under the same name is
+        // another account: tokens of the old one must not name the new one's node.
+        if !user.uid.is_empty() && sa.uid != user.uid {
+            return Err(refuse(
+                "service_account",
+                format!(
+                    "ServiceAccount {namespace}/{name} has uid {}, the token was issued to {}",
+                    sa.uid, user.uid
+                ),
+            ));
+        }
+        let Some(node) = sa.node else {
+            return Err(refuse(
+                "no_node_annotation",
+                format!(
+                    "ServiceAccount {namespace}/{name} has no {NODE_ANNOTATION} annotation naming the node its tokens stand for"
+                ),
+            ));
+        };
+        let node = NodeName::new(node).map_err(|e| {
+            refuse(
+                "no_node_annotation",
+                format!("ServiceAccount {namespace}/{name}: {NODE_ANNOTATION}: {e}"),
+            )
+        })?;
+        let pem = self
+            .ca
+            .sign_request(csr_pem, &Identity::Node(node.clone()), self.validity)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "issued")
+            .increment(1);
+        info!(%node, service_account = %user.username, "Issued a node certificate.");
         let not_after_ms = crate::store::now_ms() + self.validity.as_millis() as i64;
         Ok(Response::new(IssueResponse {
             cert_pem: pem.cert,

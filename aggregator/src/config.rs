@@ -71,7 +71,15 @@ pub struct BootstrapFile {
     #[serde(default)]
     pub audience: Option<String>,
     /// ServiceAccounts allowed to bootstrap, as `system:serviceaccount:<namespace>:<name>`.
+    #[serde(default)]
     pub service_accounts: Vec<String>,
+    /// ServiceAccounts that each stand for one node off the cluster (the
+    /// firewall), as `system:serviceaccount:<namespace>:<name>`: their
+    /// tokens are bound to no pod, and the node is the ServiceAccount's
+    /// `nodewatch.io/node-name` annotation. A token of one without the
+    /// annotation is refused.
+    #[serde(default)]
+    pub node_service_accounts: Vec<String>,
     /// Lifetime of issued certificates (default `24h`); agents renew at two thirds.
     #[serde(default)]
     pub validity: Option<String>,
@@ -123,6 +131,7 @@ pub struct Bootstrap {
     pub ca_key: PathBuf,
     pub audience: String,
     pub service_accounts: Vec<String>,
+    pub node_service_accounts: Vec<String>,
     pub validity: Duration,
     pub api: String,
     pub token_file: PathBuf,
@@ -639,23 +648,36 @@ impl File {
 fn validate_bootstrap(b: &BootstrapFile, p: &mut Problems) -> Option<Bootstrap> {
     p.file("bootstrap.ca_cert", &b.ca_cert);
     p.file("bootstrap.ca_key", &b.ca_key);
-    if b.service_accounts.is_empty() {
+    if b.service_accounts.is_empty() && b.node_service_accounts.is_empty() {
         p.add(
             "bootstrap.service_accounts",
-            "list at least one system:serviceaccount:<namespace>:<name>",
+            "list at least one system:serviceaccount:<namespace>:<name> (here or in bootstrap.node_service_accounts)",
         );
     }
-    for (i, sa) in b.service_accounts.iter().enumerate() {
-        let parts: Vec<&str> = sa.split(':').collect();
-        if parts.len() != 4
-            || parts[0] != "system"
-            || parts[1] != "serviceaccount"
-            || parts[2].is_empty()
-            || parts[3].is_empty()
-        {
+    for (key, list) in [
+        ("service_accounts", &b.service_accounts),
+        ("node_service_accounts", &b.node_service_accounts),
+    ] {
+        for (i, sa) in list.iter().enumerate() {
+            let parts: Vec<&str> = sa.split(':').collect();
+            if parts.len() != 4
+                || parts[0] != "system"
+                || parts[1] != "serviceaccount"
+                || parts[2].is_empty()
+                || parts[3].is_empty()
+            {
+                p.add(
+                    format!("bootstrap.{key}[{i}]"),
+                    format!("{sa:?}: expected system:serviceaccount:<namespace>:<name>"),
+                );
+            }
+        }
+    }
+    for sa in &b.node_service_accounts {
+        if b.service_accounts.contains(sa) {
             p.add(
-                format!("bootstrap.service_accounts[{i}]"),
-                format!("{sa:?}: expected system:serviceaccount:<namespace>:<name>"),
+                "bootstrap.node_service_accounts",
+                format!("{sa:?} is also in bootstrap.service_accounts: a ServiceAccount either runs agent pods or stands for one node"),
             );
         }
     }
@@ -708,6 +730,7 @@ fn validate_bootstrap(b: &BootstrapFile, p: &mut Problems) -> Option<Bootstrap> 
         ca_key: b.ca_key.clone(),
         audience: b.audience.clone().unwrap_or_else(|| "nodewatch".into()),
         service_accounts: b.service_accounts.clone(),
+        node_service_accounts: b.node_service_accounts.clone(),
         validity,
         api,
         token_file,
@@ -762,6 +785,42 @@ mod tests {
             config::parse_yaml(&text, Path::new("agg.yaml")).map_err(|e| e.to_string())?;
         f.validate(Some(Path::new("agg.yaml")))
             .map_err(|e| e.to_string())
+    }
+
+    /// A config with `bootstrap:` (`$D` is a folder holding the files it names).
+    fn with_bootstrap(yaml: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["ca.crt", "tls.crt", "tls.key", "token"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        let text = format!(
+            "tls: {{ca: {0}/ca.crt, cert: {0}/tls.crt, key: {0}/tls.key}}\nbootstrap:\n  ca_cert: {0}/ca.crt\n  ca_key: {0}/tls.key\n  kubernetes: {{api: 'http://127.0.0.1:1', token_file: {0}/token}}\n{1}",
+            d.display(),
+            yaml
+        );
+        let f: File =
+            config::parse_yaml(&text, Path::new("agg.yaml")).map_err(|e| e.to_string())?;
+        f.validate(Some(Path::new("agg.yaml")))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_service_accounts_are_checked_like_service_accounts() {
+        let fw = "system:serviceaccount:nodewatch:nodewatch-firewall";
+        let c = with_bootstrap(&format!("  node_service_accounts: ['{fw}']\n")).unwrap();
+        let b = c.bootstrap.unwrap();
+        assert_eq!(b.node_service_accounts, [fw]);
+        assert!(b.service_accounts.is_empty());
+        let err = with_bootstrap("  node_service_accounts: ['nodewatch-firewall']\n").unwrap_err();
+        assert!(err.contains("bootstrap.node_service_accounts[0]"), "{err}");
+        let err = with_bootstrap(&format!(
+            "  service_accounts: ['{fw}']\n  node_service_accounts: ['{fw}']\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("also in bootstrap.service_accounts"), "{err}");
+        let err = with_bootstrap("").unwrap_err();
+        assert!(err.contains("bootstrap.service_accounts"), "{err}");
     }
 
     #[test]

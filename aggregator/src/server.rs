@@ -70,6 +70,7 @@ fn bootstrap_service(b: &crate::config::Bootstrap) -> Result<BootstrapService, S
         ca: Arc::new(ca),
         audience: b.audience.clone(),
         service_accounts: b.service_accounts.clone(),
+        node_service_accounts: b.node_service_accounts.clone(),
         validity: b.validity,
         kube: crate::bootstrap::KubeApi {
             base,
@@ -118,12 +119,30 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     for rpc in ["ingest", "query", "hello_identity"] {
         metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(0);
     }
+    if config.bootstrap.is_some() {
+        for result in ["issued", "token", "service_account", "no_node_annotation"] {
+            metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => result)
+                .increment(0);
+        }
+    }
     // With bootstrap on, clients may connect without a certificate, for that one RPC.
     let anonymous = config.bootstrap.is_some();
-    let server_tls = Reloadable::new(tls::server_config_with(&config.tls, anonymous)?);
-    let reloader = tls::spawn_reloader(config.tls.clone(), Arc::clone(&server_tls), move |f| {
-        tls::server_config_with(f, anonymous)
-    });
+    // With bootstrap on, trust is split by role: node certificates chain to
+    // the CA the aggregator signs them with (bootstrap.ca_cert, a node-issuing
+    // CA in Kubernetes), operator certificates are signed by tls.ca itself, so
+    // the key this process holds can mint node identities and nothing else.
+    let node_ca = config.bootstrap.as_ref().map(|b| b.ca_cert.clone());
+    let server_tls = Reloadable::new(tls::server_config_split(
+        &config.tls,
+        node_ca.as_deref(),
+        anonymous,
+    )?);
+    let reloader = tls::spawn_reloader_also(
+        config.tls.clone(),
+        node_ca.iter().cloned().collect(),
+        Arc::clone(&server_tls),
+        move |f| tls::server_config_split(f, node_ca.as_deref(), anonymous),
+    );
     let bootstrap = match &config.bootstrap {
         None => None,
         Some(b) => Some(bootstrap_service(b)?),

@@ -20,6 +20,9 @@ pub use time::{Duration as TimeDuration, OffsetDateTime};
 /// without rotation. cert-manager deployments use shorter ones.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_hours(8760);
 
+/// How far back certificates are dated so clocks a few minutes apart still agree.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// Default lifetime of a CA made here.
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_hours(87600);
 
@@ -103,7 +106,8 @@ impl Ca {
         dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "nodewatch");
         params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // One level below: the node-issuing CA ([`Ca::issue_node_ca`]).
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -153,6 +157,37 @@ impl Ca {
     #[must_use]
     pub fn pem(&self) -> &Pem {
         &self.pem
+    }
+
+    /// Makes a node-issuing CA signed by this one: the CA an aggregator's
+    /// Bootstrap RPC holds. The aggregator accepts node identities under it
+    /// and operator certificates only when this (root) CA signed them
+    /// itself, so the holder of the node-issuing key can mint node
+    /// certificates and nothing else. It may sign leaves only (path length 0).
+    pub fn issue_node_ca(&self, common_name: &str, lifetime: Duration) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "nodewatch");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
     }
 
     /// Signs a new leaf certificate with a fresh key, valid from five minutes ago for `lifetime`.
@@ -249,7 +284,11 @@ impl Ca {
             .push(SanType::URI(identity.uri().try_into()?));
         params.use_authority_key_identifier_extension = true;
         let now = time_now();
-        params.not_before = now - time::Duration::minutes(5);
+        // Back-dated for clocks a little apart, by at most a tenth of the
+        // lifetime: renewal at two thirds of notBefore..notAfter must stay
+        // ahead of now, whatever the lifetime.
+        let skew = (lifetime / 10).min(CLOCK_SKEW);
+        params.not_before = now - time::Duration::seconds(skew.as_secs() as i64);
         params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(Pem {

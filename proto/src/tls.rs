@@ -163,6 +163,131 @@ pub fn server_config_with(
     Ok(Arc::new(config))
 }
 
+/// As [`server_config_with`], with the trust split by role when `node_ca` is
+/// given: a node certificate (`spiffe://nodewatch/node/…`) must chain to a
+/// certificate in `node_ca` (the node-issuing CA whose key the Bootstrap
+/// RPC holds), and every other client certificate, operators' included, must
+/// be signed directly by a certificate in `files.ca`, with no intermediate
+/// the client sends taken into account. Whoever holds only the node-issuing
+/// key (a compromised aggregator) can then mint node identities, and nothing
+/// else: an operator certificate it signs does not chain to `files.ca`
+/// without that intermediate, which is ignored. Without `node_ca` every
+/// role chains to `files.ca` as before.
+pub fn server_config_split(
+    files: &TlsFiles,
+    node_ca: Option<&Path>,
+    allow_anonymous: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let Some(node_ca) = node_ca else {
+        return server_config_with(files, allow_anonymous);
+    };
+    let verifier = Arc::new(SplitVerifier::new(&files.ca, node_ca, allow_anonymous)?);
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|source| TlsError::Rustls {
+            what: "server certificate and key",
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client certificate verifier of [`server_config_split`]: one webpki
+/// verifier per role, chosen by the identity in the end-entity certificate.
+#[derive(Debug)]
+struct SplitVerifier {
+    /// Operators and certificates without a node identity: `tls.ca`, direct issuance only.
+    others: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// Node identities: the node-issuing CA.
+    nodes: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    hints: Vec<rustls::DistinguishedName>,
+    mandatory: bool,
+}
+
+impl SplitVerifier {
+    fn new(ca: &Path, node_ca: &Path, allow_anonymous: bool) -> Result<Self, TlsError> {
+        let build = |path: &Path| {
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(path)?), provider());
+            let b = if allow_anonymous {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build().map_err(|e| TlsError::Verifier(e.to_string()))
+        };
+        let others = build(ca)?;
+        let nodes = build(node_ca)?;
+        let mut hints = others.root_hint_subjects().to_vec();
+        hints.extend_from_slice(nodes.root_hint_subjects());
+        Ok(Self {
+            others,
+            nodes,
+            hints,
+            mandatory: !allow_anonymous,
+        })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for SplitVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if let Ok(Identity::Node(_)) = Identity::from_cert_der(end_entity) {
+            self.nodes
+                .verify_client_cert(end_entity, intermediates, now)
+        } else {
+            // Presented intermediates are dropped: an operator certificate
+            // must be signed by a trust anchor of `tls.ca` itself, so the
+            // node-issuing CA (an intermediate under the same root) cannot
+            // vouch for one.
+            self.others.verify_client_cert(end_entity, &[], now)
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.others.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.others.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.others.supported_verify_schemes()
+    }
+}
+
 /// Client side: TLS 1.3 only, presents `files.cert`, trusts servers chaining to `files.ca`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -241,12 +366,36 @@ where
     T: Send + Sync + 'static,
     F: Fn(&TlsFiles) -> Result<Arc<T>, TlsError> + Send + 'static,
 {
+    spawn_reloader_also(files, Vec::new(), target, build)
+}
+
+/// As [`spawn_reloader`], also watching `extra` files the configuration is
+/// built from (the node-issuing CA of [`server_config_split`]).
+pub fn spawn_reloader_also<T, F>(
+    files: TlsFiles,
+    extra: Vec<PathBuf>,
+    target: Arc<Reloadable<T>>,
+    build: F,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&TlsFiles) -> Result<Arc<T>, TlsError> + Send + 'static,
+{
+    let stamp = move |files: &TlsFiles| {
+        let mut all = mtimes(files).to_vec();
+        all.extend(
+            extra
+                .iter()
+                .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()),
+        );
+        all
+    };
     tokio::spawn(async move {
-        let mut seen = mtimes(&files);
+        let mut seen = stamp(&files);
         let mut pending = false;
         loop {
             tokio::time::sleep(RELOAD_POLL_INTERVAL).await;
-            let now = mtimes(&files);
+            let now = stamp(&files);
             if now == seen && !pending {
                 continue;
             }

@@ -1,16 +1,23 @@
 //! Per-node identity on Kubernetes without listing nodes: the agent trades a
 //! pod-bound ServiceAccount token for a certificate naming the node the API
-//! server says the pod runs on. No Kubernetes API server can run here, so a
-//! small stand-in answers `TokenReview` and `GET pod` exactly as the real
-//! one does (shapes from authentication.k8s.io/v1 and core/v1).
+//! server says the pod runs on. The firewall, off the cluster, trades a
+//! long-lived token of its own ServiceAccount, whose annotation names the
+//! node, and renews before expiry. The aggregator holds only a node-issuing
+//! CA, which cannot make operators. No Kubernetes API server can run here,
+//! so a small stand-in answers `TokenReview`, `GET pod` and `GET
+//! serviceaccount` exactly as the real one does (shapes from
+//! authentication.k8s.io/v1 and core/v1).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::time::Duration;
 
-use nodewatch_proto::tls::{self, Reloadable};
+use nodewatch_proto::certs::{Ca, Leaf, Pem};
+use nodewatch_proto::tls::{self, Reloadable, TlsFiles};
 use nodewatch_proto::v1::bootstrap_client::BootstrapClient;
+use nodewatch_proto::v1::ingest_client::IngestClient;
 use nodewatch_proto::v1::query_client::QueryClient;
 use nodewatch_proto::v1::{IssueRequest, ListNodesRequest};
 use nodewatch_proto::{Identity, NodeName};
@@ -19,6 +26,29 @@ use serde_json::json;
 
 const AGGREGATOR_SA_TOKEN: &str = "aggregator-sa-token";
 const AGENT_SA: &str = "system:serviceaccount:nodewatch:nodewatch-agent";
+const FIREWALL_SA: &str = "system:serviceaccount:nodewatch:nodewatch-firewall";
+/// Listed as a node ServiceAccount, but nobody annotated it.
+const BARE_SA: &str = "system:serviceaccount:nodewatch:nodewatch-bare";
+
+/// A token made with `kubectl create token <sa> --audience nodewatch`: bound
+/// to the ServiceAccount (its uid), to no pod.
+fn sa_review(user: &str, uid: &str) -> serde_json::Value {
+    json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": {
+        "authenticated": true, "audiences": ["nodewatch"],
+        "user": {"username": user, "uid": uid,
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:nodewatch", "system:authenticated"],
+            "extra": {"authentication.kubernetes.io/credential-id": ["JTI=6c1f0a8e"]}}}})
+}
+
+fn service_account(name: &str) -> Option<serde_json::Value> {
+    let meta = match name {
+        "nodewatch-firewall" => json!({"name": name, "namespace": "nodewatch", "uid": "uid-fw",
+            "annotations": {"nodewatch.io/node-name": "opnsense"}}),
+        "nodewatch-bare" => json!({"name": name, "namespace": "nodewatch", "uid": "uid-bare"}),
+        _ => return None,
+    };
+    Some(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}))
+}
 
 /// token → (authenticated, username, audience, node claimed, pod, pod uid)
 fn review_for(token: &str) -> serde_json::Value {
@@ -42,6 +72,13 @@ fn review_for(token: &str) -> serde_json::Value {
             "nodewatch",
         ),
         "tok-other-aud" => ok(AGENT_SA, "node-a", "agent-a", "uid-a", "vault"),
+        "tok-fw" => sa_review(FIREWALL_SA, "uid-fw"),
+        "tok-bare" => sa_review(BARE_SA, "uid-bare"),
+        // Issued to an earlier ServiceAccount of the same name, since deleted.
+        "tok-fw-old" => sa_review(FIREWALL_SA, "uid-fw-deleted"),
+        // The agents' ServiceAccount is not a node ServiceAccount: a token of
+        // it bound to no pod names no node.
+        "tok-agent-unbound" => sa_review(AGENT_SA, "uid-agent-sa"),
         _ => json!({"status": {"authenticated": false, "error": "invalid bearer token"}}),
     }
 }
@@ -101,6 +138,13 @@ fn fake_api() -> SocketAddr {
                 let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 let token = req["spec"]["token"].as_str().unwrap_or("");
                 ("201 Created", review_for(token))
+            } else if let Some(name) =
+                path.strip_prefix("/api/v1/namespaces/nodewatch/serviceaccounts/")
+            {
+                match service_account(name) {
+                    Some(sa) => ("200 OK", sa),
+                    None => ("404 Not Found", json!({"kind": "Status", "code": 404})),
+                }
             } else if let Some(name) = path.strip_prefix("/api/v1/namespaces/nodewatch/pods/") {
                 match pod(name) {
                     Some(p) => ("200 OK", p),
@@ -224,4 +268,321 @@ async fn no_token_gets_another_nodes_identity() {
         log.contains("Bootstrap refused") && log.contains("node-b"),
         "{log}"
     );
+}
+
+/// The split PKI of the Kubernetes deploy: a root (`ca.crt`, which signs the
+/// aggregator's server certificate and operators) and below it a node-issuing
+/// CA (`node-ca.crt/.key`), the only key the aggregator holds.
+fn node_ca(pki: &Pki) -> Ca {
+    let root = Ca::load(pki.dir.path()).unwrap();
+    let node_ca = root
+        .issue_node_ca("nodewatch node CA", Duration::from_secs(3600))
+        .unwrap();
+    node_ca.pem().write(pki.dir.path(), "node-ca").unwrap();
+    node_ca
+}
+
+/// An aggregator whose Bootstrap signs with the node-issuing CA and accepts
+/// firewall tokens of `nodewatch-firewall` (and, unannotated, `nodewatch-bare`).
+fn split_aggregator(pki: &Pki, validity: &str) -> Aggregator {
+    let api = fake_api();
+    let token_file = pki.path("aggregator-sa-token");
+    std::fs::write(&token_file, AGGREGATOR_SA_TOKEN).unwrap();
+    Aggregator::start(
+        pki,
+        "agg-split",
+        &format!(
+            "bootstrap:\n  ca_cert: {}\n  ca_key: {}\n  service_accounts: ['{AGENT_SA}']\n  node_service_accounts: ['{FIREWALL_SA}', '{BARE_SA}']\n  validity: {validity}\n  kubernetes:\n    api: http://{api}\n    token_file: {}\n",
+            pki.path("node-ca.crt").display(),
+            pki.path("node-ca.key").display(),
+            token_file.display()
+        ),
+    )
+}
+
+fn cert_der(path: &Path) -> Vec<u8> {
+    tls::load_certs(path).unwrap()[0].to_vec()
+}
+
+/// A counter's value on `/metrics`, 0 when absent.
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The OPNsense path end to end with the FreeBSD-independent parts of the
+/// agent: the sample config's bootstrap, a token of the firewall's
+/// ServiceAccount, the node name from its annotation, a node certificate
+/// from the node-issuing CA, and a renewal before expiry that keeps the
+/// firewall connected after its first certificate has expired.
+#[test]
+fn the_firewall_gets_its_identity_from_its_service_account_and_renews() {
+    let pki = Pki::new();
+    let node_ca = node_ca(&pki);
+    let mut agg = split_aggregator(&pki, "30s");
+    // The OPNsense sample configuration as shipped, with its folders moved
+    // under the test's and the aggregator's address in place of the
+    // LoadBalancer addresses (an IP address the server certificate names,
+    // as in the deploy).
+    let etc = pki.path("usr-local-etc-nodewatch");
+    let var = pki.path("var-db-nodewatch");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(pki.path("ca.crt"), etc.join("ca.crt")).unwrap();
+    std::fs::write(etc.join("token"), "tok-fw\n").unwrap();
+    let sample = std::fs::read_to_string(opnsense("nodewatch-agent.yaml.sample")).unwrap();
+    let lb = "  - 192.168.10.40:7443\n  - 192.168.10.41:7443\n";
+    assert!(sample.contains(lb), "the sample's aggregators changed");
+    let text = sample
+        .replace(lb, &format!("  - {}\n", agg.grpc))
+        .replace("/usr/local/etc/nodewatch/", &format!("{}/", etc.display()))
+        .replace("/var/db/nodewatch/", &format!("{}/", var.display()))
+        .replace("interval: 10s", "interval: 1s")
+        .replace("health_listen: 127.0.0.1:9465", "health_listen: ''")
+        + "collectors: {ebpf: false}\n";
+    let identity = var.join("identity");
+    let cfg = pki.path("agent-fw.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let _agent = spawn(
+        &bin("nodewatch-agent"),
+        &["--config", cfg.to_str().unwrap()],
+        pki.dir.path(),
+        "agent-fw",
+    );
+    wait_for(Duration::from_secs(30), "series of opnsense", || {
+        agg.metrics()
+            .contains("node_load1{node=\"opnsense\"}")
+            .then_some(())
+    });
+    let cert_path = identity.join("tls.crt");
+    let first = cert_der(&cert_path);
+    assert_eq!(
+        Identity::from_cert_der(&first).unwrap(),
+        Identity::Node(NodeName::new("opnsense").unwrap())
+    );
+    let (_, first_not_after) = nodewatch_proto::identity::validity(&first).unwrap();
+    drop(node_ca);
+
+    // 30 s certificates, renewed at two thirds: a new one within ~25 s.
+    let renewed = wait_for(Duration::from_secs(45), "a renewed certificate", || {
+        let now = cert_der(&cert_path);
+        (now != first).then_some(now)
+    });
+    assert_eq!(
+        Identity::from_cert_der(&renewed).unwrap(),
+        Identity::Node(NodeName::new("opnsense").unwrap())
+    );
+    let (_, renewed_not_after) = nodewatch_proto::identity::validity(&renewed).unwrap();
+    assert!(renewed_not_after > first_not_after);
+    let issued = counter(
+        &agg.metrics(),
+        "nodewatch_aggregator_bootstrap_total{result=\"issued\"}",
+    );
+    assert!(issued >= 2, "issued {issued}");
+
+    // Once the first certificate has expired, a fresh aggregator process
+    // (new connections, new handshakes) still takes the firewall's stream.
+    let wait = u64::try_from(first_not_after + 1 - now_secs()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(wait));
+    agg.restart(&pki, "agg-split");
+    wait_for(
+        Duration::from_secs(30),
+        "opnsense again after the first certificate expired",
+        || {
+            agg.metrics()
+                .contains("node_load1{node=\"opnsense\"}")
+                .then_some(())
+        },
+    );
+}
+
+fn opnsense(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/opnsense")
+        .join(file)
+}
+
+/// The install notes, the sample configuration and the rc.d script name
+/// the same files.
+#[test]
+fn the_opnsense_readme_sample_and_rc_script_name_the_same_files() {
+    let sample = std::fs::read_to_string(opnsense("nodewatch-agent.yaml.sample")).unwrap();
+    let readme = std::fs::read_to_string(opnsense("README.md")).unwrap();
+    let rc = std::fs::read_to_string(opnsense("rc.d/nodewatch_agent")).unwrap();
+    let cfg: serde_json::Value = serde_yaml_ng::from_str(&sample).unwrap();
+    let mut files = vec![];
+    for path in [
+        &cfg["tls"]["ca"],
+        &cfg["tls"]["cert"],
+        &cfg["tls"]["key"],
+        &cfg["bootstrap"]["token"],
+        &cfg["spool"]["dir"],
+    ] {
+        files.push(path.as_str().expect("a path in the sample").to_string());
+    }
+    files.push("/usr/local/etc/nodewatch/agent.yaml".into());
+    for f in &files {
+        assert!(readme.contains(f.as_str()), "README.md does not name {f}");
+        assert!(
+            rc.contains(f.as_str()),
+            "rc.d/nodewatch_agent does not name {f}"
+        );
+    }
+    // And nothing else: the names older notes and samples used are gone
+    // (`nodewatch certs` still writes node-<name>.crt, which the notes
+    // install under the names above).
+    for old in ["ca.pem", "agent.pem", "agent-key.pem"] {
+        assert!(!readme.contains(old), "README.md still names {old}");
+        assert!(!sample.contains(old), "the sample still names {old}");
+    }
+    assert!(!sample.contains("node-opnsense.crt"));
+}
+
+fn now_secs() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_account_without_the_node_annotation_is_refused_and_counted() {
+    let pki = Pki::new();
+    let _ = node_ca(&pki);
+    let agg = split_aggregator(&pki, "1h");
+    let anon = tls::anonymous_client_config(&pki.path("ca.crt")).unwrap();
+    let channel = tls::channel(
+        &agg.target(),
+        Reloadable::new(anon),
+        Some("localhost".into()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut client = BootstrapClient::new(channel);
+    let (_key, csr) =
+        nodewatch_proto::certs::key_and_csr(&NodeName::new("talos-1").unwrap()).unwrap();
+    let ask = |token: &str| IssueRequest {
+        token: token.into(),
+        csr_pem: csr.clone(),
+    };
+    // The request's name (talos-1) is ignored: the annotation says opnsense.
+    let ok = client.issue(ask("tok-fw")).await.unwrap().into_inner();
+    assert_eq!(ok.node, "opnsense");
+    for (token, want) in [
+        ("tok-bare", "no nodewatch.io/node-name annotation"),
+        ("tok-fw-old", "the token was issued to uid-fw-deleted"),
+        ("tok-agent-unbound", "names no node"),
+    ] {
+        let err = client.issue(ask(token)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::PermissionDenied,
+            "{token}: {err:?}"
+        );
+        assert!(err.message().contains(want), "{token}: {}", err.message());
+    }
+    let metrics = agg.metrics();
+    assert_eq!(
+        counter(
+            &metrics,
+            "nodewatch_aggregator_bootstrap_total{result=\"no_node_annotation\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "nodewatch_aggregator_bootstrap_total{result=\"issued\"}"
+        ),
+        1
+    );
+}
+
+/// Whoever takes over an aggregator holds the node-issuing key and nothing
+/// more: operator certificates it signs are refused, with or without the
+/// node CA sent along as an intermediate; the root's operators and the node
+/// CA's nodes are accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_issuing_key_cannot_make_an_operator() {
+    let pki = Pki::new();
+    let node_ca = node_ca(&pki);
+    let agg = split_aggregator(&pki, "1h");
+    let forged = node_ca
+        .issue(
+            &Leaf::Client(Identity::Operator("mallory".into())),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    forged.write(pki.dir.path(), "operator-forged").unwrap();
+    // The same, with the node CA appended as the chain a client may send.
+    let chained = Pem {
+        cert: format!("{}{}", forged.cert, node_ca.pem().cert),
+        key: forged.key.clone(),
+    };
+    chained
+        .write(pki.dir.path(), "operator-forged-chain")
+        .unwrap();
+    let files = |stem: &str| TlsFiles {
+        ca: pki.path("ca.crt"),
+        cert: pki.path(&format!("{stem}.crt")),
+        key: pki.path(&format!("{stem}.key")),
+    };
+    for stem in ["operator-forged", "operator-forged-chain"] {
+        let err = QueryClient::new(nodewatch_tests::channel(&agg, &files(stem)))
+            .list_nodes(ListNodesRequest {})
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), tonic::Code::Ok, "{stem}");
+    }
+    let refused = counter(
+        &agg.metrics(),
+        "nodewatch_aggregator_auth_failures_total{reason=\"unknown_ca\"}",
+    );
+    assert!(refused >= 2, "unknown_ca refusals: {refused}");
+    // The root's own operator is served.
+    let admin = pki.operator("admin");
+    QueryClient::new(nodewatch_tests::channel(&agg, &admin))
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap();
+    // A node certificate from the node CA streams; one the root signed
+    // directly is not a node identity this aggregator issues.
+    node_ca
+        .issue(
+            &Leaf::Client(Identity::Node(NodeName::new("node-c").unwrap())),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+        .write(pki.dir.path(), "node-c")
+        .unwrap();
+    let _agent = nodewatch_tests::start_agent_with(&pki, "node-c", &files("node-c"), &[&agg], "");
+    wait_for(Duration::from_secs(30), "series of node-c", || {
+        agg.metrics()
+            .contains("node_load1{node=\"node-c\"}")
+            .then_some(())
+    });
+    let root_node = pki.node("node-d");
+    let unknown_ca = || {
+        counter(
+            &agg.metrics(),
+            "nodewatch_aggregator_auth_failures_total{reason=\"unknown_ca\"}",
+        )
+    };
+    let before = unknown_ca();
+    let refused = IngestClient::new(nodewatch_tests::channel(&agg, &root_node))
+        .stream(tokio_stream::empty())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a node certificate the root signed directly was accepted"
+    );
+    // Refused at the handshake, for its issuer (not for the empty stream).
+    wait_for(Duration::from_secs(5), "the refusal counted", || {
+        (unknown_ca() > before).then_some(())
+    });
 }

@@ -931,7 +931,12 @@ fn bootstrap_trust_chain_is_wired() {
         }
         let name = secret["secretName"].as_str().unwrap();
         assert!(
-            !["nodewatch-ca", "nodewatch-aggregator-tls"].contains(&name),
+            ![
+                "nodewatch-ca",
+                "nodewatch-node-ca",
+                "nodewatch-aggregator-tls"
+            ]
+            .contains(&name),
             "agent mounts {name}"
         );
         let keys: Vec<&str> = seq(&secret["items"])
@@ -941,22 +946,63 @@ fn bootstrap_trust_chain_is_wired() {
         assert_eq!(keys, ["ca.crt"], "agent must mount only ca.crt of {name}");
     }
 
-    // The aggregator mounts the CA key Secret the CA Certificate writes.
+    // The trust is split: the root's key (Secret nodewatch-ca, which signs
+    // operators) is mounted by nobody; the aggregators mount the node-issuing
+    // CA the root signs, and Bootstrap signs with it.
     let ca = find(&docs, "Certificate", "nodewatch-ca");
     assert_eq!(ca["spec"]["isCA"].as_bool(), Some(true));
     let ca_secret = ca["spec"]["secretName"].as_str().unwrap();
-    let sts_pod = &find(&docs, "StatefulSet", "nodewatch-aggregator")["spec"]["template"]["spec"];
-    assert!(
-        seq(&sts_pod["volumes"])
-            .iter()
-            .any(|v| v["secret"]["secretName"].as_str() == Some(ca_secret)),
-        "aggregator mounts {ca_secret}"
-    );
     let ca_issuer = find(&docs, "Issuer", "nodewatch-ca");
     assert_eq!(
         ca_issuer["spec"]["ca"]["secretName"].as_str(),
         Some(ca_secret)
     );
+    for d in &docs {
+        let pod = match d.kind() {
+            "StatefulSet" | "DaemonSet" | "Deployment" => &d.value["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        for v in seq(&pod["volumes"]) {
+            assert_ne!(
+                v["secret"]["secretName"].as_str(),
+                Some(ca_secret),
+                "{}/{} mounts the root CA key",
+                d.kind(),
+                d.name()
+            );
+        }
+    }
+    let node_ca = find(&docs, "Certificate", "nodewatch-node-ca");
+    assert_eq!(node_ca["spec"]["isCA"].as_bool(), Some(true));
+    assert_eq!(
+        node_ca["spec"]["issuerRef"]["name"].as_str(),
+        Some("nodewatch-ca")
+    );
+    assert_eq!(
+        node_ca["spec"]["privateKey"]["rotationPolicy"].as_str(),
+        Some("Never"),
+        "the aggregators load the signing key at start"
+    );
+    let node_ca_secret = node_ca["spec"]["secretName"].as_str().unwrap();
+    let sts_pod = &find(&docs, "StatefulSet", "nodewatch-aggregator")["spec"]["template"]["spec"];
+    let agg_c = container(sts_pod, "aggregator");
+    let text = find(&docs, "ConfigMap", "nodewatch-aggregator")["data"]["aggregator.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agg: nodewatch_aggregator::config::File =
+        nodewatch_proto::config::parse_yaml(&text, Path::new("aggregator.yaml")).unwrap();
+    let b = agg.bootstrap.expect("bootstrap");
+    for f in [&b.ca_cert, &b.ca_key] {
+        let dir = f.parent().unwrap().to_str().unwrap();
+        let (vol, _) = mount_of(sts_pod, agg_c, dir);
+        assert_eq!(
+            vol["secret"]["secretName"].as_str(),
+            Some(node_ca_secret),
+            "bootstrap {} is not from {node_ca_secret}",
+            f.display()
+        );
+    }
 
     // Operator certificate for the CLI.
     let op = find(&docs, "Certificate", "nodewatch-operator-admin");
@@ -1044,6 +1090,19 @@ fn flux_kustomization_points_at_the_base() {
     for d in ["cert-manager", "kube-prometheus-stack"] {
         assert!(deps.contains(&d), "dependsOn {d}");
     }
+    // It works wherever the repository keeps its Kustomizations: every
+    // reference to another object names that object's namespace.
+    for d in seq(&s["dependsOn"]) {
+        assert!(
+            d["namespace"].is_string(),
+            "dependsOn {:?} names no namespace",
+            d["name"]
+        );
+    }
+    assert!(
+        s["sourceRef"]["namespace"].is_string(),
+        "sourceRef names no namespace"
+    );
     // The base names its namespace everywhere; a different one would break
     // the certificate names (see the comment in ks.yaml).
     assert!(matches!(
@@ -1069,4 +1128,500 @@ fn rule_pack_passes_the_aggregators_own_engine() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(code, 0, "test rules:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Optional components (deploy/kubernetes/components/*), built by kustomize
+// itself (its Go library as PyPI's `pykustomize` ships it, called through
+// ctypes), with Flux's postBuild.substitute applied as Flux does, then
+// validated like the base.
+
+/// Test values for the components' variables, as a Flux Kustomization's
+/// `postBuild.substitute` would set them.
+const FLUX_VARS: [(&str, &str); 8] = [
+    ("NODEWATCH_AGGREGATOR_0_ADDRESS", "192.168.10.40"),
+    ("NODEWATCH_AGGREGATOR_1_ADDRESS", "192.168.10.41"),
+    ("NODEWATCH_AGGREGATOR_0_NAME", "nodewatch-0.home.arpa"),
+    ("NODEWATCH_AGGREGATOR_1_NAME", "nodewatch-1.home.arpa"),
+    ("NODEWATCH_FIREWALL_NODE", "opnsense"),
+    ("NODEWATCH_NODE_CIDR", "10.10.0.0/24"),
+    ("NODEWATCH_OPERATOR_CIDR", "192.168.10.0/24"),
+    ("NODEWATCH_PROMETHEUS_NAMESPACE", "observability"),
+];
+
+const KUSTOMIZE_INSTALL: &str = "pip install --no-deps --ignore-requires-python pykustomize==0.1.4";
+
+/// `kustomize build DIR` through libpykustomize (argv: library, directory).
+const KUSTOMIZE_BUILD: &str = r#"
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.pykustomize_build.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+lib.pykustomize_last_error.restype = ctypes.c_void_p
+out = ctypes.c_void_p()
+if lib.pykustomize_build(sys.argv[2].encode(), b"{}", ctypes.byref(out)) != 0:
+    sys.exit(ctypes.string_at(lib.pykustomize_last_error()).decode())
+sys.stdout.write(ctypes.string_at(out).decode())
+"#;
+
+/// Validates CiliumNetworkPolicies against the CRD's schema (the vendored
+/// fixture): types, enums, patterns, CIDR formats, and unknown fields
+/// (refused wherever the schema lists an object's properties, as the API
+/// server's strict field validation does).
+const CNP_CHECK: &str = r#"
+import ipaddress, json, sys
+import jsonschema, yaml
+schema = json.load(open(sys.argv[1]))
+def strict(s):
+    if isinstance(s, dict):
+        if s.get("type") == "object" and "properties" in s and "additionalProperties" not in s \
+                and not s.get("x-kubernetes-preserve-unknown-fields"):
+            s["additionalProperties"] = False
+        for v in s.values():
+            strict(v)
+    elif isinstance(s, list):
+        for v in s:
+            strict(v)
+strict(schema)
+formats = jsonschema.FormatChecker()
+@formats.checks("cidr", raises=ValueError)
+def cidr(v):
+    ipaddress.ip_network(v, strict=False)
+    return True
+validator = jsonschema.Draft7Validator(schema, format_checker=formats)
+bad = 0
+for doc in yaml.safe_load_all(open(sys.argv[2])):
+    name = f"CiliumNetworkPolicy/{doc['metadata']['name']}"
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    for e in errors:
+        print(f"FAIL {name}: {'.'.join(map(str, e.path))}: {e.message}")
+    if errors:
+        bad += 1
+    else:
+        print(f"ok {name}")
+sys.exit(1 if bad else 0)
+"#;
+
+/// The Python that has pykustomize, and its kustomize library.
+fn kustomize() -> Option<(PathBuf, PathBuf)> {
+    let python = find_program("python3")?;
+    let (ok, out) = run(Command::new(&python).args([
+        "-c",
+        "import importlib.util; print(importlib.util.find_spec('pykustomize').submodule_search_locations[0])",
+    ]));
+    let lib = Path::new(out.trim()).join("_lib/linux-amd64/libpykustomize.so");
+    (ok && lib.is_file()).then_some((python, lib))
+}
+
+/// `../..` up to `/` from `from`, then `to`: kustomize takes relative paths only.
+fn relative(from: &Path, to: &Path) -> String {
+    let up = "../".repeat(from.components().count() - 1);
+    format!("{up}{}", to.strip_prefix("/").unwrap().display())
+}
+
+/// Builds the base with `components` through kustomize, as an overlay (or
+/// Flux's `spec.components`) would.
+fn kustomize_build(python: &Path, lib: &Path, components: &[&str]) -> Vec<Doc> {
+    let dir = tempfile::tempdir().unwrap();
+    let base = deploy("kubernetes");
+    let list: Vec<String> = components
+        .iter()
+        .map(|c| relative(dir.path(), &base.join("components").join(c)))
+        .collect();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}]\n",
+            relative(dir.path(), &base),
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let script = dir.path().join("build.py");
+    std::fs::write(&script, KUSTOMIZE_BUILD).unwrap();
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(lib)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kustomize build with {components:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("built.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    load_docs(&file)
+}
+
+fn substitution_disabled(d: &Doc) -> bool {
+    d.value["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/substitute"].as_str()
+        == Some("disabled")
+}
+
+/// Flux's `postBuild.substitute` on a built object: `${VAR}` becomes its
+/// value, except in objects annotated `kustomize.toolkit.fluxcd.io/substitute: disabled`.
+fn flux_substitute(d: &Doc) -> Doc {
+    if substitution_disabled(d) {
+        return d.clone();
+    }
+    let mut text = serde_yaml_ng::to_string(&d.value).unwrap();
+    for (k, v) in FLUX_VARS {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    assert!(
+        !text.contains("${"),
+        "{}/{}: a variable no test value is set for:\n{text}",
+        d.kind(),
+        d.name()
+    );
+    Doc {
+        file: d.file.clone(),
+        value: serde_yaml_ng::from_str(&text).unwrap(),
+    }
+}
+
+/// Runs kubernetes-validate (1.33, strict) on `docs`; `None` when it is missing.
+fn kubernetes_validate(docs: &[&Doc]) -> Option<String> {
+    let validator = find_program("kubernetes-validate")?;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.yaml");
+    let mut text = String::new();
+    for d in docs {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml_ng::to_string(&d.value).unwrap());
+    }
+    std::fs::write(&file, text).unwrap();
+    let (ok, out) = run(Command::new(validator)
+        .args(["-k", KUBERNETES_VERSION, "--strict"])
+        .arg(&file));
+    assert!(ok, "kubernetes-validate failed:\n{out}");
+    assert!(!out.contains("Couldn't find schema"), "{out}");
+    assert_eq!(
+        out.matches(" passed for resource ").count(),
+        docs.len(),
+        "every object validated:\n{out}"
+    );
+    Some(out)
+}
+
+/// Runs a Python check script on `docs`; asserts every one printed `ok`.
+fn python_check(python: &Path, script: &str, args: &[&Path], docs: &[&Doc]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.yaml");
+    let path = dir.path().join("check.py");
+    let mut text = String::new();
+    for d in docs {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml_ng::to_string(&d.value).unwrap());
+    }
+    std::fs::write(&file, text).unwrap();
+    std::fs::write(&path, script).unwrap();
+    let (ok, out) = run(Command::new(python).arg(&path).args(args).arg(&file));
+    eprintln!("{out}");
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        docs.len(),
+        "{out}"
+    );
+}
+
+/// Every ConfigMap whose text holds `${…}` (the agent's own variables,
+/// Grafana's) carries `kustomize.toolkit.fluxcd.io/substitute: disabled`, so a
+/// Flux `postBuild.substitute` cannot blank it; no other object of the base
+/// holds `${` at all.
+#[test]
+fn objects_with_dollar_braces_are_flux_safe() {
+    let docs = render();
+    let mut disabled = 0;
+    for d in &docs {
+        let text = serde_yaml_ng::to_string(&d.value).unwrap();
+        if !text.contains("${") {
+            continue;
+        }
+        assert_eq!(d.kind(), "ConfigMap", "{}/{} holds ${{", d.kind(), d.name());
+        assert!(
+            substitution_disabled(d),
+            "ConfigMap/{} holds ${{…}} but lacks kustomize.toolkit.fluxcd.io/substitute: disabled",
+            d.name()
+        );
+        disabled += 1;
+    }
+    assert!(disabled >= 2, "the agent config and the dashboard");
+    // What Flux would do leaves them as they are.
+    for d in docs.iter().filter(|d| substitution_disabled(d)) {
+        assert_eq!(flux_substitute(d).value, d.value);
+    }
+}
+
+#[test]
+fn components_are_kustomize_components_that_kustomize_builds() {
+    let dir = deploy("kubernetes/components");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["cilium-network-policy", "firewall", "network-policy"]
+    );
+    for n in &names {
+        let k = &load_docs(&dir.join(n).join("kustomization.yaml"))[0].value;
+        assert_eq!(k["kind"].as_str(), Some("Component"), "{n}");
+        assert_eq!(
+            k["apiVersion"].as_str(),
+            Some("kustomize.config.k8s.io/v1alpha1"),
+            "{n}"
+        );
+        // Every variable a component leaves for Flux is one of the documented ones.
+        for r in strs(&k["resources"]) {
+            let text = std::fs::read_to_string(dir.join(n).join(r)).unwrap();
+            for var in text.split("${").skip(1) {
+                let name = var.split('}').next().unwrap();
+                assert!(
+                    FLUX_VARS.iter().any(|(k, _)| *k == name),
+                    "{n}/{r}: ${{{name}}} is not documented"
+                );
+            }
+        }
+    }
+    let Some((python, lib)) = kustomize() else {
+        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    };
+    // kustomize builds the base exactly as this file's renderer does.
+    let built = kustomize_build(&python, &lib, &[]);
+    let ours = render();
+    assert_eq!(built.len(), ours.len());
+    for d in &ours {
+        let b = built
+            .iter()
+            .find(|b| b.kind() == d.kind() && b.name() == d.name())
+            .unwrap_or_else(|| panic!("kustomize dropped {}/{}", d.kind(), d.name()));
+        assert_eq!(b.value, d.value, "{}/{}", d.kind(), d.name());
+    }
+}
+
+/// The firewall component: per-replica LoadBalancer Services with their
+/// LB-IPAM addresses, those addresses and names in the server certificate,
+/// the firewall's annotated ServiceAccount and the aggregators' right to read
+/// it; every value from values.yaml, substituted as Flux does, and every
+/// object valid against Kubernetes 1.33 and cert-manager's CRD.
+#[test]
+fn firewall_component_builds_and_validates() {
+    let Some((python, lib)) = kustomize() else {
+        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    };
+    let docs: Vec<Doc> = kustomize_build(&python, &lib, &["firewall"])
+        .iter()
+        .map(flux_substitute)
+        .collect();
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d.name() == "nodewatch-firewall" && d.kind() == "ConfigMap"),
+        "values.yaml is local-config: kustomize leaves it out"
+    );
+    let sts = find(&docs, "StatefulSet", "nodewatch-aggregator");
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap();
+    let cert = find(&docs, "Certificate", "nodewatch-aggregator");
+    let ips = strs(&cert["spec"]["ipAddresses"]);
+    let dns = strs(&cert["spec"]["dnsNames"]);
+    for i in 0..replicas {
+        let svc = find(
+            &docs,
+            "Service",
+            &format!("nodewatch-aggregator-{i}-external"),
+        );
+        assert_eq!(svc["spec"]["type"].as_str(), Some("LoadBalancer"));
+        let addr = FLUX_VARS[i as usize].1;
+        assert_eq!(
+            svc["metadata"]["annotations"]["lbipam.cilium.io/ips"].as_str(),
+            Some(addr)
+        );
+        assert_eq!(
+            svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].as_str(),
+            Some(format!("nodewatch-aggregator-{i}").as_str()),
+            "one replica per Service"
+        );
+        let ports: Vec<u64> = seq(&svc["spec"]["ports"])
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        assert_eq!(ports, [7443], "only gRPC leaves the cluster");
+        assert!(ips.contains(&addr), "certificate lacks {addr}: {ips:?}");
+        let name = FLUX_VARS[2 + i as usize].1;
+        assert!(dns.contains(&name), "certificate lacks {name}");
+    }
+    assert_eq!(ips.len() as u64, replicas);
+    // The base's names stay.
+    assert!(dns.contains(&"nodewatch-aggregator.nodewatch.svc"));
+    // Not scraped twice: the ServiceMonitor's selector leaves them out.
+    let sm = find(&docs, "ServiceMonitor", "nodewatch-aggregator");
+    let sel = sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+    for d in docs.iter().filter(|d| d.kind() == "Service") {
+        let labels = &d.value["metadata"]["labels"];
+        let selected = sel.iter().all(|(k, v)| &labels[k.as_str().unwrap()] == v);
+        assert_eq!(
+            selected,
+            d.name() == "nodewatch-aggregator",
+            "ServiceMonitor selects Service/{}",
+            d.name()
+        );
+    }
+    // The firewall's ServiceAccount names its node, and the aggregators may
+    // read that one ServiceAccount.
+    let sa = find(&docs, "ServiceAccount", "nodewatch-firewall");
+    assert_eq!(
+        sa["metadata"]["annotations"]["nodewatch.io/node-name"].as_str(),
+        Some("opnsense")
+    );
+    assert_eq!(sa["automountServiceAccountToken"].as_bool(), Some(false));
+    let role = find(&docs, "Role", "nodewatch-aggregator-firewall");
+    let rules = seq(&role["rules"]);
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strs(&rules[0]["resources"]), ["serviceaccounts"]);
+    assert_eq!(strs(&rules[0]["verbs"]), ["get"]);
+    assert_eq!(strs(&rules[0]["resourceNames"]), ["nodewatch-firewall"]);
+    let rb = find(&docs, "RoleBinding", "nodewatch-aggregator-firewall");
+    assert_eq!(
+        rb["subjects"][0]["name"].as_str(),
+        Some("nodewatch-aggregator")
+    );
+    // The aggregator's config lists that ServiceAccount as one that stands
+    // for a node.
+    let text = find(&docs, "ConfigMap", "nodewatch-aggregator")["data"]["aggregator.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agg: nodewatch_aggregator::config::File =
+        nodewatch_proto::config::parse_yaml(&text, Path::new("aggregator.yaml")).unwrap();
+    let b = agg.bootstrap.expect("bootstrap");
+    assert!(b
+        .node_service_accounts
+        .contains(&"system:serviceaccount:nodewatch:nodewatch-firewall".to_string()));
+
+    let builtin: Vec<&Doc> = docs.iter().filter(|d| !d.is_custom()).collect();
+    if kubernetes_validate(&builtin).is_none() {
+        return missing(&format!("kubernetes-validate ({INSTALL})"));
+    }
+    let custom: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.api_version().starts_with("cert-manager.io/"))
+        .collect();
+    python_check(&python, CRD_CHECK, &[], &custom);
+}
+
+#[test]
+fn network_policy_components_admit_only_agents_prometheus_and_operators() {
+    let Some((python, lib)) = kustomize() else {
+        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    };
+    let plain: Vec<Doc> = kustomize_build(&python, &lib, &["network-policy"])
+        .iter()
+        .map(flux_substitute)
+        .collect();
+    let np = find(&plain, "NetworkPolicy", "nodewatch-aggregator");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("nodewatch-aggregator")
+    );
+    assert_eq!(strs(&np["spec"]["policyTypes"]), ["Ingress"]);
+    let rules = seq(&np["spec"]["ingress"]);
+    let ports = |r: &Value| -> Vec<u64> {
+        seq(&r["ports"])
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect()
+    };
+    assert_eq!(rules.len(), 3);
+    assert_eq!(
+        rules[0]["from"][0]["ipBlock"]["cidr"].as_str(),
+        Some("10.10.0.0/24")
+    );
+    assert_eq!(ports(&rules[0]), [7443, 9464]);
+    assert_eq!(
+        rules[1]["from"][0]["ipBlock"]["cidr"].as_str(),
+        Some("192.168.10.0/24")
+    );
+    assert_eq!(ports(&rules[1]), [7443]);
+    let prom = &rules[2]["from"][0];
+    assert_eq!(
+        prom["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+        Some("observability")
+    );
+    assert_eq!(
+        prom["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("prometheus")
+    );
+    assert_eq!(ports(&rules[2]), [9464]);
+
+    let cilium: Vec<Doc> = kustomize_build(&python, &lib, &["cilium-network-policy"])
+        .iter()
+        .map(flux_substitute)
+        .collect();
+    let cnp = find(&cilium, "CiliumNetworkPolicy", "nodewatch-aggregator");
+    let rules = seq(&cnp["spec"]["ingress"]);
+    let ports = |r: &Value| -> Vec<String> {
+        seq(&r["toPorts"])
+            .iter()
+            .flat_map(|p| seq(&p["ports"]).iter())
+            .filter_map(|p| p["port"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(rules.len(), 3);
+    assert_eq!(strs(&rules[0]["fromEntities"]), ["host", "remote-node"]);
+    assert_eq!(ports(&rules[0]), ["7443", "9464"]);
+    assert_eq!(
+        rules[1]["fromCIDRSet"][0]["cidr"].as_str(),
+        Some("192.168.10.0/24")
+    );
+    assert_eq!(ports(&rules[1]), ["7443"]);
+    assert_eq!(
+        rules[2]["fromEndpoints"][0]["matchLabels"]["k8s:io.kubernetes.pod.namespace"].as_str(),
+        Some("observability")
+    );
+    assert_eq!(ports(&rules[2]), ["9464"]);
+
+    // Neither component changes anything of the base.
+    let base = render();
+    for docs in [&plain, &cilium] {
+        assert_eq!(docs.len(), base.len() + 1);
+    }
+    let builtin: Vec<&Doc> = plain.iter().filter(|d| !d.is_custom()).collect();
+    if kubernetes_validate(&builtin).is_none() {
+        return missing(&format!("kubernetes-validate ({INSTALL})"));
+    }
+    let usable = run(Command::new(&python).args(["-c", "import jsonschema, yaml"])).0;
+    if !usable {
+        return missing(&format!("python3 with jsonschema ({INSTALL})"));
+    }
+    let schema = repo().join("tests/fixtures/kubernetes/cilium/ciliumnetworkpolicy-v2.schema.json");
+    let cnps: Vec<&Doc> = cilium
+        .iter()
+        .filter(|d| d.kind() == "CiliumNetworkPolicy")
+        .collect();
+    python_check(&python, CNP_CHECK, &[&schema], &cnps);
+    // The check is not vacuous: a misspelt field, an unknown entity and a
+    // bad CIDR each fail it.
+    for (what, bad) in [
+        ("fromEntity", "fromEntity: [host]"),
+        ("entity", "fromEntities: [nodes]"),
+        ("cidr", "fromCIDRSet: [{cidr: 192.168.10.0/33}]"),
+    ] {
+        let mut doc = cnps[0].clone();
+        let rule: Value = serde_yaml_ng::from_str(&format!(
+            "{bad}\ntoPorts: [{{ports: [{{port: \"7443\", protocol: TCP}}]}}]"
+        ))
+        .unwrap();
+        doc.value["spec"]["ingress"][0] = rule;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, serde_yaml_ng::to_string(&doc.value).unwrap()).unwrap();
+        let script = dir.path().join("check.py");
+        std::fs::write(&script, CNP_CHECK).unwrap();
+        let (ok, out) = run(Command::new(&python).arg(&script).arg(&schema).arg(&file));
+        assert!(!ok && out.contains("FAIL"), "{what}: accepted:\n{out}");
+    }
 }
