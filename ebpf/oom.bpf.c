@@ -121,3 +121,47 @@ int oom_victim_memcg(__u64 *ctx)
 	bpf_map_update_elem(&oom_victims, &pid, &v, BPF_ANY);
 	return 0;
 }
+
+/*
+ * The ring record where the classic tracepoint cannot be attached: under
+ * lockdown=confidentiality tracefs creates no files (LOCKDOWN_TRACEFS), so
+ * there is no event id to attach tracepoint/oom/mark_victim by. A tp_btf
+ * program is attached by its BTF name alone, and BTF-checked loads from its
+ * arguments are not bpf_probe_read_kernel (the helper lockdown refuses), so
+ * it loads there. Since v6.8 the tracepoint hands over the victim's
+ * task_struct and uid; before, only the pid (TP_PROTO(int pid)). The
+ * record's rss fields came with that change, so their presence tells which
+ * one this kernel passes. rss and oom_score_adj are left to user space
+ * (/proc and the memcg), as the classic record of older kernels does.
+ */
+SEC("tp_btf/mark_victim")
+int oom_mark_victim_btf(__u64 *ctx)
+{
+	struct oom_event *ev = bpf_ringbuf_reserve(&oom_events, sizeof(*ev), 0);
+	if (!ev) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&oom_events_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ktime_ns = bpf_ktime_get_ns();
+	if (bpf_core_field_exists(((struct trace_event_raw_mark_victim *)0)->anon_rss)) {
+		struct task_struct *task = (struct task_struct *)ctx[0];
+		if (task) {
+			ev->pid = task->pid;
+			__builtin_memcpy(ev->comm, task->comm, sizeof(ev->comm));
+			ev->flags |= NW_OOM_HAVE_COMM;
+		}
+		ev->uid = (__u32)ctx[1];
+		ev->flags |= NW_OOM_HAVE_UID;
+	} else {
+		ev->pid = (__u32)ctx[0];
+	}
+	ev->killer_tgid = bpf_get_current_pid_tgid() >> 32;
+	ev->killer_cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(ev->killer_comm, sizeof(ev->killer_comm));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
