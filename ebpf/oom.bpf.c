@@ -128,8 +128,9 @@ int oom_victim_memcg(__u64 *ctx)
  * there is no event id to attach tracepoint/oom/mark_victim by. A tp_btf
  * program is attached by its BTF name alone, and BTF-checked loads from its
  * arguments are not bpf_probe_read_kernel (the helper lockdown refuses), so
- * it loads there. Since v6.8 the tracepoint hands over the victim's
- * task_struct and uid; before, only the pid (TP_PROTO(int pid)). The
+ * it loads there. Since v6.8 (and in some stable updates of older series,
+ * e.g. Debian's 6.1.176) the tracepoint hands over the victim's task_struct
+ * and uid; before, only the pid (TP_PROTO(int pid)). The
  * record's rss fields came with that change, so their presence tells which
  * one this kernel passes. rss and oom_score_adj are left to user space
  * (/proc and the memcg), as the classic record of older kernels does.

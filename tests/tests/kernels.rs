@@ -247,6 +247,8 @@ struct Vm {
     console: Arc<Mutex<Vec<String>>>,
     started: Instant,
     name: String,
+    /// From qemu's start: a guest still short of what is awaited then fails.
+    deadline: Duration,
 }
 
 impl Vm {
@@ -327,6 +329,7 @@ impl Vm {
             console,
             started: Instant::now(),
             name: name.to_string(),
+            deadline: GUEST_DEADLINE,
         })
     }
 
@@ -360,8 +363,8 @@ impl Vm {
                 Some(format!("guest: {t}"))
             } else if let Ok(Some(st)) = self.child.try_wait() {
                 Some(format!("qemu exited ({st})"))
-            } else if self.started.elapsed() > GUEST_DEADLINE {
-                Some(format!("no `{needle}` within {GUEST_DEADLINE:?}"))
+            } else if self.started.elapsed() > self.deadline {
+                Some(format!("no `{needle}` within {:?}", self.deadline))
             } else {
                 None
             };
@@ -781,4 +784,91 @@ fn host_kernel() {
     );
     check_programs("host", &program_states(&lines));
     check_node_exporter_names(&lines, "host");
+}
+
+/// A guest that never gets where the test waits (a kernel that cannot
+/// start its init, an init that hangs as a stuck agent would) ends the wait
+/// within the deadline, with the kernel's name and the console's last
+/// lines, and dropping the handle leaves no qemu running.
+#[test]
+fn a_guest_that_fails_or_hangs_ends_within_its_deadline() {
+    if !selected("6.12") && !selected("6.12-confidentiality") {
+        eprintln!("SKIP: no 6.12 kernel in NODEWATCH_KERNELS");
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() || find_program("qemu-system-x86_64").is_none() {
+        return missing("kernel 6.12 failure cases: root and qemu-system-x86_64");
+    }
+    let Some(busybox) = find_program("busybox") else {
+        return missing("kernel 6.12 failure cases: busybox (apt-get install busybox-static)");
+    };
+    let kernel = match fetch_kernel(&KERNELS[1]) {
+        Ok(d) => d,
+        Err(why) => return missing(&format!("kernel 6.12: {why}")),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("nodewatch-kernels-fail-")
+        .tempdir()
+        .unwrap();
+    let disk = work.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+
+    let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
+    // Not an initramfs: no init to run, the kernel panics, qemu stops.
+    let garbage = work.path().join("garbage.cpio");
+    std::fs::write(&garbage, b"this is not a cpio archive\n".repeat(64)).unwrap();
+    let mut vm = Vm::boot("6.12 (broken initramfs)", &kernel, &garbage, &disk, "").unwrap();
+    vm.deadline = Duration::from_secs(90);
+    let err = vm.wait_line("workload done").unwrap_err();
+    println!("{err}");
+    assert!(err.starts_with("kernel 6.12 (broken initramfs): "), "{err}");
+    assert!(
+        err.contains("panic") || err.contains("qemu exited"),
+        "{err}"
+    );
+    assert!(
+        err.contains("---- last console lines ----\n") && err.len() > 200,
+        "{err}"
+    );
+    assert!(vm.started.elapsed() < Duration::from_secs(95), "{err}");
+    let pid = vm.child.id();
+    drop(vm);
+    assert!(gone(pid), "qemu {pid} still running");
+
+    // An init that hangs: the wait ends at the deadline.
+    let root = work.path().join("root");
+    copy(&busybox, &root.join("bin/busybox"));
+    std::fs::write(
+        root.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox echo NWVM kernel up, now hanging\n/bin/busybox sleep 3600\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(root.join("init")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(root.join("init"), perms).unwrap();
+    let initrd = work.path().join("hang.cpio");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | '{}' cpio -o -H newc > '{}'",
+        root.display(),
+        busybox.display(),
+        initrd.display()
+    )))
+    .unwrap();
+    let mut vm = Vm::boot("6.12 (hanging init)", &kernel, &initrd, &disk, "").unwrap();
+    vm.deadline = Duration::from_secs(40);
+    vm.wait_line("kernel up").unwrap();
+    let err = vm.wait_line("workload done").unwrap_err();
+    println!("{err}");
+    assert!(
+        err.starts_with("kernel 6.12 (hanging init): no `NWVM workload done` within 40s"),
+        "{err}"
+    );
+    assert!(err.contains("NWVM kernel up, now hanging"), "{err}");
+    assert!(vm.started.elapsed() < Duration::from_secs(45));
+    let pid = vm.child.id();
+    drop(vm);
+    assert!(gone(pid), "qemu {pid} still running");
 }
