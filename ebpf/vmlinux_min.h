@@ -230,6 +230,27 @@ struct task_struct {
 	struct css_set *cgroups;
 };
 
+/*
+ * include/net/sock.h: the peer of a socket, for the tp_btf TCP programs.
+ * In the kernel skc_daddr sits in an anonymous struct in an anonymous
+ * union; CO-RE matches it by name through those.
+ */
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct sock_common {
+	__u32 skc_daddr;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+};
+
 #pragma clang attribute pop
 
 /*

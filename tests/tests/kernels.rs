@@ -16,8 +16,9 @@
 //!    is stored as an `OomKill` event with pod UID, container id, memcg limit
 //!    and usage, and counted in `nodewatch_oom_kills_total`, by eBPF (the
 //!    event's `source` says which path);
-//! 3. block I/O latency histograms for the virtio disk, and packet drops
-//!    named from that kernel's own BTF (`NO_SOCKET`);
+//! 3. block I/O latency histograms for the virtio disk, packet drops named
+//!    from that kernel's own BTF (`NO_SOCKET`), TCP resets in total and per
+//!    peer;
 //! 4. `node_*` procfs series under node_exporter's names.
 //!
 //! Kernels are Debian packages pinned below, fetched once into
@@ -50,6 +51,9 @@ struct GuestKernel {
     version: &'static str,
     /// Added to the kernel command line.
     cmdline: &'static str,
+    /// `tcp_send_reset` fires for a segment with no socket (to a closed
+    /// port): v6.10+ (before, only resets of a socket are traced).
+    socketless_reset_traced: bool,
 }
 
 /// Debian 13's 6.12 (the Talos 1.10 series), cloud flavour (virtio as modules).
@@ -66,18 +70,21 @@ const KERNELS: [GuestKernel; 3] = [
         package: DEBIAN_6_12.0,
         version: DEBIAN_6_12.1,
         cmdline: "lockdown=confidentiality",
+        socketless_reset_traced: true,
     },
     GuestKernel {
         name: "6.12",
         package: DEBIAN_6_12.0,
         version: DEBIAN_6_12.1,
         cmdline: "",
+        socketless_reset_traced: true,
     },
     GuestKernel {
         name: "6.1",
         package: DEBIAN_6_1.0,
         version: DEBIAN_6_1.1,
         cmdline: "",
+        socketless_reset_traced: false,
     },
 ];
 
@@ -423,6 +430,9 @@ fn readme_table() -> BTreeMap<String, BTreeMap<String, String>> {
     table
 }
 
+/// A series name, labels it must have, and the least value it must reach.
+type Wanted = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 /// Lines of the aggregator's `/metrics` for `node`.
 fn node_metrics(agg: &Aggregator, node: &str) -> Vec<String> {
     let label = format!("node=\"{node}\"");
@@ -702,28 +712,49 @@ fn guest_kernel(k: &GuestKernel) {
 
     // 3. Block I/O latency of the virtio disk, drops named from the kernel's BTF.
     println!("{}: {block}", k.name);
-    let lines = wait_for(
-        Duration::from_secs(15),
-        "vda latency and NO_SOCKET drops",
-        || {
-            let l = node_metrics(&agg, &node);
-            let reads = value(
-                &l,
-                "nodewatch_block_io_latency_seconds_count",
-                &[("device", "vda"), ("op", "read")],
-            );
-            let writes = value(
-                &l,
-                "nodewatch_block_io_latency_seconds_count",
-                &[("device", "vda"), ("op", "write")],
-            );
-            let drops = value(&l, "nodewatch_skb_drops_total", &[("reason", "NO_SOCKET")]);
-            (reads.is_some_and(|v| v >= 256.0)
-                && writes.is_some_and(|v| v >= 1.0)
-                && drops.is_some_and(|v| v >= 1.0))
-            .then_some(l)
-        },
-    );
+    // Connects to a closed loopback port: a reset sent and one received,
+    // the received one per peer (the client's socket knows it).
+    let wanted: [Wanted; 5] = [
+        (
+            "nodewatch_block_io_latency_seconds_count",
+            &[("device", "vda"), ("op", "read")],
+            256.0,
+        ),
+        (
+            "nodewatch_block_io_latency_seconds_count",
+            &[("device", "vda"), ("op", "write")],
+            1.0,
+        ),
+        ("nodewatch_skb_drops_total", &[("reason", "NO_SOCKET")], 1.0),
+        (
+            "nodewatch_tcp_resets_total",
+            &[("direction", "sent")],
+            if k.socketless_reset_traced { 1.0 } else { 0.0 },
+        ),
+        (
+            "nodewatch_tcp_peer_resets_total",
+            &[("peer", "127.0.0.1"), ("direction", "received")],
+            1.0,
+        ),
+    ];
+    let until = Instant::now() + Duration::from_secs(15);
+    let lines = loop {
+        let l = node_metrics(&agg, &node);
+        let short: Vec<String> = wanted
+            .iter()
+            .filter(|(name, labels, min)| value(&l, name, labels).is_none_or(|v| v < *min))
+            .map(|(name, labels, min)| {
+                format!("{name}{labels:?} ≥ {min}: {:?}", value(&l, name, labels))
+            })
+            .collect();
+        if short.is_empty() {
+            break l;
+        }
+        if Instant::now() > until {
+            fail(&vm, format!("short of:\n{}", short.join("\n")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     for l in lines
         .iter()
         .filter(|l| l.contains("device=\"vda\"") && l.contains("_count{"))

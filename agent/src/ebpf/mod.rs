@@ -176,6 +176,24 @@ static OBJECTS: &[ObjectSpec] = &[
             tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
             tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
             tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
+            btf_twin(
+                "tcp_retransmit_skb_btf",
+                "tcp",
+                "tcp_retransmit_skb",
+                "tcp_retransmit_skb",
+            ),
+            btf_twin(
+                "tcp_send_reset_btf",
+                "tcp",
+                "tcp_send_reset",
+                "tcp_send_reset",
+            ),
+            btf_twin(
+                "tcp_receive_reset_btf",
+                "tcp",
+                "tcp_receive_reset",
+                "tcp_receive_reset",
+            ),
         ],
     },
     ObjectSpec {
@@ -627,8 +645,11 @@ impl Ebpf {
                         ProgramState::Attached => {
                             tracing::debug!(program = spec.program, "eBPF program attached.");
                         }
-                        ProgramState::Failed(error) | ProgramState::Skipped(error) => {
+                        ProgramState::Failed(error) => {
                             tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
+                        }
+                        ProgramState::Skipped(reason) => {
+                            tracing::info!(program = spec.program, %reason, "eBPF program skipped.");
                         }
                     }
                     programs.push((spec, st));
@@ -677,12 +698,19 @@ impl Ebpf {
                         .map_err(|e| Unavailable(format!("eBPF off: OOM reader thread: {e}")))?,
                     );
                 }
-                "tcp" if attached("tcp_retransmit_skb") => {
+                "tcp" if attached("tcp_retransmit_skb") || attached("tcp_retransmit_skb_btf") => {
                     if let Some(m) = bpf
                         .take_map(tcp::MAP)
                         .and_then(|m| PerCpuArray::try_from(m).ok())
                     {
-                        let resets = attached("tcp_send_reset") || attached("tcp_receive_reset");
+                        let resets = [
+                            "tcp_send_reset",
+                            "tcp_receive_reset",
+                            "tcp_send_reset_btf",
+                            "tcp_receive_reset_btf",
+                        ]
+                        .iter()
+                        .any(|p| attached(p));
                         let peers = bpf
                             .take_map(tcp::PEERS_MAP)
                             .and_then(|p| HashMap::try_from(p).ok());
