@@ -141,7 +141,8 @@ fn fetch_kernel(k: &GuestKernel) -> Result<PathBuf, String> {
         .map_err(|e| format!("tests/vm/fetch-kernel.sh: {e}"))?;
     if !out.status.success() || !dest.join(".complete").exists() {
         return Err(format!(
-            "fetching {}={} failed ({}): {}{}",
+            "fetching {}={} failed ({}; a mirror keeps only the current version of a package: \
+             when it moved on, pin the new one here and check its column in ebpf/README.md): {}{}",
             k.package,
             k.version,
             out.status,
