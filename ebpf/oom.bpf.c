@@ -132,8 +132,8 @@ int oom_victim_memcg(__u64 *ctx)
  * e.g. Debian's 6.1.176) the tracepoint hands over the victim's task_struct
  * and uid; before, only the pid (TP_PROTO(int pid)). The
  * record's rss fields came with that change, so their presence tells which
- * one this kernel passes. rss and oom_score_adj are left to user space
- * (/proc and the memcg), as the classic record of older kernels does.
+ * one this kernel passes. rss (v6.2+ counters, read as the classic record's
+ * get_mm_counter() does) and oom_score_adj come from the task as well.
  */
 SEC("tp_btf/mark_victim")
 int oom_mark_victim_btf(__u64 *ctx)
@@ -151,9 +151,25 @@ int oom_mark_victim_btf(__u64 *ctx)
 	if (bpf_core_field_exists(((struct trace_event_raw_mark_victim *)0)->anon_rss)) {
 		struct task_struct *task = (struct task_struct *)ctx[0];
 		if (task) {
+			struct mm_struct *mm = task->mm;
+			struct signal_struct *sig = task->signal;
 			ev->pid = task->pid;
 			__builtin_memcpy(ev->comm, task->comm, sizeof(ev->comm));
 			ev->flags |= NW_OOM_HAVE_COMM;
+			/* As the classic record: get_mm_counter() in KiB (4 KiB pages). */
+			if (mm && !bpf_core_type_exists(struct mm_rss_stat)) {
+				__s64 anon = mm->rss_stat[1].count;
+				__s64 file = mm->rss_stat[0].count;
+				__s64 shmem = mm->rss_stat[3].count;
+				ev->anon_rss_kb = anon > 0 ? anon << 2 : 0;
+				ev->file_rss_kb = file > 0 ? file << 2 : 0;
+				ev->shmem_rss_kb = shmem > 0 ? shmem << 2 : 0;
+				ev->flags |= NW_OOM_HAVE_RSS;
+			}
+			if (sig) {
+				ev->oom_score_adj = sig->oom_score_adj;
+				ev->flags |= NW_OOM_HAVE_SCORE_ADJ;
+			}
 		}
 		ev->uid = (__u32)ctx[1];
 		ev->flags |= NW_OOM_HAVE_UID;

@@ -690,6 +690,12 @@ fn guest_kernel(k: &GuestKernel) {
             k.name
         );
         assert_eq!(o["comm"], "dd", "kernel {}: {ev}", k.name);
+        // dd's 64 MiB buffer, faulted in up to the 32 MiB limit.
+        assert!(
+            o["rssAnonBytes"].as_u64().is_some_and(|r| r > 8 << 20),
+            "kernel {}: {ev}",
+            k.name
+        );
         // Attributed by BPF on every kernel of the matrix, lockdown or not.
         let source = o["source"].as_str().unwrap_or("");
         assert!(
