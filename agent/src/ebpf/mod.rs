@@ -439,16 +439,12 @@ fn look_at_tracefs(dir: &str) -> TracefsDir {
             .and_then(|mut e| e.next())
             .is_some()
     };
-    let is_tracefs = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC);
-    if is_tracefs || listable(Path::new(dir)) {
-        if listable(&Path::new(dir).join("events")) {
-            TracefsDir::Events
-        } else if is_tracefs {
-            TracefsDir::Empty
-        } else {
-            TracefsDir::NotTracefs
-        }
+    if listable(&Path::new(dir).join("events")) {
+        TracefsDir::Events
+    } else if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
+    {
+        TracefsDir::Empty
     } else {
         TracefsDir::NotTracefs
     }
