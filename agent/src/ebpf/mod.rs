@@ -527,7 +527,9 @@ impl Ebpf {
             tracing::info!(reason = %why, "Classic tracepoints unavailable; BTF tracepoints only.");
         }
         let tracefs = tracefs.as_deref().map_err(String::as_str);
-        let mut kernel_btf: Option<Result<aya::Btf, String>> = None;
+        // Parsed once for every object's CO-RE relocations and every
+        // `tp_btf` attach (each parse takes seconds on a slow machine).
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
 
         let mut events = Some(events);
         let mut programs = Vec::new();
@@ -581,6 +583,9 @@ impl Ebpf {
             for (i, &read_kernel) in variants.iter().enumerate() {
                 let last = i + 1 == variants.len();
                 let mut obj_loader = EbpfLoader::new();
+                if let Ok(btf) = &kernel_btf {
+                    obj_loader.btf(Some(btf));
+                }
                 if obj.name == "oom" {
                     obj_loader.override_global("cfg_read_kernel", &read_kernel, true);
                 }
@@ -615,7 +620,7 @@ impl Ebpf {
                         _ if spec.attach == Attach::BtfTracePoint && !cfg.btf_tracepoints => {
                             ProgramState::Skipped("BTF tracepoints turned off".into())
                         }
-                        _ => attach(&mut bpf, spec, tracefs, &mut kernel_btf),
+                        _ => attach(&mut bpf, spec, tracefs, kernel_btf.as_ref()),
                     };
                     states.push((*spec, st));
                 }
@@ -856,7 +861,7 @@ fn attach(
     bpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
     tracefs: Result<&str, &str>,
-    kernel_btf: &mut Option<Result<aya::Btf, String>>,
+    kernel_btf: Result<&aya::Btf, &String>,
 ) -> ProgramState {
     if spec.attach == Attach::TracePoint {
         // Classic tracepoints are attached by the event id tracefs lists.
@@ -897,11 +902,8 @@ fn attach(
                 Ok(p) => p,
                 Err(e) => return ProgramState::Failed(e.to_string()),
             };
-            // Parsed once for every program (seconds on a slow machine).
-            let btf = match kernel_btf
-                .get_or_insert_with(|| aya::Btf::from_sys_fs().map_err(|e| e.to_string()))
-            {
-                Ok(b) => &*b,
+            let btf = match kernel_btf {
+                Ok(b) => b,
                 Err(e) => return ProgramState::Failed(format!("kernel BTF: {e}")),
             };
             prog.load(spec.tracepoint, btf)
