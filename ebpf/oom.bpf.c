@@ -121,3 +121,64 @@ int oom_victim_memcg(__u64 *ctx)
 	bpf_map_update_elem(&oom_victims, &pid, &v, BPF_ANY);
 	return 0;
 }
+
+/*
+ * The ring record where the classic tracepoint cannot be attached: under
+ * lockdown=confidentiality tracefs creates no files (LOCKDOWN_TRACEFS), so
+ * there is no event id to attach tracepoint/oom/mark_victim by. A tp_btf
+ * program is attached by its BTF name alone, and BTF-checked loads from its
+ * arguments are not bpf_probe_read_kernel (the helper lockdown refuses), so
+ * it loads there. Since v6.8 (and in some stable updates of older series,
+ * e.g. Debian's 6.1.176) the tracepoint hands over the victim's task_struct
+ * and uid; before, only the pid (TP_PROTO(int pid)). The
+ * record's rss fields came with that change, so their presence tells which
+ * one this kernel passes. rss (v6.2+ counters, read as the classic record's
+ * get_mm_counter() does) and oom_score_adj come from the task as well.
+ */
+SEC("tp_btf/mark_victim")
+int oom_mark_victim_btf(__u64 *ctx)
+{
+	struct oom_event *ev = bpf_ringbuf_reserve(&oom_events, sizeof(*ev), 0);
+	if (!ev) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&oom_events_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ktime_ns = bpf_ktime_get_ns();
+	if (bpf_core_field_exists(((struct trace_event_raw_mark_victim *)0)->anon_rss)) {
+		struct task_struct *task = (struct task_struct *)ctx[0];
+		if (task) {
+			struct mm_struct *mm = task->mm;
+			struct signal_struct *sig = task->signal;
+			ev->pid = task->pid;
+			__builtin_memcpy(ev->comm, task->comm, sizeof(ev->comm));
+			ev->flags |= NW_OOM_HAVE_COMM;
+			/* As the classic record: get_mm_counter() in KiB (4 KiB pages). */
+			if (mm && !bpf_core_type_exists(struct mm_rss_stat)) {
+				__s64 anon = mm->rss_stat[1].count;
+				__s64 file = mm->rss_stat[0].count;
+				__s64 shmem = mm->rss_stat[3].count;
+				ev->anon_rss_kb = anon > 0 ? anon << 2 : 0;
+				ev->file_rss_kb = file > 0 ? file << 2 : 0;
+				ev->shmem_rss_kb = shmem > 0 ? shmem << 2 : 0;
+				ev->flags |= NW_OOM_HAVE_RSS;
+			}
+			if (sig) {
+				ev->oom_score_adj = sig->oom_score_adj;
+				ev->flags |= NW_OOM_HAVE_SCORE_ADJ;
+			}
+		}
+		ev->uid = (__u32)ctx[1];
+		ev->flags |= NW_OOM_HAVE_UID;
+	} else {
+		ev->pid = (__u32)ctx[0];
+	}
+	ev->killer_tgid = bpf_get_current_pid_tgid() >> 32;
+	ev->killer_cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(ev->killer_comm, sizeof(ev->killer_comm));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}

@@ -57,10 +57,8 @@ static __always_inline int count_other(__u32 reason)
 	return 0;
 }
 
-SEC("tracepoint/skb/kfree_skb")
-int skb_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
+static __always_inline int count(__u32 reason)
 {
-	__u32 reason = ctx->reason;
 	if (reason < NW_SKB_DROP_CORE_SLOTS) {
 		__u64 *v = bpf_map_lookup_elem(&skb_drop_core, &reason);
 		if (v)
@@ -68,4 +66,22 @@ int skb_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
 		return 0;
 	}
 	return count_other(reason);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int skb_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
+{
+	return count(ctx->reason);
+}
+
+/*
+ * The same count where the classic tracepoint cannot be attached (no
+ * tracefs events under lockdown=confidentiality): the reason is the third
+ * argument, TP_PROTO(struct sk_buff *skb, void *location, enum
+ * skb_drop_reason reason, ...) since v5.17. No pointer is followed.
+ */
+SEC("tp_btf/kfree_skb")
+int skb_kfree_skb_btf(__u64 *ctx)
+{
+	return count((__u32)ctx[2]);
 }

@@ -180,3 +180,53 @@ int tcp_receive_reset(void *ctx)
 	}
 	return 0;
 }
+
+/*
+ * tp_btf twins, attached where the classic tracepoints cannot be: under
+ * lockdown=confidentiality tracefs creates no files, so there is no event id
+ * to attach by (LOCKDOWN_TRACEFS). The tracepoints' arguments are the socket
+ * (and skb); the peer is read from the socket with BTF-checked loads, which
+ * lockdown allows (it refuses the bpf_probe_read_kernel helper only).
+ * tcp_send_reset has no socket for a segment to a closed port: counted in
+ * the total, with no peer (its address is in the skb's IP header, which
+ * only bpf_probe_read_kernel could read).
+ */
+static __always_inline void count_sock_peer(const struct sock *sk, __u32 idx)
+{
+	struct tcp_peer_key key = {};
+
+	if (!sk)
+		return;
+	key.family = sk->__sk_common.skc_family;
+	if (key.family == NW_AF_INET) {
+		__u32 a = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(key.addr, &a, 4);
+	} else if (key.family == NW_AF_INET6) {
+		__builtin_memcpy(key.addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	}
+	count_peer(&key, idx);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int tcp_retransmit_skb_btf(__u64 *ctx)
+{
+	count(NW_TCP_RETRANSMIT);
+	count_sock_peer((const struct sock *)ctx[0], NW_TCP_RETRANSMIT);
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int tcp_send_reset_btf(__u64 *ctx)
+{
+	count(NW_TCP_RESET_SENT);
+	count_sock_peer((const struct sock *)ctx[0], NW_TCP_RESET_SENT);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int tcp_receive_reset_btf(__u64 *ctx)
+{
+	count(NW_TCP_RESET_RECEIVED);
+	count_sock_peer((const struct sock *)ctx[0], NW_TCP_RESET_RECEIVED);
+	return 0;
+}

@@ -223,11 +223,56 @@ struct css_set {
 	struct cgroup_subsys_state *subsys[8];
 };
 
+/*
+ * include/linux/mm_types.h since v6.2: one percpu_counter per MM_* counter
+ * (MM_FILEPAGES 0, MM_ANONPAGES 1, MM_SHMEMPAGES 3); count is what
+ * get_mm_counter() reads, in pages. Before v6.2 the counters were a struct
+ * mm_rss_stat, listed only so its presence can be tested.
+ */
+struct percpu_counter {
+	__s64 count;
+};
+
+struct mm_struct {
+	struct percpu_counter rss_stat[4];
+};
+
+struct mm_rss_stat {
+	long count[4];
+};
+
+struct signal_struct {
+	short oom_score_adj;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
 	struct css_set *cgroups;
+	struct mm_struct *mm;
+	struct signal_struct *signal;
+};
+
+/*
+ * include/net/sock.h: the peer of a socket, for the tp_btf TCP programs.
+ * In the kernel skc_daddr sits in an anonymous struct in an anonymous
+ * union; CO-RE matches it by name through those.
+ */
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct sock_common {
+	__u32 skc_daddr;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+};
+
+struct sock {
+	struct sock_common __sk_common;
 };
 
 #pragma clang attribute pop

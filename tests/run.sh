@@ -15,7 +15,8 @@ if [ "$(id -u)" = 0 ]; then
   apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-alertmanager prometheus-node-exporter \
     clang-19 llvm-19 bpftool libbpf-dev \
-    g++ iproute2 iptables e2fsprogs mount libcap2-bin python3 python3-venv procps >/dev/null
+    g++ iproute2 iptables e2fsprogs mount libcap2-bin python3 python3-venv procps \
+    qemu-system-x86 busybox-static >/dev/null
   step "installing manifest validators (PyPI, in a venv)"
   # kubernetes-validate ships the Kubernetes 1.33 schemas; the cloudcoil
   # model packages carry the cert-manager, Flux and prometheus-operator CRD

@@ -279,8 +279,9 @@ fn oom_kill_of_child_and_grandchild_is_reported() {
     support::print_costs(&ebpf);
 }
 
-/// As on a `lockdown=confidentiality` host (Talos with `SecureBoot`): no
-/// kernel memory reads, so no `tp_btf` program; the classic record still
+/// The classic record alone, loaded as under `lockdown=confidentiality`
+/// (no `bpf_probe_read_kernel`: no comm in the record) and without the
+/// `tp_btf` programs (as on a kernel where they do not attach): it still
 /// reports the kill at once with pid and rss.
 #[test]
 fn oom_kill_is_reported_without_kernel_reads() {
@@ -296,6 +297,7 @@ fn oom_kill_is_reported_without_kernel_reads() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let cfg = EbpfConfig {
         lockdown_override: Some(Lockdown::Confidentiality),
+        btf_tracepoints: false,
         ..EbpfConfig::default()
     };
     let ebpf = Ebpf::start_with(&Paths::default(), tx, &cfg).unwrap();

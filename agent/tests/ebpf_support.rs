@@ -52,16 +52,20 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
 /// Loads the programs with run-time statistics on; a failure here is a
 /// test failure once requirements are met.
 pub fn start() -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
-    start_as(None)
+    start_as(None, true)
 }
 
 /// [`start`], choosing the programs as under `lockdown` (`None`: as the
-/// running kernel's mode says).
-pub fn start_as(lockdown: Option<Lockdown>) -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
+/// running kernel's mode says), with or without the `tp_btf` programs.
+pub fn start_as(
+    lockdown: Option<Lockdown>,
+    btf_tracepoints: bool,
+) -> (Ebpf, tokio::sync::mpsc::Receiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let cfg = EbpfConfig {
         measure_cost: true,
         lockdown_override: lockdown,
+        btf_tracepoints,
         ..EbpfConfig::default()
     };
     let ebpf = match Ebpf::start_with(&Paths::default(), tx, &cfg) {

@@ -69,11 +69,12 @@ pub struct ProgramSpec {
     /// A required program that cannot load makes [`Ebpf::start`] fail; an
     /// optional one is logged and skipped.
     pub required: bool,
-    /// Reads kernel memory beyond its tracepoint record (`bpf_probe_read_kernel`
-    /// or BTF pointer walks) on every path: not loaded under
-    /// `lockdown=confidentiality`. (The classic OOM program's one such read
-    /// is switched off by a load-time constant instead.)
-    pub reads_kernel_memory: bool,
+    /// Tried only when the named program of the same object (listed before
+    /// it) did not attach, and then stands in for it: a required program is
+    /// satisfied by its stand-in. The `tp_btf` twins of classic tracepoint
+    /// programs, for kernels where tracefs lists no events
+    /// (`lockdown=confidentiality`).
+    pub instead_of: Option<&'static str>,
 }
 
 /// One object file and its programs.
@@ -98,33 +99,52 @@ const fn tp(
         category,
         tracepoint,
         required,
-        reads_kernel_memory: false,
+        instead_of: None,
+    }
+}
+
+/// The `tp_btf` twin of classic tracepoint program `classic`: the same
+/// maps, attached by BTF name only where `classic` could not attach.
+const fn btf_twin(
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    classic: &'static str,
+) -> ProgramSpec {
+    ProgramSpec {
+        attach: Attach::BtfTracePoint,
+        program,
+        category,
+        tracepoint,
+        required: false,
+        instead_of: Some(classic),
     }
 }
 
 /// The OOM victim's memory cgroup comes from walking kernel pointers from its
-/// task: optional (the classic record plus /proc still attribute most kills)
-/// and not loaded under `lockdown=confidentiality`.
+/// task: optional (the classic record plus /proc still attribute most kills).
+/// BTF-checked loads are not `bpf_probe_read_kernel`: this loads under
+/// `lockdown=confidentiality` too (seen on Debian's 6.12, `tests/tests/kernels.rs`).
 const OOM_VICTIM_MEMCG: ProgramSpec = ProgramSpec {
     attach: Attach::BtfTracePoint,
     program: "oom_victim_memcg",
     category: "oom",
     tracepoint: "mark_victim",
     required: false,
-    reads_kernel_memory: true,
+    instead_of: None,
 };
 
 /// Block I/O latency from the completion's `struct request` alone: no
-/// in-flight map and no issue program. Reads kernel memory (BTF pointer
-/// walks), so not loaded under `lockdown=confidentiality`, where the classic
-/// pair in `blockio.bpf.o` takes over.
+/// in-flight map and no issue program. Where it does not attach (no `disk`
+/// in `request_queue` before v5.15, no `tp_btf`) the classic pair in
+/// `blockio.bpf.o` takes over.
 const BLOCK_RQ_COMPLETE_BTF: ProgramSpec = ProgramSpec {
     attach: Attach::BtfTracePoint,
     program: "block_rq_complete_btf",
     category: "block",
     tracepoint: "block_rq_complete",
     required: false,
-    reads_kernel_memory: true,
+    instead_of: None,
 };
 
 /// The load specs. OOM kills are the reason this module exists, so their
@@ -140,6 +160,12 @@ static OBJECTS: &[ObjectSpec] = &[
         programs: &[
             OOM_VICTIM_MEMCG,
             tp("oom_mark_victim", "oom", "mark_victim", true),
+            btf_twin(
+                "oom_mark_victim_btf",
+                "oom",
+                "mark_victim",
+                "oom_mark_victim",
+            ),
         ],
     },
     ObjectSpec {
@@ -150,13 +176,34 @@ static OBJECTS: &[ObjectSpec] = &[
             tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
             tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
             tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
+            btf_twin(
+                "tcp_retransmit_skb_btf",
+                "tcp",
+                "tcp_retransmit_skb",
+                "tcp_retransmit_skb",
+            ),
+            btf_twin(
+                "tcp_send_reset_btf",
+                "tcp",
+                "tcp_send_reset",
+                "tcp_send_reset",
+            ),
+            btf_twin(
+                "tcp_receive_reset_btf",
+                "tcp",
+                "tcp_receive_reset",
+                "tcp_receive_reset",
+            ),
         ],
     },
     ObjectSpec {
         name: "skb_drop",
         bytes: &SKB_DROP_OBJ.0,
         instead_of: None,
-        programs: &[tp("skb_kfree_skb", "skb", "kfree_skb", false)],
+        programs: &[
+            tp("skb_kfree_skb", "skb", "kfree_skb", false),
+            btf_twin("skb_kfree_skb_btf", "skb", "kfree_skb", "skb_kfree_skb"),
+        ],
     },
     ObjectSpec {
         name: "blockio_btf",
@@ -252,6 +299,9 @@ pub struct EbpfConfig {
     /// Use this lockdown mode instead of reading it from the kernel (to run
     /// as under `confidentiality` on a host that is not, e.g. in tests).
     pub lockdown_override: Option<Lockdown>,
+    /// Load `tp_btf` programs (default). Off: classic tracepoints only, as
+    /// on a kernel where `tp_btf` does not attach (tests of the fallbacks).
+    pub btf_tracepoints: bool,
     /// Pod names for OOM events: a cache the caller refreshes from the
     /// kubelet's pod list ([`pods::PodCache::replace_from_json`]). `None`:
     /// a new empty cache (see [`Ebpf::pods`]).
@@ -264,6 +314,7 @@ impl Default for EbpfConfig {
             mount_tracefs: true,
             measure_cost: false,
             lockdown_override: None,
+            btf_tracepoints: true,
             pods: None,
         }
     }
@@ -330,44 +381,103 @@ pub struct Ebpf {
 /// Directories aya looks in for tracefs (`aya::programs::utils::find_tracefs_path`).
 const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-fn tracefs_dir() -> Option<&'static str> {
-    TRACEFS_DIRS.into_iter().find(|d| {
+/// What one of [`TRACEFS_DIRS`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TracefsDir {
+    /// tracefs with its `events/`: classic tracepoints can be attached.
+    Events,
+    /// tracefs is mounted but lists no events: lockdown=confidentiality
+    /// (`LOCKDOWN_TRACEFS`) has the kernel create none of its files.
+    Empty,
+    /// Something else (nothing mounted, or another filesystem).
+    NotTracefs,
+}
+
+/// What to do about tracefs, from what each directory holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TracefsPlan {
+    Use(&'static str),
+    /// Mount tracefs at the first directory, then look again.
+    Mount,
+    /// No usable tracefs; the reason. Classic tracepoints are skipped,
+    /// `tp_btf` programs (attached by BTF name) are still tried.
+    Without(String),
+}
+
+fn plan_tracefs(found: [TracefsDir; 2], mount_allowed: bool, root: bool) -> TracefsPlan {
+    if let Some(i) = found.iter().position(|f| *f == TracefsDir::Events) {
+        return TracefsPlan::Use(TRACEFS_DIRS[i]);
+    }
+    // Mounted but empty: mounting again would fail (EBUSY: the same
+    // superblock on the same mount point) and would list nothing more.
+    if let Some(i) = found.iter().position(|f| *f == TracefsDir::Empty) {
+        return TracefsPlan::Without(format!(
+            "tracefs at {} lists no events (the kernel hides them under lockdown=confidentiality)",
+            TRACEFS_DIRS[i]
+        ));
+    }
+    let target = TRACEFS_DIRS[0];
+    if !mount_allowed {
+        TracefsPlan::Without(format!(
+            "tracefs is not mounted at {target} and mounting it is disabled"
+        ))
+    } else if !root {
+        TracefsPlan::Without(format!(
+            "tracefs is not mounted at {target} and the agent is not root to mount it (mount -t tracefs tracefs {target})"
+        ))
+    } else {
+        TracefsPlan::Mount
+    }
+}
+
+/// What `dir` holds: tracefs is recognised by its filesystem magic, not by
+/// whether it can be listed (under lockdown=confidentiality it is empty).
+fn look_at_tracefs(dir: &str) -> TracefsDir {
+    let listable = |d: &Path| {
         std::fs::read_dir(d)
             .ok()
             .and_then(|mut e| e.next())
             .is_some()
-    })
+    };
+    if listable(&Path::new(dir).join("events")) {
+        TracefsDir::Events
+    } else if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
+    {
+        TracefsDir::Empty
+    } else {
+        TracefsDir::NotTracefs
+    }
 }
 
-/// Makes sure tracefs is mounted where aya looks. Minimal systems (and this
-/// project's build machine) boot without it.
-fn ensure_tracefs(cfg: &EbpfConfig) -> Result<&'static str, Unavailable> {
-    if let Some(dir) = tracefs_dir() {
-        return Ok(dir);
+/// The tracefs directory whose `events/` classic tracepoints are attached
+/// through, mounting tracefs when none is (minimal systems, and this
+/// project's build machine, boot without it). `Err`: why there is none.
+fn ensure_tracefs(cfg: &EbpfConfig) -> Result<&'static str, String> {
+    let look = || TRACEFS_DIRS.map(look_at_tracefs);
+    match plan_tracefs(look(), cfg.mount_tracefs, nix::unistd::geteuid().is_root()) {
+        TracefsPlan::Use(dir) => Ok(dir),
+        TracefsPlan::Without(why) => Err(why),
+        TracefsPlan::Mount => {
+            let target = TRACEFS_DIRS[0];
+            nix::mount::mount(
+                Some("tracefs"),
+                target,
+                Some("tracefs"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("mounting tracefs at {target}: {e}"))?;
+            tracing::info!(path = target, "Mounted tracefs for tracepoint programs.");
+            match plan_tracefs(look(), false, false) {
+                TracefsPlan::Use(dir) => Ok(dir),
+                TracefsPlan::Without(why) => Err(why),
+                TracefsPlan::Mount => Err(format!("tracefs at {target} is empty after mounting")),
+            }
+        }
     }
-    let target = TRACEFS_DIRS[0];
-    if !cfg.mount_tracefs {
-        return Err(Unavailable(format!(
-            "tracefs is not mounted at {target} and mounting it is disabled"
-        )));
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Unavailable(format!(
-            "tracefs is not mounted at {target} and the agent is not root to mount it (mount -t tracefs tracefs {target})"
-        )));
-    }
-    nix::mount::mount(
-        Some("tracefs"),
-        target,
-        Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| Unavailable(format!("mounting tracefs at {target}: {e}")))?;
-    tracing::info!(path = target, "Mounted tracefs for tracepoint programs.");
-    tracefs_dir().ok_or_else(|| Unavailable(format!("tracefs at {target} is empty after mounting")))
 }
 
 /// Whether an error says BPF itself is not allowed (rather than one program failing).
@@ -411,7 +521,15 @@ impl Ebpf {
             )));
         }
         let lockdown = cfg.lockdown_override.or_else(|| lockdown(paths));
-        let tracefs = ensure_tracefs(cfg).map_err(|u| Unavailable(format!("eBPF off: {}", u.0)))?;
+        // Without tracefs events only the `tp_btf` programs can attach.
+        let tracefs = ensure_tracefs(cfg);
+        if let Err(why) = &tracefs {
+            tracing::info!(reason = %why, "Classic tracepoints unavailable; BTF tracepoints only.");
+        }
+        let tracefs = tracefs.as_deref().map_err(String::as_str);
+        // Parsed once for every object's CO-RE relocations and every
+        // `tp_btf` attach (each parse takes seconds on a slow machine).
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
 
         let mut events = Some(events);
         let mut programs = Vec::new();
@@ -465,6 +583,9 @@ impl Ebpf {
             for (i, &read_kernel) in variants.iter().enumerate() {
                 let last = i + 1 == variants.len();
                 let mut obj_loader = EbpfLoader::new();
+                if let Ok(btf) = &kernel_btf {
+                    obj_loader.btf(Some(btf));
+                }
                 if obj.name == "oom" {
                     obj_loader.override_global("cfg_read_kernel", &read_kernel, true);
                 }
@@ -490,14 +611,26 @@ impl Ebpf {
                         break;
                     }
                 };
-                let states: Vec<_> = obj
-                    .programs
-                    .iter()
-                    .map(|spec| (*spec, attach(&mut bpf, spec, lockdown, tracefs)))
-                    .collect();
-                let required_failed = states
-                    .iter()
-                    .find(|(spec, st)| spec.required && *st != ProgramState::Attached);
+                let mut states: Vec<(ProgramSpec, ProgramState)> = Vec::new();
+                for spec in obj.programs {
+                    let st = match spec.instead_of {
+                        Some(classic) if attached_in(&states, classic) => {
+                            ProgramState::Skipped(format!("not needed: {classic} attached"))
+                        }
+                        _ if spec.attach == Attach::BtfTracePoint && !cfg.btf_tracepoints => {
+                            ProgramState::Skipped("BTF tracepoints turned off".into())
+                        }
+                        _ => attach(&mut bpf, spec, tracefs, kernel_btf.as_ref()),
+                    };
+                    states.push((*spec, st));
+                }
+                let required_failed = states.iter().find(|(spec, st)| {
+                    spec.required
+                        && *st != ProgramState::Attached
+                        && !states.iter().any(|(twin, tst)| {
+                            twin.instead_of == Some(spec.program) && *tst == ProgramState::Attached
+                        })
+                });
                 if let Some((spec, st)) = required_failed {
                     if !last {
                         tracing::info!(program = spec.program, state = ?st, "Retrying without kernel memory reads.");
@@ -513,8 +646,11 @@ impl Ebpf {
                         ProgramState::Attached => {
                             tracing::debug!(program = spec.program, "eBPF program attached.");
                         }
-                        ProgramState::Failed(error) | ProgramState::Skipped(error) => {
+                        ProgramState::Failed(error) => {
                             tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
+                        }
+                        ProgramState::Skipped(reason) => {
+                            tracing::info!(program = spec.program, %reason, "eBPF program skipped.");
                         }
                     }
                     programs.push((spec, st));
@@ -563,19 +699,26 @@ impl Ebpf {
                         .map_err(|e| Unavailable(format!("eBPF off: OOM reader thread: {e}")))?,
                     );
                 }
-                "tcp" if attached("tcp_retransmit_skb") => {
+                "tcp" if attached("tcp_retransmit_skb") || attached("tcp_retransmit_skb_btf") => {
                     if let Some(m) = bpf
                         .take_map(tcp::MAP)
                         .and_then(|m| PerCpuArray::try_from(m).ok())
                     {
-                        let resets = attached("tcp_send_reset") || attached("tcp_receive_reset");
+                        let resets = [
+                            "tcp_send_reset",
+                            "tcp_receive_reset",
+                            "tcp_send_reset_btf",
+                            "tcp_receive_reset_btf",
+                        ]
+                        .iter()
+                        .any(|p| attached(p));
                         let peers = bpf
                             .take_map(tcp::PEERS_MAP)
                             .and_then(|p| HashMap::try_from(p).ok());
                         state.tcp = Some(tcp::Tcp::new(m, peers, resets));
                     }
                 }
-                "skb_drop" if attached("skb_kfree_skb") => {
+                "skb_drop" if attached("skb_kfree_skb") || attached("skb_kfree_skb_btf") => {
                     let names = skb_drop::reason_names(&btf_path).unwrap_or_else(|error| {
                         tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
                         skb_drop::ReasonNames::new()
@@ -611,7 +754,7 @@ impl Ebpf {
                 _ => {}
             }
             // An object none of whose programs attached (the block tp_btf
-            // object under lockdown=confidentiality) would only keep its maps.
+            // object on a kernel without `request_queue.disk`) would only keep its maps.
             if obj
                 .programs
                 .iter()
@@ -717,25 +860,25 @@ fn attached_in(programs: &[(ProgramSpec, ProgramState)], program: &str) -> bool 
 fn attach(
     bpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
-    lockdown: Option<Lockdown>,
-    tracefs: &str,
+    tracefs: Result<&str, &str>,
+    kernel_btf: Result<&aya::Btf, &String>,
 ) -> ProgramState {
-    // With the mode unknown, try: the verifier refuses what lockdown forbids,
-    // and the program is optional.
-    if spec.reads_kernel_memory && lockdown == Some(Lockdown::Confidentiality) {
-        return ProgramState::Skipped(
-            "reads kernel memory, refused under lockdown=confidentiality".into(),
-        );
-    }
-    let events = Path::new(tracefs)
-        .join("events")
-        .join(spec.category)
-        .join(spec.tracepoint);
-    if !events.exists() {
-        return ProgramState::Skipped(format!(
-            "no tracepoint {}/{} in this kernel",
-            spec.category, spec.tracepoint
-        ));
+    if spec.attach == Attach::TracePoint {
+        // Classic tracepoints are attached by the event id tracefs lists.
+        let tracefs = match tracefs {
+            Ok(dir) => dir,
+            Err(why) => return ProgramState::Skipped(why.to_string()),
+        };
+        let events = Path::new(tracefs)
+            .join("events")
+            .join(spec.category)
+            .join(spec.tracepoint);
+        if !events.exists() {
+            return ProgramState::Skipped(format!(
+                "no tracepoint {}/{} in this kernel",
+                spec.category, spec.tracepoint
+            ));
+        }
     }
     let Some(prog) = bpf.program_mut(spec.program) else {
         return ProgramState::Failed("not in the object".into());
@@ -759,11 +902,11 @@ fn attach(
                 Ok(p) => p,
                 Err(e) => return ProgramState::Failed(e.to_string()),
             };
-            let btf = match aya::Btf::from_sys_fs() {
+            let btf = match kernel_btf {
                 Ok(b) => b,
                 Err(e) => return ProgramState::Failed(format!("kernel BTF: {e}")),
             };
-            prog.load(spec.tracepoint, &btf)
+            prog.load(spec.tracepoint, btf)
                 .map_err(|e| format!("load: {}", error_chain(&e)))
                 .and_then(|()| {
                     prog.attach()
@@ -893,6 +1036,85 @@ mod tests {
                 let _ = parse_lockdown(&String::from_utf8_lossy(&m));
             }
         }
+    }
+
+    #[test]
+    fn tracefs_mounted_but_empty_is_not_mounted_again() {
+        use TracefsDir::{Empty, Events, NotTracefs};
+        // lockdown=confidentiality: tracefs is mounted (by the system, as
+        // Talos does) but lists nothing. Mounting it again failed with EBUSY
+        // and turned every program off; now only classic tracepoints go.
+        let plan = plan_tracefs([Empty, NotTracefs], true, true);
+        assert!(
+            matches!(&plan, TracefsPlan::Without(why) if why.contains("/sys/kernel/tracing") && why.contains("confidentiality")),
+            "{plan:?}"
+        );
+        assert!(matches!(
+            plan_tracefs([NotTracefs, Empty], true, true),
+            TracefsPlan::Without(_)
+        ));
+        assert_eq!(
+            plan_tracefs([Empty, Events], true, true),
+            TracefsPlan::Use("/sys/kernel/debug/tracing")
+        );
+        assert_eq!(
+            plan_tracefs([Events, NotTracefs], false, false),
+            TracefsPlan::Use("/sys/kernel/tracing")
+        );
+        assert_eq!(
+            plan_tracefs([NotTracefs, NotTracefs], true, true),
+            TracefsPlan::Mount
+        );
+        assert!(matches!(
+            plan_tracefs([NotTracefs, NotTracefs], false, true),
+            TracefsPlan::Without(why) if why.contains("disabled")
+        ));
+        assert!(matches!(
+            plan_tracefs([NotTracefs, NotTracefs], true, false),
+            TracefsPlan::Without(why) if why.contains("not root")
+        ));
+    }
+
+    #[test]
+    fn tracefs_of_this_host() {
+        // A plain directory is not tracefs, however it is listed.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("events")).unwrap();
+        std::fs::write(dir.path().join("events/x"), "").unwrap();
+        assert_eq!(
+            look_at_tracefs(dir.path().to_str().unwrap()),
+            TracefsDir::Events
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            look_at_tracefs(empty.path().to_str().unwrap()),
+            TracefsDir::NotTracefs
+        );
+        // Where the host has tracefs mounted (tests/run.sh does), it is seen with its events.
+        if nix::sys::statfs::statfs("/sys/kernel/tracing")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
+        {
+            assert_eq!(look_at_tracefs("/sys/kernel/tracing"), TracefsDir::Events);
+        }
+    }
+
+    #[test]
+    fn btf_twins_stand_in_for_classic_programs_of_their_object() {
+        for o in OBJECTS {
+            for (i, p) in o.programs.iter().enumerate() {
+                if let Some(classic) = p.instead_of {
+                    let c = o.programs[..i].iter().find(|c| c.program == classic);
+                    let c = c.unwrap_or_else(|| panic!("{}: {classic} not before it", p.program));
+                    assert_eq!(c.attach, Attach::TracePoint, "{}", p.program);
+                    assert_eq!(p.attach, Attach::BtfTracePoint, "{}", p.program);
+                    assert_eq!((c.category, c.tracepoint), (p.category, p.tracepoint));
+                    assert!(!p.required, "{}", p.program);
+                }
+            }
+        }
+        // The required OOM record has a twin: OOM kills come from BPF under
+        // lockdown=confidentiality too.
+        assert!(program_specs().any(|s| s.instead_of == Some("oom_mark_victim")));
     }
 
     #[test]
