@@ -387,13 +387,24 @@ fn validate_collectors(
             Value::Mapping(_) => match name.as_str() {
                 "filesystem" => options::<FilesystemOptions>(name, v, p).and_then(|o| {
                     for (key, re, slot) in [
-                        ("mount_points_exclude", o.mount_points_exclude, &mut opts.filesystem_mount_points_exclude),
-                        ("fs_types_exclude", o.fs_types_exclude, &mut opts.filesystem_fs_types_exclude),
+                        (
+                            "mount_points_exclude",
+                            o.mount_points_exclude,
+                            &mut opts.filesystem_mount_points_exclude,
+                        ),
+                        (
+                            "fs_types_exclude",
+                            o.fs_types_exclude,
+                            &mut opts.filesystem_fs_types_exclude,
+                        ),
                     ] {
                         if let Some(re) = re {
                             match regex::Regex::new(&re) {
                                 Ok(_) => *slot = Some(re),
-                                Err(e) => p.add(format!("collectors.filesystem.{key}"), format!("{re:?}: {e}")),
+                                Err(e) => p.add(
+                                    format!("collectors.filesystem.{key}"),
+                                    format!("{re:?}: {e}"),
+                                ),
                             }
                         }
                     }
@@ -513,7 +524,8 @@ impl File {
                 }
             },
         };
-        let (collectors, collector_options) = validate_collectors(&self.collectors, known_collectors, &mut p);
+        let (collectors, collector_options) =
+            validate_collectors(&self.collectors, known_collectors, &mut p);
         if let Some(n) = &self.node_name {
             if let Err(e) = nodewatch_proto::NodeName::new(n.clone()) {
                 p.add("node_name", e.to_string());
@@ -680,12 +692,21 @@ mod tests {
         let c = f.validate(None, &known, false).unwrap();
         assert_eq!(c.collectors.get("zfs"), Some(&false));
         assert_eq!(c.collectors.get("stat"), Some(&false));
-        assert_eq!(c.collectors.get("filesystem"), None, "options alone keep the default");
         assert_eq!(
-            c.collector_options.filesystem_mount_points_exclude.as_deref(),
+            c.collectors.get("filesystem"),
+            None,
+            "options alone keep the default"
+        );
+        assert_eq!(
+            c.collector_options
+                .filesystem_mount_points_exclude
+                .as_deref(),
             Some("^/(proc|sys)($|/)")
         );
-        assert_eq!(c.collector_options.filesystem_fs_types_exclude.as_deref(), Some("^tmpfs$"));
+        assert_eq!(
+            c.collector_options.filesystem_fs_types_exclude.as_deref(),
+            Some("^tmpfs$")
+        );
         assert_eq!(
             c.collector_options.textfile_directory,
             Some(PathBuf::from("/var/lib/node_exporter"))
@@ -711,7 +732,10 @@ mod tests {
         )
         .unwrap();
         let msg = f.validate(None, &known, false).unwrap_err().to_string();
-        assert!(msg.contains("collectors.filesystem.fs_types_exclude: \"^(tmpfs\""), "{msg}");
+        assert!(
+            msg.contains("collectors.filesystem.fs_types_exclude: \"^(tmpfs\""),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -298,7 +298,8 @@ pub async fn run(
     let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
     let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
 
-    let mut collectors = build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
+    let mut collectors =
+        build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
     let kube = start_linux(&cfg, &node, events_tx, &mut collectors, &shutdown);
     let names: Vec<String> = collectors
         .iter()

@@ -582,12 +582,25 @@ mod tests {
     fn kubelet_and_runtime_mounts_are_left_out_by_default() {
         let c = |mp: &str, fs: &str| {
             let re = |p: &str| Regex::new(p).unwrap();
-            re(DEFAULT_MOUNT_POINTS_EXCLUDE).is_match(mp) || re(DEFAULT_FS_TYPES_EXCLUDE).is_match(fs)
+            re(DEFAULT_MOUNT_POINTS_EXCLUDE).is_match(mp)
+                || re(DEFAULT_FS_TYPES_EXCLUDE).is_match(fs)
         };
-        assert!(c("/var/lib/kubelet/pods/0c6f/volumes/kubernetes.io~projected/kube-api-access-x", "tmpfs"));
-        assert!(c("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/ab12/shm", "tmpfs"));
-        assert!(c("/run/containerd/io.containerd.runtime.v2.task/k8s.io/ab12/rootfs", "overlay"));
-        assert!(!c("/var/lib/kubelet", "xfs"), "the kubelet's own volume is kept");
+        assert!(c(
+            "/var/lib/kubelet/pods/0c6f/volumes/kubernetes.io~projected/kube-api-access-x",
+            "tmpfs"
+        ));
+        assert!(c(
+            "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/ab12/shm",
+            "tmpfs"
+        ));
+        assert!(c(
+            "/run/containerd/io.containerd.runtime.v2.task/k8s.io/ab12/rootfs",
+            "overlay"
+        ));
+        assert!(
+            !c("/var/lib/kubelet", "xfs"),
+            "the kubelet's own volume is kept"
+        );
         assert!(!c("/run", "tmpfs") && !c("/var", "xfs") && !c("/", "ext4"));
     }
 
@@ -670,7 +683,9 @@ mod tests {
                 .filter(|s| s.name == "node_filesystem_size_bytes")
                 .filter_map(|s| s.labels.iter().find(|(k, _)| k == "mountpoint"))
                 .map(|l| l.1.clone())
-                .filter(|mp| mp.starts_with("/var/lib/kubelet") || mp.starts_with("/run/containerd"))
+                .filter(|mp| {
+                    mp.starts_with("/var/lib/kubelet") || mp.starts_with("/run/containerd")
+                })
                 .collect();
             v.sort();
             v

@@ -31,9 +31,15 @@ use std::str::FromStr;
 use crate::collector::{CollectError, CollectorSpec};
 
 #[cfg(target_os = "linux")]
+pub mod arp;
+#[cfg(target_os = "linux")]
 pub mod conntrack;
 #[cfg(target_os = "linux")]
 pub mod diskstats;
+#[cfg(target_os = "linux")]
+pub mod entropy;
+#[cfg(target_os = "linux")]
+pub mod filefd;
 #[cfg(target_os = "linux")]
 pub mod filesystem;
 #[cfg(target_os = "linux")]
@@ -47,13 +53,31 @@ pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;
 #[cfg(target_os = "linux")]
+pub mod os;
+#[cfg(target_os = "linux")]
 pub mod pressure;
 #[cfg(target_os = "linux")]
+pub mod schedstat;
+#[cfg(target_os = "linux")]
+pub mod selinux;
+#[cfg(target_os = "linux")]
 pub mod sockstat;
+#[cfg(target_os = "linux")]
+pub mod softnet;
 #[cfg(target_os = "linux")]
 pub mod stat;
 pub mod statfs_pool;
 pub mod testseq;
+#[cfg(target_os = "linux")]
+pub mod thermal_zone;
+#[cfg(target_os = "linux")]
+pub mod time;
+#[cfg(target_os = "linux")]
+pub mod timex;
+#[cfg(target_os = "linux")]
+pub mod udp_queues;
+#[cfg(target_os = "linux")]
+pub mod uname;
 #[cfg(target_os = "linux")]
 pub mod vmstat;
 pub mod zfs;
@@ -85,6 +109,20 @@ pub fn registry() -> Vec<CollectorSpec> {
         conntrack::SPEC,
         // ZFS kstats exist only on Linux (`/proc/spl`); FreeBSD has them as sysctls (`freebsd::arc`).
         zfs::SPEC,
+        // node_exporter's other default collectors, in its order of importance
+        // to node-mixin and the common dashboards (docs/collectors.md).
+        time::SPEC,
+        timex::SPEC,
+        filefd::SPEC,
+        uname::SPEC,
+        os::SPEC,
+        entropy::SPEC,
+        arp::SPEC,
+        softnet::SPEC,
+        thermal_zone::SPEC,
+        schedstat::SPEC,
+        udp_queues::SPEC,
+        selinux::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
@@ -120,4 +158,33 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CollectError::io(path, e)),
     }
+}
+
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
+/// A small sysfs/procfs attribute, trimmed; `Ok(None)` when the file is absent.
+pub(crate) fn read_trimmed(path: &Path) -> Result<Option<String>, CollectError> {
+    Ok(read_optional(path)?.map(|s| s.trim().to_string()))
+}
+
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
+/// The names in a directory, sorted; empty when the directory is absent
+/// (the kernel feature is not there), an error when it cannot be read.
+pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {
+    let rd = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CollectError::io(path, e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
 }
