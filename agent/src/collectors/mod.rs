@@ -45,6 +45,8 @@ pub mod filesystem;
 #[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
+pub mod mdadm;
+#[cfg(target_os = "linux")]
 pub mod meminfo;
 #[cfg(target_os = "linux")]
 pub mod netclass;
@@ -123,6 +125,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         schedstat::SPEC,
         udp_queues::SPEC,
         selinux::SPEC,
+        mdadm::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
