@@ -43,6 +43,8 @@ pub mod filefd;
 #[cfg(target_os = "linux")]
 pub mod filesystem;
 #[cfg(target_os = "linux")]
+pub mod hwmon;
+#[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
 pub mod mdadm;
@@ -126,6 +128,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         udp_queues::SPEC,
         selinux::SPEC,
         mdadm::SPEC,
+        hwmon::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
