@@ -84,6 +84,8 @@ pub mod udp_queues;
 pub mod uname;
 #[cfg(target_os = "linux")]
 pub mod vmstat;
+#[cfg(target_os = "linux")]
+pub mod xfs;
 pub mod zfs;
 pub mod zpool;
 
@@ -129,6 +131,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         selinux::SPEC,
         mdadm::SPEC,
         hwmon::SPEC,
+        xfs::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
