@@ -327,6 +327,22 @@ impl Sink {
         self.push(name.to_string(), labels, value);
     }
 
+    /// One sample of a family whose series were written elsewhere (the
+    /// textfile collector's files): `series` is the family's name, or for a
+    /// histogram `<family>_bucket`, `_sum` or `_count`.
+    pub fn sample(
+        &mut self,
+        family: &str,
+        kind: MetricKind,
+        help: &str,
+        series: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.family(family, kind, help);
+        self.push(series.to_string(), labels, value);
+    }
+
     /// A histogram: `buckets` are `(upper bound, cumulative count)` in
     /// increasing order, without `+Inf` (added here from `count`).
     pub fn histogram(

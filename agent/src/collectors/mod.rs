@@ -73,6 +73,8 @@ pub mod stat;
 pub mod statfs_pool;
 pub mod testseq;
 #[cfg(target_os = "linux")]
+pub mod textfile;
+#[cfg(target_os = "linux")]
 pub mod thermal_zone;
 #[cfg(target_os = "linux")]
 pub mod time;
@@ -132,6 +134,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         mdadm::SPEC,
         hwmon::SPEC,
         xfs::SPEC,
+        textfile::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
