@@ -33,9 +33,19 @@ use crate::collector::{CollectError, CollectorSpec};
 #[cfg(target_os = "linux")]
 pub mod arp;
 #[cfg(target_os = "linux")]
+pub mod bonding;
+#[cfg(target_os = "linux")]
 pub mod conntrack;
 #[cfg(target_os = "linux")]
+pub mod cpu_sysfs;
+#[cfg(target_os = "linux")]
+pub mod cpufreq;
+#[cfg(target_os = "linux")]
 pub mod diskstats;
+#[cfg(target_os = "linux")]
+pub mod dmi;
+#[cfg(target_os = "linux")]
+pub mod edac;
 #[cfg(target_os = "linux")]
 pub mod entropy;
 #[cfg(target_os = "linux")]
@@ -57,9 +67,15 @@ pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;
 #[cfg(target_os = "linux")]
+pub mod nvme;
+#[cfg(target_os = "linux")]
 pub mod os;
 #[cfg(target_os = "linux")]
+pub mod power_supply;
+#[cfg(target_os = "linux")]
 pub mod pressure;
+#[cfg(target_os = "linux")]
+pub mod rapl;
 #[cfg(target_os = "linux")]
 pub mod schedstat;
 #[cfg(target_os = "linux")]
@@ -86,6 +102,8 @@ pub mod udp_queues;
 pub mod uname;
 #[cfg(target_os = "linux")]
 pub mod vmstat;
+#[cfg(target_os = "linux")]
+pub mod watchdog;
 #[cfg(target_os = "linux")]
 pub mod xfs;
 pub mod zfs;
@@ -135,6 +153,15 @@ pub fn registry() -> Vec<CollectorSpec> {
         hwmon::SPEC,
         xfs::SPEC,
         textfile::SPEC,
+        bonding::SPEC,
+        cpu_sysfs::SPEC,
+        cpufreq::SPEC,
+        watchdog::SPEC,
+        rapl::SPEC,
+        edac::SPEC,
+        dmi::SPEC,
+        nvme::SPEC,
+        power_supply::SPEC,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
