@@ -50,6 +50,23 @@ const ONLY_THEIRS: &[(&str, &str)] = &[
 
 /// Families we expose that an older `node_exporter` (Debian 12 ships 1.5.0) does not.
 const ONLY_OURS: &[(&str, &str)] = &[
+    (
+        "^node_softnet_(backlog_len|cpu_collision_total|flow_limit_count_total|received_rps_total)$",
+        "added in node_exporter 1.6/1.7 (more /proc/net/softnet_stat columns)",
+    ),
+    ("^node_watchdog_", "the watchdog collector came after node_exporter 1.5"),
+    (
+        "^node_md_(raid_disks|degraded)$",
+        "read from md sysfs since node_exporter 1.8",
+    ),
+    (
+        "^node_nvme_namespace_",
+        "NVMe namespaces since node_exporter 1.8",
+    ),
+    (
+        "^node_cpu_frequency_avg_hertz$",
+        "cpuinfo_avg_freq since node_exporter 1.9",
+    ),
     ("^node_filesystem_mount_info$", "added in node_exporter 1.9"),
     (
         "^node_pressure_irq_stalled_seconds_total$",
@@ -117,6 +134,7 @@ const COUNTERS: &[&str] = &[
     "node_pressure_cpu_waiting_seconds_total",
     "node_pressure_io_waiting_seconds_total",
     "node_pressure_memory_waiting_seconds_total",
+    "node_softnet_processed_total",
 ];
 
 /// Slow-moving gauges: within 1 % of either of our readings.
@@ -131,6 +149,12 @@ const GAUGES: &[&str] = &[
     "node_filesystem_readonly",
     "node_network_mtu_bytes",
     "node_nf_conntrack_entries_limit",
+    "node_filefd_maximum",
+    "node_entropy_pool_size_bits",
+    "node_os_version",
+    "node_timex_tick_seconds",
+    "node_timex_status",
+    "node_time_zone_offset_seconds",
 ];
 
 const TOLERANCE: f64 = 0.01;
