@@ -59,7 +59,8 @@ impl Collector for EntropyCollector {
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
+    clippy::float_cmp,
+    reason = "a test fails loudly on a broken fixture; values compared are exact"
 )]
 mod tests {
     use super::*;

@@ -404,7 +404,11 @@ impl Collector for HwmonCollector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test fails loudly")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly; values compared are exact"
+)]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

@@ -87,7 +87,8 @@ impl Collector for SchedstatCollector {
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
+    clippy::float_cmp,
+    reason = "a test fails loudly on a broken fixture; values compared are exact"
 )]
 mod tests {
     use super::*;

@@ -27,6 +27,9 @@ pub fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(TextfileCollector { directory: None }))
 }
 
+/// A series' labels as read, in file order.
+pub type Labels = Vec<(String, String)>;
+
 /// One family of a parsed file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParsedFamily {
@@ -35,7 +38,7 @@ pub struct ParsedFamily {
     pub kind: Option<String>,
     pub help: Option<String>,
     /// (series name, labels, value)
-    pub samples: Vec<(String, Vec<(String, String)>, f64)>,
+    pub samples: Vec<(String, Labels, f64)>,
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -65,7 +68,7 @@ fn parse_value(s: &str) -> Option<f64> {
 }
 
 /// `{a="x",b="y\"z"}` after the name: the labels and the rest of the line.
-fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = s.strip_prefix('{').ok_or("expected '{'")?;
     loop {
@@ -260,7 +263,7 @@ impl TextfileCollector {
             return false;
         };
         let mut errored = false;
-        let mut seen_series: HashSet<(String, Vec<(String, String)>)> = HashSet::new();
+        let mut seen_series: HashSet<(String, Labels)> = HashSet::new();
         // family → (kind, help, files)
         let mut known: BTreeMap<String, (MetricKind, Option<String>, Vec<String>)> =
             BTreeMap::new();
@@ -282,7 +285,10 @@ impl TextfileCollector {
                     continue;
                 }
             };
-            for name in names.iter().filter(|n| n.ends_with(".prom")) {
+            for name in names
+                .iter()
+                .filter(|n| Path::new(n).extension().is_some_and(|e| e == "prom"))
+            {
                 let path = folder.join(name);
                 let parsed = std::fs::read(&path)
                     .map_err(|e| CollectError::io(&path, e))
@@ -388,7 +394,11 @@ impl Collector for TextfileCollector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test fails loudly")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly; values compared are exact"
+)]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

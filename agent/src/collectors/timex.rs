@@ -205,7 +205,11 @@ impl Collector for TimexCollector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test fails loudly")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly; values compared are exact"
+)]
 mod tests {
     use super::*;
 
