@@ -38,7 +38,7 @@ fn spool_write_cost() {
         &registry(),
         &BTreeMap::new(),
         &Paths::default(),
-        &Default::default(),
+        &nodewatch_agent::collector::CollectorOptions::default(),
     );
     let dir = tempfile::tempdir().unwrap();
     let (mut spool, _) =
