@@ -101,6 +101,8 @@ pub mod udp_queues;
 #[cfg(target_os = "linux")]
 pub mod uname;
 #[cfg(target_os = "linux")]
+pub mod unsupported;
+#[cfg(target_os = "linux")]
 pub mod vmstat;
 #[cfg(target_os = "linux")]
 pub mod watchdog;
@@ -162,6 +164,9 @@ pub fn registry() -> Vec<CollectorSpec> {
         dmi::SPEC,
         nvme::SPEC,
         power_supply::SPEC,
+        unsupported::INFINIBAND,
+        unsupported::FIBRECHANNEL,
+        unsupported::TAPESTATS,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
