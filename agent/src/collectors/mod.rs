@@ -55,6 +55,8 @@ pub mod filesystem;
 #[cfg(target_os = "linux")]
 pub mod hwmon;
 #[cfg(target_os = "linux")]
+pub mod ipvs;
+#[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
 pub mod mdadm;
@@ -164,6 +166,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         dmi::SPEC,
         nvme::SPEC,
         power_supply::SPEC,
+        ipvs::SPEC,
         unsupported::INFINIBAND,
         unsupported::FIBRECHANNEL,
         unsupported::TAPESTATS,
