@@ -35,6 +35,8 @@ pub mod arp;
 #[cfg(target_os = "linux")]
 pub mod bonding;
 #[cfg(target_os = "linux")]
+pub mod btrfs;
+#[cfg(target_os = "linux")]
 pub mod conntrack;
 #[cfg(target_os = "linux")]
 pub mod cpu_sysfs;
@@ -167,6 +169,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         nvme::SPEC,
         power_supply::SPEC,
         ipvs::SPEC,
+        btrfs::SPEC,
         unsupported::INFINIBAND,
         unsupported::FIBRECHANNEL,
         unsupported::TAPESTATS,
