@@ -71,6 +71,8 @@ pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;
 #[cfg(target_os = "linux")]
+pub mod nfs;
+#[cfg(target_os = "linux")]
 pub mod nvme;
 #[cfg(target_os = "linux")]
 pub mod os;
@@ -170,6 +172,8 @@ pub fn registry() -> Vec<CollectorSpec> {
         power_supply::SPEC,
         ipvs::SPEC,
         btrfs::SPEC,
+        nfs::NFS,
+        nfs::NFSD,
         unsupported::INFINIBAND,
         unsupported::FIBRECHANNEL,
         unsupported::TAPESTATS,
