@@ -7,8 +7,8 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use nodewatch_agent::collector::Sink;
 use nodewatch_agent::collectors::{
-    arp, diskstats, filefd, hwmon, mdadm, meminfo, netstat, os, schedstat, softnet, stat,
-    textfile, udp_queues, xfs,
+    arp, diskstats, filefd, hwmon, ipvs, mdadm, meminfo, netstat, nfs, os, schedstat, softnet,
+    stat, textfile, udp_queues, xfs,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let p = Path::new("fuzz");
-    match which % 15 {
+    match which % 18 {
         0 => drop(meminfo::parse(p, text)),
         1 => drop(stat::parse(p, text)),
         2 => drop(diskstats::parse(p, text)),
@@ -35,8 +35,11 @@ fuzz_target!(|data: &[u8]| {
         12 => drop(filefd::parse(p, text)),
         13 => {
             let e = os::parse(text);
-            drop(os::version(e.get("VERSION_ID").map_or("", String::as_str)));
+            let _ = os::version(e.get("VERSION_ID").map_or("", String::as_str));
         }
+        15 => drop(ipvs::parse_services(p, text)),
+        16 => drop(ipvs::parse_stats(p, text)),
+        17 => drop(nfs::parse(p, text)),
         _ => {
             // hwmon: one `file value` pair per line, as a chip's directory holds them.
             let mut chip = hwmon::ChipData::new();
