@@ -179,34 +179,7 @@ const OFF_WITH_REASON: &[&str] = &["infiniband", "fibrechannel", "tapestats"];
 /// Families of default collectors not produced yet. Unlike [`EXEMPT`] these
 /// are gaps, listed so the test shows the coverage and fails when one is
 /// filled without being struck from here.
-const NOT_YET: &[&str] = &[
-    "node_bcache_active_journal_entries",
-    "node_bcache_average_key_size_sectors",
-    "node_bcache_btree_cache_size_bytes",
-    "node_bcache_btree_nodes",
-    "node_bcache_btree_read_average_duration_seconds",
-    "node_bcache_bypassed_bytes_total",
-    "node_bcache_cache_available_percent",
-    "node_bcache_cache_bypass_hits_total",
-    "node_bcache_cache_bypass_misses_total",
-    "node_bcache_cache_hits_total",
-    "node_bcache_cache_miss_collisions_total",
-    "node_bcache_cache_misses_total",
-    "node_bcache_cache_read_races_total",
-    "node_bcache_cache_readaheads_total",
-    "node_bcache_congested",
-    "node_bcache_dirty_data_bytes",
-    "node_bcache_dirty_target_bytes",
-    "node_bcache_io_errors",
-    "node_bcache_metadata_written_bytes_total",
-    "node_bcache_root_usage_percent",
-    "node_bcache_tree_depth",
-    "node_bcache_writeback_change",
-    "node_bcache_writeback_rate",
-    "node_bcache_writeback_rate_integral_term",
-    "node_bcache_writeback_rate_proportional_term",
-    "node_bcache_written_bytes_total",
-];
+const NOT_YET: &[&str] = &[];
 
 /// netclass's families (the interface attributes, not the counters).
 const NETCLASS: &str = "^node_network_(up|info|address_assign_type|carrier|carrier_(up_|down_)?changes_total|device_id|dormant|flags|iface_id|iface_link|iface_link_mode|mtu_bytes|name_assign_type|net_dev_group|speed_bytes|transmit_queue_length|protocol_type)$";

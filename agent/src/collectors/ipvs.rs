@@ -94,7 +94,7 @@ pub fn parse_services(
                 e[2] += n(weight)?;
             }
             ["FWM", mark, ..] => {
-                service = Some(("FWM".into(), String::new(), "0".into(), (*mark).to_string()))
+                service = Some(("FWM".into(), String::new(), "0".into(), (*mark).to_string()));
             }
             [proto, local, ..] if *proto != "->" => {
                 let (a, p) = addr_port(local).ok_or_else(|| bad("bad local address"))?;

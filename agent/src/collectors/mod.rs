@@ -33,6 +33,8 @@ use crate::collector::{CollectError, CollectorSpec};
 #[cfg(target_os = "linux")]
 pub mod arp;
 #[cfg(target_os = "linux")]
+pub mod bcache;
+#[cfg(target_os = "linux")]
 pub mod bonding;
 #[cfg(target_os = "linux")]
 pub mod btrfs;
@@ -174,6 +176,7 @@ pub fn registry() -> Vec<CollectorSpec> {
         btrfs::SPEC,
         nfs::NFS,
         nfs::NFSD,
+        bcache::SPEC,
         unsupported::INFINIBAND,
         unsupported::FIBRECHANNEL,
         unsupported::TAPESTATS,

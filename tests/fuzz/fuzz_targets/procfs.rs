@@ -7,7 +7,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use nodewatch_agent::collector::Sink;
 use nodewatch_agent::collectors::{
-    arp, diskstats, filefd, hwmon, ipvs, mdadm, meminfo, netstat, nfs, os, schedstat, softnet,
+    arp, bcache, diskstats, filefd, hwmon, ipvs, mdadm, meminfo, netstat, nfs, os, schedstat, softnet,
     stat, textfile, udp_queues, xfs,
 };
 
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let p = Path::new("fuzz");
-    match which % 18 {
+    match which % 19 {
         0 => drop(meminfo::parse(p, text)),
         1 => drop(stat::parse(p, text)),
         2 => drop(diskstats::parse(p, text)),
@@ -40,6 +40,10 @@ fuzz_target!(|data: &[u8]| {
         15 => drop(ipvs::parse_services(p, text)),
         16 => drop(ipvs::parse_stats(p, text)),
         17 => drop(nfs::parse(p, text)),
+        18 => {
+            let _ = bcache::writeback_debug(text);
+            let _ = bcache::dehumanize(text);
+        }
         _ => {
             // hwmon: one `file value` pair per line, as a chip's directory holds them.
             let mut chip = hwmon::ChipData::new();
