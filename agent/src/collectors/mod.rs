@@ -245,3 +245,70 @@ pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {
     names.sort();
     Ok(names)
 }
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly; success is exactly 0 or 1"
+)]
+mod tests {
+    use crate::collector::{Paths, Running, Sink};
+
+    /// A malformed file costs its own collector's series, reported in
+    /// `nodewatch_agent_collector_success`; a missing one costs nothing; other
+    /// collectors are not affected.
+    #[test]
+    fn bad_input_costs_only_its_own_collector() {
+        let root = tempfile::Builder::new()
+            .prefix("nodewatch-parity-bad-")
+            .tempdir()
+            .unwrap();
+        let proc = root.path().join("proc");
+        std::fs::create_dir_all(proc.join("sys/fs")).unwrap();
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::write(
+            proc.join("mdstat"),
+            "md0 : active raid1 sda[0]\n   lots of blocks\n\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("net/softnet_stat"), "").unwrap();
+        std::fs::write(proc.join("sys/fs/file-nr"), "1024\t0\t1631329\n").unwrap();
+        let paths = Paths {
+            procfs: proc,
+            sysfs: root.path().join("sys"),
+            rootfs: root.path().into(),
+        };
+        let mut sink = Sink::new();
+        for spec in [
+            super::mdadm::SPEC,
+            super::filefd::SPEC,
+            super::softnet::SPEC,
+            super::schedstat::SPEC,
+            super::xfs::SPEC,
+        ] {
+            Running::new((spec.build)(&paths).unwrap()).run(&mut sink);
+        }
+        let success = |c: &str| {
+            sink.samples
+                .iter()
+                .find(|s| {
+                    s.name == "nodewatch_agent_collector_success"
+                        && s.labels.iter().any(|l| l.1 == c)
+                })
+                .unwrap()
+                .value
+        };
+        assert_eq!(success("mdadm"), 0.0, "garbled mdstat");
+        assert!(sink.samples.iter().all(|s| !s.name.starts_with("node_md_")));
+        assert_eq!(success("filefd"), 1.0);
+        assert!(sink.samples.iter().any(|s| s.name == "node_filefd_maximum"));
+        assert_eq!(
+            success("softnet"),
+            1.0,
+            "an empty file is no CPU, not an error"
+        );
+        assert_eq!(success("schedstat"), 1.0, "a missing file is no data");
+        assert_eq!(success("xfs"), 1.0, "no /sys/fs/xfs: no XFS mounted");
+    }
+}
