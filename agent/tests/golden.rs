@@ -151,10 +151,6 @@ fn is_default(family: &str) -> bool {
 const EXEMPT: &[(&str, &str)] = &[
     ("^node_memory_numa_", "node_exporter's meminfo_numa collector reads /sys/devices/system/node, not /proc/meminfo"),
     (
-        "^node_disk_(info|ata_rotation_rate_rpm|ata_write_cache|ata_write_cache_enabled|filesystem_info|device_mapper_info)$",
-        "from the udev database (/run/udev/data), which is not in the fixture tree and not read",
-    ),
-    (
         "^node_cpu_(info|flag_info|bug_info|frequency_hertz)$",
         "off by default in node_exporter (--collector.cpu.info); its e2e run turns it on",
     ),

@@ -37,15 +37,26 @@ const ONLY_THEIRS: &[(&str, &str)] = &[
         "^(node_exporter_build_info|promhttp_metric_handler_)",
         "the exporter's own metrics",
     ),
-    ("^node_scrape_collector_", "node_exporter's own bookkeeping (ours is nodewatch_agent_collector_*)"),
-    ("^node_network_receive_nohandler_total$", "read over netlink by node_exporter ≥ 1.4; /proc/net/dev has no such column"),
     (
-        "^node_disk_(info|ata_rotation_rate_rpm|ata_write_cache|ata_write_cache_enabled|filesystem_info|device_mapper_info)$",
-        "from the udev database; we read /proc/diskstats only",
+        "^node_scrape_collector_",
+        "node_exporter's own bookkeeping (ours is nodewatch_agent_collector_*)",
     ),
-    ("^node_cpu_online$", "added after node_exporter 1.5; not in its default output there"),
-    ("^node_cpu_(info|flag_info|bug_info)$", "from /proc/cpuinfo (off by default upstream)"),
-    ("^(go|process)_", "the Go runtime and process of the exporter itself"),
+    (
+        "^node_network_receive_nohandler_total$",
+        "read over netlink by node_exporter ≥ 1.4; /proc/net/dev has no such column",
+    ),
+    (
+        "^node_cpu_online$",
+        "added after node_exporter 1.5; not in its default output there",
+    ),
+    (
+        "^node_cpu_(info|flag_info|bug_info)$",
+        "from /proc/cpuinfo (off by default upstream)",
+    ),
+    (
+        "^(go|process)_",
+        "the Go runtime and process of the exporter itself",
+    ),
 ];
 
 /// Families we expose that an older `node_exporter` (Debian 12 ships 1.5.0) does not.
@@ -107,9 +118,10 @@ fn filter_flags() -> Vec<String> {
 }
 
 /// Labels ignored when matching series, added after `node_exporter` 1.5:
-/// `device_error` (statfs error text on failing mounts, 1.9) and
-/// `adminstate` on `node_network_info` (1.6, #2515).
-const IGNORED_LABELS: &[&str] = &["device_error", "adminstate"];
+/// `device_error` (statfs error text on failing mounts, 1.9),
+/// `adminstate` on `node_network_info` (1.6, #2515) and `rotational` on
+/// `node_disk_info` (1.10).
+const IGNORED_LABELS: &[&str] = &["device_error", "adminstate", "rotational"];
 
 /// Counters compared by bracketing: `node_exporter`'s reading must lie between
 /// our readings before and after its scrape (±1 %).
