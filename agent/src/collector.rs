@@ -204,6 +204,26 @@ fn is_pseudo_fs(f: &std::fs::File) -> bool {
 pub trait Collector: Send {
     fn name(&self) -> &'static str;
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError>;
+    /// Applies the configuration's options (called once, right after `build`);
+    /// collectors without options keep the default, which accepts anything.
+    ///
+    /// # Errors
+    /// An option this collector cannot use (validated already, so rare).
+    fn configure(&mut self, _options: &CollectorOptions) -> Result<(), Unavailable> {
+        Ok(())
+    }
+}
+
+/// Per-collector options from the configuration (`collectors.<name>.<option>`),
+/// validated there. `None` keeps the collector's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectorOptions {
+    /// `collectors.filesystem.mount_points_exclude`: mount points (regex) not reported.
+    pub filesystem_mount_points_exclude: Option<String>,
+    /// `collectors.filesystem.fs_types_exclude`: filesystem types (regex) not reported.
+    pub filesystem_fs_types_exclude: Option<String>,
+    /// `collectors.textfile.directory`: where `*.prom` files are read from (a glob is allowed).
+    pub textfile_directory: Option<PathBuf>,
 }
 
 /// A collector that keeps nothing between collections: its name and what
@@ -305,6 +325,22 @@ impl Sink {
     pub fn untyped(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
         self.family(name, MetricKind::Untyped, help);
         self.push(name.to_string(), labels, value);
+    }
+
+    /// One sample of a family whose series were written elsewhere (the
+    /// textfile collector's files): `series` is the family's name, or for a
+    /// histogram `<family>_bucket`, `_sum` or `_count`.
+    pub fn sample(
+        &mut self,
+        family: &str,
+        kind: MetricKind,
+        help: &str,
+        series: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.family(family, kind, help);
+        self.push(series.to_string(), labels, value);
     }
 
     /// A histogram: `buckets` are `(upper bound, cumulative count)` in

@@ -8,7 +8,7 @@ use nodewatch_proto::config::{self, ConfigError, Problems, TlsConfig};
 use nodewatch_proto::tls::{Target, TlsFiles};
 use serde::Deserialize;
 
-use crate::collector::Paths;
+use crate::collector::{CollectorOptions, Paths};
 
 /// Default collection interval: `node_exporter`'s usual scrape interval is
 /// 15–30 s; 10 s keeps rates fresh at ~1,500 samples per node per interval.
@@ -36,9 +36,11 @@ pub struct File {
     /// How often every collector runs (e.g. `10s`; `1s` works).
     #[serde(default)]
     pub interval: Option<String>,
-    /// Collectors to turn on (`true`) or off (`false`); others keep their default.
+    /// Collectors to turn on (`true`) or off (`false`), or a map of a
+    /// collector's options (`filesystem: {mount_points_exclude: "..."}`,
+    /// with an optional `enabled`); others keep their default.
     #[serde(default)]
-    pub collectors: BTreeMap<String, bool>,
+    pub collectors: BTreeMap<String, serde_yaml_ng::Value>,
     /// Roots of the host's pseudo file systems (for containers and tests).
     #[serde(default)]
     pub paths: PathsConfig,
@@ -318,6 +320,119 @@ pub struct PathsConfig {
     pub rootfs: Option<PathBuf>,
 }
 
+/// Options every collector takes in its map form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainCollectorOptions {
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// `collectors.filesystem` in its map form (`node_exporter`'s
+/// `--collector.filesystem.{mount-points-exclude,fs-types-exclude}`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesystemOptions {
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Regex of mount points not reported (replaces the default).
+    #[serde(default)]
+    mount_points_exclude: Option<String>,
+    /// Regex of filesystem types not reported (replaces the default).
+    #[serde(default)]
+    fs_types_exclude: Option<String>,
+}
+
+/// `collectors.textfile` in its map form (`--collector.textfile.directory`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextfileOptions {
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// Folder (or glob of folders) whose `*.prom` files are exported.
+    #[serde(default)]
+    directory: Option<PathBuf>,
+}
+
+/// Splits `collectors:` into on/off switches and per-collector options,
+/// naming the key path of every problem (`collectors.filesystem.fs_types_exclude: ...`).
+fn validate_collectors(
+    raw: &BTreeMap<String, serde_yaml_ng::Value>,
+    known: &[&str],
+    p: &mut Problems,
+) -> (BTreeMap<String, bool>, CollectorOptions) {
+    use serde_yaml_ng::Value;
+    fn options<T: serde::de::DeserializeOwned>(
+        name: &str,
+        v: &Value,
+        p: &mut Problems,
+    ) -> Option<T> {
+        serde_yaml_ng::from_value(v.clone())
+            .map_err(|e| p.add(format!("collectors.{name}"), e.to_string()))
+            .ok()
+    }
+    let mut enabled = BTreeMap::new();
+    let mut opts = CollectorOptions::default();
+    for (name, v) in raw {
+        // `ebpf` is started apart from the registry: it needs the event channel.
+        if name != "ebpf" && !known.contains(&name.as_str()) {
+            p.add(
+                format!("collectors.{name}"),
+                format!("unknown collector; known: {}", known.join(", ")),
+            );
+            continue;
+        }
+        let on = match v {
+            Value::Bool(b) => Some(*b),
+            Value::Mapping(_) => match name.as_str() {
+                "filesystem" => options::<FilesystemOptions>(name, v, p).and_then(|o| {
+                    for (key, re, slot) in [
+                        (
+                            "mount_points_exclude",
+                            o.mount_points_exclude,
+                            &mut opts.filesystem_mount_points_exclude,
+                        ),
+                        (
+                            "fs_types_exclude",
+                            o.fs_types_exclude,
+                            &mut opts.filesystem_fs_types_exclude,
+                        ),
+                    ] {
+                        if let Some(re) = re {
+                            match regex::Regex::new(&re) {
+                                Ok(_) => *slot = Some(re),
+                                Err(e) => p.add(
+                                    format!("collectors.filesystem.{key}"),
+                                    format!("{re:?}: {e}"),
+                                ),
+                            }
+                        }
+                    }
+                    o.enabled
+                }),
+                "textfile" => options::<TextfileOptions>(name, v, p).and_then(|o| {
+                    if let Some(d) = o.directory.filter(|d| !d.as_os_str().is_empty()) {
+                        opts.textfile_directory = Some(d);
+                    }
+                    o.enabled
+                }),
+                _ => options::<PlainCollectorOptions>(name, v, p).and_then(|o| o.enabled),
+            },
+            other => {
+                p.add(
+                    format!("collectors.{name}"),
+                    format!("expected true, false or a map of options, got {other:?}"),
+                );
+                None
+            }
+        };
+        if let Some(on) = on {
+            enabled.insert(name.clone(), on);
+        }
+    }
+    (enabled, opts)
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -327,6 +442,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub interval: Duration,
     pub collectors: BTreeMap<String, bool>,
+    /// Options of single collectors (`collectors.<name>.<option>`).
+    pub collector_options: CollectorOptions,
     pub paths: Paths,
     pub spool: Spool,
     pub health_listen: Option<std::net::SocketAddr>,
@@ -407,15 +524,8 @@ impl File {
                 }
             },
         };
-        for name in self.collectors.keys() {
-            // `ebpf` is started apart from the registry: it needs the event channel.
-            if name != "ebpf" && !known_collectors.contains(&name.as_str()) {
-                p.add(
-                    format!("collectors.{name}"),
-                    format!("unknown collector; known: {}", known_collectors.join(", ")),
-                );
-            }
-        }
+        let (collectors, collector_options) =
+            validate_collectors(&self.collectors, known_collectors, &mut p);
         if let Some(n) = &self.node_name {
             if let Err(e) = nodewatch_proto::NodeName::new(n.clone()) {
                 p.add("node_name", e.to_string());
@@ -482,7 +592,8 @@ impl File {
             server_name: self.server_name.clone(),
             tls,
             interval,
-            collectors: self.collectors.clone(),
+            collectors,
+            collector_options,
             paths,
         })
     }
@@ -568,6 +679,63 @@ mod tests {
             "ayby"
         );
         assert!(https_base("https://h:1/path").is_err());
+    }
+
+    #[test]
+    fn collectors_take_switches_or_options() {
+        let f: File = config::parse_yaml(
+            "collectors:\n  zfs: false\n  filesystem:\n    mount_points_exclude: '^/(proc|sys)($|/)'\n    fs_types_exclude: '^tmpfs$'\n  textfile: {directory: /var/lib/node_exporter}\n  stat: {enabled: false}\n",
+            Path::new("agent.yaml"),
+        )
+        .unwrap();
+        let known = ["zfs", "filesystem", "textfile", "stat"];
+        let c = f.validate(None, &known, false).unwrap();
+        assert_eq!(c.collectors.get("zfs"), Some(&false));
+        assert_eq!(c.collectors.get("stat"), Some(&false));
+        assert_eq!(
+            c.collectors.get("filesystem"),
+            None,
+            "options alone keep the default"
+        );
+        assert_eq!(
+            c.collector_options
+                .filesystem_mount_points_exclude
+                .as_deref(),
+            Some("^/(proc|sys)($|/)")
+        );
+        assert_eq!(
+            c.collector_options.filesystem_fs_types_exclude.as_deref(),
+            Some("^tmpfs$")
+        );
+        assert_eq!(
+            c.collector_options.textfile_directory,
+            Some(PathBuf::from("/var/lib/node_exporter"))
+        );
+
+        let f: File = config::parse_yaml(
+            "collectors:\n  filesystem: {mount_points_exclude: '(', colour: red}\n  textfile: {directory: /x, fields: 1}\n  stat: 3\n  zfs: {mount_points_exclude: x}\n",
+            Path::new("agent.yaml"),
+        )
+        .unwrap();
+        let msg = f.validate(None, &known, false).unwrap_err().to_string();
+        for want in [
+            "collectors.filesystem: unknown field `colour`",
+            "collectors.textfile: unknown field `fields`",
+            "collectors.stat: expected true, false or a map of options",
+            "collectors.zfs: unknown field `mount_points_exclude`",
+        ] {
+            assert!(msg.contains(want), "missing {want:?} in {msg}");
+        }
+        let f: File = config::parse_yaml(
+            "collectors:\n  filesystem: {fs_types_exclude: '^(tmpfs'}\n",
+            Path::new("agent.yaml"),
+        )
+        .unwrap();
+        let msg = f.validate(None, &known, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("collectors.filesystem.fs_types_exclude: \"^(tmpfs\""),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@ fn main() -> ExitCode {
         }
     };
     if args.once {
-        let mut cs = runtime::build_collectors(&specs, &cfg.collectors, &cfg.paths);
+        let mut cs =
+            runtime::build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
         let sink = runtime::collect_once(&mut cs);
         print!("{}", sink.render_text());
         return ExitCode::SUCCESS;

@@ -102,6 +102,7 @@ pub fn build_collectors(
     specs: &[CollectorSpec],
     enabled: &BTreeMap<String, bool>,
     paths: &Paths,
+    options: &crate::collector::CollectorOptions,
 ) -> Vec<Running> {
     let mut out = Vec::new();
     for spec in specs {
@@ -112,7 +113,7 @@ pub fn build_collectors(
         {
             continue;
         }
-        match (spec.build)(paths) {
+        match (spec.build)(paths).and_then(|mut c| c.configure(options).map(|()| c)) {
             Ok(c) => out.push(Running::new(c)),
             Err(why) => {
                 info!(collector = spec.name, reason = %why, "Collector unavailable on this host; it stays off.");
@@ -297,7 +298,8 @@ pub async fn run(
     let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
     let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
 
-    let mut collectors = build_collectors(&specs, &cfg.collectors, &cfg.paths);
+    let mut collectors =
+        build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
     let kube = start_linux(&cfg, &node, events_tx, &mut collectors, &shutdown);
     let names: Vec<String> = collectors
         .iter()
@@ -384,7 +386,7 @@ pub async fn run(
                     Ok(r) => r,
                     Err(e) => {
                         warn!(error = %e, "Collection panicked; collectors rebuilt.");
-                        (build_collectors(&specs, &cfg.collectors, &cfg.paths), Sink::new())
+                        (build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options), Sink::new())
                     }
                 };
                 collectors = cs;

@@ -34,7 +34,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn spool_write_cost() {
-    let mut collectors = build_collectors(&registry(), &BTreeMap::new(), &Paths::default());
+    let mut collectors = build_collectors(
+        &registry(),
+        &BTreeMap::new(),
+        &Paths::default(),
+        &nodewatch_agent::collector::CollectorOptions::default(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let (mut spool, _) =
         Spool::open(Some(dir.path()), 256 << 20, Duration::from_secs(900), 1).unwrap();

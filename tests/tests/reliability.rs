@@ -503,7 +503,7 @@ fn testseq_events(pki: &Pki, agg: &Aggregator, node: &str) -> Vec<u64> {
 
 /// Only the test collector (and the agent's own delivery metrics): every
 /// collection then has the same series, so samples per collection is a constant.
-const ONLY_TESTSEQ: &str = "collectors: {ebpf: false, testseq: true, stat: false, meminfo: false, loadavg: false, pressure: false, diskstats: false, filesystem: false, netdev: false, netclass: false, netstat: false, sockstat: false, vmstat: false, conntrack: false, zfs: false, zpool: false}\n";
+const ONLY_TESTSEQ: &str = "collectors: {ebpf: false, testseq: true, stat: false, meminfo: false, loadavg: false, pressure: false, diskstats: false, filesystem: false, netdev: false, netclass: false, netstat: false, sockstat: false, vmstat: false, conntrack: false, zfs: false, zpool: false, time: false, timex: false, filefd: false, uname: false, os: false, entropy: false, arp: false, softnet: false, thermal_zone: false, schedstat: false, udp_queues: false, selinux: false, mdadm: false, hwmon: false, xfs: false, textfile: false, bonding: false, cpu_sysfs: false, cpufreq: false, watchdog: false, rapl: false, edac: false, dmi: false, nvme: false, powersupplyclass: false, ipvs: false, btrfs: false, nfs: false, nfsd: false, bcache: false, infiniband: false, fibrechannel: false, tapestats: false}\n";
 
 #[test]
 fn twenty_aggregator_kill9s_at_random_moments_lose_no_sample_and_no_event() {

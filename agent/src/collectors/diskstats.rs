@@ -5,10 +5,15 @@
 //! Documentation/admin-guide/iostats.rst), milliseconds become seconds, and the
 //! discard (Linux 4.18+) and flush (5.5+) columns are exported when the line
 //! has them. `node_exporter` exports discarded *sectors* unconverted; so do we.
-//! The udev-derived families (`node_disk_info`, `node_disk_ata_*`,
-//! `node_disk_filesystem_info`, `node_disk_device_mapper_info`) are not exported.
+//! Where the udev database exists (`<rootfs>/run/udev/data`), each device's
+//! `b<major>:<minor>` entry gives `node_disk_info`'s labels (path, WWN,
+//! model, serial, revision), `node_disk_filesystem_info`,
+//! `node_disk_device_mapper_info` and `node_disk_ata_*`; `node_disk_info`
+//! itself is always exported, with `rotational` from
+//! `/sys/block/<dev>/queue/rotational`.
 //! Lines are parsed with `procfs::DiskStat::from_line`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use procfs::DiskStat;
@@ -39,8 +44,20 @@ pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
         .map_err(|e| Unavailable(format!("device exclude pattern: {e}")))?;
     Ok(Box::new(DiskstatsCollector {
         path: paths.proc("diskstats"),
+        udev: paths.root("/run/udev/data"),
+        block: paths.sys("block"),
         exclude,
     }))
+}
+
+/// The `E:KEY=VALUE` properties of a udev database entry (other lines skipped).
+#[must_use]
+pub fn parse_udev(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("E:"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Parses `/proc/diskstats`; empty lines are skipped, a malformed line is an error.
@@ -59,7 +76,108 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<DiskStat>, CollectError> {
 
 pub struct DiskstatsCollector {
     path: PathBuf,
+    /// `<rootfs>/run/udev/data`: absent on hosts without udev.
+    udev: PathBuf,
+    block: PathBuf,
     exclude: Regex,
+}
+
+impl DiskstatsCollector {
+    /// `node_disk_info` and, from udev's entry, the filesystem, device mapper and ATA families.
+    fn udev_families(&self, stat: &DiskStat, have_udev: bool, sink: &mut Sink) {
+        let dev = stat.name.as_str();
+        let info = if have_udev {
+            std::fs::read(self.udev.join(format!("b{}:{}", stat.major, stat.minor)))
+                .map(|b| parse_udev(&String::from_utf8_lossy(&b)))
+                .unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
+        let get = |k: &str| info.get(k).map_or("", String::as_str);
+        // The serial on the disk's label, else udev's short serial, else the full one (virtio).
+        let serial = [
+            get("SCSI_IDENT_SERIAL"),
+            get("ID_SERIAL_SHORT"),
+            get("ID_SERIAL"),
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
+        let rotational =
+            match crate::collectors::read_trimmed(&self.block.join(dev).join("queue/rotational")) {
+                Ok(Some(r)) if r == "1" => "1",
+                _ => "0",
+            };
+        let (major, minor) = (stat.major.to_string(), stat.minor.to_string());
+        sink.gauge(
+            "node_disk_info",
+            "Info of /sys/block/<block_device>.",
+            &[
+                ("device", dev),
+                ("major", &major),
+                ("minor", &minor),
+                ("path", get("ID_PATH")),
+                ("wwn", get("ID_WWN")),
+                ("model", get("ID_MODEL")),
+                ("serial", serial),
+                ("revision", get("ID_REVISION")),
+                ("rotational", rotational),
+            ],
+            1.0,
+        );
+        if !get("ID_FS_TYPE").is_empty() {
+            sink.gauge(
+                "node_disk_filesystem_info",
+                "Info about disk filesystem.",
+                &[
+                    ("device", dev),
+                    ("type", get("ID_FS_TYPE")),
+                    ("usage", get("ID_FS_USAGE")),
+                    ("uuid", get("ID_FS_UUID")),
+                    ("version", get("ID_FS_VERSION")),
+                ],
+                1.0,
+            );
+        }
+        if !get("DM_NAME").is_empty() {
+            sink.gauge(
+                "node_disk_device_mapper_info",
+                "Info about disk device mapper.",
+                &[
+                    ("device", dev),
+                    ("name", get("DM_NAME")),
+                    ("uuid", get("DM_UUID")),
+                    ("vg_name", get("DM_VG_NAME")),
+                    ("lv_name", get("DM_LV_NAME")),
+                    ("lv_layer", get("DM_LV_LAYER")),
+                ],
+                1.0,
+            );
+        }
+        if !get("ID_ATA").is_empty() {
+            for (key, name, help) in [
+                (
+                    "ID_ATA_WRITE_CACHE",
+                    "node_disk_ata_write_cache",
+                    "ATA disk has a write cache.",
+                ),
+                (
+                    "ID_ATA_WRITE_CACHE_ENABLED",
+                    "node_disk_ata_write_cache_enabled",
+                    "ATA disk has its write cache enabled.",
+                ),
+                (
+                    "ID_ATA_ROTATION_RATE_RPM",
+                    "node_disk_ata_rotation_rate_rpm",
+                    "ATA disk rotation rate in RPMs (0 for SSDs).",
+                ),
+            ] {
+                if let Some(v) = info.get(key).and_then(|v| v.parse::<f64>().ok()) {
+                    sink.gauge(name, help, &[("device", dev)], v);
+                }
+            }
+        }
+    }
 }
 
 /// Name, HELP, type (true = counter) and value of each exported column.
@@ -181,10 +299,12 @@ impl Collector for DiskstatsCollector {
 
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = read_file(&self.path)?;
+        let have_udev = self.udev.is_dir();
         for stat in parse(&self.path, &text)? {
             if self.exclude.is_match(&stat.name) {
                 continue;
             }
+            self.udev_families(&stat, have_udev, sink);
             let labels = [("device", stat.name.as_str())];
             // A column the kernel does not print ends the row, as in
             // `node_exporter` (it stops at the line's field count).

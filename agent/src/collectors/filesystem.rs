@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{
+    CollectError, Collector, CollectorOptions, CollectorSpec, Paths, Sink, Unavailable,
+};
 use crate::collectors::parse_field;
 use crate::collectors::statfs_pool::{Answer, StatfsPool};
 pub use crate::collectors::statfs_pool::{MOUNT_TIMEOUT, STAT_WORKERS, TIMEOUT_ERROR};
@@ -35,10 +37,18 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 /// `node_exporter`'s default `--collector.filesystem.mount-points-exclude`.
-pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
+pub const UPSTREAM_MOUNT_POINTS_EXCLUDE: &str =
     "^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)";
 
-/// `node_exporter`'s default `--collector.filesystem.fs-types-exclude`.
+/// Our default `collectors.filesystem.mount_points_exclude`: `node_exporter`'s,
+/// plus what kube-prometheus-stack passes to it (`var/lib/kubelet/.+`: pods'
+/// volumes, projected tokens, CSI staging) and the container runtime's
+/// per-pod mounts (`/run/containerd/.+`: sandbox `shm` tmpfs and task rootfs),
+/// so a Kubernetes node has no series per pod and no churn as pods come and go.
+pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str = "^/(dev|proc|run/credentials/.+|run/containerd/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+|var/lib/kubelet/.+)($|/)";
+
+/// `node_exporter`'s default `--collector.filesystem.fs-types-exclude`, which
+/// also covers every type kube-prometheus-stack's values exclude (and `erofs`).
 pub const DEFAULT_FS_TYPES_EXCLUDE: &str = concat!(
     "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs",
     "|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs",
@@ -212,6 +222,19 @@ impl FilesystemCollector {
 impl Collector for FilesystemCollector {
     fn name(&self) -> &'static str {
         "filesystem"
+    }
+
+    fn configure(&mut self, options: &CollectorOptions) -> Result<(), Unavailable> {
+        let re = |key: &str, p: &str| {
+            Regex::new(p).map_err(|e| Unavailable(format!("collectors.filesystem.{key}: {e}")))
+        };
+        if let Some(p) = &options.filesystem_mount_points_exclude {
+            self.mount_points_exclude = re("mount_points_exclude", p)?;
+        }
+        if let Some(p) = &options.filesystem_fs_types_exclude {
+            self.fs_types_exclude = re("fs_types_exclude", p)?;
+        }
+        Ok(())
     }
 
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
@@ -428,7 +451,8 @@ mod tests {
         FilesystemCollector {
             procfs: format!("{FIXTURES}/proc").into(),
             rootfs: rootfs.into(),
-            mount_points_exclude: re(DEFAULT_MOUNT_POINTS_EXCLUDE),
+            // node_exporter's own filters, so the fixture's kubelet mounts show.
+            mount_points_exclude: re(UPSTREAM_MOUNT_POINTS_EXCLUDE),
             fs_types_exclude: re(DEFAULT_FS_TYPES_EXCLUDE),
             stat: StatfsPool::new(stat, timeout, STAT_WORKERS),
         }
@@ -552,5 +576,144 @@ mod tests {
         fuzz_util::assert_no_panic(MOUNTINFO, 16, |t| {
             parse_mountinfo(Path::new("mountinfo"), t)
         });
+    }
+
+    #[test]
+    fn kubelet_and_runtime_mounts_are_left_out_by_default() {
+        let c = |mp: &str, fs: &str| {
+            let re = |p: &str| Regex::new(p).unwrap();
+            re(DEFAULT_MOUNT_POINTS_EXCLUDE).is_match(mp)
+                || re(DEFAULT_FS_TYPES_EXCLUDE).is_match(fs)
+        };
+        assert!(c(
+            "/var/lib/kubelet/pods/0c6f/volumes/kubernetes.io~projected/kube-api-access-x",
+            "tmpfs"
+        ));
+        assert!(c(
+            "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/ab12/shm",
+            "tmpfs"
+        ));
+        assert!(c(
+            "/run/containerd/io.containerd.runtime.v2.task/k8s.io/ab12/rootfs",
+            "overlay"
+        ));
+        assert!(
+            !c("/var/lib/kubelet", "xfs"),
+            "the kubelet's own volume is kept"
+        );
+        assert!(!c("/run", "tmpfs") && !c("/var", "xfs") && !c("/", "ext4"));
+    }
+
+    /// Unmounts what a test mounted, innermost first, on every way out.
+    struct Mounted(Vec<PathBuf>);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            for dir in self.0.iter().rev() {
+                let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    /// Mounts real tmpfs file systems below a temporary root laid out as a
+    /// node's: the kubelet's own volume, and for each of `PODS` pods two
+    /// volumes under `/var/lib/kubelet/pods/<uid>/volumes` plus containerd's
+    /// sandbox `shm`. With that root as the rootfs (as the DaemonSet mounts
+    /// the host's `/` at `/host`), the defaults report the kubelet volume and
+    /// no per-pod mount; the exclusion replaced through the options reports all.
+    #[test]
+    fn node_with_40_pods_has_no_per_pod_filesystem_series() {
+        const PODS: usize = 40;
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "mounting tmpfs needs root"
+            );
+            eprintln!("skipping: mounting tmpfs needs root");
+            return;
+        }
+        let root = tempfile::Builder::new()
+            .prefix("nodewatch-parity-fs-")
+            .tempdir()
+            .unwrap();
+        // Our own mount table, whatever mount namespace PID 1 is in.
+        let procfs = tempfile::Builder::new()
+            .prefix("nodewatch-parity-proc-")
+            .tempdir()
+            .unwrap();
+        std::os::unix::fs::symlink("/proc/self", procfs.path().join("1")).unwrap();
+        let mut mounted = Mounted(Vec::new());
+        let mut mount = |rel: String| {
+            let dir = root.path().join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=64k"),
+            )
+            .unwrap();
+            mounted.0.push(dir);
+        };
+        mount("var/lib/kubelet".into());
+        for i in 0..PODS {
+            let uid = format!("0c6f{i:04}-7a5e-4c1e-9d2b-5b1e3f0a{i:04}");
+            mount(format!(
+                "var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~projected/kube-api-access-x"
+            ));
+            mount(format!(
+                "var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/cache"
+            ));
+            mount(format!(
+                "run/containerd/io.containerd.grpc.v1.cri/sandboxes/{uid}/shm"
+            ));
+        }
+        let paths = Paths {
+            procfs: procfs.path().into(),
+            rootfs: root.path().into(),
+            ..Paths::default()
+        };
+        let node_mounts = |c: &mut Box<dyn Collector>| {
+            let mut sink = Sink::new();
+            c.collect(&mut sink).unwrap();
+            let mut v: Vec<String> = sink
+                .samples
+                .iter()
+                .filter(|s| s.name == "node_filesystem_size_bytes")
+                .filter_map(|s| s.labels.iter().find(|(k, _)| k == "mountpoint"))
+                .map(|l| l.1.clone())
+                .filter(|mp| {
+                    mp.starts_with("/var/lib/kubelet") || mp.starts_with("/run/containerd")
+                })
+                .collect();
+            v.sort();
+            v
+        };
+
+        let mut defaults = build(&paths).unwrap();
+        assert_eq!(node_mounts(&mut defaults), ["/var/lib/kubelet"]);
+
+        let mut all = build(&paths).unwrap();
+        all.configure(&CollectorOptions {
+            filesystem_mount_points_exclude: Some("^/(dev|proc|sys)($|/)".into()),
+            ..CollectorOptions::default()
+        })
+        .unwrap();
+        let got = node_mounts(&mut all);
+        assert_eq!(got.len(), 1 + 3 * PODS, "{got:?}");
+        assert!(got.iter().any(|m| m.ends_with("/shm")));
+
+        // A types filter replaces the default too: tmpfs out, everything here goes.
+        let mut no_tmpfs = build(&paths).unwrap();
+        no_tmpfs
+            .configure(&CollectorOptions {
+                filesystem_mount_points_exclude: Some("^/(dev|proc|sys)($|/)".into()),
+                filesystem_fs_types_exclude: Some("^tmpfs$".into()),
+                ..CollectorOptions::default()
+            })
+            .unwrap();
+        assert!(node_mounts(&mut no_tmpfs).is_empty());
+        drop(mounted);
     }
 }

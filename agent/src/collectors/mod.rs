@@ -31,13 +31,39 @@ use std::str::FromStr;
 use crate::collector::{CollectError, CollectorSpec};
 
 #[cfg(target_os = "linux")]
+pub mod arp;
+#[cfg(target_os = "linux")]
+pub mod bcache;
+#[cfg(target_os = "linux")]
+pub mod bonding;
+#[cfg(target_os = "linux")]
+pub mod btrfs;
+#[cfg(target_os = "linux")]
 pub mod conntrack;
+#[cfg(target_os = "linux")]
+pub mod cpu_sysfs;
+#[cfg(target_os = "linux")]
+pub mod cpufreq;
 #[cfg(target_os = "linux")]
 pub mod diskstats;
 #[cfg(target_os = "linux")]
+pub mod dmi;
+#[cfg(target_os = "linux")]
+pub mod edac;
+#[cfg(target_os = "linux")]
+pub mod entropy;
+#[cfg(target_os = "linux")]
+pub mod filefd;
+#[cfg(target_os = "linux")]
 pub mod filesystem;
 #[cfg(target_os = "linux")]
+pub mod hwmon;
+#[cfg(target_os = "linux")]
+pub mod ipvs;
+#[cfg(target_os = "linux")]
 pub mod loadavg;
+#[cfg(target_os = "linux")]
+pub mod mdadm;
 #[cfg(target_os = "linux")]
 pub mod meminfo;
 #[cfg(target_os = "linux")]
@@ -47,15 +73,49 @@ pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;
 #[cfg(target_os = "linux")]
+pub mod nfs;
+#[cfg(target_os = "linux")]
+pub mod nvme;
+#[cfg(target_os = "linux")]
+pub mod os;
+#[cfg(target_os = "linux")]
+pub mod power_supply;
+#[cfg(target_os = "linux")]
 pub mod pressure;
 #[cfg(target_os = "linux")]
+pub mod rapl;
+#[cfg(target_os = "linux")]
+pub mod schedstat;
+#[cfg(target_os = "linux")]
+pub mod selinux;
+#[cfg(target_os = "linux")]
 pub mod sockstat;
+#[cfg(target_os = "linux")]
+pub mod softnet;
 #[cfg(target_os = "linux")]
 pub mod stat;
 pub mod statfs_pool;
 pub mod testseq;
 #[cfg(target_os = "linux")]
+pub mod textfile;
+#[cfg(target_os = "linux")]
+pub mod thermal_zone;
+#[cfg(target_os = "linux")]
+pub mod time;
+#[cfg(target_os = "linux")]
+pub mod timex;
+#[cfg(target_os = "linux")]
+pub mod udp_queues;
+#[cfg(target_os = "linux")]
+pub mod uname;
+#[cfg(target_os = "linux")]
+pub mod unsupported;
+#[cfg(target_os = "linux")]
 pub mod vmstat;
+#[cfg(target_os = "linux")]
+pub mod watchdog;
+#[cfg(target_os = "linux")]
+pub mod xfs;
 pub mod zfs;
 pub mod zpool;
 
@@ -85,6 +145,41 @@ pub fn registry() -> Vec<CollectorSpec> {
         conntrack::SPEC,
         // ZFS kstats exist only on Linux (`/proc/spl`); FreeBSD has them as sysctls (`freebsd::arc`).
         zfs::SPEC,
+        // node_exporter's other default collectors, in its order of importance
+        // to node-mixin and the common dashboards (docs/collectors.md).
+        time::SPEC,
+        timex::SPEC,
+        filefd::SPEC,
+        uname::SPEC,
+        os::SPEC,
+        entropy::SPEC,
+        arp::SPEC,
+        softnet::SPEC,
+        thermal_zone::SPEC,
+        schedstat::SPEC,
+        udp_queues::SPEC,
+        selinux::SPEC,
+        mdadm::SPEC,
+        hwmon::SPEC,
+        xfs::SPEC,
+        textfile::SPEC,
+        bonding::SPEC,
+        cpu_sysfs::SPEC,
+        cpufreq::SPEC,
+        watchdog::SPEC,
+        rapl::SPEC,
+        edac::SPEC,
+        dmi::SPEC,
+        nvme::SPEC,
+        power_supply::SPEC,
+        ipvs::SPEC,
+        btrfs::SPEC,
+        nfs::NFS,
+        nfs::NFSD,
+        bcache::SPEC,
+        unsupported::INFINIBAND,
+        unsupported::FIBRECHANNEL,
+        unsupported::TAPESTATS,
     ]);
     specs.push(zpool::SPEC);
     specs.push(testseq::SPEC);
@@ -119,5 +214,101 @@ pub(crate) fn read_optional(path: &Path) -> Result<Option<String>, CollectError>
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CollectError::io(path, e)),
+    }
+}
+
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
+/// A small sysfs/procfs attribute, trimmed; `Ok(None)` when the file is absent.
+pub(crate) fn read_trimmed(path: &Path) -> Result<Option<String>, CollectError> {
+    Ok(read_optional(path)?.map(|s| s.trim().to_string()))
+}
+
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
+/// The names in a directory, sorted; empty when the directory is absent
+/// (the kernel feature is not there), an error when it cannot be read.
+pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {
+    let rd = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CollectError::io(path, e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly; success is exactly 0 or 1"
+)]
+mod tests {
+    use crate::collector::{Paths, Running, Sink};
+
+    /// A malformed file costs its own collector's series, reported in
+    /// `nodewatch_agent_collector_success`; a missing one costs nothing; other
+    /// collectors are not affected.
+    #[test]
+    fn bad_input_costs_only_its_own_collector() {
+        let root = tempfile::Builder::new()
+            .prefix("nodewatch-parity-bad-")
+            .tempdir()
+            .unwrap();
+        let proc = root.path().join("proc");
+        std::fs::create_dir_all(proc.join("sys/fs")).unwrap();
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::write(
+            proc.join("mdstat"),
+            "md0 : active raid1 sda[0]\n   lots of blocks\n\n",
+        )
+        .unwrap();
+        std::fs::write(proc.join("net/softnet_stat"), "").unwrap();
+        std::fs::write(proc.join("sys/fs/file-nr"), "1024\t0\t1631329\n").unwrap();
+        let paths = Paths {
+            procfs: proc,
+            sysfs: root.path().join("sys"),
+            rootfs: root.path().into(),
+        };
+        let mut sink = Sink::new();
+        for spec in [
+            super::mdadm::SPEC,
+            super::filefd::SPEC,
+            super::softnet::SPEC,
+            super::schedstat::SPEC,
+            super::xfs::SPEC,
+        ] {
+            Running::new((spec.build)(&paths).unwrap()).run(&mut sink);
+        }
+        let success = |c: &str| {
+            sink.samples
+                .iter()
+                .find(|s| {
+                    s.name == "nodewatch_agent_collector_success"
+                        && s.labels.iter().any(|l| l.1 == c)
+                })
+                .unwrap()
+                .value
+        };
+        assert_eq!(success("mdadm"), 0.0, "garbled mdstat");
+        assert!(sink.samples.iter().all(|s| !s.name.starts_with("node_md_")));
+        assert_eq!(success("filefd"), 1.0);
+        assert!(sink.samples.iter().any(|s| s.name == "node_filefd_maximum"));
+        assert_eq!(
+            success("softnet"),
+            1.0,
+            "an empty file is no CPU, not an error"
+        );
+        assert_eq!(success("schedstat"), 1.0, "a missing file is no data");
+        assert_eq!(success("xfs"), 1.0, "no /sys/fs/xfs: no XFS mounted");
     }
 }

@@ -1,0 +1,86 @@
+//! `/proc/net/arp`: `node_arp_entries{device}`, the neighbour entries per
+//! interface (`node_exporter`'s `arp` collector as in 1.5, which read this file).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collectors::read_optional;
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "arp",
+    default_enabled: true,
+    build,
+};
+
+pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
+    Ok(Box::new(ArpCollector {
+        path: paths.proc("net/arp"),
+    }))
+}
+
+/// Entries per device: the sixth column of every line after the header.
+pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, u64>, CollectError> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some(dev) = line.split_whitespace().nth(5) else {
+            return Err(CollectError::parse(path, i + 1, "expected 6 columns"));
+        };
+        *out.entry(dev.to_string()).or_insert(0) += 1;
+    }
+    Ok(out)
+}
+
+pub struct ArpCollector {
+    path: PathBuf,
+}
+
+impl Collector for ArpCollector {
+    fn name(&self) -> &'static str {
+        "arp"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let Some(text) = read_optional(&self.path)? else {
+            return Ok(());
+        };
+        for (dev, n) in parse(&self.path, &text)? {
+            sink.gauge(
+                "node_arp_entries",
+                "ARP entries by device",
+                &[("device", &dev)],
+                n as f64,
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly on a broken fixture; values compared are exact"
+)]
+mod tests {
+    use super::*;
+    use crate::collectors::fuzz_util;
+
+    const HEAD: &str =
+        "IP address       HW type     Flags       HW address            Mask     Device\n";
+
+    #[test]
+    fn counts_per_device() {
+        let p = Path::new("arp");
+        let t = format!("{HEAD}10.0.0.1 0x1 0x2 aa:bb:cc:dd:ee:ff * eth0\n10.0.0.2 0x1 0x2 aa:bb:cc:dd:ee:00 * eth0\n10.0.1.1 0x1 0x2 aa:bb:cc:dd:ee:01 * br0\n");
+        let m = parse(p, &t).unwrap();
+        assert_eq!(m["eth0"], 2);
+        assert_eq!(m["br0"], 1);
+        assert!(parse(p, HEAD).unwrap().is_empty());
+        assert!(parse(p, &format!("{HEAD}10.0.0.1 0x1\n")).is_err());
+        fuzz_util::assert_no_panic(&t, 31, |t| parse(p, t));
+    }
+}

@@ -1,0 +1,83 @@
+//! `/proc/sys/fs/file-nr`: `node_filefd_allocated`, `node_filefd_maximum`
+//! (`node_exporter`'s `filefd` collector; node-mixin's `NodeFileDescriptorLimit`).
+
+use std::path::{Path, PathBuf};
+
+use crate::collector::{
+    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+};
+use crate::collectors::parse_field;
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "filefd",
+    default_enabled: true,
+    build,
+};
+
+pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
+    Ok(Box::new(FilefdCollector {
+        path: paths.proc("sys/fs/file-nr"),
+    }))
+}
+
+/// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.
+pub fn parse(path: &Path, text: &str) -> Result<(f64, f64), CollectError> {
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let [allocated, _, maximum, ..] = f.as_slice() else {
+        return Err(CollectError::parse(path, 1, "expected 3 fields"));
+    };
+    Ok((
+        parse_field(path, 1, "allocated", allocated)?,
+        parse_field(path, 1, "maximum", maximum)?,
+    ))
+}
+
+pub struct FilefdCollector {
+    path: PathBuf,
+}
+
+impl Collector for FilefdCollector {
+    fn name(&self) -> &'static str {
+        "filefd"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let (allocated, maximum) = parse(&self.path, &read_file(&self.path)?)?;
+        sink.gauge(
+            "node_filefd_allocated",
+            "File descriptor statistics: allocated.",
+            &[],
+            allocated,
+        );
+        sink.gauge(
+            "node_filefd_maximum",
+            "File descriptor statistics: maximum.",
+            &[],
+            maximum,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "a test fails loudly on a broken fixture; values compared are exact"
+)]
+mod tests {
+    use super::*;
+    use crate::collectors::fuzz_util;
+
+    #[test]
+    fn parses_and_rejects() {
+        let p = Path::new("file-nr");
+        assert_eq!(
+            parse(p, "1024\t0\t1631329\n").unwrap(),
+            (1024.0, 1_631_329.0)
+        );
+        assert!(parse(p, "1024\t0").is_err());
+        assert!(parse(p, "x\t0\t1").is_err());
+        fuzz_util::assert_no_panic("1024\t0\t1631329\n", 30, |t| parse(p, t));
+    }
+}

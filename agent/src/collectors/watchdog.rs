@@ -1,0 +1,103 @@
+//! `/sys/class/watchdog/<watchdog>/*`: `node_watchdog_*{name}` and
+//! `node_watchdog_info{name,options,identity,state,status,pretimeout_governor}`.
+
+use std::path::PathBuf;
+
+use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collectors::{list_dir, read_trimmed};
+
+pub const SPEC: CollectorSpec = CollectorSpec {
+    name: "watchdog",
+    default_enabled: true,
+    build,
+};
+
+pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
+    Ok(Box::new(WatchdogCollector {
+        dir: paths.sys("class/watchdog"),
+    }))
+}
+
+pub struct WatchdogCollector {
+    dir: PathBuf,
+}
+
+/// (file, metric, HELP)
+const VALUES: &[(&str, &str, &str)] = &[
+    (
+        "bootstatus",
+        "node_watchdog_bootstatus",
+        "Value of /sys/class/watchdog/<watchdog>/bootstatus",
+    ),
+    (
+        "fw_version",
+        "node_watchdog_fw_version",
+        "Value of /sys/class/watchdog/<watchdog>/fw_version",
+    ),
+    (
+        "nowayout",
+        "node_watchdog_nowayout",
+        "Value of /sys/class/watchdog/<watchdog>/nowayout",
+    ),
+    (
+        "timeleft",
+        "node_watchdog_timeleft_seconds",
+        "Value of /sys/class/watchdog/<watchdog>/timeleft",
+    ),
+    (
+        "timeout",
+        "node_watchdog_timeout_seconds",
+        "Value of /sys/class/watchdog/<watchdog>/timeout",
+    ),
+    (
+        "pretimeout",
+        "node_watchdog_pretimeout_seconds",
+        "Value of /sys/class/watchdog/<watchdog>/pretimeout",
+    ),
+    (
+        "access_cs0",
+        "node_watchdog_access_cs0",
+        "Value of /sys/class/watchdog/<watchdog>/access_cs0",
+    ),
+];
+
+impl Collector for WatchdogCollector {
+    fn name(&self) -> &'static str {
+        "watchdog"
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        for wd in list_dir(&self.dir)? {
+            let base = self.dir.join(&wd);
+            let text = |f: &str| {
+                read_trimmed(&base.join(f))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            };
+            for (file, name, help) in VALUES {
+                if let Some(v) = read_trimmed(&base.join(file))
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    sink.gauge(name, help, &[("name", &wd)], v as f64);
+                }
+            }
+            sink.gauge(
+                "node_watchdog_info",
+                "Info of /sys/class/watchdog/<watchdog>",
+                &[
+                    ("name", &wd),
+                    ("options", &text("options")),
+                    ("identity", &text("identity")),
+                    ("state", &text("state")),
+                    ("status", &text("status")),
+                    ("pretimeout_governor", &text("pretimeout_governor")),
+                ],
+                1.0,
+            );
+        }
+        Ok(())
+    }
+}
