@@ -42,11 +42,15 @@ pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STAL
 pub use support::{
     check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
 };
-pub use value::{Labels, Sample, Value, METRIC_NAME};
+pub use value::{Labels, RangeSeries, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'
 /// `--query.lookback-delta` default, 5 minutes).
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// Step of subqueries without one unless configured: Prometheus' default
+/// evaluation interval, 1 minute.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60 * 1000;
 
 /// Which Prometheus release's answers to reproduce where they differ.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +74,10 @@ pub struct EngineOptions {
     pub lookback_ms: i64,
     /// Which release's semantics to follow.
     pub semantics: Semantics,
+    /// Step of a subquery written without one (`expr[1h:]`), in
+    /// milliseconds: Prometheus takes its global evaluation interval,
+    /// `promtool test rules` the test file's.
+    pub subquery_step_ms: i64,
 }
 
 impl EngineOptions {
@@ -85,6 +93,7 @@ impl Default for EngineOptions {
         Self {
             lookback_ms: DEFAULT_LOOKBACK_MS,
             semantics: Semantics::default(),
+            subquery_step_ms: DEFAULT_SUBQUERY_STEP_MS,
         }
     }
 }
@@ -133,6 +142,16 @@ pub enum EvalError {
     /// Operands whose types do not fit the operation.
     #[error("{0}")]
     Type(String),
+    /// A subquery whose window holds more steps than allowed.
+    #[error(
+        "subquery would take {steps} evaluation steps, more than the {max} allowed; widen its step"
+    )]
+    TooManySteps {
+        /// Steps the subquery needs.
+        steps: i64,
+        /// The limit.
+        max: i64,
+    },
 }
 
 /// Why a query text failed.
@@ -220,9 +239,53 @@ fn expr_depth(expr: &Expr) -> usize {
     max
 }
 
+/// `query` with every call of `holt_winters` renamed to
+/// `double_exponential_smoothing`, the name Prometheus 3 gave the same
+/// function and the only one the parser knows; string literals are left
+/// alone. The evaluator answers to both names.
+fn rename_holt_winters(query: &str) -> std::borrow::Cow<'_, str> {
+    const OLD: &str = "holt_winters";
+    if !query.contains(OLD) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < query.len() {
+        let Some(c) = query[i..].chars().next() else {
+            break;
+        };
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q != '`' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else if matches!(c, '"' | '\'' | '`') {
+            quote = Some(c);
+        } else if query[i..].starts_with(OLD)
+            && !query[..i].chars().next_back().is_some_and(ident)
+            && !query[i + OLD.len()..].chars().next().is_some_and(ident)
+            && query[i + OLD.len()..].trim_start().starts_with('(')
+        {
+            out.push_str("double_exponential_smoothing");
+            i += OLD.len();
+            continue;
+        }
+        out.push(c);
+        i += c.len_utf8();
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Parses `query` into an expression.
 pub fn parse(query: &str) -> Result<Expr, ParseError> {
     check_lexical_depth(query)?;
+    let query = &*rename_holt_winters(query);
     // The parser is third-party and generated; a panic in it must not take
     // down rule loading or a query, so it becomes a parse error.
     std::panic::catch_unwind(|| promql_parser::parser::parse(query))
@@ -261,7 +324,55 @@ impl Engine {
     /// Evaluates `expr` at `t_ms` (milliseconds since the epoch).
     pub fn eval(&self, storage: &dyn Storage, expr: &Expr, t_ms: i64) -> Result<Value, EvalError> {
         support::check_supported(expr)?;
-        eval::Evaluator::new(storage, self.opts).eval_top(expr, t_ms)
+        eval::Evaluator::new(storage, self.opts, t_ms, t_ms).eval_top(expr, t_ms)
+    }
+
+    /// Evaluates `expr` as a range query: at `start_ms`, then every
+    /// `step_ms` up to `end_ms`, with `@ start()`/`@ end()` meaning the
+    /// range's ends. Series come in label order, a scalar result as the
+    /// series without labels, as Prometheus' range query answers.
+    pub fn eval_range(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<RangeSeries>, EvalError> {
+        support::check_supported(expr)?;
+        let ev = eval::Evaluator::new(storage, self.opts, start_ms, end_ms);
+        let step = step_ms.max(1);
+        let mut index: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut t = start_ms;
+        while t <= end_ms {
+            let samples = match ev.eval_top(expr, t)? {
+                Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
+                Value::Scalar(v) => vec![(Labels::new(), v)],
+                Value::String(_) => {
+                    return Err(EvalError::Type(
+                        "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                    ))
+                }
+            };
+            for (labels, v) in samples {
+                if let Some(&i) = index.get(&labels) {
+                    out[i].points.push((t, v));
+                } else {
+                    index.insert(labels.clone(), out.len());
+                    out.push(RangeSeries {
+                        labels,
+                        points: vec![(t, v)],
+                    });
+                }
+            }
+            t = match t.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 
     /// Parses and evaluates `query` at `t_ms`.
