@@ -155,7 +155,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             labels: config.external_labels.clone(),
             url: config.external_url.clone(),
         },
-        ..GroupOptions::default()
+        // Subqueries without a step take the global evaluation interval.
+        engine: crate::promql::EngineOptions {
+            subquery_step_ms: config.evaluation_interval.as_millis() as i64,
+            ..crate::promql::EngineOptions::default()
+        },
     };
     let configured_ms = config.retention.as_millis() as i64;
     let retention_ms =

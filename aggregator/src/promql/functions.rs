@@ -392,10 +392,12 @@ fn go_log2(x: f64) -> f64 {
     go_log(frac) * std::f64::consts::LOG2_E + f64::from(exp)
 }
 
-/// Go's `math.Log10`.
+/// Go's `math.Log10`: `Log(x) * (1/Ln10)`, which rounds differently from
+/// C's `log10` (Go's `20` gives `1.301029995663981`, C's
+/// `1.3010299956639813`).
 fn go_log10(x: f64) -> f64 {
-    // Go's `Ln2/Ln10` is an exact constant, i.e. `LOG10_2`.
-    go_log2(x) * std::f64::consts::LOG10_2
+    // Go's `1/Ln10` is an exact constant, i.e. `LOG10_E`.
+    go_log(x) * std::f64::consts::LOG10_E
 }
 
 /// Labels for `absent`/`absent_over_time`: the selector's equality
@@ -968,6 +970,8 @@ mod tests {
         assert_eq!(frexp(f64::MIN_POSITIVE / 4.0), (0.5, -1023));
         assert_eq!(go_log2(8.0), 3.0);
         assert_eq!(go_log10(100.0), 2.0);
+        assert_eq!(go_log10(20.0), 1.301_029_995_663_981);
+        assert_eq!(go_log10(3.0), 0.477_121_254_719_662_4);
         assert_eq!(go_log(1.0), 0.0);
         assert!((go_log(10.0) - 10f64.ln()).abs() < 1e-15);
         assert_eq!(go_log(0.0), f64::NEG_INFINITY);
