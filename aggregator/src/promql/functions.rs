@@ -823,7 +823,10 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
             let v = ev.eval_vector(arg(c, 1)?, t, name)?;
-            let le = ["le".to_string(), METRIC_NAME.to_string()];
+            // Buckets group by all labels but `le`, the metric name
+            // included; the name is dropped afterwards, so two histograms
+            // differing only in name collide (an error, as in Prometheus).
+            let le = ["le".to_string()];
             let mut order: Vec<Labels> = Vec::new();
             let mut groups: std::collections::HashMap<Labels, Vec<(f64, f64)>> =
                 std::collections::HashMap::new();
@@ -847,7 +850,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                     let mut b = groups.remove(&k)?;
                     Some(Sample {
                         v: bucket_quantile(q, &mut b),
-                        labels: k,
+                        labels: k.without_name(),
                         t,
                     })
                 })
