@@ -119,7 +119,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
         // Go's math.Mod and Rust's `%` both take the sign of the dividend.
         T_MOD => (l % r, true),
         T_POW => (l.powf(r), true),
-        T_ATAN2 => (l.atan2(r), true),
+        T_ATAN2 => (super::gomath::atan2(l, r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),

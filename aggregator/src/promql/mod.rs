@@ -32,6 +32,7 @@
 
 mod eval;
 mod functions;
+mod gomath;
 pub mod storage;
 mod support;
 pub mod value;
