@@ -92,18 +92,23 @@ async fn metrics(axum::extract::State(st): axum::extract::State<AppState>) -> im
     )
 }
 
-/// Serves `/metrics` and `/healthz` until `shutdown` resolves.
+/// Serves `/metrics` and `/healthz`, and Prometheus' query API when `api`
+/// is given, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
     own: PrometheusHandle,
+    api: Option<crate::api::ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .with_state(AppState { store, own });
+    if let Some(api) = api {
+        app = app.merge(crate::api::router(api));
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

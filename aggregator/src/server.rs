@@ -274,8 +274,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let store = Arc::clone(&state.store);
         let own = own.clone();
         let stop = wait(rx.clone());
+        let api = crate::api::ApiState {
+            store: Arc::clone(&state.store),
+            rules: Some(Arc::clone(&state.rules)),
+            limits: crate::api::ApiLimits::default(),
+            subquery_step_ms: config.evaluation_interval.as_millis() as i64,
+        };
         tokio::spawn(async move {
-            if let Err(error) = crate::expose::serve(http, store, own, stop).await {
+            if let Err(error) = crate::expose::serve(http, store, own, Some(api), stop).await {
                 warn!(%error, "HTTP server stopped with an error.");
             }
         })
