@@ -166,6 +166,56 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
         }
     }
 
+    // `nodewatch query --range` answers as promtool's range query does.
+    let ops = pki.operator("cli");
+    let out = nodewatch_tests::operator_cli(&ops, &agg)
+        .args([
+            "query",
+            "-o",
+            "json",
+            "--time",
+            &t.to_string(),
+            "--range",
+            "4s",
+            "--step",
+            "1s",
+            "rate(nw_api:demo[3s])",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = |v: &serde_json::Value| -> Vec<(String, Vec<(i64, u64)>)> {
+        let mut out: Vec<(String, Vec<(i64, u64)>)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"].to_string(),
+                    s["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| {
+                            (
+                                p[0].as_f64().unwrap() as i64,
+                                p[1].as_str().unwrap().parse::<f64>().unwrap().to_bits(),
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(points(&ours["result"]), points(&range));
+
     // Series and label values.
     let listed = promtool(&["series", "--match=nw_api:demo", &server]);
     assert!(

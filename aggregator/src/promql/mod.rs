@@ -14,21 +14,30 @@
 //! [`Semantics::Prometheus3`] is chosen; the differences are listed there.
 //!
 //! # What is evaluated
-//! Instant queries only: number and string literals; instant selectors with
-//! all matcher kinds, 5-minute lookback and staleness markers; `offset`
-//! and `@` (`start()`/`end()` are the evaluation time); range selectors as
-//! arguments of range functions; unary minus; arithmetic, comparison (with
-//! and without `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
+//! Instant and range queries: number and string literals; instant
+//! selectors with all matcher kinds, 5-minute lookback and staleness
+//! markers; `offset` and `@` (`start()`/`end()` being the query's range);
+//! range selectors and subqueries (`expr[range:step]`, `expr[range:]` with
+//! [`EngineOptions::subquery_step_ms`], steps aligned to multiples of the
+//! step in absolute time, nested, with `offset` and `@`) as arguments of
+//! range functions; unary minus; arithmetic, comparison (with and without
+//! `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
 //! `group_left`/`group_right`; the aggregations `sum avg min max count
 //! count_values stddev stdvar topk bottomk quantile group` with
-//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`].
+//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`]
+//! (`holt_winters` included). Where Go's math library rounds differently
+//! from Rust's, Go's formulas are used (`gomath`), and the sums Prometheus
+//! 2.42 compensates (`sum_over_time`, `avg_over_time`,
+//! `stddev/stdvar_over_time`, `deriv`/`predict_linear`) are compensated the
+//! same way; the `sum`/`avg` aggregations are plain in 2.42, compensated
+//! under [`Semantics::Prometheus3`].
 //!
 //! # What is refused
-//! By [`check_supported`], with the construct named: subqueries,
+//! By [`check_supported`], with the construct named:
 //! `limitk`/`limit_ratio`, `fill*` binary modifiers, `or` inside braces,
 //! and every other function (native-histogram functions, experimental
-//! functions such as `double_exponential_smoothing`, `info`, …). Native
-//! histogram samples do not exist in this store.
+//! functions such as `info`, …). Native histogram samples do not exist in
+//! this store.
 
 mod eval;
 mod functions;
