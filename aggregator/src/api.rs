@@ -61,6 +61,41 @@ pub struct ApiState {
     pub limits: ApiLimits,
     /// Subquery step when none is written: the evaluation interval.
     pub subquery_step_ms: i64,
+    /// The bearer token clients must present, if any.
+    pub bearer_token: Option<Arc<str>>,
+}
+
+/// Refuses requests without the configured bearer token (compared in
+/// constant time).
+async fn require_token(
+    State(st): State<ApiState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &st.bearer_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            refused("unauthorized");
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The `/api/v1` routes.
@@ -75,6 +110,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 
