@@ -247,15 +247,27 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
         let (t, off) = rest.split_at(pos);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (h, m) = off[1..].split_once(':')?;
-        (
-            t,
-            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60),
-        )
+        let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+        if !(0..24).contains(&h) || !(0..60).contains(&m) {
+            return None;
+        }
+        (t, sign * (h * 3600 + m * 60))
     };
     let mut parts = time.split(':');
     let h: i64 = parts.next()?.parse().ok()?;
     let mi: i64 = parts.next()?.parse().ok()?;
     let sec: f64 = parts.next()?.parse().ok()?;
+    let in_range = (0..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && (1..=31).contains(&da)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0.0..61.0).contains(&sec)
+        && offset_s.abs() < 86_400
+        && parts.next().is_none();
+    if !in_range {
+        return None;
+    }
     // Days from the civil date (H. Hinnant's algorithm).
     let yy = if mo <= 2 { y - 1 } else { y };
     let era = yy.div_euclid(400);
@@ -265,6 +277,14 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + h * 3600 + mi * 60 - offset_s;
     Some(secs * 1000 + (sec * 1000.0).round() as i64)
+}
+
+/// Runs the request parsers on arbitrary text (for the fuzz targets).
+#[doc(hidden)]
+pub fn parse_request_text(text: &str) {
+    let _ = form_pairs(text);
+    let _ = parse_time(text);
+    let _ = parse_step(text);
 }
 
 /// Prometheus' `parseDuration`: seconds with a fraction, or `5m`, `1h30m`.
@@ -751,6 +771,21 @@ mod tests {
             Ok(1_700_000_000_250)
         );
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("99999999999999-01-01T00:00:00Z").is_err());
+        assert!(parse_time("2023-01-01T00:00:00+99999999999999:00").is_err());
+        for s in [
+            "",
+            "T",
+            "-T-",
+            "1-2-3T4:5:6+",
+            "%",
+            "%%%",
+            "a=%f",
+            "1e400",
+            "NaN",
+        ] {
+            parse_request_text(s);
+        }
         assert_eq!(parse_step("15"), Ok(15_000));
         assert_eq!(parse_step("0.5"), Ok(500));
         assert_eq!(parse_step("1m30s"), Ok(90_000));
