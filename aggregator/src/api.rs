@@ -385,8 +385,11 @@ async fn run(
 ) -> Result<Answer, ApiError> {
     let store = Arc::clone(&st.store);
     let limits = st.limits;
+    // The evaluation gives up at the deadline itself, so a timed-out query
+    // stops using its thread too.
     let engine = Engine::new(promql::EngineOptions {
         subquery_step_ms: st.subquery_step_ms,
+        deadline: std::time::Instant::now().checked_add(limits.timeout),
         ..promql::EngineOptions::default()
     });
     let task = tokio::task::spawn_blocking(move || {
@@ -406,7 +409,7 @@ async fn run(
         (res, counting.read.into_inner() > limits.max_samples)
     });
     match tokio::time::timeout(limits.timeout, task).await {
-        Err(_) => {
+        Err(_) | Ok(Ok((Err(promql::EvalError::Timeout), _))) => {
             refused("timeout");
             Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -165,6 +165,19 @@ fn subqueries_align_to_their_step() {
 }
 
 #[test]
+fn evaluation_stops_at_its_deadline() {
+    let s = MemStorage::new();
+    let e = Engine::new(EngineOptions {
+        deadline: Some(std::time::Instant::now()),
+        ..EngineOptions::default()
+    });
+    assert_eq!(
+        err(&e, &s, "count_over_time(vector(1)[1h:1s])"),
+        "query timed out in expression evaluation"
+    );
+}
+
+#[test]
 fn holt_winters_smooths() {
     let mut s = MemStorage::new();
     let l = Labels::from_pairs([("__name__", "m")]);

@@ -278,7 +278,10 @@ fn the_query_api_can_require_a_bearer_token() {
     let agg = Aggregator::start(
         &pki,
         "agg",
-        &format!("query_api:\n  bearer_token_file: {}\n", token.display()),
+        &format!(
+            "query_api:\n  bearer_token_file: {}\n  timeout: 300ms\n",
+            token.display()
+        ),
     );
     let (status, body) = http_get(agg.http, "/api/v1/query?query=1").unwrap();
     assert_eq!(status, 401, "{body}");
@@ -288,12 +291,12 @@ fn the_query_api_can_require_a_bearer_token() {
     assert_eq!(http_get(agg.http, "/metrics").unwrap().0, 200);
     // promtool 2.42's `query` has no way to send a token: a plain HTTP
     // exchange with the header, as Grafana's data source sends it.
-    let get_with = |auth: &str| -> (u16, String) {
+    let get_path = |path: &str, auth: &str| -> (u16, String) {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(agg.http).unwrap();
         write!(
             c,
-            "GET /api/v1/query?query=1%2B2 HTTP/1.0\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
+            "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
         )
         .unwrap();
         let mut buf = String::new();
@@ -301,6 +304,7 @@ fn the_query_api_can_require_a_bearer_token() {
         let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
         (status, buf)
     };
+    let get_with = |auth: &str| get_path("/api/v1/query?query=1%2B2", auth);
     let (status, body) = get_with("Bearer s3cret-token");
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -309,4 +313,19 @@ fn the_query_api_can_require_a_bearer_token() {
     );
     assert_eq!(get_with("Bearer s3cret-tokeX").0, 401);
     assert_eq!(get_with("Basic czNjcmV0LXRva2Vu").0, 401);
+
+    // A query past `query_api.timeout` (300ms) is refused with 503 and
+    // stops: the next one is answered at once.
+    let started = std::time::Instant::now();
+    let (status, body) = get_path(
+        "/api/v1/query?query=count_over_time(sum_over_time(vector(1)%5B1d%3A1s%5D)%5B1d%3A1s%5D)",
+        "Bearer s3cret-token",
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""errorType":"timeout""#), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(get_with("Bearer s3cret-token").0, 200);
+    assert!(agg
+        .metrics()
+        .contains(r#"nodewatch_aggregator_api_queries_refused_total{reason="timeout"} 1"#));
 }

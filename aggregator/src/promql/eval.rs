@@ -183,6 +183,14 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Fails once the evaluation's deadline has passed.
+    pub(crate) fn check_deadline(&self) -> Result<(), EvalError> {
+        match self.opts.deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(EvalError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
     /// The time a selector or subquery reads at: `@` replaces the
     /// evaluation time (`start()`/`end()` being the query's), `offset`
     /// shifts it back (`Timestamp` and `OriginalOffset` in Prometheus).
@@ -240,7 +248,10 @@ impl<'a> Evaluator<'a> {
                     other.type_name()
                 ))),
             },
-            Expr::VectorSelector(vs) => Ok(Val::Vector(self.vector_selector(vs, t))),
+            Expr::VectorSelector(vs) => {
+                self.check_deadline()?;
+                Ok(Val::Vector(self.vector_selector(vs, t)))
+            }
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Val::Matrix),
             Expr::Call(c) => functions::call(self, c, t),
             Expr::Aggregate(a) => self.aggregate(a, t),
@@ -341,6 +352,7 @@ impl<'a> Evaluator<'a> {
         match expr {
             Expr::Paren(p) => self.range_arg(&p.expr, t),
             Expr::MatrixSelector(ms) => {
+                self.check_deadline()?;
                 let (_, end) = self.range_bounds(ms, t);
                 let range_ms = duration_ms(ms.range);
                 Ok(RangeArg {
@@ -400,6 +412,7 @@ impl<'a> Evaluator<'a> {
         };
         let mut ts = first;
         while ts <= end {
+            self.check_deadline()?;
             match self.eval(&sq.expr, ts)? {
                 Val::Vector(v) => {
                     for s in v {

@@ -88,6 +88,9 @@ pub struct EngineOptions {
     /// milliseconds: Prometheus takes its global evaluation interval,
     /// `promtool test rules` the test file's.
     pub subquery_step_ms: i64,
+    /// When evaluation must give up with [`EvalError::Timeout`] (checked at
+    /// every selector and every subquery or range step).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl EngineOptions {
@@ -104,6 +107,7 @@ impl Default for EngineOptions {
             lookback_ms: DEFAULT_LOOKBACK_MS,
             semantics: Semantics::default(),
             subquery_step_ms: DEFAULT_SUBQUERY_STEP_MS,
+            deadline: None,
         }
     }
 }
@@ -152,6 +156,9 @@ pub enum EvalError {
     /// Operands whose types do not fit the operation.
     #[error("{0}")]
     Type(String),
+    /// The evaluation ran past its deadline.
+    #[error("query timed out in expression evaluation")]
+    Timeout,
     /// A subquery whose window holds more steps than allowed.
     #[error(
         "subquery would take {steps} evaluation steps, more than the {max} allowed; widen its step"
@@ -356,6 +363,7 @@ impl Engine {
         let mut out: Vec<RangeSeries> = Vec::new();
         let mut t = start_ms;
         while t <= end_ms {
+            ev.check_deadline()?;
             let samples = match ev.eval_top(expr, t)? {
                 Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
                 Value::Scalar(v) => vec![(Labels::new(), v)],
