@@ -483,6 +483,13 @@ async fn query(
         }),
         Value::Scalar(v) => json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v)]}),
         Value::String(s) => json!({"resultType": "string", "result": [fmt_time(t), s]}),
+        Value::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|s| json!({
+                "metric": labels_json(&s.labels),
+                "values": s.points.iter().map(|&(t, v)| json!([fmt_time(t), fmt_value(v)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
     }))
 }
 

@@ -78,6 +78,11 @@ pub fn instant_with(
             resp.result_type = "string".into();
             resp.string_value = v;
         }
+        Value::Matrix(_) => {
+            return Err(Status::invalid_argument(
+                "a range vector is the answer of a range query: use --range (or the HTTP API)",
+            ))
+        }
     }
     Ok(resp)
 }

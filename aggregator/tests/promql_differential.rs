@@ -707,6 +707,7 @@ fn our_answer(engine: &Engine, storage: &MemStorage, expr: &str, t_ms: i64) -> A
         }
         Ok(Value::Scalar(v)) => Answer::Scalar(v),
         Ok(Value::String(s)) => Answer::Error(format!("string {s}")),
+        Ok(Value::Matrix(_)) => Answer::Error("matrix".into()),
         Err(e) => Answer::Error(e.to_string()),
     }
 }

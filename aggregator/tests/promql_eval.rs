@@ -164,6 +164,32 @@ fn subqueries_align_to_their_step() {
     );
 }
 
+/// An instant query that is a range selector or subquery answers with its
+/// series (metric name kept), as Prometheus does; a range query refuses it.
+#[test]
+fn range_vectors_answer_instant_queries() {
+    let mut s = MemStorage::new();
+    let l = Labels::from_pairs([("__name__", "m"), ("a", "1")]);
+    for i in 0..10 {
+        s.append(&l, i * 10_000, i as f64);
+    }
+    let Value::Matrix(m) = v2().query(&s, "m[25s]", 90_000).unwrap() else {
+        panic!("not a matrix");
+    };
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].labels, l);
+    assert_eq!(
+        m[0].points,
+        vec![(70_000, 7.0), (80_000, 8.0), (90_000, 9.0)]
+    );
+    let Value::Matrix(m) = v2().query(&s, "(m * 2)[30s:20s]", 95_000).unwrap() else {
+        panic!("not a matrix");
+    };
+    assert_eq!(m[0].points, vec![(80_000, 16.0)]);
+    let e = parse("m[1m]").unwrap();
+    assert!(v2().eval_range(&s, &e, 0, 60_000, 10_000).is_err());
+}
+
 #[test]
 fn evaluation_stops_at_its_deadline() {
     let s = MemStorage::new();
@@ -213,8 +239,8 @@ fn unsupported_constructs_are_named() {
         Err(QueryError::Parse(_))
     ));
     assert!(matches!(
-        v2().query(&s, "a[5m]", 0),
-        Err(QueryError::Eval(EvalError::Type(_)))
+        v2().query(&s, "-a[5m]", 0),
+        Err(QueryError::Eval(EvalError::Type(_)) | QueryError::Parse(_))
     ));
 }
 

@@ -272,6 +272,7 @@ fn run_query(
         Value::Vector(v) => Got::Vector(v.into_iter().map(|s| (s.labels, s.v)).collect()),
         Value::Scalar(v) => Got::Scalar(v),
         Value::String(s) => return Err(format!("unexpected string result {s:?}")),
+        Value::Matrix(_) => return Err("received range result on instant evaluation".into()),
     };
     compare(cmd, &got).map_err(|e| format!("at {t}ms: {e}"))?;
     // Range mode: the middle step of [t-1m, t+1m] must agree.

@@ -216,6 +216,23 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
     };
     assert_eq!(points(&ours["result"]), points(&range));
 
+    // An instant query for a range vector answers with a matrix.
+    let m: serde_json::Value = serde_json::from_str(&promtool(&[
+        "instant",
+        "-o",
+        "json",
+        &format!("--time={t}"),
+        &server,
+        "nw_api:demo[3s]",
+    ]))
+    .unwrap();
+    let m = m.as_array().unwrap();
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(
+        m.iter().all(|s| s["values"].as_array().unwrap().len() >= 3),
+        "{m:?}"
+    );
+
     // Series and label values.
     let listed = promtool(&["series", "--match=nw_api:demo", &server]);
     assert!(

@@ -218,8 +218,17 @@ impl<'a> Evaluator<'a> {
                 }
                 Ok(Value::Vector(v))
             }
-            Val::Matrix => Err(EvalError::Type(
-                "a range vector cannot be the result of an instant query".into(),
+            // A range selector or subquery as the whole query: its series,
+            // as Prometheus answers an instant query for `x[5m]`.
+            Val::Matrix => Ok(Value::Matrix(
+                self.range_arg(expr, t)?
+                    .series
+                    .into_iter()
+                    .map(|s| super::RangeSeries {
+                        labels: s.labels,
+                        points: s.points,
+                    })
+                    .collect(),
             )),
         }
     }

@@ -372,6 +372,11 @@ impl Engine {
                         "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
                     ))
                 }
+                Value::Matrix(_) => {
+                    return Err(EvalError::Type(
+                        "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
+                    ))
+                }
             };
             for (labels, v) in samples {
                 if let Some(&i) = index.get(&labels) {

@@ -279,6 +279,9 @@ pub enum Value {
     Scalar(f64),
     /// A string literal.
     String(String),
+    /// A range vector: the answer of an instant query that is a range
+    /// selector or subquery.
+    Matrix(Vec<RangeSeries>),
 }
 
 /// One series of a range query's answer.

@@ -632,7 +632,7 @@ fn run_group(
         let got = match engine.query(&storage, &tc.expr, t) {
             Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>(),
             Ok(Value::Scalar(v)) => vec![(Labels::new(), v)],
-            Ok(Value::String(_)) => {
+            Ok(Value::String(_) | Value::Matrix(_)) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: rule result is not a vector or scalar",
                     go_quote(&tc.expr),
