@@ -190,6 +190,17 @@ fn range_vectors_answer_instant_queries() {
     assert!(v2().eval_range(&s, &e, 0, 60_000, 10_000).is_err());
 }
 
+/// The history a rule needs covers its subqueries' windows and what their
+/// expressions read back from the first step.
+#[test]
+fn history_needed_covers_subqueries() {
+    use nodewatch_aggregator::promql::history_needed_ms;
+    let e = parse("max_over_time(rate(x[5m])[1h:1m] offset 10m)").unwrap();
+    assert_eq!(history_needed_ms(&e, 300_000), Some(75 * 60_000));
+    let e = parse("max_over_time(x[1h:] @ 100)").unwrap();
+    assert_eq!(history_needed_ms(&e, 300_000), None);
+}
+
 #[test]
 fn evaluation_stops_at_its_deadline() {
     let s = MemStorage::new();

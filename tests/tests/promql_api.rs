@@ -267,6 +267,29 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
         v["error"],
         "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
     );
+    let (status, body) = http_get(agg.http, "/api/v1/labels").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"], serde_json::json!(["__name__", "kind"]), "{body}");
+    let (status, body) = http_get(
+        agg.http,
+        "/api/v1/series?match%5B%5D=nw_api%3Ademo%7Bkind%3D%22b%22%7D",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["data"],
+        serde_json::json!([{"__name__": "nw_api:demo", "kind": "b"}])
+    );
+    let (status, body) = http_get(agg.http, "/api/v1/series").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no match[] parameter provided"), "{body}");
+    let (status, body) = http_get(agg.http, "/api/v1/alerts").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""alerts":[]"#), "{body}");
+    let (status, body) = http_get(agg.http, "/api/v1/metadata").unwrap();
+    assert_eq!(status, 200, "{body}");
     let (status, body) = http_get(agg.http, "/api/v1/status/buildinfo").unwrap();
     assert_eq!(status, 200, "{body}");
     let (status, body) = http_get(agg.http, "/api/v1/rules").unwrap();
