@@ -83,7 +83,7 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
         &pki,
         "agg",
         &format!(
-            "rule_files: ['{}']\nevaluation_interval: 1s\n",
+            "rule_files: ['{}']\nevaluation_interval: 1s\nquery_api:\n  max_samples: 100\n",
             rules.display()
         ),
     );
@@ -267,6 +267,18 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
         v["error"],
         "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
     );
+    // Past `query_api.max_samples` (100; the queries above read at most
+    // 40): 422 as Prometheus' sample limit.
+    let (status, body) = http_get(
+        agg.http,
+        "/api/v1/query?query=sum_over_time(sum_over_time(nw_api%3Ademo%5B1m%3A1s%5D)%5B1m%3A1s%5D)",
+    )
+    .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("too many samples"), "{body}");
+    assert!(agg
+        .metrics()
+        .contains(r#"nodewatch_aggregator_api_queries_refused_total{reason="samples"} 1"#));
     let (status, body) = http_get(agg.http, "/api/v1/labels").unwrap();
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
