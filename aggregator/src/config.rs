@@ -28,6 +28,9 @@ pub struct File {
     /// Where to listen.
     #[serde(default)]
     pub listen: Listen,
+    /// Prometheus' HTTP query API on the HTTP port (`/api/v1/...`).
+    #[serde(default)]
+    pub query_api: QueryApiFile,
     /// Server certificate, key, and the CA that client certificates must chain to.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -122,6 +125,70 @@ pub struct KubeFile {
     pub token_file: Option<PathBuf>,
     /// CA of the API server (default the pod's ServiceAccount `ca.crt`).
     pub ca_file: Option<PathBuf>,
+}
+
+/// `query_api:` as written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryApiFile {
+    /// Serve the API (default true).
+    pub enabled: Option<bool>,
+    /// A file holding the bearer token clients must send
+    /// (`Authorization: Bearer …`); unset, the API is open like `/metrics`.
+    pub bearer_token_file: Option<PathBuf>,
+    /// Longest a query may run (default `2m`).
+    pub timeout: Option<String>,
+    /// Most samples one query may read (default 50,000,000).
+    pub max_samples: Option<usize>,
+}
+
+/// Validated `query_api:`.
+#[derive(Clone, Debug)]
+pub struct QueryApi {
+    pub enabled: bool,
+    pub bearer_token: Option<String>,
+    pub timeout: Duration,
+    pub max_samples: usize,
+}
+
+impl QueryApiFile {
+    fn validate(&self, p: &mut Problems) -> QueryApi {
+        let timeout = match &self.timeout {
+            None => Duration::from_secs(120),
+            Some(v) => config::parse_duration(v)
+                .map_err(|e| p.add("query_api.timeout", e))
+                .unwrap_or(Duration::from_secs(120)),
+        };
+        let bearer_token =
+            self.bearer_token_file
+                .as_ref()
+                .and_then(|f| match std::fs::read_to_string(f) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        p.add(
+                            "query_api.bearer_token_file",
+                            format!("{}: empty", f.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        p.add(
+                            "query_api.bearer_token_file",
+                            format!("{}: {e}", f.display()),
+                        );
+                        None
+                    }
+                });
+        if self.max_samples == Some(0) {
+            p.add("query_api.max_samples", "must be at least 1");
+        }
+        QueryApi {
+            enabled: self.enabled.unwrap_or(true),
+            bearer_token,
+            timeout,
+            max_samples: self.max_samples.unwrap_or(50_000_000),
+        }
+    }
 }
 
 /// Validated bootstrap settings.
@@ -500,6 +567,7 @@ pub struct Config {
     pub resend_delay: Duration,
     pub bootstrap: Option<Bootstrap>,
     pub remote_write: Vec<crate::remote_write::Target>,
+    pub query_api: QueryApi,
 }
 
 impl File {
@@ -573,6 +641,7 @@ impl File {
             .as_ref()
             .and_then(|b| validate_bootstrap(b, &mut p));
         let remote_write = self.validate_remote_write(&mut p);
+        let query_api = self.query_api.validate(&mut p);
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -592,6 +661,7 @@ impl File {
                 resend_delay,
                 bootstrap,
                 remote_write,
+                query_api,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }

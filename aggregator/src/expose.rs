@@ -169,14 +169,19 @@ fn router(store: Arc<Store>, own: PrometheusHandle) -> Router {
         .with_state(AppState { store, own })
 }
 
-/// Serves `/metrics` and `/healthz` until `shutdown` resolves.
+/// Serves `/metrics` and `/healthz`, and Prometheus' query API when `api`
+/// is given, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
     own: PrometheusHandle,
+    api: Option<crate::api::ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(store, own);
+    let mut app = router(store, own);
+    if let Some(api) = api {
+        app = app.merge(crate::api::router(api));
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

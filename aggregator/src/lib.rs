@@ -20,6 +20,7 @@
 //! - [`server`]: wiring and shutdown.
 //! - [`cli`]: the `nodewatch` command-line tool.
 
+pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod chunk;

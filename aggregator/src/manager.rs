@@ -180,6 +180,31 @@ impl RuleManager {
         self.wake.notify_one();
     }
 
+    /// The query engine settings the rules are evaluated with.
+    #[must_use]
+    pub fn engine_options(&self) -> crate::promql::EngineOptions {
+        self.opts.engine
+    }
+
+    /// Every group's name, interval (ms) and rules (name, whether an
+    /// alerting rule, expression), for the HTTP API's `/api/v1/rules`.
+    #[must_use]
+    #[allow(clippy::type_complexity)]
+    pub fn rule_groups(&self) -> Vec<(String, i64, Vec<(String, bool, String)>)> {
+        self.slots()
+            .iter()
+            .map(|s| {
+                let rules = s
+                    .group
+                    .rules()
+                    .iter()
+                    .map(|r| (r.name.clone(), r.is_alert, r.expr_text.clone()))
+                    .collect();
+                (s.group.name().to_string(), s.group.interval_ms(), rules)
+            })
+            .collect()
+    }
+
     /// Every pending and firing alert, with its group's name.
     #[must_use]
     pub fn alerts(&self) -> Vec<(String, ActiveAlert)> {

@@ -29,7 +29,18 @@ pub struct QueryService {
 
 /// Evaluates an instant query at `t_ms` with the `PromQL` engine.
 pub fn instant(store: &Store, expr: &str, t_ms: i64) -> Result<QueryResponse, Status> {
-    let engine = crate::promql::Engine::default();
+    instant_with(store, expr, t_ms, crate::promql::EngineOptions::default())
+}
+
+/// [`instant`] with the given engine settings (the rules', so that a
+/// subquery without a step takes the evaluation interval as in the HTTP API).
+pub fn instant_with(
+    store: &Store,
+    expr: &str,
+    t_ms: i64,
+    opts: crate::promql::EngineOptions,
+) -> Result<QueryResponse, Status> {
+    let engine = crate::promql::Engine::new(opts);
     let value = engine.query(store, expr, t_ms).map_err(|e| match e {
         crate::promql::QueryError::Parse(p) => {
             Status::invalid_argument(format!("parse error: {}", p.0))
@@ -67,6 +78,11 @@ pub fn instant(store: &Store, expr: &str, t_ms: i64) -> Result<QueryResponse, St
             resp.result_type = "string".into();
             resp.string_value = v;
         }
+        Value::Matrix(_) => {
+            return Err(Status::invalid_argument(
+                "a range vector is the answer of a range query: use --range (or the HTTP API)",
+            ))
+        }
     }
     Ok(resp)
 }
@@ -90,7 +106,13 @@ impl Query for QueryService {
         let q = req.into_inner();
         let t = if q.time_ms == 0 { now_ms() } else { q.time_ms };
         let store = Arc::clone(&self.store);
-        let resp = tokio::task::spawn_blocking(move || instant(&store, &q.expr, t))
+        let opts = self
+            .rules
+            .as_ref()
+            .map_or_else(crate::promql::EngineOptions::default, |r| {
+                r.engine_options()
+            });
+        let resp = tokio::task::spawn_blocking(move || instant_with(&store, &q.expr, t, opts))
             .await
             .map_err(|e| Status::internal(format!("query task failed: {e}")))??;
         Ok(Response::new(resp))

@@ -175,7 +175,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             labels: config.external_labels.clone(),
             url: config.external_url.clone(),
         },
-        ..GroupOptions::default()
+        // Subqueries without a step take the global evaluation interval.
+        engine: crate::promql::EngineOptions {
+            subquery_step_ms: config.evaluation_interval.as_millis() as i64,
+            ..crate::promql::EngineOptions::default()
+        },
     };
     let configured_ms = config.retention.as_millis() as i64;
     let retention_ms =
@@ -290,8 +294,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let store = Arc::clone(&state.store);
         let own = own.clone();
         let stop = wait(rx.clone());
+        let api = config.query_api.enabled.then(|| crate::api::ApiState {
+            store: Arc::clone(&state.store),
+            rules: Some(Arc::clone(&state.rules)),
+            limits: crate::api::ApiLimits {
+                timeout: config.query_api.timeout,
+                max_samples: config.query_api.max_samples,
+            },
+            subquery_step_ms: config.evaluation_interval.as_millis() as i64,
+            bearer_token: config.query_api.bearer_token.clone().map(Arc::from),
+        });
         tokio::spawn(async move {
-            if let Err(error) = crate::expose::serve(http, store, own, stop).await {
+            if let Err(error) = crate::expose::serve(http, store, own, api, stop).await {
                 warn!(%error, "HTTP server stopped with an error.");
             }
         })

@@ -28,8 +28,8 @@ const BAD: &str = r#"groups:
         severity: page
       - alert: HostOOM
         expr: rat(node_vmstat_oom_kill[5m]) > 0
-      - alert: Subquery
-        expr: max_over_time(rate(x[1m])[5m:1m]) > 0
+      - alert: Limitk
+        expr: limitk(1, rate(x[1m])) > 0
       - alert: Slow
         expr: up == 0
         for: 5 minutes
@@ -63,7 +63,7 @@ fn every_problem_is_reported_with_file_group_rule_and_field() {
     let expected = [
         r#"DIR/rules.yml:6: group "node", rule 1 ("HostDown"): unknown field `severity`, expected one of `record`, `alert`, `expr`, `for`, `keep_firing_for`, `labels`, `annotations`"#,
         r#"DIR/rules.yml:8: group "node", rule 2 ("HostOOM"): expr: unknown function "rat""#,
-        r#"DIR/rules.yml:10: group "node", rule 3 ("Subquery"): expr: subqueries are not supported"#,
+        r#"DIR/rules.yml:10: group "node", rule 3 ("Limitk"): expr: unsupported aggregation "limitk""#,
         r#"DIR/rules.yml:13: group "node", rule 4 ("Slow"): for: not a valid duration string: "5 minutes""#,
         r#"DIR/rules.yml:14: group "node", rule 4 ("Slow"): keep_firing_for: not a valid duration string: "10""#,
         r#"DIR/rules.yml:18: group "node", rule 5 ("Template"): annotations.summary: template: __alert_Template:1: function "nofunc" not defined"#,

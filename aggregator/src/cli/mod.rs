@@ -11,6 +11,7 @@ pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod output;
+pub mod range;
 
 use std::io::Write;
 
@@ -47,9 +48,17 @@ pub enum Command {
     /// Evaluate an instant query, e.g. '`node_memory_MemAvailable_bytes{node="x`"}'.
     Query {
         expr: String,
-        /// Evaluation time (RFC 3339 or Unix seconds; default now).
+        /// Evaluation time (RFC 3339 or Unix seconds; default now); the
+        /// end of the range with --range.
         #[arg(long)]
         time: Option<String>,
+        /// Evaluate over this much time before --time (e.g. 15m): a table,
+        /// -o json, or a line chart per series on a terminal.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        range: Option<std::time::Duration>,
+        /// Step of --range (default: about 60 points, at least 1s).
+        #[arg(long, value_parser = humantime::parse_duration, requires = "range")]
+        step: Option<std::time::Duration>,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
@@ -138,7 +147,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Query { expr, time, output } => {
+        Command::Query {
+            expr,
+            time,
+            range: Some(range),
+            step,
+            output,
+        } => {
+            let end_ms = match time {
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+                Some(t) => parse_time(&t)?,
+            };
+            let times = range::steps(
+                end_ms,
+                range.as_millis() as i64,
+                step.map(|s| s.as_millis() as i64),
+            )?;
+            let mut q = QueryClient::new(client::connect(&cli.connect)?);
+            let m = range::query(&mut q, &expr, &times).await?;
+            let chart = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            range::print(&mut out, &m, &times, output, chart)?;
+            Ok(())
+        }
+        Command::Query {
+            expr, time, output, ..
+        } => {
             let time_ms = match time {
                 None => 0,
                 Some(t) => parse_time(&t)?,

@@ -16,7 +16,7 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, MatrixSelector, Offset,
-    VectorMatchCardinality, VectorSelector,
+    SubqueryExpr, VectorMatchCardinality, VectorSelector,
 };
 
 use super::storage::{is_stale_nan, Storage};
@@ -29,7 +29,8 @@ pub(crate) enum Val {
     Scalar(f64),
     Str(String),
     Vector(Vec<Sample>),
-    /// A range selector outside a range function: only a type error.
+    /// A range selector or subquery outside a range function: only a
+    /// type error.
     Matrix,
 }
 
@@ -47,7 +48,25 @@ impl Val {
 pub(crate) struct Evaluator<'a> {
     storage: &'a dyn Storage,
     opts: EngineOptions,
+    /// The query's start and end, what `@ start()` and `@ end()` mean
+    /// (both the evaluation time for an instant query).
+    start: i64,
+    end: i64,
 }
+
+/// A range function's argument: the series of a range selector or of a
+/// subquery, with the window they were read for (`[start, end]`, `start`
+/// being `end` minus the range even where the window is left-open).
+pub(crate) struct RangeArg {
+    pub(crate) series: Vec<Series>,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) range_ms: i64,
+}
+
+/// Most evaluation steps one subquery may take (a bound on the work a
+/// single query can cause; Prometheus bounds it through its sample limit).
+pub const MAX_SUBQUERY_STEPS: i64 = 1_000_000;
 
 /// Milliseconds since the epoch of a parsed `@` time.
 fn system_time_ms(t: SystemTime) -> i64 {
@@ -61,18 +80,12 @@ fn duration_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The time a selector reads at: `@` replaces the evaluation time, `offset`
-/// shifts it back (`vs.Timestamp` and `vs.OriginalOffset` in Prometheus).
-/// For an instant query `start()` and `end()` are the evaluation time.
-pub(crate) fn selector_time(offset: Option<&Offset>, at: Option<&AtModifier>, t: i64) -> i64 {
-    let base = match at {
-        Some(AtModifier::At(st)) => system_time_ms(*st),
-        Some(AtModifier::Start | AtModifier::End) | None => t,
-    };
+/// Milliseconds of an `offset` (negative for `offset -5m`).
+pub(crate) fn offset_ms(offset: Option<&Offset>) -> i64 {
     match offset {
-        Some(Offset::Pos(d)) => base.saturating_sub(duration_ms(*d)),
-        Some(Offset::Neg(d)) => base.saturating_add(duration_ms(*d)),
-        None => base,
+        Some(Offset::Pos(d)) => duration_ms(*d),
+        Some(Offset::Neg(d)) => duration_ms(*d).saturating_neg(),
+        None => 0,
     }
 }
 
@@ -106,7 +119,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
         // Go's math.Mod and Rust's `%` both take the sign of the dividend.
         T_MOD => (l % r, true),
         T_POW => (l.powf(r), true),
-        T_ATAN2 => (l.atan2(r), true),
+        T_ATAN2 => (super::gomath::atan2(l, r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),
@@ -160,8 +173,35 @@ fn signature(labels: &Labels, on: bool, names: &[String]) -> Labels {
 }
 
 impl<'a> Evaluator<'a> {
-    pub(crate) fn new(storage: &'a dyn Storage, opts: EngineOptions) -> Self {
-        Self { storage, opts }
+    /// An evaluator for a query over `[start, end]` (equal for an instant query).
+    pub(crate) fn new(storage: &'a dyn Storage, opts: EngineOptions, start: i64, end: i64) -> Self {
+        Self {
+            storage,
+            opts,
+            start,
+            end,
+        }
+    }
+
+    /// Fails once the evaluation's deadline has passed.
+    pub(crate) fn check_deadline(&self) -> Result<(), EvalError> {
+        match self.opts.deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(EvalError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    /// The time a selector or subquery reads at: `@` replaces the
+    /// evaluation time (`start()`/`end()` being the query's), `offset`
+    /// shifts it back (`Timestamp` and `OriginalOffset` in Prometheus).
+    pub(crate) fn at_time(&self, offset: Option<&Offset>, at: Option<&AtModifier>, t: i64) -> i64 {
+        let base = match at {
+            Some(AtModifier::At(st)) => system_time_ms(*st),
+            Some(AtModifier::Start) => self.start,
+            Some(AtModifier::End) => self.end,
+            None => t,
+        };
+        base.saturating_sub(offset_ms(offset))
     }
 
     pub(crate) fn v3(&self) -> bool {
@@ -178,8 +218,17 @@ impl<'a> Evaluator<'a> {
                 }
                 Ok(Value::Vector(v))
             }
-            Val::Matrix => Err(EvalError::Type(
-                "a range vector cannot be the result of an instant query".into(),
+            // A range selector or subquery as the whole query: its series,
+            // as Prometheus answers an instant query for `x[5m]`.
+            Val::Matrix => Ok(Value::Matrix(
+                self.range_arg(expr, t)?
+                    .series
+                    .into_iter()
+                    .map(|s| super::RangeSeries {
+                        labels: s.labels,
+                        points: s.points,
+                    })
+                    .collect(),
             )),
         }
     }
@@ -208,12 +257,14 @@ impl<'a> Evaluator<'a> {
                     other.type_name()
                 ))),
             },
-            Expr::VectorSelector(vs) => Ok(Val::Vector(self.vector_selector(vs, t))),
-            Expr::MatrixSelector(_) => Ok(Val::Matrix),
+            Expr::VectorSelector(vs) => {
+                self.check_deadline()?;
+                Ok(Val::Vector(self.vector_selector(vs, t)))
+            }
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Val::Matrix),
             Expr::Call(c) => functions::call(self, c, t),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
-            Expr::Subquery(_) => Err(Unsupported::Subquery.into()),
             Expr::Extension(_) => Err(Unsupported::Extension.into()),
         }
     }
@@ -256,7 +307,7 @@ impl<'a> Evaluator<'a> {
     /// The newest sample of each matching series within the lookback window,
     /// unless that sample is a staleness marker (`vectorSelectorSingle`).
     pub(crate) fn vector_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
-        let ts = selector_time(vs.offset.as_ref(), vs.at.as_ref(), t);
+        let ts = self.at_time(vs.offset.as_ref(), vs.at.as_ref(), t);
         let mut start = ts.saturating_sub(self.opts.lookback_ms);
         if self.opts.left_open() {
             start = start.saturating_add(1);
@@ -296,12 +347,107 @@ impl<'a> Evaluator<'a> {
 
     /// The inclusive `[start, end]` a range selector reads, in milliseconds.
     pub(crate) fn range_bounds(&self, ms: &MatrixSelector, t: i64) -> (i64, i64) {
-        let end = selector_time(ms.vs.offset.as_ref(), ms.vs.at.as_ref(), t);
+        let end = self.at_time(ms.vs.offset.as_ref(), ms.vs.at.as_ref(), t);
         let mut start = end.saturating_sub(duration_ms(ms.range));
         if self.opts.left_open() {
             start = start.saturating_add(1);
         }
         (start, end)
+    }
+
+    /// The value of a range function's argument at `t`: a range selector
+    /// or a subquery, in parentheses or not.
+    pub(crate) fn range_arg(&self, expr: &Expr, t: i64) -> Result<RangeArg, EvalError> {
+        match expr {
+            Expr::Paren(p) => self.range_arg(&p.expr, t),
+            Expr::MatrixSelector(ms) => {
+                self.check_deadline()?;
+                let (_, end) = self.range_bounds(ms, t);
+                let range_ms = duration_ms(ms.range);
+                Ok(RangeArg {
+                    series: self.matrix_selector(ms, t),
+                    start: end.saturating_sub(range_ms),
+                    end,
+                    range_ms,
+                })
+            }
+            Expr::Subquery(sq) => self.subquery(sq, t),
+            other => Err(EvalError::Type(format!(
+                "expected a range vector, got {}",
+                self.eval(other, t)?.type_name()
+            ))),
+        }
+    }
+
+    /// `expr[range:step] offset o @ a` at `t`: `expr` evaluated at every
+    /// multiple of the step (in absolute time) inside the window, each
+    /// result becoming one point of its series (Prometheus' subquery
+    /// evaluation, whose range evaluation of `expr` this repeats step by
+    /// step; nested subqueries align to their own steps the same way).
+    pub(crate) fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<RangeArg, EvalError> {
+        let end = self.at_time(sq.offset.as_ref(), sq.at.as_ref(), t);
+        let range_ms = duration_ms(sq.range);
+        let step = sq
+            .step
+            .map(duration_ms)
+            .filter(|s| *s > 0)
+            .unwrap_or(self.opts.subquery_step_ms)
+            .max(1);
+        let lo = end.saturating_sub(range_ms);
+        // The first multiple of the step at or after the window's start
+        // (after it when windows are left-open).
+        let mut first = lo.div_euclid(step).saturating_mul(step);
+        if first < lo || (first == lo && self.opts.left_open()) {
+            first = first.saturating_add(step);
+        }
+        if first <= end && (end - first) / step >= MAX_SUBQUERY_STEPS {
+            return Err(EvalError::TooManySteps {
+                steps: (end - first) / step + 1,
+                max: MAX_SUBQUERY_STEPS,
+            });
+        }
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut series: Vec<Series> = Vec::new();
+        let mut push = |labels: Labels, ts: i64, v: f64| {
+            if let Some(&i) = index.get(&labels) {
+                series[i].points.push((ts, v));
+            } else {
+                index.insert(labels.clone(), series.len());
+                series.push(Series {
+                    labels,
+                    points: vec![(ts, v)],
+                });
+            }
+        };
+        let mut ts = first;
+        while ts <= end {
+            self.check_deadline()?;
+            match self.eval(&sq.expr, ts)? {
+                Val::Vector(v) => {
+                    for s in v {
+                        push(s.labels, ts, s.v);
+                    }
+                }
+                Val::Scalar(v) => push(Labels::new(), ts, v),
+                other => {
+                    return Err(EvalError::Type(format!(
+                        "subquery is only allowed on instant vector, got {}",
+                        other.type_name()
+                    )))
+                }
+            }
+            ts = match ts.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(RangeArg {
+            series,
+            start: lo,
+            end,
+            range_ms,
+        })
     }
 
     fn binary(&self, b: &BinaryExpr, t: i64) -> Result<Val, EvalError> {

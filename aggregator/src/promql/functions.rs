@@ -6,7 +6,7 @@
 #![allow(clippy::similar_names, clippy::many_single_char_names)]
 
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
 use super::eval::{check_unique, is_label_name, Evaluator, Val};
@@ -22,22 +22,6 @@ fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
             func: c.func.name.to_string(),
             reason: format!("missing argument {}", i + 1),
         })
-}
-
-/// The range selector argument of a range function (parens allowed).
-fn matrix_arg(c: &Call, i: usize) -> Result<&MatrixSelector, EvalError> {
-    let mut e = arg(c, i)?;
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
-    match e {
-        Expr::MatrixSelector(ms) => Ok(ms),
-        Expr::Subquery(_) => Err(Unsupported::Subquery.into()),
-        _ => Err(EvalError::BadArgument {
-            func: c.func.name.to_string(),
-            reason: "expected a range vector selector".into(),
-        }),
-    }
 }
 
 /// Applies `f` to every point list, dropping the metric name (range
@@ -206,6 +190,27 @@ fn extrapolated_rate(
         factor /= range_secs;
     }
     Some(result * factor)
+}
+
+/// `funcHoltWinters`: double exponential smoothing with smoothing factor
+/// `sf` and trend factor `tf`; the last smoothed value.
+fn holt_winters(points: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
+    if points.len() < 2 {
+        return None;
+    }
+    let (mut s0, mut s1) = (0.0_f64, points[0].1);
+    let mut b = points[1].1 - points[0].1;
+    for (i, &(_, v)) in points.iter().enumerate().skip(1) {
+        let x = sf * v;
+        // The trend before the first step is the first difference itself.
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let y = (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Some(s1)
 }
 
 /// `instantValue` behind `irate` and `idelta`: the last two samples.
@@ -387,10 +392,12 @@ fn go_log2(x: f64) -> f64 {
     go_log(frac) * std::f64::consts::LOG2_E + f64::from(exp)
 }
 
-/// Go's `math.Log10`.
+/// Go's `math.Log10`: `Log(x) * (1/Ln10)`, which rounds differently from
+/// C's `log10` (Go's `20` gives `1.301029995663981`, C's
+/// `1.3010299956639813`).
 fn go_log10(x: f64) -> f64 {
-    // Go's `Ln2/Ln10` is an exact constant, i.e. `LOG10_2`.
-    go_log2(x) * std::f64::consts::LOG10_2
+    // Go's `1/Ln10` is an exact constant, i.e. `LOG10_E`.
+    go_log(x) * std::f64::consts::LOG10_E
 }
 
 /// Labels for `absent`/`absent_over_time`: the selector's equality
@@ -546,39 +553,54 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
     let out: Vec<Sample> = match name {
         "time" => return Ok(Val::Scalar(t as f64 / 1000.0)),
         "rate" | "increase" | "delta" => {
-            let ms = matrix_arg(c, 0)?;
-            let (_, end) = ev.range_bounds(ms, t);
-            let range_secs = ms.range.as_secs_f64();
+            let ra = ev.range_arg(arg(c, 0)?, t)?;
+            let range_secs = ra.range_ms as f64 / 1000.0;
             let is_counter = name != "delta";
             let is_rate = name == "rate";
             let v3 = ev.v3();
             // Extrapolation measures from the nominal range `[t - range, t]`,
             // whichever boundary convention selects the samples.
-            let range_start =
-                end.saturating_sub(i64::try_from(ms.range.as_millis()).unwrap_or(i64::MAX));
-            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+            let (range_start, end) = (ra.start, ra.end);
+            over_time(ra.series, t, false, |p| {
                 extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
             })
         }
+        "holt_winters" | "double_exponential_smoothing" => {
+            let ra = ev.range_arg(arg(c, 0)?, t)?;
+            let sf = ev.eval_scalar(arg(c, 1)?, t, name)?;
+            let tf = ev.eval_scalar(arg(c, 2)?, t, name)?;
+            // Checked per series, as functions.go does: no series, no error.
+            if !ra.series.is_empty() {
+                if sf <= 0.0 || sf >= 1.0 || sf.is_nan() {
+                    return Err(bad(
+                        c,
+                        format!("invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"),
+                    ));
+                }
+                if tf <= 0.0 || tf >= 1.0 || tf.is_nan() {
+                    return Err(bad(
+                        c,
+                        format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"),
+                    ));
+                }
+            }
+            over_time(ra.series, t, false, |p| holt_winters(p, sf, tf))
+        }
         "irate" | "idelta" => {
-            let ms = matrix_arg(c, 0)?;
             let is_rate = name == "irate";
-            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
                 instant_value(p, is_rate)
             })
         }
-        "deriv" => {
-            let ms = matrix_arg(c, 0)?;
-            over_time(ev.matrix_selector(ms, t), t, false, |p| {
-                (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
-            })
-        }
+        "deriv" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
+            (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
+        }),
         "predict_linear" => {
-            let ms = matrix_arg(c, 0)?;
+            let series = ev.range_arg(arg(c, 0)?, t)?.series;
             let dur = ev.eval_scalar(arg(c, 1)?, t, name)?;
             // The intercept is at the evaluation time even under `@`
             // (`linearRegression(samples, enh.Ts)`).
-            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+            over_time(series, t, false, |p| {
                 (p.len() >= 2).then(|| {
                     let (slope, intercept) = linear_regression(p, t);
                     slope * dur + intercept
@@ -586,9 +608,8 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             })
         }
         "changes" | "resets" => {
-            let ms = matrix_arg(c, 0)?;
             let resets = name == "resets";
-            over_time(ev.matrix_selector(ms, t), t, false, |p| {
+            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
                 let mut n = 0_u32;
                 for w in p.windows(2) {
                     let (prev, cur) = (w[0].1, w[1].1);
@@ -607,7 +628,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
         }
         "avg_over_time" => {
             let v3 = ev.v3();
-            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
                 Some(if v3 {
                     mean_v3(p.iter().map(|x| x.1))
                 } else {
@@ -615,7 +636,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 })
             })
         }
-        "sum_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "sum_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             let (mut sum, mut comp) = (0.0, 0.0);
             for &(_, v) in p {
                 (sum, comp) = kahan_inc(v, sum, comp);
@@ -626,10 +647,10 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 sum + comp
             })
         }),
-        "count_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "count_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             Some(p.len() as f64)
         }),
-        "min_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "min_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             Some(p.iter().skip(1).fold(
                 p[0].1,
                 |m, &(_, v)| {
@@ -641,7 +662,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 },
             ))
         }),
-        "max_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "max_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             Some(p.iter().skip(1).fold(
                 p[0].1,
                 |m, &(_, v)| {
@@ -653,23 +674,21 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 },
             ))
         }),
-        "last_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, true, |p| {
+        "last_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, true, |p| {
             p.last().map(|x| x.1)
         }),
         "present_over_time" => {
-            over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |_| {
-                Some(1.0)
-            })
+            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |_| Some(1.0))
         }
-        "stddev_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "stddev_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             Some(stdvar_over(p).sqrt())
         }),
-        "stdvar_over_time" => over_time(ev.matrix_selector(matrix_arg(c, 0)?, t), t, false, |p| {
+        "stdvar_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
             Some(stdvar_over(p))
         }),
         "quantile_over_time" => {
             let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
-            over_time(ev.matrix_selector(matrix_arg(c, 1)?, t), t, false, |p| {
+            over_time(ev.range_arg(arg(c, 1)?, t)?.series, t, false, |p| {
                 let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
                 Some(quantile(q, &mut vals))
             })
@@ -687,8 +706,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
             }
         }
         "absent_over_time" => {
-            let ms = matrix_arg(c, 0)?;
-            if ev.matrix_selector(ms, t).is_empty() {
+            if ev.range_arg(arg(c, 0)?, t)?.series.is_empty() {
                 vec![Sample {
                     labels: absent_labels(arg(c, 0)?),
                     t,
@@ -704,18 +722,18 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
         | "acosh" | "atanh" | "deg" | "rad" => {
             let v = ev.eval_vector(arg(c, 0)?, t, name)?;
             let f: fn(f64) -> f64 = match name {
-                "sin" => f64::sin,
-                "cos" => f64::cos,
-                "tan" => f64::tan,
-                "asin" => f64::asin,
-                "acos" => f64::acos,
-                "atan" => f64::atan,
+                "sin" => super::gomath::sin,
+                "cos" => super::gomath::cos,
+                "tan" => super::gomath::tan,
+                "asin" => super::gomath::asin,
+                "acos" => super::gomath::acos,
+                "atan" => super::gomath::atan,
                 "sinh" => f64::sinh,
                 "cosh" => f64::cosh,
                 "tanh" => f64::tanh,
                 "asinh" => f64::asinh,
                 "acosh" => f64::acosh,
-                "atanh" => f64::atanh,
+                "atanh" => super::gomath::atanh,
                 "deg" => |x: f64| x * 180.0 / std::f64::consts::PI,
                 "rad" => |x: f64| x * std::f64::consts::PI / 180.0,
                 "abs" => f64::abs,
@@ -805,7 +823,10 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
             let v = ev.eval_vector(arg(c, 1)?, t, name)?;
-            let le = ["le".to_string(), METRIC_NAME.to_string()];
+            // Buckets group by all labels but `le`, the metric name
+            // included; the name is dropped afterwards, so two histograms
+            // differing only in name collide (an error, as in Prometheus).
+            let le = ["le".to_string()];
             let mut order: Vec<Labels> = Vec::new();
             let mut groups: std::collections::HashMap<Labels, Vec<(f64, f64)>> =
                 std::collections::HashMap::new();
@@ -829,7 +850,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                     let mut b = groups.remove(&k)?;
                     Some(Sample {
                         v: bucket_quantile(q, &mut b),
-                        labels: k,
+                        labels: k.without_name(),
                         t,
                     })
                 })
@@ -952,6 +973,8 @@ mod tests {
         assert_eq!(frexp(f64::MIN_POSITIVE / 4.0), (0.5, -1023));
         assert_eq!(go_log2(8.0), 3.0);
         assert_eq!(go_log10(100.0), 2.0);
+        assert_eq!(go_log10(20.0), 1.301_029_995_663_981);
+        assert_eq!(go_log10(3.0), 0.477_121_254_719_662_4);
         assert_eq!(go_log(1.0), 0.0);
         assert!((go_log(10.0) - 10f64.ln()).abs() < 1e-15);
         assert_eq!(go_log(0.0), f64::NEG_INFINITY);

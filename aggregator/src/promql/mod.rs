@@ -14,24 +14,34 @@
 //! [`Semantics::Prometheus3`] is chosen; the differences are listed there.
 //!
 //! # What is evaluated
-//! Instant queries only: number and string literals; instant selectors with
-//! all matcher kinds, 5-minute lookback and staleness markers; `offset`
-//! and `@` (`start()`/`end()` are the evaluation time); range selectors as
-//! arguments of range functions; unary minus; arithmetic, comparison (with
-//! and without `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
+//! Instant and range queries: number and string literals; instant
+//! selectors with all matcher kinds, 5-minute lookback and staleness
+//! markers; `offset` and `@` (`start()`/`end()` being the query's range);
+//! range selectors and subqueries (`expr[range:step]`, `expr[range:]` with
+//! [`EngineOptions::subquery_step_ms`], steps aligned to multiples of the
+//! step in absolute time, nested, with `offset` and `@`) as arguments of
+//! range functions; unary minus; arithmetic, comparison (with and without
+//! `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
 //! `group_left`/`group_right`; the aggregations `sum avg min max count
 //! count_values stddev stdvar topk bottomk quantile group` with
-//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`].
+//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`]
+//! (`holt_winters` included). Where Go's math library rounds differently
+//! from Rust's, Go's formulas are used (`gomath`), and the sums Prometheus
+//! 2.42 compensates (`sum_over_time`, `avg_over_time`,
+//! `stddev/stdvar_over_time`, `deriv`/`predict_linear`) are compensated the
+//! same way; the `sum`/`avg` aggregations are plain in 2.42, compensated
+//! under [`Semantics::Prometheus3`].
 //!
 //! # What is refused
-//! By [`check_supported`], with the construct named: subqueries,
+//! By [`check_supported`], with the construct named:
 //! `limitk`/`limit_ratio`, `fill*` binary modifiers, `or` inside braces,
 //! and every other function (native-histogram functions, experimental
-//! functions such as `double_exponential_smoothing`, `info`, …). Native
-//! histogram samples do not exist in this store.
+//! functions such as `info`, …). Native histogram samples do not exist in
+//! this store.
 
 mod eval;
 mod functions;
+mod gomath;
 pub mod storage;
 mod support;
 pub mod value;
@@ -42,11 +52,15 @@ pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STAL
 pub use support::{
     check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
 };
-pub use value::{Labels, Sample, Value, METRIC_NAME};
+pub use value::{Labels, RangeSeries, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'
 /// `--query.lookback-delta` default, 5 minutes).
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// Step of subqueries without one unless configured: Prometheus' default
+/// evaluation interval, 1 minute.
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60 * 1000;
 
 /// Which Prometheus release's answers to reproduce where they differ.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +84,13 @@ pub struct EngineOptions {
     pub lookback_ms: i64,
     /// Which release's semantics to follow.
     pub semantics: Semantics,
+    /// Step of a subquery written without one (`expr[1h:]`), in
+    /// milliseconds: Prometheus takes its global evaluation interval,
+    /// `promtool test rules` the test file's.
+    pub subquery_step_ms: i64,
+    /// When evaluation must give up with [`EvalError::Timeout`] (checked at
+    /// every selector and every subquery or range step).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl EngineOptions {
@@ -85,6 +106,8 @@ impl Default for EngineOptions {
         Self {
             lookback_ms: DEFAULT_LOOKBACK_MS,
             semantics: Semantics::default(),
+            subquery_step_ms: DEFAULT_SUBQUERY_STEP_MS,
+            deadline: None,
         }
     }
 }
@@ -133,6 +156,19 @@ pub enum EvalError {
     /// Operands whose types do not fit the operation.
     #[error("{0}")]
     Type(String),
+    /// The evaluation ran past its deadline.
+    #[error("query timed out in expression evaluation")]
+    Timeout,
+    /// A subquery whose window holds more steps than allowed.
+    #[error(
+        "subquery would take {steps} evaluation steps, more than the {max} allowed; widen its step"
+    )]
+    TooManySteps {
+        /// Steps the subquery needs.
+        steps: i64,
+        /// The limit.
+        max: i64,
+    },
 }
 
 /// Why a query text failed.
@@ -220,9 +256,53 @@ fn expr_depth(expr: &Expr) -> usize {
     max
 }
 
+/// `query` with every call of `holt_winters` renamed to
+/// `double_exponential_smoothing`, the name Prometheus 3 gave the same
+/// function and the only one the parser knows; string literals are left
+/// alone. The evaluator answers to both names.
+fn rename_holt_winters(query: &str) -> std::borrow::Cow<'_, str> {
+    const OLD: &str = "holt_winters";
+    if !query.contains(OLD) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < query.len() {
+        let Some(c) = query[i..].chars().next() else {
+            break;
+        };
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q != '`' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else if matches!(c, '"' | '\'' | '`') {
+            quote = Some(c);
+        } else if query[i..].starts_with(OLD)
+            && !query[..i].chars().next_back().is_some_and(ident)
+            && !query[i + OLD.len()..].chars().next().is_some_and(ident)
+            && query[i + OLD.len()..].trim_start().starts_with('(')
+        {
+            out.push_str("double_exponential_smoothing");
+            i += OLD.len();
+            continue;
+        }
+        out.push(c);
+        i += c.len_utf8();
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Parses `query` into an expression.
 pub fn parse(query: &str) -> Result<Expr, ParseError> {
     check_lexical_depth(query)?;
+    let query = &*rename_holt_winters(query);
     // The parser is third-party and generated; a panic in it must not take
     // down rule loading or a query, so it becomes a parse error.
     std::panic::catch_unwind(|| promql_parser::parser::parse(query))
@@ -261,7 +341,61 @@ impl Engine {
     /// Evaluates `expr` at `t_ms` (milliseconds since the epoch).
     pub fn eval(&self, storage: &dyn Storage, expr: &Expr, t_ms: i64) -> Result<Value, EvalError> {
         support::check_supported(expr)?;
-        eval::Evaluator::new(storage, self.opts).eval_top(expr, t_ms)
+        eval::Evaluator::new(storage, self.opts, t_ms, t_ms).eval_top(expr, t_ms)
+    }
+
+    /// Evaluates `expr` as a range query: at `start_ms`, then every
+    /// `step_ms` up to `end_ms`, with `@ start()`/`@ end()` meaning the
+    /// range's ends. Series come in label order, a scalar result as the
+    /// series without labels, as Prometheus' range query answers.
+    pub fn eval_range(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<RangeSeries>, EvalError> {
+        support::check_supported(expr)?;
+        let ev = eval::Evaluator::new(storage, self.opts, start_ms, end_ms);
+        let step = step_ms.max(1);
+        let mut index: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut t = start_ms;
+        while t <= end_ms {
+            ev.check_deadline()?;
+            let samples = match ev.eval_top(expr, t)? {
+                Value::Vector(v) => v.into_iter().map(|s| (s.labels, s.v)).collect(),
+                Value::Scalar(v) => vec![(Labels::new(), v)],
+                Value::String(_) => {
+                    return Err(EvalError::Type(
+                        "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                    ))
+                }
+                Value::Matrix(_) => {
+                    return Err(EvalError::Type(
+                        "invalid expression type \"range vector\" for range query, must be Scalar or instant Vector".into(),
+                    ))
+                }
+            };
+            for (labels, v) in samples {
+                if let Some(&i) = index.get(&labels) {
+                    out[i].points.push((t, v));
+                } else {
+                    index.insert(labels.clone(), out.len());
+                    out.push(RangeSeries {
+                        labels,
+                        points: vec![(t, v)],
+                    });
+                }
+            }
+            t = match t.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 
     /// Parses and evaluates `query` at `t_ms`.

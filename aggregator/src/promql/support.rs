@@ -29,12 +29,14 @@ pub const SUPPORTED_FUNCTIONS: &[&str] = &[
     "day_of_week",
     "day_of_year",
     "days_in_month",
+    "double_exponential_smoothing",
     "deg",
     "delta",
     "deriv",
     "exp",
     "floor",
     "histogram_quantile",
+    "holt_winters",
     "hour",
     "idelta",
     "increase",
@@ -84,9 +86,6 @@ pub enum Unsupported {
     /// An aggregation operator such as `limitk`.
     #[error("unsupported aggregation \"{0}\"")]
     Aggregation(String),
-    /// `expr[range:step]`.
-    #[error("subqueries are not supported")]
-    Subquery,
     /// `{a="1" or b="2"}`.
     #[error("\"or\" inside label matchers is not supported")]
     OrMatchers,
@@ -104,7 +103,7 @@ pub fn check_supported(expr: &Expr) -> Result<(), Unsupported> {
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
         Expr::Paren(p) => check_supported(&p.expr),
         Expr::Unary(u) => check_supported(&u.expr),
-        Expr::Subquery(_) => Err(Unsupported::Subquery),
+        Expr::Subquery(q) => check_supported(&q.expr),
         Expr::Extension(_) => Err(Unsupported::Extension),
         Expr::VectorSelector(vs) => {
             if vs.matchers.or_matchers.is_empty() {
@@ -227,8 +226,19 @@ pub fn history_needed_ms(expr: &Expr, lookback_ms: i64) -> Option<i64> {
                 0
             }
             Expr::Subquery(q) => {
-                stack.push(&q.expr);
-                0
+                // The subquery's window, then what its expression reads
+                // back from the window's first step.
+                let inner = history_needed_ms(&q.expr, lookback_ms)?;
+                let window = i64::try_from(q.range.as_millis()).unwrap_or(i64::MAX);
+                let offset = match &q.offset {
+                    Some(Offset::Pos(d)) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                    Some(Offset::Neg(d)) => -i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                    None => 0,
+                };
+                if matches!(q.at, Some(AtModifier::At(_))) {
+                    return None;
+                }
+                window.saturating_add(offset).max(0).saturating_add(inner)
             }
             Expr::Aggregate(a) => {
                 stack.push(&a.expr);

@@ -279,10 +279,22 @@ pub enum Value {
     Scalar(f64),
     /// A string literal.
     String(String),
+    /// A range vector: the answer of an instant query that is a range
+    /// selector or subquery.
+    Matrix(Vec<RangeSeries>),
 }
 
-/// One series with several samples: the value of a range selector, only
-/// ever an argument to a range function.
+/// One series of a range query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSeries {
+    /// The series' labels.
+    pub labels: Labels,
+    /// `(timestamp_ms, value)`, oldest first.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// One series with several samples: the value of a range selector or
+/// subquery, only ever an argument to a range function.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Series {
     pub(crate) labels: Labels,

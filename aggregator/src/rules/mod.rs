@@ -257,7 +257,7 @@ impl Group {
                 t,
                 v,
             }],
-            Value::String(_) => return Err(RuleError::NotAVector),
+            Value::String(_) | Value::Matrix(_) => return Err(RuleError::NotAVector),
         };
         if rule.is_alert {
             // Templates' `query` reads what the rule reads, at its time.
@@ -276,7 +276,9 @@ impl Group {
                 {
                     Value::Vector(v) => Ok(v.iter().map(|s| sample(&s.labels, s.v)).collect()),
                     Value::Scalar(v) => Ok(vec![sample(&Labels::new(), v)]),
-                    Value::String(_) => Err("rule result is not a vector or scalar".into()),
+                    Value::String(_) | Value::Matrix(_) => {
+                        Err("rule result is not a vector or scalar".into())
+                    }
                 }
             };
             return alert_state.update(rule, vector, (t, &query), &self.external, self.spec.limit);

@@ -475,6 +475,13 @@ fn run_group(
     engine_opts: EngineOptions,
 ) -> Vec<String> {
     let interval = tg.interval.map_or(eval_interval, |d| d.0);
+    // promtool steps subqueries without a step by the file's
+    // `evaluation_interval`.
+    let engine_opts = EngineOptions {
+        subquery_step_ms: eval_interval,
+        ..engine_opts
+    };
+    let nan_equal = engine_opts.semantics == crate::promql::Semantics::Prometheus3;
     let opts = GroupOptions {
         default_interval_ms: interval,
         external: ExternalContext {
@@ -504,11 +511,23 @@ fn run_group(
     let mut storage = MemStorage::new();
     let mut input: Vec<(i64, usize, f64)> = Vec::new();
     let mut input_labels: Vec<Labels> = Vec::new();
-    for s in &tg.input_series {
+    // A series defined twice keeps only its last definition, as promtool's
+    // loader keys definitions by label set.
+    let mut last_def: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+    let mut parsed = Vec::with_capacity(tg.input_series.len());
+    for (i, s) in tg.input_series.iter().enumerate() {
         let labels = match parse_metric(&s.series) {
             Ok(l) => l,
             Err(e) => return vec![format!("    series {:?}: {e}", s.series)],
         };
+        last_def.insert(labels.clone(), i);
+        parsed.push(labels);
+    }
+    for (i, s) in tg.input_series.iter().enumerate() {
+        if last_def.get(&parsed[i]) != Some(&i) {
+            continue;
+        }
+        let labels = parsed[i].clone();
         let values = match expand_values(&s.values) {
             Ok(v) => v,
             Err(e) => return vec![format!("    series {:?}: values: {e}", s.series)],
@@ -613,7 +632,7 @@ fn run_group(
         let got = match engine.query(&storage, &tc.expr, t) {
             Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>(),
             Ok(Value::Scalar(v)) => vec![(Labels::new(), v)],
-            Ok(Value::String(_)) => {
+            Ok(Value::String(_) | Value::Matrix(_)) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: rule result is not a vector or scalar",
                     go_quote(&tc.expr),
@@ -653,7 +672,7 @@ fn run_group(
             && got
                 .iter()
                 .zip(&exp)
-                .all(|(g, e)| g.0 == e.0 && same_value(g.1, e.1, fuzzy));
+                .all(|(g, e)| g.0 == e.0 && same_value(g.1, e.1, fuzzy, nan_equal));
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
@@ -667,13 +686,18 @@ fn run_group(
     errs
 }
 
-/// promtool's value comparison: exact (NaN equal to NaN), or with
-/// `fuzzy_compare` Prometheus' `almost.Equal` at epsilon 1e-6.
+/// promtool's value comparison: exact, or with `fuzzy_compare` Prometheus'
+/// `almost.Equal` at epsilon 1e-6. promtool 2.x compares with Go's
+/// `reflect.DeepEqual`, under which NaN equals nothing, not even NaN (a test
+/// expecting NaN always fails); 3.x takes two NaNs as equal (`nan_equal`).
 #[allow(clippy::float_cmp)] // Exactness is the point.
-fn same_value(a: f64, b: f64, fuzzy: bool) -> bool {
+fn same_value(a: f64, b: f64, fuzzy: bool, nan_equal: bool) -> bool {
     const EPS: f64 = 1e-6;
-    if a == b || (a.is_nan() && b.is_nan()) {
+    if a == b {
         return true;
+    }
+    if a.is_nan() && b.is_nan() {
+        return nan_equal;
     }
     if !fuzzy {
         return false;
@@ -790,10 +814,12 @@ mod tests {
 
     #[test]
     fn value_comparison() {
-        assert!(same_value(f64::NAN, f64::NAN, false));
-        assert!(!same_value(1.0, 1.000_000_1, false));
-        assert!(same_value(1.0, 1.000_000_1, true));
-        assert!(!same_value(1.0, 1.001, true));
+        // promtool 2.x: NaN equals nothing; 3.x: NaN equals NaN.
+        assert!(!same_value(f64::NAN, f64::NAN, false, false));
+        assert!(same_value(f64::NAN, f64::NAN, false, true));
+        assert!(!same_value(1.0, 1.000_000_1, false, false));
+        assert!(same_value(1.0, 1.000_000_1, true, false));
+        assert!(!same_value(1.0, 1.001, true, false));
     }
 
     #[test]

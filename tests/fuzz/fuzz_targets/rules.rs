@@ -1,5 +1,6 @@
 //! Prometheus rule files on arbitrary text: parsed with their expressions,
 //! templates and durations, with an error for anything wrong, never a panic.
+//! The HTTP query API's parameter parsers (forms, times, steps) too.
 #![no_main]
 
 use std::path::Path;
@@ -14,5 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_rules(Path::new("rules.yaml"), text);
     if text.len() < 64 {
         let _ = parse_duration(text);
+        nodewatch_aggregator::api::parse_request_text(text);
     }
 });
