@@ -152,10 +152,14 @@ impl Streamer {
             Err(_) => return End::Retry("no Welcome in time".into()),
         };
         // An aggregator that restarted knows nothing (acked 0): it gets the
-        // spool's whole retained past again, its backfill.
-        self.spool
-            .lock()
-            .ack(self.index, welcome.acked_seq, now_ms());
+        // spool's whole retained past again, its backfill. One that knows
+        // more than the spool remembers (its seq file lost) moves the
+        // numbering past its cursor, so no new collection reuses a stored seq.
+        {
+            let mut spool = self.spool.lock();
+            spool.never_below(welcome.acked_seq);
+            spool.ack(self.index, welcome.acked_seq, now_ms());
+        }
         info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
         // Blocks only to an aggregator that says it reads them: an older one
         // would skip the unknown field and ack samples it never stored.

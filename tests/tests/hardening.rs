@@ -1,0 +1,227 @@
+//! Faults and attacks from outside, with real processes: a spool on a full
+//! disk, a half-open handshake flood, a node opening many streams, an
+//! anonymous Bootstrap flood, nodes sending names reserved to the aggregator
+//! and to Prometheus, key file modes, listen defaults and the CLI's words for
+//! a refused certificate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nodewatch_tests::{
+    cli_query, free_port, http_get, missing, query_scalar, scalar_of, start_agent_env, wait_for,
+    Aggregator, Pki,
+};
+
+/// Only the test collector: each collection carries its seq, nothing else moves.
+const ONLY_TESTSEQ: &str = "collectors: {ebpf: false, testseq: true, stat: false, meminfo: false, loadavg: false, pressure: false, diskstats: false, filesystem: false, netdev: false, netclass: false, netstat: false, sockstat: false, vmstat: false, conntrack: false, zfs: false, zpool: false}\n";
+
+/// A tmpfs of a fixed size, unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "nodewatch-hardening-spool",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// The stored values of `nodewatch_agent_collections_total` of `node`:
+/// (count, min, max). Each collection carries its seq - 1, so a complete
+/// store without doubles has `count == max - min + 1`.
+fn stored_seqs(pki: &Pki, agg: &Aggregator, node: &str) -> (f64, f64, f64) {
+    let sel = format!("nodewatch_agent_collections_total{{node=\"{node}\"}}[15m]");
+    let q = |f: &str| scalar_of(&cli_query(pki, agg, &format!("{f}({sel})"))).unwrap_or(0.0);
+    (q("count_over_time"), q("min_over_time"), q("max_over_time"))
+}
+
+fn readyz(port: u16) -> (u16, String) {
+    http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/readyz").unwrap_or((0, String::new()))
+}
+
+/// Waits until the agent reports (in its newest stored collection) that
+/// little is pending and the store holds every collection from at or before
+/// `from` on, after `at_least`: (count, min, max).
+fn delivered(
+    pki: &Pki,
+    agg: &Aggregator,
+    node: &str,
+    from: f64,
+    at_least: f64,
+) -> Option<(f64, f64, f64)> {
+    let pending = query_scalar(
+        pki,
+        agg,
+        &format!("max(nodewatch_agent_pending_batches{{node=\"{node}\"}})"),
+    )?;
+    let (count, min, max) = stored_seqs(pki, agg, node);
+    (pending <= 2.0 && min <= from && max >= at_least && (count - (max - min + 1.0)).abs() < 0.5)
+        .then_some((count, min, max))
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
+
+/// Issue 16, findings 1 and 2: the spool on a 2 MiB tmpfs with the
+/// aggregator down fills the disk; the collections that cannot be written
+/// stay in memory, `/readyz` says so, and once the aggregator is back
+/// everything arrives. Then a short ENOSPC (another file takes the space)
+/// with the aggregator stopped, space returning, and an agent `kill -9`:
+/// nothing lost, nothing stored twice, no seq handed out twice.
+#[test]
+fn full_disk_loses_nothing_and_reuses_no_seq() {
+    let pki = Pki::new();
+    let Some(fs) = Tmpfs::mount(&pki.path("spool-tmpfs"), "2m") else {
+        missing("a tmpfs mount (needs root)");
+        return;
+    };
+    let spool = fs.dir.join("spool");
+    let mut agg = Aggregator::start(&pki, "agg", "");
+    let health = free_port();
+    let extra = format!(
+        "interval: 200ms\nhealth_listen: 127.0.0.1:{health}\nspool: {{dir: {}}}\n{ONLY_TESTSEQ}",
+        spool.display()
+    );
+    let env = [("NODEWATCH_TESTSEQ_SERIES", "1000")];
+    let mut agent = start_agent_env(&pki, "full", &pki.node("full"), &[&agg], &extra, &env);
+    wait_for(Duration::from_secs(30), "first collections stored", || {
+        (stored_seqs(&pki, &agg, "full").0 >= 3.0).then_some(())
+    });
+
+    // 1. The aggregator is down; the 2 MiB disk fills within seconds.
+    let before = stored_seqs(&pki, &agg, "full").2;
+    agg.kill9();
+    let full = wait_for(
+        Duration::from_secs(60),
+        "/readyz to report the full spool",
+        || {
+            let (status, body) = readyz(health);
+            (status == 503 && body.contains("spool cannot write")).then_some(body)
+        },
+    );
+    println!("readyz while full: {}", full.trim());
+    // Keep collecting into memory for a while.
+    std::thread::sleep(Duration::from_secs(4));
+    agg.restart(&pki, "agg-2");
+    let back = Instant::now();
+    // Everything made while the disk was full arrives, and the spool writes again.
+    // At one collection per 0.2 s, the outage made 30 or more.
+    let (count, min, max) = wait_for(Duration::from_secs(60), "the backlog delivered", || {
+        (readyz(health).0 == 200)
+            .then(|| delivered(&pki, &agg, "full", before, before + 30.0))
+            .flatten()
+    });
+    println!(
+        "disk full, aggregator down: {count} collections stored for seqs {min}..={max}, all delivered {:.1} s after the aggregator came back",
+        back.elapsed().as_secs_f64()
+    );
+    // The gauge is part of each collection, so it says 1 from the next one on.
+    wait_for(
+        Duration::from_secs(5),
+        "nodewatch_agent_spool_writable 1 again",
+        || {
+            (query_scalar(&pki, &agg, "nodewatch_agent_spool_writable{node=\"full\"}") == Some(1.0))
+                .then_some(())
+        },
+    );
+    let errors = query_scalar(
+        &pki,
+        &agg,
+        "nodewatch_agent_spool_write_errors_total{node=\"full\"}",
+    );
+    println!("failed spool writes: {errors:?}");
+    assert!(
+        errors.is_some_and(|e| e > 0.0),
+        "the disk was full: {errors:?}"
+    );
+
+    // 2. A short ENOSPC with the aggregator stopped (nothing acked): another
+    // file takes every byte the spool frees, then goes.
+    let before = stored_seqs(&pki, &agg, "full").2;
+    signal(&agg.proc.child, nix::sys::signal::Signal::SIGSTOP);
+    let filler_path = fs.dir.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the spool never hit ENOSPC");
+        // Take whatever is free, in small steps.
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.write_all(&chunk[..512]);
+        if readyz(health).0 == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    let freed = Instant::now();
+    wait_for(Duration::from_secs(10), "the spool writing again", || {
+        (readyz(health).0 == 200).then_some(())
+    });
+    println!(
+        "spool writing again {:.2} s after space returned (interval 0.2 s)",
+        freed.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // The agent dies without warning and starts again on the same spool.
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let mut agent = start_agent_env(&pki, "full", &pki.node("full"), &[&agg], &extra, &env);
+    signal(&agg.proc.child, nix::sys::signal::Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(3));
+    let (count, min, max) = wait_for(Duration::from_secs(60), "everything delivered", || {
+        delivered(&pki, &agg, "full", before, before + 30.0)
+    });
+    println!(
+        "after ENOSPC and an agent restart: {count} collections stored for seqs {min}..={max}"
+    );
+    let log = std::fs::read_to_string(pki.dir.path().join("agent-full.log")).unwrap();
+    assert_eq!(
+        log.matches("Spool cannot write").count(),
+        2,
+        "one ENOSPC episode per phase, each said once"
+    );
+    assert!(
+        (count - (max - min + 1.0)).abs() < 0.5,
+        "stored {count} collections for seqs {min}..={max}: lost or doubled (a reused seq shows as a double)"
+    );
+    assert!(
+        !log.contains("failed its checksum"),
+        "records written after the ENOSPC must read back"
+    );
+    let lost = query_scalar(
+        &pki,
+        &agg,
+        "sum(nodewatch_agent_spool_dropped_total{node=\"full\",reason=\"write_failed\"})",
+    );
+    println!("collections lost to failed writes: {lost:?}");
+    assert!(lost.is_none_or(|v| v < 0.5), "{lost:?}");
+    let _ = agent.terminate(Duration::from_secs(10));
+}
