@@ -251,7 +251,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         events: Arc::clone(&state.events),
         rules: Some(Arc::clone(&state.rules)),
     };
-    let incoming = tls::incoming(grpc, server_tls);
+    let incoming = crate::accept::incoming(grpc, server_tls);
     let grpc_server = tonic::transport::Server::builder()
         .add_service(
             IngestServer::new(IngestHandle(Arc::new(ingest)))

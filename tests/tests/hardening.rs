@@ -225,3 +225,124 @@ fn full_disk_loses_nothing_and_reuses_no_seq() {
     assert!(lost.is_none_or(|v| v < 0.5), "{lost:?}");
     let _ = agent.terminate(Duration::from_secs(10));
 }
+
+/// Holds `count` connections to `target` from the `sources` addresses
+/// without ever starting a TLS handshake, reopening each one the server
+/// closes (after a short pause), until `until`. Returns the connections made.
+async fn half_open_flood(
+    target: std::net::SocketAddr,
+    sources: Vec<std::net::IpAddr>,
+    count: usize,
+    until: Instant,
+) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let source = sources[i % sources.len()];
+        let made = std::sync::Arc::clone(&made);
+        tasks.push(tokio::spawn(async move {
+            let until = tokio::time::Instant::from_std(until);
+            while tokio::time::Instant::now() < until {
+                let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                    return;
+                };
+                if sock.bind(std::net::SocketAddr::new(source, 0)).is_err() {
+                    return;
+                }
+                let Ok(Ok(mut conn)) =
+                    tokio::time::timeout(Duration::from_secs(1), sock.connect(target)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Say nothing; wait for the server to give up on us.
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout_at(until, conn.read(&mut buf)).await;
+                drop(conn);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    made.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Issue 16, finding 3: 2,000 half-open connections from other addresses
+/// (127.0.0.2–5) while an agent restarts: the agent (from 127.0.0.1)
+/// reconnects promptly, and an operator's CLI call gets through.
+#[test]
+fn a_half_open_flood_does_not_keep_agents_or_operators_out() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let mut agent = start_agent_env(&pki, "n1", &pki.node("n1"), &[&agg], "", &[]);
+    let connected = |agg: &Aggregator| agg.proc.log_text().matches("Agent connected").count();
+    wait_for(Duration::from_secs(20), "the agent connected", || {
+        (connected(&agg) >= 1).then_some(())
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sources: Vec<std::net::IpAddr> = (2..=5)
+        .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+        .collect();
+    let flood_for = Duration::from_secs(25);
+    let flood = rt.spawn(half_open_flood(
+        agg.grpc,
+        sources,
+        2000,
+        Instant::now() + flood_for,
+    ));
+    // Let the flood build up, then restart the agent in the middle of it.
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let restarted = Instant::now();
+    let mut agent = start_agent_env(&pki, "n1", &pki.node("n1"), &[&agg], "", &[]);
+    wait_for(
+        Duration::from_secs(20),
+        "the agent reconnected during the flood",
+        || (connected(&agg) >= 2).then_some(()),
+    );
+    let reconnect = restarted.elapsed();
+    let cli = Instant::now();
+    let nodes = cli_query(
+        &pki,
+        &agg,
+        "count(nodewatch_agent_collections_total{node=\"n1\"})",
+    );
+    let cli_took = cli.elapsed();
+    assert!(
+        restarted.elapsed() < flood_for,
+        "measured after the flood ended"
+    );
+    let made = rt.block_on(flood).unwrap();
+    println!(
+        "flood of 2000 half-open connections ({made} opened in all): agent reconnected in {:.2} s, operator query answered in {:.2} s",
+        reconnect.as_secs_f64(),
+        cli_took.as_secs_f64()
+    );
+    assert!(scalar_of(&nodes) == Some(1.0), "{nodes}");
+    assert!(made >= 2000, "the flood opened {made} connections");
+    assert!(
+        reconnect < Duration::from_secs(10),
+        "agent reconnected only after {reconnect:?}"
+    );
+    let m = agg.metrics();
+    let limited = m
+        .lines()
+        .find(|l| l.contains("reason=\"handshake_limit\""))
+        .unwrap_or_default()
+        .to_string();
+    println!("{limited}");
+    let log = agg.proc.log_text();
+    let lines = log.matches("TLS handshake refused").count();
+    println!("refused-handshake log lines: {lines}");
+    assert!(lines < 50, "{lines} log lines for one flood");
+    let _ = agent.terminate(Duration::from_secs(10));
+}
