@@ -238,6 +238,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         rules: Arc::clone(&rules),
     });
     let ingest = IngestService {
+        live: crate::ingest::LiveStreams::default(),
         rules: Some(Arc::clone(&state.rules)),
         store: Arc::clone(&state.store),
         nodes: Arc::clone(&state.nodes),

@@ -346,3 +346,164 @@ fn a_half_open_flood_does_not_keep_agents_or_operators_out() {
     assert!(lines < 50, "{lines} log lines for one flood");
     let _ = agent.terminate(Duration::from_secs(10));
 }
+
+/// Resident set size of process `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One hostile stream of node `node`: Hello, then batches whose sample
+/// blocks define shapes of 262,144 refs each (a million series of decoder
+/// state for ~1 MB on the wire). Returns how the stream ended.
+async fn hostile_stream(
+    agg: &Aggregator,
+    files: &nodewatch_proto::tls::TlsFiles,
+    node: &str,
+) -> String {
+    use nodewatch_proto::blocks::BlockEncoder;
+    use nodewatch_proto::v1::ingest_client::IngestClient;
+    use nodewatch_proto::v1::{agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Sample};
+    use tokio_stream::StreamExt;
+    let mut client = IngestClient::new(nodewatch_tests::channel(agg, files))
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = AgentFrame {
+        frame: Some(agent_frame::Frame::Hello(Hello {
+            agent_version: "hostile".into(),
+            node: node.into(),
+            instance_id: format!("hostile-{}", rand::random::<u32>()),
+            ..Hello::default()
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let mut rx = match client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return format!("refused: {s}"),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut enc = BlockEncoder::new();
+    for seq in 1..=4u64 {
+        let base = (seq - 1) * 262_144 + 1;
+        let samples: Vec<Sample> = (base..base + 262_144)
+            .map(|r| Sample {
+                r#ref: r,
+                t_ms: now,
+                value: 0.0,
+            })
+            .collect();
+        let block = enc.encode(&samples).unwrap();
+        let batch = Batch {
+            seq,
+            blocks: vec![block],
+            ..Batch::default()
+        };
+        if tx
+            .send(AgentFrame {
+                frame: Some(agent_frame::Frame::Batch(batch)),
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    // Read until the aggregator closes the stream or goes quiet.
+    let mut last = String::from("open");
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+        match f {
+            Ok(f) => {
+                if let Some(aggregator_frame::Frame::Error(e)) = f.frame {
+                    last = format!("error frame (fatal {}): {}", e.fatal, e.message);
+                    if e.fatal {
+                        break;
+                    }
+                }
+            }
+            Err(s) => {
+                last = format!("status: {s}");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    last
+}
+
+/// Issue 16, finding 4: a node opening 16 streams, each defining a million
+/// series of sample-block state: the decoder state is held inside the
+/// node's series limit, one stream per node is live, and the memory goes
+/// back when the streams close.
+#[test]
+fn a_node_opening_many_streams_cannot_inflate_the_aggregator() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let pid = agg.proc.child.id();
+    let files = pki.node("hostile");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // One call first: the address then has proven an identity, so 16
+    // handshakes at once from it are not held to the per-address limit
+    // for strangers (8).
+    assert_eq!(query_scalar(&pki, &agg, "vector(1)"), Some(1.0));
+    let before = rss_mib(pid);
+    let agg = std::sync::Arc::new(agg);
+    let mut peak: f64 = before;
+    let ends: Vec<String> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let agg = std::sync::Arc::clone(&agg);
+            let files = files.clone();
+            tasks.push(tokio::spawn(async move {
+                hostile_stream(&agg, &files, "hostile").await
+            }));
+        }
+        let mut ends = Vec::new();
+        for t in tasks {
+            peak = peak.max(rss_mib(pid));
+            ends.push(t.await.unwrap());
+        }
+        ends
+    });
+    let during = rss_mib(pid).max(peak);
+    // Streams closed; give the aggregator a moment to drop their state.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_mib(pid);
+    println!(
+        "aggregator RSS: {before:.0} MiB before, {during:.0} MiB at most with 16 hostile streams, {after:.0} MiB after they closed"
+    );
+    for e in &ends {
+        println!("  {e}");
+    }
+    // Each stream ended at the node's series limit or was replaced by a newer one.
+    assert!(
+        ends.iter().all(|e| e.contains("more than 50000 series")
+            || e.contains("more than 100000 refs in all shapes")
+            || e.contains("replaced by a newer stream")),
+        "{ends:#?}"
+    );
+    let m = agg.metrics();
+    assert!(
+        m.contains("nodewatch_aggregator_nodes_connected 0"),
+        "no hostile stream is left open"
+    );
+    // The probe saw 1,521 MiB for this; the limit keeps it near one node's worth.
+    assert!(
+        during - before < 512.0,
+        "16 streams grew RSS by {:.0} MiB",
+        during - before
+    );
+}
