@@ -165,6 +165,23 @@ fn valid_label_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Why a node may not send series named `name`, if it may not: the name
+/// belongs to Prometheus (`ALERTS`, `ALERTS_FOR_STATE`, `up`, `scrape_*`)
+/// or to the aggregator (its own metrics and what its recording rules
+/// write). With `honorLabels: true` such a series would reach Prometheus
+/// beside the real one.
+fn reserved(name: &str, rules: Option<&crate::manager::RuleManager>) -> Option<&'static str> {
+    if matches!(name, "ALERTS" | "ALERTS_FOR_STATE" | "up") || name.starts_with("scrape_") {
+        Some("prometheus")
+    } else if name.starts_with("nodewatch_aggregator_") {
+        Some("aggregator")
+    } else if rules.is_some_and(|r| r.records(name)) {
+        Some("recording_rule")
+    } else {
+        None
+    }
+}
+
 fn family_type(t: i32) -> FamilyType {
     use nodewatch_proto::v1::MetricType as T;
     match T::try_from(t).unwrap_or(T::Unspecified) {
@@ -265,6 +282,10 @@ impl IngestService {
         };
         let mut limit_hit = false;
         for meta in &batch.metadata {
+            if reserved(&meta.name, self.rules.as_deref()).is_some() {
+                // Refused (and counted) with its series below.
+                continue;
+            }
             if valid_metric_name(&meta.name) {
                 self.store.set_family(
                     &meta.name,
@@ -283,6 +304,20 @@ impl IngestService {
                 problem(format!(
                     "series_defs[{i}] (ref {}): bad metric name {:?}",
                     def.r#ref, def.name
+                ));
+                continue;
+            }
+            if let Some(owner) = reserved(&def.name, self.rules.as_deref()) {
+                metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.clone(), "reason" => owner).increment(1);
+                problem(format!(
+                    "series_defs[{i}] (ref {}): name {:?} is reserved to {}; refused",
+                    def.r#ref,
+                    def.name,
+                    if owner == "prometheus" {
+                        "Prometheus"
+                    } else {
+                        "the aggregator"
+                    }
                 ));
                 continue;
             }
@@ -518,6 +553,9 @@ impl IngestService {
             "replaced",
         ] {
             metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(0);
+        }
+        for reason in ["prometheus", "aggregator", "recording_rule"] {
+            metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.to_string(), "reason" => reason).increment(0);
         }
         for limit in ["frame_bytes", "series", "samples_per_second"] {
             metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => limit).increment(0);

@@ -507,3 +507,145 @@ fn a_node_opening_many_streams_cannot_inflate_the_aggregator() {
         during - before
     );
 }
+
+/// Issue 16, finding 7: a node sending series named `ALERTS`, `up`,
+/// `scrape_*`, `nodewatch_aggregator_*` or what a recording rule writes
+/// gets each refused by name and counted; its other series are stored.
+#[test]
+fn names_reserved_to_prometheus_and_the_aggregator_are_refused_per_series() {
+    use nodewatch_proto::v1::ingest_client::IngestClient;
+    use nodewatch_proto::v1::{
+        agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, Sample, SeriesDef,
+    };
+    use tokio_stream::StreamExt;
+    let pki = Pki::new();
+    let rules = pki.path("rules.yaml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: g\n    rules:\n      - record: node:spoof_probe:sum\n        expr: sum(spoof_probe_ok)\n",
+    )
+    .unwrap();
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &format!("rule_files: ['{}']\n", rules.display()),
+    );
+    let names = [
+        "ALERTS",
+        "ALERTS_FOR_STATE",
+        "up",
+        "scrape_duration_seconds",
+        "nodewatch_aggregator_series",
+        "node:spoof_probe:sum",
+        "spoof_probe_ok",
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = rt.block_on(async {
+        let mut client = IngestClient::new(nodewatch_tests::channel(&agg, &pki.node("spoof")));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(AgentFrame {
+            frame: Some(agent_frame::Frame::Hello(Hello {
+                node: "spoof".into(),
+                instance_id: "spoof-1".into(),
+                ..Hello::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut rx = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let batch = Batch {
+            seq: 1,
+            series_defs: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| SeriesDef {
+                    r#ref: i as u64 + 1,
+                    name: (*n).into(),
+                    labels: vec![
+                        Label {
+                            name: "alertstate".into(),
+                            value: "firing".into(),
+                        },
+                        Label {
+                            name: "job".into(),
+                            value: "spoofed".into(),
+                        },
+                    ],
+                })
+                .collect(),
+            samples: (1..=names.len() as u64)
+                .map(|r| Sample {
+                    r#ref: r,
+                    t_ms: now,
+                    value: 1.0,
+                })
+                .collect(),
+            ..Batch::default()
+        };
+        tx.send(AgentFrame {
+            frame: Some(agent_frame::Frame::Batch(batch)),
+        })
+        .await
+        .unwrap();
+        let mut error = String::new();
+        while let Ok(Some(Ok(f))) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+            match f.frame {
+                Some(aggregator_frame::Frame::Error(e)) => error = e.message,
+                Some(aggregator_frame::Frame::Ack(_)) => break,
+                _ => {}
+            }
+        }
+        error
+    });
+    println!("{error}");
+    assert!(
+        error.contains("name \"ALERTS\" is reserved to Prometheus; refused"),
+        "{error}"
+    );
+    assert!(
+        error.contains("\"up\" is reserved to Prometheus"),
+        "{error}"
+    );
+    let metrics = wait_for(
+        Duration::from_secs(10),
+        "the node's one good series",
+        || {
+            let m = agg.metrics();
+            m.contains("spoof_probe_ok{").then_some(m)
+        },
+    );
+    for n in &names[..names.len() - 1] {
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) && l.contains("spoofed")),
+            "{n} from the node reached /metrics"
+        );
+    }
+    let refused = |reason: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("nodewatch_aggregator_reserved_names_refused_total")
+                    && l.contains("node=\"spoof\"")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(refused("prometheus"), Some(4.0));
+    assert_eq!(refused("aggregator"), Some(1.0));
+    assert_eq!(refused("recording_rule"), Some(1.0));
+}
