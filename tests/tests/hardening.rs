@@ -649,3 +649,103 @@ fn names_reserved_to_prometheus_and_the_aggregator_are_refused_per_series() {
     assert_eq!(refused("aggregator"), Some(1.0));
     assert_eq!(refused("recording_rule"), Some(1.0));
 }
+
+/// Watches a folder with inotify (through Python's ctypes: no extra
+/// package) and prints one line per event, `<event> <name>`, in order.
+const INOTIFY_WATCH: &str = r#"
+import ctypes, os, struct, sys, select
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+fd = libc.inotify_init()
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_CREATE = 0x2, 0x4, 0x8, 0x100
+names = {IN_MODIFY: "modify", IN_ATTRIB: "attrib", IN_CLOSE_WRITE: "close_write", IN_CREATE: "create"}
+if libc.inotify_add_watch(fd, sys.argv[1].encode(), IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE) < 0:
+    sys.exit("inotify_add_watch failed")
+print("ready", flush=True)
+while select.select([fd], [], [], 3.0)[0]:
+    buf = os.read(fd, 65536)
+    i = 0
+    while i < len(buf):
+        wd, mask, cookie, n = struct.unpack_from("iIII", buf, i)
+        name = buf[i + 16:i + 16 + n].rstrip(b"\0").decode()
+        i += 16 + n
+        for bit, label in names.items():
+            if mask & bit:
+                mode = ""
+                if bit == IN_CREATE:
+                    try:
+                        mode = oct(os.stat(os.path.join(sys.argv[1], name)).st_mode & 0o777)
+                    except OSError:
+                        pass
+                print(label, name, mode, flush=True)
+"#;
+
+/// Issue 16, finding 8a: `nodewatch certs` writes each key with mode 0600
+/// from its creation: inotify sees no mode change (`attrib`) of a key after
+/// its content was written, and a `stat` at creation already says 0600.
+#[test]
+fn key_files_are_private_from_their_creation() {
+    use std::io::BufRead;
+    let Some(python) = nodewatch_tests::find_program("python3") else {
+        missing("python3 (to watch with inotify)");
+        return;
+    };
+    let pki = Pki::new();
+    let dir = pki.path("fresh-pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = pki.path("watch.py");
+    std::fs::write(&script, INOTIFY_WATCH).unwrap();
+    let mut watcher = Command::new(python)
+        .arg(&script)
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let cli = nodewatch_tests::bin("nodewatch");
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["certs", "--dir", d, "ca"],
+        vec!["certs", "--dir", d, "server", "localhost"],
+        vec!["certs", "--dir", d, "node", "n1"],
+        vec!["certs", "--dir", d, "operator", "alice"],
+    ] {
+        let out = Command::new(&cli).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let events: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = watcher.wait();
+    let keys: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".key"))
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    for key in &keys {
+        let mine: Vec<&str> = events
+            .iter()
+            .filter(|e| e.split(' ').nth(1) == Some(key.as_str()))
+            .map(String::as_str)
+            .collect();
+        println!("{key}: {mine:?}");
+        let created = mine.iter().find(|e| e.starts_with("create")).unwrap();
+        assert!(created.ends_with("0o600"), "{key} created as {created}");
+        let first_write = mine.iter().position(|e| e.starts_with("modify")).unwrap();
+        assert!(
+            !mine[first_write..].iter().any(|e| e.starts_with("attrib")),
+            "{key}: mode changed after its content was written: {mine:?}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+}
