@@ -723,7 +723,7 @@ fn key_files_are_private_from_their_creation() {
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".key"))
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x == "key"))
         .collect();
     assert_eq!(keys.len(), 4, "{keys:?}");
     for key in &keys {
@@ -740,12 +740,8 @@ fn key_files_are_private_from_their_creation() {
             !mine[first_write..].iter().any(|e| e.starts_with("attrib")),
             "{key}: mode changed after its content was written: {mine:?}"
         );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(key))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let perms = std::fs::metadata(dir.join(key)).unwrap().permissions();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&perms) & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }
 }
