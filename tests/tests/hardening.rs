@@ -745,3 +745,28 @@ fn key_files_are_private_from_their_creation() {
         assert_eq!(mode, 0o600, "{key}");
     }
 }
+
+/// Issue 16, finding 9a: without a `listen` section the aggregator serves
+/// loopback only; the Kubernetes manifest says `0.0.0.0` itself.
+#[test]
+fn the_aggregator_listens_on_loopback_unless_told_otherwise() {
+    let pki = Pki::new();
+    let d = pki.dir.path().display();
+    let path = pki.path("no-listen.yaml");
+    std::fs::write(
+        &path,
+        format!("tls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\n"),
+    )
+    .unwrap();
+    let cfg = nodewatch_aggregator::config::File::load(Some(&path))
+        .unwrap()
+        .validate(Some(&path))
+        .unwrap();
+    assert!(cfg.grpc_listen.ip().is_loopback(), "{}", cfg.grpc_listen);
+    assert!(cfg.http_listen.ip().is_loopback(), "{}", cfg.http_listen);
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/aggregator-config.yaml"),
+    )
+    .unwrap();
+    assert!(manifest.contains("grpc: 0.0.0.0:7443") && manifest.contains("http: 0.0.0.0:9464"));
+}
