@@ -67,6 +67,7 @@ fn bootstrap_service(b: &crate::config::Bootstrap) -> Result<BootstrapService, S
         .parse()
         .map_err(|e| ServerError::Bootstrap(format!("kubernetes.api {:?}: {e}", b.api)))?;
     Ok(BootstrapService {
+        admission: crate::bootstrap::Admission::default(),
         ca: Arc::new(ca),
         audience: b.audience.clone(),
         service_accounts: b.service_accounts.clone(),
@@ -116,6 +117,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     // so rate() and dashboards see them before the first denial.
     for rpc in ["ingest", "query", "hello_identity"] {
         metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(0);
+    }
+    if config.bootstrap.is_some() {
+        for result in ["rate_limited", "token_too_large"] {
+            metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => result)
+                .increment(0);
+        }
     }
     // With bootstrap on, clients may connect without a certificate, for that one RPC.
     let anonymous = config.bootstrap.is_some();

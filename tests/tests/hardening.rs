@@ -770,3 +770,165 @@ fn the_aggregator_listens_on_loopback_unless_told_otherwise() {
     .unwrap();
     assert!(manifest.contains("grpc: 0.0.0.0:7443") && manifest.contains("http: 0.0.0.0:9464"));
 }
+
+/// A stand-in API server that answers every TokenReview "not
+/// authenticated" (the shape of authentication.k8s.io/v1) and counts them
+/// with the largest request body it was sent.
+fn counting_api() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reviews = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let largest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (seen, max) = (
+        std::sync::Arc::clone(&reviews),
+        std::sync::Arc::clone(&largest),
+    );
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (seen, max) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&max));
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 65536];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len = head
+                        .lines()
+                        .find_map(|line| {
+                            line.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() < len {
+                        continue;
+                    }
+                    if head.contains("/tokenreviews") {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        max.fetch_max(len as u64, Ordering::Relaxed);
+                    }
+                    let reply = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","status":{"authenticated":false,"error":"invalid bearer token"}}"#;
+                    let _ = write!(conn, "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+                    return;
+                }
+            });
+        }
+    });
+    (addr, reviews, largest)
+}
+
+/// Issue 16, findings 5 and 6: an anonymous Bootstrap flood (1 MiB tokens
+/// and small ones, 16 callers for 5 s) makes few TokenReviews, none larger
+/// than the token cap, and few log lines.
+#[test]
+fn an_anonymous_bootstrap_flood_is_not_amplified() {
+    use nodewatch_proto::v1::bootstrap_client::BootstrapClient;
+    use nodewatch_proto::v1::IssueRequest;
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let (api, reviews, largest) = counting_api();
+    let token_file = pki.path("aggregator-sa-token");
+    std::fs::write(&token_file, "aggregator-sa-token").unwrap();
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &format!(
+            "bootstrap:\n  ca_cert: {}\n  ca_key: {}\n  service_accounts: ['system:serviceaccount:nodewatch:nodewatch-agent']\n  validity: 1h\n  kubernetes:\n    api: http://{api}\n    token_file: {}\n",
+            pki.path("ca.crt").display(),
+            pki.path("ca.key").display(),
+            token_file.display()
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let flood_for = Duration::from_secs(5);
+    let (calls, codes) = rt.block_on(async {
+        let anon = nodewatch_proto::tls::anonymous_client_config(&pki.path("ca.crt")).unwrap();
+        let channel = nodewatch_proto::tls::channel(
+            &agg.target(),
+            nodewatch_proto::tls::Reloadable::new(anon),
+            Some("localhost".into()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let (_key, csr) =
+            nodewatch_proto::certs::key_and_csr(&nodewatch_proto::NodeName::new("flood").unwrap())
+                .unwrap();
+        let until = tokio::time::Instant::now() + flood_for;
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let mut client =
+                BootstrapClient::new(channel.clone()).max_encoding_message_size(4 * 1024 * 1024);
+            let csr = csr.clone();
+            tasks.push(tokio::spawn(async move {
+                let token = if i % 2 == 0 {
+                    "x".repeat(1024 * 1024)
+                } else {
+                    format!("anonymous-{i}")
+                };
+                let mut calls = 0u64;
+                let mut codes = std::collections::BTreeMap::<String, u64>::new();
+                while tokio::time::Instant::now() < until {
+                    let r = client
+                        .issue(IssueRequest {
+                            token: token.clone(),
+                            csr_pem: csr.clone(),
+                        })
+                        .await;
+                    calls += 1;
+                    let code = match r {
+                        Ok(_) => "ok".to_string(),
+                        Err(s) => format!("{:?}", s.code()),
+                    };
+                    *codes.entry(code).or_default() += 1;
+                }
+                (calls, codes)
+            }));
+        }
+        let mut calls = 0;
+        let mut codes = std::collections::BTreeMap::<String, u64>::new();
+        for t in tasks {
+            let (c, m) = t.await.unwrap();
+            calls += c;
+            for (k, v) in m {
+                *codes.entry(k).or_default() += v;
+            }
+        }
+        (calls, codes)
+    });
+    let reviews = reviews.load(Ordering::Relaxed);
+    let per_second = reviews as f64 / flood_for.as_secs_f64();
+    println!(
+        "{calls} anonymous Bootstrap calls in {flood_for:?} ({codes:?}): {reviews} TokenReviews ({per_second:.1}/s), largest {} bytes",
+        largest.load(Ordering::Relaxed)
+    );
+    assert!(calls > 100, "the flood made only {calls} calls");
+    assert!(
+        largest.load(Ordering::Relaxed) < 20 * 1024,
+        "a TokenReview carried a token past the cap"
+    );
+    // One address: its burst (10) and 0.5/s after.
+    assert!(reviews <= 10 + 5, "{reviews} TokenReviews");
+    assert!(codes.contains_key("ResourceExhausted") && codes.contains_key("InvalidArgument"));
+    let lines = agg.proc.log_text().matches("Bootstrap refused").count();
+    println!("log lines for the flood: {lines}");
+    assert!(lines <= 10, "{lines} log lines");
+}
