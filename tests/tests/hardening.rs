@@ -932,3 +932,32 @@ fn an_anonymous_bootstrap_flood_is_not_amplified() {
     println!("log lines for the flood: {lines}");
     assert!(lines <= 10, "{lines} log lines");
 }
+
+/// Issue 16, finding 9c: the CLI with an operator certificate from another
+/// CA says the aggregator refused the certificate, not "The operation was
+/// cancelled".
+#[test]
+fn the_cli_says_when_the_aggregator_refused_its_certificate() {
+    let pki = Pki::new();
+    let agg = Aggregator::start(&pki, "agg", "");
+    let other = Pki::new();
+    let mut foreign = other.operator("mallory");
+    // It trusts the right aggregator, but its own certificate is from another CA.
+    foreign.ca = pki.path("ca.crt");
+    let out = nodewatch_tests::operator_cli(&foreign, &agg)
+        .args(["query", "vector(1)"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert!(!out.status.success());
+    assert!(!err.contains("operation was cancelled"), "{err}");
+    assert!(
+        err.contains("the aggregator refused this client certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("CA"),
+        "the reason (an unknown CA) is named: {err}"
+    );
+}

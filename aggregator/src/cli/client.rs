@@ -114,3 +114,52 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<tonic::transport::Channel> 
         CONNECT_TIMEOUT,
     )?)
 }
+
+/// What the CLI says about a failed call. The TLS 1.3 handshake ends on
+/// the client's side before the aggregator checks the client certificate,
+/// so a refused certificate reaches the CLI as a cancelled call ("The
+/// operation was cancelled") with the aggregator's TLS alert, when there is
+/// one, among the error's sources: say it plainly, with the reason.
+#[must_use]
+pub fn explain(status: &tonic::Status) -> String {
+    let mut chain = Vec::new();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            chain.push(text);
+        }
+        src = e.source();
+    }
+    let all = chain.join(": ");
+    let alert = [
+        ("UnknownCA", "its CA is not one the aggregator trusts"),
+        ("unknown ca", "its CA is not one the aggregator trusts"),
+        ("CertificateExpired", "it has expired (or is not valid yet)"),
+        (
+            "BadCertificate",
+            "the aggregator found it malformed or untrusted",
+        ),
+        ("CertificateRequired", "no client certificate was sent"),
+        ("AccessDenied", "the aggregator denied access"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| all.contains(needle))
+    .map(|(_, why)| why);
+    let refused = alert.is_some()
+        || (status.code() == tonic::Code::Cancelled && status.message().contains("cancel"));
+    if refused {
+        let why = alert.unwrap_or(
+            "most likely its CA is not one the aggregator trusts, or it has expired; the aggregator's log names the reason",
+        );
+        return format!("the aggregator refused this client certificate: {why}");
+    }
+    let mut msg = format!("{}: {}", status.code(), status.message());
+    for text in chain {
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
