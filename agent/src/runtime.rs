@@ -341,6 +341,7 @@ pub async fn run(
             hello: hello.clone(),
             spool: Arc::clone(&spool),
             index,
+            welcomed: std::sync::atomic::AtomicBool::new(false),
         };
         streamers.push(tokio::spawn(s.run(shutdown.clone(), FLUSH_GRACE)));
     }

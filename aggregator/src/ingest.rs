@@ -242,7 +242,9 @@ impl IngestService {
                 let msg = format!(
                     "batch {seq}: blocks[{i}].{e}; nothing of this batch stored, stream closed (block state lost)"
                 );
-                warn!(node = %s.node, seq, error = %msg, "Sample block refused.");
+                if let Some(suppressed) = crate::throttle::warnings().check("block_decode") {
+                    warn!(node = %s.node, seq, error = %msg, suppressed, "Sample block refused.");
+                }
                 return vec![error_frame(ErrorCode::BlockDecode, msg, seq, true)];
             }
         }
@@ -473,7 +475,10 @@ impl IngestService {
             if more > 0 {
                 let _ = write!(msg, "; and {more} more");
             }
-            warn!(node = %s.node, seq, error = %msg, "Batch partly refused.");
+            // Rate-limited: a node resending a bad batch must not fill the log.
+            if let Some(suppressed) = crate::throttle::warnings().check("batch_refused") {
+                warn!(node = %s.node, seq, error = %msg, suppressed, "Batch partly refused.");
+            }
             let code = if limit_hit {
                 ErrorCode::Limit
             } else {
@@ -510,7 +515,9 @@ impl IngestService {
                 return;
             }
             Ok(Some(Err(status))) => {
-                warn!(%node, error = %status, "Stream failed before Hello.");
+                if let Some(suppressed) = crate::throttle::warnings().check("before_hello") {
+                    warn!(%node, error = %status, suppressed, "Stream failed before Hello.");
+                }
                 return;
             }
             Ok(None) => return,
@@ -532,7 +539,9 @@ impl IngestService {
                 hello.node,
                 node.as_str()
             );
-            warn!(%node, claimed = %hello.node, reason = "hello_identity", "Hello names another node; stream refused.");
+            if let Some(suppressed) = crate::throttle::warnings().check("hello_identity") {
+                warn!(%node, claimed = %hello.node, reason = "hello_identity", suppressed, "Hello names another node; stream refused.");
+            }
             let _ = tx
                 .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
                 .await;
@@ -650,7 +659,11 @@ impl IngestService {
                             if status.message().contains("too large") {
                                 metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
                             }
-                            warn!(%node, error = %status, "Stream ended with an error.");
+                            if let Some(suppressed) =
+                                crate::throttle::warnings().check("stream_error")
+                            {
+                                warn!(%node, error = %status, suppressed, "Stream ended with an error.");
+                            }
                             let msg = format!("frame refused: {}", status.message());
                             let _ = tx.send(Err(Status::new(status.code(), msg))).await;
                             break;
