@@ -131,28 +131,43 @@ pub fn explain(status: &tonic::Status) -> String {
         }
         src = e.source();
     }
-    let all = chain.join(": ");
-    let alert = [
-        ("UnknownCA", "its CA is not one the aggregator trusts"),
-        ("unknown ca", "its CA is not one the aggregator trusts"),
-        ("CertificateExpired", "it has expired (or is not valid yet)"),
-        (
-            "BadCertificate",
-            "the aggregator found it malformed or untrusted",
-        ),
-        ("CertificateRequired", "no client certificate was sent"),
-        ("AccessDenied", "the aggregator denied access"),
-    ]
-    .into_iter()
-    .find(|(needle, _)| all.contains(needle))
-    .map(|(_, why)| why);
-    let refused = alert.is_some()
-        || (status.code() == tonic::Code::Cancelled && status.message().contains("cancel"));
-    if refused {
-        let why = alert.unwrap_or(
-            "most likely its CA is not one the aggregator trusts, or it has expired; the aggregator's log names the reason",
-        );
+    let all = format!("{}: {}", status.message(), chain.join(": "));
+    // rustls names the aggregator's alert: "received fatal alert: UnknownCA".
+    let alert = all
+        .split("received fatal alert: ")
+        .nth(1)
+        .map(|rest| rest.split([':', ' ', ',', ')']).next().unwrap_or(rest));
+    let why = alert.map(|a| match a {
+        // A certificate signed by another CA fails the signature check: DecryptError.
+        "UnknownCA" | "DecryptError" => {
+            format!("its CA is not one the aggregator trusts (TLS alert {a})")
+        }
+        "CertificateExpired" => format!("it has expired or is not valid yet (TLS alert {a})"),
+        "BadCertificate" | "UnsupportedCertificate" => {
+            format!("the aggregator found it malformed or untrusted (TLS alert {a})")
+        }
+        "CertificateRequired" => format!("no client certificate was sent (TLS alert {a})"),
+        other => format!("TLS alert {other}"),
+    });
+    if let Some(a) = alert.filter(|a| {
+        !matches!(
+            *a,
+            "UnknownCA"
+                | "DecryptError"
+                | "CertificateExpired"
+                | "BadCertificate"
+                | "UnsupportedCertificate"
+                | "CertificateRequired"
+        )
+    }) {
+        return format!("the aggregator refused the TLS connection: TLS alert {a}");
+    }
+    let cancelled = status.code() == tonic::Code::Cancelled && status.message().contains("cancel");
+    if let Some(why) = why {
         return format!("the aggregator refused this client certificate: {why}");
+    }
+    if cancelled {
+        return "the aggregator refused this client certificate: most likely its CA is not one the aggregator trusts, or it has expired; the aggregator's log names the reason".to_string();
     }
     let mut msg = format!("{}: {}", status.code(), status.message());
     for text in chain {
