@@ -63,10 +63,21 @@ fn write_atomic(path: &Path, data: &str, mode: u32) -> Result<(), BootstrapError
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(&tmp, data).map_err(io)?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        // Created with its mode (and a leftover file narrowed before
+        // anything is written): a key is never readable by others.
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+        f.write_all(data.as_bytes()).map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -70,18 +70,41 @@ fn spool_metrics(spool: &Shared, cfg: &Config, sink: &mut Sink) {
         );
     }
     let d = s.dropped();
-    let help = "Data the spool dropped because it was full (samples first, events last).";
-    sink.counter(
-        "nodewatch_agent_spool_dropped_total",
-        help,
-        &[("kind", "samples")],
-        d.samples as f64,
+    let help = "Data the spool dropped: reason=\"full\" by its size cap (samples first, events last), reason=\"write_failed\" because it could not be written and no aggregator acknowledged it.";
+    for (kind, reason, n) in [
+        ("samples", "full", d.samples),
+        ("events", "full", d.events),
+        ("samples", "write_failed", d.write_failed_samples),
+        ("events", "write_failed", d.write_failed_events),
+    ] {
+        // write_failed appears once it moves: nodewatch_agent_spool_writable
+        // is the signal to alert on before anything is lost.
+        if reason == "full" || n > 0 {
+            sink.counter(
+                "nodewatch_agent_spool_dropped_total",
+                help,
+                &[("kind", kind), ("reason", reason)],
+                n as f64,
+            );
+        }
+    }
+    sink.gauge(
+        "nodewatch_agent_spool_writable",
+        "1 while the spool writes; 0 while writes fail (collections are then kept in memory).",
+        &[],
+        if s.write_error().is_some() { 0.0 } else { 1.0 },
     );
     sink.counter(
-        "nodewatch_agent_spool_dropped_total",
-        help,
-        &[("kind", "events")],
-        d.events as f64,
+        "nodewatch_agent_spool_write_errors_total",
+        "Spool writes that failed (a full disk, an I/O error).",
+        &[],
+        s.write_errors() as f64,
+    );
+    sink.gauge(
+        "nodewatch_agent_spool_unspooled_collections",
+        "Collections kept in memory because the spool could not write them.",
+        &[],
+        s.unspooled() as f64,
     );
     sink.gauge(
         "nodewatch_agent_spool_bytes",
@@ -320,6 +343,7 @@ pub async fn run(
             hello: hello.clone(),
             spool: Arc::clone(&spool),
             index,
+            welcomed: std::sync::atomic::AtomicBool::new(false),
         };
         streamers.push(tokio::spawn(s.run(shutdown.clone(), FLUSH_GRACE)));
     }
@@ -332,6 +356,7 @@ pub async fn run(
             Ok(l) => Some(tokio::spawn(serve_health(
                 l,
                 Arc::clone(&ready),
+                Arc::clone(&spool),
                 shutdown.clone(),
             ))),
             Err(error) => {
@@ -355,8 +380,10 @@ pub async fn run(
             samples,
             events,
         });
+        // The spool keeps the collection in memory and says once when writes
+        // start failing and once when they work again; no line per collection.
         if let Err(error) = r {
-            warn!(%error, "Could not write to the spool; this collection is not kept.");
+            tracing::debug!(%error, "Collection kept in memory: the spool cannot write.");
         }
         spool.wake_all();
     };
@@ -419,6 +446,7 @@ pub async fn run(
 async fn serve_health(
     listener: tokio::net::TcpListener,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    spool: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use axum::http::StatusCode;
@@ -429,11 +457,23 @@ async fn serve_health(
             "/readyz",
             get(move || {
                 let ready = Arc::clone(&ready);
+                let spool = Arc::clone(&spool);
                 async move {
-                    if ready.load(std::sync::atomic::Ordering::Relaxed) {
-                        (StatusCode::OK, "ready\n")
+                    // A spool that cannot write is not ready: nothing is lost
+                    // yet (collections stay in memory), but it will be.
+                    let write_error = spool.lock().write_error().map(str::to_string);
+                    if !ready.load(std::sync::atomic::Ordering::Relaxed) {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not collecting yet\n".to_string(),
+                        )
+                    } else if let Some(error) = write_error {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("spool cannot write: {error}\n"),
+                        )
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not collecting yet\n")
+                        (StatusCode::OK, "ready\n".to_string())
                     }
                 }
             }),

@@ -3,12 +3,22 @@
 //! aggregator that restarted with an empty memory gets the recent past back).
 //!
 //! # Format
-//! `<dir>/<first seq, 20 digits>.seg` files of records
+//! `<dir>/<first seq, 20 digits>.seg` files of records (a segment started
+//! for an older record written out late takes the next number instead, so
+//! segments always sort oldest first)
 //! `[len: u32 LE][crc32c(payload): u32 LE][payload: SpoolRecord protobuf]`.
 //! A torn tail after a crash (short header, short payload, bad checksum,
 //! undecodable payload) is detected at start-up and cut, never read as data.
 //! `<dir>/instance` holds the agent instance id, so sequence numbers (and the
 //! aggregators' dedup cursors) continue across agent restarts.
+//! `<dir>/seq` holds the next seq to hand out, as 20 decimal digits and a
+//! newline, rewritten in place before each record is written: sequence
+//! numbers never go backwards across restarts, whatever a torn tail or the
+//! cap cut from the segments (the next seq is the larger of this and the
+//! newest record's seq + 1). The file keeps its size, so rewriting it needs no
+//! new blocks and still works on a full disk. A stream's Welcome is the last
+//! line of defence: an aggregator whose cursor is past the next seq (the seq
+//! file lost with a power cut) moves it past that cursor.
 //!
 //! # Durability
 //! Records are written with `write(2)`, so they survive an agent crash or
@@ -20,7 +30,24 @@
 //! # When full
 //! Past the cap, the oldest segment goes: its records' events are first
 //! copied forward into the newest segment (samples dropped), so samples are
-//! dropped oldest-first and events last; every drop is counted.
+//! dropped oldest-first and events last; every drop is counted. With a single
+//! segment over the cap, that segment is sealed and a new one started first,
+//! so the cap frees space whatever the count of segments.
+//!
+//! # When a write fails
+//! A failed write (a full disk, an I/O error) is rolled back: the segment is
+//! truncated to the end of its last good record, so later records are never
+//! indexed at a wrong offset. If even the truncation fails, the segment is
+//! sealed (its torn tail is cut at the next start) and a new one started.
+//! On a full disk the spool first frees segments every aggregator has
+//! acknowledged (the backfill window gives way to new data) and retries.
+//! A collection that still cannot be written is kept in memory, up to
+//! [`MAX_UNSPOOLED_BYTES`], and streamed like any other; once writes work
+//! again it is written out, so an agent restart does not lose it. Only a
+//! collection pushed out of memory before any aggregator acknowledged it is
+//! lost, and counted (`reason="write_failed"`). [`Spool::write_error`] says
+//! while writes fail (the agent's `/readyz` and
+//! `nodewatch_agent_spool_writable`).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -48,6 +75,14 @@ pub const DEFAULT_RETAIN_ACKED: Duration = Duration::from_mins(15);
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// How long sample-only records may sit unsynced.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Smallest segment: a small cap still drops in steps of a quarter of it.
+const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+/// Collections kept in memory while the spool cannot write: a few minutes of
+/// a large node's collections at the default interval, bounded so a full
+/// disk never turns into an out-of-memory kill.
+pub const MAX_UNSPOOLED_BYTES: usize = 16 * 1024 * 1024;
+/// Size of the `seq` file: 20 digits and a newline.
+const SEQ_FILE_BYTES: usize = 21;
 /// Largest record accepted when reading; anything larger is corruption.
 const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
 const HEADER: u64 = 8;
@@ -85,7 +120,10 @@ struct Entry {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
+    /// End of the last good record: where the next one goes.
     bytes: u64,
+    /// No more records go here (a failed rollback, or the cap rolled it).
+    sealed: bool,
 }
 
 /// What opening an existing spool found.
@@ -96,11 +134,15 @@ pub struct Recovered {
     pub cut_bytes: u64,
 }
 
-/// Counts of what the cap made the spool drop.
+/// Counts of what the spool dropped: `samples`/`events` because of the cap,
+/// `write_failed_*` because they could not be written and left memory before
+/// any aggregator acknowledged them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dropped {
     pub samples: u64,
     pub events: u64,
+    pub write_failed_samples: u64,
+    pub write_failed_events: u64,
 }
 
 pub struct Spool {
@@ -117,6 +159,14 @@ pub struct Spool {
     last_sync: Instant,
     /// The newest collection, kept decoded: streams usually send it right away.
     hot: Option<Arc<Collection>>,
+    /// Where the next seq is kept (`<dir>/seq`).
+    seq_file: Option<File>,
+    /// Set while writes fail: the last error.
+    write_error: Option<String>,
+    /// Failed writes since start.
+    write_errors: u64,
+    /// Largest segment before a new one is started.
+    segment_bytes: u64,
 }
 
 /// The owned form of [`encode_record`]'s output (the reference it is tested against).
@@ -294,6 +344,10 @@ impl Spool {
             dropped: Dropped::default(),
             last_sync: Instant::now(),
             hot: None,
+            seq_file: None,
+            write_error: None,
+            write_errors: 0,
+            segment_bytes: (cap / 4).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
         };
         let mut rec = Recovered::default();
         let Some(dir) = dir else { return Ok((s, rec)) };
@@ -350,8 +404,31 @@ impl Spool {
                 );
                 rec.records += 1;
             }
-            s.segments.insert(first, Segment { path, bytes: valid });
+            s.segments.insert(
+                first,
+                Segment {
+                    path,
+                    bytes: valid,
+                    sealed: false,
+                },
+            );
         }
+        let seq_path = dir.join("seq");
+        if let Some(stored) = std::fs::read_to_string(&seq_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            s.next_seq = s.next_seq.max(stored);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&seq_path)
+            .map_err(io(&seq_path))?;
+        s.seq_file = Some(f);
+        s.persist_seq(s.next_seq).map_err(io(&seq_path))?;
         if rec.records > 0 {
             info!(
                 records = rec.records,
@@ -376,6 +453,64 @@ impl Spool {
     #[must_use]
     pub fn dropped(&self) -> Dropped {
         self.dropped
+    }
+
+    /// The last write error while writes fail; `None` when the spool writes.
+    #[must_use]
+    pub fn write_error(&self) -> Option<&str> {
+        self.write_error.as_deref()
+    }
+
+    /// Failed writes since start.
+    #[must_use]
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors
+    }
+
+    /// Collections kept in memory only (not written to disk).
+    #[must_use]
+    pub fn unspooled(&self) -> usize {
+        if self.dir.is_none() {
+            return 0;
+        }
+        self.index
+            .values()
+            .filter(|e| matches!(e.body, Body::Mem(_)))
+            .count()
+    }
+
+    /// Moves the next seq past `seq`: an aggregator has stored it, so this
+    /// instance must never hand it out again (the `seq` file was lost).
+    pub fn never_below(&mut self, seq: u64) {
+        if seq >= self.next_seq {
+            warn!(
+                next_seq = self.next_seq,
+                aggregator_cursor = seq,
+                "An aggregator has stored seqs this spool does not remember; numbering continues after them."
+            );
+            self.next_seq = seq + 1;
+            if let Err(error) = self.persist_seq(self.next_seq) {
+                self.failed(&error.to_string());
+            }
+        }
+    }
+
+    /// Writes the next seq to the `seq` file, in place.
+    fn persist_seq(&self, next: u64) -> std::io::Result<()> {
+        let Some(f) = &self.seq_file else {
+            return Ok(());
+        };
+        let text = format!("{next:020}\n");
+        debug_assert_eq!(text.len(), SEQ_FILE_BYTES);
+        f.write_all_at(text.as_bytes(), 0)
+    }
+
+    fn failed(&mut self, error: &str) {
+        self.write_errors += 1;
+        if self.write_error.is_none() {
+            warn!(%error, "Spool cannot write; collections are kept in memory and streamed until it can.");
+        }
+        self.write_error = Some(error.to_string());
     }
 
     /// Bytes on disk.
@@ -407,14 +542,105 @@ impl Spool {
     }
 
     /// Appends a collection built for the next seq; returns that seq.
+    ///
+    /// The collection is kept whatever happens: if it cannot be written it
+    /// stays in memory (see the module doc) and the error is returned for
+    /// the caller to report.
     pub fn append(&mut self, build: impl FnOnce(u64) -> Collection) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let c = Arc::new(build(seq));
-        self.store(&c)?;
-        self.hot = Some(c);
-        self.enforce_cap()?;
-        Ok(seq)
+        self.hot = Some(Arc::clone(&c));
+        // The seq is on disk before any record carrying it.
+        let seq_written = match (&self.dir, self.persist_seq(self.next_seq)) {
+            (Some(dir), Err(source)) => Err(SpoolError::Io {
+                path: dir.join("seq"),
+                source,
+            }),
+            _ => Ok(()),
+        };
+        let stored = self.store(&c);
+        let r = seq_written.and(stored);
+        match &r {
+            Ok(()) => {
+                if self.write_error.take().is_some() {
+                    info!(
+                        write_errors = self.write_errors,
+                        "Spool writes again; collections kept in memory are written out."
+                    );
+                }
+                self.write_out_unspooled();
+            }
+            Err(e) => self.failed(&e.to_string()),
+        }
+        // What the cap carries forward and cannot write stays in memory too.
+        if let Err(e) = self.enforce_cap() {
+            self.failed(&e.to_string());
+        }
+        self.bound_unspooled();
+        r.map(|()| seq)
+    }
+
+    /// Writes collections kept in memory to disk, oldest first, while writes work.
+    fn write_out_unspooled(&mut self) {
+        if self.dir.is_none() {
+            return;
+        }
+        let acked_by_all = self.cursors.iter().copied().min().unwrap_or(0);
+        let waiting: Vec<Arc<Collection>> = self
+            .index
+            .range(acked_by_all + 1..)
+            .filter_map(|(_, e)| match &e.body {
+                Body::Mem(c) => Some(Arc::clone(c)),
+                Body::Disk { .. } => None,
+            })
+            .collect();
+        for c in waiting {
+            if let Err(e) = self.store(&c) {
+                self.failed(&e.to_string());
+                return;
+            }
+        }
+    }
+
+    /// Keeps collections held in memory under [`MAX_UNSPOOLED_BYTES`]:
+    /// acknowledged ones go first, then the oldest; one no aggregator
+    /// acknowledged is counted as lost.
+    fn bound_unspooled(&mut self) {
+        if self.dir.is_none() {
+            return;
+        }
+        let size = |e: &Entry| match &e.body {
+            Body::Mem(c) => c.approx_bytes(),
+            Body::Disk { .. } => 0,
+        };
+        let mut bytes: usize = self.index.values().map(size).sum();
+        if bytes <= MAX_UNSPOOLED_BYTES {
+            return;
+        }
+        let acked_by_all = self.cursors.iter().copied().min().unwrap_or(0);
+        let acked_by_any = self.cursors.iter().copied().max().unwrap_or(0);
+        let mem: Vec<u64> = self
+            .index
+            .iter()
+            .filter(|(_, e)| matches!(e.body, Body::Mem(_)))
+            .map(|(s, _)| *s)
+            .collect();
+        let (acked, unacked): (Vec<u64>, Vec<u64>) =
+            mem.into_iter().partition(|s| *s <= acked_by_all);
+        for seq in acked.into_iter().chain(unacked) {
+            if bytes <= MAX_UNSPOOLED_BYTES {
+                break;
+            }
+            let Some(e) = self.index.remove(&seq) else {
+                continue;
+            };
+            bytes -= size(&e);
+            if seq > acked_by_any {
+                self.dropped.write_failed_samples += u64::from(e.samples);
+                self.dropped.write_failed_events += u64::from(e.events);
+            }
+        }
     }
 
     fn store(&mut self, c: &Arc<Collection>) -> Result<(), SpoolError> {
@@ -429,7 +655,14 @@ impl Spool {
             return Ok(());
         }
         let payload = encode_record(c);
-        let (seg, offset) = self.write(c.seq, &payload, !c.events.is_empty())?;
+        let (seg, offset) = match self.write(c.seq, &payload, !c.events.is_empty()) {
+            Ok(at) => at,
+            Err(e) => {
+                // Kept in memory, streamed, written out once writes work again.
+                self.index.insert(c.seq, entry(Body::Mem(Arc::clone(c))));
+                return Err(e);
+            }
+        };
         self.index.insert(
             c.seq,
             entry(Body::Disk {
@@ -441,8 +674,26 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes one record to the active segment (rolling it when full).
+    /// Writes one record to the active segment (rolling it when full). A
+    /// failed write is rolled back; on a full disk, segments every
+    /// aggregator acknowledged are freed and the write is tried once more.
     fn write(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        sync_now: bool,
+    ) -> Result<(u64, u64), SpoolError> {
+        match self.write_once(seq, payload, sync_now) {
+            Err(SpoolError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOSPC) && self.free_acked() =>
+            {
+                self.write_once(seq, payload, sync_now)
+            }
+            r => r,
+        }
+    }
+
+    fn write_once(
         &mut self,
         seq: u64,
         payload: &[u8],
@@ -451,13 +702,14 @@ impl Spool {
         let Some(dir) = self.dir.clone() else {
             return Ok((0, 0));
         };
+        let limit = self.segment_bytes;
         let roll = match (
             &self.active,
             self.active
                 .as_ref()
                 .and_then(|(id, _)| self.segments.get(id)),
         ) {
-            (Some(_), Some(seg)) => seg.bytes >= SEGMENT_BYTES,
+            (Some(_), Some(seg)) => seg.bytes >= limit || seg.sealed,
             _ => true,
         };
         if roll {
@@ -469,17 +721,28 @@ impl Spool {
                 .segments
                 .iter()
                 .next_back()
-                .filter(|(_, s)| s.bytes < SEGMENT_BYTES && self.active.is_none())
+                .filter(|(_, s)| s.bytes < limit && !s.sealed && self.active.is_none())
                 .map(|(id, s)| (*id, s.path.clone()));
-            let (id, path) = reuse.unwrap_or_else(|| (seq, dir.join(format!("{seq:020}.seg"))));
+            // A new segment sorts after every other, even when the record
+            // is an older one written out late.
+            let next_id = self
+                .segments
+                .keys()
+                .next_back()
+                .map_or(seq, |newest| seq.max(newest + 1));
+            let (id, path) =
+                reuse.unwrap_or_else(|| (next_id, dir.join(format!("{next_id:020}.seg"))));
+            self.active = None;
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            self.segments
-                .entry(id)
-                .or_insert(Segment { path, bytes: 0 });
+            self.segments.entry(id).or_insert(Segment {
+                path,
+                bytes: 0,
+                sealed: false,
+            });
             self.active = Some((id, f));
         }
         let Some((id, f)) = self.active.as_mut() else {
@@ -494,13 +757,61 @@ impl Spool {
         rec.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
         rec.extend_from_slice(payload);
         let offset = seg.bytes;
-        f.write_all(&rec).map_err(io(&seg.path))?;
-        seg.bytes += rec.len() as u64;
-        if sync_now || self.last_sync.elapsed() >= SYNC_INTERVAL {
-            f.sync_data().map_err(io(&seg.path))?;
-            self.last_sync = Instant::now();
+        let written = f.write_all(&rec).and_then(|()| {
+            if sync_now || self.last_sync.elapsed() >= SYNC_INTERVAL {
+                f.sync_data()?;
+                self.last_sync = Instant::now();
+            }
+            Ok(())
+        });
+        if let Err(source) = written {
+            // Roll back to the last good record, so the next one is indexed
+            // where it really lands; failing that, seal the segment (its
+            // torn tail is cut at the next start) and start a new one.
+            if let Err(error) = f.set_len(offset) {
+                warn!(path = %seg.path.display(), %error, "Could not roll back a failed spool write; segment sealed.");
+                seg.sealed = true;
+                self.active = None;
+            }
+            return Err(SpoolError::Io {
+                path: seg.path.clone(),
+                source,
+            });
         }
+        seg.bytes += rec.len() as u64;
         Ok((id, offset))
+    }
+
+    /// On a full disk: frees every segment whose records all aggregators
+    /// acknowledged, the active one included (sealed first), whatever the
+    /// backfill window says. Returns whether anything was freed.
+    fn free_acked(&mut self) -> bool {
+        let min = self.cursors.iter().copied().min().unwrap_or(0);
+        let freeable: Vec<u64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.index
+                    .iter()
+                    .filter(|(_, e)| matches!(e.body, Body::Disk { seg, .. } if seg == *id))
+                    .all(|(s, _)| *s <= min)
+            })
+            .filter(|id| self.segments.get(id).is_some_and(|s| s.bytes > 0))
+            .collect();
+        for id in &freeable {
+            if self.active.as_ref().is_some_and(|(a, _)| a == id) {
+                self.active = None;
+            }
+            self.remove_segment(*id);
+        }
+        if !freeable.is_empty() {
+            info!(
+                segments = freeable.len(),
+                "Disk full: acknowledged spool segments freed before their backfill window ended."
+            );
+        }
+        !freeable.is_empty()
     }
 
     /// Reads the collection with `seq`.
@@ -557,6 +868,9 @@ impl Spool {
             self.index.retain(|seq, e| *seq > min || e.t_ms >= horizon);
             return;
         }
+        // Collections kept in memory (writes failing) go like records do.
+        self.index
+            .retain(|seq, e| !matches!(e.body, Body::Mem(_)) || *seq > min || e.t_ms >= horizon);
         let active = self.active.as_ref().map(|(id, _)| *id);
         let newest = self.segments.keys().next_back().copied();
         let removable: Vec<u64> = self
@@ -610,10 +924,19 @@ impl Spool {
             }
             return Ok(());
         }
-        while self.bytes() > self.cap && self.segments.len() > 1 {
+        // Each round removes a segment; bounded, so a cap smaller than the
+        // events carried forward cannot make this spin.
+        let mut rounds = self.segments.len() + 1;
+        while self.bytes() > self.cap && rounds > 0 {
+            rounds -= 1;
             let Some(&oldest) = self.segments.keys().next() else {
                 break;
             };
+            // The only segment: seal it, so what is carried forward (and
+            // what comes next) goes to a new one and this one can go.
+            if let Some(seg) = self.segments.get_mut(&oldest) {
+                seg.sealed = true;
+            }
             // Carry the oldest segment's events forward before it goes.
             let carried: Vec<(u64, Arc<Collection>)> = self
                 .index
@@ -848,6 +1171,53 @@ mod tests {
             s.next_after(0).map(|c| (c.seq, c.events.len())),
             Some((1, 1))
         );
+    }
+
+    #[test]
+    fn seqs_never_go_backwards_whatever_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) =
+            Spool::open(Some(dir.path()), DEFAULT_CAP_BYTES, DEFAULT_RETAIN_ACKED, 1).unwrap();
+        for i in 0..5 {
+            s.append(|seq| collection(seq, i, 3, 0)).unwrap();
+        }
+        drop(s);
+        // Every segment lost (cut as corrupt, or removed by hand).
+        for e in std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+        {
+            if e.path().extension().is_some_and(|x| x == "seg") {
+                std::fs::write(e.path(), b"garbage").unwrap();
+            }
+        }
+        let (mut s, rec) =
+            Spool::open(Some(dir.path()), DEFAULT_CAP_BYTES, DEFAULT_RETAIN_ACKED, 1).unwrap();
+        assert_eq!(rec.records, 0);
+        assert_eq!(s.next_seq(), 6, "seq 1..=5 were handed out already");
+        // The seq file lost too: an aggregator's cursor moves numbering past it.
+        std::fs::remove_file(dir.path().join("seq")).unwrap();
+        drop(s);
+        let (mut s2, _) =
+            Spool::open(Some(dir.path()), DEFAULT_CAP_BYTES, DEFAULT_RETAIN_ACKED, 1).unwrap();
+        s2.never_below(5);
+        assert_eq!(s2.append(|seq| collection(seq, 9, 1, 0)).unwrap(), 6);
+        s = s2;
+        assert_eq!(s.next_seq(), 7);
+    }
+
+    #[test]
+    fn the_cap_frees_space_with_a_single_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 256 * 1024;
+        let (mut s, _) = Spool::open(Some(dir.path()), cap, DEFAULT_RETAIN_ACKED, 1).unwrap();
+        // Records bigger than a segment: every segment holds one record.
+        for i in 0..20 {
+            s.append(|seq| collection(seq, i, 1500, 0)).unwrap();
+            assert!(s.bytes() <= cap + 200 * 1024, "{} bytes", s.bytes());
+        }
+        assert!(s.dropped().samples > 0);
+        assert!(s.next_after(0).is_some(), "the newest is kept");
     }
 
     #[test]

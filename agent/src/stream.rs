@@ -37,6 +37,8 @@ pub struct Streamer {
     /// The spool shared by all streams, and this stream's cursor in it.
     pub spool: Arc<Shared>,
     pub index: usize,
+    /// Set when a session got a Welcome (read and cleared by the retry loop).
+    pub welcomed: std::sync::atomic::AtomicBool,
 }
 
 /// A status with its whole error chain: tonic's own message for a failed
@@ -92,9 +94,13 @@ impl Streamer {
             if *shutdown.borrow() {
                 return;
             }
-            // A session that got as far as Welcome resets the backoff.
-            let acked = self.spool.lock().acked(self.index);
-            if acked > 0 {
+            // A session that got as far as Welcome resets the backoff; one
+            // that did not (the aggregator down or refusing) keeps doubling
+            // it, so a dead aggregator is not hammered (nor the log filled).
+            if self
+                .welcomed
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
                 backoff = BACKOFF_MIN.max(backoff / 4);
             }
         }
@@ -152,10 +158,16 @@ impl Streamer {
             Err(_) => return End::Retry("no Welcome in time".into()),
         };
         // An aggregator that restarted knows nothing (acked 0): it gets the
-        // spool's whole retained past again, its backfill.
-        self.spool
-            .lock()
-            .ack(self.index, welcome.acked_seq, now_ms());
+        // spool's whole retained past again, its backfill. One that knows
+        // more than the spool remembers (its seq file lost) moves the
+        // numbering past its cursor, so no new collection reuses a stored seq.
+        self.welcomed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut spool = self.spool.lock();
+            spool.never_below(welcome.acked_seq);
+            spool.ack(self.index, welcome.acked_seq, now_ms());
+        }
         info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
         // Blocks only to an aggregator that says it reads them: an older one
         // would skip the unknown field and ack samples it never stored.

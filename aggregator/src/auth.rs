@@ -11,7 +11,10 @@ use tracing::warn;
 /// refusals themselves are counted in the TLS accept loop.
 fn refuse(p: &PeerInfo, reason: AuthFailure, status: Status) -> Status {
     count_auth_failure(reason.as_str());
-    warn!(peer = %p.remote_addr, reason = reason.as_str(), error = %status.message(), "Call refused.");
+    // Rate-limited: a probe repeating a refused call must not fill the log.
+    if let Some(suppressed) = crate::throttle::warnings().check(reason.as_str()) {
+        warn!(peer = %p.remote_addr, reason = reason.as_str(), error = %status.message(), suppressed, "Call refused.");
+    }
     status
 }
 

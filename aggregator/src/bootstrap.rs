@@ -325,8 +325,153 @@ where
     r.map_err(|e| e.to_string())
 }
 
+/// Largest ServiceAccount token accepted. Kubernetes tokens are JWTs of
+/// 1–2 KB (a projected token with its pod and node claims ~1.5 KB); 16 KiB
+/// leaves room for long names and new claims while bounding what one
+/// anonymous call can make the aggregator send to the API server (the
+/// probe in issue 16 sent 1 MiB tokens, 210 MB in under a second).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Calls per second one source address may make, sustained, and its burst:
+/// an agent bootstraps once per certificate lifetime and renews at two
+/// thirds of it; a crash-looping pod retries a few times a minute.
+pub const PER_SOURCE_RATE: f64 = 0.5;
+pub const PER_SOURCE_BURST: f64 = 10.0;
+/// Calls per second from all sources together, and the burst: a whole
+/// homelab's agents (tens of nodes) starting at once after a rollout.
+pub const TOTAL_RATE: f64 = 10.0;
+pub const TOTAL_BURST: f64 = 50.0;
+/// Source addresses tracked at most; past this, idle ones are forgotten
+/// (a full bucket is the same as no bucket).
+const MAX_SOURCES: usize = 4096;
+
+/// A token bucket.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: std::time::Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: std::time::Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now;
+    }
+}
+
+/// Request admission for Bootstrap, before any TokenReview: the token's
+/// size and the call rate per source address and overall. Each TokenReview
+/// costs the API server work done with the aggregator's own credentials, so
+/// an anonymous caller must not be able to make many, or large ones.
+pub struct Admission {
+    buckets: std::sync::Mutex<(Bucket, std::collections::HashMap<std::net::IpAddr, Bucket>)>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            buckets: std::sync::Mutex::new((
+                Bucket::full(TOTAL_BURST, now),
+                std::collections::HashMap::new(),
+            )),
+        }
+    }
+}
+
+impl Admission {
+    /// Takes one call from `source`'s bucket and the total one, or says which is empty.
+    fn take(
+        &self,
+        source: Option<std::net::IpAddr>,
+        now: std::time::Instant,
+    ) -> Result<(), &'static str> {
+        let mut guard = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, sources) = &mut *guard;
+        total.refill(TOTAL_RATE, TOTAL_BURST, now);
+        let mine = match source {
+            Some(ip) => {
+                if sources.len() >= MAX_SOURCES && !sources.contains_key(&ip) {
+                    sources.retain(|_, b| {
+                        b.refill(PER_SOURCE_RATE, PER_SOURCE_BURST, now);
+                        b.tokens < PER_SOURCE_BURST
+                    });
+                }
+                let b = sources
+                    .entry(ip)
+                    .or_insert_with(|| Bucket::full(PER_SOURCE_BURST, now));
+                b.refill(PER_SOURCE_RATE, PER_SOURCE_BURST, now);
+                Some(b)
+            }
+            None => None,
+        };
+        if mine.as_ref().is_some_and(|b| b.tokens < 1.0) {
+            return Err("per_source");
+        }
+        if total.tokens < 1.0 {
+            return Err("total");
+        }
+        total.tokens -= 1.0;
+        if let Some(b) = mine {
+            b.tokens -= 1.0;
+        }
+        Ok(())
+    }
+
+    /// Admits a Bootstrap call or refuses it (counted, logged at most once
+    /// per reason per interval) before anything is sent to the API server.
+    pub fn admit(&self, req: &GrpcRequest<IssueRequest>) -> Result<(), Status> {
+        let source = req
+            .extensions()
+            .get::<nodewatch_proto::tls::PeerInfo>()
+            .map(|p| p.remote_addr.ip());
+        let token = req.get_ref().token.len();
+        if token > MAX_TOKEN_BYTES {
+            return Err(refuse_throttled(
+                "token_too_large",
+                Status::invalid_argument(format!(
+                    "token: {token} bytes, more than the {MAX_TOKEN_BYTES} a ServiceAccount token may have"
+                )),
+            ));
+        }
+        if let Err(limit) = self.take(source, std::time::Instant::now()) {
+            let why = if limit == "per_source" {
+                format!("more than {PER_SOURCE_BURST} calls at once or {PER_SOURCE_RATE} a second from one address")
+            } else {
+                format!("more than {TOTAL_BURST} calls at once or {TOTAL_RATE} a second in all")
+            };
+            return Err(refuse_throttled(
+                "rate_limited",
+                Status::resource_exhausted(format!("bootstrap rate limit: {why}; retry later")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts a refusal and logs it at most once per reason per interval.
+fn refuse_throttled(reason: &'static str, status: Status) -> Status {
+    metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => reason).increment(1);
+    if let Some(suppressed) = crate::throttle::warnings().check(reason) {
+        warn!(reason, error = %status.message(), suppressed, "Bootstrap refused.");
+    }
+    status
+}
+
 /// The running bootstrap service.
 pub struct BootstrapService {
+    /// Size and rate limits checked before any TokenReview.
+    pub admission: Admission,
     pub ca: Arc<Ca>,
     pub audience: String,
     /// `system:serviceaccount:<namespace>:<name>` allowed to bootstrap.
@@ -339,9 +484,7 @@ pub struct BootstrapService {
 }
 
 fn refuse(reason: &'static str, msg: String) -> Status {
-    metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => reason).increment(1);
-    warn!(reason, error = %msg, "Bootstrap refused.");
-    Status::permission_denied(msg)
+    refuse_throttled(reason, Status::permission_denied(msg))
 }
 
 #[tonic::async_trait]
@@ -350,6 +493,7 @@ impl Bootstrap for BootstrapService {
         &self,
         req: GrpcRequest<IssueRequest>,
     ) -> Result<Response<IssueResponse>, Status> {
+        self.admission.admit(&req)?;
         let r = req.into_inner();
         if r.token.is_empty() {
             return Err(Status::invalid_argument("token: empty"));
@@ -530,4 +674,34 @@ pub fn api_tls(
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    #[test]
+    fn per_source_and_total_buckets() {
+        let a = Admission::default();
+        let t0 = std::time::Instant::now();
+        let one: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..PER_SOURCE_BURST as usize {
+            assert_eq!(a.take(Some(one), t0), Ok(()));
+        }
+        assert_eq!(a.take(Some(one), t0), Err("per_source"));
+        // Two seconds later it has one more.
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(a.take(Some(one), t1), Ok(()));
+        assert_eq!(a.take(Some(one), t1), Err("per_source"));
+        // Many addresses: the total runs out.
+        let mut admitted = 0;
+        for i in 0..200u8 {
+            if a.take(Some(std::net::IpAddr::from([10, 1, 0, i])), t1)
+                .is_ok()
+            {
+                admitted += 1;
+            }
+        }
+        assert!(admitted < TOTAL_BURST as usize, "{admitted}");
+    }
 }

@@ -9,10 +9,13 @@ use nodewatch_proto::config::{self, ConfigError, Problems, TlsConfig};
 use nodewatch_proto::tls::TlsFiles;
 use serde::Deserialize;
 
-/// Default gRPC listen address (Ingest and Query, mutual TLS).
-pub const DEFAULT_GRPC_LISTEN: &str = "0.0.0.0:7443";
-/// Default HTTP listen address (`/metrics`, `/healthz`).
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
+/// Default gRPC listen address (Ingest and Query, mutual TLS): loopback,
+/// so nothing is exposed until the configuration says where. Deployments
+/// that serve other hosts set it (the Kubernetes manifests use `0.0.0.0`,
+/// as a Pod is reached on its Pod IP).
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7443";
+/// Default HTTP listen address (`/metrics`, `/healthz`): loopback, as for gRPC.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
 /// Default history kept per series: enough for 5-minute rates with room to spare.
 pub const DEFAULT_RETENTION: Duration = Duration::from_mins(15);
 /// Default per-node series limit: a node exports ~1,500 series; 30× headroom

@@ -42,6 +42,8 @@ pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 const MAX_PROBLEMS_LISTED: usize = 5;
 
 pub struct IngestService {
+    /// The one live stream of each node.
+    pub live: LiveStreams,
     pub store: Arc<Store>,
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
@@ -52,6 +54,80 @@ pub struct IngestService {
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<AggregatorFrame, Status>> + Send>>;
+
+/// One live stream per node: a new stream from a node replaces its older
+/// one, which gets a fatal error frame and is closed. The newer wins, as a
+/// Prometheus target's newest scrape does, because an agent that restarted
+/// (or lost its connection without the aggregator noticing) must never be
+/// locked out by its own half-dead stream; and a node opening many streams
+/// holds one stream's state (symbol table, sample-block decoder) at a time.
+/// Two agents running with one node's certificate replace each other, each
+/// replacement counted in
+/// `nodewatch_aggregator_frame_errors_total{kind="replaced"}`.
+#[derive(Default)]
+pub struct LiveStreams {
+    next: std::sync::atomic::AtomicU64,
+    by_node: std::sync::Mutex<HashMap<NodeName, (u64, Arc<tokio::sync::Notify>)>>,
+}
+
+impl LiveStreams {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<NodeName, (u64, Arc<tokio::sync::Notify>)>> {
+        self.by_node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a node's new stream, telling its older one to end; returns
+    /// the stream's id and what tells it that it was replaced in turn.
+    fn open(&self, node: &NodeName) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = Arc::new(tokio::sync::Notify::new());
+        if let Some((_, older)) = self
+            .lock()
+            .insert(node.clone(), (id, Arc::clone(&replaced)))
+        {
+            // notify_one keeps the wake-up even if the older stream is busy applying a batch.
+            older.notify_one();
+        }
+        (id, replaced)
+    }
+
+    fn close(&self, node: &NodeName, id: u64) {
+        let mut all = self.lock();
+        if all.get(node).is_some_and(|(live, _)| *live == id) {
+            all.remove(node);
+        }
+    }
+
+    /// Nodes with a live stream.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Hands memory freed by a closed stream back to the system: glibc keeps
+/// freed blocks in its arenas, so a stream's decoder state would otherwise
+/// stay in the aggregator's RSS after the stream is gone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes no pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_memory() {}
 
 // Returns the outbound stream's item type so call sites can send it as is.
 #[allow(clippy::unnecessary_wraps)]
@@ -87,6 +163,23 @@ fn valid_label_name(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Why a node may not send series named `name`, if it may not: the name
+/// belongs to Prometheus (`ALERTS`, `ALERTS_FOR_STATE`, `up`, `scrape_*`)
+/// or to the aggregator (its own metrics and what its recording rules
+/// write). With `honorLabels: true` such a series would reach Prometheus
+/// beside the real one.
+fn reserved(name: &str, rules: Option<&crate::manager::RuleManager>) -> Option<&'static str> {
+    if matches!(name, "ALERTS" | "ALERTS_FOR_STATE" | "up") || name.starts_with("scrape_") {
+        Some("prometheus")
+    } else if name.starts_with("nodewatch_aggregator_") {
+        Some("aggregator")
+    } else if rules.is_some_and(|r| r.records(name)) {
+        Some("recording_rule")
+    } else {
+        None
+    }
 }
 
 fn family_type(t: i32) -> FamilyType {
@@ -149,7 +242,9 @@ impl IngestService {
                 let msg = format!(
                     "batch {seq}: blocks[{i}].{e}; nothing of this batch stored, stream closed (block state lost)"
                 );
-                warn!(node = %s.node, seq, error = %msg, "Sample block refused.");
+                if let Some(suppressed) = crate::throttle::warnings().check("block_decode") {
+                    warn!(node = %s.node, seq, error = %msg, suppressed, "Sample block refused.");
+                }
                 return vec![error_frame(ErrorCode::BlockDecode, msg, seq, true)];
             }
         }
@@ -189,6 +284,10 @@ impl IngestService {
         };
         let mut limit_hit = false;
         for meta in &batch.metadata {
+            if reserved(&meta.name, self.rules.as_deref()).is_some() {
+                // Refused (and counted) with its series below.
+                continue;
+            }
             if valid_metric_name(&meta.name) {
                 self.store.set_family(
                     &meta.name,
@@ -207,6 +306,20 @@ impl IngestService {
                 problem(format!(
                     "series_defs[{i}] (ref {}): bad metric name {:?}",
                     def.r#ref, def.name
+                ));
+                continue;
+            }
+            if let Some(owner) = reserved(&def.name, self.rules.as_deref()) {
+                metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.clone(), "reason" => owner).increment(1);
+                problem(format!(
+                    "series_defs[{i}] (ref {}): name {:?} is reserved to {}; refused",
+                    def.r#ref,
+                    def.name,
+                    if owner == "prometheus" {
+                        "Prometheus"
+                    } else {
+                        "the aggregator"
+                    }
                 ));
                 continue;
             }
@@ -362,7 +475,10 @@ impl IngestService {
             if more > 0 {
                 let _ = write!(msg, "; and {more} more");
             }
-            warn!(node = %s.node, seq, error = %msg, "Batch partly refused.");
+            // Rate-limited: a node resending a bad batch must not fill the log.
+            if let Some(suppressed) = crate::throttle::warnings().check("batch_refused") {
+                warn!(node = %s.node, seq, error = %msg, suppressed, "Batch partly refused.");
+            }
             let code = if limit_hit {
                 ErrorCode::Limit
             } else {
@@ -399,7 +515,9 @@ impl IngestService {
                 return;
             }
             Ok(Some(Err(status))) => {
-                warn!(%node, error = %status, "Stream failed before Hello.");
+                if let Some(suppressed) = crate::throttle::warnings().check("before_hello") {
+                    warn!(%node, error = %status, suppressed, "Stream failed before Hello.");
+                }
                 return;
             }
             Ok(None) => return,
@@ -421,13 +539,16 @@ impl IngestService {
                 hello.node,
                 node.as_str()
             );
-            warn!(%node, claimed = %hello.node, reason = "hello_identity", "Hello names another node; stream refused.");
+            if let Some(suppressed) = crate::throttle::warnings().check("hello_identity") {
+                warn!(%node, claimed = %hello.node, reason = "hello_identity", suppressed, "Hello names another node; stream refused.");
+            }
             let _ = tx
                 .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
                 .await;
             let _ = tx.send(Err(Status::permission_denied(msg))).await;
             return;
         }
+        let (stream_id, replaced) = self.live.open(&node);
         let acked = self.nodes.connect(&node, &hello, peer.clone(), now_ms());
         metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
         // A node's trouble counters exist at 0 from its first stream on, so
@@ -438,8 +559,12 @@ impl IngestService {
             "limit",
             "block_decode",
             "seq_backwards",
+            "replaced",
         ] {
             metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(0);
+        }
+        for reason in ["prometheus", "aggregator", "recording_rule"] {
+            metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.to_string(), "reason" => reason).increment(0);
         }
         for limit in ["frame_bytes", "series", "samples_per_second"] {
             metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => limit).increment(0);
@@ -451,86 +576,117 @@ impl IngestService {
             acked_seq: acked,
             sample_blocks: nodewatch_proto::blocks::VERSION,
         };
-        let mut session = Session {
-            node: node.clone(),
-            hello,
-            refs: HashMap::new(),
-            last_seq: 0,
-            blocks: BlockDecoder::new(),
-        };
-        if tx
-            .send(frame(aggregator_frame::Frame::Welcome(welcome)))
-            .await
-            .is_ok()
+        // The session's state (symbol table, decoder) ends with this block.
         {
-            while let Some(msg) = inbound.next().await {
-                let replies = match msg {
-                    Ok(AgentFrame {
-                        frame: Some(agent_frame::Frame::Batch(b)),
-                    }) => {
-                        let this = Arc::clone(&self);
-                        // Applying takes the store's write lock; keep it off the async workers.
-                        match tokio::task::spawn_blocking(move || {
-                            let r = this.apply(&mut session, b);
-                            (session, r)
-                        })
-                        .await
-                        {
-                            Ok((s, r)) => {
-                                session = s;
-                                r
+            let mut session = Session {
+                node: node.clone(),
+                hello,
+                refs: HashMap::new(),
+                last_seq: 0,
+                // Decoder state inside the node's series limit.
+                blocks: BlockDecoder::with_max_series(self.max_series_per_node),
+            };
+            if tx
+                .send(frame(aggregator_frame::Frame::Welcome(welcome)))
+                .await
+                .is_ok()
+            {
+                loop {
+                    let msg = tokio::select! {
+                        m = inbound.next() => match m {
+                            Some(m) => m,
+                            None => break,
+                        },
+                        () = replaced.notified() => {
+                            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "replaced").increment(1);
+                            if let Some(suppressed) = crate::throttle::warnings().check("stream_replaced") {
+                                warn!(%node, %peer, suppressed, "Stream replaced by a newer one from the same node; closed.");
                             }
-                            Err(e) => {
-                                warn!(%node, error = %e, "Batch handling panicked; closing the stream.");
-                                break;
+                            let _ = tx
+                                .send(error_frame(
+                                    ErrorCode::BadFrame,
+                                    "replaced by a newer stream from this node; closed (one live stream per node)".into(),
+                                    0,
+                                    true,
+                                ))
+                                .await;
+                            break;
+                        }
+                    };
+                    let replies = match msg {
+                        Ok(AgentFrame {
+                            frame: Some(agent_frame::Frame::Batch(b)),
+                        }) => {
+                            let this = Arc::clone(&self);
+                            // Applying takes the store's write lock; keep it off the async workers.
+                            match tokio::task::spawn_blocking(move || {
+                                let r = this.apply(&mut session, b);
+                                (session, r)
+                            })
+                            .await
+                            {
+                                Ok((s, r)) => {
+                                    session = s;
+                                    r
+                                }
+                                Err(e) => {
+                                    warn!(%node, error = %e, "Batch handling panicked; closing the stream.");
+                                    break;
+                                }
                             }
                         }
-                    }
-                    Ok(AgentFrame {
-                        frame: Some(agent_frame::Frame::Hello(_)),
-                    }) => {
-                        vec![error_frame(
-                            ErrorCode::BadFrame,
-                            "Hello may only be the first frame; ignored".into(),
-                            0,
-                            false,
-                        )]
-                    }
-                    Ok(AgentFrame { frame: None }) => {
-                        vec![error_frame(
-                            ErrorCode::BadFrame,
-                            "empty frame (no Hello or Batch); ignored".into(),
-                            0,
-                            false,
-                        )]
-                    }
-                    Err(status) => {
-                        // Decoding errors (oversized or malformed frames) end up here.
-                        metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
-                        if status.message().contains("too large") {
-                            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
+                        Ok(AgentFrame {
+                            frame: Some(agent_frame::Frame::Hello(_)),
+                        }) => {
+                            vec![error_frame(
+                                ErrorCode::BadFrame,
+                                "Hello may only be the first frame; ignored".into(),
+                                0,
+                                false,
+                            )]
                         }
-                        warn!(%node, error = %status, "Stream ended with an error.");
-                        let msg = format!("frame refused: {}", status.message());
-                        let _ = tx.send(Err(Status::new(status.code(), msg))).await;
-                        break;
-                    }
-                };
-                let fatal = replies.iter().any(|r| {
-                    matches!(r, Ok(AggregatorFrame {
+                        Ok(AgentFrame { frame: None }) => {
+                            vec![error_frame(
+                                ErrorCode::BadFrame,
+                                "empty frame (no Hello or Batch); ignored".into(),
+                                0,
+                                false,
+                            )]
+                        }
+                        Err(status) => {
+                            // Decoding errors (oversized or malformed frames) end up here.
+                            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
+                            if status.message().contains("too large") {
+                                metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
+                            }
+                            if let Some(suppressed) =
+                                crate::throttle::warnings().check("stream_error")
+                            {
+                                warn!(%node, error = %status, suppressed, "Stream ended with an error.");
+                            }
+                            let msg = format!("frame refused: {}", status.message());
+                            let _ = tx.send(Err(Status::new(status.code(), msg))).await;
+                            break;
+                        }
+                    };
+                    let fatal = replies.iter().any(|r| {
+                        matches!(r, Ok(AggregatorFrame {
                         frame: Some(aggregator_frame::Frame::Error(e)),
                     }) if e.fatal)
-                });
-                for r in replies {
-                    if tx.send(r).await.is_err() {
+                    });
+                    for r in replies {
+                        if tx.send(r).await.is_err() {
+                            break;
+                        }
+                    }
+                    if fatal {
                         break;
                     }
-                }
-                if fatal {
-                    break;
                 }
             }
         }
+        self.live.close(&node, stream_id);
+        release_memory();
         self.nodes.disconnect(&node);
         metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
         info!(%node, "Agent disconnected.");
@@ -579,6 +735,7 @@ mod tests {
 
     fn service() -> (IngestService, Session) {
         let svc = IngestService {
+            live: LiveStreams::default(),
             store: Store::new(3_600_000),
             nodes: Arc::new(Nodes::default()),
             events: Arc::new(EventLog::default()),

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML configuration and its validation.
+//! - [`accept`]: TLS handshakes on the gRPC port, with limits per source address.
 //! - [`auth`]: roles from the client certificate.
 //! - [`bootstrap`]: per-node certificates for Kubernetes agents (TokenReview).
 //! - [`ingest`]: the `Ingest.Stream` service (agent → store).
@@ -19,7 +20,9 @@
 //! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
 //! - [`server`]: wiring and shutdown.
 //! - [`cli`]: the `nodewatch` command-line tool.
+//! - [`throttle`]: rate-limited repeated warnings.
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
@@ -38,3 +41,4 @@ pub mod remote_write;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod throttle;

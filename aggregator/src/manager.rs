@@ -164,6 +164,18 @@ impl RuleManager {
         }
     }
 
+    /// Whether a loaded recording rule writes series named `name`: such
+    /// names belong to the aggregator, and nodes may not send them.
+    #[must_use]
+    pub fn records(&self, name: &str) -> bool {
+        self.slots().iter().any(|s| {
+            s.group
+                .rules()
+                .iter()
+                .any(|r| !r.is_alert && r.name == name)
+        })
+    }
+
     /// How much history the loaded rules read (ms): the longest range or
     /// lookback plus offset over every group; `None` if a rule pins a
     /// selector with `@`, which no retention can promise.

@@ -67,6 +67,7 @@ fn bootstrap_service(b: &crate::config::Bootstrap) -> Result<BootstrapService, S
         .parse()
         .map_err(|e| ServerError::Bootstrap(format!("kubernetes.api {:?}: {e}", b.api)))?;
     Ok(BootstrapService {
+        admission: crate::bootstrap::Admission::default(),
         ca: Arc::new(ca),
         audience: b.audience.clone(),
         service_accounts: b.service_accounts.clone(),
@@ -120,7 +121,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(0);
     }
     if config.bootstrap.is_some() {
-        for result in ["issued", "token", "service_account", "no_node_annotation"] {
+        for result in [
+            "issued",
+            "token",
+            "service_account",
+            "no_node_annotation",
+            "rate_limited",
+            "token_too_large",
+        ] {
             metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => result)
                 .increment(0);
         }
@@ -262,6 +270,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         rules: Arc::clone(&rules),
     });
     let ingest = IngestService {
+        live: crate::ingest::LiveStreams::default(),
         rules: Some(Arc::clone(&state.rules)),
         store: Arc::clone(&state.store),
         nodes: Arc::clone(&state.nodes),
@@ -275,7 +284,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         events: Arc::clone(&state.events),
         rules: Some(Arc::clone(&state.rules)),
     };
-    let incoming = tls::incoming(grpc, server_tls);
+    let incoming = crate::accept::incoming(grpc, server_tls);
     let grpc_server = tonic::transport::Server::builder()
         .add_service(
             IngestServer::new(IngestHandle(Arc::new(ingest)))

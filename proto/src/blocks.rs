@@ -168,6 +168,9 @@ struct State {
     shapes: Vec<Option<Shape>>,
     shape_refs: usize,
     clock: u64,
+    /// A lower series limit than [`MAX_SERIES`] (the receiver's per-node
+    /// limit), which also bounds the refs of all shapes to twice as many.
+    max_series: Option<usize>,
 }
 
 impl State {
@@ -177,10 +180,11 @@ impl State {
             .iter()
             .filter(|r| !self.slot_of.contains_key(r))
             .count();
-        if self.series.len() + new > MAX_SERIES {
+        let max = self.max_series.map_or(MAX_SERIES, |m| m.min(MAX_SERIES));
+        if self.series.len() + new > max {
             return Err(err(
                 "shape",
-                format!("more than {MAX_SERIES} series on one stream"),
+                format!("more than {max} series on one stream"),
             ));
         }
         Ok(refs
@@ -200,11 +204,11 @@ impl State {
             .get(id)
             .and_then(Option::as_ref)
             .map_or(0, |s| s.refs.len());
-        if self.shape_refs - old + refs.len() > MAX_SHAPE_REFS {
-            return Err(err(
-                "shape",
-                format!("more than {MAX_SHAPE_REFS} refs in all shapes"),
-            ));
+        let max = self
+            .max_series
+            .map_or(MAX_SHAPE_REFS, |m| m.saturating_mul(2).min(MAX_SHAPE_REFS));
+        if self.shape_refs - old + refs.len() > max {
+            return Err(err("shape", format!("more than {max} refs in all shapes")));
         }
         let slots = self.slots(&refs)?;
         if self.shapes.len() <= id {
@@ -620,6 +624,16 @@ impl BlockDecoder {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder holding state for at most `max_series` series (and twice
+    /// as many refs in all shapes): the receiver's per-node series limit,
+    /// so a stream's decoder state stays inside what the node may store.
+    #[must_use]
+    pub fn with_max_series(max_series: usize) -> Self {
+        let mut d = Self::default();
+        d.state.max_series = Some(max_series);
+        d
     }
 
     /// Appends the block's samples to `out`. A block of more than `limit`

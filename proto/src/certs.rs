@@ -62,12 +62,23 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(path, contents).map_err(io)?;
+    // The mode is set at creation, and on an existing file before anything
+    // is written: a key is never readable by others, not even for a moment.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    let mut f = opts.open(path).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
     }
+    std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io)?;
     Ok(())
 }
 

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             if let Some(status) = e.downcast_ref::<tonic::Status>() {
-                eprintln!("nodewatch: {}: {}", status.code(), status.message());
+                eprintln!(
+                    "nodewatch: {}",
+                    nodewatch_aggregator::cli::client::explain(status)
+                );
             } else {
                 eprintln!("nodewatch: {e:#}");
             }

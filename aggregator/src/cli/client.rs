@@ -114,3 +114,67 @@ pub fn connect(args: &ConnectArgs) -> anyhow::Result<tonic::transport::Channel> 
         CONNECT_TIMEOUT,
     )?)
 }
+
+/// What the CLI says about a failed call. The TLS 1.3 handshake ends on
+/// the client's side before the aggregator checks the client certificate,
+/// so a refused certificate reaches the CLI as a cancelled call ("The
+/// operation was cancelled") with the aggregator's TLS alert, when there is
+/// one, among the error's sources: say it plainly, with the reason.
+#[must_use]
+pub fn explain(status: &tonic::Status) -> String {
+    let mut chain = Vec::new();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            chain.push(text);
+        }
+        src = e.source();
+    }
+    let all = format!("{}: {}", status.message(), chain.join(": "));
+    // rustls names the aggregator's alert: "received fatal alert: UnknownCA".
+    let alert = all
+        .split("received fatal alert: ")
+        .nth(1)
+        .map(|rest| rest.split([':', ' ', ',', ')']).next().unwrap_or(rest));
+    let why = alert.map(|a| match a {
+        // A certificate signed by another CA fails the signature check: DecryptError.
+        "UnknownCA" | "DecryptError" => {
+            format!("its CA is not one the aggregator trusts (TLS alert {a})")
+        }
+        "CertificateExpired" => format!("it has expired or is not valid yet (TLS alert {a})"),
+        "BadCertificate" | "UnsupportedCertificate" => {
+            format!("the aggregator found it malformed or untrusted (TLS alert {a})")
+        }
+        "CertificateRequired" => format!("no client certificate was sent (TLS alert {a})"),
+        other => format!("TLS alert {other}"),
+    });
+    if let Some(a) = alert.filter(|a| {
+        !matches!(
+            *a,
+            "UnknownCA"
+                | "DecryptError"
+                | "CertificateExpired"
+                | "BadCertificate"
+                | "UnsupportedCertificate"
+                | "CertificateRequired"
+        )
+    }) {
+        return format!("the aggregator refused the TLS connection: TLS alert {a}");
+    }
+    let cancelled = status.code() == tonic::Code::Cancelled && status.message().contains("cancel");
+    if let Some(why) = why {
+        return format!("the aggregator refused this client certificate: {why}");
+    }
+    if cancelled {
+        return "the aggregator refused this client certificate: most likely its CA is not one the aggregator trusts, or it has expired; the aggregator's log names the reason".to_string();
+    }
+    let mut msg = format!("{}: {}", status.code(), status.message());
+    for text in chain {
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
