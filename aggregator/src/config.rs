@@ -37,6 +37,9 @@ pub struct File {
     /// Per-node limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Node liveness (`up{job="nodewatch-agent",node}`) and the known-nodes file.
+    #[serde(default)]
+    pub liveness: LivenessFile,
     /// Prometheus rule files (globs), reloaded on SIGHUP and when they change.
     #[serde(default)]
     pub rule_files: Vec<String>,
@@ -414,6 +417,20 @@ impl Default for Listen {
     }
 }
 
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessFile {
+    /// File where the aggregator keeps the nodes it knows (name, last seen),
+    /// so a node that never comes back after an aggregator restart still
+    /// counts as down (`up` 0). Unset: known nodes are held in memory only.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// How long a node without a stream is remembered, its `up` at 0
+    /// (default `24h`).
+    #[serde(default)]
+    pub forget_after: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -491,6 +508,7 @@ pub struct Config {
     pub resend_delay: Duration,
     pub bootstrap: Option<Bootstrap>,
     pub remote_write: Vec<crate::remote_write::Target>,
+    pub liveness: crate::liveness::Options,
 }
 
 impl File {
@@ -564,6 +582,23 @@ impl File {
             .as_ref()
             .and_then(|b| validate_bootstrap(b, &mut p));
         let remote_write = self.validate_remote_write(&mut p);
+        let liveness = crate::liveness::Options {
+            state_file: self.liveness.state_file.clone(),
+            forget_after: match &self.liveness.forget_after {
+                None => crate::liveness::DEFAULT_FORGET_AFTER,
+                Some(v) => match config::parse_duration(v) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => {
+                        p.add("liveness.forget_after", "must be more than 0");
+                        crate::liveness::DEFAULT_FORGET_AFTER
+                    }
+                    Err(e) => {
+                        p.add("liveness.forget_after", e);
+                        crate::liveness::DEFAULT_FORGET_AFTER
+                    }
+                },
+            },
+        };
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -583,6 +618,7 @@ impl File {
                 resend_delay,
                 bootstrap,
                 remote_write,
+                liveness,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }
