@@ -123,7 +123,8 @@ impl RuleManager {
                 for w in &warnings {
                     warn!(warning = %w, "Rule reads a series this aggregator never holds.");
                 }
-                metrics::gauge!("nodewatch_aggregator_rule_unheld_selectors").set(warnings.len() as f64);
+                metrics::gauge!("nodewatch_aggregator_rule_unheld_selectors")
+                    .set(warnings.len() as f64);
                 let now = now_ms();
                 // Only the rules loaded at start restore `for` state, as in
                 // Prometheus: after a reload the grace period would push

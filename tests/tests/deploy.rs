@@ -402,7 +402,10 @@ fn rule_pack_passes_promtool_and_matches_the_prometheus_rule() {
         "kubernetes/prometheusrule-aggregators.yaml must carry rules/nodewatch-aggregators.rules.yml's groups verbatim"
     );
     let mut alerts = 0;
-    for g in seq(&rules["groups"]).iter().chain(seq(&aggregators["groups"])) {
+    for g in seq(&rules["groups"])
+        .iter()
+        .chain(seq(&aggregators["groups"]))
+    {
         for r in seq(&g["rules"]) {
             let Some(name) = r["alert"].as_str() else {
                 continue;
@@ -738,8 +741,7 @@ fn aggregator_is_restricted_redundant_and_scraped() {
     // ServiceMonitor produces (`jobLabel` names a label of the Service).
     let job_label = sm["spec"]["jobLabel"].as_str().expect("jobLabel");
     let job = svc["metadata"]["labels"][job_label].as_str().unwrap();
-    let rules =
-        std::fs::read_to_string(deploy("rules/nodewatch-aggregators.rules.yml")).unwrap();
+    let rules = std::fs::read_to_string(deploy("rules/nodewatch-aggregators.rules.yml")).unwrap();
     let dashboard = std::fs::read_to_string(deploy("grafana/nodewatch.json")).unwrap();
     assert!(
         rules.contains(&format!("job=\"{job}\"")),

@@ -90,11 +90,18 @@ fn render(m: &Matchers) -> String {
 /// One warning per rule selector the aggregator can never hold, over all
 /// `groups` (recording rules of any of them count as held).
 #[must_use]
-pub fn unheld_selectors<'a>(groups: impl IntoIterator<Item = &'a GroupSpec> + Clone) -> Vec<RuleFileError> {
+pub fn unheld_selectors<'a>(
+    groups: impl IntoIterator<Item = &'a GroupSpec> + Clone,
+) -> Vec<RuleFileError> {
     let recorded: HashSet<&str> = groups
         .clone()
         .into_iter()
-        .flat_map(|g| g.rules.iter().filter(|r| !r.is_alert).map(|r| r.name.as_str()))
+        .flat_map(|g| {
+            g.rules
+                .iter()
+                .filter(|r| !r.is_alert)
+                .map(|r| r.name.as_str())
+        })
         .collect();
     let mut out = Vec::new();
     for g in groups {
@@ -131,7 +138,10 @@ mod tests {
 
     fn warnings(text: &str) -> Vec<String> {
         let groups = super::super::file::parse_rules(Path::new("r.yml"), text).unwrap();
-        unheld_selectors(&groups).iter().map(ToString::to_string).collect()
+        unheld_selectors(&groups)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -152,7 +162,11 @@ mod tests {
             "{}",
             w[0]
         );
-        assert!(w[1].contains("rule 2 (\"Denied\"): selector `nodewatch_aggregator_denied_total`"), "{}", w[1]);
+        assert!(
+            w[1].contains("rule 2 (\"Denied\"): selector `nodewatch_aggregator_denied_total`"),
+            "{}",
+            w[1]
+        );
         assert!(w[2].contains("selector `prometheus_ready`"), "{}", w[2]);
     }
 

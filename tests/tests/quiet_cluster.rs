@@ -1,0 +1,891 @@
+//! The shipped alerting, end to end: the aggregator configuration of
+//! `deploy/kubernetes/aggregator-config.yaml` and the rule pack
+//! `deploy/rules/nodewatch.rules.yml`, on a real aggregator pair with three
+//! agents, sending to a real Alertmanager whose webhook is the test.
+//!
+//! - With nothing wrong, Alertmanager receives the Watchdog and nothing
+//!   else over the quiet window (3 minutes; `NODEWATCH_QUIET_MINUTES=10`
+//!   for a longer one).
+//! - Each failure the pack covers that this machine can cause for real
+//!   fires exactly its own alert, once, not once per replica: an agent
+//!   stopped, a node lost across an aggregator restart, a node's stream cut
+//!   in a network namespace, an OOM kill.
+//!
+//! The shipped `for:` durations are kept (2 minutes for a node down), so
+//! these tests take minutes each and run side by side; the three agents
+//! share one kernel, so the OOM test runs alone and only its `n1` reads the
+//! kernel's host-wide OOM counter.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use nodewatch_tests::{
+    bin, find_program, free_port, http_get, missing, operator_cli, query_scalar, spawn,
+    start_alertmanager, wait_for, write_agent_config, Aggregator, MemCgroup, Pki, Proc, Webhook,
+};
+use serde_yaml_ng::Value;
+
+/// Tests that change what every agent on this host reads (the kernel's OOM
+/// counter) hold this for writing; every other cluster holds it for reading.
+static HOST: RwLock<()> = RwLock::new(());
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The agents' collection interval in the shipped agent config.
+const AGENT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `NodewatchNodeDown`'s `for:` in the shipped pack.
+const NODE_DOWN_FOR: Duration = Duration::from_mins(2);
+
+/// The aggregator's `aggregator.yaml` from the shipped ConfigMap, adapted
+/// to this machine: listen addresses and TLS files come from the test, the
+/// Kubernetes bootstrap is left out, rule files are the pack in the
+/// repository, Alertmanager is the test's, the known-nodes file lies in
+/// `state`. Everything else (retention, limits, liveness, resend delay) is
+/// as shipped.
+fn shipped_aggregator_config(am: SocketAddr, state: &Path) -> String {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/kubernetes/aggregator-config.yaml")).unwrap();
+    let cm: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let mut cfg: Value =
+        serde_yaml_ng::from_str(cm["data"]["aggregator.yaml"].as_str().unwrap()).unwrap();
+    let map = cfg.as_mapping_mut().unwrap();
+    for k in ["listen", "tls", "bootstrap"] {
+        map.remove(k);
+    }
+    let shipped_rules = map["rule_files"].clone();
+    assert_eq!(
+        shipped_rules[0].as_str(),
+        Some("/etc/nodewatch/rules/*.yml"),
+        "the shipped config loads the rules ConfigMap"
+    );
+    map.insert(
+        "rule_files".into(),
+        serde_yaml_ng::from_str(&format!(
+            "['{}']",
+            repo().join("deploy/rules/nodewatch.rules.yml").display()
+        ))
+        .unwrap(),
+    );
+    map["alerting"].as_mapping_mut().unwrap().insert(
+        "alertmanagers".into(),
+        serde_yaml_ng::from_str(&format!("['http://{am}']")).unwrap(),
+    );
+    assert!(
+        map["liveness"]["state_file"].is_string(),
+        "the shipped config keeps known nodes"
+    );
+    map["liveness"]
+        .as_mapping_mut()
+        .unwrap()
+        .insert("state_file".into(), state.display().to_string().into());
+    assert!(
+        !map.contains_key("external_labels"),
+        "a per-replica external label would split each alert in two"
+    );
+    serde_yaml_ng::to_string(&cfg).unwrap()
+}
+
+/// Starts an aggregator listening for gRPC on every address (agents in a
+/// network namespace reach it through their veth), HTTP on loopback.
+fn start_aggregator(pki: &Pki, name: &str, extra: &str) -> Aggregator {
+    let port = free_port();
+    let grpc: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = pki.path(&format!("{name}.yaml"));
+    let d = pki.dir.path().display();
+    std::fs::write(
+        &config,
+        format!("listen:\n  grpc: 0.0.0.0:{port}\n  http: {http}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\n{extra}"),
+    )
+    .unwrap();
+    let proc = spawn(
+        &bin("nodewatch-aggregator"),
+        &["--config", config.to_str().unwrap()],
+        pki.dir.path(),
+        name,
+    );
+    wait_for(Duration::from_secs(20), "aggregator /healthz", || {
+        http_get(http, "/healthz")
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| ())
+    });
+    Aggregator {
+        proc,
+        grpc,
+        http,
+        config,
+    }
+}
+
+/// One alert as the webhook received it.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    name: String,
+    status: String,
+    labels: BTreeMap<String, String>,
+}
+
+struct Cluster {
+    pki: Pki,
+    hook: Webhook,
+    _am: Proc,
+    aggs: Vec<Aggregator>,
+    agents: BTreeMap<String, Proc>,
+    started: Instant,
+}
+
+impl Cluster {
+    /// Alertmanager, two aggregators with the shipped config and pack, and
+    /// agents n1..n3 (`agent_extra(node)` YAML each, `None`: started by the
+    /// test itself).
+    fn start(agent_extra: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let pki = Pki::new();
+        let dir = pki.dir.path().to_path_buf();
+        let hook = Webhook::start();
+        let (am, am_addr) = start_alertmanager(&dir, &hook)?;
+        let aggs: Vec<Aggregator> = ["agg-0", "agg-1"]
+            .iter()
+            .map(|name| {
+                let cfg =
+                    shipped_aggregator_config(am_addr, &dir.join(format!("{name}-known-nodes")));
+                start_aggregator(&pki, name, &cfg)
+            })
+            .collect();
+        let mut c = Self {
+            pki,
+            hook,
+            _am: am,
+            aggs,
+            agents: BTreeMap::new(),
+            started: Instant::now(),
+        };
+        for node in ["n1", "n2", "n3"] {
+            if let Some(extra) = agent_extra(node) {
+                let addrs: Vec<String> = c.aggs.iter().map(|a| a.grpc.to_string()).collect();
+                c.start_agent(node, &addrs, &extra, None);
+            }
+        }
+        Some(c)
+    }
+
+    /// Starts agent `node` streaming to `addrs`, inside network namespace
+    /// `netns` if given.
+    fn start_agent(&mut self, node: &str, addrs: &[String], extra: &str, netns: Option<&str>) {
+        let extra = format!("interval: {}s\n{extra}", AGENT_INTERVAL.as_secs());
+        let cfg = write_agent_config(&self.pki, node, &self.pki.node(node), addrs, &extra);
+        let agent = bin("nodewatch-agent");
+        let p = match netns {
+            None => spawn(
+                &agent,
+                &["--config", cfg.to_str().unwrap()],
+                self.pki.dir.path(),
+                &format!("agent-{node}"),
+            ),
+            Some(ns) => spawn(
+                &find_program("ip").unwrap(),
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    agent.to_str().unwrap(),
+                    "--config",
+                    cfg.to_str().unwrap(),
+                ],
+                self.pki.dir.path(),
+                &format!("agent-{node}"),
+            ),
+        };
+        self.agents.insert(node.to_string(), p);
+    }
+
+    /// Waits until both aggregators see every running agent up and the
+    /// Watchdog reached the webhook.
+    fn wait_healthy(&self, nodes: &[&str]) {
+        for a in &self.aggs {
+            for n in nodes {
+                wait_for(
+                    Duration::from_mins(1),
+                    &format!("{n} up on {}", a.proc.name),
+                    || {
+                        query_scalar(
+                            &self.pki,
+                            a,
+                            &format!("up{{job=\"nodewatch-agent\",node=\"{n}\"}}"),
+                        )
+                        .filter(|v| *v == 1.0)
+                    },
+                );
+            }
+        }
+        wait_for(
+            Duration::from_mins(1),
+            "the Watchdog at the webhook",
+            || {
+                self.received()
+                    .iter()
+                    .any(|r| r.name == "Watchdog")
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Every alert the webhook received, in order.
+    fn received(&self) -> Vec<Received> {
+        let mut out = Vec::new();
+        for (at, body) in self.hook.find_all("") {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for a in v["alerts"].as_array().unwrap() {
+                let labels: BTreeMap<String, String> = a["labels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect();
+                out.push(Received {
+                    at,
+                    name: labels.get("alertname").cloned().unwrap_or_default(),
+                    status: a["status"].as_str().unwrap_or_default().to_string(),
+                    labels,
+                });
+            }
+        }
+        out
+    }
+
+    /// The firing alerts received, as `alertname` or `alertname/node`, each
+    /// with how many distinct label sets it came with (1: the replicas'
+    /// copies were identical and Alertmanager merged them).
+    fn firing(&self) -> BTreeMap<String, usize> {
+        let mut sets: BTreeMap<String, BTreeSet<BTreeMap<String, String>>> = BTreeMap::new();
+        for r in self.received().into_iter().filter(|r| r.status == "firing") {
+            let key = match r.labels.get("node") {
+                Some(n) => format!("{}/{n}", r.name),
+                None => r.name.clone(),
+            };
+            sets.entry(key).or_default().insert(r.labels);
+        }
+        sets.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+
+    /// Asserts the firing alerts received are exactly `want`, each once.
+    fn assert_exactly(&self, want: &[&str]) {
+        let got = self.firing();
+        let names: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+        let want: BTreeSet<&str> = want.iter().copied().collect();
+        assert_eq!(
+            names,
+            want,
+            "alerts received {:?} after {:?}; logs in {}",
+            self.received()
+                .iter()
+                .map(|r| format!("{} {} {:?}", r.name, r.status, r.labels))
+                .collect::<Vec<_>>(),
+            self.started.elapsed(),
+            self.pki.dir.path().display()
+        );
+        for (k, n) in &got {
+            assert_eq!(
+                *n, 1,
+                "{k} came with {n} different label sets (once per replica?)"
+            );
+        }
+    }
+
+    /// `nodewatch alerts -o json` of aggregator `i`: (alertname, node, state).
+    fn alerts_on(&self, i: usize) -> Vec<(String, String, String)> {
+        let ops = self.pki.operator("ops");
+        let out = operator_cli(&ops, &self.aggs[i])
+            .args(["alerts", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        (
+                            x["labels"]["alertname"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            x["labels"]["node"].as_str().unwrap_or_default().to_string(),
+                            x["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits for `alertname` firing for `node` at the webhook; returns when it arrived.
+    fn wait_firing(&self, alertname: &str, node: &str, timeout: Duration) -> Instant {
+        wait_for(
+            timeout,
+            &format!("{alertname} for {node} at the webhook"),
+            || {
+                self.received()
+                    .into_iter()
+                    .find(|r| {
+                        r.name == alertname
+                            && r.status == "firing"
+                            && r.labels.get("node").map(String::as_str) == Some(node)
+                    })
+                    .map(|r| r.at)
+            },
+        )
+    }
+}
+
+fn all_agents(_: &str) -> Option<String> {
+    Some(String::new())
+}
+
+/// Root is needed for what the failure tests do; under CI its absence fails.
+fn need_root(what: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        true
+    } else {
+        missing(&format!("root ({what})"));
+        false
+    }
+}
+
+fn quiet_window() -> Duration {
+    let minutes = std::env::var("NODEWATCH_QUIET_MINUTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(3)
+        .max(3);
+    Duration::from_mins(minutes)
+}
+
+#[test]
+fn a_healthy_cluster_sends_only_the_watchdog() {
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(c) = Cluster::start(all_agents) else {
+        return;
+    };
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    let quiet = quiet_window();
+    let start = Instant::now();
+    while start.elapsed() < quiet {
+        std::thread::sleep(Duration::from_secs(10));
+        // Fail early, with the offending alert, rather than at the end.
+        c.assert_exactly(&["Watchdog"]);
+        for (i, _) in c.aggs.iter().enumerate() {
+            let active: Vec<_> = c
+                .alerts_on(i)
+                .into_iter()
+                .filter(|(n, _, _)| n != "Watchdog")
+                .collect();
+            assert!(active.is_empty(), "aggregator {i} holds {active:?}");
+        }
+    }
+    println!("quiet for {:?}: only the Watchdog", start.elapsed());
+    c.assert_exactly(&["Watchdog"]);
+    // Still firing: Alertmanager holds one Watchdog, merged from both replicas.
+    let ams = c.received().iter().filter(|r| r.name == "Watchdog").count();
+    assert!(ams >= 1);
+}
+
+#[test]
+fn a_stopped_agent_fires_node_down_once() {
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut c) = Cluster::start(all_agents) else {
+        return;
+    };
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    c.assert_exactly(&["Watchdog"]);
+    let stopped = Instant::now();
+    c.agents
+        .get_mut("n3")
+        .unwrap()
+        .terminate(Duration::from_secs(10));
+
+    // Pending on both replicas once two intervals pass without a batch...
+    wait_for(Duration::from_mins(1), "NodewatchNodeDown pending", || {
+        (0..2)
+            .all(|i| {
+                c.alerts_on(i)
+                    .iter()
+                    .any(|(n, node, s)| n == "NodewatchNodeDown" && node == "n3" && s == "pending")
+            })
+            .then_some(())
+    });
+    // ...firing at Alertmanager within `for` plus one evaluation (and the
+    // two intervals liveness waits, and a little delivery slack).
+    let at = c.wait_firing("NodewatchNodeDown", "n3", Duration::from_mins(4));
+    let took = at.saturating_duration_since(stopped);
+    println!("agent stopped → NodewatchNodeDown at the webhook: {took:?}");
+    let bound =
+        NODE_DOWN_FOR + 2 * AGENT_INTERVAL + Duration::from_secs(1) + Duration::from_secs(10);
+    assert!(took <= bound, "took {took:?}, bound {bound:?}");
+    assert!(took >= NODE_DOWN_FOR, "fired before its `for`: {took:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodewatchNodeDown/n3"]);
+}
+
+#[test]
+fn a_node_lost_across_aggregator_restarts_still_fires() {
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut c) = Cluster::start(all_agents) else {
+        return;
+    };
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    // The known-nodes files hold all three before anything fails.
+    for a in ["agg-0", "agg-1"] {
+        let f = c.pki.dir.path().join(format!("{a}-known-nodes"));
+        wait_for(Duration::from_secs(40), "known nodes saved", || {
+            let t = std::fs::read_to_string(&f).ok()?;
+            ["n1 ", "n2 ", "n3 "]
+                .iter()
+                .all(|n| t.contains(n))
+                .then_some(())
+        });
+    }
+    c.agents
+        .get_mut("n3")
+        .unwrap()
+        .terminate(Duration::from_secs(10));
+    // Both replicas die (no goodbye, no final save) and come back; n3 never does.
+    let pki = &c.pki;
+    for (i, a) in c.aggs.iter_mut().enumerate() {
+        a.restart(pki, &format!("agg-{i}"));
+    }
+    let restarted = Instant::now();
+    let at = c.wait_firing("NodewatchNodeDown", "n3", Duration::from_mins(4));
+    let took = at.saturating_duration_since(restarted);
+    println!("aggregators restarted → NodewatchNodeDown for the lost node: {took:?}");
+    assert!(
+        took <= NODE_DOWN_FOR + Duration::from_secs(15),
+        "took {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodewatchNodeDown/n3"]);
+    // The others reconnected and are up on both.
+    for i in 0..2 {
+        let held: Vec<_> = c
+            .alerts_on(i)
+            .into_iter()
+            .filter(|(n, _, _)| n != "Watchdog")
+            .collect();
+        assert_eq!(
+            held,
+            [("NodewatchNodeDown".into(), "n3".into(), "firing".into())],
+            "aggregator {i}"
+        );
+    }
+}
+
+/// A network namespace for one agent joined to the host by a veth pair,
+/// removed on drop (with its veth and firewall rules).
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Returns the namespace and the host's address on its veth.
+    fn create() -> Result<(Self, String), String> {
+        let tag = std::process::id() % 10_000;
+        let name = format!("nwalerts{tag}");
+        let host_if = format!("nwalh{tag}");
+        let ns_if = format!("nwala{tag}");
+        let net = format!("10.214.{}", tag % 250);
+        let _ = run("ip", &["netns", "del", &name]);
+        let _ = run("ip", &["link", "del", &host_if]);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Self {
+            name: name.clone(),
+            host_if: host_if.clone(),
+        };
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+        )?;
+        run("ip", &["link", "set", &ns_if, "netns", &name])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{net}.1/24"), "dev", &host_if],
+        )?;
+        run("ip", &["link", "set", &host_if, "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", &ns_if])?;
+        ns.exec(&["ip", "link", "set", &ns_if, "up"])?;
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok((ns, format!("{net}.1")))
+    }
+
+    fn exec(&self, args: &[&str]) -> Result<(), String> {
+        let mut a = vec!["netns", "exec", self.name.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = run("ip", &["link", "del", &self.host_if]);
+    }
+}
+
+#[test]
+fn a_cut_stream_fires_node_down_once() {
+    if find_program("ip").is_none() || find_program("iptables").is_none() {
+        return missing("ip and iptables (Debian packages `iproute2`, `iptables`)");
+    }
+    if !need_root("network namespaces and iptables") {
+        return;
+    }
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (ns, host_ip) = match Netns::create() {
+        Ok(v) => v,
+        Err(e) => return missing(&format!("network namespaces with veth: {e}")),
+    };
+    let Some(mut c) = Cluster::start(|n| (n != "n3").then(String::new)) else {
+        return;
+    };
+    let addrs: Vec<String> = c
+        .aggs
+        .iter()
+        .map(|a| format!("{host_ip}:{}", a.grpc.port()))
+        .collect();
+    c.start_agent("n3", &addrs, "", Some(&ns.name));
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    c.assert_exactly(&["Watchdog"]);
+    // Every packet in and out of n3's namespace dropped: no reset, no FIN,
+    // the streams just go silent, as a real partition looks.
+    ns.exec(&["iptables", "-A", "INPUT", "-j", "DROP"]).unwrap();
+    ns.exec(&["iptables", "-A", "OUTPUT", "-j", "DROP"])
+        .unwrap();
+    let cut = Instant::now();
+    let at = c.wait_firing("NodewatchNodeDown", "n3", Duration::from_mins(4));
+    let took = at.saturating_duration_since(cut);
+    println!("stream cut → NodewatchNodeDown at the webhook: {took:?}");
+    assert!(
+        took <= NODE_DOWN_FOR + 2 * AGENT_INTERVAL + Duration::from_secs(11),
+        "took {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodewatchNodeDown/n3"]);
+    // The agent process itself is alive: this is the stream, not the agent.
+    assert!(c
+        .agents
+        .get_mut("n3")
+        .unwrap()
+        .child
+        .try_wait()
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn an_oom_kill_fires_its_alerts_once() {
+    if !need_root("memory cgroups and eBPF") {
+        return;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return missing("kernel BTF (/sys/kernel/btf/vmlinux)");
+    }
+    // Every agent on this host sees the kernel's OOM counter move: nothing
+    // else runs meanwhile, and only n1 reads it (the three share a kernel).
+    let _host = HOST
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(c) = Cluster::start(|n| {
+        Some(if n == "n1" {
+            "collectors: {ebpf: true}\n".to_string()
+        } else {
+            "collectors: {ebpf: false, vmstat: false}\n".to_string()
+        })
+    }) else {
+        return;
+    };
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    wait_for(Duration::from_mins(1), "n1's OOM program attached", || {
+        c.aggs[0]
+            .metrics()
+            .contains("nodewatch_agent_ebpf_programs{node=\"n1\",program=\"oom_mark_victim\",state=\"attached\"} 1")
+            .then_some(())
+    });
+    c.assert_exactly(&["Watchdog"]);
+    let Some(cg) = MemCgroup::new("alerts", 32 << 20) else {
+        return missing("a memory cgroup controller (v1 memory or v2 with memory)");
+    };
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec tail /dev/zero",
+            cg.dir.join("cgroup.procs").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!child.wait().unwrap().success(), "the hog was not killed");
+    c.wait_firing("NodewatchOOMKill", "n1", Duration::from_secs(30));
+    // The procfs counter follows at n1's next collection.
+    c.wait_firing("NodeOOMKillDetected", "n1", 3 * AGENT_INTERVAL);
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodewatchOOMKill/n1", "NodeOOMKillDetected/n1"]);
+    drop(cg);
+}
+
+/// `check-rules` output per file: rules found, and the warning lines.
+fn check_rules_output(text: &str) -> BTreeMap<String, (usize, Vec<String>)> {
+    let mut out: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(f) = line.strip_prefix("Checking ") {
+            current = Path::new(f.trim())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            out.entry(current.clone()).or_default();
+        } else if let Some(rest) = line.trim().strip_prefix("SUCCESS: ") {
+            let n = rest.split_whitespace().next().unwrap().parse().unwrap();
+            out.get_mut(&current).unwrap().0 = n;
+        } else if let Some(w) = line.trim().strip_prefix("WARNING: ") {
+            out.get_mut(&current).unwrap().1.push(w.to_string());
+        }
+    }
+    out
+}
+
+/// The split pack loads the same groups and rules in Prometheus' checker
+/// and the aggregator's; the aggregator warns about every rule of the
+/// Prometheus-only file that reads a series it never holds, and about
+/// none of its own file's.
+#[test]
+fn the_rule_split_loads_the_same_groups_in_promtool_and_check_rules() {
+    let rules = repo().join("deploy/rules");
+    let files = [
+        rules.join("nodewatch.rules.yml"),
+        rules.join("nodewatch-aggregators.rules.yml"),
+    ];
+    let groups = |f: &Path| -> Vec<(String, Vec<String>)> {
+        let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        v["groups"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let names = g["rules"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        r["alert"]
+                            .as_str()
+                            .or(r["record"].as_str())
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect();
+                (g["name"].as_str().unwrap().to_string(), names)
+            })
+            .collect()
+    };
+    let ours = groups(&files[0]);
+    let prom_only = groups(&files[1]);
+    let names = |g: &[(String, Vec<String>)]| -> BTreeSet<String> {
+        g.iter().map(|(n, _)| n.clone()).collect()
+    };
+    assert!(
+        names(&ours).is_disjoint(&names(&prom_only)),
+        "a group in both files"
+    );
+    assert!(ours
+        .iter()
+        .any(|(_, r)| r.contains(&"Watchdog".to_string())));
+    assert!(ours
+        .iter()
+        .any(|(_, r)| r.contains(&"NodewatchNodeDown".to_string())));
+    for a in [
+        "NodewatchAggregatorDown",
+        "NodewatchAggregatorsAbsent",
+        "NodewatchAggregatorDenied",
+    ] {
+        assert!(
+            prom_only.iter().any(|(_, r)| r.contains(&a.to_string())),
+            "{a} is Prometheus'"
+        );
+    }
+
+    // The aggregator's checker, the real binary.
+    let out = Command::new(bin("nodewatch-aggregator"))
+        .arg("check-rules")
+        .args(&files)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours_check = check_rules_output(&text);
+    let count = |g: &[(String, Vec<String>)]| g.iter().map(|(_, r)| r.len()).sum::<usize>();
+    assert_eq!(ours_check["nodewatch.rules.yml"].0, count(&ours), "{text}");
+    assert_eq!(
+        ours_check["nodewatch-aggregators.rules.yml"].0,
+        count(&prom_only),
+        "{text}"
+    );
+    assert!(ours_check["nodewatch.rules.yml"].1.is_empty(), "{text}");
+    let warnings = &ours_check["nodewatch-aggregators.rules.yml"].1;
+    let f = files[1].display().to_string();
+    assert!(
+        warnings.iter().any(|w| w.starts_with(&f)
+            && w.contains("group \"nodewatch.aggregators\"")
+            && w.contains("(\"NodewatchAggregatorsAbsent\")")
+            && w.contains("selector `up{job=\"nodewatch-aggregator\"}`")),
+        "{text}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("(\"NodewatchAggregatorDenied\")")
+                && w.contains("selector `nodewatch_aggregator_denied_total`")),
+        "{text}"
+    );
+
+    // Prometheus' checker finds the same rules in each file.
+    let Some(promtool) = find_program("promtool") else {
+        return missing("promtool (Debian package `prometheus`)");
+    };
+    let out = Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .args(&files)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom = check_rules_output(&text);
+    for (file, (n, _)) in &ours_check {
+        assert_eq!(prom[file].0, *n, "{file}: promtool {text}");
+    }
+}
+
+/// `nodewatch demo` evaluates the default pack: after a minute on a healthy
+/// machine `nodewatch alerts` shows the Watchdog firing and nothing else.
+#[test]
+fn the_demo_shows_only_the_watchdog_after_a_minute() {
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut demo = Command::new(bin("nodewatch"))
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli_config = dir.path().join("demo/nodewatch.yaml");
+    wait_for(Duration::from_mins(2), "the demo ready", || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("Ctrl-C stops both")
+            .then_some(())
+    });
+    let ready = Instant::now();
+    let alerts = || -> Vec<(String, String)> {
+        let out = Command::new(bin("nodewatch"))
+            .env("NODEWATCH_CONFIG", &cli_config)
+            .current_dir(dir.path().join("demo"))
+            .args(["alerts", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap().to_string(),
+                    a["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    // The pack is loaded: the Watchdog fires at once.
+    wait_for(
+        Duration::from_secs(20),
+        "the Watchdog in `nodewatch alerts`",
+        || {
+            alerts()
+                .contains(&("Watchdog".into(), "firing".into()))
+                .then_some(())
+        },
+    );
+    while ready.elapsed() < Duration::from_mins(1) {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let got = alerts();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(demo.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let status = demo.wait().unwrap();
+    assert_eq!(
+        got,
+        [("Watchdog".to_string(), "firing".to_string())],
+        "demo log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(status.success(), "the demo did not stop cleanly: {status}");
+}
