@@ -222,7 +222,7 @@ impl Cluster {
                             a,
                             &format!("up{{job=\"nodewatch-agent\",node=\"{n}\"}}"),
                         )
-                        .filter(|v| *v == 1.0)
+                        .filter(|v| (*v - 1.0).abs() < 1e-9)
                     },
                 );
             }
@@ -351,6 +351,7 @@ impl Cluster {
     }
 }
 
+#[allow(clippy::unnecessary_wraps)] // the shape Cluster::start takes
 fn all_agents(_: &str) -> Option<String> {
     Some(String::new())
 }
