@@ -9,7 +9,8 @@
 //! - Each failure the pack covers that this machine can cause for real
 //!   fires exactly its own alert, once, not once per replica: an agent
 //!   stopped, a node lost across an aggregator restart, a node's stream cut
-//!   in a network namespace, an OOM kill.
+//!   in a network namespace, an OOM kill, a file system filled on a loop
+//!   device, TCP retransmits from `iptables -m statistic` drops.
 //!
 //! The shipped `for:` durations are kept (2 minutes for a node down), so
 //! these tests take minutes each and run side by side; the three agents
@@ -18,10 +19,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
@@ -523,13 +526,14 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    /// Returns the namespace and the host's address on its veth.
-    fn create() -> Result<(Self, String), String> {
-        let tag = std::process::id() % 10_000;
+    /// Returns the namespace and the host's address on its veth; `k` (0 or
+    /// 1) tells apart two namespaces of one test process.
+    fn create(k: u32) -> Result<(Self, String), String> {
+        let tag = (std::process::id() % 5_000) * 2 + k;
         let name = format!("nwalerts{tag}");
         let host_if = format!("nwalh{tag}");
         let ns_if = format!("nwala{tag}");
-        let net = format!("10.214.{}", tag % 250);
+        let net = format!("10.{}.{}", 214 + k, tag % 250);
         let _ = run("ip", &["netns", "del", &name]);
         let _ = run("ip", &["link", "del", &host_if]);
         run("ip", &["netns", "add", &name])?;
@@ -580,7 +584,7 @@ fn a_cut_stream_fires_node_down_once() {
     let _host = HOST
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (ns, host_ip) = match Netns::create() {
+    let (ns, host_ip) = match Netns::create(0) {
         Ok(v) => v,
         Err(e) => return missing(&format!("network namespaces with veth: {e}")),
     };
@@ -671,6 +675,219 @@ fn an_oom_kill_fires_its_alerts_once() {
     std::thread::sleep(Duration::from_secs(5));
     c.assert_exactly(&["Watchdog", "NodewatchOOMKill/n1", "NodeOOMKillDetected/n1"]);
     drop(cg);
+}
+
+#[test]
+fn a_full_filesystem_fires_filesystem_full_once() {
+    if !need_root("loop devices, mount and PID namespaces") {
+        return;
+    }
+    let (Some(mkfs), Some(unshare)) = (find_program("mkfs.ext4"), find_program("unshare")) else {
+        return missing("mkfs.ext4 and unshare (Debian packages `e2fsprogs`, `util-linux`)");
+    };
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(mut c) = Cluster::start(|n| (n != "n1").then(String::new)) else {
+        return;
+    };
+    // A small ext4 image mounted on a loop device in n1's own mount
+    // namespace (n1's agent is PID 1 of its own PID namespace, so
+    // /proc/1/mountinfo, where it reads mounts, is its own): only n1 has
+    // this file system, as only one node has a given disk.
+    let dir = c.pki.dir.path().to_path_buf();
+    let img = dir.join("nwalerts-fill.img");
+    let mnt = dir.join("nwalerts-fill");
+    let trigger = dir.join("fill-now");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new(mkfs)
+        .args(["-q", "-F"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addrs: Vec<String> = c.aggs.iter().map(|a| a.grpc.to_string()).collect();
+    let cfg = write_agent_config(
+        &c.pki,
+        "n1",
+        &c.pki.node("n1"),
+        &addrs,
+        &format!("interval: {}s\n", AGENT_INTERVAL.as_secs()),
+    );
+    let script = format!(
+        "mount -o loop {img} {mnt} || exit 1; \
+         (while [ ! -e {trigger} ]; do sleep 1; done; dd if=/dev/zero of={mnt}/fill bs=1M 2>/dev/null; sync; touch {trigger}.done) & \
+         exec {agent} --config {cfg}",
+        img = img.display(),
+        mnt = mnt.display(),
+        trigger = trigger.display(),
+        agent = bin("nodewatch-agent").display(),
+        cfg = cfg.display(),
+    );
+    let p = spawn(
+        &unshare,
+        &[
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &dir,
+        "agent-n1",
+    );
+    c.agents.insert("n1".into(), p);
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    let size = format!(
+        "node_filesystem_size_bytes{{node=\"n1\",mountpoint=\"{}\"}}",
+        mnt.display()
+    );
+    wait_for(
+        Duration::from_secs(40),
+        "n1 reports the loop file system",
+        || query_scalar(&c.pki, &c.aggs[0], &size).filter(|v| *v > 0.0),
+    );
+    for other in ["n2", "n3"] {
+        let sel = size.replace("n1", other);
+        assert!(
+            query_scalar(&c.pki, &c.aggs[0], &sel).is_none(),
+            "{other} sees n1's mount"
+        );
+    }
+    c.assert_exactly(&["Watchdog"]);
+    std::fs::write(&trigger, "").unwrap();
+    wait_for(Duration::from_secs(60), "the file system filled", || {
+        trigger.with_extension("done").exists().then_some(())
+    });
+    let full = Instant::now();
+    let avail = size.replace("size_bytes", "avail_bytes");
+    wait_for(Duration::from_secs(30), "n1 reports it full", || {
+        query_scalar(&c.pki, &c.aggs[0], &avail).filter(|v| *v < 1_000_000.0)
+    });
+    let at = c.wait_firing("NodeFilesystemFull", "n1", Duration::from_mins(7));
+    let took = at.saturating_duration_since(full);
+    println!("file system filled → NodeFilesystemFull at the webhook: {took:?}");
+    assert!(
+        took >= Duration::from_mins(5),
+        "fired before its `for`: {took:?}"
+    );
+    // NodeFilesystemAlmostFull (15m `for`) is on its way, not yet sent.
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodeFilesystemFull/n1"]);
+    assert!(c.alerts_on(0).contains(&(
+        "NodeFilesystemAlmostFull".into(),
+        "n1".into(),
+        "pending".into()
+    )));
+}
+
+/// TCP traffic over the loopback of network namespace `ns`, with
+/// `iptables -m statistic` dropping 5 % of it: real retransmits, counted in
+/// that namespace's `/proc/net/snmp` only. Runs until `stop`.
+fn lossy_traffic(ns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        // This thread (and the sink it starts) joins the namespace.
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = vec![0u8; 65536];
+            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_nodelay(true).unwrap();
+        let chunk = [0u8; 1000];
+        while !stop.load(Ordering::Relaxed) {
+            if conn.write_all(&chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+#[test]
+fn tcp_retransmits_fire_their_alert_once() {
+    if find_program("ip").is_none() || find_program("iptables").is_none() {
+        return missing("ip and iptables (Debian packages `iproute2`, `iptables`)");
+    }
+    if !need_root("network namespaces and iptables") {
+        return;
+    }
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (ns, host_ip) = match Netns::create(1) {
+        Ok(v) => v,
+        Err(e) => return missing(&format!("network namespaces with veth: {e}")),
+    };
+    let Some(mut c) = Cluster::start(|n| (n != "n1").then(String::new)) else {
+        return;
+    };
+    // n1 lives in its own network namespace (its TCP counters are that
+    // namespace's), streaming to the aggregators over its veth.
+    let addrs: Vec<String> = c
+        .aggs
+        .iter()
+        .map(|a| format!("{host_ip}:{}", a.grpc.port()))
+        .collect();
+    c.start_agent("n1", &addrs, "", Some(&ns.name));
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    c.assert_exactly(&["Watchdog"]);
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.05",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = lossy_traffic(&ns.name, Arc::clone(&stop));
+    let started = Instant::now();
+    let ratio = "rate(node_netstat_Tcp_RetransSegs{node=\"n1\"}[5m]) / rate(node_netstat_Tcp_OutSegs{node=\"n1\"}[5m])";
+    let r = wait_for(
+        Duration::from_mins(2),
+        "n1's retransmit ratio above 1 %",
+        || query_scalar(&c.pki, &c.aggs[0], ratio).filter(|v| *v > 0.01),
+    );
+    println!("n1 retransmits {:.1} % of its segments", r * 100.0);
+    let at = c.wait_firing("NodeTCPRetransmitRatioHigh", "n1", Duration::from_mins(13));
+    println!(
+        "lossy traffic → NodeTCPRetransmitRatioHigh at the webhook: {:?}",
+        at.saturating_duration_since(started)
+    );
+    assert!(at.saturating_duration_since(started) >= Duration::from_mins(10));
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    std::thread::sleep(Duration::from_secs(5));
+    c.assert_exactly(&["Watchdog", "NodeTCPRetransmitRatioHigh/n1"]);
 }
 
 /// `check-rules` output per file: rules found, and the warning lines.
