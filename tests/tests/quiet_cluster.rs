@@ -792,9 +792,11 @@ fn a_full_filesystem_fires_filesystem_full_once() {
     )));
 }
 
-/// TCP traffic over the loopback of network namespace `ns`, with
-/// `iptables -m statistic` dropping 5 % of it: real retransmits, counted in
-/// that namespace's `/proc/net/snmp` only. Runs until `stop`.
+/// TCP traffic over the loopback of network namespace `ns`, where
+/// `iptables -m statistic` drops 5 % of it on input: real retransmits,
+/// counted in that namespace's `/proc/net/snmp` only (a drop on output is
+/// not a loss to TCP: the send fails locally and is retried, uncounted).
+/// Runs until `stop`.
 fn lossy_traffic(ns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
@@ -853,8 +855,8 @@ fn tcp_retransmits_fire_their_alert_once() {
     ns.exec(&[
         "iptables",
         "-A",
-        "OUTPUT",
-        "-o",
+        "INPUT",
+        "-i",
         "lo",
         "-p",
         "tcp",
