@@ -1109,3 +1109,134 @@ fn the_demo_shows_only_the_watchdog_after_a_minute() {
     );
     assert!(status.success(), "the demo did not stop cleanly: {status}");
 }
+
+/// Values of `expr` in a real Prometheus, by `node`.
+fn prom_by_node(addr: SocketAddr, expr: &str) -> BTreeMap<String, f64> {
+    let q: String = expr
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let Ok((200, body)) = http_get(addr, &format!("/api/v1/query?query={q}")) else {
+        return BTreeMap::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|s| {
+                    Some((
+                        s["metric"]["node"].as_str()?.to_string(),
+                        s["value"][1].as_str()?.parse().ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The liveness an aggregator writes is what Prometheus scrapes (with
+/// `honor_labels`), so the node-down rule reads the same series in both:
+/// `up{job="nodewatch-agent",node}` next to Prometheus' own `up` of the
+/// aggregator target, 1 while the agent streams, 0 once it stops.
+#[test]
+fn prometheus_scrapes_the_same_node_liveness() {
+    let Some(prometheus) = find_program("prometheus") else {
+        return missing("prometheus (Debian package `prometheus`)");
+    };
+    let _host = HOST
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pki = Pki::new();
+    let dir = pki.dir.path().to_path_buf();
+    let agg = start_aggregator(&pki, "agg", "");
+    let addrs = vec![agg.grpc.to_string()];
+    let mut agents: Vec<Proc> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            let cfg = write_agent_config(&pki, n, &pki.node(n), &addrs, "interval: 2s\n");
+            spawn(
+                &bin("nodewatch-agent"),
+                &["--config", cfg.to_str().unwrap()],
+                &dir,
+                &format!("agent-{n}"),
+            )
+        })
+        .collect();
+    let port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodewatch-aggregator\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
+            agg.http
+        ),
+    )
+    .unwrap();
+    let _prom = spawn(
+        &prometheus,
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &dir,
+        "prometheus",
+    );
+    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let live = "up{job=\"nodewatch-agent\"}";
+    let ours = |expr: &str| -> BTreeMap<String, f64> {
+        ["n1", "n2"]
+            .iter()
+            .filter_map(|n| {
+                let sel = expr.replace('}', &format!(",node=\"{n}\"}}"));
+                Some(((*n).to_string(), query_scalar(&pki, &agg, &sel)?))
+            })
+            .collect()
+    };
+    let both_up = BTreeMap::from([("n1".to_string(), 1.0), ("n2".to_string(), 1.0)]);
+    wait_for(
+        Duration::from_mins(1),
+        "both nodes up in Prometheus",
+        || (prom_by_node(prom, live) == both_up).then_some(()),
+    );
+    assert_eq!(ours(live), both_up);
+    // Prometheus' own `up` of the aggregator target is a separate series.
+    let (_, body) = http_get(
+        prom,
+        "/api/v1/query?query=up%7Bjob%3D%22nodewatch-aggregator%22%7D",
+    )
+    .unwrap();
+    assert!(
+        body.contains("\"value\"") && !body.contains("\"node\""),
+        "{body}"
+    );
+    // Batches counted per node, in both.
+    let batches = prom_by_node(prom, "nodewatch_aggregator_batches_total");
+    assert_eq!(batches.len(), 2, "{batches:?}");
+
+    // n2 stops: its liveness drops to 0 in the aggregator and in Prometheus.
+    agents[1].terminate(Duration::from_secs(10));
+    let n2_down = BTreeMap::from([("n1".to_string(), 1.0), ("n2".to_string(), 0.0)]);
+    wait_for(Duration::from_secs(30), "n2 down in the aggregator", || {
+        (ours(live) == n2_down).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "n2 down in Prometheus", || {
+        (prom_by_node(prom, live) == n2_down).then_some(())
+    });
+    // The shipped rule's expression gives the same answer in both.
+    let expr = "max without (instance, aggregator) (up{job=\"nodewatch-agent\"}) == 0";
+    assert_eq!(
+        prom_by_node(prom, expr),
+        BTreeMap::from([("n2".to_string(), 0.0)])
+    );
+    let v = nodewatch_tests::cli_query(&pki, &agg, expr);
+    assert_eq!(v["result"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["result"][0]["metric"]["node"], "n2", "{v}");
+}
