@@ -1,18 +1,25 @@
 //! Prometheus rule files on arbitrary text: parsed with their expressions,
-//! templates and durations, with an error for anything wrong, never a panic.
+//! templates and durations, with an error for anything wrong, never a panic;
+//! the load check for series the aggregator never holds runs on what parsed.
+//! The same text also feeds the aggregator's known-nodes file parser.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use nodewatch_aggregator::liveness::parse_known;
 use nodewatch_aggregator::rules::file::{parse_duration, parse_rules};
+use nodewatch_aggregator::rules::held::unheld_selectors;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = parse_rules(Path::new("rules.yaml"), text);
+    if let Ok(groups) = parse_rules(Path::new("rules.yaml"), text) {
+        let _ = unheld_selectors(&groups);
+    }
     if text.len() < 64 {
         let _ = parse_duration(text);
     }
+    let _ = parse_known(Path::new("known-nodes"), text);
 });
