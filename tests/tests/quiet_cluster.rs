@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, find_program, free_port, http_get, missing, operator_cli, query_scalar, spawn,
+    bin, find_program, free_port, http_get, in_ci, missing, operator_cli, query_scalar, spawn,
     start_alertmanager, wait_for, write_agent_config, Aggregator, MemCgroup, Pki, Proc, Webhook,
 };
 use serde_yaml_ng::Value;
@@ -145,6 +145,16 @@ struct Cluster {
     aggs: Vec<Aggregator>,
     agents: BTreeMap<String, Proc>,
     started: Instant,
+    /// The kernel's OOM kill count when the cluster started.
+    oom_kills_at_start: Option<u64>,
+}
+
+/// The kernel's OOM kill count (`/proc/vmstat` `oom_kill`), host-wide.
+fn host_oom_kills() -> Option<u64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 impl Cluster {
@@ -171,6 +181,7 @@ impl Cluster {
             aggs,
             agents: BTreeMap::new(),
             started: Instant::now(),
+            oom_kills_at_start: host_oom_kills(),
         };
         for node in ["n1", "n2", "n3"] {
             if let Some(extra) = agent_extra(node) {
@@ -282,7 +293,21 @@ impl Cluster {
 
     /// Asserts the firing alerts received are exactly `want`, each once.
     fn assert_exactly(&self, want: &[&str]) {
-        let got = self.firing();
+        let mut got = self.firing();
+        // The three agents share this host's kernel: an OOM kill anywhere on
+        // it moves every node's `node_vmstat_oom_kill`. Within this test
+        // binary only the OOM test causes one (alone, see HOST), and CI runs
+        // test binaries one after another; on a shared machine another
+        // program's OOM kill is not this test's failure.
+        let foreign_oom = !want.iter().any(|w| w.starts_with("NodeOOMKillDetected"))
+            && host_oom_kills() != self.oom_kills_at_start;
+        if foreign_oom && !in_ci() {
+            let before = got.len();
+            got.retain(|k, _| !k.starts_with("NodeOOMKillDetected/"));
+            if got.len() != before {
+                println!("note: OOM kills elsewhere on this host during the test; NodeOOMKillDetected left out of the check");
+            }
+        }
         let names: BTreeSet<&str> = got.keys().map(String::as_str).collect();
         let want: BTreeSet<&str> = want.iter().copied().collect();
         assert_eq!(
