@@ -852,6 +852,44 @@ mod tests {
     }
 
     #[test]
+    fn liveness_is_validated_and_defaults_to_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca", "crt", "key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let d = dir.path().display();
+        let tls = format!("tls: {{ca: {d}/ca, cert: {d}/crt, key: {d}/key}}\n");
+        let tls = tls.as_str();
+        let f: File = config::parse_yaml(tls, Path::new("agg.yaml")).unwrap();
+        let c = f.validate(None).unwrap();
+        assert_eq!(c.liveness.state_file, None);
+        assert_eq!(
+            c.liveness.forget_after,
+            crate::liveness::DEFAULT_FORGET_AFTER
+        );
+        let f: File = config::parse_yaml(
+            &format!("{tls}liveness:\n  state_file: /var/lib/x/known\n  forget_after: 2h\n"),
+            Path::new("agg.yaml"),
+        )
+        .unwrap();
+        let c = f.validate(None).unwrap();
+        assert_eq!(
+            c.liveness.state_file.as_deref(),
+            Some(Path::new("/var/lib/x/known"))
+        );
+        assert_eq!(c.liveness.forget_after, Duration::from_hours(2));
+        for bad in ["0s", "soon"] {
+            let f: File = config::parse_yaml(
+                &format!("{tls}liveness:\n  forget_after: {bad}\n"),
+                Path::new("agg.yaml"),
+            )
+            .unwrap();
+            let msg = f.validate(None).unwrap_err().to_string();
+            assert!(msg.contains("liveness.forget_after"), "{msg}");
+        }
+    }
+
+    #[test]
     fn remote_write_is_validated() {
         let f: File = config::parse_yaml(
             "remote_write:\n  - url: ftp://x\n  - url: http://p:9090/api/v1/write\n    queue: {capacity: 10, max_samples_per_send: 20, batch_send_deadline: soon}\n",
