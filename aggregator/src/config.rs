@@ -43,6 +43,9 @@ pub struct File {
     /// Per-node limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Node liveness (`up{job="nodewatch-agent",node}`) and the known-nodes file.
+    #[serde(default)]
+    pub liveness: LivenessFile,
     /// Prometheus rule files (globs), reloaded on SIGHUP and when they change.
     #[serde(default)]
     pub rule_files: Vec<String>,
@@ -493,6 +496,20 @@ impl Default for Listen {
     }
 }
 
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessFile {
+    /// File where the aggregator keeps the nodes it knows (name, last seen),
+    /// so a node that never comes back after an aggregator restart still
+    /// counts as down (`up` 0). Unset: known nodes are held in memory only.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// How long a node without a stream is remembered, its `up` at 0
+    /// (default `24h`).
+    #[serde(default)]
+    pub forget_after: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -571,6 +588,7 @@ pub struct Config {
     pub bootstrap: Option<Bootstrap>,
     pub remote_write: Vec<crate::remote_write::Target>,
     pub query_api: QueryApi,
+    pub liveness: crate::liveness::Options,
 }
 
 impl File {
@@ -645,6 +663,23 @@ impl File {
             .and_then(|b| validate_bootstrap(b, &mut p));
         let remote_write = self.validate_remote_write(&mut p);
         let query_api = self.query_api.validate(&mut p);
+        let liveness = crate::liveness::Options {
+            state_file: self.liveness.state_file.clone(),
+            forget_after: match &self.liveness.forget_after {
+                None => crate::liveness::DEFAULT_FORGET_AFTER,
+                Some(v) => match config::parse_duration(v) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => {
+                        p.add("liveness.forget_after", "must be more than 0");
+                        crate::liveness::DEFAULT_FORGET_AFTER
+                    }
+                    Err(e) => {
+                        p.add("liveness.forget_after", e);
+                        crate::liveness::DEFAULT_FORGET_AFTER
+                    }
+                },
+            },
+        };
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -665,6 +700,7 @@ impl File {
                 bootstrap,
                 remote_write,
                 query_api,
+                liveness,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
         }
@@ -945,6 +981,44 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("pasword_file"), "{err}");
         assert!(err.contains("line") || err.contains(":3"), "{err}");
+    }
+
+    #[test]
+    fn liveness_is_validated_and_defaults_to_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca", "crt", "key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let d = dir.path().display();
+        let tls = format!("tls: {{ca: {d}/ca, cert: {d}/crt, key: {d}/key}}\n");
+        let tls = tls.as_str();
+        let f: File = config::parse_yaml(tls, Path::new("agg.yaml")).unwrap();
+        let c = f.validate(None).unwrap();
+        assert_eq!(c.liveness.state_file, None);
+        assert_eq!(
+            c.liveness.forget_after,
+            crate::liveness::DEFAULT_FORGET_AFTER
+        );
+        let f: File = config::parse_yaml(
+            &format!("{tls}liveness:\n  state_file: /var/lib/x/known\n  forget_after: 2h\n"),
+            Path::new("agg.yaml"),
+        )
+        .unwrap();
+        let c = f.validate(None).unwrap();
+        assert_eq!(
+            c.liveness.state_file.as_deref(),
+            Some(Path::new("/var/lib/x/known"))
+        );
+        assert_eq!(c.liveness.forget_after, Duration::from_hours(2));
+        for bad in ["0s", "soon"] {
+            let f: File = config::parse_yaml(
+                &format!("{tls}liveness:\n  forget_after: {bad}\n"),
+                Path::new("agg.yaml"),
+            )
+            .unwrap();
+            let msg = f.validate(None).unwrap_err().to_string();
+            assert!(msg.contains("liveness.forget_after"), "{msg}");
+        }
     }
 
     #[test]

@@ -224,8 +224,9 @@ impl IngestService {
     /// Applies one batch. Returns the frames to send back (errors, then the ack).
     fn apply(&self, s: &mut Session, batch: Batch) -> Vec<Result<AggregatorFrame, Status>> {
         let node = s.node.as_str().to_string();
-        metrics::counter!("nodewatch_aggregator_batches_total", "node" => node.clone())
-            .increment(1);
+        // Counted in the store (crate::liveness), not the recorder, so the
+        // aggregator's own rules read it.
+        self.nodes.received(&s.node, now_ms());
         let mut out = Vec::new();
         let seq = batch.seq;
         // Blocks first, whatever happens to the batch next (a duplicate, a

@@ -11,6 +11,7 @@
 //! - [`chunk`]: Gorilla-compressed sample chunks the store keeps.
 //! - [`remote_write`]: Prometheus remote-write 1.0 sender.
 //! - [`nodes`]: per-node Hello, streams, delivery cursors, series counts.
+//! - [`liveness`]: per-node `up` and batch counters in the store, the known-nodes file.
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics` (gzip when asked), `/healthz`.
 //! - [`own_metrics`]: the aggregator's own metrics and their help texts.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod events;
 pub mod expose;
 pub mod ingest;
+pub mod liveness;
 pub mod manager;
 pub mod nodes;
 pub mod own_metrics;

@@ -119,6 +119,12 @@ impl RuleManager {
         match load_groups(&files, &self.opts) {
             Ok(groups) => {
                 let rules = groups.iter().map(|g| g.rules().len()).sum();
+                let warnings = crate::rules::held::unheld_selectors(groups.iter().map(Group::spec));
+                for w in &warnings {
+                    warn!(warning = %w, "Rule reads a series this aggregator never holds.");
+                }
+                metrics::gauge!("nodewatch_aggregator_rule_unheld_selectors")
+                    .set(warnings.len() as f64);
                 let now = now_ms();
                 // Only the rules loaded at start restore `for` state, as in
                 // Prometheus: after a reload the grace period would push

@@ -26,12 +26,40 @@ struct NodeState {
     series: HashSet<SeriesId, foldhash::fast::RandomState>,
     /// Token bucket of samples: (tokens, last refill ms).
     bucket: Option<(f64, i64)>,
+    /// Batches received from the node since this aggregator started.
+    batches: u64,
+    /// When a batch last arrived (stored or not), ms.
+    last_received_ms: i64,
+    /// When the node was last seen live: restored from the known-nodes
+    /// file, or the last batch or connect.
+    last_seen_ms: i64,
 }
 
 /// How many seconds of the per-node sample rate a burst may use at once.
 pub const SAMPLE_BURST_SECONDS: f64 = 60.0;
 
-/// All nodes seen since start.
+/// A node's collection interval when its Hello names none (the agent's
+/// default).
+pub const DEFAULT_AGENT_INTERVAL_MS: i64 = 10_000;
+
+/// How many collection intervals may pass without a batch before a node
+/// with an open stream counts as down: one late batch is jitter, two
+/// missed ones are not.
+pub const LIVE_INTERVALS: i64 = 2;
+
+/// One node's liveness, as [`Nodes::liveness`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    pub node: NodeName,
+    /// Streaming, with a batch within [`LIVE_INTERVALS`] intervals.
+    pub up: bool,
+    /// Batches received since this aggregator started.
+    pub batches: u64,
+    /// Last batch or connect, ms (or the restored time).
+    pub last_seen_ms: i64,
+}
+
+/// All nodes seen since start, and those restored from the known-nodes file.
 #[derive(Debug, Default)]
 pub struct Nodes {
     inner: Mutex<HashMap<NodeName, NodeState>>,
@@ -59,6 +87,7 @@ impl Nodes {
         if st.streams == 0 {
             st.connected_since_ms = now_ms;
         }
+        st.last_seen_ms = st.last_seen_ms.max(now_ms);
         st.streams += 1;
         let key = cursor_key(hello);
         st.cursors
@@ -71,6 +100,55 @@ impl Nodes {
         if let Some(st) = self.lock().get_mut(node) {
             st.streams = st.streams.saturating_sub(1);
         }
+    }
+
+    /// Counts a batch received from the node (stored, duplicate or refused):
+    /// the node is alive whatever becomes of the batch.
+    pub fn received(&self, node: &NodeName, now_ms: i64) {
+        let mut all = self.lock();
+        let st = all.entry(node.clone()).or_default();
+        st.batches += 1;
+        st.last_received_ms = st.last_received_ms.max(now_ms);
+        st.last_seen_ms = st.last_seen_ms.max(now_ms);
+    }
+
+    /// Remembers a node known from before a restart (the known-nodes
+    /// file), not connected, last seen at `last_seen_ms`. A node already
+    /// known is left as it is.
+    pub fn restore(&self, node: NodeName, last_seen_ms: i64) {
+        self.lock().entry(node).or_insert_with(|| NodeState {
+            last_seen_ms,
+            ..NodeState::default()
+        });
+    }
+
+    /// Every node's liveness at `now_ms`, by name, after forgetting nodes
+    /// without a stream and unseen for longer than `forget_after_ms`.
+    ///
+    /// A node is up while it has a stream and its last batch (or the
+    /// stream's start, before the first batch) is at most
+    /// [`LIVE_INTERVALS`] of its collection intervals old.
+    pub fn liveness(&self, now_ms: i64, forget_after_ms: i64) -> Vec<Liveness> {
+        let mut all = self.lock();
+        all.retain(|_, st| st.streams > 0 || now_ms - st.last_seen_ms <= forget_after_ms);
+        let mut out: Vec<Liveness> = all
+            .iter()
+            .map(|(name, st)| {
+                let interval = match i64::try_from(st.hello.interval_ms) {
+                    Ok(ms) if ms > 0 => ms,
+                    _ => DEFAULT_AGENT_INTERVAL_MS,
+                };
+                let last = st.last_received_ms.max(st.connected_since_ms);
+                Liveness {
+                    node: name.clone(),
+                    up: st.streams > 0 && now_ms - last <= LIVE_INTERVALS * interval,
+                    batches: st.batches,
+                    last_seen_ms: st.last_seen_ms,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
     }
 
     /// The stored cursor for this agent instance.

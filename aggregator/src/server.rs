@@ -263,9 +263,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
     tasks.push(tokio::spawn(Arc::clone(&rules).run(rx.clone())));
 
+    let nodes = Arc::new(Nodes::default());
+    if let Some(path) = &config.liveness.state_file {
+        crate::liveness::restore(path, &nodes);
+    }
+    tasks.push(tokio::spawn(crate::liveness::run(
+        Arc::clone(&state_store),
+        Arc::clone(&nodes),
+        config.liveness.clone(),
+        rx.clone(),
+    )));
     let state = Arc::new(State {
         store: state_store,
-        nodes: Arc::new(Nodes::default()),
+        nodes,
         events: Arc::new(EventLog::default()),
         rules: Arc::clone(&rules),
     });

@@ -673,7 +673,13 @@ fn a_full_spool_keeps_events_drops_oldest_samples_and_counts_them() {
         "max_over_time(nodewatch_agent_spool_dropped_total{node=\"full\",kind=\"events\"}[15m])",
     )
     .unwrap();
-    let per_collection = query_scalar(&pki, &agg, "count({node=\"full\"})").unwrap();
+    // The agent's series only, not the liveness the aggregator writes per node.
+    let per_collection = query_scalar(
+        &pki,
+        &agg,
+        "count({node=\"full\",__name__!~\"up|nodewatch_aggregator_batches_total\"})",
+    )
+    .unwrap();
     println!(
         "stored values {min}..={max} ({count}); dropped {dropped} samples, {dropped_events} events; {per_collection} series per collection"
     );

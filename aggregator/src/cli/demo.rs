@@ -1,6 +1,8 @@
 //! `nodewatch demo`: an aggregator and an agent for this machine, over mutual
-//! TLS on loopback, with throwaway certificates in a temporary folder. Runs
-//! until Ctrl-C, which stops both cleanly.
+//! TLS on loopback, with throwaway certificates in a temporary folder. The
+//! aggregator evaluates the default rule pack, so `nodewatch alerts` shows
+//! real state (on a healthy machine: only the always-firing `Watchdog`).
+//! Runs until Ctrl-C, which stops both cleanly.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,6 +13,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDITY};
 use nodewatch_proto::{Identity, NodeName};
+
+/// The default rule pack the aggregators load (deploy/rules), as shipped.
+pub const DEFAULT_RULES: &str = include_str!("../../../deploy/rules/nodewatch.rules.yml");
 
 /// How long the demo waits for the first samples to show up on /metrics.
 const READY_TIMEOUT: Duration = Duration::from_mins(1);
@@ -160,9 +165,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let grpc = format!("127.0.0.1:{}", free_port()?);
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let d = dir.display();
+    write(&dir.join("nodewatch.rules.yml"), DEFAULT_RULES)?;
     write(
         &dir.join("aggregator.yaml"),
-        &format!("listen:\n  grpc: {grpc}\n  http: {http}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\n"),
+        &format!("listen:\n  grpc: {grpc}\n  http: {http}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\nrule_files: ['{d}/nodewatch.rules.yml']\n"),
     )?;
     write(
         &dir.join("agent.yaml"),
@@ -224,6 +230,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     println!(
         "         NODEWATCH_CONFIG={} {} query 'node_memory_MemAvailable_bytes{{node=\"{node}\"}}'",
+        cli_config.display(),
+        me.display()
+    );
+    println!(
+        "         NODEWATCH_CONFIG={} {} alerts   # the default rule pack; healthy: only Watchdog",
         cli_config.display(),
         me.display()
     );

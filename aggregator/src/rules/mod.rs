@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `file`: the rule file format and its validation ([`load_file`]).
+//! - `held`: the load-time warning for selectors the aggregator never holds.
 //! - `template`: Go templates of labels and annotations.
 //! - `alerting`: the alert state machine and `ALERTS` series.
 //! - [`Group`]: evaluates a group's rules in order, keeping alert state and
@@ -38,6 +39,7 @@
 
 pub mod alerting;
 pub mod file;
+pub mod held;
 pub mod notifier;
 pub mod template;
 pub mod unittest;
@@ -182,6 +184,12 @@ impl Group {
     #[must_use]
     pub fn interval_ms(&self) -> i64 {
         self.interval_ms
+    }
+
+    /// The group as loaded.
+    #[must_use]
+    pub fn spec(&self) -> &GroupSpec {
+        &self.spec
     }
 
     /// The group's rules.

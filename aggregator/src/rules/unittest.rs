@@ -757,6 +757,9 @@ pub fn check_rule_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
             Ok(groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();
                 let _ = writeln!(out, "  SUCCESS: {n} rules found");
+                for w in super::held::unheld_selectors(&groups) {
+                    let _ = writeln!(out, "  WARNING: {w}");
+                }
             }
             Err(e) => {
                 failed = true;
