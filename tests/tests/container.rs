@@ -773,7 +773,11 @@ fn image_runs_as_the_manifests_describe() {
         .collect();
     let tls = tempfile::tempdir().unwrap();
     // The Secret's folder as the kubelet mounts it: anyone may enter.
-    std::fs::set_permissions(tls.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        tls.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     for (src, dst) in [
         ("ca.crt", "ca.crt"),
         ("aggregator.crt", "tls.crt"),
