@@ -481,6 +481,19 @@ fn unpack(podman: &Podman, image: &str) -> Unpacked {
     }
 }
 
+/// Capabilities the DaemonSet grants (as the design lists them) that this
+/// machine shows no use for, and why; deploy/README.md keeps the same table.
+const NOT_NEEDED_HERE: [(&str, &str); 2] = [
+    (
+        "SYS_RESOURCE",
+        "Linux 5.11 and later charge BPF maps to the memory cgroup, not to RLIMIT_MEMLOCK, and the agent never raises that limit",
+    ),
+    (
+        "SYSLOG",
+        "it serves only the OOM fallback that reads /dev/kmsg when BPF cannot run, and the DaemonSet gives the container no /dev/kmsg",
+    ),
+];
+
 const BINARIES: [&str; 3] = ["nodewatch-agent", "nodewatch-aggregator", "nodewatch"];
 
 fn check_image(u: &Unpacked, arch: &str) {
@@ -1047,16 +1060,15 @@ fn image_runs_as_the_manifests_describe() {
             .collect();
         let lost_text = if p.is_empty() {
             let log = podman.logs(cname);
-            let why = log
+            let line = log
                 .lines()
-                .find(|l| l.contains("eBPF"))
-                .unwrap_or("(no reason logged)")
-                .to_string();
-            format!(
-                "all ({} attach with it): eBPF off; {}",
-                attachable.len(),
-                why.trim()
-            )
+                .find(|l| l.contains("eBPF signals off"))
+                .unwrap_or("");
+            let why = line
+                .split_once("reason=")
+                .map_or("(no reason logged)", |(_, r)| r)
+                .replace(" fallback=", "; OOM kills from the kernel log instead: ");
+            format!("all {}: {why}", attachable.len())
         } else if not_attached.is_empty() {
             "none".to_string()
         } else {
@@ -1080,10 +1092,19 @@ fn image_runs_as_the_manifests_describe() {
     }
     println!("{table}");
     for (cap, is_needed) in &needed {
-        assert!(
-            is_needed,
-            "{cap} is in the DaemonSet's capabilities but nothing fails without it here:\n{table}"
-        );
+        match NOT_NEEDED_HERE.iter().find(|(c, _)| c == cap) {
+            None => assert!(
+                is_needed,
+                "{cap} is in the DaemonSet's capabilities but nothing fails without it here:\n{table}"
+            ),
+            Some((_, why)) => {
+                assert!(
+                    !is_needed,
+                    "{cap} is needed here now: update NOT_NEEDED_HERE and deploy/README.md:\n{table}"
+                );
+                println!("{cap}: not needed here: {why}");
+            }
+        }
     }
 
     // 7. The arm64 agent from the arm64 image under qemu-user, beside the
