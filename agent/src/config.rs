@@ -66,6 +66,9 @@ pub struct File {
     /// server (Linux). Off when absent.
     #[serde(default)]
     pub kubernetes: Option<KubernetesConfig>,
+    /// Log output: `{format: json}` for log pipelines (default `text`).
+    #[serde(default)]
+    pub log: nodewatch_proto::log::LogConfig,
 }
 
 /// Where the agent reads the node's pods and Node object. Every URL may name

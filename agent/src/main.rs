@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodewatch_agent::{collectors, config, runtime};
+use nodewatch_proto::log::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,16 +38,22 @@ struct Args {
     /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Log line format: `text` or `json` (overrides `log.format`; default text).
+    #[arg(long = "log.format")]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(args.log.as_str())
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
-    let mut file = match config::File::load(args.config.as_deref()) {
+    let file = config::File::load(args.config.as_deref());
+    // The file names the log format, so it is read first; its own errors
+    // go to stderr plainly.
+    let format = args
+        .log_format
+        .or(file.as_ref().ok().and_then(|f| f.log.format))
+        .unwrap_or_default();
+    nodewatch_proto::log::init(&args.log, format);
+    let mut file = match file {
         Ok(f) => f,
         Err(e) => {
             eprintln!("nodewatch-agent: {e}");

@@ -67,6 +67,9 @@ pub struct File {
     /// Per-node certificates for Kubernetes agents (the `Bootstrap` RPC); off when absent.
     #[serde(default)]
     pub bootstrap: Option<BootstrapFile>,
+    /// Log output: `{format: json}` for log pipelines (default `text`).
+    #[serde(default)]
+    pub log: nodewatch_proto::log::LogConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 # Cross-builds nodewatch-agent for OPNsense / FreeBSD (x86_64) on Linux:
 # the Rust FreeBSD target, with zig (from PyPI) as the linker through
 # cargo-zigbuild. Installs what is missing (the rustup target, ziglang in a
-# venv under target/freebsd, cargo-zigbuild), then prints the binary's path.
+# venv under target/zig, cargo-zigbuild), then prints the binary's path.
 # Needs python3 with venv (Debian: python3-venv).
 #
 #   deploy/opnsense/build.sh            # release build
@@ -27,15 +27,9 @@ dir=target/freebsd
 mkdir -p "$dir"
 
 rustup target add "$target" >/dev/null
-# zig in a venv of its own (Debian's python3 takes no pip installs); its
-# python3 first on PATH, where cargo-zigbuild looks for `python3 -m ziglang`.
-if [ ! -x "$dir/venv/bin/python3" ]; then
-  python3 -m venv "$dir/venv"
-fi
-"$dir/venv/bin/python3" -c 'import ziglang' 2>/dev/null ||
-  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check ziglang
-export PATH="$PWD/$dir/venv/bin:$PATH"
-command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked --quiet cargo-zigbuild
+# zig (PyPI, in a venv under target/zig) and cargo-zigbuild, shared with
+# deploy/container/build.sh.
+source deploy/zig-env.sh
 
 stubs="$dir/base-libs"
 mkdir -p "$stubs"

@@ -8,11 +8,13 @@
 //!   and the client connector.
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
 //! - [`blocks`]: the compact `SampleBlock` encoding of a stream's samples.
+//! - [`log`]: log output (text or JSON lines; colour only on a terminal).
 
 pub mod blocks;
 pub mod certs;
 pub mod config;
 pub mod identity;
+pub mod log;
 pub mod text;
 pub mod tls;
 

@@ -93,7 +93,7 @@ fn render() -> Vec<Doc> {
         .keys()
         .filter_map(Value::as_str)
         .collect();
-    let allowed = BTreeSet::from(["apiVersion", "kind", "resources"]);
+    let allowed = BTreeSet::from(["apiVersion", "kind", "resources", "images"]);
     assert!(
         keys.is_subset(&allowed),
         "kustomization.yaml uses {keys:?}; this renderer knows only {allowed:?}"
@@ -121,7 +121,105 @@ fn render() -> Vec<Doc> {
             );
         }
     }
+    set_images(&mut docs, seq(&k["images"]));
     docs
+}
+
+/// kustomize's `images:` transformer: every container whose image name
+/// (without tag or digest) is an entry's `name` gets its `newName`,
+/// `newTag` or `digest`. An entry that matches no container is refused
+/// (kustomize would ignore it silently, and the pods would keep the old image).
+fn set_images(docs: &mut [Doc], images: &[Value]) {
+    for entry in images {
+        let name = entry["name"].as_str().expect("images[].name");
+        let mut used = false;
+        for d in docs.iter_mut() {
+            let Some(spec) = d
+                .value
+                .get_mut("spec")
+                .and_then(|s| s.get_mut("template"))
+                .and_then(|t| t.get_mut("spec"))
+            else {
+                continue;
+            };
+            for list in ["initContainers", "containers"] {
+                let Some(cs) = spec.get_mut(list).and_then(Value::as_sequence_mut) else {
+                    continue;
+                };
+                for c in cs {
+                    let image = c["image"].as_str().unwrap_or_default();
+                    // `host:port/repo:tag@digest`: the tag's colon comes after the last slash.
+                    let (base, _) = image.split_once('@').unwrap_or((image, ""));
+                    let slash = base.rfind('/').map_or(0, |i| i + 1);
+                    let (repo, tag) = match base[slash..].split_once(':') {
+                        Some((_, t)) => (&base[..base.len() - t.len() - 1], Some(t)),
+                        None => (base, None),
+                    };
+                    if repo != name {
+                        continue;
+                    }
+                    used = true;
+                    let repo = entry["newName"].as_str().unwrap_or(repo);
+                    let new = match (entry["digest"].as_str(), entry["newTag"].as_str().or(tag)) {
+                        (Some(digest), _) => format!("{repo}@{digest}"),
+                        (None, Some(tag)) => format!("{repo}:{tag}"),
+                        (None, None) => repo.to_string(),
+                    };
+                    c["image"] = Value::from(new);
+                }
+            }
+        }
+        assert!(
+            used,
+            "kustomization.yaml images: {name} names no container's image"
+        );
+    }
+}
+
+/// The image is named once, in kustomization.yaml's `images:`, at the
+/// workspace's version (what deploy/container/build.sh tags and the release
+/// workflow pushes); the workloads carry only the placeholder name that entry
+/// replaces, so an overlay or Flux `spec.images` changes registry, tag or
+/// digest in one place.
+#[test]
+fn image_is_named_once_at_the_workspace_version() {
+    let dir = deploy("kubernetes");
+    let k = &load_docs(&dir.join("kustomization.yaml"))[0].value;
+    let images = seq(&k["images"]);
+    assert_eq!(images.len(), 1, "one images: entry");
+    let placeholder = images[0]["name"].as_str().unwrap();
+    let new_name = images[0]["newName"].as_str().unwrap();
+    let new_tag = images[0]["newTag"]
+        .as_str()
+        .expect("newTag: a string (quoted)");
+    assert_eq!(new_name, "ghcr.io/nodewatch/nodewatch");
+    assert_eq!(new_tag, env!("CARGO_PKG_VERSION"));
+    let want = format!("{new_name}:{new_tag}");
+    let mut workloads = 0;
+    for d in render() {
+        for c in seq(&d.value["spec"]["template"]["spec"]["containers"]) {
+            workloads += 1;
+            assert_eq!(
+                c["image"].as_str(),
+                Some(want.as_str()),
+                "{}/{}",
+                d.kind(),
+                d.name()
+            );
+        }
+    }
+    assert_eq!(workloads, 2, "the agent and the aggregator");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n != "kustomization.yaml") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                !text.contains(new_name),
+                "{} names {new_name}; only kustomization.yaml should (image: {placeholder})",
+                path.display()
+            );
+        }
+    }
 }
 
 fn flux_docs() -> Vec<Doc> {

@@ -7,11 +7,10 @@ use nodewatch_aggregator::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    nodewatch_proto::log::init(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        nodewatch_proto::log::LogFormat::Text,
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
