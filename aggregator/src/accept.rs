@@ -20,21 +20,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nodewatch_proto::tls::{
-    count_auth_failure, handshake_failure_reason, AuthFailure, PeerInfo, Reloadable,
+    count_auth_failure, handshake_failure_reason, AuthFailure, PeerInfo, Reloadable, TlsConn,
 };
 use nodewatch_proto::Identity;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 /// How long a TLS handshake may take. An agent on the LAN finishes in a few
@@ -57,55 +52,6 @@ pub const KNOWN_FOR: Duration = Duration::from_hours(1);
 const MAX_KNOWN: usize = 4096;
 /// Accepted connections queued towards the gRPC server.
 const QUEUE: usize = 64;
-
-/// A connection whose handshake succeeded, with its peer's identity.
-pub struct Conn {
-    io: TlsStream<TcpStream>,
-    info: PeerInfo,
-}
-
-impl Connected for Conn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
 
 /// Handshakes in flight per address, and the addresses known to be ours.
 #[derive(Default)]
@@ -196,7 +142,7 @@ fn refused(peer: SocketAddr, reason: &'static str, error: &dyn std::fmt::Display
 pub fn incoming(
     listener: TcpListener,
     config: Arc<Reloadable<ServerConfig>>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     metrics::counter!("nodewatch_aggregator_auth_failures_total", "reason" => "handshake_limit")
         .increment(0);
@@ -270,13 +216,13 @@ pub fn incoming(
                         }
                         debug!(peer = %remote_addr, identity = ?identity, "TLS handshake done");
                         let _ = tx
-                            .send(Ok(Conn {
+                            .send(Ok(TlsConn::new(
                                 io,
-                                info: PeerInfo {
+                                PeerInfo {
                                     remote_addr,
                                     identity,
                                 },
-                            }))
+                            )))
                             .await;
                     }
                     Ok((first, Err(error))) => {

@@ -18,20 +18,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use tonic::transport::server::Connected;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::identity::Identity;
-
-/// How long a client may take to finish the TLS handshake before the
-/// connection is dropped; keeps half-open connections from piling up.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes in flight at once; more wait in the kernel's accept queue.
-pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 
 /// How often certificate files are checked for changes. cert-manager renews
 /// well before expiry (by default at 2/3 of the lifetime), so seconds are plenty.
@@ -429,6 +422,14 @@ pub struct TlsConn {
     info: PeerInfo,
 }
 
+impl TlsConn {
+    /// A connection whose handshake finished, and who is at the other end.
+    #[must_use]
+    pub fn new(io: TlsStream<TcpStream>, info: PeerInfo) -> Self {
+        Self { io, info }
+    }
+}
+
 impl Connected for TlsConn {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
@@ -472,86 +473,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TCP connections, completes TLS handshakes concurrently, and yields
-/// the connections that succeeded. Failed handshakes (wrong CA, plaintext,
-/// expired certificate) are logged and counted, never yielded.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<Reloadable<ServerConfig>>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
-        loop {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                return;
-            };
-            let (tcp, remote_addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(error) => {
-                        // EMFILE and friends: back off rather than spin.
-                        warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => return,
-            };
-            let acceptor = TlsAcceptor::from(config.get());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = tcp.set_nodelay(true);
-                let handshake = async {
-                    // Peeked, not read: the first byte tells a TLS client
-                    // (handshake record, 0x16) from a plaintext one, which
-                    // rustls alone reports only as a malformed message.
-                    let mut first = [0u8; 1];
-                    let first = match tcp.peek(&mut first).await {
-                        Ok(1) => Some(first[0]),
-                        _ => None,
-                    };
-                    (first, acceptor.accept(tcp).await)
-                };
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok((_, Ok(io))) => {
-                        let identity = io
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .ok_or_else(|| "no client certificate".to_string())
-                            .and_then(|der| {
-                                Identity::from_cert_der(der).map_err(|e| e.to_string())
-                            });
-                        debug!(peer = %remote_addr, identity = ?identity, "TLS handshake done");
-                        let _ = tx
-                            .send(Ok(TlsConn {
-                                io,
-                                info: PeerInfo {
-                                    remote_addr,
-                                    identity,
-                                },
-                            }))
-                            .await;
-                    }
-                    Ok((first, Err(error))) => {
-                        let reason = handshake_failure_reason(first, &error);
-                        count_auth_failure(reason);
-                        warn!(peer = %remote_addr, reason, %error, "TLS handshake refused");
-                    }
-                    Err(_) => {
-                        count_auth_failure(AuthFailure::Timeout.as_str());
-                        warn!(peer = %remote_addr, reason = AuthFailure::Timeout.as_str(), "TLS handshake timed out");
-                    }
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// Why a connection or a call was refused: the `reason` label of
 /// `nodewatch_aggregator_auth_failures_total` and the `reason` field of the
 /// log line, so an operator can tell a rotation gone wrong (expired, unknown
@@ -578,7 +499,7 @@ pub enum AuthFailure {
     ClientAlert,
     /// The connection closed or broke during the handshake.
     Disconnected,
-    /// The handshake did not finish within [`HANDSHAKE_TIMEOUT`].
+    /// The handshake did not finish within the server's handshake deadline.
     Timeout,
     /// The certificate is valid but its role may not call this service.
     Role,
