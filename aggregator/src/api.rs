@@ -65,26 +65,31 @@ pub struct ApiState {
     pub bearer_token: Option<Arc<str>>,
 }
 
-/// Refuses requests without the configured bearer token (compared in
-/// constant time).
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in
+/// constant time (the time taken tells nothing of how much matched).
+#[must_use]
+pub fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Refuses requests without the configured bearer token.
 async fn require_token(
     State(st): State<ApiState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if let Some(token) = &st.bearer_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same = bearer_matches(req.headers(), token);
         if !same {
             refused("unauthorized");
             return ApiError(

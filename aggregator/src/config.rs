@@ -34,6 +34,10 @@ pub struct File {
     /// Prometheus' HTTP query API on the HTTP port (`/api/v1/...`).
     #[serde(default)]
     pub query_api: QueryApiFile,
+    /// Access to `/metrics` (every node's data, OOM-killed process names
+    /// included): open by default, like node_exporter's.
+    #[serde(default)]
+    pub metrics: MetricsFile,
     /// Server certificate, key, and the CA that client certificates must chain to.
     #[serde(default)]
     pub tls: TlsConfig,
@@ -151,6 +155,39 @@ pub struct QueryApiFile {
     pub max_samples: Option<usize>,
 }
 
+/// `metrics:` as written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// A file holding the bearer token a scraper must send for `/metrics`
+    /// (`Authorization: Bearer …`, Prometheus' `authorization:
+    /// {credentials_file: …}`); unset, `/metrics` is open. `/healthz` and
+    /// `/readyz` stay open either way, for the kubelet's probes.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// Validated `metrics:`.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub bearer_token: Option<String>,
+}
+
+/// The token in `file` (surrounding white space trimmed); an empty or
+/// unreadable file is a problem named under `key`.
+fn read_token(file: &Path, key: &str, p: &mut Problems) -> Option<String> {
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) => {
+            p.add(key, format!("{}: empty", file.display()));
+            None
+        }
+        Err(e) => {
+            p.add(key, format!("{}: {e}", file.display()));
+            None
+        }
+    }
+}
+
 /// Validated `query_api:`.
 #[derive(Clone, Debug)]
 pub struct QueryApi {
@@ -168,26 +205,10 @@ impl QueryApiFile {
                 .map_err(|e| p.add("query_api.timeout", e))
                 .unwrap_or(Duration::from_secs(120)),
         };
-        let bearer_token =
-            self.bearer_token_file
-                .as_ref()
-                .and_then(|f| match std::fs::read_to_string(f) {
-                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                    Ok(_) => {
-                        p.add(
-                            "query_api.bearer_token_file",
-                            format!("{}: empty", f.display()),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        p.add(
-                            "query_api.bearer_token_file",
-                            format!("{}: {e}", f.display()),
-                        );
-                        None
-                    }
-                });
+        let bearer_token = self
+            .bearer_token_file
+            .as_ref()
+            .and_then(|f| read_token(f, "query_api.bearer_token_file", p));
         if self.max_samples == Some(0) {
             p.add("query_api.max_samples", "must be at least 1");
         }
@@ -591,6 +612,7 @@ pub struct Config {
     pub bootstrap: Option<Bootstrap>,
     pub remote_write: Vec<crate::remote_write::Target>,
     pub query_api: QueryApi,
+    pub metrics: Metrics,
     pub liveness: crate::liveness::Options,
 }
 
@@ -666,6 +688,13 @@ impl File {
             .and_then(|b| validate_bootstrap(b, &mut p));
         let remote_write = self.validate_remote_write(&mut p);
         let query_api = self.query_api.validate(&mut p);
+        let metrics = Metrics {
+            bearer_token: self
+                .metrics
+                .bearer_token_file
+                .as_ref()
+                .and_then(|f| read_token(f, "metrics.bearer_token_file", &mut p)),
+        };
         let liveness = crate::liveness::Options {
             state_file: self.liveness.state_file.clone(),
             forget_after: match &self.liveness.forget_after {
@@ -703,6 +732,7 @@ impl File {
                 bootstrap,
                 remote_write,
                 query_api,
+                metrics,
                 liveness,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),

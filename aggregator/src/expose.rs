@@ -70,6 +70,8 @@ pub fn render(store: &Store, now_ms: i64) -> String {
 struct AppState {
     store: Arc<Store>,
     own: PrometheusHandle,
+    /// The bearer token a scraper must send for `/metrics`, if any.
+    bearer_token: Option<Arc<str>>,
 }
 
 /// Whether an `Accept-Encoding` header value accepts gzip: a `gzip` (or
@@ -118,6 +120,17 @@ async fn metrics(
     axum::extract::State(st): axum::extract::State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
+    if let Some(token) = &st.bearer_token {
+        if !crate::api::bearer_matches(&headers, token) {
+            nodewatch_proto::tls::count_auth_failure("metrics_token");
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a valid bearer token is required for /metrics\n",
+            )
+                .into_response();
+        }
+    }
     let store = Arc::clone(&st.store);
     let own = st.own.clone();
     let want_gzip = headers
@@ -161,24 +174,29 @@ async fn metrics(
     resp
 }
 
-fn router(store: Arc<Store>, own: PrometheusHandle) -> Router {
+fn router(store: Arc<Store>, own: PrometheusHandle, bearer_token: Option<Arc<str>>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
-        .with_state(AppState { store, own })
+        .with_state(AppState {
+            store,
+            own,
+            bearer_token,
+        })
 }
 
-/// Serves `/metrics` and `/healthz`, and Prometheus' query API when `api`
-/// is given, until `shutdown` resolves.
+/// Serves `/metrics` (behind `metrics_token` when given) and `/healthz`,
+/// and Prometheus' query API when `api` is given, until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
     own: PrometheusHandle,
+    metrics_token: Option<Arc<str>>,
     api: Option<crate::api::ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut app = router(store, own);
+    let mut app = router(store, own, metrics_token);
     if let Some(api) = api {
         app = app.merge(crate::api::router(api));
     }
@@ -277,7 +295,7 @@ mod tests {
         let own = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
-        let app = router(store, own);
+        let app = router(store, own, None);
         let get = |enc: Option<&'static str>| {
             let mut req = axum::http::Request::get("/metrics");
             if let Some(e) = enc {

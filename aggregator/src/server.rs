@@ -313,6 +313,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let store = Arc::clone(&state.store);
         let own = own.clone();
         let stop = wait(rx.clone());
+        let metrics_token = config.metrics.bearer_token.clone().map(Arc::from);
         let api = config.query_api.enabled.then(|| crate::api::ApiState {
             store: Arc::clone(&state.store),
             rules: Some(Arc::clone(&state.rules)),
@@ -324,7 +325,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             bearer_token: config.query_api.bearer_token.clone().map(Arc::from),
         });
         tokio::spawn(async move {
-            if let Err(error) = crate::expose::serve(http, store, own, api, stop).await {
+            if let Err(error) =
+                crate::expose::serve(http, store, own, metrics_token, api, stop).await
+            {
                 warn!(%error, "HTTP server stopped with an error.");
             }
         })

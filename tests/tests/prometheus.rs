@@ -2,6 +2,7 @@
 //! (`honor_labels: true`) and its HTTP API returns the nodes' series.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use nodewatch_tests::{
@@ -63,4 +64,92 @@ fn prometheus_scrapes_node_series_from_the_aggregator() {
     // The scrape itself is healthy: no target errors.
     let (_, targets) = http_get(addr, "/api/v1/targets").unwrap();
     assert!(targets.contains("\"health\":\"up\""), "{targets}");
+}
+
+/// With `metrics: {bearer_token_file}` set, `/metrics` answers 401 without
+/// the token (and counts it), `/healthz` stays open for probes, and a real
+/// Prometheus configured with `authorization: {credentials_file}` scrapes it.
+#[test]
+fn metrics_behind_a_bearer_token_are_scraped_by_prometheus_with_it() {
+    let Some(prometheus) = find_program("prometheus") else {
+        return missing("prometheus (Debian package `prometheus`)");
+    };
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let token = dir.join("scrape-token");
+    std::fs::write(&token, "s3cret-scrape-token\n").unwrap();
+    let agg = Aggregator::start(
+        &pki,
+        "agg",
+        &format!("metrics:\n  bearer_token_file: {}\n", token.display()),
+    );
+    let _agent = start_agent(&pki, "n1", &[&agg], "");
+
+    let (status, body) = http_get(agg.http, "/metrics").unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("node=\"n1\""), "{body}");
+    let (status, _) = http_get(agg.http, "/healthz").unwrap();
+    assert_eq!(status, 200, "/healthz stays open for the kubelet's probes");
+    let with = |t: &str| {
+        let mut s = std::net::TcpStream::connect(agg.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    };
+    assert!(with("wrong-token-of-same-len").starts_with("HTTP/1.0 401"));
+    let raw = wait_for(
+        Duration::from_secs(30),
+        "agent series behind the token",
+        || {
+            let raw = with("s3cret-scrape-token");
+            raw.contains("node=\"n1\"").then_some(raw)
+        },
+    );
+    assert!(
+        raw.starts_with("HTTP/1.0 200"),
+        "{}",
+        &raw[..raw.len().min(200)]
+    );
+    assert!(
+        raw.contains("nodewatch_aggregator_auth_failures_total{reason=\"metrics_token\"}"),
+        "refusals are counted"
+    );
+
+    let port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{}']\n",
+            token.display(),
+            agg.http
+        ),
+    )
+    .unwrap();
+    let _prom = spawn(
+        &prometheus,
+        &[
+            &format!("--config.file={}", cfg.display()),
+            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        dir,
+        "prometheus",
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let query = "/api/v1/query?query=node_memory_MemAvailable_bytes%7Bnode%3D%22n1%22%7D";
+    wait_for(
+        Duration::from_mins(1),
+        "Prometheus to scrape the node's series with the token",
+        || {
+            let (status, body) = http_get(addr, query).ok()?;
+            (status == 200 && body.contains("\"node\":\"n1\"")).then_some(())
+        },
+    );
 }
