@@ -73,56 +73,12 @@ const NE_FAMILIES: &[(&str, &str)] = &[
     ("^node_([a-z]+)_", "$1"),
 ];
 
-/// `node_exporter`'s collectors enabled by default on Linux (1.5's set,
-/// plus `watchdog`, on by default since it was added).
-const NE_DEFAULT: &[&str] = &[
-    "arp",
-    "bcache",
-    "bonding",
-    "btrfs",
-    "conntrack",
-    "cpu",
-    "cpufreq",
-    "diskstats",
-    "dmi",
-    "edac",
-    "entropy",
-    "fibrechannel",
-    "filefd",
-    "filesystem",
-    "hwmon",
-    "infiniband",
-    "ipvs",
-    "loadavg",
-    "mdadm",
-    "meminfo",
-    "netclass",
-    "netdev",
-    "netstat",
-    "nfs",
-    "nfsd",
-    "nvme",
-    "os",
-    "powersupplyclass",
-    "pressure",
-    "rapl",
-    "schedstat",
-    "selinux",
-    "sockstat",
-    "softnet",
-    "stat",
-    "tapestats",
-    "textfile",
-    "thermal_zone",
-    "time",
-    "timex",
-    "udp_queues",
-    "uname",
-    "vmstat",
-    "watchdog",
-    "xfs",
-    "zfs",
-];
+/// `node_exporter`'s collectors enabled by default on Linux: 1.5's set,
+/// plus `watchdog`, on by default since it was added.
+fn ne_default(collector: &str) -> bool {
+    collector == "watchdog"
+        || nodewatch_agent::collectors::NODE_EXPORTER_1_5_DEFAULTS.contains(&collector)
+}
 
 /// The `node_exporter` collector a family of its output belongs to.
 fn ne_collector(family: &str) -> Option<String> {
@@ -144,7 +100,7 @@ fn ne_collector(family: &str) -> Option<String> {
 /// Whether a family of the expected output belongs to a default collector
 /// (the exporter's own metrics do not).
 fn is_default(family: &str) -> bool {
-    ne_collector(family).is_some_and(|c| NE_DEFAULT.contains(&c.as_str()))
+    ne_collector(family).is_some_and(|c| ne_default(&c))
 }
 
 /// Expected families of default collectors that we do not produce, and why.

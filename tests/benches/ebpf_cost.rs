@@ -31,9 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nodewatch_agent::collectors::NODE_EXPORTER_1_5_DEFAULTS as NODE_EXPORTER_COLLECTORS;
 use nodewatch_tests::{
     find_program, free_port, http_get, missing, peer_name, process_cpu_ticks, spawn, start_agent,
-    wait_for, Aggregator, BenchResult, Better, Pki, NODE_EXPORTER_COLLECTORS,
+    wait_for, Aggregator, BenchResult, Better, Pki,
 };
 
 /// The high-load window for ns per event.

@@ -924,57 +924,6 @@ pub fn operator_cli(ops: &TlsFiles, agg: &Aggregator) -> Command {
     c
 }
 
-/// node_exporter 1.5's default Linux collectors (Debian 12's build; `watchdog`
-/// came later), all of which the agent mirrors by default
-/// (docs/collectors.md): benchmarks run node_exporter with exactly these.
-pub const NODE_EXPORTER_COLLECTORS: &[&str] = &[
-    "arp",
-    "bcache",
-    "bonding",
-    "btrfs",
-    "conntrack",
-    "cpu",
-    "cpufreq",
-    "diskstats",
-    "dmi",
-    "edac",
-    "entropy",
-    "fibrechannel",
-    "filefd",
-    "filesystem",
-    "hwmon",
-    "infiniband",
-    "ipvs",
-    "loadavg",
-    "mdadm",
-    "meminfo",
-    "netclass",
-    "netdev",
-    "netstat",
-    "nfs",
-    "nfsd",
-    "nvme",
-    "os",
-    "powersupplyclass",
-    "pressure",
-    "rapl",
-    "schedstat",
-    "selinux",
-    "sockstat",
-    "softnet",
-    "stat",
-    "tapestats",
-    "textfile",
-    "thermal_zone",
-    "time",
-    "timex",
-    "udp_queues",
-    "uname",
-    "vmstat",
-    "xfs",
-    "zfs",
-];
-
 /// A process's CPU time (utime + stime, dead threads included) in clock ticks.
 #[must_use]
 pub fn process_cpu_ticks(pid: u32) -> u64 {

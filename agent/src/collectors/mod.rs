@@ -122,6 +122,58 @@ pub mod zpool;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod fuzz_util;
 
+/// node_exporter 1.5's default Linux collectors (Debian 12's build;
+/// `watchdog` came later), all of which the agent mirrors by default
+/// (docs/collectors.md). The golden test and the benchmarks against
+/// node_exporter take their collector set from here.
+pub const NODE_EXPORTER_1_5_DEFAULTS: &[&str] = &[
+    "arp",
+    "bcache",
+    "bonding",
+    "btrfs",
+    "conntrack",
+    "cpu",
+    "cpufreq",
+    "diskstats",
+    "dmi",
+    "edac",
+    "entropy",
+    "fibrechannel",
+    "filefd",
+    "filesystem",
+    "hwmon",
+    "infiniband",
+    "ipvs",
+    "loadavg",
+    "mdadm",
+    "meminfo",
+    "netclass",
+    "netdev",
+    "netstat",
+    "nfs",
+    "nfsd",
+    "nvme",
+    "os",
+    "powersupplyclass",
+    "pressure",
+    "rapl",
+    "schedstat",
+    "selinux",
+    "sockstat",
+    "softnet",
+    "stat",
+    "tapestats",
+    "textfile",
+    "thermal_zone",
+    "time",
+    "timex",
+    "udp_queues",
+    "uname",
+    "vmstat",
+    "xfs",
+    "zfs",
+];
+
 /// Every collector this build knows, in the order they run.
 #[must_use]
 #[allow(clippy::vec_init_then_push, reason = "entries are added per target OS")]
