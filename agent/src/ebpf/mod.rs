@@ -534,8 +534,8 @@ impl Ebpf {
         // `EbpfLoader::new` parses the kernel's BTF itself, every time:
         // one loader serves every object, and its own parse is let go before
         // ours is made, so two parses are never held at once.
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
+        let mut obj_loader = EbpfLoader::new();
+        obj_loader.btf(None);
         release_freed_memory();
         let btf_bytes =
             std::fs::read(&btf_path).map_err(|e| format!("{}: {e}", btf_path.display()));
@@ -602,12 +602,12 @@ impl Ebpf {
             for (i, read_kernel) in variants.iter().enumerate() {
                 let last = i + 1 == variants.len();
                 if let Ok(btf) = &kernel_btf {
-                    loader.btf(Some(btf));
+                    obj_loader.btf(Some(btf));
                 }
                 // Only the OOM object has the variable; for the others the
                 // override is ignored.
-                loader.override_global("cfg_read_kernel", read_kernel, obj.name == "oom");
-                let mut bpf = match loader.load(obj.bytes) {
+                obj_loader.override_global("cfg_read_kernel", read_kernel, obj.name == "oom");
+                let mut bpf = match obj_loader.load(obj.bytes) {
                     Ok(b) => b,
                     Err(e) => {
                         if is_permission_error(&e) && objects.is_empty() {
@@ -787,7 +787,7 @@ impl Ebpf {
 
         // The parsed kernel BTF is the largest thing start-up allocates;
         // nothing needs it once every program is loaded and attached.
-        drop(loader);
+        drop(obj_loader);
         drop(kernel_btf);
         drop(skb_drop_names);
         release_freed_memory();
