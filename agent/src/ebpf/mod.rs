@@ -527,9 +527,28 @@ impl Ebpf {
             tracing::info!(reason = %why, "Classic tracepoints unavailable; BTF tracepoints only.");
         }
         let tracefs = tracefs.as_deref().map_err(String::as_str);
-        // Parsed once for every object's CO-RE relocations and every
-        // `tp_btf` attach (each parse takes seconds on a slow machine).
-        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| e.to_string());
+        // Read once, parsed once for every object's CO-RE relocations and
+        // every `tp_btf` attach (each parse takes seconds on a slow machine);
+        // the drop reason names come from a scan of the same bytes, which
+        // are let go before any object loads (ebpf/README.md, "Agent memory").
+        // `EbpfLoader::new` parses the kernel's BTF itself, every time:
+        // one loader serves every object, and its own parse is let go before
+        // ours is made, so two parses are never held at once.
+        let mut obj_loader = EbpfLoader::new();
+        obj_loader.btf(None);
+        release_freed_memory();
+        let btf_bytes =
+            std::fs::read(&btf_path).map_err(|e| format!("{}: {e}", btf_path.display()));
+        let kernel_btf = btf_bytes.as_ref().map_err(Clone::clone).and_then(|b| {
+            aya::Btf::parse(b, aya::Endianness::default()).map_err(|e| e.to_string())
+        });
+        let mut skb_drop_names = Some(
+            btf_bytes
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|b| skb_drop::reason_names_from_btf(b)),
+        );
+        drop(btf_bytes);
 
         let mut events = Some(events);
         let mut programs = Vec::new();
@@ -580,15 +599,14 @@ impl Ebpf {
                 &[0]
             };
             let mut loaded = None;
-            for (i, &read_kernel) in variants.iter().enumerate() {
+            for (i, read_kernel) in variants.iter().enumerate() {
                 let last = i + 1 == variants.len();
-                let mut obj_loader = EbpfLoader::new();
                 if let Ok(btf) = &kernel_btf {
                     obj_loader.btf(Some(btf));
                 }
-                if obj.name == "oom" {
-                    obj_loader.override_global("cfg_read_kernel", &read_kernel, true);
-                }
+                // Only the OOM object has the variable; for the others the
+                // override is ignored.
+                obj_loader.override_global("cfg_read_kernel", read_kernel, obj.name == "oom");
                 let mut bpf = match obj_loader.load(obj.bytes) {
                     Ok(b) => b,
                     Err(e) => {
@@ -656,7 +674,7 @@ impl Ebpf {
                     programs.push((spec, st));
                 }
                 if obj.name == "oom" {
-                    state.oom_reads_kernel = read_kernel == 1;
+                    state.oom_reads_kernel = *read_kernel == 1;
                 }
                 loaded = Some(bpf);
                 break;
@@ -719,10 +737,13 @@ impl Ebpf {
                     }
                 }
                 "skb_drop" if attached("skb_kfree_skb") || attached("skb_kfree_skb_btf") => {
-                    let names = skb_drop::reason_names(&btf_path).unwrap_or_else(|error| {
-                        tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
-                        skb_drop::ReasonNames::new()
-                    });
+                    let names = skb_drop_names
+                        .take()
+                        .unwrap_or_else(|| Err("already used".into()))
+                        .unwrap_or_else(|error| {
+                            tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
+                            skb_drop::ReasonNames::new()
+                        });
                     let core = bpf
                         .take_map(skb_drop::CORE_MAP)
                         .and_then(|m| PerCpuArray::try_from(m).ok());
@@ -763,6 +784,13 @@ impl Ebpf {
                 objects.push(bpf);
             }
         }
+
+        // The parsed kernel BTF is the largest thing start-up allocates;
+        // nothing needs it once every program is loaded and attached.
+        drop(obj_loader);
+        drop(kernel_btf);
+        drop(skb_drop_names);
+        release_freed_memory();
 
         if cfg.measure_cost {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -849,6 +877,21 @@ impl Ebpf {
         out
     }
 }
+
+/// Hands the heap freed after loading back to the system: glibc keeps freed
+/// memory in its arenas (counted in RSS) until asked; musl's allocator
+/// returns freed large blocks by itself.
+#[cfg(target_env = "gnu")]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
 
 /// Whether `program` is among `programs` and attached.
 fn attached_in(programs: &[(ProgramSpec, ProgramState)], program: &str) -> bool {

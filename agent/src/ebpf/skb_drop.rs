@@ -30,19 +30,101 @@ pub type ReasonNames = BTreeMap<u32, String>;
 
 /// Reads `enum skb_drop_reason` from a BTF file (`/sys/kernel/btf/vmlinux`).
 pub fn reason_names(btf_path: &Path) -> Result<ReasonNames, String> {
-    let btf =
-        btf_rs::Btf::from_file(btf_path).map_err(|e| format!("{}: {e}", btf_path.display()))?;
-    let types = btf
-        .resolve_types_by_name("skb_drop_reason")
-        .map_err(|e| format!("enum skb_drop_reason: {e}"))?;
+    let bytes = std::fs::read(btf_path).map_err(|e| format!("{}: {e}", btf_path.display()))?;
+    reason_names_from_btf(&bytes).map_err(|e| format!("{}: {e}", btf_path.display()))
+}
+
+/// `BTF_KIND_ENUM`, `BTF_KIND_ENUM64` (include/uapi/linux/btf.h).
+const KIND_ENUM: u32 = 6;
+const KIND_ENUM64: u32 = 19;
+/// The enum's name in the kernel's BTF.
+const ENUM_NAME: &[u8] = b"skb_drop_reason";
+
+/// Reads `enum skb_drop_reason` from raw BTF bytes in this machine's byte
+/// order (the kernel's `/sys/kernel/btf/vmlinux`) with one pass over the
+/// type section that keeps nothing but the enum's names: no type table is
+/// built, so it costs no more memory than the names themselves.
+pub fn reason_names_from_btf(data: &[u8]) -> Result<ReasonNames, String> {
+    let u16_at = |off: usize| -> Option<u16> {
+        Some(u16::from_ne_bytes(
+            data.get(off..off.checked_add(2)?)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            data.get(off..off.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    if u16_at(0) != Some(0xeb9f) {
+        return Err("not BTF in this byte order (magic is not 0xeb9f)".into());
+    }
+    let header = |i: usize| u32_at(8 + 4 * i).map(|v| v as usize);
+    let (Some(hdr_len), Some(type_off), Some(type_len), Some(str_off), Some(str_len)) = (
+        u32_at(4).map(|v| v as usize),
+        header(0),
+        header(1),
+        header(2),
+        header(3),
+    ) else {
+        return Err("BTF header truncated".into());
+    };
+    let section = |off: usize, len: usize, what: &str| {
+        hdr_len
+            .checked_add(off)
+            .and_then(|start| Some((start, start.checked_add(len)?)))
+            .and_then(|(start, end)| data.get(start..end))
+            .ok_or_else(|| format!("BTF {what} section ({len} bytes at {off}) outside the data"))
+    };
+    let types = section(type_off, type_len, "type")?;
+    let strings = section(str_off, str_len, "string")?;
+    let string = |off: u32| -> Option<&[u8]> {
+        let rest = strings.get(off as usize..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    };
+    let word = |off: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            types.get(off..off.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
     let mut members = Vec::new();
-    for t in types {
-        if let btf_rs::Type::Enum(e) = t {
-            for m in &e.members {
-                let name = btf.resolve_name(m).map_err(|e| e.to_string())?;
-                members.push((m.val(), name));
+    let mut pos = 0usize;
+    while pos < types.len() {
+        let (Some(name_off), Some(info)) = (word(pos), word(pos + 4)) else {
+            return Err(format!(
+                "BTF type truncated at byte {pos} of the type section"
+            ));
+        };
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        // Each kind's fixed 12 bytes, then its kind-specific data.
+        let extra = match kind {
+            2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, qualifiers, func, float, type tag
+            1 | 14 | 17 => 4,          // int, var, decl tag
+            3 => 12,                   // array
+            4 | 5 | 15 | KIND_ENUM64 => 12 * vlen, // struct, union, datasec, enum64
+            KIND_ENUM | 13 => 8 * vlen, // enum, func proto
+            _ => {
+                return Err(format!(
+                    "unknown BTF kind {kind} at byte {pos} of the type section"
+                ))
+            }
+        };
+        let body = pos + 12;
+        let next = body + extra;
+        if next > types.len() {
+            return Err(format!("BTF type at byte {pos} runs past the type section"));
+        }
+        if (kind == KIND_ENUM || kind == KIND_ENUM64) && string(name_off) == Some(ENUM_NAME) {
+            let step = if kind == KIND_ENUM { 8 } else { 12 };
+            for i in 0..vlen {
+                let m = body + i * step;
+                let (Some(name), Some(val)) = (word(m).and_then(string), word(m + 4)) else {
+                    return Err(format!("enum {} member {i}: bad name", "skb_drop_reason"));
+                };
+                members.push((val, String::from_utf8_lossy(name).into_owned()));
             }
         }
+        pos = next;
     }
     if members.is_empty() {
         return Err("no enum skb_drop_reason in BTF".into());
@@ -170,6 +252,41 @@ mod tests {
         let names = reason_names(p).unwrap();
         assert!(names.values().any(|n| n == "NETFILTER_DROP"), "{names:?}");
         assert!(names.values().all(|n| n != "MAX"));
+        // The one-pass scan finds what a full BTF parser finds.
+        let btf = btf_rs::Btf::from_file(p).unwrap();
+        let mut members = Vec::new();
+        for t in btf.resolve_types_by_name("skb_drop_reason").unwrap() {
+            if let btf_rs::Type::Enum(e) = t {
+                for m in &e.members {
+                    members.push((m.val(), btf.resolve_name(m).unwrap()));
+                }
+            }
+        }
+        assert_eq!(names, names_from_members(members));
+    }
+
+    /// Truncated, corrupted or foreign bytes give an error, never a panic.
+    #[test]
+    fn scan_bad_btf() {
+        assert!(reason_names_from_btf(b"").is_err());
+        assert!(reason_names_from_btf(&[0x9f, 0xeb, 1, 0]).is_err());
+        let p = Path::new("/sys/kernel/btf/vmlinux");
+        let Ok(real) = std::fs::read(p) else {
+            eprintln!("skipped the kernel part: no {}", p.display());
+            return;
+        };
+        for cut in [24, 100, real.len() / 2, real.len() - 1] {
+            let _ = reason_names_from_btf(&real[..cut]);
+        }
+        let mut state: u32 = 7;
+        let mut bytes = real.clone();
+        let span = bytes.len().min(1 << 16);
+        for _ in 0..300 {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let i = (state as usize >> 3) % span;
+            bytes[i] = (state >> 24) as u8;
+            let _ = reason_names_from_btf(&bytes);
+        }
     }
 
     #[test]
