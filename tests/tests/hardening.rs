@@ -704,11 +704,15 @@ fn key_files_are_private_from_their_creation() {
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let cli = nodewatch_tests::bin("nodewatch");
     let d = dir.to_str().unwrap();
+    // The CA key goes to `private/ca.key` unless named: here it is named
+    // into the watched folder, so all four keys are seen being created.
+    let ca_key = dir.join("ca.key");
+    let k = ca_key.to_str().unwrap();
     for args in [
-        vec!["certs", "--dir", d, "ca"],
-        vec!["certs", "--dir", d, "server", "localhost"],
-        vec!["certs", "--dir", d, "node", "n1"],
-        vec!["certs", "--dir", d, "operator", "alice"],
+        vec!["certs", "--dir", d, "--ca-key", k, "ca"],
+        vec!["certs", "--dir", d, "--ca-key", k, "server", "localhost"],
+        vec!["certs", "--dir", d, "--ca-key", k, "node", "n1"],
+        vec!["certs", "--dir", d, "--ca-key", k, "operator", "alice"],
     ] {
         let out = Command::new(&cli).args(&args).output().unwrap();
         assert!(
