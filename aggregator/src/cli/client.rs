@@ -162,7 +162,19 @@ pub fn explain(status: &tonic::Status) -> String {
     }) {
         return format!("the aggregator refused the TLS connection: TLS alert {a}");
     }
-    let cancelled = status.code() == tonic::Code::Cancelled && status.message().contains("cancel");
+    // In TLS 1.3 the client's handshake is done before the aggregator has
+    // checked its certificate, so a refusal often reaches the client only as
+    // the connection closing under its first request: cancelled, a broken
+    // pipe or a reset, depending on timing.
+    let cancelled = (status.code() == tonic::Code::Cancelled
+        && status.message().contains("cancel"))
+        || [
+            "broken pipe",
+            "connection reset",
+            "stream closed because of",
+        ]
+        .iter()
+        .any(|t| all.to_ascii_lowercase().contains(t));
     if let Some(why) = why {
         return format!("the aggregator refused this client certificate: {why}");
     }
