@@ -150,6 +150,30 @@ struct Cluster {
 }
 
 /// The kernel's OOM kill count (`/proc/vmstat` `oom_kill`), host-wide.
+/// The filesystem alerts of the shipped pack and the free fraction under
+/// which each goes pending.
+const FILESYSTEM_ALERTS: [(&str, f64); 2] = [
+    ("NodeFilesystemAlmostFull", 0.10),
+    ("NodeFilesystemFull", 0.03),
+];
+
+/// Whether a filesystem alert for `mountpoint` is the host's own truth: the
+/// agents of these tests read this machine's mounts, and a disk of the host
+/// that really is nearly full earns the alert on every node (not a fault of
+/// the cluster under test). Checked with statvfs(2) now, with a small margin
+/// for the disk moving between the agent's reading and this one.
+fn host_earns_filesystem_alert(alertname: &str, mountpoint: &str) -> bool {
+    let Some((_, under)) = FILESYSTEM_ALERTS.iter().find(|(n, _)| *n == alertname) else {
+        return false;
+    };
+    let Ok(st) = nix::sys::statvfs::statvfs(mountpoint) else {
+        return false;
+    };
+    #[allow(clippy::cast_precision_loss)] // a ratio of block counts
+    let free = st.blocks_available() as f64 / (st.blocks() as f64).max(1.0);
+    free < under + 0.01
+}
+
 fn host_oom_kills() -> Option<u64> {
     std::fs::read_to_string("/proc/vmstat")
         .ok()?
@@ -333,8 +357,22 @@ impl Cluster {
         !in_ci() && host_oom_kills() != self.oom_kills_at_start
     }
 
+    /// Whether an alert of `nodewatch alerts -o json` is one the host earns
+    /// itself (see [`host_earns_filesystem_alert`]); said once per check.
+    fn host_earned(alert: &serde_json::Value) -> bool {
+        let labels = &alert["labels"];
+        let name = labels["alertname"].as_str().unwrap_or_default();
+        let mountpoint = labels["mountpoint"].as_str().unwrap_or_default();
+        let earned = host_earns_filesystem_alert(name, mountpoint);
+        if earned {
+            println!("note: {mountpoint} on this host really is nearly full; {name} left out of the check");
+        }
+        earned
+    }
+
     /// `nodewatch alerts -o json` of aggregator `i`: (alertname, node, state);
-    /// without `NodeOOMKillDetected` when [`Cluster::foreign_oom`].
+    /// without `NodeOOMKillDetected` when [`Cluster::foreign_oom`], and
+    /// without the filesystem alerts the host earns itself.
     fn alerts_on(&self, i: usize) -> Vec<(String, String, String)> {
         let ops = self.pki.operator("ops");
         let out = operator_cli(&ops, &self.aggs[i])
@@ -350,6 +388,7 @@ impl Cluster {
         v.as_array()
             .map(|a| {
                 a.iter()
+                    .filter(|x| !Self::host_earned(x))
                     .map(|x| {
                         (
                             x["labels"]["alertname"]
@@ -1118,6 +1157,7 @@ fn the_demo_shows_only_the_watchdog_after_a_minute() {
         v.as_array()
             .unwrap()
             .iter()
+            .filter(|a| !Cluster::host_earned(a))
             .map(|a| {
                 (
                     a["labels"]["alertname"].as_str().unwrap().to_string(),
