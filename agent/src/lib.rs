@@ -5,7 +5,7 @@
 //! - [`collectors`]: one module per kernel source (`stat`, `meminfo`, `netdev`, …) and the registry list.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`batch`]: collections and their encoding into wire batches (symbol table per stream).
-//! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
+//! - [`stream`]: one reconnecting stream per aggregator, reading the spool from its own cursor.
 //! - [`runtime`]: the main loop tying them together.
 //! - [`hostinfo`]: what Hello says about the host.
 //! - [`bootstrap`]: the node certificate from a Kubernetes ServiceAccount token.

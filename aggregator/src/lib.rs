@@ -14,6 +14,7 @@
 //! - [`liveness`]: per-node `up` and batch counters in the store, the known-nodes file.
 //! - [`events`]: recent events and the live feed.
 //! - [`expose`]: `/metrics` (gzip when asked), `/healthz`.
+//! - [`api`]: Prometheus' HTTP query API (`/api/v1/*`) for Grafana and promtool.
 //! - [`own_metrics`]: the aggregator's own metrics and their help texts.
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
 //! - [`promql`]: the `PromQL` evaluator over a `Storage` trait.

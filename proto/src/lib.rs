@@ -8,6 +8,8 @@
 //!   and the client connector.
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
 //! - [`blocks`]: the compact `SampleBlock` encoding of a stream's samples.
+//! - [`config`]: configuration loading: unknown keys refused, every problem reported with its path.
+//! - [`text`]: Prometheus text exposition pieces shared by the agent's `--once` and `/metrics`.
 //! - [`log`]: log output (text or JSON lines; colour only on a terminal).
 
 pub mod blocks;

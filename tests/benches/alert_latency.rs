@@ -36,7 +36,7 @@ const ALERTS: usize = 300;
 /// Alerts timed through Prometheus (each takes up to two 15 s intervals).
 const PROM_ALERTS: usize = 6;
 /// Goal for nodewatch's p99, in ms: an event-triggered evaluation alerts
-/// "within milliseconds, not after a scrape interval" (design §8); 100 ms is
+/// "in milliseconds, not after a scrape interval" (README.md); 100 ms is
 /// well inside the first and orders of magnitude below the second.
 const GOAL_P99_MS: f64 = 100.0;
 

@@ -47,7 +47,7 @@ const RATE: Duration = Duration::from_secs(1);
 /// each) and 5,000 dropped datagrams.
 const MODERATE_READS: f64 = 2_500.0;
 const MODERATE_DATAGRAMS: f64 = 5_000.0;
-/// Goal for counter and histogram programs (design §6).
+/// Goal for counter and histogram programs (ebpf/README.md, "Cost per event").
 const GOAL_NS: f64 = 100.0;
 /// Goal for the agent at 10k events/s: 1 % of a core.
 const GOAL_CPU_PERCENT: f64 = 1.0;

@@ -5,7 +5,7 @@
 //! `ebpf/build.sh` into the committed `ebpf/*.bpf.o` that are embedded here,
 //! so building the agent needs no clang. They are loaded with aya and attach
 //! to tracepoints only, classic and `tp_btf` (no kprobes, no fentry: both are
-//! refused on some kernels, see design §6).
+//! refused on some kernels, see ebpf/README.md).
 //!
 //! # Layout
 //! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
@@ -341,7 +341,7 @@ impl ProgramState {
 }
 
 /// Run time per program, exported when [`EbpfConfig::measure_cost`] is on
-/// (design §6: per-event cost is measured).
+/// (ebpf/README.md, "Cost per event").
 pub const COST_SECONDS: &str = "nodewatch_agent_ebpf_run_seconds_total";
 /// Runs per program, next to [`COST_SECONDS`]; their ratio is the cost per event.
 pub const COST_COUNT: &str = "nodewatch_agent_ebpf_run_count_total";
