@@ -10,6 +10,7 @@
 //! - [`hostinfo`]: what Hello says about the host.
 //! - [`bootstrap`]: the node certificate from a Kubernetes ServiceAccount token.
 //! - [`spool`]: the on-disk log of unacknowledged collections.
+//! - [`containers`]: cgroup path → pod UID / container id, and the pod name cache; Linux only.
 //! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
 //! - [`kube`]: the node's pods and Node object from the kubelet and the API server (pod names for OOM kills, requests, limits, image pull failures); Linux only.
 //! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
@@ -19,6 +20,8 @@ pub mod bootstrap;
 pub mod collector;
 pub mod collectors;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod containers;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod freebsd;

@@ -214,7 +214,7 @@ fn start_ebpf(
     cfg: &Config,
     events: mpsc::Sender<Event>,
     collectors: &mut Vec<Running>,
-    pods: crate::ebpf::pods::SharedPods,
+    pods: crate::containers::pods::SharedPods,
 ) {
     if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
         return;
@@ -248,7 +248,7 @@ fn start_linux(
     collectors: &mut Vec<Running>,
     shutdown: &watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let pods = crate::ebpf::pods::SharedPods::default();
+    let pods = crate::containers::pods::SharedPods::default();
     start_ebpf(cfg, events, collectors, pods.clone());
     let k = cfg.kubernetes.as_ref()?;
     match crate::kube::start(k, node, Some(pods), shutdown.clone()) {

@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use nodewatch_proto::v1::{event, Event, OomKill};
 
-use super::cgroup::{self, Memcg};
 use super::oom::{kill_time_ms, name_pod, OomState};
-use super::pods::SharedPods;
 use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
+use crate::containers::cgroup::{self, Memcg};
+use crate::containers::pods::SharedPods;
 use crate::freebsd::oomlog::parse_linux_line;
 
 /// The kernel log device (`Documentation/ABI/testing/dev-kmsg`).

@@ -12,15 +12,11 @@
 //!   tracefs handling, the [`Collector`] that exports every map.
 //! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
 //! - [`kmsg`]: OOM kills from the kernel log (`/dev/kmsg`) where BPF cannot run.
-//! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
-//! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
 //! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
 
 pub mod blockio;
-pub mod cgroup;
 pub mod kmsg;
 pub mod oom;
-pub mod pods;
 pub mod skb_drop;
 pub mod tcp;
 
@@ -34,6 +30,7 @@ use aya::programs::{BtfTracePoint, TracePoint};
 use aya::EbpfLoader;
 
 use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
+use crate::containers::pods;
 
 /// An embedded object, 8-byte aligned so the ELF parser can read its headers
 /// in place (`include_bytes!` alone only guarantees byte alignment).

@@ -13,9 +13,9 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use nodewatch_proto::v1::{event, Event, OomKill};
 
-use super::cgroup::{self, CgroupVersion, Memcg};
-use super::pods::SharedPods;
 use crate::collector::{now_ms, EventSender, Paths};
+use crate::containers::cgroup::{self, CgroupVersion, Memcg};
+use crate::containers::pods::SharedPods;
 
 /// `struct oom_event` in `ebpf/nodewatch.h`.
 pub const OOM_EVENT_SIZE: usize = 96;
@@ -565,7 +565,7 @@ mod tests {
     #[test]
     fn pod_names_from_cache() {
         let pods: SharedPods = std::sync::Arc::default();
-        super::super::pods::PodCache::replace_from_json(
+        crate::containers::pods::PodCache::replace_from_json(
             &pods,
             r#"{"items":[{"metadata":{"name":"web","namespace":"shop","uid":"74c13223-5a00-11e9-b385-42010a80018d"},
                "status":{"containerStatuses":[{"name":"app","containerID":"containerd://34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376"}]}}]}"#,

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::collector::{now_ms, CollectError, Collector, Sink};
 use crate::config::Kubernetes;
-use crate::ebpf::pods::{PodCache, SharedPods};
+use crate::containers::pods::{PodCache, SharedPods};
 use client::Endpoint;
 use resources::{NodeResources, PodSummary};
 
