@@ -226,9 +226,9 @@ fn start_ebpf(
     };
     match crate::ebpf::Ebpf::start_with(&cfg.paths, events.clone(), &ebpf_cfg) {
         Ok(e) => collectors.push(Running::new(Box::new(e))),
-        Err(why) => match crate::ebpf::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
+        Err(why) => match crate::oom::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
             Ok(k) => {
-                info!(reason = %why, fallback = crate::ebpf::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
+                info!(reason = %why, fallback = crate::oom::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
                 collectors.push(Running::new(Box::new(k)));
             }
             Err(kmsg) => {

@@ -10,13 +10,9 @@
 //! # Layout
 //! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
 //!   tracefs handling, the [`Collector`] that exports every map.
-//! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
-//! - [`kmsg`]: OOM kills from the kernel log (`/dev/kmsg`) where BPF cannot run.
 //! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
 
 pub mod blockio;
-pub mod kmsg;
-pub mod oom;
 pub mod skb_drop;
 pub mod tcp;
 
@@ -355,8 +351,8 @@ pub struct ProgramCost {
 /// detaches every program.
 pub struct Ebpf {
     // Field order is drop order: stop the reader before the objects go.
-    oom_reader: Option<oom::Reader>,
-    oom_state: Arc<oom::OomState>,
+    oom_reader: Option<crate::oom::bpf::Reader>,
+    oom_state: Arc<crate::oom::OomState>,
     pods: pods::SharedPods,
     oom_lost: Option<Array<MapData, u64>>,
     tcp: Option<tcp::Tcp>,
@@ -552,7 +548,7 @@ impl Ebpf {
         let mut objects = Vec::new();
         let mut state = Self {
             oom_reader: None,
-            oom_state: Arc::new(oom::OomState::default()),
+            oom_state: Arc::new(crate::oom::OomState::default()),
             pods: cfg.pods.clone().unwrap_or_default(),
             oom_lost: None,
             tcp: None,
@@ -695,13 +691,13 @@ impl Ebpf {
                                 .map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
                         })?;
                     let victims = if attached(OOM_VICTIM_MEMCG.program) {
-                        bpf.take_map(oom::VICTIMS_MAP)
+                        bpf.take_map(crate::oom::bpf::VICTIMS_MAP)
                             .and_then(|m| HashMap::try_from(m).ok())
                     } else {
                         None
                     };
                     state.oom_reader = Some(
-                        oom::Reader::spawn(
+                        crate::oom::bpf::Reader::spawn(
                             ring,
                             victims,
                             state.pods.clone(),

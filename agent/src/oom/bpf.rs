@@ -5,15 +5,15 @@
 //! The record is decoded field by field from bytes (no pointer casts), so
 //! this module needs no `unsafe`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use nodewatch_proto::v1::{event, Event, OomKill};
+use nodewatch_proto::v1::OomKill;
 
-use crate::collector::{now_ms, EventSender, Paths};
+use super::{attribute_memcg, kill_time_ms, name_pod, wait_readable, OomState, ReaderThread};
+use crate::collector::{EventSender, Paths};
 use crate::containers::cgroup::{self, CgroupVersion, Memcg};
 use crate::containers::pods::SharedPods;
 
@@ -243,13 +243,7 @@ pub fn attribute(
     }
     .to_string();
     if let Some(m) = memcg {
-        let id = cgroup::identify(&m.path);
-        kill.pod_uid = id.pod_uid.unwrap_or_default();
-        kill.container_id = id.container_id.unwrap_or_default();
-        kill.container_runtime = id.runtime.unwrap_or_default().to_string();
-        let (limit, usage) = cgroup::memcg_stats(paths, &m);
-        kill.memcg_limit_bytes = limit;
-        kill.memcg_usage_bytes = usage;
+        let limit = attribute_memcg(paths, &m, &mut kill);
         // A kill inside a limited memcg is that memcg's OOM; the root or an
         // unlimited group can only have been hit by a global OOM. (Heuristic:
         // a limited group can also lose a task to a global OOM.)
@@ -264,137 +258,13 @@ pub fn attribute(
     kill
 }
 
-/// Fills namespace, pod and container names from the pod cache, when it
-/// knows the pod UID or container id the cgroup path gave.
-pub fn name_pod(pods: &SharedPods, kill: &mut OomKill) {
-    if kill.pod_uid.is_empty() && kill.container_id.is_empty() {
-        return;
-    }
-    let Ok(cache) = pods.read() else {
-        return;
-    };
-    let r = cache.resolve(&kill.pod_uid, &kill.container_id);
-    if !r.pod.is_empty() {
-        kill.namespace = r.namespace;
-        kill.pod = r.pod;
-    }
-    if !r.container.is_empty() {
-        kill.container = r.container;
-    }
-}
-
-/// Wall-clock milliseconds of a `bpf_ktime_get_ns()` stamp (`CLOCK_MONOTONIC`):
-/// the moment the kernel marked the victim, not when attribution finished.
-/// Falls back to now when the clock cannot be read or the stamp is ahead.
-#[must_use]
-pub fn kill_time_ms(ktime_ns: u64) -> i64 {
-    let now = now_ms();
-    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
-        return now;
-    };
-    let mono_ns = (mono.tv_sec() as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(mono.tv_nsec() as u64);
-    match mono_ns.checked_sub(ktime_ns) {
-        Some(age_ns) if ktime_ns > 0 => now - (age_ns / 1_000_000) as i64,
-        _ => now,
-    }
-}
-
-/// Labels of `nodewatch_oom_kills_total`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KillKey {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub comm: String,
-}
-
-/// Distinct `nodewatch_oom_kills_total` series kept. Container ids change on
-/// every restart, so a crash-looping pod could grow the map without bound;
-/// past this many, kills are counted in one series with empty labels.
-const MAX_KILL_SERIES: usize = 4096;
-
-/// State shared between the reader thread and the collector.
-#[derive(Debug, Default)]
-pub struct OomState {
-    pub kills: Mutex<HashMap<KillKey, u64>>,
-    /// Events that could not be queued because the stream channel was full or closed.
-    pub channel_dropped: AtomicU64,
-    /// Records decoded (for tests and the self-metrics).
-    pub records: AtomicU64,
-}
-
-impl OomState {
-    /// Exports `nodewatch_oom_kills_total` from the kills counted so far.
-    pub(crate) fn export_kills(&self, sink: &mut crate::collector::Sink) {
-        let Ok(kills) = self.kills.lock() else {
-            return;
-        };
-        let mut rows: Vec<_> = kills.iter().collect();
-        rows.sort();
-        for (k, n) in rows {
-            sink.counter(
-                "nodewatch_oom_kills_total",
-                "Processes killed by the OOM killer (tracepoint oom/mark_victim, or the kernel log without BPF), any process of a container, not only its main one.",
-                &[
-                    ("namespace", &k.namespace),
-                    ("pod", &k.pod),
-                    ("container", &k.container),
-                    ("comm", &k.comm),
-                ],
-                *n as f64,
-            );
-        }
-    }
-
-    pub(crate) fn count(&self, kill: &OomKill) {
-        // Without the kubelet's pod list the names are unknown: the pod label
-        // carries the pod UID and the container label the container id, as
-        // the cgroup path gives them.
-        let mut key = KillKey {
-            namespace: kill.namespace.clone(),
-            pod: if kill.pod.is_empty() {
-                kill.pod_uid.clone()
-            } else {
-                kill.pod.clone()
-            },
-            container: if kill.container.is_empty() {
-                kill.container_id.clone()
-            } else {
-                kill.container.clone()
-            },
-            comm: kill.comm.clone(),
-        };
-        let Ok(mut kills) = self.kills.lock() else {
-            return;
-        };
-        if !kills.contains_key(&key) && kills.len() >= MAX_KILL_SERIES {
-            key = KillKey {
-                namespace: String::new(),
-                pod: String::new(),
-                container: String::new(),
-                comm: String::new(),
-            };
-        }
-        *kills.entry(key).or_insert(0) += 1;
-    }
-}
-
-/// How long the reader waits in `poll` before checking whether to stop: the
-/// bound on how long dropping [`super::Ebpf`] takes.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Owns the thread that drains the ring buffer.
 pub struct Reader {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ReaderThread,
 }
 
 impl Reader {
-    /// Starts the reader thread. A plain thread (not a tokio task) so the
-    /// event is handled within microseconds of the kernel's wake-up whatever
-    /// the runtime is doing, and so `start` works outside a runtime.
+    /// Starts the reader thread.
     pub fn spawn(
         ring: RingBuf<MapData>,
         victims: Option<VictimsMap>,
@@ -403,24 +273,10 @@ impl Reader {
         events: EventSender,
         state: Arc<OomState>,
     ) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("nodewatch-ebpf-oom".into())
-            .spawn(move || run(ring, victims, &pods, &paths, &events, &state, &stop2))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let thread = ReaderThread::spawn("nodewatch-ebpf-oom", move |stop| {
+            run(ring, victims, &pods, &paths, &events, &state, stop);
+        })?;
+        Ok(Self { _thread: thread })
     }
 }
 
@@ -450,25 +306,17 @@ fn run(
     state: &OomState,
     stop: &AtomicBool,
 ) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
 
-    let timeout = PollTimeout::try_from(POLL_INTERVAL).unwrap_or(PollTimeout::NONE);
     // Without the tp_btf program, the per-memcg OOM kill counters are the
     // fallback that still names the group on cgroup v1 hosts.
     let mut counters = victims
         .is_none()
         .then(|| cgroup::OomCounters::snapshot(paths));
     while !stop.load(Ordering::Relaxed) {
-        {
-            let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "OOM ring buffer poll failed; OOM events stop.");
-                    return;
-                }
-            }
+        if let Err(error) = wait_readable(ring.as_fd()) {
+            tracing::warn!(%error, "OOM ring buffer poll failed; OOM events stop.");
+            return;
         }
         // Copy records out first: attribution reads /proc and must not hold
         // the ring's slot (the kernel could not reuse it meanwhile).
@@ -483,29 +331,12 @@ fn run(
             let victim = take_victim(&mut victims, ev.pid);
             let mut kill = attribute(paths, &ev, victim.as_ref(), counters.as_mut());
             name_pod(pods, &mut kill);
-            state.count(&kill);
-            tracing::info!(
-                pid = kill.pid,
-                comm = %kill.comm,
-                cgroup = %kill.cgroup,
-                source = %kill.source,
-                "OOM kill."
-            );
-            let event = Event {
-                t_ms: kill_time_ms(ev.ktime_ns),
-                kind: Some(event::Kind::OomKill(kill)),
-                // Filled in by the aggregator from the stream's identity.
-                node: String::new(),
-            };
-            if events.try_send(event).is_err() {
-                state.channel_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            state.report(kill, kill_time_ms(ev.ktime_ns), events);
         }
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
@@ -560,71 +391,6 @@ mod tests {
         assert_eq!(kill.rss_anon_bytes, 100 * 1024);
         assert_eq!(kill.source, "ebpf");
         assert_eq!(kill.cgroup, "");
-    }
-
-    #[test]
-    fn pod_names_from_cache() {
-        let pods: SharedPods = std::sync::Arc::default();
-        crate::containers::pods::PodCache::replace_from_json(
-            &pods,
-            r#"{"items":[{"metadata":{"name":"web","namespace":"shop","uid":"74c13223-5a00-11e9-b385-42010a80018d"},
-               "status":{"containerStatuses":[{"name":"app","containerID":"containerd://34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376"}]}}]}"#,
-        )
-        .unwrap();
-        let mut kill = OomKill {
-            pod_uid: "74c13223-5a00-11e9-b385-42010a80018d".into(),
-            container_id: "34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376".into(),
-            ..OomKill::default()
-        };
-        name_pod(&pods, &mut kill);
-        assert_eq!(
-            (
-                kill.namespace.as_str(),
-                kill.pod.as_str(),
-                kill.container.as_str()
-            ),
-            ("shop", "web", "app")
-        );
-        // Unknown pod: the path's identity stays, names stay empty.
-        let mut other = OomKill {
-            pod_uid: "0d08203e-255a-11e9-8cd9-0007cb0b2cc8".into(),
-            ..OomKill::default()
-        };
-        name_pod(&pods, &mut other);
-        assert_eq!(other.pod, "");
-        let state = OomState::default();
-        state.count(&kill);
-        state.count(&other);
-        let kills = state.kills.lock().unwrap();
-        assert!(kills.keys().any(|k| k.pod == "web" && k.container == "app"));
-        assert!(kills
-            .keys()
-            .any(|k| k.pod == "0d08203e-255a-11e9-8cd9-0007cb0b2cc8"));
-    }
-
-    #[test]
-    fn kill_time_is_in_the_past() {
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-        let mono_ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
-        let now = now_ms();
-        let t = kill_time_ms(mono_ns - 250_000_000);
-        assert!((now - 300..=now - 200).contains(&t), "{t} vs {now}");
-        assert!(kill_time_ms(0) >= now);
-        assert!(kill_time_ms(u64::MAX) >= now);
-    }
-
-    #[test]
-    fn kill_series_are_bounded() {
-        let state = OomState::default();
-        for i in 0..(MAX_KILL_SERIES + 10) {
-            state.count(&OomKill {
-                comm: format!("c{i}"),
-                ..OomKill::default()
-            });
-        }
-        let kills = state.kills.lock().unwrap();
-        assert_eq!(kills.len(), MAX_KILL_SERIES + 1);
-        assert_eq!(kills.values().sum::<u64>(), (MAX_KILL_SERIES + 10) as u64);
     }
 
     #[test]
