@@ -9,7 +9,35 @@ use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
+use super::spec::{btf, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Paths, Sink};
+
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
+static BTF_BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio_btf.bpf.o"));
+
+/// Block I/O latency from the completion's `struct request` alone: no
+/// in-flight map and no issue program. Where it does not attach (no `disk`
+/// in `request_queue` before v5.15, no `tp_btf`) the classic pair in
+/// [`OBJECT`] takes over.
+pub(super) static BTF_OBJECT: ObjectSpec = ObjectSpec {
+    name: "blockio_btf",
+    bytes: &BTF_BYTES.0,
+    programs: &[btf("block_rq_complete_btf", "block", "block_rq_complete")],
+    instead_of: None,
+    read_kernel_switch: false,
+};
+
+/// The classic pair: issue time kept in flight, latency at completion.
+pub(super) static OBJECT: ObjectSpec = ObjectSpec {
+    name: "blockio",
+    bytes: &BYTES.0,
+    instead_of: Some("blockio_btf"),
+    read_kernel_switch: false,
+    programs: &[
+        tp("block_rq_issue", "block", "block_rq_issue", false),
+        tp("block_rq_complete", "block", "block_rq_complete", false),
+    ],
+};
 
 /// The map name in both objects (the metric's name, as `ebpf_exporter` does).
 pub const MAP: &str = "block_io_latency";
@@ -158,6 +186,30 @@ impl BlockIo {
             paths,
             names: BTreeMap::new(),
         }
+    }
+
+    /// The maps of a loaded `object` ([`OBJECT`] or [`BTF_OBJECT`]), when
+    /// its own completion program attached.
+    pub(super) fn take(
+        bpf: &mut aya::Ebpf,
+        attached: Attached<'_>,
+        object: &ObjectSpec,
+        paths: &Paths,
+    ) -> Option<Self> {
+        let completion = object
+            .programs
+            .iter()
+            .find(|p| p.tracepoint == "block_rq_complete")?;
+        if !attached.has(completion.program) {
+            return None;
+        }
+        let slots = bpf
+            .take_map(SLOTS_MAP)
+            .and_then(|m| PerCpuArray::try_from(m).ok())?;
+        let hash = bpf
+            .take_map(MAP)
+            .and_then(|m| PerCpuHashMap::try_from(m).ok())?;
+        Some(Self::new(slots, hash, paths.clone()))
     }
 
     /// Every histogram, summed over CPUs, slots and the hash.

@@ -10,7 +10,22 @@ use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
+use super::spec::{btf_twin, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Sink};
+
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
+
+/// Packets freed with a drop reason (`skb/kfree_skb`), or its `tp_btf` twin.
+pub(super) static OBJECT: ObjectSpec = ObjectSpec {
+    name: "skb_drop",
+    bytes: &BYTES.0,
+    instead_of: None,
+    read_kernel_switch: false,
+    programs: &[
+        tp("skb_kfree_skb", "skb", "kfree_skb", false),
+        btf_twin("skb_kfree_skb_btf", "skb", "kfree_skb", "skb_kfree_skb"),
+    ],
+};
 
 /// The per-CPU array of core reasons, indexed by the reason value.
 pub const CORE_MAP: &str = "skb_drop_core";
@@ -186,6 +201,30 @@ impl SkbDrop {
             }
         }
         Self { core, map, names }
+    }
+
+    /// The maps of a loaded [`OBJECT`], when its program attached. `names`:
+    /// the kernel's drop reason names, read from its BTF before any object
+    /// loaded; without them reasons are exported as numbers.
+    pub(super) fn take(
+        bpf: &mut aya::Ebpf,
+        attached: Attached<'_>,
+        names: Result<ReasonNames, String>,
+    ) -> Option<Self> {
+        if !attached.any(&["skb_kfree_skb", "skb_kfree_skb_btf"]) {
+            return None;
+        }
+        let names = names.unwrap_or_else(|error| {
+            tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
+            ReasonNames::new()
+        });
+        let core = bpf
+            .take_map(CORE_MAP)
+            .and_then(|m| PerCpuArray::try_from(m).ok())?;
+        let other = bpf
+            .take_map(MAP)
+            .and_then(|m| PerCpuHashMap::try_from(m).ok())?;
+        Some(Self::new(core, other, names))
     }
 
     pub fn collect(&self, sink: &mut Sink) -> Result<(), CollectError> {
