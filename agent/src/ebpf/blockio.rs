@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
-use super::spec::{btf, tp, Aligned, Attached, ObjectSpec};
+use super::spec::{btf, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Paths, Sink};
 
 static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
@@ -19,24 +19,23 @@ static BTF_BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/block
 /// in-flight map and no issue program. Where it does not attach (no `disk`
 /// in `request_queue` before v5.15, no `tp_btf`) the classic pair in
 /// [`OBJECT`] takes over.
-pub(super) static BTF_OBJECT: ObjectSpec = ObjectSpec {
-    name: "blockio_btf",
-    bytes: &BTF_BYTES.0,
-    programs: &[btf("block_rq_complete_btf", "block", "block_rq_complete")],
-    instead_of: None,
-    read_kernel_switch: false,
-};
+pub(super) static BTF_OBJECT: ObjectSpec = object(
+    "blockio_btf",
+    &BTF_BYTES.0,
+    &[btf("block_rq_complete_btf", "block", "block_rq_complete")],
+);
 
 /// The classic pair: issue time kept in flight, latency at completion.
 pub(super) static OBJECT: ObjectSpec = ObjectSpec {
-    name: "blockio",
-    bytes: &BYTES.0,
     instead_of: Some("blockio_btf"),
-    read_kernel_switch: false,
-    programs: &[
-        tp("block_rq_issue", "block", "block_rq_issue", false),
-        tp("block_rq_complete", "block", "block_rq_complete", false),
-    ],
+    ..object(
+        "blockio",
+        &BYTES.0,
+        &[
+            tp("block_rq_issue", "block", "block_rq_issue", false),
+            tp("block_rq_complete", "block", "block_rq_complete", false),
+        ],
+    )
 };
 
 /// The map name in both objects (the metric's name, as `ebpf_exporter` does).
@@ -203,13 +202,11 @@ impl BlockIo {
         if !attached.has(completion.program) {
             return None;
         }
-        let slots = bpf
-            .take_map(SLOTS_MAP)
-            .and_then(|m| PerCpuArray::try_from(m).ok())?;
-        let hash = bpf
-            .take_map(MAP)
-            .and_then(|m| PerCpuHashMap::try_from(m).ok())?;
-        Some(Self::new(slots, hash, paths.clone()))
+        Some(Self::new(
+            take_map(bpf, SLOTS_MAP)?,
+            take_map(bpf, MAP)?,
+            paths.clone(),
+        ))
     }
 
     /// Every histogram, summed over CPUs, slots and the hash.
@@ -262,7 +259,6 @@ impl BlockIo {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -61,7 +61,7 @@ struct Start {
     /// The OOM reader's event channel, taken by the one OOM object.
     events: Option<EventSender>,
     /// Drop reason names, read from the kernel's BTF before any object loads.
-    skb_drop_names: Option<Result<skb_drop::ReasonNames, String>>,
+    skb_drop_names: Result<skb_drop::ReasonNames, String>,
     /// The object being taken.
     object: &'static ObjectSpec,
 }
@@ -100,10 +100,7 @@ static OBJECTS: &[Entry] = &[
     Entry {
         object: &skb_drop::OBJECT,
         take: |bpf, ebpf, st| {
-            let names = st
-                .skb_drop_names
-                .take()
-                .unwrap_or_else(|| Err("already used".into()));
+            let names = std::mem::replace(&mut st.skb_drop_names, Err("already used".into()));
             ebpf.skb_drop = skb_drop::SkbDrop::take(bpf, st.attached(), names);
             Ok(())
         },
@@ -293,7 +290,7 @@ impl Ebpf {
             paths: paths.clone(),
             programs: Vec::new(),
             events: Some(events),
-            skb_drop_names: Some(names),
+            skb_drop_names: names,
             object: OBJECTS[0].object,
         };
         for entry in OBJECTS {
@@ -303,9 +300,9 @@ impl Ebpf {
         // nothing needs it once every program is loaded and attached.
         drop(loader);
         drop(kernel);
-        drop(start.skb_drop_names.take());
+        let Start { programs, .. } = start;
         release_freed_memory();
-        state.programs = start.programs;
+        state.programs = programs;
         state.finish_start(cfg);
         Ok(state)
     }

@@ -1,9 +1,9 @@
 //! `ebpf/oom.bpf.c`: its load spec, and the maps handed to the OOM reader
 //! ([`crate::oom::bpf`]) once its programs are attached.
 
-use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 
-use super::spec::{btf, btf_twin, tp, Aligned, Attached, ObjectSpec};
+use super::spec::{btf, btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{Sink, Unavailable};
 use crate::oom::bpf::{Reader, VictimsMap, VICTIMS_MAP};
 
@@ -18,25 +18,26 @@ const VICTIM_MEMCG: &str = "oom_victim_memcg";
 /// OOM kills are the reason the eBPF module exists, so the record program is
 /// required (classic or its `tp_btf` twin).
 pub(super) static OBJECT: ObjectSpec = ObjectSpec {
-    name: "oom",
-    bytes: &BYTES.0,
-    instead_of: None,
     // The record program reads the victim's comm with bpf_probe_read_kernel
     // unless told not to.
     read_kernel_switch: true,
     // Attach order is call order at the tracepoint (probes of equal
     // priority run in registration order, kernel/tracepoint.c): the
     // victim map entry is written before the ring record wakes the reader.
-    programs: &[
-        btf(VICTIM_MEMCG, "oom", "mark_victim"),
-        tp("oom_mark_victim", "oom", "mark_victim", true),
-        btf_twin(
-            "oom_mark_victim_btf",
-            "oom",
-            "mark_victim",
-            "oom_mark_victim",
-        ),
-    ],
+    ..object(
+        "oom",
+        &BYTES.0,
+        &[
+            btf(VICTIM_MEMCG, "oom", "mark_victim"),
+            tp("oom_mark_victim", "oom", "mark_victim", true),
+            btf_twin(
+                "oom_mark_victim_btf",
+                "oom",
+                "mark_victim",
+                "oom_mark_victim",
+            ),
+        ],
+    )
 };
 
 /// The ring buffer's reader and the kernel's count of records it lost.
@@ -53,9 +54,7 @@ impl Oom {
         attached: Attached<'_>,
         spawn: impl FnOnce(RingBuf<MapData>, Option<VictimsMap>) -> std::io::Result<Reader>,
     ) -> Result<Self, Unavailable> {
-        let lost = bpf
-            .take_map("oom_events_lost")
-            .and_then(|m| Array::try_from(m).ok());
+        let lost = take_map(bpf, "oom_events_lost");
         let ring = bpf
             .take_map("oom_events")
             .ok_or_else(|| Unavailable("eBPF off: oom.bpf.o has no oom_events map".into()))
@@ -63,8 +62,7 @@ impl Oom {
                 RingBuf::try_from(m).map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
             })?;
         let victims = if attached.has(VICTIM_MEMCG) {
-            bpf.take_map(VICTIMS_MAP)
-                .and_then(|m| HashMap::try_from(m).ok())
+            take_map(bpf, VICTIMS_MAP)
         } else {
             None
         };

@@ -10,22 +10,20 @@ use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
-use super::spec::{btf_twin, tp, Aligned, Attached, ObjectSpec};
+use super::spec::{btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Sink};
 
 static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
 
 /// Packets freed with a drop reason (`skb/kfree_skb`), or its `tp_btf` twin.
-pub(super) static OBJECT: ObjectSpec = ObjectSpec {
-    name: "skb_drop",
-    bytes: &BYTES.0,
-    instead_of: None,
-    read_kernel_switch: false,
-    programs: &[
+pub(super) static OBJECT: ObjectSpec = object(
+    "skb_drop",
+    &BYTES.0,
+    &[
         tp("skb_kfree_skb", "skb", "kfree_skb", false),
         btf_twin("skb_kfree_skb_btf", "skb", "kfree_skb", "skb_kfree_skb"),
     ],
-};
+);
 
 /// The per-CPU array of core reasons, indexed by the reason value.
 pub const CORE_MAP: &str = "skb_drop_core";
@@ -218,13 +216,11 @@ impl SkbDrop {
             tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
             ReasonNames::new()
         });
-        let core = bpf
-            .take_map(CORE_MAP)
-            .and_then(|m| PerCpuArray::try_from(m).ok())?;
-        let other = bpf
-            .take_map(MAP)
-            .and_then(|m| PerCpuHashMap::try_from(m).ok())?;
-        Some(Self::new(core, other, names))
+        Some(Self::new(
+            take_map(bpf, CORE_MAP)?,
+            take_map(bpf, MAP)?,
+            names,
+        ))
     }
 
     pub fn collect(&self, sink: &mut Sink) -> Result<(), CollectError> {
@@ -262,7 +258,6 @@ impl SkbDrop {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

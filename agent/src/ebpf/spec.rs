@@ -54,6 +54,21 @@ pub(super) struct ObjectSpec {
     pub read_kernel_switch: bool,
 }
 
+/// An object that stands in for no other and has no kernel memory switch.
+pub(super) const fn object(
+    name: &'static str,
+    bytes: &'static [u8],
+    programs: &'static [ProgramSpec],
+) -> ObjectSpec {
+    ObjectSpec {
+        name,
+        bytes,
+        programs,
+        instead_of: None,
+        read_kernel_switch: false,
+    }
+}
+
 /// An optional classic tracepoint program.
 pub(super) const fn tp(
     program: &'static str,
@@ -144,4 +159,10 @@ impl Attached<'_> {
     pub(super) fn first_of(&self, object: &ObjectSpec) -> Option<&'static ProgramSpec> {
         object.programs.iter().find(|p| self.has(p.program))
     }
+}
+
+/// Takes map `name` out of a loaded object as the map type `T`; `None` when
+/// the object has no such map or it is of another kind.
+pub(super) fn take_map<T: TryFrom<aya::maps::Map>>(bpf: &mut aya::Ebpf, name: &str) -> Option<T> {
+    bpf.take_map(name).and_then(|m| T::try_from(m).ok())
 }

@@ -5,19 +5,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 
-use super::spec::{btf_twin, tp, Aligned, Attached, ObjectSpec};
+use super::spec::{btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Sink};
 
 static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf.o"));
 
 /// Retransmits, resets sent and resets received; each classic tracepoint
 /// has a `tp_btf` twin for kernels whose tracefs lists no events.
-pub(super) static OBJECT: ObjectSpec = ObjectSpec {
-    name: "tcp",
-    bytes: &BYTES.0,
-    instead_of: None,
-    read_kernel_switch: false,
-    programs: &[
+pub(super) static OBJECT: ObjectSpec = object(
+    "tcp",
+    &BYTES.0,
+    &[
         tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
         tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
         tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
@@ -40,7 +38,7 @@ pub(super) static OBJECT: ObjectSpec = ObjectSpec {
             "tcp_receive_reset",
         ),
     ],
-};
+);
 
 /// Indexes in `tcp_counters` (`NW_TCP_*` in `ebpf/nodewatch.h`).
 const RETRANSMIT: u32 = 0;
@@ -108,18 +106,14 @@ impl Tcp {
         if !attached.any(&["tcp_retransmit_skb", "tcp_retransmit_skb_btf"]) {
             return None;
         }
-        let counters = bpf
-            .take_map(MAP)
-            .and_then(|m| PerCpuArray::try_from(m).ok())?;
+        let counters = take_map(bpf, MAP)?;
         let resets = attached.any(&[
             "tcp_send_reset",
             "tcp_receive_reset",
             "tcp_send_reset_btf",
             "tcp_receive_reset_btf",
         ]);
-        let peers = bpf
-            .take_map(PEERS_MAP)
-            .and_then(|p| HashMap::try_from(p).ok());
+        let peers = take_map(bpf, PEERS_MAP);
         Some(Self::new(counters, peers, resets))
     }
 
@@ -201,7 +195,6 @@ impl Tcp {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

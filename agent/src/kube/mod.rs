@@ -357,7 +357,6 @@ fn write_state(s: &State, sink: &mut Sink) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
