@@ -9,13 +9,13 @@
 //!
 //! Each program module exports its object's load spec and a `take` that
 //! keeps the maps it reads once the programs are attached; [`Ebpf::start`]
-//! walks the table [`OBJECTS`] in order, loading, attaching and taking.
+//! walks the table `OBJECTS` in order, loading, attaching and taking.
 //!
 //! # Layout
 //! - this file: the table, the loader loop ([`Ebpf::start`]), the
 //!   [`Collector`] that exports every map.
 //! - [`spec`]: load specs as data, program outcomes.
-//! - [`lockdown`], [`tracefs`]: what the kernel allows and where classic
+//! - [`mod@lockdown`], `tracefs`: what the kernel allows and where classic
 //!   tracepoints are found.
 //! - [`load`]: loading one object and attaching its programs.
 //! - [`oom`], [`tcp`], [`skb_drop`], [`blockio`]: one module per program
