@@ -10,7 +10,9 @@
 //! - [`hostinfo`]: what Hello says about the host.
 //! - [`bootstrap`]: the node certificate from a Kubernetes ServiceAccount token.
 //! - [`spool`]: the on-disk log of unacknowledged collections.
-//! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
+//! - [`ebpf`]: eBPF programs and their maps (OOM kill records, TCP, drop reasons, block latency); Linux only.
+//! - [`oom`]: OOM kills (from the eBPF ring buffer, `/dev/kmsg`, or FreeBSD's system log) → `OomKill` events and `nodewatch_oom_kills_total`.
+//! - [`containers`]: cgroup path → pod UID / container id, and the pod name cache; Linux only.
 //! - [`kube`]: the node's pods and Node object from the kubelet and the API server (pod names for OOM kills, requests, limits, image pull failures); Linux only.
 //! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
 
@@ -20,11 +22,14 @@ pub mod collector;
 pub mod collectors;
 pub mod config;
 #[cfg(target_os = "linux")]
+pub mod containers;
+#[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod freebsd;
 pub mod hostinfo;
 #[cfg(target_os = "linux")]
 pub mod kube;
+pub mod oom;
 pub mod runtime;
 pub mod spool;
 pub mod stream;

@@ -214,7 +214,7 @@ fn start_ebpf(
     cfg: &Config,
     events: mpsc::Sender<Event>,
     collectors: &mut Vec<Running>,
-    pods: crate::ebpf::pods::SharedPods,
+    pods: crate::containers::pods::SharedPods,
 ) {
     if !cfg.collectors.get("ebpf").copied().unwrap_or(true) {
         return;
@@ -226,9 +226,9 @@ fn start_ebpf(
     };
     match crate::ebpf::Ebpf::start_with(&cfg.paths, events.clone(), &ebpf_cfg) {
         Ok(e) => collectors.push(Running::new(Box::new(e))),
-        Err(why) => match crate::ebpf::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
+        Err(why) => match crate::oom::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
             Ok(k) => {
-                info!(reason = %why, fallback = crate::ebpf::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
+                info!(reason = %why, fallback = crate::oom::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
                 collectors.push(Running::new(Box::new(k)));
             }
             Err(kmsg) => {
@@ -248,7 +248,7 @@ fn start_linux(
     collectors: &mut Vec<Running>,
     shutdown: &watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let pods = crate::ebpf::pods::SharedPods::default();
+    let pods = crate::containers::pods::SharedPods::default();
     start_ebpf(cfg, events, collectors, pods.clone());
     let k = cfg.kubernetes.as_ref()?;
     match crate::kube::start(k, node, Some(pods), shutdown.clone()) {

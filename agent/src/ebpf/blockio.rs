@@ -9,7 +9,34 @@ use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
+use super::spec::{btf, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Paths, Sink};
+
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
+static BTF_BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio_btf.bpf.o"));
+
+/// Block I/O latency from the completion's `struct request` alone: no
+/// in-flight map and no issue program. Where it does not attach (no `disk`
+/// in `request_queue` before v5.15, no `tp_btf`) the classic pair in
+/// [`OBJECT`] takes over.
+pub(super) static BTF_OBJECT: ObjectSpec = object(
+    "blockio_btf",
+    &BTF_BYTES.0,
+    &[btf("block_rq_complete_btf", "block", "block_rq_complete")],
+);
+
+/// The classic pair: issue time kept in flight, latency at completion.
+pub(super) static OBJECT: ObjectSpec = ObjectSpec {
+    instead_of: Some("blockio_btf"),
+    ..object(
+        "blockio",
+        &BYTES.0,
+        &[
+            tp("block_rq_issue", "block", "block_rq_issue", false),
+            tp("block_rq_complete", "block", "block_rq_complete", false),
+        ],
+    )
+};
 
 /// The map name in both objects (the metric's name, as `ebpf_exporter` does).
 pub const MAP: &str = "block_io_latency";
@@ -160,6 +187,28 @@ impl BlockIo {
         }
     }
 
+    /// The maps of a loaded `object` ([`OBJECT`] or [`BTF_OBJECT`]), when
+    /// its own completion program attached.
+    pub(super) fn take(
+        bpf: &mut aya::Ebpf,
+        attached: Attached<'_>,
+        object: &ObjectSpec,
+        paths: &Paths,
+    ) -> Option<Self> {
+        let completion = object
+            .programs
+            .iter()
+            .find(|p| p.tracepoint == "block_rq_complete")?;
+        if !attached.has(completion.program) {
+            return None;
+        }
+        Some(Self::new(
+            take_map(bpf, SLOTS_MAP)?,
+            take_map(bpf, MAP)?,
+            paths.clone(),
+        ))
+    }
+
     /// Every histogram, summed over CPUs, slots and the hash.
     fn read(&self) -> Result<BTreeMap<HistKey, Hist>, CollectError> {
         let mut rows: BTreeMap<HistKey, Hist> = BTreeMap::new();
@@ -210,7 +259,6 @@ impl BlockIo {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

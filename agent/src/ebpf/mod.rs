@@ -5,283 +5,135 @@
 //! `ebpf/build.sh` into the committed `ebpf/*.bpf.o` that are embedded here,
 //! so building the agent needs no clang. They are loaded with aya and attach
 //! to tracepoints only, classic and `tp_btf` (no kprobes, no fentry: both are
-//! refused on some kernels, see ebpf/README.md).
+//! refused on some kernels, see `ebpf/README.md`).
+//!
+//! Each program module exports its object's load spec and a `take` that
+//! keeps the maps it reads once the programs are attached; [`Ebpf::start`]
+//! walks the table `OBJECTS` in order, loading, attaching and taking.
 //!
 //! # Layout
-//! - this file: load specs, the loader ([`Ebpf::start`]), lockdown and
-//!   tracefs handling, the [`Collector`] that exports every map.
-//! - [`oom`]: ring-buffer reader thread, victim attribution, `OomKill` events.
-//! - [`kmsg`]: OOM kills from the kernel log (`/dev/kmsg`) where BPF cannot run.
-//! - [`cgroup`]: `/proc/<pid>/cgroup` and cgroup path → pod UID / container id.
-//! - [`pods`]: pod UID / container id → namespace, pod and container names (kubelet pod list cache).
-//! - [`tcp`], [`skb_drop`], [`blockio`]: one module per program's maps.
+//! - this file: the table, the loader loop ([`Ebpf::start`]), the
+//!   [`Collector`] that exports every map.
+//! - [`spec`]: load specs as data, program outcomes.
+//! - [`mod@lockdown`], `tracefs`: what the kernel allows and where classic
+//!   tracepoints are found.
+//! - [`load`]: loading one object and attaching its programs.
+//! - [`oom`], [`tcp`], [`skb_drop`], [`blockio`]: one module per program
+//!   object: its spec and its maps (the OOM records are read and attributed
+//!   in [`crate::oom`]).
 
 pub mod blockio;
-pub mod cgroup;
-pub mod kmsg;
+pub mod load;
+pub mod lockdown;
 pub mod oom;
-pub mod pods;
 pub mod skb_drop;
+pub mod spec;
 pub mod tcp;
+mod tracefs;
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
 use aya::EbpfLoader;
 
 use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
+use crate::containers::pods;
+use crate::oom::bpf::Reader;
+use crate::oom::OomState;
+use load::{load_object, log_state, release_freed_memory, Kernel, Loaded};
+pub use lockdown::{lockdown, parse_lockdown, Lockdown};
+use spec::ObjectSpec;
+pub use spec::{Attach, Attached, ProgramSpec, ProgramState};
 
-/// An embedded object, 8-byte aligned so the ELF parser can read its headers
-/// in place (`include_bytes!` alone only guarantees byte alignment).
-#[repr(C, align(8))]
-struct Aligned<B: ?Sized>(B);
-
-static OOM_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/oom.bpf.o"));
-static TCP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf.o"));
-static SKB_DROP_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
-static BLOCKIO_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/blockio.bpf.o"));
-static BLOCKIO_BTF_OBJ: &Aligned<[u8]> =
-    &Aligned(*include_bytes!("../../../ebpf/blockio_btf.bpf.o"));
-
-/// How a program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attach {
-    /// Classic tracepoint: reads the fixed-layout record only.
-    TracePoint,
-    /// BTF-typed raw tracepoint (`tp_btf`): gets the tracepoint's typed
-    /// arguments (kernel pointers), resolved against the kernel's BTF.
-    BtfTracePoint,
+/// One row of the load table: an object, and what keeps its maps once it
+/// is loaded and its programs attached.
+struct Entry {
+    object: &'static ObjectSpec,
+    take: fn(&mut aya::Ebpf, &mut Ebpf, &mut Start) -> Result<(), Unavailable>,
 }
 
-/// One BPF program and where it attaches.
-#[derive(Clone, Copy, Debug)]
-pub struct ProgramSpec {
-    pub attach: Attach,
-    /// Function name in the object (`SEC("tracepoint/...") int <program>(...)`).
-    pub program: &'static str,
-    /// Tracepoint group and event, as under `/sys/kernel/tracing/events/`.
-    pub category: &'static str,
-    pub tracepoint: &'static str,
-    /// A required program that cannot load makes [`Ebpf::start`] fail; an
-    /// optional one is logged and skipped.
-    pub required: bool,
-    /// Tried only when the named program of the same object (listed before
-    /// it) did not attach, and then stands in for it: a required program is
-    /// satisfied by its stand-in. The `tp_btf` twins of classic tracepoint
-    /// programs, for kernels where tracefs lists no events
-    /// (`lockdown=confidentiality`).
-    pub instead_of: Option<&'static str>,
+/// Start-up state a `take` may use.
+struct Start {
+    paths: Paths,
+    /// Each program's outcome so far, in load order.
+    programs: Vec<(ProgramSpec, ProgramState)>,
+    /// The OOM reader's event channel, taken by the one OOM object.
+    events: Option<EventSender>,
+    /// Drop reason names, read from the kernel's BTF before any object loads.
+    skb_drop_names: Result<skb_drop::ReasonNames, String>,
+    /// The object being taken.
+    object: &'static ObjectSpec,
 }
 
-/// One object file and its programs.
-struct ObjectSpec {
-    name: &'static str,
-    bytes: &'static [u8],
-    programs: &'static [ProgramSpec],
-    /// A fallback: loaded only when no program of the named object (listed
-    /// earlier) attached. Its programs are otherwise reported as skipped.
-    instead_of: Option<&'static str>,
-}
-
-const fn tp(
-    program: &'static str,
-    category: &'static str,
-    tracepoint: &'static str,
-    required: bool,
-) -> ProgramSpec {
-    ProgramSpec {
-        attach: Attach::TracePoint,
-        program,
-        category,
-        tracepoint,
-        required,
-        instead_of: None,
+impl Start {
+    fn attached(&self) -> Attached<'_> {
+        Attached(&self.programs)
     }
 }
 
-/// The `tp_btf` twin of classic tracepoint program `classic`: the same
-/// maps, attached by BTF name only where `classic` could not attach.
-const fn btf_twin(
-    program: &'static str,
-    category: &'static str,
-    tracepoint: &'static str,
-    classic: &'static str,
-) -> ProgramSpec {
-    ProgramSpec {
-        attach: Attach::BtfTracePoint,
-        program,
-        category,
-        tracepoint,
-        required: false,
-        instead_of: Some(classic),
-    }
-}
-
-/// The OOM victim's memory cgroup comes from walking kernel pointers from its
-/// task: optional (the classic record plus /proc still attribute most kills).
-/// BTF-checked loads are not `bpf_probe_read_kernel`: this loads under
-/// `lockdown=confidentiality` too (seen on Debian's 6.12, `tests/tests/kernels.rs`).
-const OOM_VICTIM_MEMCG: ProgramSpec = ProgramSpec {
-    attach: Attach::BtfTracePoint,
-    program: "oom_victim_memcg",
-    category: "oom",
-    tracepoint: "mark_victim",
-    required: false,
-    instead_of: None,
-};
-
-/// Block I/O latency from the completion's `struct request` alone: no
-/// in-flight map and no issue program. Where it does not attach (no `disk`
-/// in `request_queue` before v5.15, no `tp_btf`) the classic pair in
-/// `blockio.bpf.o` takes over.
-const BLOCK_RQ_COMPLETE_BTF: ProgramSpec = ProgramSpec {
-    attach: Attach::BtfTracePoint,
-    program: "block_rq_complete_btf",
-    category: "block",
-    tracepoint: "block_rq_complete",
-    required: false,
-    instead_of: None,
-};
-
-/// The load specs. OOM kills are the reason this module exists, so their
-/// program is required; the rest add detail and are optional.
-static OBJECTS: &[ObjectSpec] = &[
-    ObjectSpec {
-        name: "oom",
-        bytes: &OOM_OBJ.0,
-        instead_of: None,
-        // Attach order is call order at the tracepoint (probes of equal
-        // priority run in registration order, kernel/tracepoint.c): the
-        // victim map entry is written before the ring record wakes the reader.
-        programs: &[
-            OOM_VICTIM_MEMCG,
-            tp("oom_mark_victim", "oom", "mark_victim", true),
-            btf_twin(
-                "oom_mark_victim_btf",
-                "oom",
-                "mark_victim",
-                "oom_mark_victim",
-            ),
-        ],
+/// The load table, in load order. OOM kills are the reason this module
+/// exists, so their program is required; the rest add detail and are
+/// optional. A fallback object comes after the object it stands in for.
+static OBJECTS: &[Entry] = &[
+    Entry {
+        object: &oom::OBJECT,
+        take: |bpf, ebpf, st| {
+            let events = st
+                .events
+                .take()
+                .ok_or_else(|| Unavailable("eBPF off: two OOM objects".into()))?;
+            let (pods, paths, state) =
+                (ebpf.pods.clone(), st.paths.clone(), ebpf.oom_state.clone());
+            let spawn = |ring, victims| Reader::spawn(ring, victims, pods, paths, events, state);
+            ebpf.oom = Some(oom::Oom::take(bpf, st.attached(), spawn)?);
+            Ok(())
+        },
     },
-    ObjectSpec {
-        name: "tcp",
-        bytes: &TCP_OBJ.0,
-        instead_of: None,
-        programs: &[
-            tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
-            tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
-            tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
-            btf_twin(
-                "tcp_retransmit_skb_btf",
-                "tcp",
-                "tcp_retransmit_skb",
-                "tcp_retransmit_skb",
-            ),
-            btf_twin(
-                "tcp_send_reset_btf",
-                "tcp",
-                "tcp_send_reset",
-                "tcp_send_reset",
-            ),
-            btf_twin(
-                "tcp_receive_reset_btf",
-                "tcp",
-                "tcp_receive_reset",
-                "tcp_receive_reset",
-            ),
-        ],
+    Entry {
+        object: &tcp::OBJECT,
+        take: |bpf, ebpf, st| {
+            ebpf.tcp = tcp::Tcp::take(bpf, st.attached());
+            Ok(())
+        },
     },
-    ObjectSpec {
-        name: "skb_drop",
-        bytes: &SKB_DROP_OBJ.0,
-        instead_of: None,
-        programs: &[
-            tp("skb_kfree_skb", "skb", "kfree_skb", false),
-            btf_twin("skb_kfree_skb_btf", "skb", "kfree_skb", "skb_kfree_skb"),
-        ],
+    Entry {
+        object: &skb_drop::OBJECT,
+        take: |bpf, ebpf, st| {
+            let names = std::mem::replace(&mut st.skb_drop_names, Err("already used".into()));
+            ebpf.skb_drop = skb_drop::SkbDrop::take(bpf, st.attached(), names);
+            Ok(())
+        },
     },
-    ObjectSpec {
-        name: "blockio_btf",
-        bytes: &BLOCKIO_BTF_OBJ.0,
-        programs: &[BLOCK_RQ_COMPLETE_BTF],
-        instead_of: None,
+    Entry {
+        object: &blockio::BTF_OBJECT,
+        take: take_blockio,
     },
-    ObjectSpec {
-        name: "blockio",
-        bytes: &BLOCKIO_OBJ.0,
-        instead_of: Some("blockio_btf"),
-        programs: &[
-            tp("block_rq_issue", "block", "block_rq_issue", false),
-            tp("block_rq_complete", "block", "block_rq_complete", false),
-        ],
+    Entry {
+        object: &blockio::OBJECT,
+        take: take_blockio,
     },
 ];
 
+/// Each block I/O object's maps only when its own completion program attached.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "the signature every take of the table has"
+)]
+fn take_blockio(bpf: &mut aya::Ebpf, ebpf: &mut Ebpf, st: &mut Start) -> Result<(), Unavailable> {
+    if let Some(b) = blockio::BlockIo::take(bpf, st.attached(), st.object, &st.paths) {
+        ebpf.blockio = Some(b);
+    }
+    Ok(())
+}
+
+fn objects() -> impl Iterator<Item = &'static ObjectSpec> {
+    OBJECTS.iter().map(|e| e.object)
+}
+
 /// The load specs, for diagnostics and tests.
 pub fn program_specs() -> impl Iterator<Item = &'static ProgramSpec> {
-    OBJECTS.iter().flat_map(|o| o.programs.iter())
-}
-
-/// Kernel lockdown mode (`/sys/kernel/security/lockdown`, Linux 5.4+).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lockdown {
-    None,
-    Integrity,
-    /// BPF may not read kernel memory (`LOCKDOWN_BPF_READ_KERNEL`): Talos
-    /// with `SecureBoot` up to 1.13.
-    Confidentiality,
-}
-
-/// Parses `none [integrity] confidentiality`: the bracketed word is in force.
-#[must_use]
-pub fn parse_lockdown(text: &str) -> Option<Lockdown> {
-    let start = text.find('[')?;
-    let end = start + text.get(start..)?.find(']')?;
-    match text.get(start + 1..end)? {
-        "none" => Some(Lockdown::None),
-        "integrity" => Some(Lockdown::Integrity),
-        "confidentiality" => Some(Lockdown::Confidentiality),
-        _ => None,
-    }
-}
-
-/// The lockdown mode in force, from `/sys/kernel/security/lockdown` (mounting
-/// securityfs when it is not). `None` when it cannot be read (kernel without
-/// the lockdown LSM, or not root): the loader then tries and falls back.
-#[must_use]
-pub fn lockdown(paths: &Paths) -> Option<Lockdown> {
-    let file = paths.sys("kernel/security/lockdown");
-    let read = || {
-        std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| parse_lockdown(&t))
-    };
-    if let Some(l) = read() {
-        return Some(l);
-    }
-    // securityfs is not always mounted (minimal images, containers that
-    // bind /sys without it): mount it when root, as systemd would.
-    let dir = paths.sys("kernel/security");
-    let empty = std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_none());
-    if empty && nix::unistd::geteuid().is_root() {
-        if let Err(error) = nix::mount::mount(
-            Some("securityfs"),
-            &dir,
-            Some("securityfs"),
-            nix::mount::MsFlags::MS_NOSUID
-                | nix::mount::MsFlags::MS_NODEV
-                | nix::mount::MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ) {
-            tracing::debug!(%error, path = %dir.display(), "Could not mount securityfs.");
-        }
-    }
-    read()
+    objects().flat_map(|o| o.programs.iter())
 }
 
 /// Options for [`Ebpf::start_with`].
@@ -320,28 +172,8 @@ impl Default for EbpfConfig {
     }
 }
 
-/// What happened to one program at start-up.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProgramState {
-    Attached,
-    /// Loading or attaching failed (the error).
-    Failed(String),
-    /// Not tried: tracepoint absent, or not allowed under lockdown.
-    Skipped(String),
-}
-
-impl ProgramState {
-    fn label(&self) -> &'static str {
-        match self {
-            ProgramState::Attached => "attached",
-            ProgramState::Failed(_) => "failed",
-            ProgramState::Skipped(_) => "skipped",
-        }
-    }
-}
-
 /// Run time per program, exported when [`EbpfConfig::measure_cost`] is on
-/// (ebpf/README.md, "Cost per event").
+/// (per-event cost is measured, `ebpf/README.md`).
 pub const COST_SECONDS: &str = "nodewatch_agent_ebpf_run_seconds_total";
 /// Runs per program, next to [`COST_SECONDS`]; their ratio is the cost per event.
 pub const COST_COUNT: &str = "nodewatch_agent_ebpf_run_count_total";
@@ -358,10 +190,9 @@ pub struct ProgramCost {
 /// detaches every program.
 pub struct Ebpf {
     // Field order is drop order: stop the reader before the objects go.
-    oom_reader: Option<oom::Reader>,
-    oom_state: Arc<oom::OomState>,
+    oom: Option<oom::Oom>,
+    oom_state: Arc<OomState>,
     pods: pods::SharedPods,
-    oom_lost: Option<Array<MapData, u64>>,
     tcp: Option<tcp::Tcp>,
     skb_drop: Option<skb_drop::SkbDrop>,
     blockio: Option<blockio::BlockIo>,
@@ -378,124 +209,37 @@ pub struct Ebpf {
     export_cost: bool,
 }
 
-/// Directories aya looks in for tracefs (`aya::programs::utils::find_tracefs_path`).
-const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
-/// What one of [`TRACEFS_DIRS`] holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TracefsDir {
-    /// tracefs with its `events/`: classic tracepoints can be attached.
-    Events,
-    /// tracefs is mounted but lists no events: lockdown=confidentiality
-    /// (`LOCKDOWN_TRACEFS`) has the kernel create none of its files.
-    Empty,
-    /// Something else (nothing mounted, or another filesystem).
-    NotTracefs,
-}
-
-/// What to do about tracefs, from what each directory holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum TracefsPlan {
-    Use(&'static str),
-    /// Mount tracefs at the first directory, then look again.
-    Mount,
-    /// No usable tracefs; the reason. Classic tracepoints are skipped,
-    /// `tp_btf` programs (attached by BTF name) are still tried.
-    Without(String),
-}
-
-fn plan_tracefs(found: [TracefsDir; 2], mount_allowed: bool, root: bool) -> TracefsPlan {
-    if let Some(i) = found.iter().position(|f| *f == TracefsDir::Events) {
-        return TracefsPlan::Use(TRACEFS_DIRS[i]);
+/// Reads what loading needs from the kernel: its BTF (parsed once for every
+/// object's CO-RE relocations and every `tp_btf` attach; each parse takes
+/// seconds on a slow machine), the drop reason names (from a scan of the
+/// same bytes, which are let go before any object loads: `ebpf/README.md`,
+/// "Agent memory"), and where tracefs is.
+fn read_kernel(
+    btf_path: &std::path::Path,
+    lockdown: Option<Lockdown>,
+    cfg: &EbpfConfig,
+) -> (Kernel, Result<skb_drop::ReasonNames, String>) {
+    // Without tracefs events only the `tp_btf` programs can attach.
+    let tracefs = tracefs::ensure_tracefs(cfg.mount_tracefs);
+    if let Err(why) = &tracefs {
+        tracing::info!(reason = %why, "Classic tracepoints unavailable; BTF tracepoints only.");
     }
-    // Mounted but empty: mounting again would fail (EBUSY: the same
-    // superblock on the same mount point) and would list nothing more.
-    if let Some(i) = found.iter().position(|f| *f == TracefsDir::Empty) {
-        return TracefsPlan::Without(format!(
-            "tracefs at {} lists no events (the kernel hides them under lockdown=confidentiality)",
-            TRACEFS_DIRS[i]
-        ));
-    }
-    let target = TRACEFS_DIRS[0];
-    if !mount_allowed {
-        TracefsPlan::Without(format!(
-            "tracefs is not mounted at {target} and mounting it is disabled"
-        ))
-    } else if !root {
-        TracefsPlan::Without(format!(
-            "tracefs is not mounted at {target} and the agent is not root to mount it (mount -t tracefs tracefs {target})"
-        ))
-    } else {
-        TracefsPlan::Mount
-    }
-}
-
-/// What `dir` holds: tracefs is recognised by its filesystem magic, not by
-/// whether it can be listed (under lockdown=confidentiality it is empty).
-fn look_at_tracefs(dir: &str) -> TracefsDir {
-    let listable = |d: &Path| {
-        std::fs::read_dir(d)
-            .ok()
-            .and_then(|mut e| e.next())
-            .is_some()
+    let btf_bytes = std::fs::read(btf_path).map_err(|e| format!("{}: {e}", btf_path.display()));
+    let btf = btf_bytes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|b| aya::Btf::parse(b, aya::Endianness::default()).map_err(|e| e.to_string()));
+    let names = btf_bytes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|b| skb_drop::reason_names_from_btf(b));
+    let kernel = Kernel {
+        lockdown,
+        tracefs,
+        btf,
+        btf_tracepoints: cfg.btf_tracepoints,
     };
-    if listable(&Path::new(dir).join("events")) {
-        TracefsDir::Events
-    } else if nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
-    {
-        TracefsDir::Empty
-    } else {
-        TracefsDir::NotTracefs
-    }
-}
-
-/// The tracefs directory whose `events/` classic tracepoints are attached
-/// through, mounting tracefs when none is (minimal systems, and this
-/// project's build machine, boot without it). `Err`: why there is none.
-fn ensure_tracefs(cfg: &EbpfConfig) -> Result<&'static str, String> {
-    let look = || TRACEFS_DIRS.map(look_at_tracefs);
-    match plan_tracefs(look(), cfg.mount_tracefs, nix::unistd::geteuid().is_root()) {
-        TracefsPlan::Use(dir) => Ok(dir),
-        TracefsPlan::Without(why) => Err(why),
-        TracefsPlan::Mount => {
-            let target = TRACEFS_DIRS[0];
-            nix::mount::mount(
-                Some("tracefs"),
-                target,
-                Some("tracefs"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-            .map_err(|e| format!("mounting tracefs at {target}: {e}"))?;
-            tracing::info!(path = target, "Mounted tracefs for tracepoint programs.");
-            match plan_tracefs(look(), false, false) {
-                TracefsPlan::Use(dir) => Ok(dir),
-                TracefsPlan::Without(why) => Err(why),
-                TracefsPlan::Mount => Err(format!("tracefs at {target} is empty after mounting")),
-            }
-        }
-    }
-}
-
-/// Whether an error says BPF itself is not allowed (rather than one program failing).
-fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-                return true;
-            }
-        }
-        let text = err.to_string();
-        if text.contains("Operation not permitted") || text.contains("Permission denied") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    (kernel, names)
 }
 
 impl Ebpf {
@@ -521,43 +265,17 @@ impl Ebpf {
             )));
         }
         let lockdown = cfg.lockdown_override.or_else(|| lockdown(paths));
-        // Without tracefs events only the `tp_btf` programs can attach.
-        let tracefs = ensure_tracefs(cfg);
-        if let Err(why) = &tracefs {
-            tracing::info!(reason = %why, "Classic tracepoints unavailable; BTF tracepoints only.");
-        }
-        let tracefs = tracefs.as_deref().map_err(String::as_str);
-        // Read once, parsed once for every object's CO-RE relocations and
-        // every `tp_btf` attach (each parse takes seconds on a slow machine);
-        // the drop reason names come from a scan of the same bytes, which
-        // are let go before any object loads (ebpf/README.md, "Agent memory").
         // `EbpfLoader::new` parses the kernel's BTF itself, every time:
         // one loader serves every object, and its own parse is let go before
         // ours is made, so two parses are never held at once.
-        let mut obj_loader = EbpfLoader::new();
-        obj_loader.btf(None);
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
         release_freed_memory();
-        let btf_bytes =
-            std::fs::read(&btf_path).map_err(|e| format!("{}: {e}", btf_path.display()));
-        let kernel_btf = btf_bytes.as_ref().map_err(Clone::clone).and_then(|b| {
-            aya::Btf::parse(b, aya::Endianness::default()).map_err(|e| e.to_string())
-        });
-        let mut skb_drop_names = Some(
-            btf_bytes
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|b| skb_drop::reason_names_from_btf(b)),
-        );
-        drop(btf_bytes);
-
-        let mut events = Some(events);
-        let mut programs = Vec::new();
-        let mut objects = Vec::new();
+        let (kernel, names) = read_kernel(&btf_path, lockdown, cfg);
         let mut state = Self {
-            oom_reader: None,
-            oom_state: Arc::new(oom::OomState::default()),
+            oom: None,
+            oom_state: Arc::new(OomState::default()),
             pods: cfg.pods.clone().unwrap_or_default(),
-            oom_lost: None,
             tcp: None,
             skb_drop: None,
             blockio: None,
@@ -568,233 +286,77 @@ impl Ebpf {
             stats_guard: None,
             export_cost: cfg.measure_cost,
         };
-
-        for obj in OBJECTS {
-            if let Some(primary) = obj.instead_of.and_then(|name| {
-                OBJECTS.iter().find(|o| o.name == name).and_then(|o| {
-                    o.programs
-                        .iter()
-                        .find(|p| attached_in(&programs, p.program))
-                })
-            }) {
-                // The preferred object does the job: loading this one would
-                // only create its maps and attach programs with nothing to add.
-                for spec in obj.programs {
-                    let why = format!("not needed: {} attached", primary.program);
-                    tracing::info!(program = spec.program, reason = %why, "eBPF program skipped.");
-                    programs.push((*spec, ProgramState::Skipped(why)));
-                }
-                continue;
-            }
-            // The OOM program reads the victim's comm with bpf_probe_read_kernel
-            // unless told not to. Where the lockdown mode could not be read,
-            // try with the read and fall back to the variant without it.
-            let variants: &[u32] = if obj.name == "oom" {
-                match lockdown {
-                    Some(Lockdown::Confidentiality) => &[0],
-                    Some(_) => &[1],
-                    None => &[1, 0],
-                }
-            } else {
-                &[0]
-            };
-            let mut loaded = None;
-            for (i, read_kernel) in variants.iter().enumerate() {
-                let last = i + 1 == variants.len();
-                if let Ok(btf) = &kernel_btf {
-                    obj_loader.btf(Some(btf));
-                }
-                // Only the OOM object has the variable; for the others the
-                // override is ignored.
-                obj_loader.override_global("cfg_read_kernel", read_kernel, obj.name == "oom");
-                let mut bpf = match obj_loader.load(obj.bytes) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        if is_permission_error(&e) && objects.is_empty() {
-                            return Err(Unavailable(format!(
-                                "eBPF off: the kernel refused to load BPF objects ({e}); needs CAP_BPF and CAP_PERFMON (or root)"
-                            )));
-                        }
-                        if !last {
-                            continue;
-                        }
-                        let msg = format!("loading {}.bpf.o: {e}", obj.name);
-                        for spec in obj.programs {
-                            if spec.required {
-                                return Err(Unavailable(format!("eBPF off: {msg}")));
-                            }
-                            tracing::warn!(program = spec.program, error = %msg, "eBPF program skipped.");
-                            programs.push((*spec, ProgramState::Failed(msg.clone())));
-                        }
-                        break;
-                    }
-                };
-                let mut states: Vec<(ProgramSpec, ProgramState)> = Vec::new();
-                for spec in obj.programs {
-                    let st = match spec.instead_of {
-                        Some(classic) if attached_in(&states, classic) => {
-                            ProgramState::Skipped(format!("not needed: {classic} attached"))
-                        }
-                        _ if spec.attach == Attach::BtfTracePoint && !cfg.btf_tracepoints => {
-                            ProgramState::Skipped("BTF tracepoints turned off".into())
-                        }
-                        _ => attach(&mut bpf, spec, tracefs, kernel_btf.as_ref()),
-                    };
-                    states.push((*spec, st));
-                }
-                let required_failed = states.iter().find(|(spec, st)| {
-                    spec.required
-                        && *st != ProgramState::Attached
-                        && !states.iter().any(|(twin, tst)| {
-                            twin.instead_of == Some(spec.program) && *tst == ProgramState::Attached
-                        })
-                });
-                if let Some((spec, st)) = required_failed {
-                    if !last {
-                        tracing::info!(program = spec.program, state = ?st, "Retrying without kernel memory reads.");
-                        continue;
-                    }
-                    return Err(Unavailable(format!(
-                        "eBPF off: required program {} ({}/{}): {st:?}",
-                        spec.program, spec.category, spec.tracepoint
-                    )));
-                }
-                for (spec, st) in states {
-                    match &st {
-                        ProgramState::Attached => {
-                            tracing::debug!(program = spec.program, "eBPF program attached.");
-                        }
-                        ProgramState::Failed(error) => {
-                            tracing::warn!(program = spec.program, %error, "eBPF program skipped.");
-                        }
-                        ProgramState::Skipped(reason) => {
-                            tracing::info!(program = spec.program, %reason, "eBPF program skipped.");
-                        }
-                    }
-                    programs.push((spec, st));
-                }
-                if obj.name == "oom" {
-                    state.oom_reads_kernel = *read_kernel == 1;
-                }
-                loaded = Some(bpf);
-                break;
-            }
-            let Some(mut bpf) = loaded else {
-                continue;
-            };
-            let attached = |name: &str| attached_in(&programs, name);
-            match obj.name {
-                "oom" => {
-                    state.oom_lost = bpf
-                        .take_map("oom_events_lost")
-                        .and_then(|m| Array::try_from(m).ok());
-                    let ring = bpf
-                        .take_map("oom_events")
-                        .ok_or_else(|| {
-                            Unavailable("eBPF off: oom.bpf.o has no oom_events map".into())
-                        })
-                        .and_then(|m| {
-                            RingBuf::try_from(m)
-                                .map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
-                        })?;
-                    let victims = if attached(OOM_VICTIM_MEMCG.program) {
-                        bpf.take_map(oom::VICTIMS_MAP)
-                            .and_then(|m| HashMap::try_from(m).ok())
-                    } else {
-                        None
-                    };
-                    state.oom_reader = Some(
-                        oom::Reader::spawn(
-                            ring,
-                            victims,
-                            state.pods.clone(),
-                            paths.clone(),
-                            events
-                                .take()
-                                .ok_or_else(|| Unavailable("eBPF off: two OOM objects".into()))?,
-                            state.oom_state.clone(),
-                        )
-                        .map_err(|e| Unavailable(format!("eBPF off: OOM reader thread: {e}")))?,
-                    );
-                }
-                "tcp" if attached("tcp_retransmit_skb") || attached("tcp_retransmit_skb_btf") => {
-                    if let Some(m) = bpf
-                        .take_map(tcp::MAP)
-                        .and_then(|m| PerCpuArray::try_from(m).ok())
-                    {
-                        let resets = [
-                            "tcp_send_reset",
-                            "tcp_receive_reset",
-                            "tcp_send_reset_btf",
-                            "tcp_receive_reset_btf",
-                        ]
-                        .iter()
-                        .any(|p| attached(p));
-                        let peers = bpf
-                            .take_map(tcp::PEERS_MAP)
-                            .and_then(|p| HashMap::try_from(p).ok());
-                        state.tcp = Some(tcp::Tcp::new(m, peers, resets));
-                    }
-                }
-                "skb_drop" if attached("skb_kfree_skb") || attached("skb_kfree_skb_btf") => {
-                    let names = skb_drop_names
-                        .take()
-                        .unwrap_or_else(|| Err("already used".into()))
-                        .unwrap_or_else(|error| {
-                            tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
-                            skb_drop::ReasonNames::new()
-                        });
-                    let core = bpf
-                        .take_map(skb_drop::CORE_MAP)
-                        .and_then(|m| PerCpuArray::try_from(m).ok());
-                    let other = bpf
-                        .take_map(skb_drop::MAP)
-                        .and_then(|m| PerCpuHashMap::try_from(m).ok());
-                    if let (Some(core), Some(other)) = (core, other) {
-                        state.skb_drop = Some(skb_drop::SkbDrop::new(core, other, names));
-                    }
-                }
-                // Each object's maps only when its own completion program attached.
-                name @ ("blockio_btf" | "blockio")
-                    if attached(if name == "blockio" {
-                        "block_rq_complete"
-                    } else {
-                        BLOCK_RQ_COMPLETE_BTF.program
-                    }) =>
-                {
-                    let slots = bpf
-                        .take_map(blockio::SLOTS_MAP)
-                        .and_then(|m| PerCpuArray::try_from(m).ok());
-                    let hash = bpf
-                        .take_map(blockio::MAP)
-                        .and_then(|m| PerCpuHashMap::try_from(m).ok());
-                    if let (Some(slots), Some(hash)) = (slots, hash) {
-                        state.blockio = Some(blockio::BlockIo::new(slots, hash, paths.clone()));
-                    }
-                }
-                _ => {}
-            }
-            // An object none of whose programs attached (the block tp_btf
-            // object on a kernel without `request_queue.disk`) would only keep its maps.
-            if obj
-                .programs
-                .iter()
-                .any(|p| attached_in(&programs, p.program))
-            {
-                objects.push(bpf);
-            }
+        let mut start = Start {
+            paths: paths.clone(),
+            programs: Vec::new(),
+            events: Some(events),
+            skb_drop_names: names,
+            object: OBJECTS[0].object,
+        };
+        for entry in OBJECTS {
+            state.load_entry(entry, &mut loader, &kernel, &mut start)?;
         }
-
         // The parsed kernel BTF is the largest thing start-up allocates;
         // nothing needs it once every program is loaded and attached.
-        drop(obj_loader);
-        drop(kernel_btf);
-        drop(skb_drop_names);
+        drop(loader);
+        drop(kernel);
+        let Start { programs, .. } = start;
         release_freed_memory();
+        state.programs = programs;
+        state.finish_start(cfg);
+        Ok(state)
+    }
 
+    /// Loads one object of the table, attaches its programs and takes its
+    /// maps; a fallback object whose primary attached is skipped.
+    fn load_entry<'k>(
+        &mut self,
+        entry: &Entry,
+        loader: &mut EbpfLoader<'k>,
+        kernel: &'k Kernel,
+        start: &mut Start,
+    ) -> Result<(), Unavailable> {
+        let obj = entry.object;
+        if let Some(primary) = obj
+            .instead_of
+            .and_then(|name| objects().find(|o| o.name == name))
+            .and_then(|o| start.attached().first_of(o))
+        {
+            // The preferred object does the job: loading this one would
+            // only create its maps and attach programs with nothing to add.
+            for spec in obj.programs {
+                let st = ProgramState::Skipped(format!("not needed: {} attached", primary.program));
+                log_state(spec, &st);
+                start.programs.push((*spec, st));
+            }
+            return Ok(());
+        }
+        let first = self.objects.is_empty();
+        let Some(Loaded {
+            mut bpf,
+            reads_kernel,
+        }) = load_object(obj, loader, kernel, &mut start.programs, first)?
+        else {
+            return Ok(());
+        };
+        if obj.read_kernel_switch {
+            self.oom_reads_kernel = reads_kernel;
+        }
+        start.object = obj;
+        (entry.take)(&mut bpf, self, start)?;
+        // An object none of whose programs attached (the block tp_btf
+        // object on a kernel without `request_queue.disk`) would only keep its maps.
+        if start.attached().first_of(obj).is_some() {
+            self.objects.push(bpf);
+        }
+        Ok(())
+    }
+
+    /// Turns on cost measurement when asked, and logs the outcome.
+    fn finish_start(&mut self, cfg: &EbpfConfig) {
         if cfg.measure_cost {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => state.stats_guard = Some(fd),
+                Ok(fd) => self.stats_guard = Some(fd),
                 // Still exported: with `kernel.bpf_stats_enabled=1` set by the
                 // operator the counters grow; otherwise they stay at 0, visibly.
                 Err(error) => {
@@ -802,19 +364,17 @@ impl Ebpf {
                 }
             }
         }
-        let attached = programs
+        let attached = self
+            .programs
             .iter()
             .filter(|(_, s)| *s == ProgramState::Attached)
             .count();
         tracing::info!(
             attached,
-            total = programs.len(),
-            lockdown = ?lockdown,
+            total = self.programs.len(),
+            lockdown = ?self.lockdown,
             "eBPF programs loaded."
         );
-        state.programs = programs;
-        state.objects = objects;
-        Ok(state)
     }
 
     /// Each program's start-up outcome.
@@ -878,104 +438,6 @@ impl Ebpf {
     }
 }
 
-/// Hands the heap freed after loading back to the system: glibc keeps freed
-/// memory in its arenas (counted in RSS) until asked; musl's allocator
-/// returns freed large blocks by itself.
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn release_freed_memory() {
-    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn release_freed_memory() {}
-
-/// Whether `program` is among `programs` and attached.
-fn attached_in(programs: &[(ProgramSpec, ProgramState)], program: &str) -> bool {
-    programs
-        .iter()
-        .any(|(s, st)| s.program == program && *st == ProgramState::Attached)
-}
-
-fn attach(
-    bpf: &mut aya::Ebpf,
-    spec: &ProgramSpec,
-    tracefs: Result<&str, &str>,
-    kernel_btf: Result<&aya::Btf, &String>,
-) -> ProgramState {
-    if spec.attach == Attach::TracePoint {
-        // Classic tracepoints are attached by the event id tracefs lists.
-        let tracefs = match tracefs {
-            Ok(dir) => dir,
-            Err(why) => return ProgramState::Skipped(why.to_string()),
-        };
-        let events = Path::new(tracefs)
-            .join("events")
-            .join(spec.category)
-            .join(spec.tracepoint);
-        if !events.exists() {
-            return ProgramState::Skipped(format!(
-                "no tracepoint {}/{} in this kernel",
-                spec.category, spec.tracepoint
-            ));
-        }
-    }
-    let Some(prog) = bpf.program_mut(spec.program) else {
-        return ProgramState::Failed("not in the object".into());
-    };
-    let result = match spec.attach {
-        Attach::TracePoint => {
-            let prog: &mut TracePoint = match prog.try_into() {
-                Ok(p) => p,
-                Err(e) => return ProgramState::Failed(e.to_string()),
-            };
-            prog.load()
-                .map_err(|e| format!("load: {}", error_chain(&e)))
-                .and_then(|()| {
-                    prog.attach(spec.category, spec.tracepoint)
-                        .map_err(|e| format!("attach: {}", error_chain(&e)))
-                })
-                .map(drop)
-        }
-        Attach::BtfTracePoint => {
-            let prog: &mut BtfTracePoint = match prog.try_into() {
-                Ok(p) => p,
-                Err(e) => return ProgramState::Failed(e.to_string()),
-            };
-            let btf = match kernel_btf {
-                Ok(b) => b,
-                Err(e) => return ProgramState::Failed(format!("kernel BTF: {e}")),
-            };
-            prog.load(spec.tracepoint, btf)
-                .map_err(|e| format!("load: {}", error_chain(&e)))
-                .and_then(|()| {
-                    prog.attach()
-                        .map_err(|e| format!("attach: {}", error_chain(&e)))
-                })
-                .map(drop)
-        }
-    };
-    // The program owns its link: it stays attached until the program is dropped.
-    match result {
-        Ok(()) => ProgramState::Attached,
-        Err(e) => ProgramState::Failed(e),
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
-
 impl Collector for Ebpf {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -994,23 +456,10 @@ impl Collector for Ebpf {
         }
 
         self.oom_state.export_kills(sink);
-        let ring_lost = self
-            .oom_lost
-            .as_ref()
-            .and_then(|m| m.get(&0, 0).ok())
-            .unwrap_or(0);
-        let help = "OOM events lost: ring buffer full in the kernel, or the event channel to the stream full.";
-        sink.counter(
-            "nodewatch_agent_ebpf_events_lost_total",
-            help,
-            &[("stage", "ringbuf")],
-            ring_lost as f64,
-        );
-        sink.counter(
-            "nodewatch_agent_ebpf_events_lost_total",
-            help,
-            &[("stage", "channel")],
-            self.oom_state.channel_dropped.load(Ordering::Relaxed) as f64,
+        oom::export_lost(
+            self.oom.as_ref(),
+            self.oom_state.channel_dropped.load(Ordering::Relaxed),
+            sink,
         );
 
         if let Some(t) = &self.tcp {
@@ -1044,106 +493,12 @@ impl Collector for Ebpf {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
     #[test]
-    fn lockdown_modes() {
-        assert_eq!(
-            parse_lockdown("none [integrity] confidentiality\n"),
-            Some(Lockdown::Integrity)
-        );
-        assert_eq!(
-            parse_lockdown("[none] integrity confidentiality\n"),
-            Some(Lockdown::None)
-        );
-        assert_eq!(
-            parse_lockdown("none integrity [confidentiality]\n"),
-            Some(Lockdown::Confidentiality)
-        );
-        assert_eq!(parse_lockdown("none integrity confidentiality"), None);
-        assert_eq!(parse_lockdown("]["), None);
-        assert_eq!(parse_lockdown("[bogus]"), None);
-    }
-
-    #[test]
-    fn lockdown_fuzz_no_panic() {
-        let seed = b"none [integrity] confidentiality\n";
-        for i in 0..seed.len() {
-            for j in i..=seed.len() {
-                let s = String::from_utf8_lossy(&seed[i..j]);
-                let _ = parse_lockdown(&s);
-                let mut m = seed.to_vec();
-                m[i] = b"[]\xff "[j % 4];
-                let _ = parse_lockdown(&String::from_utf8_lossy(&m));
-            }
-        }
-    }
-
-    #[test]
-    fn tracefs_mounted_but_empty_is_not_mounted_again() {
-        use TracefsDir::{Empty, Events, NotTracefs};
-        // lockdown=confidentiality: tracefs is mounted (by the system, as
-        // Talos does) but lists nothing. Mounting it again failed with EBUSY
-        // and turned every program off; now only classic tracepoints go.
-        let plan = plan_tracefs([Empty, NotTracefs], true, true);
-        assert!(
-            matches!(&plan, TracefsPlan::Without(why) if why.contains("/sys/kernel/tracing") && why.contains("confidentiality")),
-            "{plan:?}"
-        );
-        assert!(matches!(
-            plan_tracefs([NotTracefs, Empty], true, true),
-            TracefsPlan::Without(_)
-        ));
-        assert_eq!(
-            plan_tracefs([Empty, Events], true, true),
-            TracefsPlan::Use("/sys/kernel/debug/tracing")
-        );
-        assert_eq!(
-            plan_tracefs([Events, NotTracefs], false, false),
-            TracefsPlan::Use("/sys/kernel/tracing")
-        );
-        assert_eq!(
-            plan_tracefs([NotTracefs, NotTracefs], true, true),
-            TracefsPlan::Mount
-        );
-        assert!(matches!(
-            plan_tracefs([NotTracefs, NotTracefs], false, true),
-            TracefsPlan::Without(why) if why.contains("disabled")
-        ));
-        assert!(matches!(
-            plan_tracefs([NotTracefs, NotTracefs], true, false),
-            TracefsPlan::Without(why) if why.contains("not root")
-        ));
-    }
-
-    #[test]
-    fn tracefs_of_this_host() {
-        // A plain directory is not tracefs, however it is listed.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("events")).unwrap();
-        std::fs::write(dir.path().join("events/x"), "").unwrap();
-        assert_eq!(
-            look_at_tracefs(dir.path().to_str().unwrap()),
-            TracefsDir::Events
-        );
-        let empty = tempfile::tempdir().unwrap();
-        assert_eq!(
-            look_at_tracefs(empty.path().to_str().unwrap()),
-            TracefsDir::NotTracefs
-        );
-        // Where the host has tracefs mounted (tests/run.sh does), it is seen with its events.
-        if nix::sys::statfs::statfs("/sys/kernel/tracing")
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TRACEFS_MAGIC)
-        {
-            assert_eq!(look_at_tracefs("/sys/kernel/tracing"), TracefsDir::Events);
-        }
-    }
-
-    #[test]
     fn btf_twins_stand_in_for_classic_programs_of_their_object() {
-        for o in OBJECTS {
+        for o in objects() {
             for (i, p) in o.programs.iter().enumerate() {
                 if let Some(classic) = p.instead_of {
                     let c = o.programs[..i].iter().find(|c| c.program == classic);
@@ -1168,13 +523,14 @@ mod tests {
         dedup.dedup();
         assert_eq!(names.len(), dedup.len());
         assert!(program_specs().any(|s| s.required && s.tracepoint == "mark_victim"));
-        for (i, o) in OBJECTS.iter().enumerate() {
+        let all: Vec<_> = objects().collect();
+        for (i, o) in all.iter().enumerate() {
             // ELF magic: the committed objects are real BPF objects.
             assert_eq!(o.bytes.get(..4), Some(&b"\x7fELF"[..]), "{}", o.name);
             // A fallback names an object loaded before it, which has no
             // required program (it may be skipped) and no fallback itself.
             if let Some(primary) = o.instead_of {
-                let p = OBJECTS[..i].iter().find(|p| p.name == primary).unwrap();
+                let p = all[..i].iter().find(|p| p.name == primary).unwrap();
                 assert!(p.programs.iter().all(|s| !s.required), "{}", o.name);
                 assert!(p.instead_of.is_none(), "{}", o.name);
                 assert!(o.programs.iter().all(|s| !s.required), "{}", o.name);

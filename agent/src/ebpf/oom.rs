@@ -1,639 +1,95 @@
-//! OOM kills from `ebpf/oom.bpf.c`: one ring-buffer record per victim,
-//! attributed to a cgroup, pod and container in user space and sent as an
-//! [`OomKill`] event at once.
-//!
-//! The record is decoded field by field from bytes (no pointer casts), so
-//! this module needs no `unsafe`.
+//! `ebpf/oom.bpf.c`: its load spec, and the maps handed to the OOM reader
+//! ([`crate::oom::bpf`]) once its programs are attached.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use aya::maps::{Array, MapData, RingBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use nodewatch_proto::v1::{event, Event, OomKill};
+use super::spec::{btf, btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
+use crate::collector::{Sink, Unavailable};
+use crate::oom::bpf::{Reader, VictimsMap, VICTIMS_MAP};
 
-use super::cgroup::{self, CgroupVersion, Memcg};
-use super::pods::SharedPods;
-use crate::collector::{now_ms, EventSender, Paths};
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/oom.bpf.o"));
 
-/// `struct oom_event` in `ebpf/nodewatch.h`.
-pub const OOM_EVENT_SIZE: usize = 96;
-/// `struct oom_victim`.
-pub const OOM_VICTIM_SIZE: usize = 32;
-/// The map `oom_victim_memcg` fills: pid → [`OomVictim`].
-pub const VICTIMS_MAP: &str = "oom_victims";
+/// The OOM victim's memory cgroup comes from walking kernel pointers from its
+/// task: optional (the classic record plus /proc still attribute most kills).
+/// BTF-checked loads are not `bpf_probe_read_kernel`: this loads under
+/// `lockdown=confidentiality` too (seen on Debian's 6.12, `tests/tests/kernels.rs`).
+const VICTIM_MEMCG: &str = "oom_victim_memcg";
 
-/// The victims map as aya sees it: the value is kept as raw bytes (a byte
-/// array is already `aya::Pod`) and decoded by [`OomVictim::parse`].
-pub type VictimsMap = BpfHashMap<MapData, u32, [u8; OOM_VICTIM_SIZE]>;
-const COMM_LEN: usize = 16;
-
-const HAVE_RSS: u32 = 0x1;
-const HAVE_UID: u32 = 0x2;
-const HAVE_COMM: u32 = 0x4;
-const HAVE_SCORE_ADJ: u32 = 0x8;
-
-/// Mirror of `struct oom_event` (`ebpf/nodewatch.h`), decoded from the ring buffer.
-#[repr(C)]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OomEvent {
-    pub ktime_ns: u64,
-    pub anon_rss_kb: u64,
-    pub file_rss_kb: u64,
-    pub shmem_rss_kb: u64,
-    pub killer_cgroup_id: u64,
-    pub pid: u32,
-    pub uid: u32,
-    pub killer_tgid: u32,
-    pub flags: u32,
-    pub comm: [u8; COMM_LEN],
-    pub killer_comm: [u8; COMM_LEN],
-    pub oom_score_adj: i32,
-    /// Explicit padding, as in the C struct.
-    pub pad: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<OomEvent>() == OOM_EVENT_SIZE);
-
-impl OomEvent {
-    /// Decodes a record (native endian: the kernel wrote it on this host).
-    /// `None` when the record is shorter than the struct.
-    #[must_use]
-    pub fn parse(b: &[u8]) -> Option<Self> {
-        if b.len() < OOM_EVENT_SIZE {
-            return None;
-        }
-        let u64_at = |o: usize| -> Option<u64> {
-            Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?))
-        };
-        let u32_at = |o: usize| -> Option<u32> {
-            Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
-        };
-        let comm_at =
-            |o: usize| -> Option<[u8; COMM_LEN]> { b.get(o..o + COMM_LEN)?.try_into().ok() };
-        Some(Self {
-            ktime_ns: u64_at(0)?,
-            anon_rss_kb: u64_at(8)?,
-            file_rss_kb: u64_at(16)?,
-            shmem_rss_kb: u64_at(24)?,
-            killer_cgroup_id: u64_at(32)?,
-            pid: u32_at(40)?,
-            uid: u32_at(44)?,
-            killer_tgid: u32_at(48)?,
-            flags: u32_at(52)?,
-            comm: comm_at(56)?,
-            killer_comm: comm_at(72)?,
-            oom_score_adj: i32::from_ne_bytes(b.get(88..92)?.try_into().ok()?),
-            pad: 0,
-        })
-    }
-}
-
-/// Mirror of `struct oom_victim`: what the `tp_btf` program read from the victim's task.
-#[repr(C)]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OomVictim {
-    /// Kernfs id of the victim's memory cgroup: the directory's inode number
-    /// in the memory hierarchy (v1 `memory` or the unified one). 0: unknown.
-    pub memcg_id: u64,
-    pub tgid: u32,
-    /// Explicit padding, as in the C struct.
-    pub pad: u32,
-    pub comm: [u8; COMM_LEN],
-}
-
-const _: () = assert!(std::mem::size_of::<OomVictim>() == OOM_VICTIM_SIZE);
-
-impl OomVictim {
-    #[must_use]
-    pub fn parse(b: &[u8]) -> Option<Self> {
-        Some(Self {
-            memcg_id: u64::from_ne_bytes(b.get(0..8)?.try_into().ok()?),
-            tgid: u32::from_ne_bytes(b.get(8..12)?.try_into().ok()?),
-            pad: 0,
-            comm: b.get(16..32)?.try_into().ok()?,
-        })
-    }
-}
-
-/// A NUL-terminated kernel `comm` as text.
-#[must_use]
-pub fn comm_str(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
-/// Reads what `/proc/<pid>` still says about a victim that is exiting.
-#[derive(Debug, Default)]
-struct ProcView {
-    tgid: Option<u32>,
-    comm: Option<String>,
-    memcg: Option<Memcg>,
-}
-
-fn read_proc(paths: &Paths, pid: u32) -> ProcView {
-    let mut v = ProcView {
-        memcg: cgroup::memcg_of_pid(paths, pid),
-        ..ProcView::default()
-    };
-    if let Ok(status) = std::fs::read_to_string(paths.proc(&format!("{pid}/status"))) {
-        for line in status.lines() {
-            if let Some(t) = line.strip_prefix("Tgid:") {
-                v.tgid = t.trim().parse().ok();
-            } else if let Some(n) = line.strip_prefix("Name:") {
-                v.comm = Some(n.trim().to_string());
-            }
-        }
-    }
-    v
-}
-
-/// Turns a record into the wire event. The victim's cgroup comes from, in
-/// order: the memory cgroup id the `tp_btf` program read from the victim's
-/// task (`source = "ebpf"`); `/proc/<pid>/cgroup` while the victim still
-/// exists (`"ebpf+procfs"`), except a v1 `/` which the kernel prints for any
-/// exiting task (`proc_cgroup_show()`, kernel/cgroup/cgroup.c); the cgroup
-/// of the task that ran the OOM killer, by id in the unified hierarchy
-/// (`"ebpf"`; for a memcg OOM that task charged the same memcg, so its
-/// cgroup is the victim's or a child of it). When the `tp_btf` program is not
-/// loaded, the group whose OOM kill counter rose (`"ebpf+memory.events"`)
-/// comes before the killer's cgroup.
-#[must_use]
-pub fn attribute(
-    paths: &Paths,
-    ev: &OomEvent,
-    victim: Option<&OomVictim>,
-    counters: Option<&mut cgroup::OomCounters>,
-) -> OomKill {
-    let proc_view = read_proc(paths, ev.pid);
-    // Rescan on every event, used or not, so the baseline stays current.
-    let counted = counters.and_then(cgroup::OomCounters::rescan);
-    let mut used_proc = false;
-    let mut kill = OomKill {
-        pid: ev.pid,
-        uid: if ev.flags & HAVE_UID != 0 { ev.uid } else { 0 },
-        oom_score_adj: if ev.flags & HAVE_SCORE_ADJ != 0 {
-            ev.oom_score_adj
-        } else {
-            0
-        },
-        killer_pid: ev.killer_tgid,
-        killer_comm: comm_str(&ev.killer_comm),
-        ..OomKill::default()
-    };
-    kill.tgid = match (victim, proc_view.tgid) {
-        (Some(v), _) if v.tgid != 0 => v.tgid,
-        (_, Some(t)) => {
-            used_proc = true;
-            t
-        }
-        _ => ev.pid,
-    };
-    kill.comm = if ev.flags & HAVE_COMM != 0 {
-        comm_str(&ev.comm)
-    } else if let Some(v) = victim.filter(|v| v.comm[0] != 0) {
-        comm_str(&v.comm)
-    } else if let Some(c) = &proc_view.comm {
-        used_proc = true;
-        c.clone()
-    } else {
-        String::new()
-    };
-    if ev.flags & HAVE_RSS != 0 {
-        kill.rss_anon_bytes = ev.anon_rss_kb.saturating_mul(1024);
-        kill.rss_file_bytes = ev.file_rss_kb.saturating_mul(1024);
-        kill.rss_shmem_bytes = ev.shmem_rss_kb.saturating_mul(1024);
-    }
-    let from_victim = victim
-        .filter(|v| v.memcg_id != 0)
-        .and_then(|v| cgroup::memcg_of_id(paths, v.memcg_id));
-    let from_proc = || {
-        proc_view
-            .memcg
-            .clone()
-            .filter(|m| !(m.version == CgroupVersion::V1 && m.path == "/"))
-    };
-    let from_killer = || {
-        // Id 1 is the root of the unified hierarchy: no information.
-        (ev.killer_cgroup_id > 1)
-            .then(|| cgroup::path_of_cgroup_id(&cgroup::unified_root(paths), ev.killer_cgroup_id))
-            .flatten()
-            .map(|path| Memcg {
-                path,
-                version: CgroupVersion::V2,
-            })
-    };
-    let mut used_counters = false;
-    let memcg = if from_victim.is_some() {
-        from_victim
-    } else if let Some(m) = from_proc() {
-        used_proc = true;
-        Some(m)
-    } else if counted.is_some() {
-        used_counters = true;
-        counted
-    } else {
-        from_killer()
-    };
-    kill.source = match (used_counters, used_proc) {
-        (true, _) => "ebpf+memory.events",
-        (false, true) => "ebpf+procfs",
-        (false, false) => "ebpf",
-    }
-    .to_string();
-    if let Some(m) = memcg {
-        let id = cgroup::identify(&m.path);
-        kill.pod_uid = id.pod_uid.unwrap_or_default();
-        kill.container_id = id.container_id.unwrap_or_default();
-        kill.container_runtime = id.runtime.unwrap_or_default().to_string();
-        let (limit, usage) = cgroup::memcg_stats(paths, &m);
-        kill.memcg_limit_bytes = limit;
-        kill.memcg_usage_bytes = usage;
-        // A kill inside a limited memcg is that memcg's OOM; the root or an
-        // unlimited group can only have been hit by a global OOM. (Heuristic:
-        // a limited group can also lose a task to a global OOM.)
-        kill.constraint = if m.path != "/" && limit > 0 {
-            "memcg"
-        } else {
-            "global"
-        }
-        .to_string();
-        kill.cgroup = m.path;
-    }
-    kill
-}
-
-/// Fills namespace, pod and container names from the pod cache, when it
-/// knows the pod UID or container id the cgroup path gave.
-pub fn name_pod(pods: &SharedPods, kill: &mut OomKill) {
-    if kill.pod_uid.is_empty() && kill.container_id.is_empty() {
-        return;
-    }
-    let Ok(cache) = pods.read() else {
-        return;
-    };
-    let r = cache.resolve(&kill.pod_uid, &kill.container_id);
-    if !r.pod.is_empty() {
-        kill.namespace = r.namespace;
-        kill.pod = r.pod;
-    }
-    if !r.container.is_empty() {
-        kill.container = r.container;
-    }
-}
-
-/// Wall-clock milliseconds of a `bpf_ktime_get_ns()` stamp (`CLOCK_MONOTONIC`):
-/// the moment the kernel marked the victim, not when attribution finished.
-/// Falls back to now when the clock cannot be read or the stamp is ahead.
-#[must_use]
-pub fn kill_time_ms(ktime_ns: u64) -> i64 {
-    let now = now_ms();
-    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
-        return now;
-    };
-    let mono_ns = (mono.tv_sec() as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(mono.tv_nsec() as u64);
-    match mono_ns.checked_sub(ktime_ns) {
-        Some(age_ns) if ktime_ns > 0 => now - (age_ns / 1_000_000) as i64,
-        _ => now,
-    }
-}
-
-/// Labels of `nodewatch_oom_kills_total`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KillKey {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub comm: String,
-}
-
-/// Distinct `nodewatch_oom_kills_total` series kept. Container ids change on
-/// every restart, so a crash-looping pod could grow the map without bound;
-/// past this many, kills are counted in one series with empty labels.
-const MAX_KILL_SERIES: usize = 4096;
-
-/// State shared between the reader thread and the collector.
-#[derive(Debug, Default)]
-pub struct OomState {
-    pub kills: Mutex<HashMap<KillKey, u64>>,
-    /// Events that could not be queued because the stream channel was full or closed.
-    pub channel_dropped: AtomicU64,
-    /// Records decoded (for tests and the self-metrics).
-    pub records: AtomicU64,
-}
-
-impl OomState {
-    /// Exports `nodewatch_oom_kills_total` from the kills counted so far.
-    pub(crate) fn export_kills(&self, sink: &mut crate::collector::Sink) {
-        let Ok(kills) = self.kills.lock() else {
-            return;
-        };
-        let mut rows: Vec<_> = kills.iter().collect();
-        rows.sort();
-        for (k, n) in rows {
-            sink.counter(
-                "nodewatch_oom_kills_total",
-                "Processes killed by the OOM killer (tracepoint oom/mark_victim, or the kernel log without BPF), any process of a container, not only its main one.",
-                &[
-                    ("namespace", &k.namespace),
-                    ("pod", &k.pod),
-                    ("container", &k.container),
-                    ("comm", &k.comm),
-                ],
-                *n as f64,
-            );
-        }
-    }
-
-    pub(crate) fn count(&self, kill: &OomKill) {
-        // Without the kubelet's pod list the names are unknown: the pod label
-        // carries the pod UID and the container label the container id, as
-        // the cgroup path gives them.
-        let mut key = KillKey {
-            namespace: kill.namespace.clone(),
-            pod: if kill.pod.is_empty() {
-                kill.pod_uid.clone()
-            } else {
-                kill.pod.clone()
-            },
-            container: if kill.container.is_empty() {
-                kill.container_id.clone()
-            } else {
-                kill.container.clone()
-            },
-            comm: kill.comm.clone(),
-        };
-        let Ok(mut kills) = self.kills.lock() else {
-            return;
-        };
-        if !kills.contains_key(&key) && kills.len() >= MAX_KILL_SERIES {
-            key = KillKey {
-                namespace: String::new(),
-                pod: String::new(),
-                container: String::new(),
-                comm: String::new(),
-            };
-        }
-        *kills.entry(key).or_insert(0) += 1;
-    }
-}
-
-/// How long the reader waits in `poll` before checking whether to stop: the
-/// bound on how long dropping [`super::Ebpf`] takes.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Owns the thread that drains the ring buffer.
-pub struct Reader {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reader {
-    /// Starts the reader thread. A plain thread (not a tokio task) so the
-    /// event is handled within microseconds of the kernel's wake-up whatever
-    /// the runtime is doing, and so `start` works outside a runtime.
-    pub fn spawn(
-        ring: RingBuf<MapData>,
-        victims: Option<VictimsMap>,
-        pods: SharedPods,
-        paths: Paths,
-        events: EventSender,
-        state: Arc<OomState>,
-    ) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("nodewatch-ebpf-oom".into())
-            .spawn(move || run(ring, victims, &pods, &paths, &events, &state, &stop2))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// How long to wait for the `tp_btf` program's entry if the ring record
-/// arrives first. It is attached first, so it normally runs first; both run
-/// in the same `trace_mark_victim()` call, so a lag is a preemption between
-/// the two, rarely longer than a scheduler tick.
-const VICTIM_GRACE: Duration = Duration::from_millis(10);
-
-fn take_victim(victims: &mut Option<VictimsMap>, pid: u32) -> Option<OomVictim> {
-    let map = victims.as_mut()?;
-    let mut raw = map.get(&pid, 0).ok();
-    if raw.is_none() {
-        std::thread::sleep(VICTIM_GRACE);
-        raw = map.get(&pid, 0).ok();
-    }
-    let _ = map.remove(&pid);
-    OomVictim::parse(&raw?)
-}
-
-fn run(
-    mut ring: RingBuf<MapData>,
-    mut victims: Option<VictimsMap>,
-    pods: &SharedPods,
-    paths: &Paths,
-    events: &EventSender,
-    state: &OomState,
-    stop: &AtomicBool,
-) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-
-    let timeout = PollTimeout::try_from(POLL_INTERVAL).unwrap_or(PollTimeout::NONE);
-    // Without the tp_btf program, the per-memcg OOM kill counters are the
-    // fallback that still names the group on cgroup v1 hosts.
-    let mut counters = victims
-        .is_none()
-        .then(|| cgroup::OomCounters::snapshot(paths));
-    while !stop.load(Ordering::Relaxed) {
-        {
-            let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "OOM ring buffer poll failed; OOM events stop.");
-                    return;
-                }
-            }
-        }
-        // Copy records out first: attribution reads /proc and must not hold
-        // the ring's slot (the kernel could not reuse it meanwhile).
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if let Some(ev) = OomEvent::parse(&item) {
-                batch.push(ev);
-            }
-        }
-        for ev in batch {
-            state.records.fetch_add(1, Ordering::Relaxed);
-            let victim = take_victim(&mut victims, ev.pid);
-            let mut kill = attribute(paths, &ev, victim.as_ref(), counters.as_mut());
-            name_pod(pods, &mut kill);
-            state.count(&kill);
-            tracing::info!(
-                pid = kill.pid,
-                comm = %kill.comm,
-                cgroup = %kill.cgroup,
-                source = %kill.source,
-                "OOM kill."
-            );
-            let event = Event {
-                t_ms: kill_time_ms(ev.ktime_ns),
-                kind: Some(event::Kind::OomKill(kill)),
-                // Filled in by the aggregator from the stream's identity.
-                node: String::new(),
-            };
-            if events.try_send(event).is_err() {
-                state.channel_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
-mod tests {
-    use super::*;
-
-    fn record() -> Vec<u8> {
-        let mut b = Vec::new();
-        for v in [1u64, 100, 200, 300, 42] {
-            b.extend_from_slice(&v.to_ne_bytes());
-        }
-        for v in [
-            1234u32,
-            1000,
-            1234,
-            HAVE_RSS | HAVE_UID | HAVE_COMM | HAVE_SCORE_ADJ,
-        ] {
-            b.extend_from_slice(&v.to_ne_bytes());
-        }
-        let mut comm = [0u8; 16];
-        comm[..7].copy_from_slice(b"python3");
-        b.extend_from_slice(&comm);
-        b.extend_from_slice(&comm);
-        b.extend_from_slice(&(-999i32).to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b
-    }
-
-    #[test]
-    fn parse_record() {
-        let b = record();
-        assert_eq!(b.len(), OOM_EVENT_SIZE);
-        let ev = OomEvent::parse(&b).unwrap();
-        assert_eq!(ev.pid, 1234);
-        assert_eq!(ev.anon_rss_kb, 100);
-        assert_eq!(ev.killer_cgroup_id, 42);
-        assert_eq!(comm_str(&ev.comm), "python3");
-        assert_eq!(ev.oom_score_adj, -999);
-        assert_eq!(OomEvent::parse(&b[..95]), None);
-    }
-
-    #[test]
-    fn attribute_gone_process_keeps_record_fields() {
-        let tmp = std::env::temp_dir().join(format!("nw-oom-{}", std::process::id()));
-        let paths = Paths {
-            procfs: tmp.join("proc"),
-            sysfs: tmp.join("sys"),
-            rootfs: tmp.clone(),
-        };
-        let ev = OomEvent::parse(&record()).unwrap();
-        let kill = attribute(&paths, &ev, None, None);
-        assert_eq!(kill.pid, 1234);
-        assert_eq!(kill.tgid, 1234);
-        assert_eq!(kill.comm, "python3");
-        assert_eq!(kill.rss_anon_bytes, 100 * 1024);
-        assert_eq!(kill.source, "ebpf");
-        assert_eq!(kill.cgroup, "");
-    }
-
-    #[test]
-    fn pod_names_from_cache() {
-        let pods: SharedPods = std::sync::Arc::default();
-        super::super::pods::PodCache::replace_from_json(
-            &pods,
-            r#"{"items":[{"metadata":{"name":"web","namespace":"shop","uid":"74c13223-5a00-11e9-b385-42010a80018d"},
-               "status":{"containerStatuses":[{"name":"app","containerID":"containerd://34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376"}]}}]}"#,
-        )
-        .unwrap();
-        let mut kill = OomKill {
-            pod_uid: "74c13223-5a00-11e9-b385-42010a80018d".into(),
-            container_id: "34dc0b5e626f2c5c4c5170e34b10e7654ce36f0fcd532739f4445baabea03376".into(),
-            ..OomKill::default()
-        };
-        name_pod(&pods, &mut kill);
-        assert_eq!(
-            (
-                kill.namespace.as_str(),
-                kill.pod.as_str(),
-                kill.container.as_str()
+/// OOM kills are the reason the eBPF module exists, so the record program is
+/// required (classic or its `tp_btf` twin).
+pub(super) static OBJECT: ObjectSpec = ObjectSpec {
+    // The record program reads the victim's comm with bpf_probe_read_kernel
+    // unless told not to.
+    read_kernel_switch: true,
+    // Attach order is call order at the tracepoint (probes of equal
+    // priority run in registration order, kernel/tracepoint.c): the
+    // victim map entry is written before the ring record wakes the reader.
+    ..object(
+        "oom",
+        &BYTES.0,
+        &[
+            btf(VICTIM_MEMCG, "oom", "mark_victim"),
+            tp("oom_mark_victim", "oom", "mark_victim", true),
+            btf_twin(
+                "oom_mark_victim_btf",
+                "oom",
+                "mark_victim",
+                "oom_mark_victim",
             ),
-            ("shop", "web", "app")
-        );
-        // Unknown pod: the path's identity stays, names stay empty.
-        let mut other = OomKill {
-            pod_uid: "0d08203e-255a-11e9-8cd9-0007cb0b2cc8".into(),
-            ..OomKill::default()
+        ],
+    )
+};
+
+/// The ring buffer's reader and the kernel's count of records it lost.
+pub struct Oom {
+    _reader: Reader,
+    lost: Option<Array<MapData, u64>>,
+}
+
+impl Oom {
+    /// Takes the ring buffer (and the victims map, when its program
+    /// attached) and starts the reader with `spawn`.
+    pub(super) fn take(
+        bpf: &mut aya::Ebpf,
+        attached: Attached<'_>,
+        spawn: impl FnOnce(RingBuf<MapData>, Option<VictimsMap>) -> std::io::Result<Reader>,
+    ) -> Result<Self, Unavailable> {
+        let lost = take_map(bpf, "oom_events_lost");
+        let ring = bpf
+            .take_map("oom_events")
+            .ok_or_else(|| Unavailable("eBPF off: oom.bpf.o has no oom_events map".into()))
+            .and_then(|m| {
+                RingBuf::try_from(m).map_err(|e| Unavailable(format!("eBPF off: oom_events: {e}")))
+            })?;
+        let victims = if attached.has(VICTIM_MEMCG) {
+            take_map(bpf, VICTIMS_MAP)
+        } else {
+            None
         };
-        name_pod(&pods, &mut other);
-        assert_eq!(other.pod, "");
-        let state = OomState::default();
-        state.count(&kill);
-        state.count(&other);
-        let kills = state.kills.lock().unwrap();
-        assert!(kills.keys().any(|k| k.pod == "web" && k.container == "app"));
-        assert!(kills
-            .keys()
-            .any(|k| k.pod == "0d08203e-255a-11e9-8cd9-0007cb0b2cc8"));
+        let reader = spawn(ring, victims)
+            .map_err(|e| Unavailable(format!("eBPF off: OOM reader thread: {e}")))?;
+        Ok(Self {
+            _reader: reader,
+            lost,
+        })
     }
+}
 
-    #[test]
-    fn kill_time_is_in_the_past() {
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-        let mono_ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
-        let now = now_ms();
-        let t = kill_time_ms(mono_ns - 250_000_000);
-        assert!((now - 300..=now - 200).contains(&t), "{t} vs {now}");
-        assert!(kill_time_ms(0) >= now);
-        assert!(kill_time_ms(u64::MAX) >= now);
-    }
-
-    #[test]
-    fn kill_series_are_bounded() {
-        let state = OomState::default();
-        for i in 0..(MAX_KILL_SERIES + 10) {
-            state.count(&OomKill {
-                comm: format!("c{i}"),
-                ..OomKill::default()
-            });
-        }
-        let kills = state.kills.lock().unwrap();
-        assert_eq!(kills.len(), MAX_KILL_SERIES + 1);
-        assert_eq!(kills.values().sum::<u64>(), (MAX_KILL_SERIES + 10) as u64);
-    }
-
-    #[test]
-    fn fuzz_parse_no_panic() {
-        let base = record();
-        for len in 0..=base.len() + 4 {
-            let mut b = base.clone();
-            b.resize(len, 0xff);
-            let _ = OomEvent::parse(&b).map(|e| comm_str(&e.comm));
-        }
+/// Exports the events lost on the way: in the kernel's ring buffer (full),
+/// and into the stream's channel (`channel_dropped`).
+pub(super) fn export_lost(oom: Option<&Oom>, channel_dropped: u64, sink: &mut Sink) {
+    let ring_lost = oom
+        .and_then(|o| o.lost.as_ref())
+        .and_then(|m| m.get(&0, 0).ok())
+        .unwrap_or(0);
+    let help =
+        "OOM events lost: ring buffer full in the kernel, or the event channel to the stream full.";
+    for (stage, n) in [("ringbuf", ring_lost), ("channel", channel_dropped)] {
+        sink.counter(
+            "nodewatch_agent_ebpf_events_lost_total",
+            help,
+            &[("stage", stage)],
+            n as f64,
+        );
     }
 }

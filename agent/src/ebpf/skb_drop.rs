@@ -10,7 +10,20 @@ use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
+use super::spec::{btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Sink};
+
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/skb_drop.bpf.o"));
+
+/// Packets freed with a drop reason (`skb/kfree_skb`), or its `tp_btf` twin.
+pub(super) static OBJECT: ObjectSpec = object(
+    "skb_drop",
+    &BYTES.0,
+    &[
+        tp("skb_kfree_skb", "skb", "kfree_skb", false),
+        btf_twin("skb_kfree_skb_btf", "skb", "kfree_skb", "skb_kfree_skb"),
+    ],
+);
 
 /// The per-CPU array of core reasons, indexed by the reason value.
 pub const CORE_MAP: &str = "skb_drop_core";
@@ -188,6 +201,28 @@ impl SkbDrop {
         Self { core, map, names }
     }
 
+    /// The maps of a loaded [`OBJECT`], when its program attached. `names`:
+    /// the kernel's drop reason names, read from its BTF before any object
+    /// loaded; without them reasons are exported as numbers.
+    pub(super) fn take(
+        bpf: &mut aya::Ebpf,
+        attached: Attached<'_>,
+        names: Result<ReasonNames, String>,
+    ) -> Option<Self> {
+        if !attached.any(&["skb_kfree_skb", "skb_kfree_skb_btf"]) {
+            return None;
+        }
+        let names = names.unwrap_or_else(|error| {
+            tracing::warn!(%error, "No drop reason names; reasons are exported as numbers.");
+            ReasonNames::new()
+        });
+        Some(Self::new(
+            take_map(bpf, CORE_MAP)?,
+            take_map(bpf, MAP)?,
+            names,
+        ))
+    }
+
     pub fn collect(&self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
         for reason in 0..CORE_SLOTS {
@@ -223,7 +258,6 @@ impl SkbDrop {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

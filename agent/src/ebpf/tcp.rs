@@ -5,7 +5,40 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 
+use super::spec::{btf_twin, object, take_map, tp, Aligned, Attached, ObjectSpec};
 use crate::collector::{CollectError, Sink};
+
+static BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!("../../../ebpf/tcp.bpf.o"));
+
+/// Retransmits, resets sent and resets received; each classic tracepoint
+/// has a `tp_btf` twin for kernels whose tracefs lists no events.
+pub(super) static OBJECT: ObjectSpec = object(
+    "tcp",
+    &BYTES.0,
+    &[
+        tp("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", false),
+        tp("tcp_send_reset", "tcp", "tcp_send_reset", false),
+        tp("tcp_receive_reset", "tcp", "tcp_receive_reset", false),
+        btf_twin(
+            "tcp_retransmit_skb_btf",
+            "tcp",
+            "tcp_retransmit_skb",
+            "tcp_retransmit_skb",
+        ),
+        btf_twin(
+            "tcp_send_reset_btf",
+            "tcp",
+            "tcp_send_reset",
+            "tcp_send_reset",
+        ),
+        btf_twin(
+            "tcp_receive_reset_btf",
+            "tcp",
+            "tcp_receive_reset",
+            "tcp_receive_reset",
+        ),
+    ],
+);
 
 /// Indexes in `tcp_counters` (`NW_TCP_*` in `ebpf/nodewatch.h`).
 const RETRANSMIT: u32 = 0;
@@ -66,6 +99,22 @@ impl Tcp {
             peers,
             resets,
         }
+    }
+
+    /// The maps of a loaded [`OBJECT`], when its retransmit program attached.
+    pub(super) fn take(bpf: &mut aya::Ebpf, attached: Attached<'_>) -> Option<Self> {
+        if !attached.any(&["tcp_retransmit_skb", "tcp_retransmit_skb_btf"]) {
+            return None;
+        }
+        let counters = take_map(bpf, MAP)?;
+        let resets = attached.any(&[
+            "tcp_send_reset",
+            "tcp_receive_reset",
+            "tcp_send_reset_btf",
+            "tcp_receive_reset_btf",
+        ]);
+        let peers = take_map(bpf, PEERS_MAP);
+        Some(Self::new(counters, peers, resets))
     }
 
     /// The busiest peers, by retransmits plus resets, at most [`MAX_PEER_SERIES`].
@@ -146,7 +195,6 @@ impl Tcp {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -18,7 +18,6 @@
 //! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
 //! - [`filesystem`]: `getfsstat(2)`, `statfs(2)` → `node_filesystem_*`.
 //! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
-//! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
 //! [`CommandRunner`](crate::collectors::zpool::CommandRunner), with its timeout.
@@ -37,7 +36,6 @@ pub mod filesystem;
 pub mod loadavg;
 pub mod mem;
 pub mod netif;
-pub mod oomlog;
 pub mod pf;
 pub mod sysctl;
 
@@ -60,7 +58,7 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
         pf::SPEC,
         carp::SPEC,
         dpinger::SPEC,
-        oomlog::SPEC,
+        crate::oom::freebsd::SPEC,
     ]
 }
 

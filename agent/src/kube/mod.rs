@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::collector::{now_ms, CollectError, Collector, Sink};
 use crate::config::Kubernetes;
-use crate::ebpf::pods::{PodCache, SharedPods};
+use crate::containers::pods::{PodCache, SharedPods};
 use client::Endpoint;
 use resources::{NodeResources, PodSummary};
 
@@ -357,7 +357,6 @@ fn write_state(s: &State, sink: &mut Sink) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

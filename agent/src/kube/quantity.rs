@@ -105,7 +105,7 @@ pub fn from_json(v: &serde_json::Value) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::float_cmp)] // tests: exact decimal values are the point
+#[allow(clippy::float_cmp)] // tests: exact decimal values are the point
 mod tests {
     use super::*;
 

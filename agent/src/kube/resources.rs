@@ -24,9 +24,6 @@ use serde_json::Value;
 use super::image::{self, Reason};
 use super::quantity;
 
-/// Most pods read from one list: the kubelet's default `maxPods` is 110 and
-/// large nodes run a few hundred; past this the list is malformed.
-pub const MAX_PODS: usize = 2048;
 /// Most containers read per pod (app, init and ephemeral together).
 const MAX_CONTAINERS: usize = 256;
 
@@ -156,12 +153,8 @@ const PULL_FAILURES: &[&str] = &["ErrImagePull", "ImagePullBackOff"];
 impl PodSummary {
     /// Summarises a parsed `PodList`; `Err` only when it is not one.
     pub fn from_value(list: &Value) -> Result<Self, String> {
-        let items = list
-            .get("items")
-            .and_then(Value::as_array)
-            .ok_or("pod list: no items array")?;
         let mut s = Self::default();
-        for pod in items.iter().take(MAX_PODS) {
+        for pod in crate::containers::pods::items(list)? {
             let status = pod.get("status");
             let phase = status
                 .and_then(|st| st.get("phase"))
@@ -276,7 +269,7 @@ impl NodeResources {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::float_cmp)] // tests: exact sums of decimal inputs
+#[allow(clippy::float_cmp)] // tests: exact sums of decimal inputs
 mod tests {
     use super::*;
     use serde_json::json;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodewatch_agent::ebpf::pods::PodCache;
+use nodewatch_agent::containers::pods::PodCache;
 use nodewatch_agent::kube::resources::{NodeResources, PodSummary};
 
 fuzz_target!(|data: &[u8]| {

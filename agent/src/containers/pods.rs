@@ -40,7 +40,16 @@ pub type SharedPods = Arc<RwLock<PodCache>>;
 
 /// Most pods kept: the kubelet's default `maxPods` is 110 and large nodes
 /// run up to a few hundred; anything past this is a malformed feed.
-const MAX_PODS: usize = 2048;
+pub const MAX_PODS: usize = 2048;
+
+/// The pods of a `PodList`, at most [`MAX_PODS`]; `Err` when it is not one.
+pub fn items(list: &Value) -> Result<&[Value], String> {
+    let items = list
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or("pod list: no items array")?;
+    Ok(&items[..items.len().min(MAX_PODS)])
+}
 
 impl PodCache {
     /// Parses a `PodList` (the kubelet's `/pods` or the API server's pod
@@ -55,12 +64,8 @@ impl PodCache {
     /// Kubernetes reader parses each list once for this cache and the
     /// node's resource figures).
     pub fn from_value(v: &Value) -> Result<Self, String> {
-        let items = v
-            .get("items")
-            .and_then(Value::as_array)
-            .ok_or("pod list: no items array")?;
         let mut cache = Self::default();
-        for item in items.iter().take(MAX_PODS) {
+        for item in items(v)? {
             let meta = item.get("metadata");
             let field = |k: &str| {
                 meta.and_then(|m| m.get(k))
@@ -149,7 +154,6 @@ impl PodCache {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

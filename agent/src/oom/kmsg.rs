@@ -13,7 +13,7 @@
 //! in <memcg> killed as a result of limit of <memcg>` instead
 //! (`mem_cgroup_print_oom_info`, before 4.19). The `Killed process` line
 //! (`__oom_kill_process`) carries the sizes; it is parsed by
-//! [`crate::freebsd::oomlog::parse_linux_line`]. [`KmsgParser`] joins them
+//! [`parse_linux_line`]. [`KmsgParser`] joins them
 //! into one `OomKill` per victim with `source = "kmsg"`; pod UID and
 //! container id come from the cgroup path as for the eBPF events.
 //!
@@ -28,15 +28,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use nodewatch_proto::v1::{event, Event, OomKill};
+use nodewatch_proto::v1::OomKill;
 
-use super::cgroup::{self, Memcg};
-use super::oom::{kill_time_ms, name_pod, OomState};
-use super::pods::SharedPods;
+use super::{attribute_memcg, kill_time_ms, name_pod, wait_readable, OomState, ReaderThread};
 use crate::collector::{CollectError, Collector, EventSender, Paths, Sink, Unavailable};
-use crate::freebsd::oomlog::parse_linux_line;
+use crate::containers::cgroup::{self, Memcg};
+use crate::containers::pods::SharedPods;
 
 /// The kernel log device (`Documentation/ABI/testing/dev-kmsg`).
 pub const KMSG_PATH: &str = "/dev/kmsg";
@@ -48,10 +46,6 @@ const SOURCE: &str = "kmsg";
 /// at 1024 bytes (`PRINTK_MESSAGE_MAX`/`CONSOLE_EXT_LOG_MAX` is 8 KiB with
 /// its dictionary), so 8 KiB always holds one.
 const RECORD_BUF: usize = 8192;
-
-/// How long the reader waits in `poll` before checking whether to stop: the
-/// bound on how long dropping the collector takes.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Pids of recently reported victims, so a `Killed process` line that comes
 /// after its summary was already reported is not a second event.
@@ -120,6 +114,43 @@ pub fn parse_task_in(line: &str) -> Option<&str> {
     let rest = &line[start..];
     let end = rest.find(" killed as a result of limit of ")?;
     Some(&rest[..end])
+}
+
+/// A `12345kB` field of the Linux line, in bytes.
+fn kb_field(fields: &str, key: &str) -> Option<u64> {
+    let start = fields.find(key)? + key.len();
+    let digits: &str = fields[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?;
+    digits.parse::<u64>().ok()?.checked_mul(1024)
+}
+
+/// Parses Linux's `Killed process <pid> (<comm>) total-vm:…kB, anon-rss:…kB,
+/// file-rss:…kB, shmem-rss:…kB, UID:<uid> …` (the `shmem-rss` and `UID`
+/// fields exist from 4.x and 5.x on); `None` for any other line.
+#[must_use]
+pub fn parse_linux_line(line: &str) -> Option<OomKill> {
+    let start = line.find("Killed process ")? + "Killed process ".len();
+    let rest = &line[start..];
+    let (pid, rest) = rest.split_once(" (")?;
+    let pid: u32 = pid.parse().ok()?;
+    let (comm, fields) = rest.rsplit_once(") total-vm:")?;
+    let uid = fields
+        .find("UID:")
+        .and_then(|i| fields[i + 4..].split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0);
+    Some(OomKill {
+        pid,
+        tgid: pid,
+        comm: comm.to_string(),
+        uid,
+        rss_anon_bytes: kb_field(fields, "anon-rss:").unwrap_or(0),
+        rss_file_bytes: kb_field(fields, "file-rss:").unwrap_or(0),
+        rss_shmem_bytes: kb_field(fields, "shmem-rss:").unwrap_or(0),
+        source: SOURCE.to_string(),
+        ..OomKill::default()
+    })
 }
 
 /// Joins the lines of one OOM report into one kill per victim.
@@ -199,27 +230,27 @@ pub fn attribute(paths: &Paths, kill: &mut OomKill) {
     if kill.cgroup.is_empty() {
         return;
     }
-    let id = cgroup::identify(&kill.cgroup);
-    kill.pod_uid = id.pod_uid.unwrap_or_default();
-    kill.container_id = id.container_id.unwrap_or_default();
-    kill.container_runtime = id.runtime.unwrap_or_default().to_string();
     let (_, version) = cgroup::memory_hierarchy(paths);
-    let (limit, usage) = cgroup::memcg_stats(
-        paths,
-        &Memcg {
-            path: kill.cgroup.clone(),
-            version,
-        },
-    );
-    kill.memcg_limit_bytes = limit;
-    kill.memcg_usage_bytes = usage;
+    let memcg = Memcg {
+        path: kill.cgroup.clone(),
+        version,
+    };
+    attribute_memcg(paths, &memcg, kill);
 }
 
 /// OOM kills from `/dev/kmsg`: a reader thread sends each as an event and
 /// counts it; the collector exports `nodewatch_oom_kills_total`.
 pub struct KmsgOom {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: ReaderThread,
+    state: Arc<OomState>,
+    lost: Arc<AtomicU64>,
+}
+
+/// What the reader thread works with.
+struct Context {
+    paths: Paths,
+    pods: SharedPods,
+    events: EventSender,
     state: Arc<OomState>,
     lost: Arc<AtomicU64>,
 }
@@ -255,67 +286,37 @@ impl KmsgOom {
         if let Err(error) = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)) {
             tracing::debug!(%error, path = %device.display(), "Could not skip the kernel log's history.");
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(OomState::default());
-        let lost = Arc::new(AtomicU64::new(0));
-        let (stop2, state2, lost2) = (stop.clone(), state.clone(), lost.clone());
-        let paths = paths.clone();
+        let cx = Context {
+            paths: paths.clone(),
+            pods,
+            events,
+            state: Arc::new(OomState::default()),
+            lost: Arc::new(AtomicU64::new(0)),
+        };
+        let (state, lost) = (cx.state.clone(), cx.lost.clone());
         let path: PathBuf = device.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("nodewatch-kmsg-oom".into())
-            .spawn(move || {
-                run(file, &path, &paths, &pods, &events, &state2, &lost2, &stop2);
-            })
-            .map_err(|e| Unavailable(format!("kernel log reader thread: {e}")))?;
+        let thread = ReaderThread::spawn("nodewatch-kmsg-oom", move |stop| {
+            run(file, &path, &cx, stop);
+        })
+        .map_err(|e| Unavailable(format!("kernel log reader thread: {e}")))?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _thread: thread,
             state,
             lost,
         })
     }
 }
 
-impl Drop for KmsgOom {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // one thread's whole context, passed once
-fn run(
-    mut file: std::fs::File,
-    path: &Path,
-    paths: &Paths,
-    pods: &SharedPods,
-    events: &EventSender,
-    state: &OomState,
-    lost: &AtomicU64,
-    stop: &AtomicBool,
-) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
-    let timeout = PollTimeout::try_from(POLL_INTERVAL).unwrap_or(PollTimeout::NONE);
+fn run(mut file: std::fs::File, path: &Path, cx: &Context, stop: &AtomicBool) {
     let mut parser = KmsgParser::new();
     let mut buf = vec![0u8; RECORD_BUF];
     let mut last_usec = 0;
     let send = |mut kill: OomKill, usec: u64| {
-        attribute(paths, &mut kill);
-        name_pod(pods, &mut kill);
-        state.count(&kill);
-        state.records.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(pid = kill.pid, comm = %kill.comm, cgroup = %kill.cgroup, source = SOURCE, "OOM kill.");
-        let event = Event {
-            t_ms: kill_time_ms(usec.saturating_mul(1000)),
-            kind: Some(event::Kind::OomKill(kill)),
-            node: String::new(),
-        };
-        if events.try_send(event).is_err() {
-            state.channel_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        attribute(&cx.paths, &mut kill);
+        name_pod(&cx.pods, &mut kill);
+        cx.state.records.fetch_add(1, Ordering::Relaxed);
+        cx.state
+            .report(kill, kill_time_ms(usec.saturating_mul(1000)), &cx.events);
     };
     while !stop.load(Ordering::Relaxed) {
         match file.read(&mut buf) {
@@ -332,7 +333,7 @@ fn run(
             }
             // Records were overwritten before we read them (a log flood).
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
-                lost.fetch_add(1, Ordering::Relaxed);
+                cx.lost.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -347,13 +348,9 @@ fn run(
         if let Some(kill) = parser.flush() {
             send(kill, last_usec);
         }
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "Kernel log poll failed; OOM events from it stop.");
-                return;
-            }
+        if let Err(error) = wait_readable(file.as_fd()) {
+            tracing::warn!(%error, path = %path.display(), "Kernel log poll failed; OOM events from it stop.");
+            return;
         }
     }
 }
@@ -376,10 +373,9 @@ impl Collector for KmsgOom {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::fixture_text;
+    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
 
     /// Every line of a fixture through the parser, then flushed.
     fn kills_of(rel: &str) -> Vec<OomKill> {
@@ -519,6 +515,41 @@ mod tests {
     }
 
     #[test]
+    fn linux_lines_from_cadvisor_fixtures() {
+        let mut kills = Vec::new();
+        for f in [
+            "oom/cadvisor-global-oom-kernel3.13-badsysprogram.log",
+            "oom/cadvisor-v1-memcg-oom-kernel3.13-mem2.log",
+            "oom/cadvisor-v1-docker-memcg-oom-kernel4.8-part1.log",
+            "oom/cadvisor-v1-docker-memcg-oom-kernel4.8-part2.log",
+            "oom/cadvisor-single-lines.log",
+        ] {
+            kills.extend(fixture_text(f).lines().filter_map(parse_linux_line));
+        }
+        let got: Vec<(u32, &str)> = kills.iter().map(|k| (k.pid, k.comm.as_str())).collect();
+        assert!(got.contains(&(1532, "badsysprogram")), "{got:?}");
+        assert!(got.contains(&(13536, "memorymonster")), "{got:?}");
+        assert!(got.contains(&(1381, "gunpowder-memho")), "{got:?}");
+        let k = kills.iter().find(|k| k.pid == 1532).unwrap();
+        assert_eq!(
+            (k.rss_anon_bytes, k.rss_file_bytes),
+            (1_595_164 * 1024, 76 * 1024)
+        );
+        let k = kills.iter().find(|k| k.pid == 1381).unwrap();
+        assert_eq!((k.rss_anon_bytes, k.rss_shmem_bytes), (18_624 * 1024, 0));
+        // `Out of memory: Kill process …` and task dumps are not the kill line.
+        assert!(parse_linux_line(
+            "Out of memory: Kill process 1532 (badsysprogram) score 919 or sacrifice child"
+        )
+        .is_none());
+        let k = parse_linux_line("[  42.1] Out of memory: Killed process 9 (a b) total-vm:10kB, anon-rss:4kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:40kB oom_score_adj:0").unwrap();
+        assert_eq!(
+            (k.pid, k.comm.as_str(), k.uid, k.rss_anon_bytes),
+            (9, "a b", 1000, 4096)
+        );
+    }
+
+    #[test]
     fn fuzz_no_panic() {
         let seeds = [
             fixture_text("oom/paasta-k8s-cgroupfs-burstable-oom-kill-constraint.log"),
@@ -535,6 +566,18 @@ mod tests {
                 let s = String::from_utf8_lossy(&b[i..]);
                 let _ = p.feed(&s);
             }
+        }
+        // The cadvisor captures, mutated, line by line and whole.
+        let seeds = [
+            fixture_text("oom/cadvisor-v1-docker-memcg-oom-kernel4.8-part2.log"),
+            fixture_text("oom/cadvisor-single-lines.log"),
+        ];
+        let mut p = KmsgParser::new();
+        for input in fuzz_inputs(&seeds, 0x0077) {
+            for line in input.lines() {
+                let _ = p.feed(line);
+            }
+            let _ = parse_linux_line(&input);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! OOM kills from the kernel log.
+//! OOM kills from FreeBSD's kernel log.
 //!
 //! FreeBSD's page daemon logs every process it kills for lack of memory
 //! (`sys/vm/vm_pageout.c`, `vm_pageout_oom`):
@@ -13,10 +13,6 @@
 //! writes it as `<date> <host> kernel: pid …`. Each such line becomes one
 //! `OomKill` event with `source = "kmsg"` and `constraint = "global"` (the
 //! FreeBSD page daemon has no per-cgroup OOM).
-//!
-//! [`parse_linux_line`] reads Linux's `Killed process …` summary line
-//! (`mm/oom_kill.c`, `__oom_kill_process`) the same way, for hosts where the
-//! kernel log is the only source.
 //!
 //! [`KernelLogCollector`] follows a log file incrementally: it starts at the
 //! end (kills from before the agent started were reported by the previous
@@ -70,43 +66,6 @@ pub fn parse_freebsd_line(line: &str) -> Option<OomKill> {
         reason: reason.trim().to_string(),
         source: SOURCE.to_string(),
         constraint: "global".to_string(),
-        ..OomKill::default()
-    })
-}
-
-/// A `12345kB` field of the Linux line, in bytes.
-fn kb_field(fields: &str, key: &str) -> Option<u64> {
-    let start = fields.find(key)? + key.len();
-    let digits: &str = fields[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?;
-    digits.parse::<u64>().ok()?.checked_mul(1024)
-}
-
-/// Parses Linux's `Killed process <pid> (<comm>) total-vm:…kB, anon-rss:…kB,
-/// file-rss:…kB, shmem-rss:…kB, UID:<uid> …` (the `shmem-rss` and `UID`
-/// fields exist from 4.x and 5.x on); `None` for any other line.
-#[must_use]
-pub fn parse_linux_line(line: &str) -> Option<OomKill> {
-    let start = line.find("Killed process ")? + "Killed process ".len();
-    let rest = &line[start..];
-    let (pid, rest) = rest.split_once(" (")?;
-    let pid: u32 = pid.parse().ok()?;
-    let (comm, fields) = rest.rsplit_once(") total-vm:")?;
-    let uid = fields
-        .find("UID:")
-        .and_then(|i| fields[i + 4..].split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(0);
-    Some(OomKill {
-        pid,
-        tgid: pid,
-        comm: comm.to_string(),
-        uid,
-        rss_anon_bytes: kb_field(fields, "anon-rss:").unwrap_or(0),
-        rss_file_bytes: kb_field(fields, "file-rss:").unwrap_or(0),
-        rss_shmem_bytes: kb_field(fields, "shmem-rss:").unwrap_or(0),
-        source: SOURCE.to_string(),
         ..OomKill::default()
     })
 }
@@ -205,10 +164,6 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 };
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use std::io::Write;
 
@@ -249,41 +204,6 @@ Nov 25 10:01:07 fw kernel: pid 5 (x), jid zero, uid 0, was killed: out of swap s
             "a thread waited too long to allocate a page"
         );
         assert_eq!((kills[3].comm.as_str(), kills[3].uid), ("odd), name", 1001));
-    }
-
-    #[test]
-    fn linux_lines_from_cadvisor_fixtures() {
-        let mut kills = Vec::new();
-        for f in [
-            "oom/cadvisor-global-oom-kernel3.13-badsysprogram.log",
-            "oom/cadvisor-v1-memcg-oom-kernel3.13-mem2.log",
-            "oom/cadvisor-v1-docker-memcg-oom-kernel4.8-part1.log",
-            "oom/cadvisor-v1-docker-memcg-oom-kernel4.8-part2.log",
-            "oom/cadvisor-single-lines.log",
-        ] {
-            kills.extend(fixture_text(f).lines().filter_map(parse_linux_line));
-        }
-        let got: Vec<(u32, &str)> = kills.iter().map(|k| (k.pid, k.comm.as_str())).collect();
-        assert!(got.contains(&(1532, "badsysprogram")), "{got:?}");
-        assert!(got.contains(&(13536, "memorymonster")), "{got:?}");
-        assert!(got.contains(&(1381, "gunpowder-memho")), "{got:?}");
-        let k = kills.iter().find(|k| k.pid == 1532).unwrap();
-        assert_eq!(
-            (k.rss_anon_bytes, k.rss_file_bytes),
-            (1_595_164 * 1024, 76 * 1024)
-        );
-        let k = kills.iter().find(|k| k.pid == 1381).unwrap();
-        assert_eq!((k.rss_anon_bytes, k.rss_shmem_bytes), (18_624 * 1024, 0));
-        // `Out of memory: Kill process …` and task dumps are not the kill line.
-        assert!(parse_linux_line(
-            "Out of memory: Kill process 1532 (badsysprogram) score 919 or sacrifice child"
-        )
-        .is_none());
-        let k = parse_linux_line("[  42.1] Out of memory: Killed process 9 (a b) total-vm:10kB, anon-rss:4kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:40kB oom_score_adj:0").unwrap();
-        assert_eq!(
-            (k.pid, k.comm.as_str(), k.uid, k.rss_anon_bytes),
-            (9, "a b", 1000, 4096)
-        );
     }
 
     fn kills(sink: &Sink) -> Vec<u32> {
@@ -359,10 +279,8 @@ Nov 25 10:01:07 fw kernel: pid 5 (x), jid zero, uid 0, was killed: out of swap s
         for input in fuzz_inputs(&seeds, 0x0077) {
             for line in input.lines() {
                 let _ = parse_freebsd_line(line);
-                let _ = parse_linux_line(line);
             }
             let _ = parse_freebsd_line(&input);
-            let _ = parse_linux_line(&input);
         }
     }
 }

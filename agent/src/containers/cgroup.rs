@@ -12,6 +12,7 @@
 //! - containerd's systemd "colon" notation: `.../kubepods-…-pod<uid>.slice:cri-containerd:<id>`
 //! - plain Docker: `/docker/<id>`, `/system.slice/docker-<id>.scope`
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::collector::Paths;
@@ -259,19 +260,33 @@ pub fn memcg_of_id(paths: &Paths, id: u64) -> Option<Memcg> {
 #[must_use]
 pub fn path_of_cgroup_id(root: &Path, id: u64) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![root.to_path_buf()];
     let mut seen = 0usize;
-    while let Some(dir) = stack.pop() {
+    walk_cgroups(root, |dir| {
         seen += 1;
         if seen > MAX_CGROUP_WALK {
-            return None;
+            return ControlFlow::Break(None);
         }
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            continue;
-        };
-        if meta.ino() == id {
-            let rel = dir.strip_prefix(root).ok()?;
-            return Some(format!("/{}", rel.display()));
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.ino() == id => ControlFlow::Break(relative(root, dir)),
+            _ => ControlFlow::Continue(()),
+        }
+    })
+    .flatten()
+}
+
+/// `dir` as a cgroup path: relative to the hierarchy `root`, with a leading `/`.
+fn relative(root: &Path, dir: &Path) -> Option<String> {
+    let rel = dir.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
+/// Visits `root` and every directory below it, depth first, until `visit`
+/// breaks; its break value, or `None` when it never did.
+fn walk_cgroups<B>(root: &Path, mut visit: impl FnMut(&Path) -> ControlFlow<B>) -> Option<B> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let ControlFlow::Break(b) = visit(&dir) {
+            return Some(b);
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -372,28 +387,20 @@ fn pick_increased(
 
 fn scan_oom_kills(root: &Path, version: CgroupVersion) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    walk_cgroups(root, |dir| {
         if out.len() >= MAX_CGROUP_WALK {
-            break;
+            return ControlFlow::Break(());
         }
-        if let (Some(n), Ok(rel)) = (read_oom_kill(&dir, version), dir.strip_prefix(root)) {
-            out.insert(format!("/{}", rel.display()), n);
+        if let (Some(n), Some(path)) = (read_oom_kill(dir, version), relative(root, dir)) {
+            out.insert(path, n);
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            }
-        }
-    }
+        ControlFlow::Continue(())
+    });
     out
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::many_single_char_names)] // tests: a panic is the failure report
+#[allow(clippy::many_single_char_names)] // tests: short names for table rows
 mod tests {
     use super::*;
 
