@@ -28,3 +28,4 @@ pub mod kube;
 pub mod runtime;
 pub mod spool;
 pub mod stream;
+pub mod sys;

@@ -54,7 +54,6 @@ pub mod edac;
 pub mod entropy;
 #[cfg(target_os = "linux")]
 pub mod filefd;
-#[cfg(target_os = "linux")]
 pub mod filesystem;
 #[cfg(target_os = "linux")]
 pub mod hwmon;
@@ -94,7 +93,6 @@ pub mod sockstat;
 pub mod softnet;
 #[cfg(target_os = "linux")]
 pub mod stat;
-pub mod statfs_pool;
 pub mod testseq;
 #[cfg(target_os = "linux")]
 pub mod textfile;

@@ -16,7 +16,8 @@
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
 //! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
-//! - [`filesystem`]: `getfsstat(2)`, `statfs(2)` → `node_filesystem_*`.
+//! - `node_filesystem_*` (`getfsstat(2)`, `statfs(2)`) is in
+//!   [`collectors::filesystem::freebsd`](crate::collectors::filesystem::freebsd).
 //! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
@@ -33,7 +34,6 @@ pub mod carp;
 pub mod cpu;
 pub mod devstat;
 pub mod dpinger;
-pub mod filesystem;
 pub mod loadavg;
 pub mod mem;
 pub mod netif;
@@ -53,7 +53,7 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
         cpu::SPEC,
         mem::SPEC,
         loadavg::SPEC,
-        filesystem::SPEC,
+        crate::collectors::filesystem::freebsd::SPEC,
         devstat::SPEC,
         netif::SPEC,
         arc::SPEC,

@@ -5,19 +5,7 @@
 
 use crate::collector::Sink;
 
-/// Counters of one interface (a safe copy of the kernel's `struct if_data` fields we use).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IfCounters {
-    pub name: String,
-    pub ibytes: u64,
-    pub obytes: u64,
-    pub ipackets: u64,
-    pub opackets: u64,
-    pub ierrors: u64,
-    pub oerrors: u64,
-    pub iqdrops: u64,
-    pub oqdrops: u64,
-}
+pub use crate::freebsd::sysctl::IfCounters;
 
 /// Writes the node_exporter families for each interface.
 pub fn write(sink: &mut Sink, interfaces: &[IfCounters]) {

@@ -1,4 +1,5 @@
-//! Mounted file systems on FreeBSD, as node_exporter's
+//! Mounted file systems on FreeBSD, filling [`MountStats`] for the writer in
+//! [`super`], as node_exporter's
 //! `collector/filesystem_freebsd.go`: `node_filesystem_{size,free,avail}_bytes`,
 //! `node_filesystem_files`, `node_filesystem_files_free`,
 //! `node_filesystem_readonly`, `node_filesystem_device_error` (always 0, as
@@ -20,13 +21,13 @@
 //! mounts keep the cached figures, so a dead NFS server never blocks a
 //! collection. A local file system can block too (a ZFS pool whose disks
 //! went away suspends its I/O), so the refreshes run through the same
-//! [`StatfsPool`](crate::collectors::statfs_pool::StatfsPool) as on Linux: a
+//! [`StatfsPool`](crate::sys::statfs_pool::StatfsPool) as on Linux: a
 //! mount that does not answer within 5 s is reported as
 //! `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
 //! without sizes, and not asked again until its call returns.
 
+use super::{write_mount, FsStat, MountStats, TIMEOUT_ERROR};
 use crate::collector::Sink;
-use crate::collectors::statfs_pool::TIMEOUT_ERROR;
 
 /// `sys/mount.h` flags (`f_flags`).
 pub const MNT_RDONLY: u64 = 0x0000_0001;
@@ -91,69 +92,28 @@ pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
         if excluded(m) || !seen.insert((&m.device, &m.mountpoint, &m.fstype)) {
             continue;
         }
-        let mut labels = vec![
-            ("device", m.device.as_str()),
-            ("fstype", m.fstype.as_str()),
-            ("mountpoint", m.mountpoint.as_str()),
-        ];
-        if m.timed_out {
-            labels.push(("device_error", TIMEOUT_ERROR));
-        }
-        let bsize = m.bsize as f64;
-        sink.gauge(
-            "node_filesystem_device_error",
-            "Whether an error occurred while getting statistics for the given device.",
-            &labels,
-            if m.timed_out { 1.0 } else { 0.0 },
-        );
-        sink.gauge(
-            "node_filesystem_readonly",
-            "Filesystem read-only status.",
-            &labels,
-            if m.flags & MNT_RDONLY != 0 { 1.0 } else { 0.0 },
-        );
-        sink.gauge(
-            "node_filesystem_mount_info",
-            "Filesystem mount information.",
-            &[
-                ("device", m.device.as_str()),
-                ("mountpoint", m.mountpoint.as_str()),
-            ],
-            1.0,
-        );
-        if m.timed_out {
-            continue;
-        }
-        sink.gauge(
-            "node_filesystem_size_bytes",
-            "Filesystem size in bytes.",
-            &labels,
-            m.blocks as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_free_bytes",
-            "Filesystem free space in bytes.",
-            &labels,
-            m.bfree as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_avail_bytes",
-            "Filesystem space available to non-root users in bytes.",
-            &labels,
-            m.bavail as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_files",
-            "Filesystem total file nodes.",
-            &labels,
-            m.files as f64,
-        );
-        sink.gauge(
-            "node_filesystem_files_free",
-            "Filesystem total free file nodes.",
-            &labels,
-            m.ffree as f64,
-        );
+        write_mount(sink, &stats(m));
+    }
+}
+
+/// One mount's figures (the sizes in units of `f_bsize`); a timed-out
+/// refresh writes no sizes, but still `mount_info`, as node_exporter does.
+fn stats(m: &MountEntry) -> MountStats<'_> {
+    let bsize = m.bsize as f64;
+    MountStats {
+        device: &m.device,
+        fstype: &m.fstype,
+        mountpoint: &m.mountpoint,
+        error: m.timed_out.then_some(TIMEOUT_ERROR),
+        read_only: m.flags & MNT_RDONLY != 0,
+        sizes: (!m.timed_out).then_some(FsStat {
+            size: m.blocks as f64 * bsize,
+            free: m.bfree as f64 * bsize,
+            avail: m.bavail as f64 * bsize,
+            files: m.files as f64,
+            files_free: m.ffree as f64,
+        }),
+        mount_info: Some(None),
     }
 }
 
@@ -165,8 +125,26 @@ mod imp {
     use std::path::{Path, PathBuf};
 
     use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-    use crate::collectors::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
     use crate::freebsd::sysctl;
+    use crate::sys::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
+
+    impl From<sysctl::Statfs> for super::MountEntry {
+        fn from(s: sysctl::Statfs) -> Self {
+            Self {
+                device: s.device,
+                fstype: s.fstype,
+                mountpoint: s.mountpoint,
+                flags: s.flags,
+                bsize: s.bsize,
+                blocks: s.blocks,
+                bfree: s.bfree,
+                bavail: s.bavail,
+                files: s.files,
+                ffree: s.ffree,
+                timed_out: false,
+            }
+        }
+    }
 
     // The flag values written out above (so the pure code builds everywhere)
     // are the target's.
@@ -221,8 +199,11 @@ mod imp {
         }
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let mut mounts =
-                sysctl::mounts().map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?;
+            let mut mounts: Vec<super::MountEntry> = sysctl::mounts()
+                .map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?
+                .into_iter()
+                .map(super::MountEntry::from)
+                .collect();
             let targets = super::refresh_targets(&mounts);
             let jobs: Vec<(String, PathBuf)> = targets
                 .iter()
