@@ -22,7 +22,7 @@
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
-//! [`CommandRunner`](crate::collectors::zpool::CommandRunner), with its timeout.
+//! [`CommandRunner`](crate::sys::command::CommandRunner), with its timeout.
 
 #![allow(
     clippy::doc_markdown,

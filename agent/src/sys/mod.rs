@@ -1,5 +1,9 @@
-//! System plumbing the collectors share: waiting on calls that may block.
+//! System plumbing the collectors share: calls that may block, run with a
+//! deadline.
 //!
+//! - [`command`]: external commands (`zpool`, `pfctl`, `ifconfig`) with a
+//!   timeout and an output cap, behind a runner tests replace.
 //! - [`statfs_pool`]: `statfs(2)` calls with a deadline, for the `filesystem` collectors.
 
+pub mod command;
 pub mod statfs_pool;
