@@ -95,10 +95,6 @@ impl Collector for MeminfoCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

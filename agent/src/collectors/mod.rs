@@ -297,11 +297,7 @@ pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly; success is exactly 0 or 1"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use crate::collector::{Paths, Running, Sink};
 

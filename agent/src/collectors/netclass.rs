@@ -222,11 +222,7 @@ fn write(sink: &mut Sink, device: &str, iface: &Iface) {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

@@ -467,10 +467,6 @@ impl Collector for NfsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

@@ -268,10 +268,6 @@ fn write(sink: &mut Sink, cpus: &BTreeMap<u32, CpuTimes>, stat: &Stat) {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

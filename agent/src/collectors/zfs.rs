@@ -368,10 +368,6 @@ impl ZfsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use super::*;
     use crate::freebsd::testutil::{expected_families, fixture, fuzz_inputs, samples_by_key};

@@ -181,10 +181,6 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 };
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixListener;

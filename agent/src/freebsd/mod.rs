@@ -42,7 +42,6 @@ pub mod pf;
 pub mod sysctl;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 pub(crate) mod testutil;
 
 /// The FreeBSD collectors, for the registry.

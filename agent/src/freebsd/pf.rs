@@ -211,10 +211,6 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 };
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use super::*;
     use crate::freebsd::testutil::{fixture_text, fuzz_inputs, value};

@@ -275,11 +275,7 @@ fn stats<'a>(mp: &'a str, m: &'a Mount, answer: &'a Answer<FsStat>) -> MountStat
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
     use crate::collectors::fuzz_util;

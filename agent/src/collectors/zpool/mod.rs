@@ -429,10 +429,6 @@ impl Collector for ZpoolCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
