@@ -243,6 +243,35 @@ impl Collector for Stateless {
     }
 }
 
+/// The [`CollectorSpec`] of a [`Stateless`] collector, enabled by default:
+/// `stateless_spec!("name", collect_fn)`.
+#[cfg_attr(
+    not(target_os = "freebsd"),
+    allow(unused_macros, reason = "used by the FreeBSD collectors")
+)]
+macro_rules! stateless_spec {
+    ($name:literal, $collect:expr) => {
+        $crate::collector::CollectorSpec {
+            name: $name,
+            default_enabled: true,
+            build: |_: &$crate::collector::Paths| -> Result<
+                Box<dyn $crate::collector::Collector>,
+                $crate::collector::Unavailable,
+            > {
+                Ok(Box::new($crate::collector::Stateless {
+                    name: $name,
+                    collect: $collect,
+                }))
+            },
+        }
+    };
+}
+#[cfg_attr(
+    not(target_os = "freebsd"),
+    allow(unused_imports, reason = "used by the FreeBSD collectors")
+)]
+pub(crate) use stateless_spec;
+
 /// A collector that cannot run on this host, and why (said once at start-up).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

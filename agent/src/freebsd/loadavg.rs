@@ -25,20 +25,9 @@ pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{
-        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
-    };
+    use crate::collector::{stateless_spec, CollectError, CollectorSpec, Sink};
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "loadavg",
-        default_enabled: true,
-        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(Stateless {
-                name: SPEC.name,
-                collect,
-            }))
-        },
-    };
+    pub const SPEC: CollectorSpec = stateless_spec!("loadavg", collect);
 
     /// Reads the load averages each collection.
     fn collect(sink: &mut Sink) -> Result<(), CollectError> {

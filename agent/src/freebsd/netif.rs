@@ -37,21 +37,10 @@ pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{
-        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
-    };
+    use crate::collector::{stateless_spec, CollectError, CollectorSpec, Sink};
     use crate::freebsd::sysctl;
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "netdev",
-        default_enabled: true,
-        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(Stateless {
-                name: SPEC.name,
-                collect,
-            }))
-        },
-    };
+    pub const SPEC: CollectorSpec = stateless_spec!("netdev", collect);
 
     /// Reads `getifaddrs` each collection.
     fn collect(sink: &mut Sink) -> Result<(), CollectError> {
