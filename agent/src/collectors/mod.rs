@@ -59,7 +59,6 @@ pub mod filesystem;
 pub mod hwmon;
 #[cfg(target_os = "linux")]
 pub mod ipvs;
-#[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
 pub mod mdadm;
@@ -67,7 +66,6 @@ pub mod mdadm;
 pub mod meminfo;
 #[cfg(target_os = "linux")]
 pub mod netclass;
-#[cfg(target_os = "linux")]
 pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;

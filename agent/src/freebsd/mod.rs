@@ -12,10 +12,12 @@
 //! - [`pf`]: `pfctl -si` / `pfctl -sm` → pf state table and counters.
 //! - [`carp`]: `ifconfig` CARP lines → `nodewatch_carp_master`.
 //! - [`dpinger`]: OPNsense gateway monitor sockets → gateway RTT, loss, up.
-//! - [`netif`]: interface counters from `getifaddrs` `if_data`.
+//! - interface counters (`getifaddrs` `if_data`) are in
+//!   [`collectors::netdev::freebsd`](crate::collectors::netdev::freebsd).
 //! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
-//! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
+//! - `node_load1`, `node_load5`, `node_load15` (`getloadavg(3)`) are in
+//!   [`collectors::loadavg::freebsd`](crate::collectors::loadavg::freebsd).
 //! - `node_filesystem_*` (`getfsstat(2)`, `statfs(2)`) is in
 //!   [`collectors::filesystem::freebsd`](crate::collectors::filesystem::freebsd).
 //! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
@@ -34,9 +36,7 @@ pub mod carp;
 pub mod cpu;
 pub mod devstat;
 pub mod dpinger;
-pub mod loadavg;
 pub mod mem;
-pub mod netif;
 pub mod oomlog;
 pub mod pf;
 pub mod sysctl;
@@ -51,10 +51,10 @@ pub fn specs() -> Vec<crate::collector::CollectorSpec> {
     vec![
         cpu::SPEC,
         mem::SPEC,
-        loadavg::SPEC,
+        crate::collectors::loadavg::freebsd::SPEC,
         crate::collectors::filesystem::freebsd::SPEC,
         devstat::SPEC,
-        netif::SPEC,
+        crate::collectors::netdev::freebsd::SPEC,
         arc::SPEC,
         pf::SPEC,
         carp::SPEC,

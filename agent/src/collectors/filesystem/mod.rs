@@ -3,9 +3,9 @@
 //!
 //! This module owns the metric names, HELP texts and labels and writes them
 //! ([`write_mount`]); each OS fills a [`MountStats`] per mount:
-//! - [`linux`]: mounts from `<procfs>/1/mountinfo`, `statfs(2)` on each,
+//! - [`linux`] lists mounts from `<procfs>/1/mountinfo`, `statfs(2)` on each,
 //!   with a timeout for hung mounts.
-//! - [`freebsd`]: mounts from `getfsstat(2)`, local ones refreshed with
+//! - [`freebsd`] lists mounts from `getfsstat(2)`, local ones refreshed with
 //!   `statfs(2)` (the pure parts build and are tested everywhere).
 //!
 //! Labels are `device`, `fstype`, `mountpoint`, plus `device_error` with the

@@ -1,7 +1,6 @@
 //! Interface counters on FreeBSD, as node_exporter's `netdev_bsd.go`
-//! (`getifaddrs(3)`, the `if_data` of each `AF_LINK` entry):
-//! `node_network_{receive,transmit}_{bytes,packets,errs,drop}_total{device}`.
-//! Linux reads the same names from `/proc/net/dev` in its own collector.
+//! (`getifaddrs(3)`, the `if_data` of each `AF_LINK` entry): the
+//! `{receive,transmit}_{bytes,packets,errs,drop}` of [`super`]'s families.
 
 use crate::collector::Sink;
 
@@ -10,25 +9,20 @@ pub use crate::freebsd::sysctl::IfCounters;
 /// Writes the node_exporter families for each interface.
 pub fn write(sink: &mut Sink, interfaces: &[IfCounters]) {
     for i in interfaces {
-        let labels = [("device", i.name.as_str())];
-        for (stat, v) in [
-            ("receive_bytes", i.ibytes),
-            ("receive_packets", i.ipackets),
-            ("receive_errs", i.ierrors),
-            ("receive_drop", i.iqdrops),
-            ("transmit_bytes", i.obytes),
-            ("transmit_packets", i.opackets),
-            ("transmit_errs", i.oerrors),
-            ("transmit_drop", i.oqdrops),
-        ] {
-            // node_exporter's HELP: "Network device statistic <stat>."
-            sink.counter(
-                &format!("node_network_{stat}_total"),
-                &format!("Network device statistic {stat}."),
-                &labels,
-                v as f64,
-            );
-        }
+        super::write_device(
+            sink,
+            &i.name,
+            [
+                ("receive_bytes", i.ibytes),
+                ("receive_packets", i.ipackets),
+                ("receive_errs", i.ierrors),
+                ("receive_drop", i.iqdrops),
+                ("transmit_bytes", i.obytes),
+                ("transmit_packets", i.opackets),
+                ("transmit_errs", i.oerrors),
+                ("transmit_drop", i.oqdrops),
+            ],
+        );
     }
 }
 

@@ -1,17 +1,9 @@
-//! Load averages, as node_exporter's `collector/loadavg.go`: `node_load1`,
-//! `node_load5`, `node_load15`. On FreeBSD `sysinfo` reads them with
+//! Load averages on FreeBSD: `sysinfo` reads them with
 //! `getloadavg(3)` (the `vm.loadavg` sysctl node_exporter reads, scaled by
 //! its `fscale`).
 
-use crate::collector::Sink;
-
-/// Writes the three averages (1, 5 and 15 minutes).
-pub fn write(sink: &mut Sink, load: [f64; 3]) {
-    let [l1, l5, l15] = load;
-    sink.gauge("node_load1", "1m load average.", &[], l1);
-    sink.gauge("node_load5", "5m load average.", &[], l5);
-    sink.gauge("node_load15", "15m load average.", &[], l15);
-}
+#[cfg(test)]
+use super::write;
 
 /// The averages from `sysinfo`, which says why when the call fails.
 pub fn read() -> Result<[f64; 3], String> {
@@ -32,7 +24,7 @@ mod imp {
     /// Reads the load averages each collection.
     fn collect(sink: &mut Sink) -> Result<(), CollectError> {
         let load = super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
-        super::write(sink, load);
+        super::super::write(sink, load);
         Ok(())
     }
 }
@@ -40,6 +32,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::Sink;
     use crate::freebsd::testutil::value;
 
     #[test]

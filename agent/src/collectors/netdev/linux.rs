@@ -1,4 +1,4 @@
-//! `/proc/net/dev`: per interface counters as `node_network_{receive,transmit}_*_total`.
+//! Interface counters on Linux, from `/proc/net/dev`.
 //!
 //! Names and values are `node_exporter`'s `netdev` collector with its default
 //! (legacy) metric names, as it produced them from `/proc/net/dev` before
@@ -115,14 +115,7 @@ impl Collector for NetdevCollector {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = read_file(&self.path)?;
         for dev in parse(&self.path, &text)? {
-            for (col, value) in COLUMNS.iter().zip(dev.counters) {
-                sink.counter(
-                    &format!("node_network_{col}_total"),
-                    &format!("Network device statistic {col}."),
-                    &[("device", &dev.name)],
-                    value as f64,
-                );
-            }
+            super::write_device(sink, &dev.name, COLUMNS.into_iter().zip(dev.counters));
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
+//! Load averages on Linux, from `/proc/loadavg`.
 //!
 //! Hand-parsed: `procfs::LoadAverage` holds the averages as `f32`, which would
 //! turn `0.21` into `0.2099999934…`; `node_exporter` parses them as `float64`.
@@ -46,10 +46,7 @@ impl Collector for LoadavgCollector {
 
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = read_file(&self.path)?;
-        let [l1, l5, l15] = parse(&self.path, &text)?;
-        sink.gauge("node_load1", "1m load average.", &[], l1);
-        sink.gauge("node_load5", "5m load average.", &[], l5);
-        sink.gauge("node_load15", "15m load average.", &[], l15);
+        super::write(sink, parse(&self.path, &text)?);
         Ok(())
     }
 }
