@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`collector`]: the `Collector` trait, the `Sink` collectors write into, per-collector timing.
-//! - [`collectors`]: one module per kernel source (`stat`, `meminfo`, `netdev`, …) and the registry list.
+//! - [`sys`]: system plumbing the collectors share (commands and `statfs` with a deadline).
+//! - [`collectors`]: one module per signal (`cpu`, `meminfo`, `filesystem`, …; a signal Linux and FreeBSD share has a part for each) and the registry list.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`batch`]: collections and their encoding into wire batches (symbol table per stream).
 //! - [`stream`]: per-aggregator queue of unacked collections and the reconnecting stream.
@@ -12,7 +13,7 @@
 //! - [`spool`]: the on-disk log of unacknowledged collections.
 //! - [`ebpf`]: eBPF signals (OOM kills as events, TCP, drop reasons, block latency); Linux only.
 //! - [`kube`]: the node's pods and Node object from the kubelet and the API server (pod names for OOM kills, requests, limits, image pull failures); Linux only.
-//! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
+//! - [`freebsd`]: OPNsense/FreeBSD-only collectors and the sysctl FFI (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
 pub mod bootstrap;

@@ -7,21 +7,22 @@
 //! layouts exist nowhere else.
 //!
 //! # Layout
-//! - [`sysctl`]: reading sysctls by name, `getifaddrs`, `getfsstat` (the only module with `unsafe`).
+//! - [`sysctl`]: reading sysctls by name, `getifaddrs`, `getfsstat`, each
+//!   returning its own raw types (the only module with `unsafe`).
 //! - [`arc`]: `kstat.zfs.misc.arcstats.*` → node_exporter's FreeBSD `node_zfs_*` names.
 //! - [`pf`]: `pfctl -si` / `pfctl -sm` → pf state table and counters.
 //! - [`carp`]: `ifconfig` CARP lines → `nodewatch_carp_master`.
 //! - [`dpinger`]: OPNsense gateway monitor sockets → gateway RTT, loss, up.
-//! - interface counters (`getifaddrs` `if_data`) are in
-//!   [`collectors::netdev::freebsd`](crate::collectors::netdev::freebsd).
-//! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
-//! - `node_load1`, `node_load5`, `node_load15` (`getloadavg(3)`) are in
-//!   [`collectors::loadavg::freebsd`](crate::collectors::loadavg::freebsd).
-//! - `node_filesystem_*` (`getfsstat(2)`, `statfs(2)`) is in
-//!   [`collectors::filesystem::freebsd`](crate::collectors::filesystem::freebsd).
 //! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
 //! - [`oomlog`]: kernel log OOM kills → `OomKill` events.
+//!
+//! The signals Linux has too are written once, in their module below
+//! [`collectors`](crate::collectors), whose `freebsd` part reads them here:
+//! [`cpu`](crate::collectors::cpu::freebsd) (`kern.cp_times`),
+//! [`loadavg`](crate::collectors::loadavg::freebsd) (`getloadavg(3)`),
+//! [`netdev`](crate::collectors::netdev::freebsd) (`getifaddrs` `if_data`) and
+//! [`filesystem`](crate::collectors::filesystem::freebsd) (`getfsstat(2)`, `statfs(2)`).
 //!
 //! Commands (`pfctl`, `ifconfig`) run through
 //! [`CommandRunner`](crate::sys::command::CommandRunner), with its timeout.
@@ -33,7 +34,6 @@
 
 pub mod arc;
 pub mod carp;
-pub mod cpu;
 pub mod devstat;
 pub mod dpinger;
 pub mod mem;
@@ -49,7 +49,7 @@ pub(crate) mod testutil;
 #[must_use]
 pub fn specs() -> Vec<crate::collector::CollectorSpec> {
     vec![
-        cpu::SPEC,
+        crate::collectors::cpu::freebsd::SPEC,
         mem::SPEC,
         crate::collectors::loadavg::freebsd::SPEC,
         crate::collectors::filesystem::freebsd::SPEC,

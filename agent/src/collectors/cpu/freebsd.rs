@@ -1,5 +1,5 @@
-//! CPU time per CPU and mode from `kern.cp_times`, as node_exporter's
-//! `collector/cpu_freebsd.go`: `node_cpu_seconds_total{cpu,mode}`.
+//! CPU time per CPU and mode on FreeBSD, from `kern.cp_times`, as
+//! node_exporter's `collector/cpu_freebsd.go`.
 //!
 //! `kern.cp_times` is an array of `long`, `CPUSTATES` (5) tick counters per
 //! CPU in the order `CP_USER, CP_NICE, CP_SYS, CP_INTR, CP_IDLE`
@@ -44,15 +44,8 @@ pub fn write(sink: &mut Sink, cp_times: &[i64], stathz: u32) {
         return;
     }
     for (cpu, ticks) in cp_times.chunks_exact(MODES.len()).enumerate() {
-        let cpu = cpu.to_string();
-        for (mode, t) in MODES.iter().zip(ticks) {
-            sink.counter(
-                "node_cpu_seconds_total",
-                "Seconds the CPUs spent in each mode.",
-                &[("cpu", &cpu), ("mode", mode)],
-                (*t).max(0) as f64 / f64::from(stathz),
-            );
-        }
+        let seconds = ticks.iter().map(|t| (*t).max(0) as f64 / f64::from(stathz));
+        super::write_seconds(sink, &cpu.to_string(), MODES.into_iter().zip(seconds));
     }
 }
 
