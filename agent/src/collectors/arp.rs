@@ -63,7 +63,7 @@ impl Collector for ArpCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const HEAD: &str =
         "IP address       HW type     Flags       HW address            Mask     Device\n";
@@ -77,6 +77,6 @@ mod tests {
         assert_eq!(m["br0"], 1);
         assert!(parse(p, HEAD).unwrap().is_empty());
         assert!(parse(p, &format!("{HEAD}10.0.0.1 0x1\n")).is_err());
-        fuzz_util::assert_no_panic(&t, 31, |t| parse(p, t));
+        testutil::assert_no_panic(&t, 31, |t| parse(p, t));
     }
 }

@@ -129,7 +129,7 @@ impl Collector for ConntrackCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const STAT: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(STAT, 14, |t| parse_stat(Path::new("nf_conntrack"), t));
-        fuzz_util::assert_no_panic("65536\n", 15, |t| parse_number(Path::new("max"), t));
+        testutil::assert_no_panic(STAT, 14, |t| parse_stat(Path::new("nf_conntrack"), t));
+        testutil::assert_no_panic("65536\n", 15, |t| parse_number(Path::new("max"), t));
     }
 }

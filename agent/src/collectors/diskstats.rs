@@ -324,7 +324,7 @@ impl Collector for DiskstatsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -409,6 +409,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 8, |t| parse(Path::new("diskstats"), t));
+        testutil::assert_no_panic(FIXTURE, 8, |t| parse(Path::new("diskstats"), t));
     }
 }

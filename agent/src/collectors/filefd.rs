@@ -63,7 +63,7 @@ impl Collector for FilefdCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     #[test]
     fn parses_and_rejects() {
@@ -74,6 +74,6 @@ mod tests {
         );
         assert!(parse(p, "1024\t0").is_err());
         assert!(parse(p, "x\t0\t1").is_err());
-        fuzz_util::assert_no_panic("1024\t0\t1631329\n", 30, |t| parse(p, t));
+        testutil::assert_no_panic("1024\t0\t1631329\n", 30, |t| parse(p, t));
     }
 }

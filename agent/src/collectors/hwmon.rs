@@ -407,7 +407,7 @@ impl Collector for HwmonCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     #[test]
     fn names_split_as_node_exporter_splits_them() {
@@ -468,7 +468,7 @@ mod tests {
     fn fuzz_no_panic() {
         // File name and contents pairs, one per line: `name value`.
         let t = "temp1_input 42500\nfan1_input 1200\nin0_max 3300\npwm1_enable 2\nfreq1_input 1000000\nfreq1_label sclk\nbeep_enable 1\n";
-        fuzz_util::assert_no_panic(t, 41, |t| {
+        testutil::assert_no_panic(t, 41, |t| {
             let mut d = ChipData::new();
             for l in t.lines() {
                 let (f, v) = l.split_once(' ').unwrap_or((l, ""));

@@ -97,7 +97,7 @@ impl Collector for MeminfoCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -125,6 +125,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 3, |t| parse(Path::new("meminfo"), t));
+        testutil::assert_no_panic(FIXTURE, 3, |t| parse(Path::new("meminfo"), t));
     }
 }

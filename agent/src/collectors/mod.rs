@@ -126,8 +126,8 @@ pub mod xfs;
 pub mod zfs;
 pub mod zpool;
 
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) mod fuzz_util;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// node_exporter 1.5's default Linux collectors (Debian 12's build;
 /// `watchdog` came later), all of which the agent mirrors by default

@@ -469,7 +469,7 @@ impl Collector for NfsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const NFSD_FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(m["th"], [8, 0]);
         assert!(parse(p, "proc2 3 1 2\n").is_err(), "count says 3, 2 follow");
         assert!(parse(p, "net 1 x\n").is_err());
-        fuzz_util::assert_no_panic(NFSD_FIXTURE, 45, |t| {
+        testutil::assert_no_panic(NFSD_FIXTURE, 45, |t| {
             let m = parse(p, t)?;
             let c = NfsCollector {
                 path: p.into(),

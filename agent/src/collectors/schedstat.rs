@@ -88,7 +88,7 @@ impl Collector for SchedstatCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const T: &str = "version 15\ntimestamp 15819019232\ncpu0 498494191 0 3533438552 2553969831 3853684107 2465731542 2045936778163039 343796328169361 4767485306\ndomain0 00000000,00000003 212499247 210112015\n";
 
@@ -107,6 +107,6 @@ mod tests {
         );
         assert!(parse(p, "cpu0 1 2 3\n").is_err());
         assert!(parse(p, "cpux 1 2 3 4 5 6 7 8 9\n").is_err());
-        fuzz_util::assert_no_panic(T, 34, |t| parse(p, t));
+        testutil::assert_no_panic(T, 34, |t| parse(p, t));
     }
 }

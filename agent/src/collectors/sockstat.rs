@@ -138,7 +138,7 @@ impl Collector for SockstatCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const V4: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(V4, 19, |t| parse(Path::new("sockstat"), t));
-        fuzz_util::assert_no_panic(V6, 20, |t| parse(Path::new("sockstat6"), t));
+        testutil::assert_no_panic(V4, 19, |t| parse(Path::new("sockstat"), t));
+        testutil::assert_no_panic(V6, 20, |t| parse(Path::new("sockstat6"), t));
     }
 }

@@ -138,7 +138,7 @@ impl Collector for SoftnetCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const MODERN: &str = "0000a1b2 00000003 00000001 00000000 00000000 00000000 00000000 00000000 00000002 00000005 00000000 00000007 00000004\n";
 
@@ -163,6 +163,6 @@ mod tests {
         assert_eq!(parse(p, &old).unwrap()[1].index, 1);
         assert!(parse(p, "0001 0002\n").is_err());
         assert!(parse(p, "zz 0 0 0 0 0 0 0 0\n").is_err());
-        fuzz_util::assert_no_panic(MODERN, 32, |t| parse(p, t));
+        testutil::assert_no_panic(MODERN, 32, |t| parse(p, t));
     }
 }

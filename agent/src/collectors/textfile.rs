@@ -397,7 +397,7 @@ impl Collector for TextfileCollector {
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const GOOD: &str = "# HELP backup_last_success_timestamp_seconds Last good backup.\n# TYPE backup_last_success_timestamp_seconds gauge\nbackup_last_success_timestamp_seconds{job=\"nas\",path=\"/srv/a \\\"b\\\"\"} 1.7e9\n# TYPE smart_reallocated counter\nsmart_reallocated{disk=\"sda\"} 0\n# TYPE rt histogram\nrt_bucket{le=\"1\"} 2\nrt_bucket{le=\"+Inf\"} 3\nrt_sum 4.5\nrt_count 3\nplain 7\n";
 
@@ -443,7 +443,7 @@ mod tests {
         ] {
             assert!(parse(Path::new("x.prom"), bad).is_err(), "{bad:?}");
         }
-        fuzz_util::assert_no_panic(GOOD, 43, |t| parse(Path::new("x.prom"), t));
+        testutil::assert_no_panic(GOOD, 43, |t| parse(Path::new("x.prom"), t));
     }
 
     /// Files written during the test: a good one, a malformed one, one

@@ -370,7 +370,7 @@ impl ZfsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{expected_families, fixture, fuzz_inputs, samples_by_key};
+    use crate::collectors::testutil::{expected_families, fixture, fuzz_inputs, samples_by_key};
 
     fn collect(dir: &str) -> Sink {
         let mut sink = Sink::new();

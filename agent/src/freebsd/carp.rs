@@ -131,7 +131,7 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     /// `ifconfig` of an OPNsense HA node, in the format of FreeBSD 13/14
     /// `sbin/ifconfig` (`carp_status`: `"\tcarp: %s vhid %d advbase %d advskew %d"`).

@@ -286,7 +286,7 @@ mod imp {
 )]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     /// 2^64 / 4: a bintime `frac` of a quarter second.
     const QUARTER: u64 = 1 << 62;

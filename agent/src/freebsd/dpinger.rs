@@ -186,7 +186,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     #[test]
     fn parses_line() {

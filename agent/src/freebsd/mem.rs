@@ -185,8 +185,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::collectors::testutil::value;
     use crate::freebsd::sysctl::parse_sysctl_lines;
-    use crate::freebsd::testutil::value;
 
     /// `sysctl vm.stats.vm vfs.bufspace vm.swap_total` lines of a 2 GiB FreeBSD 14 VM
     /// (names from `sys/vm/vm_meter.c`; there is no v_cache_count since 12).

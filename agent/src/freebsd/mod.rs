@@ -41,8 +41,9 @@ pub mod oomlog;
 pub mod pf;
 pub mod sysctl;
 
+/// The collectors' test helpers, under the path the OOM log tests use.
 #[cfg(test)]
-pub(crate) mod testutil;
+pub(crate) use crate::collectors::testutil;
 
 /// The FreeBSD collectors, for the registry.
 #[cfg(target_os = "freebsd")]

@@ -213,7 +213,7 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs, value};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs, value};
     use crate::sys::command::CommandError;
 
     /// `pfctl -sm` as FreeBSD 14 prints it (`print_limits`, `pfctl.c`:

@@ -282,7 +282,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs};
 
     #[test]
     fn parses_sysctl_output() {

@@ -95,7 +95,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     /// Two CPUs, as `sysctl kern.cp_times kern.clockrate` prints them on FreeBSD 14.
     const CP_TIMES: &str = "kern.cp_times: 12700 254 25400 1270 1270000 6350 0 12700 635 1300000";

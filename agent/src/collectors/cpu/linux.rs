@@ -267,7 +267,7 @@ fn write(sink: &mut Sink, cpus: &BTreeMap<u32, CpuTimes>, stat: &Stat) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -340,6 +340,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 1, |t| parse(Path::new("stat"), t));
+        testutil::assert_no_panic(FIXTURE, 1, |t| parse(Path::new("stat"), t));
     }
 }

@@ -236,7 +236,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     fn mount(device: &str, fstype: &str, mountpoint: &str, flags: u64) -> MountEntry {
         MountEntry {

@@ -278,7 +278,7 @@ fn stats<'a>(mp: &'a str, m: &'a Mount, answer: &'a Answer<FsStat>) -> MountStat
 #[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/linux");
     const MOUNTINFO: &str = include_str!(concat!(
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(MOUNTINFO, 16, |t| {
+        testutil::assert_no_panic(MOUNTINFO, 16, |t| {
             parse_mountinfo(Path::new("mountinfo"), t)
         });
     }

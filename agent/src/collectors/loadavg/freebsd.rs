@@ -33,7 +33,7 @@ mod imp {
 mod tests {
     use super::*;
     use crate::collector::Sink;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     #[test]
     fn names_and_values() {

@@ -54,7 +54,7 @@ impl Collector for LoadavgCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -78,6 +78,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 2, |t| parse(Path::new("loadavg"), t));
+        testutil::assert_no_panic(FIXTURE, 2, |t| parse(Path::new("loadavg"), t));
     }
 }

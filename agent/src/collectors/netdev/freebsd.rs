@@ -48,7 +48,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     #[test]
     fn names_and_values() {

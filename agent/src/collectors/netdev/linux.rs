@@ -124,7 +124,7 @@ impl Collector for NetdevCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -172,6 +172,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 13, |t| parse(Path::new("dev"), t));
+        testutil::assert_no_panic(FIXTURE, 13, |t| parse(Path::new("dev"), t));
     }
 }

@@ -437,7 +437,7 @@ mod tests {
     };
     use super::text::{parse_count, parse_nicenum};
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs, value};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs, value};
     use crate::sys::command::CommandError;
     use chrono::NaiveDate;
     use std::time::{Duration, Instant};
