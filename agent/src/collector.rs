@@ -170,6 +170,66 @@ impl Collector for Stateless {
     }
 }
 
+/// What a [`FileCollector`] does with the text it read: parse it (errors
+/// name the path) and write the families.
+pub type WriteFile = fn(&Path, &str, &mut Sink) -> Result<(), CollectError>;
+
+/// A collector that reads one procfs or sysfs file each collection and hands
+/// its text to its module's writer.
+pub struct FileCollector {
+    name: &'static str,
+    path: PathBuf,
+    /// An absent file is no data (a kernel feature not built or not loaded).
+    optional: bool,
+    write: WriteFile,
+}
+
+impl FileCollector {
+    /// A file that must be there: its absence is an error.
+    #[must_use]
+    pub fn required(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(name, path, false, write)
+    }
+
+    /// A file whose absence means no data.
+    #[must_use]
+    pub fn optional(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(name, path, true, write)
+    }
+
+    fn boxed(
+        name: &'static str,
+        path: PathBuf,
+        optional: bool,
+        write: WriteFile,
+    ) -> Box<dyn Collector> {
+        Box::new(Self {
+            name,
+            path,
+            optional,
+            write,
+        })
+    }
+}
+
+impl Collector for FileCollector {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let text = if self.optional {
+            let Some(text) = crate::collectors::read_optional(&self.path)? else {
+                return Ok(());
+            };
+            text
+        } else {
+            read_file(&self.path)?
+        };
+        (self.write)(&self.path, &text, sink)
+    }
+}
+
 /// The [`CollectorSpec`] of a [`Stateless`] collector, enabled by default:
 /// `stateless_spec!("name", collect_fn)`.
 #[cfg_attr(

@@ -2,10 +2,11 @@
 //! interface (`node_exporter`'s `arp` collector as in 1.5, which read this file).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-use crate::collectors::read_optional;
+use crate::collector::{
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
+};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "arp",
@@ -14,9 +15,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(ArpCollector {
-        path: paths.proc("net/arp"),
-    }))
+    Ok(FileCollector::optional(
+        SPEC.name,
+        paths.proc("net/arp"),
+        write,
+    ))
 }
 
 /// Entries per device: the sixth column of every line after the header.
@@ -34,29 +37,17 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, u64>, CollectEr
     Ok(out)
 }
 
-pub struct ArpCollector {
-    path: PathBuf,
-}
-
-impl Collector for ArpCollector {
-    fn name(&self) -> &'static str {
-        "arp"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for (dev, n) in parse(path, text)? {
+        sink.gauge(
+            "node_arp_entries",
+            "ARP entries by device",
+            &[("device", &dev)],
+            n as f64,
+        );
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let Some(text) = read_optional(&self.path)? else {
-            return Ok(());
-        };
-        for (dev, n) in parse(&self.path, &text)? {
-            sink.gauge(
-                "node_arp_entries",
-                "ARP entries by device",
-                &[("device", &dev)],
-                n as f64,
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! `/proc/sys/fs/file-nr`: `node_filefd_allocated`, `node_filefd_maximum`
 //! (`node_exporter`'s `filefd` collector; node-mixin's `NodeFileDescriptorLimit`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -15,9 +15,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(FilefdCollector {
-        path: paths.proc("sys/fs/file-nr"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("sys/fs/file-nr"),
+        write,
+    ))
 }
 
 /// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.
@@ -32,31 +34,22 @@ pub fn parse(path: &Path, text: &str) -> Result<(f64, f64), CollectError> {
     ))
 }
 
-pub struct FilefdCollector {
-    path: PathBuf,
-}
-
-impl Collector for FilefdCollector {
-    fn name(&self) -> &'static str {
-        "filefd"
-    }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let (allocated, maximum) = parse(&self.path, &read_file(&self.path)?)?;
-        sink.gauge(
-            "node_filefd_allocated",
-            "File descriptor statistics: allocated.",
-            &[],
-            allocated,
-        );
-        sink.gauge(
-            "node_filefd_maximum",
-            "File descriptor statistics: maximum.",
-            &[],
-            maximum,
-        );
-        Ok(())
-    }
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    let (allocated, maximum) = parse(path, text)?;
+    sink.gauge(
+        "node_filefd_allocated",
+        "File descriptor statistics: allocated.",
+        &[],
+        allocated,
+    );
+    sink.gauge(
+        "node_filefd_maximum",
+        "File descriptor statistics: maximum.",
+        &[],
+        maximum,
+    );
+    Ok(())
 }
 
 #[cfg(test)]

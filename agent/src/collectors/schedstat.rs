@@ -1,10 +1,12 @@
 //! `/proc/schedstat`: `node_schedstat_{running,waiting}_seconds_total{cpu}`
 //! and `node_schedstat_timeslices_total{cpu}`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-use crate::collectors::{parse_field, read_optional};
+use crate::collector::{
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
+};
+use crate::collectors::parse_field;
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "schedstat",
@@ -13,9 +15,12 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(SchedstatCollector {
-        path: paths.proc("schedstat"),
-    }))
+    // Kernels without CONFIG_SCHEDSTATS have no file.
+    Ok(FileCollector::optional(
+        SPEC.name,
+        paths.proc("schedstat"),
+        write,
+    ))
 }
 
 /// `(cpu, running ns, waiting ns, timeslices)` from the `cpuN` lines
@@ -45,43 +50,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, u64, u64, u64)>, Co
     Ok(out)
 }
 
-pub struct SchedstatCollector {
-    path: PathBuf,
-}
-
-impl Collector for SchedstatCollector {
-    fn name(&self) -> &'static str {
-        "schedstat"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for (cpu, running, waiting, slices) in parse(path, text)? {
+        let l = [("cpu", cpu.as_str())];
+        sink.counter(
+            "node_schedstat_running_seconds_total",
+            "Number of seconds CPU spent running a process.",
+            &l,
+            running as f64 / 1e9,
+        );
+        sink.counter(
+            "node_schedstat_waiting_seconds_total",
+            "Number of seconds spent by processing waiting for this CPU.",
+            &l,
+            waiting as f64 / 1e9,
+        );
+        sink.counter(
+            "node_schedstat_timeslices_total",
+            "Number of timeslices executed by CPU.",
+            &l,
+            slices as f64,
+        );
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        // Kernels without CONFIG_SCHEDSTATS have no file.
-        let Some(text) = read_optional(&self.path)? else {
-            return Ok(());
-        };
-        for (cpu, running, waiting, slices) in parse(&self.path, &text)? {
-            let l = [("cpu", cpu.as_str())];
-            sink.counter(
-                "node_schedstat_running_seconds_total",
-                "Number of seconds CPU spent running a process.",
-                &l,
-                running as f64 / 1e9,
-            );
-            sink.counter(
-                "node_schedstat_waiting_seconds_total",
-                "Number of seconds spent by processing waiting for this CPU.",
-                &l,
-                waiting as f64 / 1e9,
-            );
-            sink.counter(
-                "node_schedstat_timeslices_total",
-                "Number of timeslices executed by CPU.",
-                &l,
-                slices as f64,
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]

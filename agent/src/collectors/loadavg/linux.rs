@@ -3,10 +3,10 @@
 //! Hand-parsed: `procfs::LoadAverage` holds the averages as `f32`, which would
 //! turn `0.21` into `0.2099999934…`; `node_exporter` parses them as `float64`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -17,9 +17,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(LoadavgCollector {
-        path: paths.proc("loadavg"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("loadavg"),
+        write,
+    ))
 }
 
 /// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.
@@ -35,20 +37,10 @@ pub fn parse(path: &Path, text: &str) -> Result<[f64; 3], CollectError> {
     Ok(loads)
 }
 
-pub struct LoadavgCollector {
-    path: PathBuf,
-}
-
-impl Collector for LoadavgCollector {
-    fn name(&self) -> &'static str {
-        "loadavg"
-    }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let text = read_file(&self.path)?;
-        super::write(sink, parse(&self.path, &text)?);
-        Ok(())
-    }
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    super::write(sink, parse(path, text)?);
+    Ok(())
 }
 
 #[cfg(test)]
