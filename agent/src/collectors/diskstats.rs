@@ -183,6 +183,10 @@ impl DiskstatsCollector {
 /// Name, HELP, type (true = counter) and value of each exported column.
 type Column = (&'static str, &'static str, bool, Option<f64>);
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table: one row per /proc/diskstats column, in node_exporter's order"
+)]
 fn columns(s: &DiskStat) -> [Column; 17] {
     let f = |v: u64| Some(v as f64);
     let secs = |v: u64| Some(v as f64 * SECONDS_PER_TICK);
