@@ -58,15 +58,7 @@ pub use list::parse_list;
 pub use text::{parse_scan, parse_status_text, parse_zpool_time};
 
 /// Pool states node_exporter enumerates for `node_zfs_zpool_state`, in its order.
-pub const POOL_STATES: &[&str] = &[
-    "online",
-    "degraded",
-    "faulted",
-    "offline",
-    "removed",
-    "unavail",
-    "suspended",
-];
+pub use super::zfs::POOL_STATES;
 
 /// Vdev states (`zpool_state_to_name` in `lib/libzfs/libzfs_pool.c`), plus
 /// the hot-spare states `avail` and `inuse`.
