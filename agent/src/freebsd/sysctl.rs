@@ -49,6 +49,27 @@ pub struct IfCounters {
     pub oqdrops: u64,
 }
 
+/// One entry of `getfsstat(2)` (a safe copy of the `struct statfs` fields used).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Statfs {
+    /// `f_mntfromname`, e.g. `zroot/ROOT/default` or `/dev/ada0p2`.
+    pub device: String,
+    /// `f_fstypename`.
+    pub fstype: String,
+    /// `f_mntonname`.
+    pub mountpoint: String,
+    /// `f_flags` (`MNT_*`).
+    pub flags: u64,
+    /// `f_bsize`: the fragment size the block counts are in.
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    /// Negative when root has used into the reserve.
+    pub bavail: i64,
+    pub files: u64,
+    pub ffree: i64,
+}
+
 #[cfg(target_os = "freebsd")]
 pub use imp::*;
 
@@ -61,7 +82,7 @@ mod imp {
     use std::ffi::{CStr, CString};
     use std::io;
 
-    use super::IfCounters;
+    use super::{IfCounters, Statfs};
 
     /// Reads a sysctl's raw bytes. The size is asked first; a value that
     /// grows between the two calls (`kern.cp_times` after CPU hotplug) is
@@ -207,25 +228,6 @@ mod imp {
             .take_while(|b| *b != 0)
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// One `struct statfs`, the fields the `filesystem` collector uses.
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub struct Statfs {
-        /// `f_mntfromname`.
-        pub device: String,
-        /// `f_fstypename`.
-        pub fstype: String,
-        /// `f_mntonname`.
-        pub mountpoint: String,
-        /// `f_flags` (`MNT_*`).
-        pub flags: u64,
-        pub bsize: u64,
-        pub blocks: u64,
-        pub bfree: u64,
-        pub bavail: i64,
-        pub files: u64,
-        pub ffree: i64,
     }
 
     /// Every mount, as `getfsstat(2)` with `MNT_NOWAIT` lists it: the

@@ -34,38 +34,34 @@ pub const MNT_RDONLY: u64 = 0x0000_0001;
 pub const MNT_LOCAL: u64 = 0x0000_1000;
 pub const MNT_IGNORE: u64 = 0x0080_0000;
 
-/// One entry of `getfsstat(2)`: the fields of `struct statfs` used here.
+pub use crate::freebsd::sysctl::Statfs;
+
+/// One mount as `getfsstat(2)` listed it, refreshed where it could be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountEntry {
-    /// `f_mntfromname`, e.g. `zroot/ROOT/default` or `/dev/ada0p2`.
-    pub device: String,
-    /// `f_fstypename`.
-    pub fstype: String,
-    /// `f_mntonname`.
-    pub mountpoint: String,
-    /// `f_flags` (`MNT_*`).
-    pub flags: u64,
-    /// `f_bsize`: the fragment size the block counts are in.
-    pub bsize: u64,
-    pub blocks: u64,
-    pub bfree: u64,
-    /// Negative when root has used into the reserve.
-    pub bavail: i64,
-    pub files: u64,
-    pub ffree: i64,
+    pub fs: Statfs,
     /// Its refresh did not answer in time: only `device_error` (labelled
     /// `mountpoint timeout`), `readonly` and `mount_info` are written.
     pub timed_out: bool,
 }
 
+impl From<Statfs> for MountEntry {
+    fn from(fs: Statfs) -> Self {
+        Self {
+            fs,
+            timed_out: false,
+        }
+    }
+}
+
 /// Whether node_exporter's FreeBSD defaults leave this mount out.
 #[must_use]
 pub fn excluded(m: &MountEntry) -> bool {
-    let under_dev = m
-        .mountpoint
-        .strip_prefix("/dev")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    under_dev || m.fstype == "devfs" || m.flags & MNT_IGNORE != 0
+    let under_dev =
+        m.fs.mountpoint
+            .strip_prefix("/dev")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    under_dev || m.fs.fstype == "devfs" || m.fs.flags & MNT_IGNORE != 0
 }
 
 /// The mounts whose figures are worth asking `statfs(2)` for afresh: local,
@@ -76,11 +72,11 @@ pub fn refresh_targets(mounts: &[MountEntry]) -> Vec<usize> {
     (0..mounts.len())
         .filter(|&i| {
             let m = &mounts[i];
-            m.flags & MNT_LOCAL != 0
+            m.fs.flags & MNT_LOCAL != 0
                 && !excluded(m)
                 && !mounts[i + 1..]
                     .iter()
-                    .any(|later| later.mountpoint == m.mountpoint)
+                    .any(|later| later.fs.mountpoint == m.fs.mountpoint)
         })
         .collect()
 }
@@ -89,7 +85,7 @@ pub fn refresh_targets(mounts: &[MountEntry]) -> Vec<usize> {
 pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
     let mut seen = std::collections::HashSet::new();
     for m in mounts {
-        if excluded(m) || !seen.insert((&m.device, &m.mountpoint, &m.fstype)) {
+        if excluded(m) || !seen.insert((&m.fs.device, &m.fs.mountpoint, &m.fs.fstype)) {
             continue;
         }
         write_mount(sink, &stats(m));
@@ -99,19 +95,19 @@ pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
 /// One mount's figures (the sizes in units of `f_bsize`); a timed-out
 /// refresh writes no sizes, but still `mount_info`, as node_exporter does.
 fn stats(m: &MountEntry) -> MountStats<'_> {
-    let bsize = m.bsize as f64;
+    let bsize = m.fs.bsize as f64;
     MountStats {
-        device: &m.device,
-        fstype: &m.fstype,
-        mountpoint: &m.mountpoint,
+        device: &m.fs.device,
+        fstype: &m.fs.fstype,
+        mountpoint: &m.fs.mountpoint,
         error: m.timed_out.then_some(TIMEOUT_ERROR),
-        read_only: m.flags & MNT_RDONLY != 0,
+        read_only: m.fs.flags & MNT_RDONLY != 0,
         sizes: (!m.timed_out).then_some(FsStat {
-            size: m.blocks as f64 * bsize,
-            free: m.bfree as f64 * bsize,
-            avail: m.bavail as f64 * bsize,
-            files: m.files as f64,
-            files_free: m.ffree as f64,
+            size: m.fs.blocks as f64 * bsize,
+            free: m.fs.bfree as f64 * bsize,
+            avail: m.fs.bavail as f64 * bsize,
+            files: m.fs.files as f64,
+            files_free: m.fs.ffree as f64,
         }),
         mount_info: Some(None),
     }
@@ -124,27 +120,10 @@ pub use imp::{FilesystemCollector, SPEC};
 mod imp {
     use std::path::{Path, PathBuf};
 
+    use super::{MountEntry, Statfs};
     use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
     use crate::freebsd::sysctl;
     use crate::sys::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
-
-    impl From<sysctl::Statfs> for super::MountEntry {
-        fn from(s: sysctl::Statfs) -> Self {
-            Self {
-                device: s.device,
-                fstype: s.fstype,
-                mountpoint: s.mountpoint,
-                flags: s.flags,
-                bsize: s.bsize,
-                blocks: s.blocks,
-                bfree: s.bfree,
-                bavail: s.bavail,
-                files: s.files,
-                ffree: s.ffree,
-                timed_out: false,
-            }
-        }
-    }
 
     // The flag values written out above (so the pure code builds everywhere)
     // are the target's.
@@ -164,20 +143,10 @@ mod imp {
         },
     };
 
-    /// What a fresh `statfs(2)` says about one mount.
-    struct Fresh {
-        fstype: String,
-        bsize: u64,
-        blocks: u64,
-        bfree: u64,
-        bavail: i64,
-        files: u64,
-        ffree: i64,
-    }
-
-    fn refresh(path: &Path) -> Result<Fresh, String> {
+    /// What a fresh `statfs(2)` says about one mount (the figures only).
+    fn refresh(path: &Path) -> Result<Statfs, String> {
         let s = nix::sys::statfs::statfs(path).map_err(|e| e.desc().to_string())?;
-        Ok(Fresh {
+        Ok(Statfs {
             fstype: s.filesystem_type_name().to_string(),
             bsize: s.block_size(),
             blocks: s.blocks(),
@@ -185,12 +154,13 @@ mod imp {
             bavail: s.blocks_available(),
             files: s.files(),
             ffree: s.files_free(),
+            ..Statfs::default()
         })
     }
 
     /// Lists the mounts with `getfsstat` and refreshes the local ones each collection.
     pub struct FilesystemCollector {
-        refresh: StatfsPool<Fresh>,
+        refresh: StatfsPool<Statfs>,
     }
 
     impl Collector for FilesystemCollector {
@@ -199,28 +169,28 @@ mod imp {
         }
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let mut mounts: Vec<super::MountEntry> = sysctl::mounts()
+            let mut mounts: Vec<MountEntry> = sysctl::mounts()
                 .map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?
                 .into_iter()
-                .map(super::MountEntry::from)
+                .map(MountEntry::from)
                 .collect();
             let targets = super::refresh_targets(&mounts);
             let jobs: Vec<(String, PathBuf)> = targets
                 .iter()
                 .filter_map(|&i| mounts.get(i))
-                .map(|m| (m.mountpoint.clone(), PathBuf::from(&m.mountpoint)))
+                .map(|m| (m.fs.mountpoint.clone(), PathBuf::from(&m.fs.mountpoint)))
                 .collect();
             let answers = self.refresh.stat_all(&jobs)?;
             for (&i, answer) in targets.iter().zip(answers) {
                 let Some(m) = mounts.get_mut(i) else { continue };
                 match answer {
-                    Answer::Stat(s) if s.fstype == m.fstype => {
-                        m.bsize = s.bsize;
-                        m.blocks = s.blocks;
-                        m.bfree = s.bfree;
-                        m.bavail = s.bavail;
-                        m.files = s.files;
-                        m.ffree = s.ffree;
+                    Answer::Stat(s) if s.fstype == m.fs.fstype => {
+                        m.fs = Statfs {
+                            device: std::mem::take(&mut m.fs.device),
+                            mountpoint: std::mem::take(&mut m.fs.mountpoint),
+                            flags: m.fs.flags,
+                            ..s
+                        };
                     }
                     Answer::TimedOut => m.timed_out = true,
                     // Unmounted since the listing, or mounted over: keep the listing's figures.
@@ -239,7 +209,7 @@ mod tests {
     use crate::collectors::testutil::value;
 
     fn mount(device: &str, fstype: &str, mountpoint: &str, flags: u64) -> MountEntry {
-        MountEntry {
+        MountEntry::from(Statfs {
             device: device.into(),
             fstype: fstype.into(),
             mountpoint: mountpoint.into(),
@@ -250,8 +220,7 @@ mod tests {
             bavail: 550,
             files: 200,
             ffree: 150,
-            timed_out: false,
-        }
+        })
     }
 
     /// Mounts of the kinds an OPNsense install on ZFS has (root, EFI
@@ -357,7 +326,7 @@ mod tests {
     #[test]
     fn negative_avail_duplicates_and_dev_prefix() {
         let mut over = mount("/dev/ada0p2", "ufs", "/", MNT_LOCAL);
-        over.bavail = -10;
+        over.fs.bavail = -10;
         let mounts = vec![
             over.clone(),
             over,
@@ -420,7 +389,7 @@ mod tests {
         // A second file system mounted over /tmp: only the upper one can be asked.
         m.push(mount("tmpfs", "tmpfs", "/tmp", MNT_LOCAL));
         let t = refresh_targets(&m);
-        let mps: Vec<&str> = t.iter().map(|&i| m[i].mountpoint.as_str()).collect();
+        let mps: Vec<&str> = t.iter().map(|&i| m[i].fs.mountpoint.as_str()).collect();
         assert_eq!(
             mps,
             [
