@@ -108,6 +108,11 @@ impl CollectError {
         }
     }
 
+    /// A failed system call or command: `what` (the call, or the sysctl) and why.
+    pub fn other(what: &str, why: impl std::fmt::Display) -> Self {
+        Self::Other(format!("{what}: {why}"))
+    }
+
     pub fn parse(path: &Path, line: usize, msg: impl Into<String>) -> Self {
         Self::Parse {
             path: path.to_path_buf(),

@@ -220,7 +220,7 @@ impl Collector for TimexCollector {
             }
             // Seccomp or a sandbox may forbid it: no data, as node_exporter.
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
-            Err(e) => Err(CollectError::Other(format!("adjtimex: {e}"))),
+            Err(e) => Err(CollectError::other("adjtimex", e)),
         }
     }
 }

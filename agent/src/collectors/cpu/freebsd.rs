@@ -85,7 +85,7 @@ mod imp {
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let times = sysctl::read_long_array("kern.cp_times")
-                .map_err(|e| CollectError::Other(format!("kern.cp_times: {e}")))?;
+                .map_err(|e| CollectError::other("kern.cp_times", e))?;
             super::write(sink, &times, self.stathz);
             Ok(())
         }

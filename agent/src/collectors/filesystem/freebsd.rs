@@ -170,7 +170,7 @@ mod imp {
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let mut mounts: Vec<MountEntry> = sysctl::mounts()
-                .map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?
+                .map_err(|e| CollectError::other("getfsstat", e))?
                 .into_iter()
                 .map(MountEntry::from)
                 .collect();

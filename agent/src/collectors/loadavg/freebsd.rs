@@ -12,22 +12,14 @@ pub fn read() -> Result<[f64; 3], String> {
         .map_err(|e| e.to_string())
 }
 
+/// Registry entry: reads the load averages each collection.
 #[cfg(target_os = "freebsd")]
-pub use imp::SPEC;
-
-#[cfg(target_os = "freebsd")]
-mod imp {
-    use crate::collector::{stateless_spec, CollectError, CollectorSpec, Sink};
-
-    pub const SPEC: CollectorSpec = stateless_spec!("loadavg", collect);
-
-    /// Reads the load averages each collection.
-    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
-        let load = super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
-        super::super::write(sink, load);
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::stateless_spec!("loadavg", |sink| {
+        let load = read().map_err(|e| crate::collector::CollectError::other("getloadavg", e))?;
+        super::write(sink, load);
         Ok(())
-    }
-}
+    });
 
 #[cfg(test)]
 mod tests {

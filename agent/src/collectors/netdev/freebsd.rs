@@ -26,24 +26,15 @@ pub fn write(sink: &mut Sink, interfaces: &[IfCounters]) {
     }
 }
 
+/// Registry entry: reads `getifaddrs` each collection.
 #[cfg(target_os = "freebsd")]
-pub use imp::SPEC;
-
-#[cfg(target_os = "freebsd")]
-mod imp {
-    use crate::collector::{stateless_spec, CollectError, CollectorSpec, Sink};
-    use crate::freebsd::sysctl;
-
-    pub const SPEC: CollectorSpec = stateless_spec!("netdev", collect);
-
-    /// Reads `getifaddrs` each collection.
-    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
-        let ifs = sysctl::interface_counters()
-            .map_err(|e| CollectError::Other(format!("getifaddrs: {e}")))?;
-        super::write(sink, &ifs);
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::stateless_spec!("netdev", |sink| {
+        let ifs = crate::freebsd::sysctl::interface_counters()
+            .map_err(|e| crate::collector::CollectError::other("getifaddrs", e))?;
+        write(sink, &ifs);
         Ok(())
-    }
-}
+    });
 
 #[cfg(test)]
 mod tests {
