@@ -140,3 +140,24 @@ pub fn find_program(name: &str, extra: &[&str]) -> Option<std::path::PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_runner_times_out_and_kills() {
+        let r = SystemRunner {
+            timeout: Duration::from_millis(200),
+        };
+        let start = Instant::now();
+        let err = r.run("sleep", &["30"]).unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(r.run("echo", &["hi"]).unwrap().as_deref(), Some("hi\n"));
+        assert!(matches!(
+            r.run("false", &[]),
+            Err(CommandError::Failed { .. })
+        ));
+    }
+}
