@@ -157,13 +157,7 @@ mod tests {
     #[test]
     fn absent_module_is_no_data() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            procfs: dir.path().into(),
-            ..Paths::default()
-        };
-        let mut c = build(&paths).unwrap();
-        let mut sink = Sink::new();
-        c.collect(&mut sink).unwrap();
+        let sink = crate::collectors::testutil::collect_with_procfs(dir.path(), build);
         assert!(sink.samples.is_empty());
     }
 

@@ -381,13 +381,7 @@ mod tests {
             "   8       0 sda 10 0 4 20 1 0 2 3000 0 5 6\n 259 0 nvme0n1 1 1 1 1 1 1 1 1 1 1 1 7 0 9 1500 4 250\n",
         )
         .unwrap();
-        let paths = Paths {
-            procfs: dir.path().into(),
-            ..Paths::default()
-        };
-        let mut c = build(&paths).unwrap();
-        let mut sink = Sink::new();
-        c.collect(&mut sink).unwrap();
+        let sink = crate::collectors::testutil::collect_with_procfs(dir.path(), build);
         let get = |name: &str, dev: &str| {
             sink.samples
                 .iter()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use crate::collector::Sink;
+use crate::collector::{Collector, Sink};
 
 /// A path below the workspace's `tests/fixtures/`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -71,6 +71,23 @@ pub fn samples_by_key(sink: &Sink, prefix: &str) -> BTreeMap<String, f64> {
         out.insert(key, s.value);
     }
     out
+}
+
+/// One collection by the collector `build` makes with its procfs at `procfs`.
+pub fn collect_with_procfs(
+    procfs: &std::path::Path,
+    build: fn(
+        &crate::collector::Paths,
+    ) -> Result<Box<dyn Collector>, crate::collector::Unavailable>,
+) -> Sink {
+    let paths = crate::collector::Paths {
+        procfs: procfs.into(),
+        ..crate::collector::Paths::default()
+    };
+    let mut c = build(&paths).unwrap();
+    let mut sink = Sink::new();
+    c.collect(&mut sink).unwrap();
+    sink
 }
 
 /// The value of one series in a sink, if present.
