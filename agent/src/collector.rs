@@ -108,6 +108,11 @@ impl CollectError {
         }
     }
 
+    /// A failed system call or command: `what` (the call, or the sysctl) and why.
+    pub fn other(what: &str, why: impl std::fmt::Display) -> Self {
+        Self::Other(format!("{what}: {why}"))
+    }
+
     pub fn parse(path: &Path, line: usize, msg: impl Into<String>) -> Self {
         Self::Parse {
             path: path.to_path_buf(),
@@ -117,84 +122,11 @@ impl CollectError {
     }
 }
 
+pub use crate::sys::files::read_cached;
+
 /// Reads a whole file, mapping the error to [`CollectError::Io`].
 pub fn read_file(path: &Path) -> Result<String, CollectError> {
     read_cached(path).map_err(|e| CollectError::io(path, e))
-}
-
-/// Open procfs/sysfs files kept across collections; past this many the cache
-/// starts over (a node with thousands of interfaces still works, just slower).
-#[cfg(target_os = "linux")]
-const MAX_OPEN_FILES: usize = 2048;
-
-/// Reads a whole file. Files on procfs and sysfs stay open between calls and
-/// are re-read from offset 0 (`seq_file` and kernfs regenerate their contents
-/// on a read at 0), which saves the path walk, open and close that otherwise
-/// make up about a third of a collection's CPU. Anything else is read plainly.
-pub fn read_cached(path: &Path) -> std::io::Result<String> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::collections::HashMap;
-        use std::sync::{Mutex, OnceLock};
-        static OPEN: OnceLock<Mutex<HashMap<PathBuf, std::fs::File>>> = OnceLock::new();
-        let open = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut files = open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = files.get(path) {
-            match read_at_zero(f) {
-                Ok(s) => return Ok(s),
-                // The object went away (an interface was removed): forget it and open anew.
-                Err(_) => {
-                    files.remove(path);
-                }
-            }
-        }
-        let f = std::fs::File::open(path)?;
-        let text = read_at_zero(&f)?;
-        if is_pseudo_fs(&f) {
-            if files.len() >= MAX_OPEN_FILES {
-                files.clear();
-            }
-            files.insert(path.to_path_buf(), f);
-        }
-        Ok(text)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        std::fs::read_to_string(path)
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn read_at_zero(f: &std::fs::File) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = f.read_at(&mut chunk, buf.len() as u64)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Whether the file lives on procfs or sysfs, whose contents are generated on read.
-#[cfg(target_os = "linux")]
-fn is_pseudo_fs(f: &std::fs::File) -> bool {
-    // From linux/magic.h.
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    const SYSFS_MAGIC: i64 = 0x6265_6572;
-    nix::sys::statfs::fstatfs(f).is_ok_and(|s| {
-        #[allow(
-            clippy::unnecessary_cast,
-            reason = "the field's type differs between libc targets"
-        )]
-        let t = s.filesystem_type().0 as i64;
-        t == PROC_SUPER_MAGIC || t == SYSFS_MAGIC
-    })
 }
 
 /// A source of samples and events.
@@ -242,6 +174,95 @@ impl Collector for Stateless {
         (self.collect)(sink)
     }
 }
+
+/// What a [`FileCollector`] does with the text it read: parse it (errors
+/// name the path) and write the families.
+pub type WriteFile = fn(&Path, &str, &mut Sink) -> Result<(), CollectError>;
+
+/// A collector that reads one procfs or sysfs file each collection and hands
+/// its text to its module's writer.
+pub struct FileCollector {
+    name: &'static str,
+    path: PathBuf,
+    /// An absent file is no data (a kernel feature not built or not loaded).
+    optional: bool,
+    write: WriteFile,
+}
+
+impl FileCollector {
+    /// A file that must be there: its absence is an error.
+    #[must_use]
+    pub fn required(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(name, path, false, write)
+    }
+
+    /// A file whose absence means no data.
+    #[must_use]
+    pub fn optional(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(name, path, true, write)
+    }
+
+    fn boxed(
+        name: &'static str,
+        path: PathBuf,
+        optional: bool,
+        write: WriteFile,
+    ) -> Box<dyn Collector> {
+        Box::new(Self {
+            name,
+            path,
+            optional,
+            write,
+        })
+    }
+}
+
+impl Collector for FileCollector {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        let text = if self.optional {
+            let Some(text) = crate::collectors::read_optional(&self.path)? else {
+                return Ok(());
+            };
+            text
+        } else {
+            read_file(&self.path)?
+        };
+        (self.write)(&self.path, &text, sink)
+    }
+}
+
+/// The [`CollectorSpec`] of a [`Stateless`] collector, enabled by default:
+/// `stateless_spec!("name", collect_fn)`.
+#[cfg_attr(
+    not(target_os = "freebsd"),
+    allow(unused_macros, reason = "used by the FreeBSD collectors")
+)]
+macro_rules! stateless_spec {
+    ($name:literal, $collect:expr) => {
+        $crate::collector::CollectorSpec {
+            name: $name,
+            default_enabled: true,
+            build: |_: &$crate::collector::Paths| -> Result<
+                Box<dyn $crate::collector::Collector>,
+                $crate::collector::Unavailable,
+            > {
+                Ok(Box::new($crate::collector::Stateless {
+                    name: $name,
+                    collect: $collect,
+                }))
+            },
+        }
+    };
+}
+#[cfg_attr(
+    not(target_os = "freebsd"),
+    allow(unused_imports, reason = "used by the FreeBSD collectors")
+)]
+pub(crate) use stateless_spec;
 
 /// A collector that cannot run on this host, and why (said once at start-up).
 #[derive(Debug, thiserror::Error)]
@@ -524,30 +545,6 @@ mod tests {
             .find(|s| s.name == "nodewatch_agent_collector_success")
             .unwrap();
         assert!(success.value.abs() < f64::EPSILON);
-    }
-
-    #[test]
-    fn cached_reads_see_new_contents() {
-        // /proc/self/stat changes between reads (utime, state); a cached
-        // handle must re-generate it rather than return the old text.
-        let stat = Path::new("/proc/self/stat");
-        let pid = format!("{} ", std::process::id());
-        assert!(read_cached(stat).unwrap().starts_with(&pid));
-        assert!(
-            read_cached(stat).unwrap().starts_with(&pid),
-            "a cached handle reads again"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("x");
-        std::fs::write(&file, "one").unwrap();
-        assert_eq!(read_cached(&file).unwrap(), "one");
-        std::fs::write(&file, "two").unwrap();
-        assert_eq!(
-            read_cached(&file).unwrap(),
-            "two",
-            "regular files are not cached"
-        );
-        assert!(read_cached(&dir.path().join("missing")).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`collector`]: the `Collector` trait, the `Sink` collectors write into, per-collector timing.
-//! - [`collectors`]: one module per kernel source (`stat`, `meminfo`, `netdev`, …) and the registry list.
+//! - [`sys`]: system plumbing the collectors share (commands and `statfs` with a deadline).
+//! - [`collectors`]: one module per signal (`cpu`, `meminfo`, `filesystem`, …; a signal Linux and FreeBSD share has a part for each) and the registry list.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`batch`]: collections and their encoding into wire batches (symbol table per stream).
 //! - [`stream`]: one reconnecting stream per aggregator, reading the spool from its own cursor.
@@ -14,7 +15,7 @@
 //! - [`oom`]: OOM kills (from the eBPF ring buffer, `/dev/kmsg`, or FreeBSD's system log) → `OomKill` events and `nodewatch_oom_kills_total`.
 //! - [`containers`]: cgroup path → pod UID / container id, and the pod name cache; Linux only.
 //! - [`kube`]: the node's pods and Node object from the kubelet and the API server (pod names for OOM kills, requests, limits, image pull failures); Linux only.
-//! - [`freebsd`]: OPNsense/FreeBSD collectors (parsers everywhere, system calls on FreeBSD only).
+//! - [`freebsd`]: OPNsense/FreeBSD-only collectors and the sysctl FFI (parsers everywhere, system calls on FreeBSD only).
 
 pub mod batch;
 pub mod bootstrap;
@@ -33,3 +34,4 @@ pub mod oom;
 pub mod runtime;
 pub mod spool;
 pub mod stream;
+pub mod sys;

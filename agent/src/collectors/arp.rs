@@ -2,10 +2,11 @@
 //! interface (`node_exporter`'s `arp` collector as in 1.5, which read this file).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-use crate::collectors::read_optional;
+use crate::collector::{
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
+};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "arp",
@@ -14,9 +15,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(ArpCollector {
-        path: paths.proc("net/arp"),
-    }))
+    Ok(FileCollector::optional(
+        SPEC.name,
+        paths.proc("net/arp"),
+        write,
+    ))
 }
 
 /// Entries per device: the sixth column of every line after the header.
@@ -34,40 +37,24 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, u64>, CollectEr
     Ok(out)
 }
 
-pub struct ArpCollector {
-    path: PathBuf,
-}
-
-impl Collector for ArpCollector {
-    fn name(&self) -> &'static str {
-        "arp"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for (dev, n) in parse(path, text)? {
+        sink.gauge(
+            "node_arp_entries",
+            "ARP entries by device",
+            &[("device", &dev)],
+            n as f64,
+        );
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let Some(text) = read_optional(&self.path)? else {
-            return Ok(());
-        };
-        for (dev, n) in parse(&self.path, &text)? {
-            sink.gauge(
-                "node_arp_entries",
-                "ARP entries by device",
-                &[("device", &dev)],
-                n as f64,
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const HEAD: &str =
         "IP address       HW type     Flags       HW address            Mask     Device\n";
@@ -81,6 +68,6 @@ mod tests {
         assert_eq!(m["br0"], 1);
         assert!(parse(p, HEAD).unwrap().is_empty());
         assert!(parse(p, &format!("{HEAD}10.0.0.1 0x1\n")).is_err());
-        fuzz_util::assert_no_panic(&t, 31, |t| parse(p, t));
+        testutil::assert_no_panic(&t, 31, |t| parse(p, t));
     }
 }

@@ -104,53 +104,7 @@ impl Collector for BtrfsCollector {
                     v as f64,
                 );
             }
-            for kind in ["data", "metadata", "system"] {
-                let kb = base.join("allocation").join(kind);
-                if !kb.is_dir() {
-                    continue;
-                }
-                if let Some(v) = uint(&kb.join("bytes_reserved")) {
-                    sink.gauge(
-                        "node_btrfs_reserved_bytes",
-                        "Amount of space reserved for a data type",
-                        &[("block_group_type", kind), ("uuid", &uuid)],
-                        v as f64,
-                    );
-                }
-                for profile in list_dir(&kb)? {
-                    let pb = kb.join(&profile);
-                    if !pb.is_dir() {
-                        continue;
-                    }
-                    let l = [
-                        ("block_group_type", kind),
-                        ("mode", profile.as_str()),
-                        ("uuid", uuid.as_str()),
-                    ];
-                    if let Some(v) = uint(&pb.join("total_bytes")) {
-                        sink.gauge(
-                            "node_btrfs_size_bytes",
-                            "Amount of space allocated for a layout/data type",
-                            &l,
-                            v as f64,
-                        );
-                    }
-                    if let Some(v) = uint(&pb.join("used_bytes")) {
-                        sink.gauge(
-                            "node_btrfs_used_bytes",
-                            "Amount of used space by a layout/data type",
-                            &l,
-                            v as f64,
-                        );
-                    }
-                    sink.gauge(
-                        "node_btrfs_allocation_ratio",
-                        "Data allocation ratio for a layout/data type",
-                        &l,
-                        ratio(&profile, devices.len()),
-                    );
-                }
-            }
+            write_allocation(sink, &base, &uuid, devices.len())?;
             let c = read_trimmed(&base.join("commit_stats"))?.map_or([0; 4], |t| commit_stats(&t));
             let u = [("uuid", uuid.as_str())];
             sink.counter(
@@ -180,6 +134,63 @@ impl Collector for BtrfsCollector {
         }
         Ok(())
     }
+}
+
+/// Space per block group type (`data`, `metadata`, `system`) and profile.
+fn write_allocation(
+    sink: &mut Sink,
+    base: &Path,
+    uuid: &str,
+    devices: usize,
+) -> Result<(), CollectError> {
+    for kind in ["data", "metadata", "system"] {
+        let kb = base.join("allocation").join(kind);
+        if !kb.is_dir() {
+            continue;
+        }
+        if let Some(v) = uint(&kb.join("bytes_reserved")) {
+            sink.gauge(
+                "node_btrfs_reserved_bytes",
+                "Amount of space reserved for a data type",
+                &[("block_group_type", kind), ("uuid", uuid)],
+                v as f64,
+            );
+        }
+        for profile in list_dir(&kb)? {
+            let pb = kb.join(&profile);
+            if !pb.is_dir() {
+                continue;
+            }
+            let l = [
+                ("block_group_type", kind),
+                ("mode", profile.as_str()),
+                ("uuid", uuid),
+            ];
+            if let Some(v) = uint(&pb.join("total_bytes")) {
+                sink.gauge(
+                    "node_btrfs_size_bytes",
+                    "Amount of space allocated for a layout/data type",
+                    &l,
+                    v as f64,
+                );
+            }
+            if let Some(v) = uint(&pb.join("used_bytes")) {
+                sink.gauge(
+                    "node_btrfs_used_bytes",
+                    "Amount of used space by a layout/data type",
+                    &l,
+                    v as f64,
+                );
+            }
+            sink.gauge(
+                "node_btrfs_allocation_ratio",
+                "Data allocation ratio for a layout/data type",
+                &l,
+                ratio(&profile, devices),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -127,13 +127,9 @@ impl Collector for ConntrackCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const STAT: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -161,19 +157,13 @@ mod tests {
     #[test]
     fn absent_module_is_no_data() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            procfs: dir.path().into(),
-            ..Paths::default()
-        };
-        let mut c = build(&paths).unwrap();
-        let mut sink = Sink::new();
-        c.collect(&mut sink).unwrap();
+        let sink = crate::collectors::testutil::collect_with_procfs(dir.path(), build);
         assert!(sink.samples.is_empty());
     }
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(STAT, 14, |t| parse_stat(Path::new("nf_conntrack"), t));
-        fuzz_util::assert_no_panic("65536\n", 15, |t| parse_number(Path::new("max"), t));
+        testutil::assert_no_panic(STAT, 14, |t| parse_stat(Path::new("nf_conntrack"), t));
+        testutil::assert_no_panic("65536\n", 15, |t| parse_number(Path::new("max"), t));
     }
 }

@@ -183,6 +183,10 @@ impl DiskstatsCollector {
 /// Name, HELP, type (true = counter) and value of each exported column.
 type Column = (&'static str, &'static str, bool, Option<f64>);
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a table: one row per /proc/diskstats column, in node_exporter's order"
+)]
 fn columns(s: &DiskStat) -> [Column; 17] {
     let f = |v: u64| Some(v as f64);
     let secs = |v: u64| Some(v as f64 * SECONDS_PER_TICK);
@@ -322,13 +326,9 @@ impl Collector for DiskstatsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -381,13 +381,7 @@ mod tests {
             "   8       0 sda 10 0 4 20 1 0 2 3000 0 5 6\n 259 0 nvme0n1 1 1 1 1 1 1 1 1 1 1 1 7 0 9 1500 4 250\n",
         )
         .unwrap();
-        let paths = Paths {
-            procfs: dir.path().into(),
-            ..Paths::default()
-        };
-        let mut c = build(&paths).unwrap();
-        let mut sink = Sink::new();
-        c.collect(&mut sink).unwrap();
+        let sink = crate::collectors::testutil::collect_with_procfs(dir.path(), build);
         let get = |name: &str, dev: &str| {
             sink.samples
                 .iter()
@@ -413,6 +407,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 8, |t| parse(Path::new("diskstats"), t));
+        testutil::assert_no_panic(FIXTURE, 8, |t| parse(Path::new("diskstats"), t));
     }
 }

@@ -57,11 +57,7 @@ impl Collector for EntropyCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
 

@@ -1,10 +1,10 @@
 //! `/proc/sys/fs/file-nr`: `node_filefd_allocated`, `node_filefd_maximum`
 //! (`node_exporter`'s `filefd` collector; node-mixin's `NodeFileDescriptorLimit`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -15,9 +15,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(FilefdCollector {
-        path: paths.proc("sys/fs/file-nr"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("sys/fs/file-nr"),
+        write,
+    ))
 }
 
 /// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.
@@ -32,42 +34,29 @@ pub fn parse(path: &Path, text: &str) -> Result<(f64, f64), CollectError> {
     ))
 }
 
-pub struct FilefdCollector {
-    path: PathBuf,
-}
-
-impl Collector for FilefdCollector {
-    fn name(&self) -> &'static str {
-        "filefd"
-    }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let (allocated, maximum) = parse(&self.path, &read_file(&self.path)?)?;
-        sink.gauge(
-            "node_filefd_allocated",
-            "File descriptor statistics: allocated.",
-            &[],
-            allocated,
-        );
-        sink.gauge(
-            "node_filefd_maximum",
-            "File descriptor statistics: maximum.",
-            &[],
-            maximum,
-        );
-        Ok(())
-    }
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    let (allocated, maximum) = parse(path, text)?;
+    sink.gauge(
+        "node_filefd_allocated",
+        "File descriptor statistics: allocated.",
+        &[],
+        allocated,
+    );
+    sink.gauge(
+        "node_filefd_maximum",
+        "File descriptor statistics: maximum.",
+        &[],
+        maximum,
+    );
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     #[test]
     fn parses_and_rejects() {
@@ -78,6 +67,6 @@ mod tests {
         );
         assert!(parse(p, "1024\t0").is_err());
         assert!(parse(p, "x\t0\t1").is_err());
-        fuzz_util::assert_no_panic("1024\t0\t1631329\n", 30, |t| parse(p, t));
+        testutil::assert_no_panic("1024\t0\t1631329\n", 30, |t| parse(p, t));
     }
 }

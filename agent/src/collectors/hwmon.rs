@@ -124,45 +124,8 @@ pub fn samples(chip: &str, data: &ChipData, sink: &mut Sink) {
                 1.0,
             );
         }
-        let num = |s: &str| s.trim().parse::<f64>().ok();
-        match kind {
-            "beep_enable" => {
-                let v = if props.get("").map(String::as_str) == Some("1") {
-                    1.0
-                } else {
-                    0.0
-                };
-                sink.gauge(
-                    "node_hwmon_beep_enabled",
-                    "Hardware beep enabled",
-                    &labels,
-                    v,
-                );
-                continue;
-            }
-            "vrm" => {
-                if let Some(v) = props.get("").and_then(|s| num(s)) {
-                    sink.gauge(
-                        "node_hwmon_voltage_regulator_version",
-                        "Hardware voltage regulator",
-                        &labels,
-                        v,
-                    );
-                }
-                continue;
-            }
-            "update_interval" => {
-                if let Some(v) = props.get("").and_then(|s| num(s)) {
-                    sink.gauge(
-                        "node_hwmon_update_interval_seconds",
-                        "Hardware monitor update interval",
-                        &labels,
-                        v * 0.001,
-                    );
-                }
-                continue;
-            }
-            _ => {}
+        if write_single_value(sink, kind, props, &labels) {
+            continue;
         }
         let prefix = format!("node_hwmon_{kind}");
         for (element, value) in props {
@@ -180,109 +143,196 @@ pub fn samples(chip: &str, data: &ChipData, sink: &mut Sink) {
             } else {
                 format!("{prefix}_{}", clean(element))
             };
-            let Some(v) = num(value) else {
+            let Some(v) = value.trim().parse::<f64>().ok() else {
                 continue;
             };
-            let e = element.as_str();
-            if e == "fault" || e == "alarm" {
-                sink.gauge(
-                    &name,
-                    &format!("Hardware sensor {e} status ({kind})"),
-                    &labels,
-                    v,
-                );
-            } else if e == "beep" {
-                sink.gauge(
-                    &format!("{name}_enabled"),
-                    "Hardware monitor sensor has beeping enabled",
-                    &labels,
-                    v,
-                );
-            } else if kind == "in" || kind == "cpu" {
-                sink.gauge(
-                    &format!("{name}_volts"),
-                    &format!("Hardware monitor for voltage ({e})"),
-                    &labels,
-                    v * 0.001,
-                );
-            } else if kind == "temp" && e != "type" {
-                let e = if e.is_empty() { "input" } else { e };
-                sink.gauge(
-                    &format!("{name}_celsius"),
-                    &format!("Hardware monitor for temperature ({e})"),
-                    &labels,
-                    v * 0.001,
-                );
-            } else if kind == "curr" {
-                sink.gauge(
-                    &format!("{name}_amps"),
-                    &format!("Hardware monitor for current ({e})"),
-                    &labels,
-                    v * 0.001,
-                );
-            } else if kind == "energy" {
-                sink.counter(
-                    &format!("{name}_joule_total"),
-                    &format!("Hardware monitor for joules used so far ({e})"),
-                    &labels,
-                    v / 1e6,
-                );
-            } else if kind == "power" && e == "accuracy" {
-                sink.gauge(
-                    &name,
-                    "Hardware monitor power meter accuracy, as a ratio",
-                    &labels,
-                    v / 1e6,
-                );
-            } else if kind == "power"
-                && matches!(
-                    e,
-                    "average_interval" | "average_interval_min" | "average_interval_max"
-                )
-            {
-                sink.gauge(
-                    &format!("{name}_seconds"),
-                    &format!("Hardware monitor power usage update interval ({e})"),
-                    &labels,
-                    v * 0.001,
-                );
-            } else if kind == "power" {
-                sink.gauge(
-                    &format!("{name}_watt"),
-                    &format!("Hardware monitor for power usage in watts ({e})"),
-                    &labels,
-                    v / 1e6,
-                );
-            } else if kind == "humidity" {
-                sink.gauge(&name, &format!("Hardware monitor for humidity, as a ratio (multiply with 100.0 to get the humidity as a percentage) ({e})"), &labels, v / 1e6);
-            } else if kind == "fan" && matches!(e, "input" | "min" | "max" | "target") {
-                sink.gauge(
-                    &format!("{name}_rpm"),
-                    &format!("Hardware monitor for fan revolutions per minute ({e})"),
-                    &labels,
-                    v,
-                );
-            } else if kind == "freq" {
-                if e == "input" {
-                    if let Some(label) = props.get("label") {
-                        let l = clean(label);
-                        sink.gauge(
-                            &format!("{name}_freq_mhz"),
-                            "Hardware monitor for GPU frequency in MHz",
-                            &[("chip", chip), ("sensor", &l)],
-                            v / 1e6,
-                        );
-                    }
-                }
+            write_element(
+                sink,
+                &Element {
+                    chip,
+                    kind,
+                    props,
+                    labels: &labels,
+                    name: &name,
+                },
+                element,
+                v,
+            );
+        }
+    }
+}
+
+/// Sensors that are a single value (`beep_enable`, `vrm`,
+/// `update_interval`): written here, `true`; any other kind, `false`.
+fn write_single_value(
+    sink: &mut Sink,
+    kind: &str,
+    props: &BTreeMap<String, String>,
+    labels: &[(&str, &str)],
+) -> bool {
+    let num = |s: &str| s.trim().parse::<f64>().ok();
+    match kind {
+        "beep_enable" => {
+            let v = if props.get("").map(String::as_str) == Some("1") {
+                1.0
             } else {
+                0.0
+            };
+            sink.gauge(
+                "node_hwmon_beep_enabled",
+                "Hardware beep enabled",
+                labels,
+                v,
+            );
+            true
+        }
+        "vrm" => {
+            if let Some(v) = props.get("").and_then(|s| num(s)) {
                 sink.gauge(
-                    &name,
-                    &format!("Hardware monitor {kind} element {e}"),
-                    &labels,
+                    "node_hwmon_voltage_regulator_version",
+                    "Hardware voltage regulator",
+                    labels,
                     v,
                 );
             }
+            true
         }
+        "update_interval" => {
+            if let Some(v) = props.get("").and_then(|s| num(s)) {
+                sink.gauge(
+                    "node_hwmon_update_interval_seconds",
+                    "Hardware monitor update interval",
+                    labels,
+                    v * 0.001,
+                );
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// What the writer of one sensor element needs to know about its sensor.
+struct Element<'a> {
+    chip: &'a str,
+    kind: &'a str,
+    props: &'a BTreeMap<String, String>,
+    labels: &'a [(&'a str, &'a str)],
+    /// The family name stem for this element.
+    name: &'a str,
+}
+
+/// Writes one element (`input`, `max`, `alarm`, …) of a sensor, named and
+/// scaled by the sensor's kind as `node_exporter` does.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one branch per sensor kind and element, in node_exporter's order of its naming rules"
+)]
+fn write_element(sink: &mut Sink, s: &Element<'_>, e: &str, v: f64) {
+    let Element {
+        chip,
+        kind,
+        props,
+        labels,
+        name,
+    } = *s;
+    if e == "fault" || e == "alarm" {
+        sink.gauge(
+            name,
+            &format!("Hardware sensor {e} status ({kind})"),
+            labels,
+            v,
+        );
+    } else if e == "beep" {
+        sink.gauge(
+            &format!("{name}_enabled"),
+            "Hardware monitor sensor has beeping enabled",
+            labels,
+            v,
+        );
+    } else if kind == "in" || kind == "cpu" {
+        sink.gauge(
+            &format!("{name}_volts"),
+            &format!("Hardware monitor for voltage ({e})"),
+            labels,
+            v * 0.001,
+        );
+    } else if kind == "temp" && e != "type" {
+        let e = if e.is_empty() { "input" } else { e };
+        sink.gauge(
+            &format!("{name}_celsius"),
+            &format!("Hardware monitor for temperature ({e})"),
+            labels,
+            v * 0.001,
+        );
+    } else if kind == "curr" {
+        sink.gauge(
+            &format!("{name}_amps"),
+            &format!("Hardware monitor for current ({e})"),
+            labels,
+            v * 0.001,
+        );
+    } else if kind == "energy" {
+        sink.counter(
+            &format!("{name}_joule_total"),
+            &format!("Hardware monitor for joules used so far ({e})"),
+            labels,
+            v / 1e6,
+        );
+    } else if kind == "power" && e == "accuracy" {
+        sink.gauge(
+            name,
+            "Hardware monitor power meter accuracy, as a ratio",
+            labels,
+            v / 1e6,
+        );
+    } else if kind == "power"
+        && matches!(
+            e,
+            "average_interval" | "average_interval_min" | "average_interval_max"
+        )
+    {
+        sink.gauge(
+            &format!("{name}_seconds"),
+            &format!("Hardware monitor power usage update interval ({e})"),
+            labels,
+            v * 0.001,
+        );
+    } else if kind == "power" {
+        sink.gauge(
+            &format!("{name}_watt"),
+            &format!("Hardware monitor for power usage in watts ({e})"),
+            labels,
+            v / 1e6,
+        );
+    } else if kind == "humidity" {
+        sink.gauge(name, &format!("Hardware monitor for humidity, as a ratio (multiply with 100.0 to get the humidity as a percentage) ({e})"), labels, v / 1e6);
+    } else if kind == "fan" && matches!(e, "input" | "min" | "max" | "target") {
+        sink.gauge(
+            &format!("{name}_rpm"),
+            &format!("Hardware monitor for fan revolutions per minute ({e})"),
+            labels,
+            v,
+        );
+    } else if kind == "freq" {
+        if e == "input" {
+            if let Some(label) = props.get("label") {
+                let l = clean(label);
+                sink.gauge(
+                    &format!("{name}_freq_mhz"),
+                    "Hardware monitor for GPU frequency in MHz",
+                    &[("chip", chip), ("sensor", &l)],
+                    v / 1e6,
+                );
+            }
+        }
+    } else {
+        sink.gauge(
+            name,
+            &format!("Hardware monitor {kind} element {e}"),
+            labels,
+            v,
+        );
     }
 }
 
@@ -404,14 +454,10 @@ impl Collector for HwmonCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     #[test]
     fn names_split_as_node_exporter_splits_them() {
@@ -472,7 +518,7 @@ mod tests {
     fn fuzz_no_panic() {
         // File name and contents pairs, one per line: `name value`.
         let t = "temp1_input 42500\nfan1_input 1200\nin0_max 3300\npwm1_enable 2\nfreq1_input 1000000\nfreq1_label sclk\nbeep_enable 1\n";
-        fuzz_util::assert_no_panic(t, 41, |t| {
+        testutil::assert_no_panic(t, 41, |t| {
             let mut d = ChipData::new();
             for l in t.lines() {
                 let (f, v) = l.split_once(' ').unwrap_or((l, ""));

@@ -187,13 +187,9 @@ impl Collector for IpvsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const SERVICES: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -211,6 +207,6 @@ mod tests {
         );
         assert!(parse_services(p, "h\nh\nh\n  -> C0A85216:0CEA Tunnel 100 248 2\n").is_err());
         assert!(parse_stats(p, "a\nb\n 1 2 zz 4 5\n").is_err());
-        fuzz_util::assert_no_panic(SERVICES, 44, |t| parse_services(p, t));
+        testutil::assert_no_panic(SERVICES, 44, |t| parse_services(p, t));
     }
 }

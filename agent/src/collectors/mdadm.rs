@@ -238,14 +238,10 @@ impl Collector for MdadmCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -298,6 +294,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 40, |t| parse(Path::new("mdstat"), t));
+        testutil::assert_no_panic(FIXTURE, 40, |t| parse(Path::new("mdstat"), t));
     }
 }

@@ -6,10 +6,10 @@
 //! fields it does not know (newer kernels keep adding some).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -20,9 +20,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(MeminfoCollector {
-        path: paths.proc("meminfo"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("meminfo"),
+        write,
+    ))
 }
 
 /// Parses `/proc/meminfo` into `(metric suffix, value)` pairs in file order,
@@ -69,39 +71,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, f64)>, CollectError
     Ok(out)
 }
 
-pub struct MeminfoCollector {
-    path: PathBuf,
-}
-
-impl Collector for MeminfoCollector {
-    fn name(&self) -> &'static str {
-        "meminfo"
-    }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let text = read_file(&self.path)?;
-        for (key, value) in parse(&self.path, &text)? {
-            let name = format!("node_memory_{key}");
-            let help = format!("Memory information field {key}.");
-            // node_exporter types a field as a counter only when it ends in `_total`.
-            if key.ends_with("_total") {
-                sink.counter(&name, &help, &[], value);
-            } else {
-                sink.gauge(&name, &help, &[], value);
-            }
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for (key, value) in parse(path, text)? {
+        let name = format!("node_memory_{key}");
+        let help = format!("Memory information field {key}.");
+        // node_exporter types a field as a counter only when it ends in `_total`.
+        if key.ends_with("_total") {
+            sink.counter(&name, &help, &[], value);
+        } else {
+            sink.gauge(&name, &help, &[], value);
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -129,6 +117,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 3, |t| parse(Path::new("meminfo"), t));
+        testutil::assert_no_panic(FIXTURE, 3, |t| parse(Path::new("meminfo"), t));
     }
 }

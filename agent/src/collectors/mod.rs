@@ -1,4 +1,13 @@
-//! One module per kernel source; [`registry`] lists them all.
+//! One module per signal; [`registry`] lists them all.
+//!
+//! A signal that both Linux and FreeBSD have is a directory, as
+//! `node_exporter`'s `*_common.go` files: its `mod.rs` owns the metric names,
+//! HELP texts and the writer, and `linux.rs` and `freebsd.rs` read the
+//! figures (the FreeBSD parsers build and are tested on every OS). These are
+//! [`cpu`], [`loadavg`], [`netdev`] and [`filesystem`]; the other Linux
+//! sources are one file each, the other FreeBSD ones are in
+//! [`freebsd`](crate::freebsd). Blocking calls and commands go through
+//! [`sys`](crate::sys).
 //!
 //! Metric names, types, HELP texts, labels and units follow `node_exporter`'s
 //! Linux collectors, so existing dashboards and alert rules work unchanged.
@@ -6,17 +15,17 @@
 //! directly on fixtures; parsers never panic on odd input.
 //!
 //! # Collectors
-//! - [`stat`]: `/proc/stat`: `node_cpu_seconds_total`, `node_cpu_guest_seconds_total`,
+//! - [`stat`] ([`cpu`]'s Linux part; FreeBSD: `kern.cp_times`): `/proc/stat`: `node_cpu_seconds_total`, `node_cpu_guest_seconds_total`,
 //!   `node_boot_time_seconds`, `node_context_switches_total`, `node_forks_total`,
 //!   `node_intr_total`, `node_procs_running`, `node_procs_blocked` (`node_exporter`'s
 //!   `cpu` and `stat` collectors).
 //! - [`meminfo`]: `/proc/meminfo`: `node_memory_<Field>[_bytes]`.
-//! - [`loadavg`]: `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
+//! - [`loadavg`]: `/proc/loadavg` (FreeBSD: `getloadavg(3)`): `node_load1`, `node_load5`, `node_load15`.
 //! - [`pressure`]: `/proc/pressure/{cpu,io,memory,irq}`: `node_pressure_*_seconds_total`.
 //! - [`diskstats`]: `/proc/diskstats`: `node_disk_*` per device.
-//! - [`filesystem`]: mounts from `/proc/1/mountinfo`, `statfs(2)` on each:
+//! - [`filesystem`]: mounts from `/proc/1/mountinfo` (FreeBSD: `getfsstat(2)`), `statfs(2)` on each:
 //!   `node_filesystem_*` per mount point, with a timeout for hung mounts.
-//! - [`netdev`]: `/proc/net/dev`: `node_network_{receive,transmit}_*_total`.
+//! - [`netdev`]: `/proc/net/dev` (FreeBSD: `getifaddrs(3)`): `node_network_{receive,transmit}_*_total`.
 //! - [`netclass`]: `/sys/class/net/<iface>/*`: `node_network_up`, `node_network_info`,
 //!   `node_network_mtu_bytes`, `node_network_carrier`, `node_network_speed_bytes`, ….
 //! - [`netstat`]: `/proc/net/{netstat,snmp,snmp6}`: `node_netstat_*` (filtered).
@@ -40,6 +49,7 @@ pub mod bonding;
 pub mod btrfs;
 #[cfg(target_os = "linux")]
 pub mod conntrack;
+pub mod cpu;
 #[cfg(target_os = "linux")]
 pub mod cpu_sysfs;
 #[cfg(target_os = "linux")]
@@ -54,13 +64,11 @@ pub mod edac;
 pub mod entropy;
 #[cfg(target_os = "linux")]
 pub mod filefd;
-#[cfg(target_os = "linux")]
 pub mod filesystem;
 #[cfg(target_os = "linux")]
 pub mod hwmon;
 #[cfg(target_os = "linux")]
 pub mod ipvs;
-#[cfg(target_os = "linux")]
 pub mod loadavg;
 #[cfg(target_os = "linux")]
 pub mod mdadm;
@@ -68,7 +76,6 @@ pub mod mdadm;
 pub mod meminfo;
 #[cfg(target_os = "linux")]
 pub mod netclass;
-#[cfg(target_os = "linux")]
 pub mod netdev;
 #[cfg(target_os = "linux")]
 pub mod netstat;
@@ -92,9 +99,9 @@ pub mod selinux;
 pub mod sockstat;
 #[cfg(target_os = "linux")]
 pub mod softnet;
+/// The `stat` collector (`/proc/stat`), which writes the CPU times among others.
 #[cfg(target_os = "linux")]
-pub mod stat;
-pub mod statfs_pool;
+pub use cpu::linux as stat;
 pub mod testseq;
 #[cfg(target_os = "linux")]
 pub mod textfile;
@@ -119,8 +126,8 @@ pub mod xfs;
 pub mod zfs;
 pub mod zpool;
 
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) mod fuzz_util;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 /// node_exporter 1.5's default Linux collectors (Debian 12's build;
 /// `watchdog` came later), all of which the agent mirrors by default
@@ -299,11 +306,7 @@ pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly; success is exactly 0 or 1"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use crate::collector::{Paths, Running, Sink};
 

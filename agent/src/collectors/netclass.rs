@@ -222,14 +222,10 @@ fn write(sink: &mut Sink, device: &str, iface: &Iface) {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const DIR: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -296,8 +292,8 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic("0x1303\n", 17, |t| parse_int(t).ok_or(()));
-        fuzz_util::assert_no_panic("-1\n", 18, |t| {
+        testutil::assert_no_panic("0x1303\n", 17, |t| parse_int(t).ok_or(()));
+        testutil::assert_no_panic("-1\n", 18, |t| {
             let files: BTreeMap<String, String> = ["speed", "flags", "mtu", "operstate"]
                 .iter()
                 .map(|a| ((*a).to_string(), t.to_string()))

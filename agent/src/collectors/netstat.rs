@@ -148,14 +148,10 @@ impl Collector for NetstatCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const NETSTAT: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -221,8 +217,8 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(NETSTAT, 10, |t| parse_pairs(Path::new("netstat"), t));
-        fuzz_util::assert_no_panic(SNMP, 11, |t| parse_pairs(Path::new("snmp"), t));
-        fuzz_util::assert_no_panic(SNMP6, 12, |t| parse_snmp6(Path::new("snmp6"), t));
+        testutil::assert_no_panic(NETSTAT, 10, |t| parse_pairs(Path::new("netstat"), t));
+        testutil::assert_no_panic(SNMP, 11, |t| parse_pairs(Path::new("snmp"), t));
+        testutil::assert_no_panic(SNMP6, 12, |t| parse_snmp6(Path::new("snmp6"), t));
     }
 }

@@ -229,28 +229,55 @@ impl NfsCollector {
         }
     }
 
-    fn client(&self, m: &HashMap<String, Vec<u64>>, sink: &mut Sink) -> Result<(), CollectError> {
-        let p = &self.path;
-        let net = line(p, m, "net", 4)?;
+    /// The `proc2` and `proc3` lines' procedures.
+    fn requests_v2_v3(
+        sink: &mut Sink,
+        name: &str,
+        help: &str,
+        p: &Path,
+        m: &HashMap<String, Vec<u64>>,
+    ) -> Result<(), CollectError> {
+        Self::requests(
+            sink,
+            name,
+            help,
+            "2",
+            V2,
+            line(p, m, "proc2", V2.len() + 1)?,
+        );
+        Self::requests(
+            sink,
+            name,
+            help,
+            "3",
+            V3,
+            line(p, m, "proc3", V3.len() + 1)?,
+        );
+        Ok(())
+    }
+
+    /// The `net` line: packets by protocol (labelled `label`) and TCP connections.
+    fn net(sink: &mut Sink, prefix: &str, label: &str, net: &[u64]) {
         let help = "Total NFSd network packets (sent+received) by protocol type.";
+        for (proto, v) in [("udp", net[1]), ("tcp", net[2])] {
+            sink.counter(
+                &format!("{prefix}_packets_total"),
+                help,
+                &[(label, proto)],
+                v as f64,
+            );
+        }
         sink.counter(
-            "node_nfs_packets_total",
-            help,
-            &[("protocol", "udp")],
-            net[1] as f64,
-        );
-        sink.counter(
-            "node_nfs_packets_total",
-            help,
-            &[("protocol", "tcp")],
-            net[2] as f64,
-        );
-        sink.counter(
-            "node_nfs_connections_total",
+            &format!("{prefix}_connections_total"),
             "Total number of NFSd TCP connections.",
             &[],
             net[3] as f64,
         );
+    }
+
+    fn client(&self, m: &HashMap<String, Vec<u64>>, sink: &mut Sink) -> Result<(), CollectError> {
+        let p = &self.path;
+        Self::net(sink, "node_nfs", "protocol", line(p, m, "net", 4)?);
         let rpc = line(p, m, "rpc", 3)?;
         sink.counter(
             "node_nfs_rpcs_total",
@@ -271,22 +298,7 @@ impl NfsCollector {
             rpc[2] as f64,
         );
         let help = "Number of NFS procedures invoked.";
-        Self::requests(
-            sink,
-            "node_nfs_requests_total",
-            help,
-            "2",
-            V2,
-            line(p, m, "proc2", V2.len() + 1)?,
-        );
-        Self::requests(
-            sink,
-            "node_nfs_requests_total",
-            help,
-            "3",
-            V3,
-            line(p, m, "proc3", V3.len() + 1)?,
-        );
+        Self::requests_v2_v3(sink, "node_nfs_requests_total", help, p, m)?;
         Self::requests(
             sink,
             "node_nfs_requests_total",
@@ -359,26 +371,7 @@ impl NfsCollector {
             &[],
             ra[11] as f64,
         );
-        let net = line(p, m, "net", 4)?;
-        let help = "Total NFSd network packets (sent+received) by protocol type.";
-        sink.counter(
-            "node_nfsd_packets_total",
-            help,
-            &[("proto", "udp")],
-            net[1] as f64,
-        );
-        sink.counter(
-            "node_nfsd_packets_total",
-            help,
-            &[("proto", "tcp")],
-            net[2] as f64,
-        );
-        sink.counter(
-            "node_nfsd_connections_total",
-            "Total number of NFSd TCP connections.",
-            &[],
-            net[3] as f64,
-        );
+        Self::net(sink, "node_nfsd", "proto", line(p, m, "net", 4)?);
         let rpc = line(p, m, "rpc", 5)?;
         sink.counter(
             "node_nfsd_server_rpcs_total",
@@ -386,42 +379,16 @@ impl NfsCollector {
             &[],
             rpc[0] as f64,
         );
-        let help = "Total number of NFSd RPC errors by error type.";
-        sink.counter(
-            "node_nfsd_rpc_errors_total",
-            help,
-            &[("error", "fmt")],
-            rpc[2] as f64,
-        );
-        sink.counter(
-            "node_nfsd_rpc_errors_total",
-            help,
-            &[("error", "auth")],
-            rpc[3] as f64,
-        );
-        sink.counter(
-            "node_nfsd_rpc_errors_total",
-            help,
-            &[("error", "cInt")],
-            rpc[4] as f64,
-        );
+        for (error, v) in [("fmt", rpc[2]), ("auth", rpc[3]), ("cInt", rpc[4])] {
+            sink.counter(
+                "node_nfsd_rpc_errors_total",
+                "Total number of NFSd RPC errors by error type.",
+                &[("error", error)],
+                v as f64,
+            );
+        }
         let help = "Total number NFSd Requests by method and protocol.";
-        Self::requests(
-            sink,
-            "node_nfsd_requests_total",
-            help,
-            "2",
-            V2,
-            line(p, m, "proc2", V2.len() + 1)?,
-        );
-        Self::requests(
-            sink,
-            "node_nfsd_requests_total",
-            help,
-            "3",
-            V3,
-            line(p, m, "proc3", V3.len() + 1)?,
-        );
+        Self::requests_v2_v3(sink, "node_nfsd_requests_total", help, p, m)?;
         let ops = line(p, m, "proc4ops", 40)?;
         for (name, at) in V4_SERVER {
             sink.counter(
@@ -467,13 +434,9 @@ impl Collector for NfsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const NFSD_FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -487,7 +450,7 @@ mod tests {
         assert_eq!(m["th"], [8, 0]);
         assert!(parse(p, "proc2 3 1 2\n").is_err(), "count says 3, 2 follow");
         assert!(parse(p, "net 1 x\n").is_err());
-        fuzz_util::assert_no_panic(NFSD_FIXTURE, 45, |t| {
+        testutil::assert_no_panic(NFSD_FIXTURE, 45, |t| {
             let m = parse(p, t)?;
             let c = NfsCollector {
                 path: p.into(),

@@ -136,14 +136,10 @@ impl Collector for OsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     #[test]
     fn parses_quoting_and_versions() {
@@ -159,7 +155,7 @@ mod tests {
         assert_eq!(version("20.04"), Some(20.04));
         assert_eq!(version("12"), Some(12.0));
         assert_eq!(version("9.3.2"), Some(9.3));
-        fuzz_util::assert_no_panic("NAME=\"Ubuntu\"\nVERSION_ID=\"20.04\"\n", 35, |t| {
+        testutil::assert_no_panic("NAME=\"Ubuntu\"\nVERSION_ID=\"20.04\"\n", 35, |t| {
             let e = parse(t);
             Ok::<_, ()>(version(e.get("VERSION_ID").map_or("", String::as_str)))
         });

@@ -141,13 +141,9 @@ impl Collector for PressureCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const DIR: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -200,7 +196,7 @@ mod tests {
     #[test]
     fn fuzz_no_panic() {
         for (seed, name) in [(4, "cpu"), (5, "io"), (6, "memory"), (7, "irq")] {
-            fuzz_util::assert_no_panic(&fixture(name), seed, |t| parse(Path::new(name), t));
+            testutil::assert_no_panic(&fixture(name), seed, |t| parse(Path::new(name), t));
         }
     }
 }

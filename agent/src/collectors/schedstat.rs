@@ -1,10 +1,12 @@
 //! `/proc/schedstat`: `node_schedstat_{running,waiting}_seconds_total{cpu}`
 //! and `node_schedstat_timeslices_total{cpu}`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-use crate::collectors::{parse_field, read_optional};
+use crate::collector::{
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
+};
+use crate::collectors::parse_field;
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "schedstat",
@@ -13,9 +15,12 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(SchedstatCollector {
-        path: paths.proc("schedstat"),
-    }))
+    // Kernels without CONFIG_SCHEDSTATS have no file.
+    Ok(FileCollector::optional(
+        SPEC.name,
+        paths.proc("schedstat"),
+        write,
+    ))
 }
 
 /// `(cpu, running ns, waiting ns, timeslices)` from the `cpuN` lines
@@ -45,54 +50,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<(String, u64, u64, u64)>, Co
     Ok(out)
 }
 
-pub struct SchedstatCollector {
-    path: PathBuf,
-}
-
-impl Collector for SchedstatCollector {
-    fn name(&self) -> &'static str {
-        "schedstat"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for (cpu, running, waiting, slices) in parse(path, text)? {
+        let l = [("cpu", cpu.as_str())];
+        sink.counter(
+            "node_schedstat_running_seconds_total",
+            "Number of seconds CPU spent running a process.",
+            &l,
+            running as f64 / 1e9,
+        );
+        sink.counter(
+            "node_schedstat_waiting_seconds_total",
+            "Number of seconds spent by processing waiting for this CPU.",
+            &l,
+            waiting as f64 / 1e9,
+        );
+        sink.counter(
+            "node_schedstat_timeslices_total",
+            "Number of timeslices executed by CPU.",
+            &l,
+            slices as f64,
+        );
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        // Kernels without CONFIG_SCHEDSTATS have no file.
-        let Some(text) = read_optional(&self.path)? else {
-            return Ok(());
-        };
-        for (cpu, running, waiting, slices) in parse(&self.path, &text)? {
-            let l = [("cpu", cpu.as_str())];
-            sink.counter(
-                "node_schedstat_running_seconds_total",
-                "Number of seconds CPU spent running a process.",
-                &l,
-                running as f64 / 1e9,
-            );
-            sink.counter(
-                "node_schedstat_waiting_seconds_total",
-                "Number of seconds spent by processing waiting for this CPU.",
-                &l,
-                waiting as f64 / 1e9,
-            );
-            sink.counter(
-                "node_schedstat_timeslices_total",
-                "Number of timeslices executed by CPU.",
-                &l,
-                slices as f64,
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const T: &str = "version 15\ntimestamp 15819019232\ncpu0 498494191 0 3533438552 2553969831 3853684107 2465731542 2045936778163039 343796328169361 4767485306\ndomain0 00000000,00000003 212499247 210112015\n";
 
@@ -111,6 +99,6 @@ mod tests {
         );
         assert!(parse(p, "cpu0 1 2 3\n").is_err());
         assert!(parse(p, "cpux 1 2 3 4 5 6 7 8 9\n").is_err());
-        fuzz_util::assert_no_panic(T, 34, |t| parse(p, t));
+        testutil::assert_no_panic(T, 34, |t| parse(p, t));
     }
 }

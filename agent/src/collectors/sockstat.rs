@@ -136,13 +136,9 @@ impl Collector for SockstatCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const V4: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -186,7 +182,7 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(V4, 19, |t| parse(Path::new("sockstat"), t));
-        fuzz_util::assert_no_panic(V6, 20, |t| parse(Path::new("sockstat6"), t));
+        testutil::assert_no_panic(V4, 19, |t| parse(Path::new("sockstat"), t));
+        testutil::assert_no_panic(V6, 20, |t| parse(Path::new("sockstat6"), t));
     }
 }

@@ -1,10 +1,10 @@
 //! `/proc/net/softnet_stat`: `node_softnet_*{cpu}`, per-CPU packet processing
 //! of the network stack (drops, quota squeezes, RPS, flow limit, backlog).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 
 pub const SPEC: CollectorSpec = CollectorSpec {
@@ -14,9 +14,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(SoftnetCollector {
-        path: paths.proc("net/softnet_stat"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("net/softnet_stat"),
+        write,
+    ))
 }
 
 /// One CPU's line.
@@ -73,76 +75,63 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CpuStat>, CollectError> {
     Ok(out)
 }
 
-pub struct SoftnetCollector {
-    path: PathBuf,
-}
-
-impl Collector for SoftnetCollector {
-    fn name(&self) -> &'static str {
-        "softnet"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    let stats = parse(path, text)?;
+    for s in &stats {
+        let cpu = s.index.to_string();
+        let l = [("cpu", cpu.as_str())];
+        sink.counter(
+            "node_softnet_processed_total",
+            "Number of processed packets",
+            &l,
+            s.processed as f64,
+        );
+        sink.counter(
+            "node_softnet_dropped_total",
+            "Number of dropped packets",
+            &l,
+            s.dropped as f64,
+        );
+        sink.counter(
+            "node_softnet_times_squeezed_total",
+            "Number of times processing packets ran out of quota",
+            &l,
+            s.time_squeezed as f64,
+        );
+        sink.counter(
+            "node_softnet_cpu_collision_total",
+            "Number of collision occur while obtaining device lock while transmitting",
+            &l,
+            s.cpu_collision as f64,
+        );
+        sink.counter(
+            "node_softnet_received_rps_total",
+            "Number of times cpu woken up received_rps",
+            &l,
+            s.received_rps as f64,
+        );
+        sink.counter(
+            "node_softnet_flow_limit_count_total",
+            "Number of times flow limit has been reached",
+            &l,
+            s.flow_limit_count as f64,
+        );
+        sink.gauge(
+            "node_softnet_backlog_len",
+            "Softnet backlog status",
+            &l,
+            s.backlog_len as f64,
+        );
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let stats = parse(&self.path, &read_file(&self.path)?)?;
-        for s in &stats {
-            let cpu = s.index.to_string();
-            let l = [("cpu", cpu.as_str())];
-            sink.counter(
-                "node_softnet_processed_total",
-                "Number of processed packets",
-                &l,
-                s.processed as f64,
-            );
-            sink.counter(
-                "node_softnet_dropped_total",
-                "Number of dropped packets",
-                &l,
-                s.dropped as f64,
-            );
-            sink.counter(
-                "node_softnet_times_squeezed_total",
-                "Number of times processing packets ran out of quota",
-                &l,
-                s.time_squeezed as f64,
-            );
-            sink.counter(
-                "node_softnet_cpu_collision_total",
-                "Number of collision occur while obtaining device lock while transmitting",
-                &l,
-                s.cpu_collision as f64,
-            );
-            sink.counter(
-                "node_softnet_received_rps_total",
-                "Number of times cpu woken up received_rps",
-                &l,
-                s.received_rps as f64,
-            );
-            sink.counter(
-                "node_softnet_flow_limit_count_total",
-                "Number of times flow limit has been reached",
-                &l,
-                s.flow_limit_count as f64,
-            );
-            sink.gauge(
-                "node_softnet_backlog_len",
-                "Softnet backlog status",
-                &l,
-                s.backlog_len as f64,
-            );
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const MODERN: &str = "0000a1b2 00000003 00000001 00000000 00000000 00000000 00000000 00000000 00000002 00000005 00000000 00000007 00000004\n";
 
@@ -167,6 +156,6 @@ mod tests {
         assert_eq!(parse(p, &old).unwrap()[1].index, 1);
         assert!(parse(p, "0001 0002\n").is_err());
         assert!(parse(p, "zz 0 0 0 0 0 0 0 0\n").is_err());
-        fuzz_util::assert_no_panic(MODERN, 32, |t| parse(p, t));
+        testutil::assert_no_panic(MODERN, 32, |t| parse(p, t));
     }
 }

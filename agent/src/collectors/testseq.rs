@@ -90,7 +90,6 @@ impl Collector for TestSeqCollector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a test fails loudly")]
 mod tests {
     use super::*;
 

@@ -256,6 +256,26 @@ fn folders(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The names in a directory, sorted.
+fn sorted_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// One `.prom` file's families and its modification time.
+fn read_prom(path: &Path) -> Result<(Vec<ParsedFamily>, std::time::SystemTime), CollectError> {
+    let b = std::fs::read(path).map_err(|e| CollectError::io(path, e))?;
+    let mtime = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| CollectError::io(path, e))?;
+    let text = String::from_utf8(b).map_err(|_| CollectError::parse(path, 0, "not UTF-8"))?;
+    Ok((parse(path, &text)?, mtime))
+}
+
 impl TextfileCollector {
     /// Everything of one collection; returns whether anything went wrong.
     fn export(&self, sink: &mut Sink) -> bool {
@@ -270,15 +290,8 @@ impl TextfileCollector {
         let mut accepted: Vec<ParsedFamily> = Vec::new();
         let mut mtimes = Vec::new();
         for folder in folders(dir) {
-            let names = match std::fs::read_dir(&folder) {
-                Ok(rd) => {
-                    let mut v: Vec<String> = rd
-                        .filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect();
-                    v.sort();
-                    v
-                }
+            let names = match sorted_names(&folder) {
+                Ok(v) => v,
                 Err(error) => {
                     tracing::warn!(path = %folder.display(), %error, "Cannot read the textfile directory.");
                     errored = true;
@@ -290,17 +303,7 @@ impl TextfileCollector {
                 .filter(|n| Path::new(n).extension().is_some_and(|e| e == "prom"))
             {
                 let path = folder.join(name);
-                let parsed = std::fs::read(&path)
-                    .map_err(|e| CollectError::io(&path, e))
-                    .and_then(|b| {
-                        let mtime = std::fs::metadata(&path)
-                            .and_then(|m| m.modified())
-                            .map_err(|e| CollectError::io(&path, e))?;
-                        let text = String::from_utf8(b)
-                            .map_err(|_| CollectError::parse(&path, 0, "not UTF-8"))?;
-                        Ok((parse(&path, &text)?, mtime))
-                    });
-                let (families, mtime) = match parsed {
+                let (families, mtime) = match read_prom(&path) {
                     Ok(x) => x,
                     Err(error) => {
                         tracing::warn!(%error, "Textfile not exported.");
@@ -394,14 +397,10 @@ impl Collector for TextfileCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const GOOD: &str = "# HELP backup_last_success_timestamp_seconds Last good backup.\n# TYPE backup_last_success_timestamp_seconds gauge\nbackup_last_success_timestamp_seconds{job=\"nas\",path=\"/srv/a \\\"b\\\"\"} 1.7e9\n# TYPE smart_reallocated counter\nsmart_reallocated{disk=\"sda\"} 0\n# TYPE rt histogram\nrt_bucket{le=\"1\"} 2\nrt_bucket{le=\"+Inf\"} 3\nrt_sum 4.5\nrt_count 3\nplain 7\n";
 
@@ -447,7 +446,7 @@ mod tests {
         ] {
             assert!(parse(Path::new("x.prom"), bad).is_err(), "{bad:?}");
         }
-        fuzz_util::assert_no_panic(GOOD, 43, |t| parse(Path::new("x.prom"), t));
+        testutil::assert_no_panic(GOOD, 43, |t| parse(Path::new("x.prom"), t));
     }
 
     /// Files written during the test: a good one, a malformed one, one

@@ -78,14 +78,10 @@ impl Collector for UdpQueuesCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const T: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:0016 00000000:0000 0A 00000015:00000000 00:00000000 00000000     0        0 2740 1 ffff88003d3af3c0 100 0 0 10 0\n   1: 00000000:0017 00000000:0000 0A 00000001:00000100 00:00000000 00000000     0        0 2741 1 ffff88003d3af3c0 100 0 0 10 0\n";
 
@@ -94,6 +90,6 @@ mod tests {
         let p = Path::new("udp");
         assert_eq!(parse(p, T).unwrap(), (0x16, 0x100));
         assert!(parse(p, "head\n 0: a b c zz:1\n").is_err());
-        fuzz_util::assert_no_panic(T, 33, |t| parse(p, t));
+        testutil::assert_no_panic(T, 33, |t| parse(p, t));
     }
 }

@@ -78,14 +78,10 @@ impl Collector for VmstatCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -124,6 +120,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 9, |t| parse(Path::new("vmstat"), t));
+        testutil::assert_no_panic(FIXTURE, 9, |t| parse(Path::new("vmstat"), t));
     }
 }

@@ -122,14 +122,10 @@ impl Collector for XfsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture; values compared are exact"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -145,6 +141,6 @@ mod tests {
         assert!(parse(p, "rw 1\n").is_err());
         assert!(parse(p, "rw 1 x\n").is_err());
         assert_eq!(parse(p, "newline 1 2 3\n").unwrap(), vec![0; FIELDS.len()]);
-        fuzz_util::assert_no_panic(FIXTURE, 42, |t| parse(p, t));
+        testutil::assert_no_panic(FIXTURE, 42, |t| parse(p, t));
     }
 }

@@ -106,37 +106,36 @@ pub struct KstatValue {
 /// not a number is an error naming the 1-based line.
 pub fn parse_named_kstat(text: &str) -> Result<Vec<KstatValue>, (usize, String)> {
     let mut out = Vec::new();
-    let mut in_body = false;
-    for (i, line) in text.lines().enumerate() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if !in_body {
-            in_body = parts.as_slice() == ["name", "type", "data"];
-            continue;
-        }
-        if parts.len() < 3 {
-            continue;
-        }
+    let rows = body_rows(text).ok_or_else(|| (0, "no \"name type data\" header".to_string()))?;
+    for (n, _, parts) in rows {
         let value = match parts[1] {
             KSTAT_DATA_UINT64 => parts[2].parse::<u64>().map(|v| v as f64).ok(),
             KSTAT_DATA_INT64 => parts[2].parse::<i64>().map(|v| v as f64).ok(),
             _ => continue,
         };
         let Some(value) = value else {
-            return Err((
-                i + 1,
-                format!("{}: not an integer: {:?}", parts[0], parts[2]),
-            ));
+            return Err((n, format!("{}: not an integer: {:?}", parts[0], parts[2])));
         };
         out.push(KstatValue {
             name: parts[0].to_string(),
             value,
         });
     }
-    if in_body {
-        Ok(out)
-    } else {
-        Err((0, "no \"name type data\" header".to_string()))
-    }
+    Ok(out)
+}
+
+/// The rows after a kstat's `name type data` header that have at least
+/// three fields, as (1-based line number, line, fields); `None` without a header.
+fn body_rows(text: &str) -> Option<impl Iterator<Item = (usize, &str, Vec<&str>)>> {
+    let mut lines = text.lines().enumerate();
+    lines
+        .by_ref()
+        .find(|(_, l)| l.split_whitespace().eq(["name", "type", "data"]))?;
+    Some(
+        lines
+            .map(|(i, l)| (i + 1, l, l.split_whitespace().collect::<Vec<_>>()))
+            .filter(|(_, _, parts)| parts.len() >= 3),
+    )
 }
 
 /// Parses a pool `io` kstat (`KSTAT_TYPE_IO`): a header row starting with
@@ -187,37 +186,24 @@ pub struct Objset {
 pub fn parse_objset(text: &str) -> Result<Objset, (usize, String)> {
     let mut dataset = None;
     let mut values = Vec::new();
-    let mut in_body = false;
-    for (i, line) in text.lines().enumerate() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if !in_body {
-            in_body = parts.as_slice() == ["name", "type", "data"];
-            continue;
-        }
-        if parts.len() < 3 {
-            continue;
-        }
+    let no_dataset = || (0, "no dataset_name row".to_string());
+    for (n, line, parts) in body_rows(text).ok_or_else(no_dataset)? {
         if parts[0] == "dataset_name" {
             dataset = Some(rest_after_fields(line, 2).to_string());
             continue;
         }
         if parts[1] == KSTAT_DATA_UINT64 {
-            let value = parts[2].parse::<u64>().map_err(|_| {
-                (
-                    i + 1,
-                    format!("{}: not an integer: {:?}", parts[0], parts[2]),
-                )
-            })?;
+            let value = parts[2]
+                .parse::<u64>()
+                .map_err(|_| (n, format!("{}: not an integer: {:?}", parts[0], parts[2])))?;
             values.push(KstatValue {
                 name: parts[0].to_string(),
                 value: value as f64,
             });
         }
     }
-    match dataset {
-        Some(dataset) if in_body => Ok(Objset { dataset, values }),
-        _ => Err((0, "no dataset_name row".to_string())),
-    }
+    let dataset = dataset.ok_or_else(no_dataset)?;
+    Ok(Objset { dataset, values })
 }
 
 /// The text after the first `n` whitespace-separated fields, without the
@@ -368,13 +354,9 @@ impl ZfsCollector {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{expected_families, fixture, fuzz_inputs, samples_by_key};
+    use crate::collectors::testutil::{expected_families, fixture, fuzz_inputs, samples_by_key};
 
     fn collect(dir: &str) -> Sink {
         let mut sink = Sink::new();

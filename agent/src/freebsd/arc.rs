@@ -273,8 +273,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::collectors::testutil::{fixture_text, value};
     use crate::freebsd::sysctl::parse_sysctl_lines;
-    use crate::freebsd::testutil::{fixture_text, value};
 
     #[test]
     fn freebsd14_fixture() {

@@ -9,7 +9,7 @@
 //! `init`, `backup`, `master`), so a failover shows on both nodes of a pair.
 
 use crate::collector::{CollectError, Collector, Sink};
-use crate::collectors::zpool::CommandRunner;
+use crate::sys::command::CommandRunner;
 
 /// CARP states (`carp_states[]` in `sys/netinet/ip_carp.c`).
 pub const STATES: &[&str] = &["init", "backup", "master"];
@@ -123,7 +123,7 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
     default_enabled: true,
     build: |_| {
         Ok(Box::new(CarpCollector::new(Box::new(
-            crate::collectors::zpool::SystemRunner::default(),
+            crate::sys::command::SystemRunner::default(),
         ))))
     },
 };
@@ -131,7 +131,7 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     /// `ifconfig` of an OPNsense HA node, in the format of FreeBSD 13/14
     /// `sbin/ifconfig` (`carp_status`: `"\tcarp: %s vhid %d advbase %d advskew %d"`).

@@ -272,7 +272,7 @@ mod imp {
     /// Reads `kern.devstat.all` each collection.
     fn collect(sink: &mut Sink) -> Result<(), CollectError> {
         let raw = sysctl::read_raw("kern.devstat.all")
-            .map_err(|e| CollectError::Other(format!("kern.devstat.all: {e}")))?;
+            .map_err(|e| CollectError::other("kern.devstat.all", e))?;
         let devices = super::parse(&raw).map_err(|e| CollectError::Other(e.to_string()))?;
         super::write(sink, &devices);
         Ok(())
@@ -286,7 +286,7 @@ mod imp {
 )]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     /// 2^64 / 4: a bintime `frac` of a quarter second.
     const QUARTER: u64 = 1 << 62;

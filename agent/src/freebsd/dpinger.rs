@@ -181,16 +181,12 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
 };
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     #[test]
     fn parses_line() {

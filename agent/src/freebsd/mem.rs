@@ -162,21 +162,10 @@ pub use imp::SPEC;
 
 #[cfg(target_os = "freebsd")]
 mod imp {
-    use crate::collector::{
-        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
-    };
+    use crate::collector::{stateless_spec, CollectError, CollectorSpec, Sink};
     use crate::freebsd::sysctl;
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "meminfo",
-        default_enabled: true,
-        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(Stateless {
-                name: SPEC.name,
-                collect,
-            }))
-        },
-    };
+    pub const SPEC: CollectorSpec = stateless_spec!("meminfo", collect);
 
     /// Reads the memory sysctls each collection.
     fn collect(sink: &mut Sink) -> Result<(), CollectError> {
@@ -196,8 +185,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::collectors::testutil::value;
     use crate::freebsd::sysctl::parse_sysctl_lines;
-    use crate::freebsd::testutil::value;
 
     /// `sysctl vm.stats.vm vfs.bufspace vm.swap_total` lines of a 2 GiB FreeBSD 14 VM
     /// (names from `sys/vm/vm_meter.c`; there is no v_cache_count since 12).

@@ -7,20 +7,24 @@
 //! layouts exist nowhere else.
 //!
 //! # Layout
-//! - [`sysctl`]: reading sysctls by name, `getifaddrs`, `getfsstat` (the only module with `unsafe`).
+//! - [`sysctl`]: reading sysctls by name, `getifaddrs`, `getfsstat`, each
+//!   returning its own raw types (the only module with `unsafe`).
 //! - [`arc`]: `kstat.zfs.misc.arcstats.*` → node_exporter's FreeBSD `node_zfs_*` names.
 //! - [`pf`]: `pfctl -si` / `pfctl -sm` → pf state table and counters.
 //! - [`carp`]: `ifconfig` CARP lines → `nodewatch_carp_master`.
 //! - [`dpinger`]: OPNsense gateway monitor sockets → gateway RTT, loss, up.
-//! - [`netif`]: interface counters from `getifaddrs` `if_data`.
-//! - [`cpu`]: `kern.cp_times` → `node_cpu_seconds_total`.
 //! - [`mem`]: `vm.stats.vm.*` → `node_memory_*`.
-//! - [`loadavg`]: `getloadavg(3)` (through `sysinfo`) → `node_load1`, `node_load5`, `node_load15`.
-//! - [`filesystem`]: `getfsstat(2)`, `statfs(2)` → `node_filesystem_*`.
 //! - [`devstat`]: the binary `kern.devstat.all` → `node_devstat_*` (disk I/O).
 //!
+//! The signals Linux has too are written once, in their module below
+//! [`collectors`](crate::collectors), whose `freebsd` part reads them here:
+//! [`cpu`](crate::collectors::cpu::freebsd) (`kern.cp_times`),
+//! [`loadavg`](crate::collectors::loadavg::freebsd) (`getloadavg(3)`),
+//! [`netdev`](crate::collectors::netdev::freebsd) (`getifaddrs` `if_data`) and
+//! [`filesystem`](crate::collectors::filesystem::freebsd) (`getfsstat(2)`, `statfs(2)`).
+//!
 //! Commands (`pfctl`, `ifconfig`) run through
-//! [`CommandRunner`](crate::collectors::zpool::CommandRunner), with its timeout.
+//! [`CommandRunner`](crate::sys::command::CommandRunner), with its timeout.
 
 #![allow(
     clippy::doc_markdown,
@@ -29,31 +33,23 @@
 
 pub mod arc;
 pub mod carp;
-pub mod cpu;
 pub mod devstat;
 pub mod dpinger;
-pub mod filesystem;
-pub mod loadavg;
 pub mod mem;
-pub mod netif;
 pub mod pf;
 pub mod sysctl;
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
-pub(crate) mod testutil;
 
 /// The FreeBSD collectors, for the registry.
 #[cfg(target_os = "freebsd")]
 #[must_use]
 pub fn specs() -> Vec<crate::collector::CollectorSpec> {
     vec![
-        cpu::SPEC,
+        crate::collectors::cpu::freebsd::SPEC,
         mem::SPEC,
-        loadavg::SPEC,
-        filesystem::SPEC,
+        crate::collectors::loadavg::freebsd::SPEC,
+        crate::collectors::filesystem::freebsd::SPEC,
         devstat::SPEC,
-        netif::SPEC,
+        crate::collectors::netdev::freebsd::SPEC,
         arc::SPEC,
         pf::SPEC,
         carp::SPEC,

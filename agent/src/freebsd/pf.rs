@@ -15,7 +15,7 @@
 //! - `nodewatch_pf_limit{pool}` for every `pfctl -sm` row.
 
 use crate::collector::{CollectError, Collector, Sink};
-use crate::collectors::zpool::CommandRunner;
+use crate::sys::command::CommandRunner;
 
 /// What `pfctl -si` says.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -178,7 +178,7 @@ impl Collector for PfCollector {
     }
 
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let other = |e: crate::collectors::zpool::CommandError| CollectError::Other(e.to_string());
+        let other = |e: crate::sys::command::CommandError| CollectError::Other(e.to_string());
         // No pfctl (not a firewall host): no data.
         let Some(info) = self.runner.run("pfctl", &["-si"]).map_err(other)? else {
             return Ok(());
@@ -205,20 +205,16 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
             ));
         }
         Ok(Box::new(PfCollector::new(Box::new(
-            crate::collectors::zpool::SystemRunner::default(),
+            crate::sys::command::SystemRunner::default(),
         ))))
     },
 };
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on the first surprise"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::zpool::CommandError;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs, value};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs, value};
+    use crate::sys::command::CommandError;
 
     /// `pfctl -sm` as FreeBSD 14 prints it (`print_limits`, `pfctl.c`:
     /// `"%-13s hard limit %8u"`).

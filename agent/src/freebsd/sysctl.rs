@@ -35,6 +35,41 @@ pub fn parse_sysctl_lines(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Counters of one interface (a safe copy of the kernel's `struct if_data` fields we use).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IfCounters {
+    pub name: String,
+    pub ibytes: u64,
+    pub obytes: u64,
+    pub ipackets: u64,
+    pub opackets: u64,
+    pub ierrors: u64,
+    pub oerrors: u64,
+    pub iqdrops: u64,
+    pub oqdrops: u64,
+}
+
+/// One entry of `getfsstat(2)` (a safe copy of the `struct statfs` fields used).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Statfs {
+    /// `f_mntfromname`, e.g. `zroot/ROOT/default` or `/dev/ada0p2`.
+    pub device: String,
+    /// `f_fstypename`.
+    pub fstype: String,
+    /// `f_mntonname`.
+    pub mountpoint: String,
+    /// `f_flags` (`MNT_*`).
+    pub flags: u64,
+    /// `f_bsize`: the fragment size the block counts are in.
+    pub bsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    /// Negative when root has used into the reserve.
+    pub bavail: i64,
+    pub files: u64,
+    pub ffree: i64,
+}
+
 #[cfg(target_os = "freebsd")]
 pub use imp::*;
 
@@ -46,6 +81,8 @@ pub use imp::*;
 mod imp {
     use std::ffi::{CStr, CString};
     use std::io;
+
+    use super::{IfCounters, Statfs};
 
     /// Reads a sysctl's raw bytes. The size is asked first; a value that
     /// grows between the two calls (`kern.cp_times` after CPU hotplug) is
@@ -134,7 +171,7 @@ mod imp {
 
     /// Every interface's counters (`getifaddrs(3)`: the `AF_LINK` entry of an
     /// interface carries a `struct if_data` in `ifa_data`, see `net/if.h`).
-    pub fn interface_counters() -> io::Result<Vec<crate::freebsd::netif::IfCounters>> {
+    pub fn interface_counters() -> io::Result<Vec<IfCounters>> {
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: `head` is a valid out-pointer; on success the list is
         // freed below with `freeifaddrs`.
@@ -164,7 +201,7 @@ mod imp {
             let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
                 .to_string_lossy()
                 .into_owned();
-            out.push(crate::freebsd::netif::IfCounters {
+            out.push(IfCounters {
                 name,
                 ibytes: data.ifi_ibytes,
                 obytes: data.ifi_obytes,
@@ -196,7 +233,7 @@ mod imp {
     /// Every mount, as `getfsstat(2)` with `MNT_NOWAIT` lists it: the
     /// kernel's cached `statfs` of each, without asking any file system
     /// (so it never blocks on a dead network mount).
-    pub fn mounts() -> io::Result<Vec<crate::freebsd::filesystem::MountEntry>> {
+    pub fn mounts() -> io::Result<Vec<Statfs>> {
         // A mount added between the count and the listing fills the spare
         // slots; a listing that fills them all is retried once, larger.
         let mut spare = 8;
@@ -228,7 +265,7 @@ mod imp {
         }
         Ok(list
             .iter()
-            .map(|s| crate::freebsd::filesystem::MountEntry {
+            .map(|s| Statfs {
                 device: c_field(&s.f_mntfromname),
                 fstype: c_field(&s.f_fstypename),
                 mountpoint: c_field(&s.f_mntonname),
@@ -239,7 +276,6 @@ mod imp {
                 bavail: s.f_bavail,
                 files: s.f_files,
                 ffree: s.f_ffree,
-                timed_out: false,
             })
             .collect())
     }
@@ -248,7 +284,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs};
 
     #[test]
     fn parses_sysctl_output() {

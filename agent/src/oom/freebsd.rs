@@ -168,7 +168,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs};
 
     /// Lines in `vm_pageout_oom`'s format as syslogd writes them, one per reason,
     /// a pre-12 line without jid, and a command name with `), ` in it.

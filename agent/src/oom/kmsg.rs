@@ -375,7 +375,7 @@ impl Collector for KmsgOom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fixture_text, fuzz_inputs};
+    use crate::collectors::testutil::{fixture_text, fuzz_inputs};
 
     /// Every line of a fixture through the parser, then flushed.
     fn kills_of(rel: &str) -> Vec<OomKill> {

@@ -1,4 +1,5 @@
-//! Mounted filesystems: `node_filesystem_*` per mount point.
+//! Mounted filesystems on Linux, filling [`MountStats`] for the writer in
+//! [`super`].
 //!
 //! As `node_exporter`'s `filesystem` collector: mounts come from
 //! `<procfs>/1/mountinfo` (the host's mount namespace when we run in a
@@ -12,23 +13,18 @@
 //! [`MOUNT_TIMEOUT`] for each; a mount that does not answer in time is
 //! reported with `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
 //! and not asked again until the blocked call returns.
-//!
-//! Labels are `device`, `fstype`, `mountpoint`, plus `device_error` with the
-//! error text when statfs failed. `node_exporter` v1.9+ writes
-//! `device_error=""` on healthy mounts; an empty label is the same as no label
-//! in Prometheus, so the series are identical.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
 
+use super::{write_mount, FsStat, MountStats, MOUNT_TIMEOUT, STAT_WORKERS};
 use crate::collector::{
     CollectError, Collector, CollectorOptions, CollectorSpec, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
-use crate::collectors::statfs_pool::{Answer, StatfsPool};
-pub use crate::collectors::statfs_pool::{MOUNT_TIMEOUT, STAT_WORKERS, TIMEOUT_ERROR};
+use crate::sys::statfs_pool::{Answer, StatfsPool};
 
 pub const SPEC: CollectorSpec = CollectorSpec {
     name: "filesystem",
@@ -137,16 +133,6 @@ pub fn parse_mountinfo(path: &Path, text: &str) -> Result<Vec<Mount>, CollectErr
         });
     }
     Ok(out)
-}
-
-/// What `statfs` says about one mount, in bytes and inodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct FsStat {
-    pub size: f64,
-    pub free: f64,
-    pub avail: f64,
-    pub files: f64,
-    pub files_free: f64,
 }
 
 /// `statfs(2)`; sizes use `f_bsize` as `node_exporter` does. The error is
@@ -264,87 +250,35 @@ impl Collector for FilesystemCollector {
             .collect();
         let answers = self.stat.stat_all(&jobs)?;
         for ((mp, m), answer) in mounts.iter().zip(&answers) {
-            write(sink, mp, m, answer);
+            write_mount(sink, &stats(mp, m, answer));
         }
         Ok(())
     }
 }
 
-fn write(sink: &mut Sink, mp: &str, m: &Mount, answer: &Answer<FsStat>) {
-    let mut labels = vec![
-        ("device", m.source.as_str()),
-        ("fstype", m.fs_type.as_str()),
-        ("mountpoint", mp),
-    ];
-    if let Some(e) = answer.error() {
-        labels.push(("device_error", e));
+/// One mount's figures: sizes when `statfs` answered, else its error (and,
+/// as `node_exporter` on Linux, no `mount_info`).
+fn stats<'a>(mp: &'a str, m: &'a Mount, answer: &'a Answer<FsStat>) -> MountStats<'a> {
+    let sizes = match answer {
+        Answer::Stat(s) => Some(*s),
+        Answer::Error(_) | Answer::TimedOut => None,
+    };
+    MountStats {
+        device: &m.source,
+        fstype: &m.fs_type,
+        mountpoint: mp,
+        error: answer.error(),
+        read_only: m.read_only(),
+        mount_info: sizes.map(|_| Some((m.major, m.minor))),
+        sizes,
     }
-    sink.gauge(
-        "node_filesystem_device_error",
-        "Whether an error occurred while getting statistics for the given device.",
-        &labels,
-        if answer.error().is_some() { 1.0 } else { 0.0 },
-    );
-    sink.gauge(
-        "node_filesystem_readonly",
-        "Filesystem read-only status.",
-        &labels,
-        if m.read_only() { 1.0 } else { 0.0 },
-    );
-    let Answer::Stat(s) = answer else { return };
-    sink.gauge(
-        "node_filesystem_size_bytes",
-        "Filesystem size in bytes.",
-        &labels,
-        s.size,
-    );
-    sink.gauge(
-        "node_filesystem_free_bytes",
-        "Filesystem free space in bytes.",
-        &labels,
-        s.free,
-    );
-    sink.gauge(
-        "node_filesystem_avail_bytes",
-        "Filesystem space available to non-root users in bytes.",
-        &labels,
-        s.avail,
-    );
-    sink.gauge(
-        "node_filesystem_files",
-        "Filesystem total file nodes.",
-        &labels,
-        s.files,
-    );
-    sink.gauge(
-        "node_filesystem_files_free",
-        "Filesystem total free file nodes.",
-        &labels,
-        s.files_free,
-    );
-    let (major, minor) = (m.major.to_string(), m.minor.to_string());
-    sink.gauge(
-        "node_filesystem_mount_info",
-        "Filesystem mount information.",
-        &[
-            ("device", m.source.as_str()),
-            ("major", &major),
-            ("minor", &minor),
-            ("mountpoint", mp),
-        ],
-        1.0,
-    );
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::float_cmp,
-    reason = "a test fails loudly on a broken fixture"
-)]
+#[allow(clippy::float_cmp, reason = "values compared are exact")]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/linux");
     const MOUNTINFO: &str = include_str!(concat!(
@@ -443,7 +377,8 @@ mod tests {
         );
     }
 
-    use crate::collectors::statfs_pool::StatFn;
+    use crate::collectors::filesystem::TIMEOUT_ERROR;
+    use crate::sys::statfs_pool::StatFn;
     use std::time::{Duration, Instant};
 
     fn collector(rootfs: &Path, stat: StatFn<FsStat>, timeout: Duration) -> FilesystemCollector {
@@ -573,7 +508,7 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(MOUNTINFO, 16, |t| {
+        testutil::assert_no_panic(MOUNTINFO, 16, |t| {
             parse_mountinfo(Path::new("mountinfo"), t)
         });
     }

@@ -1,17 +1,9 @@
-//! Load averages, as node_exporter's `collector/loadavg.go`: `node_load1`,
-//! `node_load5`, `node_load15`. On FreeBSD `sysinfo` reads them with
+//! Load averages on FreeBSD: `sysinfo` reads them with
 //! `getloadavg(3)` (the `vm.loadavg` sysctl node_exporter reads, scaled by
 //! its `fscale`).
 
-use crate::collector::Sink;
-
-/// Writes the three averages (1, 5 and 15 minutes).
-pub fn write(sink: &mut Sink, load: [f64; 3]) {
-    let [l1, l5, l15] = load;
-    sink.gauge("node_load1", "1m load average.", &[], l1);
-    sink.gauge("node_load5", "5m load average.", &[], l5);
-    sink.gauge("node_load15", "15m load average.", &[], l15);
-}
+#[cfg(test)]
+use super::write;
 
 /// The averages from `sysinfo`, which says why when the call fails.
 pub fn read() -> Result<[f64; 3], String> {
@@ -20,38 +12,20 @@ pub fn read() -> Result<[f64; 3], String> {
         .map_err(|e| e.to_string())
 }
 
+/// Registry entry: reads the load averages each collection.
 #[cfg(target_os = "freebsd")]
-pub use imp::SPEC;
-
-#[cfg(target_os = "freebsd")]
-mod imp {
-    use crate::collector::{
-        CollectError, Collector, CollectorSpec, Paths, Sink, Stateless, Unavailable,
-    };
-
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "loadavg",
-        default_enabled: true,
-        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
-            Ok(Box::new(Stateless {
-                name: SPEC.name,
-                collect,
-            }))
-        },
-    };
-
-    /// Reads the load averages each collection.
-    fn collect(sink: &mut Sink) -> Result<(), CollectError> {
-        let load = super::read().map_err(|e| CollectError::Other(format!("getloadavg: {e}")))?;
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::stateless_spec!("loadavg", |sink| {
+        let load = read().map_err(|e| crate::collector::CollectError::other("getloadavg", e))?;
         super::write(sink, load);
         Ok(())
-    }
-}
+    });
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collector::Sink;
+    use crate::collectors::testutil::value;
 
     #[test]
     fn names_and_values() {

@@ -1,5 +1,5 @@
-//! CPU time per CPU and mode from `kern.cp_times`, as node_exporter's
-//! `collector/cpu_freebsd.go`: `node_cpu_seconds_total{cpu,mode}`.
+//! CPU time per CPU and mode on FreeBSD, from `kern.cp_times`, as
+//! node_exporter's `collector/cpu_freebsd.go`.
 //!
 //! `kern.cp_times` is an array of `long`, `CPUSTATES` (5) tick counters per
 //! CPU in the order `CP_USER, CP_NICE, CP_SYS, CP_INTR, CP_IDLE`
@@ -44,15 +44,8 @@ pub fn write(sink: &mut Sink, cp_times: &[i64], stathz: u32) {
         return;
     }
     for (cpu, ticks) in cp_times.chunks_exact(MODES.len()).enumerate() {
-        let cpu = cpu.to_string();
-        for (mode, t) in MODES.iter().zip(ticks) {
-            sink.counter(
-                "node_cpu_seconds_total",
-                "Seconds the CPUs spent in each mode.",
-                &[("cpu", &cpu), ("mode", mode)],
-                (*t).max(0) as f64 / f64::from(stathz),
-            );
-        }
+        let seconds = ticks.iter().map(|t| (*t).max(0) as f64 / f64::from(stathz));
+        super::write_seconds(sink, &cpu.to_string(), MODES.into_iter().zip(seconds));
     }
 }
 
@@ -92,7 +85,7 @@ mod imp {
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let times = sysctl::read_long_array("kern.cp_times")
-                .map_err(|e| CollectError::Other(format!("kern.cp_times: {e}")))?;
+                .map_err(|e| CollectError::other("kern.cp_times", e))?;
             super::write(sink, &times, self.stathz);
             Ok(())
         }
@@ -102,7 +95,7 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::{fuzz_inputs, value};
+    use crate::collectors::testutil::{fuzz_inputs, value};
 
     /// Two CPUs, as `sysctl kern.cp_times kern.clockrate` prints them on FreeBSD 14.
     const CP_TIMES: &str = "kern.cp_times: 12700 254 25400 1270 1270000 6350 0 12700 635 1300000";

@@ -1,4 +1,4 @@
-//! `/proc/net/dev`: per interface counters as `node_network_{receive,transmit}_*_total`.
+//! Interface counters on Linux, from `/proc/net/dev`.
 //!
 //! Names and values are `node_exporter`'s `netdev` collector with its default
 //! (legacy) metric names, as it produced them from `/proc/net/dev` before
@@ -12,10 +12,10 @@
 //! Hand-parsed: `procfs::DeviceStatus` splits on whitespace and so fails on
 //! lines where a long counter touches the colon (`eth0:68210035552 …`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -26,9 +26,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(NetdevCollector {
-        path: paths.proc("net/dev"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("net/dev"),
+        write,
+    ))
 }
 
 /// Metric stems of the 16 `/proc/net/dev` columns, in file order.
@@ -103,39 +105,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Device>, CollectError> {
     Ok(out)
 }
 
-pub struct NetdevCollector {
-    path: PathBuf,
-}
-
-impl Collector for NetdevCollector {
-    fn name(&self) -> &'static str {
-        "netdev"
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    for dev in parse(path, text)? {
+        super::write_device(sink, &dev.name, COLUMNS.into_iter().zip(dev.counters));
     }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let text = read_file(&self.path)?;
-        for dev in parse(&self.path, &text)? {
-            for (col, value) in COLUMNS.iter().zip(dev.counters) {
-                sink.counter(
-                    &format!("node_network_{col}_total"),
-                    &format!("Network device statistic {col}."),
-                    &[("device", &dev.name)],
-                    value as f64,
-                );
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -183,6 +164,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 13, |t| parse(Path::new("dev"), t));
+        testutil::assert_no_panic(FIXTURE, 13, |t| parse(Path::new("dev"), t));
     }
 }

@@ -1,4 +1,5 @@
-//! Mounted file systems on FreeBSD, as node_exporter's
+//! Mounted file systems on FreeBSD, filling [`MountStats`] for the writer in
+//! [`super`], as node_exporter's
 //! `collector/filesystem_freebsd.go`: `node_filesystem_{size,free,avail}_bytes`,
 //! `node_filesystem_files`, `node_filesystem_files_free`,
 //! `node_filesystem_readonly`, `node_filesystem_device_error` (always 0, as
@@ -20,51 +21,47 @@
 //! mounts keep the cached figures, so a dead NFS server never blocks a
 //! collection. A local file system can block too (a ZFS pool whose disks
 //! went away suspends its I/O), so the refreshes run through the same
-//! [`StatfsPool`](crate::collectors::statfs_pool::StatfsPool) as on Linux: a
+//! [`StatfsPool`](crate::sys::statfs_pool::StatfsPool) as on Linux: a
 //! mount that does not answer within 5 s is reported as
 //! `node_filesystem_device_error{device_error="mountpoint timeout"} 1`
 //! without sizes, and not asked again until its call returns.
 
+use super::{write_mount, FsStat, MountStats, TIMEOUT_ERROR};
 use crate::collector::Sink;
-use crate::collectors::statfs_pool::TIMEOUT_ERROR;
 
 /// `sys/mount.h` flags (`f_flags`).
 pub const MNT_RDONLY: u64 = 0x0000_0001;
 pub const MNT_LOCAL: u64 = 0x0000_1000;
 pub const MNT_IGNORE: u64 = 0x0080_0000;
 
-/// One entry of `getfsstat(2)`: the fields of `struct statfs` used here.
+pub use crate::freebsd::sysctl::Statfs;
+
+/// One mount as `getfsstat(2)` listed it, refreshed where it could be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountEntry {
-    /// `f_mntfromname`, e.g. `zroot/ROOT/default` or `/dev/ada0p2`.
-    pub device: String,
-    /// `f_fstypename`.
-    pub fstype: String,
-    /// `f_mntonname`.
-    pub mountpoint: String,
-    /// `f_flags` (`MNT_*`).
-    pub flags: u64,
-    /// `f_bsize`: the fragment size the block counts are in.
-    pub bsize: u64,
-    pub blocks: u64,
-    pub bfree: u64,
-    /// Negative when root has used into the reserve.
-    pub bavail: i64,
-    pub files: u64,
-    pub ffree: i64,
+    pub fs: Statfs,
     /// Its refresh did not answer in time: only `device_error` (labelled
     /// `mountpoint timeout`), `readonly` and `mount_info` are written.
     pub timed_out: bool,
 }
 
+impl From<Statfs> for MountEntry {
+    fn from(fs: Statfs) -> Self {
+        Self {
+            fs,
+            timed_out: false,
+        }
+    }
+}
+
 /// Whether node_exporter's FreeBSD defaults leave this mount out.
 #[must_use]
 pub fn excluded(m: &MountEntry) -> bool {
-    let under_dev = m
-        .mountpoint
-        .strip_prefix("/dev")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    under_dev || m.fstype == "devfs" || m.flags & MNT_IGNORE != 0
+    let under_dev =
+        m.fs.mountpoint
+            .strip_prefix("/dev")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    under_dev || m.fs.fstype == "devfs" || m.fs.flags & MNT_IGNORE != 0
 }
 
 /// The mounts whose figures are worth asking `statfs(2)` for afresh: local,
@@ -75,11 +72,11 @@ pub fn refresh_targets(mounts: &[MountEntry]) -> Vec<usize> {
     (0..mounts.len())
         .filter(|&i| {
             let m = &mounts[i];
-            m.flags & MNT_LOCAL != 0
+            m.fs.flags & MNT_LOCAL != 0
                 && !excluded(m)
                 && !mounts[i + 1..]
                     .iter()
-                    .any(|later| later.mountpoint == m.mountpoint)
+                    .any(|later| later.fs.mountpoint == m.fs.mountpoint)
         })
         .collect()
 }
@@ -88,72 +85,31 @@ pub fn refresh_targets(mounts: &[MountEntry]) -> Vec<usize> {
 pub fn write(sink: &mut Sink, mounts: &[MountEntry]) {
     let mut seen = std::collections::HashSet::new();
     for m in mounts {
-        if excluded(m) || !seen.insert((&m.device, &m.mountpoint, &m.fstype)) {
+        if excluded(m) || !seen.insert((&m.fs.device, &m.fs.mountpoint, &m.fs.fstype)) {
             continue;
         }
-        let mut labels = vec![
-            ("device", m.device.as_str()),
-            ("fstype", m.fstype.as_str()),
-            ("mountpoint", m.mountpoint.as_str()),
-        ];
-        if m.timed_out {
-            labels.push(("device_error", TIMEOUT_ERROR));
-        }
-        let bsize = m.bsize as f64;
-        sink.gauge(
-            "node_filesystem_device_error",
-            "Whether an error occurred while getting statistics for the given device.",
-            &labels,
-            if m.timed_out { 1.0 } else { 0.0 },
-        );
-        sink.gauge(
-            "node_filesystem_readonly",
-            "Filesystem read-only status.",
-            &labels,
-            if m.flags & MNT_RDONLY != 0 { 1.0 } else { 0.0 },
-        );
-        sink.gauge(
-            "node_filesystem_mount_info",
-            "Filesystem mount information.",
-            &[
-                ("device", m.device.as_str()),
-                ("mountpoint", m.mountpoint.as_str()),
-            ],
-            1.0,
-        );
-        if m.timed_out {
-            continue;
-        }
-        sink.gauge(
-            "node_filesystem_size_bytes",
-            "Filesystem size in bytes.",
-            &labels,
-            m.blocks as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_free_bytes",
-            "Filesystem free space in bytes.",
-            &labels,
-            m.bfree as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_avail_bytes",
-            "Filesystem space available to non-root users in bytes.",
-            &labels,
-            m.bavail as f64 * bsize,
-        );
-        sink.gauge(
-            "node_filesystem_files",
-            "Filesystem total file nodes.",
-            &labels,
-            m.files as f64,
-        );
-        sink.gauge(
-            "node_filesystem_files_free",
-            "Filesystem total free file nodes.",
-            &labels,
-            m.ffree as f64,
-        );
+        write_mount(sink, &stats(m));
+    }
+}
+
+/// One mount's figures (the sizes in units of `f_bsize`); a timed-out
+/// refresh writes no sizes, but still `mount_info`, as node_exporter does.
+fn stats(m: &MountEntry) -> MountStats<'_> {
+    let bsize = m.fs.bsize as f64;
+    MountStats {
+        device: &m.fs.device,
+        fstype: &m.fs.fstype,
+        mountpoint: &m.fs.mountpoint,
+        error: m.timed_out.then_some(TIMEOUT_ERROR),
+        read_only: m.fs.flags & MNT_RDONLY != 0,
+        sizes: (!m.timed_out).then_some(FsStat {
+            size: m.fs.blocks as f64 * bsize,
+            free: m.fs.bfree as f64 * bsize,
+            avail: m.fs.bavail as f64 * bsize,
+            files: m.fs.files as f64,
+            files_free: m.fs.ffree as f64,
+        }),
+        mount_info: Some(None),
     }
 }
 
@@ -164,9 +120,10 @@ pub use imp::{FilesystemCollector, SPEC};
 mod imp {
     use std::path::{Path, PathBuf};
 
+    use super::{MountEntry, Statfs};
     use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
-    use crate::collectors::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
     use crate::freebsd::sysctl;
+    use crate::sys::statfs_pool::{Answer, StatfsPool, MOUNT_TIMEOUT, STAT_WORKERS};
 
     // The flag values written out above (so the pure code builds everywhere)
     // are the target's.
@@ -186,20 +143,10 @@ mod imp {
         },
     };
 
-    /// What a fresh `statfs(2)` says about one mount.
-    struct Fresh {
-        fstype: String,
-        bsize: u64,
-        blocks: u64,
-        bfree: u64,
-        bavail: i64,
-        files: u64,
-        ffree: i64,
-    }
-
-    fn refresh(path: &Path) -> Result<Fresh, String> {
+    /// What a fresh `statfs(2)` says about one mount (the figures only).
+    fn refresh(path: &Path) -> Result<Statfs, String> {
         let s = nix::sys::statfs::statfs(path).map_err(|e| e.desc().to_string())?;
-        Ok(Fresh {
+        Ok(Statfs {
             fstype: s.filesystem_type_name().to_string(),
             bsize: s.block_size(),
             blocks: s.blocks(),
@@ -207,12 +154,13 @@ mod imp {
             bavail: s.blocks_available(),
             files: s.files(),
             ffree: s.files_free(),
+            ..Statfs::default()
         })
     }
 
     /// Lists the mounts with `getfsstat` and refreshes the local ones each collection.
     pub struct FilesystemCollector {
-        refresh: StatfsPool<Fresh>,
+        refresh: StatfsPool<Statfs>,
     }
 
     impl Collector for FilesystemCollector {
@@ -221,25 +169,28 @@ mod imp {
         }
 
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-            let mut mounts =
-                sysctl::mounts().map_err(|e| CollectError::Other(format!("getfsstat: {e}")))?;
+            let mut mounts: Vec<MountEntry> = sysctl::mounts()
+                .map_err(|e| CollectError::other("getfsstat", e))?
+                .into_iter()
+                .map(MountEntry::from)
+                .collect();
             let targets = super::refresh_targets(&mounts);
             let jobs: Vec<(String, PathBuf)> = targets
                 .iter()
                 .filter_map(|&i| mounts.get(i))
-                .map(|m| (m.mountpoint.clone(), PathBuf::from(&m.mountpoint)))
+                .map(|m| (m.fs.mountpoint.clone(), PathBuf::from(&m.fs.mountpoint)))
                 .collect();
             let answers = self.refresh.stat_all(&jobs)?;
             for (&i, answer) in targets.iter().zip(answers) {
                 let Some(m) = mounts.get_mut(i) else { continue };
                 match answer {
-                    Answer::Stat(s) if s.fstype == m.fstype => {
-                        m.bsize = s.bsize;
-                        m.blocks = s.blocks;
-                        m.bfree = s.bfree;
-                        m.bavail = s.bavail;
-                        m.files = s.files;
-                        m.ffree = s.ffree;
+                    Answer::Stat(s) if s.fstype == m.fs.fstype => {
+                        m.fs = Statfs {
+                            device: std::mem::take(&mut m.fs.device),
+                            mountpoint: std::mem::take(&mut m.fs.mountpoint),
+                            flags: m.fs.flags,
+                            ..s
+                        };
                     }
                     Answer::TimedOut => m.timed_out = true,
                     // Unmounted since the listing, or mounted over: keep the listing's figures.
@@ -255,10 +206,10 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freebsd::testutil::value;
+    use crate::collectors::testutil::value;
 
     fn mount(device: &str, fstype: &str, mountpoint: &str, flags: u64) -> MountEntry {
-        MountEntry {
+        MountEntry::from(Statfs {
             device: device.into(),
             fstype: fstype.into(),
             mountpoint: mountpoint.into(),
@@ -269,8 +220,7 @@ mod tests {
             bavail: 550,
             files: 200,
             ffree: 150,
-            timed_out: false,
-        }
+        })
     }
 
     /// Mounts of the kinds an OPNsense install on ZFS has (root, EFI
@@ -376,7 +326,7 @@ mod tests {
     #[test]
     fn negative_avail_duplicates_and_dev_prefix() {
         let mut over = mount("/dev/ada0p2", "ufs", "/", MNT_LOCAL);
-        over.bavail = -10;
+        over.fs.bavail = -10;
         let mounts = vec![
             over.clone(),
             over,
@@ -439,7 +389,7 @@ mod tests {
         // A second file system mounted over /tmp: only the upper one can be asked.
         m.push(mount("tmpfs", "tmpfs", "/tmp", MNT_LOCAL));
         let t = refresh_targets(&m);
-        let mps: Vec<&str> = t.iter().map(|&i| m[i].mountpoint.as_str()).collect();
+        let mps: Vec<&str> = t.iter().map(|&i| m[i].fs.mountpoint.as_str()).collect();
         assert_eq!(
             mps,
             [

@@ -1,12 +1,12 @@
-//! `/proc/loadavg`: `node_load1`, `node_load5`, `node_load15`.
+//! Load averages on Linux, from `/proc/loadavg`.
 //!
 //! Hand-parsed: `procfs::LoadAverage` holds the averages as `f32`, which would
 //! turn `0.21` into `0.2099999934…`; `node_exporter` parses them as `float64`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
+    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
 };
 use crate::collectors::parse_field;
 
@@ -17,9 +17,11 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(LoadavgCollector {
-        path: paths.proc("loadavg"),
-    }))
+    Ok(FileCollector::required(
+        SPEC.name,
+        paths.proc("loadavg"),
+        write,
+    ))
 }
 
 /// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.
@@ -35,33 +37,16 @@ pub fn parse(path: &Path, text: &str) -> Result<[f64; 3], CollectError> {
     Ok(loads)
 }
 
-pub struct LoadavgCollector {
-    path: PathBuf,
-}
-
-impl Collector for LoadavgCollector {
-    fn name(&self) -> &'static str {
-        "loadavg"
-    }
-
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let text = read_file(&self.path)?;
-        let [l1, l5, l15] = parse(&self.path, &text)?;
-        sink.gauge("node_load1", "1m load average.", &[], l1);
-        sink.gauge("node_load5", "5m load average.", &[], l5);
-        sink.gauge("node_load15", "15m load average.", &[], l15);
-        Ok(())
-    }
+/// Writes what one read of the file holds.
+fn write(path: &Path, text: &str, sink: &mut Sink) -> Result<(), CollectError> {
+    super::write(sink, parse(path, text)?);
+    Ok(())
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -85,6 +70,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 2, |t| parse(Path::new("loadavg"), t));
+        testutil::assert_no_panic(FIXTURE, 2, |t| parse(Path::new("loadavg"), t));
     }
 }

@@ -1,4 +1,5 @@
-//! `/proc/stat`: per-CPU time and kernel activity counters.
+//! `/proc/stat` on Linux: per-CPU time (written through [`super`]) and
+//! kernel activity counters; the collector is named `stat`.
 //!
 //! This covers what `node_exporter`'s `cpu` collector (`node_cpu_seconds_total`,
 //! `node_cpu_guest_seconds_total`) and `stat` collector read from this one file.
@@ -186,27 +187,23 @@ impl Collector for StatCollector {
 }
 
 fn write(sink: &mut Sink, cpus: &BTreeMap<u32, CpuTimes>, stat: &Stat) {
-    const CPU_HELP: &str = "Seconds the CPUs spent in each mode.";
     const GUEST_HELP: &str = "Seconds the CPUs spent in guests (VMs) for each mode.";
     for (id, c) in cpus {
         let cpu = id.to_string();
-        for (mode, v) in [
-            ("user", c.user),
-            ("nice", c.nice),
-            ("system", c.system),
-            ("idle", c.idle),
-            ("iowait", c.iowait),
-            ("irq", c.irq),
-            ("softirq", c.softirq),
-            ("steal", c.steal),
-        ] {
-            sink.counter(
-                "node_cpu_seconds_total",
-                CPU_HELP,
-                &[("cpu", &cpu), ("mode", mode)],
-                v,
-            );
-        }
+        super::write_seconds(
+            sink,
+            &cpu,
+            [
+                ("user", c.user),
+                ("nice", c.nice),
+                ("system", c.system),
+                ("idle", c.idle),
+                ("iowait", c.iowait),
+                ("irq", c.irq),
+                ("softirq", c.softirq),
+                ("steal", c.steal),
+            ],
+        );
         // Guest time is also counted in user and nice; node_exporter exposes
         // it separately so it can be subtracted.
         sink.counter(
@@ -268,13 +265,9 @@ fn write(sink: &mut Sink, cpus: &BTreeMap<u32, CpuTimes>, stat: &Stat) {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    reason = "a test fails loudly on a broken fixture"
-)]
 mod tests {
     use super::*;
-    use crate::collectors::fuzz_util;
+    use crate::collectors::testutil;
 
     const FIXTURE: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -347,6 +340,6 @@ mod tests {
 
     #[test]
     fn fuzz_no_panic() {
-        fuzz_util::assert_no_panic(FIXTURE, 1, |t| parse(Path::new("stat"), t));
+        testutil::assert_no_panic(FIXTURE, 1, |t| parse(Path::new("stat"), t));
     }
 }
