@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use nodewatch_aggregator::promql::{Labels, MemStorage};
 use nodewatch_aggregator::rules::notifier::{
-    rfc3339_ms, AlertmanagerTarget, Notifier, NotifierConfig, PostableAlert,
+    AlertmanagerTarget, Notifier, NotifierConfig, PostableAlert,
 };
 use nodewatch_aggregator::rules::{load_groups, GroupOptions};
+use nodewatch_proto::gocompat::rfc3339_ms;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

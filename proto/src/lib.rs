@@ -9,10 +9,13 @@
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
 //! - [`blocks`]: the compact `SampleBlock` encoding of a stream's samples.
 //! - [`log`]: log output (text or JSON lines; colour only on a terminal).
+//! - [`gocompat`]: Go's durations, float and time formats, quoting and query
+//!   escaping, as Prometheus writes and reads them.
 
 pub mod blocks;
 pub mod certs;
 pub mod config;
+pub mod gocompat;
 pub mod identity;
 pub mod log;
 pub mod text;

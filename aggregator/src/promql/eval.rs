@@ -19,6 +19,8 @@ use promql_parser::parser::{
     SubqueryExpr, VectorMatchCardinality, VectorSelector,
 };
 
+use nodewatch_proto::gocompat::format_float;
+
 use super::storage::{is_stale_nan, Storage};
 use super::value::{Labels, Sample, Series, Value, METRIC_NAME};
 use super::{functions, EngineOptions, EvalError, Unsupported};
@@ -569,7 +571,7 @@ impl<'a> Evaluator<'a> {
             // count_values' key carries the value as a label: built up front.
             let built = count_values_label.as_ref().map(|l| {
                 let mut key = key_of(&s.labels);
-                key.set(l.clone(), format_go_float(s.v));
+                key.set(l.clone(), format_float(s.v));
                 key
             });
             let h = match &built {
@@ -741,17 +743,6 @@ fn top_k(mut g: Vec<Sample>, k: f64, largest: bool) -> Vec<Sample> {
     });
     g.truncate(k);
     g
-}
-
-/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`, used by `count_values`.
-pub(crate) fn format_go_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
 }
 
 /// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.

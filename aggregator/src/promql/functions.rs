@@ -5,6 +5,7 @@
 // Names follow functions.go (`sum_x`, `c_x`, `q`, `t`) so the port can be checked line by line.
 #![allow(clippy::similar_names, clippy::many_single_char_names)]
 
+use nodewatch_proto::gocompat::{civil_from_days, parse_float};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 use regex::Regex;
@@ -427,21 +428,6 @@ fn absent_labels(e: &Expr) -> Labels {
     out
 }
 
-/// Civil date of a day count since 1970-01-01 (H. Hinnant's algorithm,
-/// proleptic Gregorian like Go's `time`).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
@@ -832,7 +818,7 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
                 std::collections::HashMap::new();
             for s in v {
                 // Series without a parsable `le` are ignored.
-                let Some(ub) = s.labels.get("le").and_then(parse_go_float) else {
+                let Some(ub) = s.labels.get("le").and_then(parse_float) else {
                     continue;
                 };
                 let key = s.labels.remove_all(&le);
@@ -946,22 +932,6 @@ pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalErro
     Ok(Val::Vector(out))
 }
 
-/// Go's `strconv.ParseFloat` for the forms bucket bounds take
-/// (`+Inf`, `Inf`, `-Inf`, `NaN`, decimal and exponent notation).
-pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
-    let t = s.trim_start_matches('+');
-    match t.to_ascii_lowercase().as_str() {
-        "inf" | "infinity" => Some(if s.starts_with('-') {
-            f64::NEG_INFINITY
-        } else {
-            f64::INFINITY
-        }),
-        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
-        "nan" => Some(f64::NAN),
-        _ => s.parse().ok(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -979,13 +949,6 @@ mod tests {
         assert!((go_log(10.0) - 10f64.ln()).abs() < 1e-15);
         assert_eq!(go_log(0.0), f64::NEG_INFINITY);
         assert!(go_log(-1.0).is_nan());
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
     #[test]

@@ -46,7 +46,6 @@ pub mod storage;
 mod support;
 pub mod value;
 
-pub(crate) use functions::civil_from_days;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
 pub use support::{
@@ -408,11 +407,4 @@ impl Engine {
         let expr = parse(query)?;
         Ok(self.eval(storage, &expr, t_ms)?)
     }
-}
-
-/// Parses a float the way Go's `strconv.ParseFloat` does for the forms
-/// Prometheus meets (`+Inf`, `-Inf`, `NaN`, decimal, exponent).
-#[must_use]
-pub fn value_parse_float(s: &str) -> Option<f64> {
-    functions::parse_go_float(s.trim())
 }

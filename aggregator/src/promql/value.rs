@@ -1,7 +1,9 @@
 //! Label sets, samples and query results.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
+
+use nodewatch_proto::gocompat::quote;
 
 /// The label that holds a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -230,32 +232,10 @@ impl fmt::Display for Labels {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{k}={}", go_quote(v))?;
+            write!(f, "{k}={}", quote(v))?;
         }
         f.write_str("}")
     }
-}
-
-/// Quotes `s` like Go's `strconv.Quote` for the characters labels contain.
-#[must_use]
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// One element of an instant vector.

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use nodewatch_proto::gocompat::parse_duration;
+
 use super::template::Template;
 use crate::promql::{self, Expr};
 
@@ -155,53 +157,6 @@ pub struct GroupSpec {
     pub limit: u64,
     /// The rules in order.
     pub rules: Vec<RuleSpec>,
-}
-
-/// Parses a Prometheus duration (`model.ParseDuration`): one or more
-/// `<int><unit>` with units `y w d h m s ms` in decreasing order, or `0`.
-pub fn parse_duration(s: &str) -> Result<i64, String> {
-    const UNITS: [(&str, i64); 7] = [
-        ("y", 365 * 24 * 3_600_000),
-        ("w", 7 * 24 * 3_600_000),
-        ("d", 24 * 3_600_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-        ("ms", 1),
-    ];
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err("empty duration string".into());
-    }
-    let bad = || format!("not a valid duration string: {s:?}");
-    let mut rest = s;
-    let mut total: i64 = 0;
-    let mut last_unit = 0;
-    while !rest.is_empty() {
-        let digits = rest.chars().take_while(char::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        let Some(idx) = UNITS.iter().position(|(u, _)| *u == unit) else {
-            return Err(bad());
-        };
-        if idx < last_unit {
-            return Err(bad());
-        }
-        last_unit = idx + 1;
-        total = n
-            .checked_mul(UNITS[idx].1)
-            .and_then(|v| v.checked_add(total))
-            .ok_or_else(|| format!("duration out of range: {s:?}"))?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 /// A valid metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
@@ -680,18 +635,6 @@ fn describe_parse_error(msg: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m"), Ok(300_000));
-        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration("100ms"), Ok(100));
-        assert_eq!(parse_duration("0"), Ok(0));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5 m").is_err());
-        assert!(parse_duration("1m1h").is_err());
-        assert!(parse_duration("-1m").is_err());
-    }
 
     #[test]
     fn every_problem_is_reported_with_its_place() {

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 pub use alerting::{ActiveAlert, AlertState, ExternalContext};
-pub use file::{load_file, parse_duration, GroupSpec, RuleFileError, RuleFileErrors, RuleSpec};
+pub use file::{load_file, GroupSpec, RuleFileError, RuleFileErrors, RuleSpec};
 
 use crate::promql::storage::Overlay;
 use crate::promql::{

@@ -15,7 +15,6 @@
 //!   re-send covers it).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +29,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use nodewatch_proto::gocompat::{query_escape, rfc3339_ms};
 
 use super::{ActiveAlert, Group};
 use crate::promql::Labels;
@@ -68,43 +69,6 @@ pub struct PostableAlert {
     /// Link back to the expression.
     #[serde(rename = "generatorURL")]
     pub generator_url: String,
-}
-
-/// RFC 3339 UTC with milliseconds, as Go's `time.Time` marshals.
-#[must_use]
-pub fn rfc3339_ms(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let rem = ms.rem_euclid(86_400_000);
-    let (year, month, day) = crate::promql::civil_from_days(days);
-    let (hour, min, sec, milli) = (
-        rem / 3_600_000,
-        (rem / 60_000) % 60,
-        (rem / 1000) % 60,
-        rem % 1000,
-    );
-    let date = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{min:02}:{sec:02}");
-    if milli == 0 {
-        format!("{date}Z")
-    } else {
-        format!("{date}.{milli:03}Z")
-    }
-}
-
-/// `url.QueryEscape`.
-pub(crate) fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
 }
 
 /// Builds the API v2 form of an alert (`sendAlerts` in Prometheus' main):

@@ -43,6 +43,7 @@ use std::sync::{Arc, OnceLock};
 
 use gotmpl::parse::{CommandNode, Expr, ListNode, Node, PipeNode, Pos, SmolStr};
 use gotmpl::{FuncMap, Value};
+use nodewatch_proto::gocompat::{parse_duration, parse_float, query_escape, rfc3339_ms};
 
 /// The variables Prometheus defines before every template.
 const PRELUDE: &str = "{{$labels := .Labels}}{{$externalLabels := .ExternalLabels}}{{$externalURL := .ExternalURL}}{{$value := .Value}}";
@@ -650,19 +651,19 @@ fn build_funcs() -> FuncMap {
             let [e] = args::<1>("graphLink", a)?;
             Ok(string(format!(
                 "/graph?g0.expr={}&g0.tab=0",
-                super::notifier::query_escape(want_str(e)?)
+                query_escape(want_str(e)?)
             )))
         }),
         ("tableLink", |a| {
             let [e] = args::<1>("tableLink", a)?;
             Ok(string(format!(
                 "/graph?g0.expr={}&g0.tab=1",
-                super::notifier::query_escape(want_str(e)?)
+                query_escape(want_str(e)?)
             )))
         }),
         ("urlQueryEscape", |a| {
             let [s] = args::<1>("urlQueryEscape", a)?;
-            Ok(string(super::notifier::query_escape(want_str(s)?)))
+            Ok(string(query_escape(want_str(s)?)))
         }),
         ("stripPort", |a| {
             let [s] = args::<1>("stripPort", a)?;
@@ -721,7 +722,7 @@ fn build_funcs() -> FuncMap {
         }),
         ("parseDuration", |a| {
             let [d] = args::<1>("parseDuration", a)?;
-            let ms = super::file::parse_duration(want_str(d)?)?;
+            let ms = parse_duration(want_str(d)?)?;
             Ok(Value::Float(ms as f64 / 1000.0))
         }),
     ];
@@ -785,7 +786,7 @@ fn to_float(v: &Value) -> Result<f64, String> {
         Value::Float(f) => Ok(*f),
         Value::Int(i) => Ok(*i as f64),
         Value::Uint(u) => Ok(*u as f64),
-        Value::String(s) => crate::promql::value_parse_float(s)
+        Value::String(s) => parse_float(s.trim())
             .ok_or_else(|| format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")),
         other => Err(format!("can't convert {} to float", go_type(other))),
     }
@@ -1052,7 +1053,7 @@ fn go_time(v: f64) -> Result<String, String> {
         ));
     }
     let ms = (nanos as i64) / 1_000_000;
-    let date = super::notifier::rfc3339_ms(ms);
+    let date = rfc3339_ms(ms);
     let date = date.trim_end_matches('Z');
     let (day, time) = date.split_once('T').unwrap_or((date, ""));
     let time = if time.contains('.') {

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::file::{load_file, parse_duration};
+use super::file::load_file;
 use super::{ActiveAlert, AlertState, ExternalContext, Group, GroupOptions};
-use crate::promql::value::go_quote;
 use crate::promql::{
     parse, stale_nan, Engine, EngineOptions, Expr, Labels, MemStorage, Value, METRIC_NAME,
 };
+use nodewatch_proto::gocompat::{format_float_e, parse_duration, parse_float, quote};
 
 /// Exit code when every test passed / every file is valid.
 pub const EXIT_SUCCESS: i32 = 0;
@@ -107,20 +107,6 @@ fn go_duration(ms: i64) -> String {
         let _ = write!(s, "{sec}.{}s", f.trim_end_matches('0'));
     }
     s
-}
-
-/// Go's `strconv.FormatFloat(v, 'E', -1, 64)`: `1E+00`, `1.2E+02`.
-fn go_format_e(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf" } else { "-Inf" }.into();
-    }
-    let s = format!("{v:E}");
-    let (m, e) = s.split_once('E').unwrap_or((&s, "0"));
-    let e: i32 = e.parse().unwrap_or(0);
-    format!("{m}E{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,7 +204,7 @@ enum SeqValue {
 fn parse_number(s: &str) -> Option<f64> {
     match s {
         "stale" => Some(stale_nan()),
-        _ => crate::promql::value_parse_float(s),
+        _ => parse_float(s.trim()),
     }
 }
 
@@ -420,7 +406,7 @@ fn samples_string(s: &[(Labels, f64)]) -> String {
         return "nil".into();
     }
     s.iter()
-        .map(|(l, v)| format!("{l} {}", go_format_e(*v)))
+        .map(|(l, v)| format!("{l} {}", format_float_e(*v)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -635,7 +621,7 @@ fn run_group(
             Ok(Value::String(_) | Value::Matrix(_)) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: rule result is not a vector or scalar",
-                    go_quote(&tc.expr),
+                    quote(&tc.expr),
                     model_duration(t)
                 ));
                 continue;
@@ -643,7 +629,7 @@ fn run_group(
             Err(e) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: {e}",
-                    go_quote(&tc.expr),
+                    quote(&tc.expr),
                     model_duration(t)
                 ));
                 continue;
@@ -656,9 +642,9 @@ fn run_group(
                 Err(e) => {
                     errs.push(format!(
                         "    expr: {}, time: {}, err: labels {}: {e}",
-                        go_quote(&tc.expr),
+                        quote(&tc.expr),
                         model_duration(t),
-                        go_quote(&s.labels)
+                        quote(&s.labels)
                     ));
                     continue 'outer;
                 }
@@ -676,7 +662,7 @@ fn run_group(
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
-                go_quote(&tc.expr),
+                quote(&tc.expr),
                 model_duration(t),
                 samples_string(&exp),
                 samples_string(&got)
@@ -846,9 +832,6 @@ mod tests {
         assert_eq!(go_duration(60_000), "1m0s");
         assert_eq!(go_duration(3_723_000), "1h2m3s");
         assert_eq!(go_duration(500), "500ms");
-        assert_eq!(go_format_e(1.0), "1E+00");
-        assert_eq!(go_format_e(120.0), "1.2E+02");
-        assert_eq!(go_format_e(0.015), "1.5E-02");
     }
 
     #[test]

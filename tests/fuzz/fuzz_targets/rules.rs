@@ -9,7 +9,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use nodewatch_aggregator::liveness::parse_known;
-use nodewatch_aggregator::rules::file::{parse_duration, parse_rules};
+use nodewatch_aggregator::rules::file::parse_rules;
+use nodewatch_proto::gocompat::parse_duration;
 use nodewatch_aggregator::rules::held::unheld_selectors;
 
 fuzz_target!(|data: &[u8]| {
