@@ -29,8 +29,8 @@ use axum::Router;
 use nodewatch_proto::gocompat::{format_float, parse_duration, parse_rfc3339, rfc3339_ms_fixed};
 use serde_json::{json, Value as Json};
 
-use crate::manager::RuleManager;
 use crate::promql::{self, Engine, Expr, Labels, Storage, Value};
+use crate::rules::RuleManager;
 use crate::store::{now_ms, Store};
 
 /// Most points per series a range query may return (Prometheus' limit).

@@ -93,6 +93,68 @@ pub fn format_float_e(v: f64) -> String {
     format!("{m}E{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
+/// `strconv.FormatFloat(v, 'g', prec, 64)`, as `fmt`'s `%g` and `%v` print
+/// a float64 (`prec = None`: the shortest that reads back as `v`).
+#[must_use]
+pub fn format_float_g(v: f64, prec: Option<usize>) -> String {
+    if let Some(s) = non_finite(v) {
+        return s.to_string();
+    }
+    let neg = v.is_sign_negative() && v != 0.0;
+    if v == 0.0 {
+        return if v.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    let e = match prec {
+        None => format!("{:e}", v.abs()),
+        Some(p) => format!("{:.*e}", p.max(1) - 1, v.abs()),
+    };
+    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mut digits: String = mant.chars().filter(char::is_ascii_digit).collect();
+    while digits.len() > 1 && digits.ends_with('0') {
+        digits.pop();
+    }
+    let nd = digits.len() as i32;
+    let dp = exp + 1;
+    // strconv's %g: exponent form below 1e-4 or at/above the precision
+    // (6 for the shortest representation).
+    let eprec = match prec {
+        None => 6,
+        Some(p) => {
+            let p = p.max(1) as i32;
+            if p > nd && nd >= dp {
+                nd
+            } else {
+                p
+            }
+        }
+    };
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    if exp < -4 || exp >= eprec {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    } else if dp <= 0 {
+        out.push_str("0.");
+        out.push_str(&"0".repeat((-dp) as usize));
+        out.push_str(&digits);
+    } else if dp >= nd {
+        out.push_str(&digits);
+        out.push_str(&"0".repeat((dp - nd) as usize));
+    } else {
+        out.push_str(&digits[..dp as usize]);
+        out.push('.');
+        out.push_str(&digits[dp as usize..]);
+    }
+    out
+}
+
 /// `strconv.ParseFloat(s, 64)` for the forms Prometheus meets: `+Inf`,
 /// `Inf`, `-Inf`, `NaN` (any case), decimal and exponent notation.
 #[must_use]
@@ -289,6 +351,15 @@ mod tests {
         assert_eq!(format_float_e(1.0), "1E+00");
         assert_eq!(format_float_e(120.0), "1.2E+02");
         assert_eq!(format_float_e(0.015), "1.5E-02");
+        assert_eq!(format_float_g(1_000_000.0, None), "1e+06");
+        assert_eq!(format_float_g(123_456.0, None), "123456");
+        assert_eq!(format_float_g(1_234_567.0, None), "1.234567e+06");
+        assert_eq!(format_float_g(0.0001, None), "0.0001");
+        assert_eq!(format_float_g(0.00001, None), "1e-05");
+        assert_eq!(format_float_g(100.0, Some(4)), "100");
+        assert_eq!(format_float_g(12345.0, Some(4)), "1.234e+04");
+        assert_eq!(format_float_g(1.5, Some(4)), "1.5");
+        assert_eq!(format_float_g(f64::NAN, None), "NaN");
         assert_eq!(parse_float("+Inf"), Some(f64::INFINITY));
         assert_eq!(parse_float("-inf"), Some(f64::NEG_INFINITY));
         assert_eq!(parse_float("1e3"), Some(1000.0));

@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::file::RuleSpec;
-use super::template::{QueryFn, TemplateData};
+use nodewatch_proto::gocompat::{query_escape, rfc3339_ms};
+
+use super::rulefmt::RuleSpec;
 use super::RuleError;
-use crate::promql::{Labels, Sample, METRIC_NAME};
+use crate::notifier::PostableAlert;
+use crate::promql::{Engine, Labels, Sample, Storage, Value, METRIC_NAME};
+use crate::template::{QueryFn, QuerySample, Template, TemplateData};
 
 /// How long a resolved alert is kept (`resolvedRetention`, 15 minutes):
 /// long enough to re-send the resolution to Alertmanager.
@@ -132,7 +135,7 @@ impl AlertingState {
                 query: Some(query),
             };
             // Template errors are shown in place, as Prometheus does.
-            let expand = |tmpl: &super::template::Template| {
+            let expand = |tmpl: &Template| {
                 tmpl.expand(&data)
                     .unwrap_or_else(|e| format!("<error expanding template: {e}>"))
             };
@@ -238,5 +241,66 @@ impl AlertingState {
             });
         }
         Ok(out)
+    }
+}
+
+/// The `query` of an alert's templates: it reads what the rule reads, at
+/// the rule's evaluation time.
+pub(crate) fn template_query<'a>(
+    engine: &'a Engine,
+    storage: &'a dyn Storage,
+    t: i64,
+) -> impl Fn(&str) -> Result<Vec<QuerySample>, String> + 'a {
+    move |q: &str| {
+        let sample = |labels: &Labels, value| QuerySample {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        match engine.query(storage, q, t).map_err(|e| e.to_string())? {
+            Value::Vector(v) => Ok(v.iter().map(|s| sample(&s.labels, s.v)).collect()),
+            Value::Scalar(v) => Ok(vec![sample(&Labels::new(), v)]),
+            Value::String(_) | Value::Matrix(_) => {
+                Err("rule result is not a vector or scalar".into())
+            }
+        }
+    }
+}
+
+/// Builds the API v2 form of an alert (`sendAlerts` in Prometheus' main):
+/// `startsAt` is when it fired, `endsAt` its resolution time or else its
+/// validity, `generatorURL` links to the expression's graph.
+#[must_use]
+pub fn to_postable(
+    alert: &ActiveAlert,
+    expr: &str,
+    external_labels: &Labels,
+    external_url: &str,
+) -> PostableAlert {
+    let mut labels: BTreeMap<String, String> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in external_labels.iter() {
+        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    let starts = alert.fired_at_ms.unwrap_or(alert.active_at_ms);
+    let ends = alert
+        .resolved_at_ms
+        .or(alert.valid_until_ms)
+        .unwrap_or(starts);
+    PostableAlert {
+        labels,
+        annotations: alert.annotations.clone(),
+        starts_at: rfc3339_ms(starts),
+        ends_at: rfc3339_ms(ends),
+        generator_url: format!(
+            "{}/graph?g0.expr={}&g0.tab=1",
+            external_url.trim_end_matches('/'),
+            query_escape(expr)
+        ),
     }
 }

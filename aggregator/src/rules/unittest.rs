@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::file::load_file;
+use super::rulefmt::held::unheld_selectors;
+use super::rulefmt::load_file;
 use super::{ActiveAlert, AlertState, ExternalContext, Group, GroupOptions};
 use crate::promql::{
     parse, stale_nan, Engine, EngineOptions, Expr, Labels, MemStorage, Value, METRIC_NAME,
@@ -743,7 +744,7 @@ pub fn check_rule_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
             Ok(groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();
                 let _ = writeln!(out, "  SUCCESS: {n} rules found");
-                for w in super::held::unheld_selectors(&groups) {
+                for w in unheld_selectors(&groups) {
                     let _ = writeln!(out, "  WARNING: {w}");
                 }
             }

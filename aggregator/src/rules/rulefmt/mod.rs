@@ -3,6 +3,11 @@
 //! Every problem in a file is reported at once, each naming the file, the
 //! group, the rule (1-based index and name), the field and, where it can be
 //! found, the line.
+//!
+//! [`held`] adds the load-time warning for selectors the aggregator never
+//! holds.
+
+pub mod held;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,8 +17,8 @@ use serde::Deserialize;
 
 use nodewatch_proto::gocompat::parse_duration;
 
-use super::template::Template;
 use crate::promql::{self, Expr};
+use crate::template::Template;
 
 /// A rule file as written.
 #[derive(Debug, Clone, Deserialize)]

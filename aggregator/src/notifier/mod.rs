@@ -3,7 +3,7 @@
 //!
 //! - after each evaluation a group hands over firing alerts not sent for
 //!   `resend_delay`, and alerts resolved since their last send
-//!   ([`Group::alerts_to_send`]); a resolved alert stays in its rule for 15
+//!   ([`Group::alerts_to_send`](crate::rules::Group::alerts_to_send)); a resolved alert stays in its rule for 15
 //!   minutes and is re-sent every `resend_delay` meanwhile;
 //! - a firing alert's `endsAt` is `now + 4 × max(eval interval, resend
 //!   delay)`, so Alertmanager resolves it by itself if Prometheus goes away;
@@ -30,9 +30,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use nodewatch_proto::gocompat::{query_escape, rfc3339_ms};
-
-use super::{ActiveAlert, Group};
 use crate::promql::Labels;
 
 /// Prometheus' `--rules.alert.resend-delay` default.
@@ -69,42 +66,6 @@ pub struct PostableAlert {
     /// Link back to the expression.
     #[serde(rename = "generatorURL")]
     pub generator_url: String,
-}
-
-/// Builds the API v2 form of an alert (`sendAlerts` in Prometheus' main):
-/// `startsAt` is when it fired, `endsAt` its resolution time or else its
-/// validity, `generatorURL` links to the expression's graph.
-#[must_use]
-pub fn to_postable(
-    alert: &ActiveAlert,
-    expr: &str,
-    external_labels: &Labels,
-    external_url: &str,
-) -> PostableAlert {
-    let mut labels: BTreeMap<String, String> = alert
-        .labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    for (k, v) in external_labels.iter() {
-        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
-    }
-    let starts = alert.fired_at_ms.unwrap_or(alert.active_at_ms);
-    let ends = alert
-        .resolved_at_ms
-        .or(alert.valid_until_ms)
-        .unwrap_or(starts);
-    PostableAlert {
-        labels,
-        annotations: alert.annotations.clone(),
-        starts_at: rfc3339_ms(starts),
-        ends_at: rfc3339_ms(ends),
-        generator_url: format!(
-            "{}/graph?g0.expr={}&g0.tab=1",
-            external_url.trim_end_matches('/'),
-            query_escape(expr)
-        ),
-    }
 }
 
 /// One Alertmanager.
@@ -422,13 +383,10 @@ impl Notifier {
         }
     }
 
-    /// Hands over what `group` should send after its evaluation at `t_ms`.
-    pub fn send_group(&self, group: &Group, t_ms: i64) {
-        let resend_ms = i64::try_from(self.cfg.resend_delay.as_millis()).unwrap_or(i64::MAX);
-        let alerts = group.alerts_to_send(t_ms, resend_ms);
-        self.send(alerts.iter().map(|(a, expr)| {
-            to_postable(a, expr, &self.cfg.external_labels, &self.cfg.external_url)
-        }));
+    /// The settings it was made with.
+    #[must_use]
+    pub fn config(&self) -> &NotifierConfig {
+        &self.cfg
     }
 
     /// Current counters.
