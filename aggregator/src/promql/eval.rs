@@ -15,37 +15,16 @@ use promql_parser::parser::token::{
     T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
 };
 use promql_parser::parser::{
-    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, MatrixSelector, Offset,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
     SubqueryExpr, VectorMatchCardinality, VectorSelector,
 };
 
 use nodewatch_proto::gocompat::format_float;
 
+use super::functions::{self, ArgEval, RangeArg};
 use super::storage::{is_stale_nan, Storage};
-use super::value::{Labels, Sample, Series, Value, METRIC_NAME};
-use super::{functions, EngineOptions, EvalError, Unsupported};
-
-/// An intermediate value; matrices only ever feed range functions.
-#[derive(Debug, Clone)]
-pub(crate) enum Val {
-    Scalar(f64),
-    Str(String),
-    Vector(Vec<Sample>),
-    /// A range selector or subquery outside a range function: only a
-    /// type error.
-    Matrix,
-}
-
-impl Val {
-    pub(crate) fn type_name(&self) -> &'static str {
-        match self {
-            Val::Scalar(_) => "scalar",
-            Val::Str(_) => "string",
-            Val::Vector(_) => "vector",
-            Val::Matrix => "matrix",
-        }
-    }
-}
+use super::value::{check_unique, is_label_name, Labels, Sample, Series, Val, Value, METRIC_NAME};
+use super::{EngineOptions, EvalError, Unsupported};
 
 pub(crate) struct Evaluator<'a> {
     storage: &'a dyn Storage,
@@ -54,16 +33,6 @@ pub(crate) struct Evaluator<'a> {
     /// (both the evaluation time for an instant query).
     start: i64,
     end: i64,
-}
-
-/// A range function's argument: the series of a range selector or of a
-/// subquery, with the window they were read for (`[start, end]`, `start`
-/// being `end` minus the range even where the window is left-open).
-pub(crate) struct RangeArg {
-    pub(crate) series: Vec<Series>,
-    pub(crate) start: i64,
-    pub(crate) end: i64,
-    pub(crate) range_ms: i64,
 }
 
 /// Most evaluation steps one subquery may take (a bound on the work a
@@ -135,33 +104,6 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
             )))
         }
     })
-}
-
-/// Fails if two samples share a label set (Prometheus checks this after
-/// every step of a function or operator).
-pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
-    if v.len() < 2 {
-        return Ok(());
-    }
-    // Sets that are distinct sets minus one shared metric name are still
-    // distinct: the common case of a function or operator over one metric.
-    // Every vector reaching here had unique label sets before the step.
-    if let Some(name) = v[0].labels.dropped_name() {
-        if v.iter().all(|s| s.labels.dropped_name() == Some(name)) {
-            return Ok(());
-        }
-    }
-    // Results mostly come in label order (as selectors return them): then
-    // one pass shows every set differs from the next.
-    if v.windows(2).all(|w| w[0].labels < w[1].labels) {
-        return Ok(());
-    }
-    let mut seen: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
-    seen.sort();
-    if seen.windows(2).any(|w| w[0] == w[1]) {
-        return Err(EvalError::DuplicateLabelset);
-    }
-    Ok(())
 }
 
 /// The matching key of `labels`: only the `on` labels, or all labels but
@@ -264,7 +206,7 @@ impl<'a> Evaluator<'a> {
                 Ok(Val::Vector(self.vector_selector(vs, t)))
             }
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Val::Matrix),
-            Expr::Call(c) => functions::call(self, c, t),
+            Expr::Call(c) => self.call(c, t),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
             Expr::Extension(_) => Err(Unsupported::Extension.into()),
@@ -745,13 +687,6 @@ fn top_k(mut g: Vec<Sample>, k: f64, largest: bool) -> Vec<Sample> {
     g
 }
 
-/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub(crate) fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// `VectorscalarBinop`: the scalar applies to every element; a comparison
 /// keeps the vector's value even when the scalar is on the left.
 fn vector_scalar(
@@ -924,4 +859,40 @@ fn vector_binop(
         });
     }
     Ok(out)
+}
+
+impl Evaluator<'_> {
+    /// A function call, through the function table; its vector result
+    /// must have distinct label sets.
+    fn call(&self, c: &Call, t: i64) -> Result<Val, EvalError> {
+        let f = functions::lookup(c.func.name)
+            .ok_or_else(|| Unsupported::Function(c.func.name.to_string()))?;
+        let out = f(self, c, t)?;
+        if let Val::Vector(v) = &out {
+            check_unique(v)?;
+        }
+        Ok(out)
+    }
+}
+
+impl ArgEval for Evaluator<'_> {
+    fn range_arg(&self, e: &Expr, t: i64) -> Result<RangeArg, EvalError> {
+        Evaluator::range_arg(self, e, t)
+    }
+
+    fn eval_vector(&self, e: &Expr, t: i64, what: &str) -> Result<Vec<Sample>, EvalError> {
+        Evaluator::eval_vector(self, e, t, what)
+    }
+
+    fn eval_scalar(&self, e: &Expr, t: i64, what: &str) -> Result<f64, EvalError> {
+        Evaluator::eval_scalar(self, e, t, what)
+    }
+
+    fn eval_string(&self, e: &Expr, t: i64, what: &str) -> Result<String, EvalError> {
+        Evaluator::eval_string(self, e, t, what)
+    }
+
+    fn v3(&self) -> bool {
+        Evaluator::v3(self)
+    }
 }

@@ -24,7 +24,7 @@
 //! `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
 //! `group_left`/`group_right`; the aggregations `sum avg min max count
 //! count_values stddev stdvar topk bottomk quantile group` with
-//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`]
+//! `by`/`without`; and the functions in [`supported_functions`]
 //! (`holt_winters` included). Where Go's math library rounds differently
 //! from Rust's, Go's formulas are used (`gomath`), and the sums Prometheus
 //! 2.42 compensates (`sum_over_time`, `avg_over_time`,
@@ -46,11 +46,10 @@ pub mod storage;
 mod support;
 pub mod value;
 
+pub use functions::supported_functions;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
-pub use support::{
-    check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
-};
+pub use support::{check_supported, history_needed_ms, selectors, Unsupported};
 pub use value::{Labels, RangeSeries, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'
