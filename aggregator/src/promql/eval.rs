@@ -465,149 +465,167 @@ impl<'a> Evaluator<'a> {
             Some(LabelModifier::Exclude(l)) => (true, l.labels.clone()),
             None => (false, Vec::new()),
         };
-        let key_of = |l: &Labels| {
-            if without {
-                l.remove_all(&grouping).without_name()
-            } else {
-                l.keep(&grouping)
-            }
-        };
-        // Groups in order of first appearance, as Prometheus' `orderedResult`.
-        // A sample's group is found by hashing the labels its key would
-        // have, without building them: only a new group's key is built.
-        let in_key = |k: &str| {
-            if without {
-                k != METRIC_NAME && !grouping.iter().any(|g| g == k)
-            } else {
-                grouping.iter().any(|g| g == k)
-            }
-        };
-        let hash_pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
-            let mut h =
-                std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
-            for (k, v) in pairs {
-                std::hash::Hash::hash(k, &mut h);
-                std::hash::Hash::hash(v, &mut h);
-            }
-            std::hash::Hasher::finish(&h)
-        };
-        let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
-        let mut index: foldhash::HashMap<u64, Vec<usize>> = foldhash::HashMap::default();
         let count_values_label = if op == T_COUNT_VALUES {
-            let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
-                func: name.clone(),
-                reason: "missing label parameter".into(),
-            })?;
-            let l = self.eval_string(p, t, &name)?;
-            if !is_label_name(&l) {
-                return Err(EvalError::BadArgument {
-                    func: name.clone(),
-                    reason: format!("invalid label name {l:?}"),
-                });
-            }
-            Some(l)
+            Some(self.count_values_label(a, t, &name)?)
         } else {
             None
         };
-        for s in vec {
-            // count_values' key carries the value as a label: built up front.
-            let built = count_values_label.as_ref().map(|l| {
-                let mut key = key_of(&s.labels);
-                key.set(l.clone(), format_float(s.v));
-                key
-            });
-            let h = match &built {
-                Some(k) => hash_pairs(&mut k.iter()),
-                None => hash_pairs(&mut s.labels.iter().filter(|(k, _)| in_key(k))),
-            };
-            let slot = index.entry(h).or_default();
-            let found = slot.iter().copied().find(|&gi| match &built {
-                Some(k) => groups[gi].0 == *k,
-                None => groups[gi]
-                    .0
-                    .iter()
-                    .eq(s.labels.iter().filter(|(k, _)| in_key(k))),
-            });
-            if let Some(gi) = found {
-                groups[gi].1.push(s);
-            } else {
-                let key = built.unwrap_or_else(|| key_of(&s.labels));
-                slot.push(groups.len());
-                groups.push((key, vec![s]));
-            }
-        }
-        let param = match op {
-            T_TOPK | T_BOTTOMK | T_QUANTILE => {
-                let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
-                    func: name.clone(),
-                    reason: "missing parameter".into(),
-                })?;
-                let v = self.eval_scalar(p, t, &name)?;
-                // 3.x refuses a NaN k; 2.x returns nothing.
-                if v.is_nan() && op != T_QUANTILE && self.v3() {
-                    return Err(EvalError::BadArgument {
-                        func: name.clone(),
-                        reason: "Parameter value is NaN".into(),
-                    });
-                }
-                v
-            }
-            _ => 0.0,
-        };
+        let groups = group_samples(vec, without, &grouping, count_values_label.as_deref());
+        let param = self.aggregation_param(a, t, &name)?;
         let mut out = Vec::new();
         for (key, g) in groups {
-            match op {
-                T_TOPK | T_BOTTOMK => {
-                    out.extend(top_k(g, param, op == T_TOPK).into_iter().map(|s| Sample {
-                        labels: s.labels,
-                        t,
-                        v: s.v,
-                    }));
-                    continue;
-                }
-                _ => {}
+            if op == T_TOPK || op == T_BOTTOMK {
+                out.extend(top_k(g, param, op == T_TOPK).into_iter().map(|s| Sample {
+                    labels: s.labels,
+                    t,
+                    v: s.v,
+                }));
+                continue;
             }
-            let v = match op {
-                T_SUM if self.v3() => kahan_sum(g.iter().map(|s| s.v)),
-                T_SUM => g.iter().fold(0.0, |acc, s| acc + s.v),
-                T_AVG if self.v3() => functions::mean_v3(g.iter().map(|s| s.v)),
-                T_AVG => avg(&g),
-                T_COUNT | T_COUNT_VALUES => g.len() as f64,
-                T_GROUP => 1.0,
-                T_MIN => g.iter().skip(1).fold(
-                    g[0].v,
-                    |m, s| {
-                        if m > s.v || m.is_nan() {
-                            s.v
-                        } else {
-                            m
-                        }
-                    },
-                ),
-                T_MAX => g.iter().skip(1).fold(
-                    g[0].v,
-                    |m, s| {
-                        if m < s.v || m.is_nan() {
-                            s.v
-                        } else {
-                            m
-                        }
-                    },
-                ),
-                // 3.x: a group of one NaN or infinity has no deviation.
-                T_STDDEV | T_STDVAR if self.v3() && g.len() == 1 && !g[0].v.is_finite() => f64::NAN,
-                T_STDDEV => stdvar(&g).sqrt(),
-                T_STDVAR => stdvar(&g),
-                T_QUANTILE => {
-                    let mut vals: Vec<f64> = g.iter().map(|s| s.v).collect();
-                    functions::quantile(param, &mut vals)
-                }
-                _ => return Err(Unsupported::Aggregation(name).into()),
-            };
+            let v = aggregate_group(op, &g, param, self.v3())
+                .ok_or_else(|| Unsupported::Aggregation(name.clone()))?;
             out.push(Sample { labels: key, t, v });
         }
         Ok(Val::Vector(out))
     }
+
+    /// `count_values`' label parameter, which must be a valid label name.
+    fn count_values_label(
+        &self,
+        a: &AggregateExpr,
+        t: i64,
+        name: &str,
+    ) -> Result<String, EvalError> {
+        let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
+            func: name.to_string(),
+            reason: "missing label parameter".into(),
+        })?;
+        let l = self.eval_string(p, t, name)?;
+        if !is_label_name(&l) {
+            return Err(EvalError::BadArgument {
+                func: name.to_string(),
+                reason: format!("invalid label name {l:?}"),
+            });
+        }
+        Ok(l)
+    }
+
+    /// The numeric parameter of `topk`, `bottomk` and `quantile` (0 for
+    /// the other aggregations).
+    fn aggregation_param(&self, a: &AggregateExpr, t: i64, name: &str) -> Result<f64, EvalError> {
+        let op = a.op.id();
+        if !matches!(op, T_TOPK | T_BOTTOMK | T_QUANTILE) {
+            return Ok(0.0);
+        }
+        let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
+            func: name.to_string(),
+            reason: "missing parameter".into(),
+        })?;
+        let v = self.eval_scalar(p, t, name)?;
+        // 3.x refuses a NaN k; 2.x returns nothing.
+        if v.is_nan() && op != T_QUANTILE && self.v3() {
+            return Err(EvalError::BadArgument {
+                func: name.to_string(),
+                reason: "Parameter value is NaN".into(),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// Splits `vec` into the aggregation's groups, in order of first
+/// appearance as Prometheus' `orderedResult`. A sample's group is found by
+/// hashing the labels its key would have, without building them: only a
+/// new group's key is built. `count_values` (its label given) keys each
+/// sample by its value too.
+fn group_samples(
+    vec: Vec<Sample>,
+    without: bool,
+    grouping: &[String],
+    count_values_label: Option<&str>,
+) -> Vec<(Labels, Vec<Sample>)> {
+    let key_of = |l: &Labels| {
+        if without {
+            l.remove_all(grouping).without_name()
+        } else {
+            l.keep(grouping)
+        }
+    };
+    let in_key = |k: &str| {
+        if without {
+            k != METRIC_NAME && !grouping.iter().any(|g| g == k)
+        } else {
+            grouping.iter().any(|g| g == k)
+        }
+    };
+    let hash_pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+        let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
+        for (k, v) in pairs {
+            std::hash::Hash::hash(k, &mut h);
+            std::hash::Hash::hash(v, &mut h);
+        }
+        std::hash::Hasher::finish(&h)
+    };
+    let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
+    let mut index: foldhash::HashMap<u64, Vec<usize>> = foldhash::HashMap::default();
+    for s in vec {
+        // count_values' key carries the value as a label: built up front.
+        let built = count_values_label.map(|l| {
+            let mut key = key_of(&s.labels);
+            key.set(l.to_string(), format_float(s.v));
+            key
+        });
+        let h = match &built {
+            Some(k) => hash_pairs(&mut k.iter()),
+            None => hash_pairs(&mut s.labels.iter().filter(|(k, _)| in_key(k))),
+        };
+        let slot = index.entry(h).or_default();
+        let found = slot.iter().copied().find(|&gi| match &built {
+            Some(k) => groups[gi].0 == *k,
+            None => groups[gi]
+                .0
+                .iter()
+                .eq(s.labels.iter().filter(|(k, _)| in_key(k))),
+        });
+        if let Some(gi) = found {
+            groups[gi].1.push(s);
+        } else {
+            let key = built.unwrap_or_else(|| key_of(&s.labels));
+            slot.push(groups.len());
+            groups.push((key, vec![s]));
+        }
+    }
+    groups
+}
+
+/// The value of aggregation `op` over one group (`None`: not one the
+/// evaluator has).
+fn aggregate_group(op: TokenId, g: &[Sample], param: f64, v3: bool) -> Option<f64> {
+    Some(match op {
+        T_SUM if v3 => kahan_sum(g.iter().map(|s| s.v)),
+        T_SUM => g.iter().fold(0.0, |acc, s| acc + s.v),
+        T_AVG if v3 => functions::mean_v3(g.iter().map(|s| s.v)),
+        T_AVG => avg(g),
+        T_COUNT | T_COUNT_VALUES => g.len() as f64,
+        T_GROUP => 1.0,
+        T_MIN => g
+            .iter()
+            .skip(1)
+            .fold(g[0].v, |m, s| if m > s.v || m.is_nan() { s.v } else { m }),
+        T_MAX => g
+            .iter()
+            .skip(1)
+            .fold(g[0].v, |m, s| if m < s.v || m.is_nan() { s.v } else { m }),
+        // 3.x: a group of one NaN or infinity has no deviation.
+        T_STDDEV | T_STDVAR if v3 && g.len() == 1 && !g[0].v.is_finite() => f64::NAN,
+        T_STDDEV => stdvar(g).sqrt(),
+        T_STDVAR => stdvar(g),
+        T_QUANTILE => {
+            let mut vals: Vec<f64> = g.iter().map(|s| s.v).collect();
+            functions::quantile(param, &mut vals)
+        }
+        _ => return None,
+    })
 }
 
 /// Prometheus 2.x `avg`: an incremental mean, which avoids overflow and

@@ -120,57 +120,7 @@ impl AlertingState {
         ext: &ExternalContext,
         limit: u64,
     ) -> Result<Vec<Sample>, RuleError> {
-        let mut current: HashMap<Labels, ActiveAlert> = HashMap::with_capacity(result.len());
-        for s in result {
-            let data = TemplateData {
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                external_labels: ext.labels.clone(),
-                external_url: ext.url.clone(),
-                value: s.v,
-                time_ms: t,
-                query: Some(query),
-            };
-            // Template errors are shown in place, as Prometheus does.
-            let expand = |tmpl: &Template| {
-                tmpl.expand(&data)
-                    .unwrap_or_else(|e| format!("<error expanding template: {e}>"))
-            };
-            let mut labels = s.labels.without_name();
-            for (k, _, tmpl) in &rule.labels {
-                labels.set(k.clone(), expand(tmpl));
-            }
-            labels.set("alertname".into(), rule.name.clone());
-            let annotations: BTreeMap<String, String> = rule
-                .annotations
-                .iter()
-                .map(|(k, _, tmpl)| (k.clone(), expand(tmpl)))
-                .collect();
-            if current.contains_key(&labels) {
-                return Err(RuleError::DuplicateLabelset(
-                    "vector contains metrics with the same labelset after applying alert labels",
-                ));
-            }
-            current.insert(
-                labels.clone(),
-                ActiveAlert {
-                    rule: rule.name.clone(),
-                    labels,
-                    annotations,
-                    state: AlertState::Pending,
-                    value: s.v,
-                    active_at_ms: t,
-                    fired_at_ms: None,
-                    resolved_at_ms: None,
-                    keep_firing_since_ms: None,
-                    last_sent_ms: None,
-                    valid_until_ms: None,
-                },
-            );
-        }
+        let current = Self::current(rule, result, (t, query), ext)?;
         for (k, a) in &current {
             match self.active.get_mut(k) {
                 Some(old) if old.state != AlertState::Inactive => {
@@ -241,6 +191,68 @@ impl AlertingState {
             });
         }
         Ok(out)
+    }
+
+    /// The alerts of one evaluation result: each series' labels with the
+    /// rule's (templated) labels and annotations applied.
+    fn current(
+        rule: &RuleSpec,
+        result: Vec<Sample>,
+        (t, query): (i64, &QueryFn<'_>),
+        ext: &ExternalContext,
+    ) -> Result<HashMap<Labels, ActiveAlert>, RuleError> {
+        let mut current: HashMap<Labels, ActiveAlert> = HashMap::with_capacity(result.len());
+        for s in result {
+            let data = TemplateData {
+                labels: s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                external_labels: ext.labels.clone(),
+                external_url: ext.url.clone(),
+                value: s.v,
+                time_ms: t,
+                query: Some(query),
+            };
+            // Template errors are shown in place, as Prometheus does.
+            let expand = |tmpl: &Template| {
+                tmpl.expand(&data)
+                    .unwrap_or_else(|e| format!("<error expanding template: {e}>"))
+            };
+            let mut labels = s.labels.without_name();
+            for (k, _, tmpl) in &rule.labels {
+                labels.set(k.clone(), expand(tmpl));
+            }
+            labels.set("alertname".into(), rule.name.clone());
+            let annotations: BTreeMap<String, String> = rule
+                .annotations
+                .iter()
+                .map(|(k, _, tmpl)| (k.clone(), expand(tmpl)))
+                .collect();
+            if current.contains_key(&labels) {
+                return Err(RuleError::DuplicateLabelset(
+                    "vector contains metrics with the same labelset after applying alert labels",
+                ));
+            }
+            current.insert(
+                labels.clone(),
+                ActiveAlert {
+                    rule: rule.name.clone(),
+                    labels,
+                    annotations,
+                    state: AlertState::Pending,
+                    value: s.v,
+                    active_at_ms: t,
+                    fired_at_ms: None,
+                    resolved_at_ms: None,
+                    keep_firing_since_ms: None,
+                    last_sent_ms: None,
+                    valid_until_ms: None,
+                },
+            );
+        }
+        Ok(current)
     }
 }
 

@@ -19,6 +19,163 @@ pub(super) fn funcs() -> &'static FuncMap {
     FUNCS.get_or_init(build_funcs)
 }
 
+/// How a function takes its arguments: as template values, or as exactly
+/// one string or one number (converted as Prometheus' `convertToFloat`).
+#[derive(Clone, Copy)]
+enum Call {
+    Values(Func),
+    Str(fn(&str) -> String),
+    Float(fn(f64) -> Result<String, String>),
+}
+
+impl Call {
+    fn call(self, name: &str, a: &[Value]) -> Result<Value, String> {
+        match self {
+            Call::Values(f) => f(a),
+            Call::Str(f) => {
+                let [s] = args::<1>(name, a)?;
+                Ok(string(f(want_str(s)?)))
+            }
+            Call::Float(f) => {
+                let [v] = args::<1>(name, a)?;
+                Ok(string(f(to_float(v)?)?))
+            }
+        }
+    }
+}
+
+/// Prometheus' functions, whose errors read `error calling <name>: …`.
+const CALLS: &[(&str, Call)] = &[
+    ("index", Call::Values(index)),
+    ("printf", Call::Values(printf)),
+    ("query", Call::Values(query)),
+    ("first", Call::Values(first)),
+    (
+        "label",
+        Call::Values(|a| {
+            let [l, s] = args::<2>("label", a)?;
+            let l = want_str(l)?;
+            Ok(string(sample_label(s, l)?))
+        }),
+    ),
+    (
+        "value",
+        Call::Values(|a| {
+            let [s] = args::<1>("value", a)?;
+            sample_field(s, "Value")
+        }),
+    ),
+    (
+        "strvalue",
+        Call::Values(|a| {
+            let [s] = args::<1>("strvalue", a)?;
+            Ok(string(sample_label(s, "__value__")?))
+        }),
+    ),
+    ("sortByLabel", Call::Values(sort_by_label)),
+    (
+        "args",
+        Call::Values(|a| {
+            Ok(Value::Map(Arc::new(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| (Arc::from(format!("arg{i}").as_str()), v.clone()))
+                    .collect(),
+            )))
+        }),
+    ),
+    (
+        "match",
+        Call::Values(|a| {
+            let [p, t] = args::<2>("match", a)?;
+            let re = regex::Regex::new(want_str(p)?).map_err(|e| e.to_string())?;
+            Ok(Value::Bool(re.is_match(want_str(t)?)))
+        }),
+    ),
+    (
+        "reReplaceAll",
+        Call::Values(|a| {
+            let [p, r, t] = args::<3>("reReplaceAll", a)?;
+            let re = regex::Regex::new(want_str(p)?).map_err(|e| e.to_string())?;
+            Ok(string(
+                re.replace_all(want_str(t)?, want_str(r)?).into_owned(),
+            ))
+        }),
+    ),
+    ("safeHtml", Call::Str(str::to_string)),
+    ("title", Call::Str(title)),
+    ("toUpper", Call::Str(str::to_uppercase)),
+    ("toLower", Call::Str(str::to_lowercase)),
+    (
+        "graphLink",
+        Call::Str(|e| format!("/graph?g0.expr={}&g0.tab=0", query_escape(e))),
+    ),
+    (
+        "tableLink",
+        Call::Str(|e| format!("/graph?g0.expr={}&g0.tab=1", query_escape(e))),
+    ),
+    ("urlQueryEscape", Call::Str(query_escape)),
+    ("stripPort", Call::Str(strip_port)),
+    ("stripDomain", Call::Str(strip_domain)),
+    ("humanize", Call::Float(|v| Ok(humanize(v)))),
+    ("humanize1024", Call::Float(|v| Ok(humanize1024(v)))),
+    (
+        "humanizeDuration",
+        Call::Float(|v| Ok(humanize_duration(v))),
+    ),
+    (
+        "humanizePercentage",
+        Call::Float(|v| Ok(format!("{}%", format_float_g(v * 100.0, Some(4))))),
+    ),
+    (
+        "humanizeTimestamp",
+        Call::Float(|v| {
+            if v.is_nan() || v.is_infinite() {
+                return Ok(format_float_g(v, Some(4)));
+            }
+            go_time(v)
+        }),
+    ),
+    (
+        "toTime",
+        Call::Float(|v| {
+            if v.is_nan() || v.is_infinite() {
+                return Err("value is NaN or Inf".into());
+            }
+            go_time(v)
+        }),
+    ),
+    (
+        "now",
+        Call::Values(|a| {
+            args::<0>("now", a)?;
+            with_ctx(|c| Ok(Value::Float(c.time_ms as f64 / 1000.0)))
+        }),
+    ),
+    (
+        "externalURL",
+        Call::Values(|a| {
+            args::<0>("externalURL", a)?;
+            with_ctx(|c| Ok(string(c.external_url.clone())))
+        }),
+    ),
+    (
+        "pathPrefix",
+        Call::Values(|a| {
+            args::<0>("pathPrefix", a)?;
+            with_ctx(|c| Ok(string(url_path(&c.external_url).to_string())))
+        }),
+    ),
+    (
+        "parseDuration",
+        Call::Values(|a| {
+            let [d] = args::<1>("parseDuration", a)?;
+            let ms = parse_duration(want_str(d)?)?;
+            Ok(Value::Float(ms as f64 / 1000.0))
+        }),
+    ),
+];
+
 fn build_funcs() -> FuncMap {
     let mut m = FuncMap::new();
     // Go's own wording for these: no "error calling" prefix.
@@ -34,145 +191,11 @@ fn build_funcs() -> FuncMap {
             Arc::new(move |args: &[Value]| f(args).map_err(gotmpl::TemplateError::Exec)),
         );
     }
-    let calls: &[(&str, Func)] = &[
-        ("index", index),
-        ("printf", printf),
-        ("query", query),
-        ("first", first),
-        ("label", |a| {
-            let [l, s] = args::<2>("label", a)?;
-            let l = want_str(l)?;
-            Ok(string(sample_label(s, l)?))
-        }),
-        ("value", |a| {
-            let [s] = args::<1>("value", a)?;
-            sample_field(s, "Value")
-        }),
-        ("strvalue", |a| {
-            let [s] = args::<1>("strvalue", a)?;
-            Ok(string(sample_label(s, "__value__")?))
-        }),
-        ("sortByLabel", sort_by_label),
-        ("args", |a| {
-            Ok(Value::Map(Arc::new(
-                a.iter()
-                    .enumerate()
-                    .map(|(i, v)| (Arc::from(format!("arg{i}").as_str()), v.clone()))
-                    .collect(),
-            )))
-        }),
-        ("match", |a| {
-            let [p, t] = args::<2>("match", a)?;
-            let re = regex::Regex::new(want_str(p)?).map_err(|e| e.to_string())?;
-            Ok(Value::Bool(re.is_match(want_str(t)?)))
-        }),
-        ("reReplaceAll", |a| {
-            let [p, r, t] = args::<3>("reReplaceAll", a)?;
-            let re = regex::Regex::new(want_str(p)?).map_err(|e| e.to_string())?;
-            Ok(string(
-                re.replace_all(want_str(t)?, want_str(r)?).into_owned(),
-            ))
-        }),
-        ("safeHtml", |a| {
-            let [t] = args::<1>("safeHtml", a)?;
-            Ok(string(want_str(t)?.to_string()))
-        }),
-        ("title", |a| {
-            let [t] = args::<1>("title", a)?;
-            Ok(string(title(want_str(t)?)))
-        }),
-        ("toUpper", |a| {
-            let [t] = args::<1>("toUpper", a)?;
-            Ok(string(want_str(t)?.to_uppercase()))
-        }),
-        ("toLower", |a| {
-            let [t] = args::<1>("toLower", a)?;
-            Ok(string(want_str(t)?.to_lowercase()))
-        }),
-        ("graphLink", |a| {
-            let [e] = args::<1>("graphLink", a)?;
-            Ok(string(format!(
-                "/graph?g0.expr={}&g0.tab=0",
-                query_escape(want_str(e)?)
-            )))
-        }),
-        ("tableLink", |a| {
-            let [e] = args::<1>("tableLink", a)?;
-            Ok(string(format!(
-                "/graph?g0.expr={}&g0.tab=1",
-                query_escape(want_str(e)?)
-            )))
-        }),
-        ("urlQueryEscape", |a| {
-            let [s] = args::<1>("urlQueryEscape", a)?;
-            Ok(string(query_escape(want_str(s)?)))
-        }),
-        ("stripPort", |a| {
-            let [s] = args::<1>("stripPort", a)?;
-            Ok(string(strip_port(want_str(s)?)))
-        }),
-        ("stripDomain", |a| {
-            let [s] = args::<1>("stripDomain", a)?;
-            Ok(string(strip_domain(want_str(s)?)))
-        }),
-        ("humanize", |a| {
-            let [v] = args::<1>("humanize", a)?;
-            Ok(string(humanize(to_float(v)?)))
-        }),
-        ("humanize1024", |a| {
-            let [v] = args::<1>("humanize1024", a)?;
-            Ok(string(humanize1024(to_float(v)?)))
-        }),
-        ("humanizeDuration", |a| {
-            let [v] = args::<1>("humanizeDuration", a)?;
-            Ok(string(humanize_duration(to_float(v)?)))
-        }),
-        ("humanizePercentage", |a| {
-            let [v] = args::<1>("humanizePercentage", a)?;
-            Ok(string(format!(
-                "{}%",
-                format_float_g(to_float(v)? * 100.0, Some(4))
-            )))
-        }),
-        ("humanizeTimestamp", |a| {
-            let [v] = args::<1>("humanizeTimestamp", a)?;
-            let v = to_float(v)?;
-            if v.is_nan() || v.is_infinite() {
-                return Ok(string(format_float_g(v, Some(4))));
-            }
-            Ok(string(go_time(v)?))
-        }),
-        ("toTime", |a| {
-            let [v] = args::<1>("toTime", a)?;
-            let v = to_float(v)?;
-            if v.is_nan() || v.is_infinite() {
-                return Err("value is NaN or Inf".into());
-            }
-            Ok(string(go_time(v)?))
-        }),
-        ("now", |a| {
-            args::<0>("now", a)?;
-            with_ctx(|c| Ok(Value::Float(c.time_ms as f64 / 1000.0)))
-        }),
-        ("externalURL", |a| {
-            args::<0>("externalURL", a)?;
-            with_ctx(|c| Ok(string(c.external_url.clone())))
-        }),
-        ("pathPrefix", |a| {
-            args::<0>("pathPrefix", a)?;
-            with_ctx(|c| Ok(string(url_path(&c.external_url).to_string())))
-        }),
-        ("parseDuration", |a| {
-            let [d] = args::<1>("parseDuration", a)?;
-            let ms = parse_duration(want_str(d)?)?;
-            Ok(Value::Float(ms as f64 / 1000.0))
-        }),
-    ];
-    for &(name, f) in calls {
+    for &(name, f) in CALLS {
         m.insert(
             name.into(),
             Arc::new(move |args: &[Value]| {
-                f(args).map_err(|reason| {
+                f.call(name, args).map_err(|reason| {
                     gotmpl::TemplateError::Exec(format!("error calling {name}: {reason}"))
                 })
             }),
