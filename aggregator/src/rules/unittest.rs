@@ -453,7 +453,6 @@ fn run_file(path: &Path, engine: EngineOptions, warnings: &mut Vec<String>) -> V
     errs
 }
 
-#[allow(clippy::too_many_lines)]
 fn run_group(
     tg: &TestGroup,
     rule_files: &[PathBuf],
@@ -496,37 +495,10 @@ fn run_group(
     // cannot see the future (`@`, negative `offset`) and expression tests
     // see nothing after the last evaluation step.
     let mut storage = MemStorage::new();
-    let mut input: Vec<(i64, usize, f64)> = Vec::new();
-    let mut input_labels: Vec<Labels> = Vec::new();
-    // A series defined twice keeps only its last definition, as promtool's
-    // loader keys definitions by label set.
-    let mut last_def: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
-    let mut parsed = Vec::with_capacity(tg.input_series.len());
-    for (i, s) in tg.input_series.iter().enumerate() {
-        let labels = match parse_metric(&s.series) {
-            Ok(l) => l,
-            Err(e) => return vec![format!("    series {:?}: {e}", s.series)],
-        };
-        last_def.insert(labels.clone(), i);
-        parsed.push(labels);
-    }
-    for (i, s) in tg.input_series.iter().enumerate() {
-        if last_def.get(&parsed[i]) != Some(&i) {
-            continue;
-        }
-        let labels = parsed[i].clone();
-        let values = match expand_values(&s.values) {
-            Ok(v) => v,
-            Err(e) => return vec![format!("    series {:?}: values: {e}", s.series)],
-        };
-        for (i, v) in values.into_iter().enumerate() {
-            if let SeqValue::Value(v) = v {
-                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
-            }
-        }
-        input_labels.push(labels);
-    }
-    input.sort_by_key(|&(t, _, _)| t);
+    let (input, input_labels) = match input_samples(tg, interval) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
     let mut input = input.into_iter().peekable();
 
     let test_name = if tg.name.is_empty() {
@@ -576,47 +548,108 @@ fn run_group(
             && alert_times[curr] < ts + eval_interval
         {
             let t = alert_times[curr];
-            for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.0 == t) {
-                let mut got: Vec<(Labels, Labels)> = groups
-                    .iter()
-                    .flat_map(Group::alerts)
-                    .filter(|a: &ActiveAlert| {
-                        a.rule == tc.alertname && a.state == AlertState::Firing
-                    })
-                    .map(|a| (a.labels, annotations_labels(&a.annotations)))
-                    .collect();
-                let mut exp: Vec<(Labels, Labels)> = tc
-                    .exp_alerts
-                    .iter()
-                    .map(|a| {
-                        let mut l = Labels::from_pairs(
-                            a.exp_labels.iter().map(|(k, v)| (k.clone(), v.clone())),
-                        );
-                        l.set("alertname".into(), tc.alertname.clone());
-                        (l, annotations_labels(&a.exp_annotations))
-                    })
-                    .collect();
-                got.sort();
-                exp.sort();
-                if got != exp {
-                    errs.push(format!(
-                        "{test_name}    alertname: {}, time: {}, \n        exp:{}, \n        got:{}",
-                        tc.alertname,
-                        model_duration(t),
-                        indent_lines(&alerts_string(&exp), "            "),
-                        indent_lines(&alerts_string(&got), "            "),
-                    ));
-                }
-            }
+            check_alerts(tg, &groups, t, &test_name, &mut errs);
             curr += 1;
         }
         ts += eval_interval;
     }
 
-    let engine = Engine::new(engine_opts);
+    errs.extend(check_exprs(
+        tg,
+        &Engine::new(engine_opts),
+        &storage,
+        fuzzy,
+        nan_equal,
+    ));
+    errs
+}
+
+/// Input samples as (time, index of their labels, value), and the labels.
+type InputSamples = (Vec<(i64, usize, f64)>, Vec<Labels>);
+
+/// The group's input series, expanded: each sample as (time, index of its
+/// labels, value) in time order, and the labels.
+fn input_samples(tg: &TestGroup, interval: i64) -> Result<InputSamples, Vec<String>> {
+    let mut input: Vec<(i64, usize, f64)> = Vec::new();
+    let mut input_labels: Vec<Labels> = Vec::new();
+    // A series defined twice keeps only its last definition, as promtool's
+    // loader keys definitions by label set.
+    let mut last_def: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+    let mut parsed = Vec::with_capacity(tg.input_series.len());
+    for (i, s) in tg.input_series.iter().enumerate() {
+        let labels = match parse_metric(&s.series) {
+            Ok(l) => l,
+            Err(e) => return Err(vec![format!("    series {:?}: {e}", s.series)]),
+        };
+        last_def.insert(labels.clone(), i);
+        parsed.push(labels);
+    }
+    for (i, s) in tg.input_series.iter().enumerate() {
+        if last_def.get(&parsed[i]) != Some(&i) {
+            continue;
+        }
+        let labels = parsed[i].clone();
+        let values = match expand_values(&s.values) {
+            Ok(v) => v,
+            Err(e) => return Err(vec![format!("    series {:?}: values: {e}", s.series)]),
+        };
+        for (i, v) in values.into_iter().enumerate() {
+            if let SeqValue::Value(v) = v {
+                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
+            }
+        }
+        input_labels.push(labels);
+    }
+    input.sort_by_key(|&(t, _, _)| t);
+    Ok((input, input_labels))
+}
+
+/// Compares the firing alerts of `groups` with what the alert tests of
+/// `tg` at `t` expect.
+fn check_alerts(tg: &TestGroup, groups: &[Group], t: i64, test_name: &str, errs: &mut Vec<String>) {
+    for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.0 == t) {
+        let mut got: Vec<(Labels, Labels)> = groups
+            .iter()
+            .flat_map(Group::alerts)
+            .filter(|a: &ActiveAlert| a.rule == tc.alertname && a.state == AlertState::Firing)
+            .map(|a| (a.labels, annotations_labels(&a.annotations)))
+            .collect();
+        let mut exp: Vec<(Labels, Labels)> = tc
+            .exp_alerts
+            .iter()
+            .map(|a| {
+                let mut l =
+                    Labels::from_pairs(a.exp_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                l.set("alertname".into(), tc.alertname.clone());
+                (l, annotations_labels(&a.exp_annotations))
+            })
+            .collect();
+        got.sort();
+        exp.sort();
+        if got != exp {
+            errs.push(format!(
+                "{test_name}    alertname: {}, time: {}, \n        exp:{}, \n        got:{}",
+                tc.alertname,
+                model_duration(t),
+                indent_lines(&alerts_string(&exp), "            "),
+                indent_lines(&alerts_string(&got), "            "),
+            ));
+        }
+    }
+}
+
+/// Runs the expression tests of `tg` over what the evaluation stored.
+fn check_exprs(
+    tg: &TestGroup,
+    engine: &Engine,
+    storage: &MemStorage,
+    fuzzy: bool,
+    nan_equal: bool,
+) -> Vec<String> {
+    let mut errs = Vec::new();
     'outer: for tc in &tg.promql_expr_test {
         let t = tc.eval_time.0;
-        let got = match engine.query(&storage, &tc.expr, t) {
+        let got = match engine.query(storage, &tc.expr, t) {
             Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>(),
             Ok(Value::Scalar(v)) => vec![(Labels::new(), v)],
             Ok(Value::String(_) | Value::Matrix(_)) => {
