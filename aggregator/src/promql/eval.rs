@@ -106,6 +106,11 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
     })
 }
 
+/// An argument of function or operator `what` of the wrong type.
+fn type_error(what: &str, want: &str, got: &Val) -> EvalError {
+    EvalError::Type(format!("{what}: expected {want}, got {}", got.type_name()))
+}
+
 /// The matching key of `labels`: only the `on` labels, or all labels but
 /// the `ignoring` ones and `__name__` (`signatureFunc` in engine.go).
 fn signature(labels: &Labels, on: bool, names: &[String]) -> Labels {
@@ -221,30 +226,21 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Vec<Sample>, EvalError> {
         match self.eval(expr, t)? {
             Val::Vector(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected vector, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "vector", &other)),
         }
     }
 
     pub(crate) fn eval_scalar(&self, expr: &Expr, t: i64, what: &str) -> Result<f64, EvalError> {
         match self.eval(expr, t)? {
             Val::Scalar(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected scalar, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "scalar", &other)),
         }
     }
 
     pub(crate) fn eval_string(&self, expr: &Expr, t: i64, what: &str) -> Result<String, EvalError> {
         match self.eval(expr, t)? {
             Val::Str(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected string, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "string", &other)),
         }
     }
 
