@@ -9,9 +9,9 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use nodewatch_aggregator::liveness::parse_known;
+use nodewatch_aggregator::rules::rulefmt::held::unheld_selectors;
 use nodewatch_aggregator::rules::rulefmt::parse_rules;
 use nodewatch_proto::gocompat::parse_duration;
-use nodewatch_aggregator::rules::rulefmt::held::unheld_selectors;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
