@@ -972,6 +972,20 @@ fn histogram_quantile(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalErr
     ))
 }
 
+/// Refuses a `which` (source, destination) label of `label_replace` or
+/// `label_join` that is not a valid label name.
+fn check_label_name(c: &Call, which: &str, l: &str) -> Result<(), EvalError> {
+    if is_label_name(l) {
+        Ok(())
+    } else {
+        let func = c.func.name;
+        Err(bad(
+            c,
+            format!("invalid {which} label name in {func}(): {l}"),
+        ))
+    }
+}
+
 fn label_replace(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
     let name = c.func.name;
     let v = ev.eval_vector(arg(c, 0)?, t, name)?;
@@ -985,12 +999,7 @@ fn label_replace(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
             format!("invalid regular expression in label_replace(): {re_s}"),
         )
     })?;
-    if !is_label_name(&dst) {
-        return Err(bad(
-            c,
-            format!("invalid destination label name in label_replace(): {dst}"),
-        ));
-    }
+    check_label_name(c, "destination", &dst)?;
     Ok(Val::Vector(
         v.into_iter()
             .map(|s| {
@@ -1019,20 +1028,10 @@ fn label_join(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
     let mut srcs = Vec::new();
     for e in c.args.args.iter().skip(3) {
         let s = ev.eval_string(e, t, name)?;
-        if !is_label_name(&s) {
-            return Err(bad(
-                c,
-                format!("invalid source label name in label_join(): {s}"),
-            ));
-        }
+        check_label_name(c, "source", &s)?;
         srcs.push(s);
     }
-    if !is_label_name(&dst) {
-        return Err(bad(
-            c,
-            format!("invalid destination label name in label_join(): {dst}"),
-        ));
-    }
+    check_label_name(c, "destination", &dst)?;
     Ok(Val::Vector(
         v.into_iter()
             .map(|s| {
