@@ -26,10 +26,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use nodewatch_proto::gocompat::{format_float, parse_duration, parse_rfc3339, rfc3339_ms_fixed};
 use serde_json::{json, Value as Json};
 
-use crate::manager::RuleManager;
 use crate::promql::{self, Engine, Expr, Labels, Storage, Value};
+use crate::rules::RuleManager;
 use crate::store::{now_ms, Store};
 
 /// Most points per series a range query may return (Prometheus' limit).
@@ -236,54 +237,6 @@ fn parse_time(s: &str) -> Result<i64, String> {
     parse_rfc3339(s).ok_or_else(|| format!("cannot parse {s:?} to a valid timestamp"))
 }
 
-/// `2006-01-02T15:04:05.999Z07:00`.
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    let (date, rest) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let (time, offset_s) = if let Some(t) = rest.strip_suffix('Z') {
-        (t, 0)
-    } else {
-        let pos = rest.rfind(['+', '-'])?;
-        let (t, off) = rest.split_at(pos);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (h, m) = off[1..].split_once(':')?;
-        let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-        if !(0..24).contains(&h) || !(0..60).contains(&m) {
-            return None;
-        }
-        (t, sign * (h * 3600 + m * 60))
-    };
-    let mut parts = time.split(':');
-    let h: i64 = parts.next()?.parse().ok()?;
-    let mi: i64 = parts.next()?.parse().ok()?;
-    let sec: f64 = parts.next()?.parse().ok()?;
-    let in_range = (0..=9999).contains(&y)
-        && (1..=12).contains(&mo)
-        && (1..=31).contains(&da)
-        && (0..24).contains(&h)
-        && (0..60).contains(&mi)
-        && (0.0..61.0).contains(&sec)
-        && offset_s.abs() < 86_400
-        && parts.next().is_none();
-    if !in_range {
-        return None;
-    }
-    // Days from the civil date (H. Hinnant's algorithm).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 - offset_s;
-    Some(secs * 1000 + (sec * 1000.0).round() as i64)
-}
-
 /// Runs the request parsers on arbitrary text (for the fuzz targets).
 #[doc(hidden)]
 pub fn parse_request_text(text: &str) {
@@ -303,18 +256,7 @@ fn parse_step(s: &str) -> Result<i64, String> {
         }
         return Ok(ms.round() as i64);
     }
-    crate::rules::parse_duration(s).map_err(|_| format!("cannot parse {s:?} to a valid duration"))
-}
-
-/// A sample value as Prometheus writes it (`strconv.FormatFloat(v, 'f', -1, 64)`).
-fn fmt_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
+    parse_duration(s).map_err(|_| format!("cannot parse {s:?} to a valid duration"))
 }
 
 fn fmt_time(t_ms: i64) -> Json {
@@ -483,16 +425,18 @@ async fn query(
             "resultType": "vector",
             "result": v.iter().map(|s| json!({
                 "metric": labels_json(&s.labels),
-                "value": [fmt_time(t), fmt_value(s.v)],
+                "value": [fmt_time(t), format_float(s.v)],
             })).collect::<Vec<_>>(),
         }),
-        Value::Scalar(v) => json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v)]}),
+        Value::Scalar(v) => {
+            json!({"resultType": "scalar", "result": [fmt_time(t), format_float(v)]})
+        }
         Value::String(s) => json!({"resultType": "string", "result": [fmt_time(t), s]}),
         Value::Matrix(m) => json!({
             "resultType": "matrix",
             "result": m.iter().map(|s| json!({
                 "metric": labels_json(&s.labels),
-                "values": s.points.iter().map(|&(t, v)| json!([fmt_time(t), fmt_value(v)])).collect::<Vec<_>>(),
+                "values": s.points.iter().map(|&(t, v)| json!([fmt_time(t), format_float(v)])).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
     }))
@@ -542,7 +486,7 @@ async fn query_range(
         "resultType": "matrix",
         "result": series.iter().map(|s| json!({
             "metric": labels_json(&s.labels),
-            "values": s.points.iter().map(|&(t, v)| json!([fmt_time(t), fmt_value(v)])).collect::<Vec<_>>(),
+            "values": s.points.iter().map(|&(t, v)| json!([fmt_time(t), format_float(v)])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })))
 }
@@ -708,23 +652,9 @@ fn alert_json(group: &str, a: &crate::rules::ActiveAlert) -> Json {
             crate::rules::AlertState::Pending => "pending",
             crate::rules::AlertState::Inactive => "inactive",
         },
-        "activeAt": rfc3339(a.active_at_ms),
-        "value": fmt_value(a.value),
+        "activeAt": rfc3339_ms_fixed(a.active_at_ms),
+        "value": format_float(a.value),
     })
-}
-
-/// Milliseconds as RFC 3339 in UTC.
-fn rfc3339(t_ms: i64) -> String {
-    let secs = t_ms.div_euclid(1000);
-    let (y, m, d) = crate::promql::civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        t_ms.rem_euclid(1000)
-    )
 }
 
 async fn alerts(State(st): State<ApiState>) -> Response {
@@ -804,7 +734,10 @@ mod tests {
         assert_eq!(parse_step("15"), Ok(15_000));
         assert_eq!(parse_step("0.5"), Ok(500));
         assert_eq!(parse_step("1m30s"), Ok(90_000));
-        assert_eq!(rfc3339(1_700_000_000_250), "2023-11-14T22:13:20.250Z");
+        assert_eq!(
+            rfc3339_ms_fixed(1_700_000_000_250),
+            "2023-11-14T22:13:20.250Z"
+        );
     }
 
     #[test]
@@ -825,9 +758,9 @@ mod tests {
 
     #[test]
     fn values_print_as_go_does() {
-        assert_eq!(fmt_value(1e21), "1000000000000000000000");
-        assert_eq!(fmt_value(1e-7), "0.0000001");
-        assert_eq!(fmt_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(fmt_value(0.1 + 0.2), "0.30000000000000004");
+        assert_eq!(format_float(1e21), "1000000000000000000000");
+        assert_eq!(format_float(1e-7), "0.0000001");
+        assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_float(0.1 + 0.2), "0.30000000000000004");
     }
 }

@@ -337,7 +337,7 @@ pub struct AlertmanagerConfig {
     /// Base URL without a trailing slash.
     pub url: String,
     /// Credentials, if any.
-    pub auth: Option<crate::rules::notifier::Authorization>,
+    pub auth: Option<crate::notifier::Authorization>,
     /// TLS files, for `https://` URLs.
     pub tls: Option<AlertmanagerTlsFiles>,
 }
@@ -356,7 +356,7 @@ pub struct AlertmanagerTlsFiles {
 impl AlertmanagerEntry {
     /// Checks the entry, recording problems under `key`.
     fn validate(&self, key: &str, problems: &mut Problems) -> Option<AlertmanagerConfig> {
-        use crate::rules::notifier::Authorization;
+        use crate::notifier::Authorization;
         let mut probs = Counted { p: problems, n: 0 };
         let spec = match self {
             Self::Url(u) => AlertmanagerSpec {
@@ -967,7 +967,7 @@ mod tests {
 
     #[test]
     fn alertmanagers_are_urls_or_objects_with_credentials_and_tls() {
-        use crate::rules::notifier::Authorization;
+        use crate::notifier::Authorization;
         let c = alerting(
             "  alertmanagers:\n    - http://am1:9093/\n    - url: https://am2:9093\n      basic_auth: {username: nw, password_file: $D/pw}\n      tls: {ca: $D/ca.crt, cert: $D/tls.crt, key: $D/tls.key, server_name: am.lan}\n    - {url: 'http://am3', bearer_token_file: $D/token}\n",
         )

@@ -50,7 +50,7 @@ pub struct IngestService {
     pub max_series_per_node: usize,
     pub max_samples_per_second: u64,
     /// Evaluates rule groups at once when events land.
-    pub rules: Option<Arc<crate::manager::RuleManager>>,
+    pub rules: Option<Arc<crate::rules::RuleManager>>,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<AggregatorFrame, Status>> + Send>>;
@@ -170,7 +170,7 @@ fn valid_label_name(s: &str) -> bool {
 /// or to the aggregator (its own metrics and what its recording rules
 /// write). With `honorLabels: true` such a series would reach Prometheus
 /// beside the real one.
-fn reserved(name: &str, rules: Option<&crate::manager::RuleManager>) -> Option<&'static str> {
+fn reserved(name: &str, rules: Option<&crate::rules::RuleManager>) -> Option<&'static str> {
     if matches!(name, "ALERTS" | "ALERTS_FOR_STATE" | "up") || name.starts_with("scrape_") {
         Some("prometheus")
     } else if name.starts_with("nodewatch_aggregator_") {

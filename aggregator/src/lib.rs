@@ -18,8 +18,11 @@
 //! - [`own_metrics`]: the aggregator's own metrics and their help texts.
 //! - [`query`]: the `Query` service (nodes, instant queries, events).
 //! - [`promql`]: the `PromQL` evaluator over a `Storage` trait.
-//! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
-//! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
+//! - [`rules`]: Prometheus rule files, groups, recording and alerting rules, the
+//!   manager that runs them on their intervals and at once on events, and
+//!   `promtool test rules` compatibility.
+//! - [`template`]: Go templates of alert labels and annotations.
+//! - [`notifier`]: sends alerts to Alertmanager.
 //! - [`server`]: wiring and shutdown.
 //! - [`cli`]: the `nodewatch` command-line tool.
 //! - [`throttle`]: rate-limited repeated warnings.
@@ -35,8 +38,8 @@ pub mod events;
 pub mod expose;
 pub mod ingest;
 pub mod liveness;
-pub mod manager;
 pub mod nodes;
+pub mod notifier;
 pub mod own_metrics;
 pub mod promql;
 pub mod query;
@@ -44,4 +47,5 @@ pub mod remote_write;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod throttle;

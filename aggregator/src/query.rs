@@ -24,7 +24,7 @@ pub struct QueryService {
     pub store: Arc<Store>,
     pub nodes: Arc<Nodes>,
     pub events: Arc<EventLog>,
-    pub rules: Option<Arc<crate::manager::RuleManager>>,
+    pub rules: Option<Arc<crate::rules::RuleManager>>,
 }
 
 /// Evaluates an instant query at `t_ms` with the `PromQL` engine.

@@ -17,10 +17,10 @@ use crate::bootstrap::BootstrapService;
 use crate::config::Config;
 use crate::events::EventLog;
 use crate::ingest::{IngestHandle, IngestService};
-use crate::manager::RuleManager;
 use crate::nodes::Nodes;
+use crate::notifier::{self, AlertmanagerTarget, Notifier, NotifierConfig};
 use crate::query::QueryService;
-use crate::rules::notifier::{self, AlertmanagerTarget, Notifier, NotifierConfig};
+use crate::rules::RuleManager;
 use crate::rules::{ExternalContext, GroupOptions};
 use crate::store::Store;
 use nodewatch_proto::v1::bootstrap_server::BootstrapServer;
@@ -191,7 +191,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let configured_ms = config.retention.as_millis() as i64;
     let retention_ms =
-        crate::manager::retention_for_rules(&config.rule_files, &opts, configured_ms);
+        crate::rules::manager::retention_for_rules(&config.rule_files, &opts, configured_ms);
     if retention_ms > configured_ms {
         info!(
             retention_ms,

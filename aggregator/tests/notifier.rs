@@ -8,11 +8,10 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nodewatch_aggregator::notifier::{AlertmanagerTarget, Notifier, NotifierConfig, PostableAlert};
 use nodewatch_aggregator::promql::{Labels, MemStorage};
-use nodewatch_aggregator::rules::notifier::{
-    rfc3339_ms, AlertmanagerTarget, Notifier, NotifierConfig, PostableAlert,
-};
-use nodewatch_aggregator::rules::{load_groups, GroupOptions};
+use nodewatch_aggregator::rules::{load_groups, send_alerts, GroupOptions};
+use nodewatch_proto::gocompat::rfc3339_ms;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -102,7 +101,7 @@ async fn firing_and_resolved_alerts_are_posted_like_prometheus() {
         targets: vec![AlertmanagerTarget::new(url.parse().unwrap())],
         external_labels: Labels::from_pairs([("dc", "eu1"), ("replica", "a")]),
         external_url: "http://agg:9090/".into(),
-        resend_delay: nodewatch_aggregator::rules::notifier::DEFAULT_RESEND_DELAY,
+        resend_delay: nodewatch_aggregator::notifier::DEFAULT_RESEND_DELAY,
         ..NotifierConfig::default()
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -115,7 +114,7 @@ async fn firing_and_resolved_alerts_are_posted_like_prometheus() {
     let eval = |s: &mut MemStorage, t_s: i64, v: f64| {
         s.append(&up, t_s * 1000, v);
         g.eval(s, t_s * 1000);
-        notifier.send_group(g, t_s * 1000);
+        send_alerts(&notifier, g, t_s * 1000);
     };
     eval(&mut s, 0, 0.0); // fires at once (no `for`): sent
     wait_for(&seen, 1).await;

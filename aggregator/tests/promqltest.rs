@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use nodewatch_aggregator::promql::{
-    parse, value_parse_float, Engine, EngineOptions, Expr, Labels, MemStorage, Semantics, Value,
+    parse, Engine, EngineOptions, Expr, Labels, MemStorage, Semantics, Value,
 };
-use nodewatch_aggregator::rules::parse_duration;
 use nodewatch_aggregator::rules::unittest::parse_series_description;
+use nodewatch_proto::gocompat::{parse_duration, parse_float};
 use promql_parser::parser::AtModifier;
 
 /// The 11 scripts of Prometheus v2.42.0.
@@ -443,7 +443,7 @@ fn parse_eval(lines: &[String], i: &mut usize) -> Option<EvalCmd> {
         pos += 1;
         let def = lines[*i].as_str();
         *i += 1;
-        if let Some(v) = value_parse_float(def) {
+        if let Some(v) = parse_float(def.trim()) {
             cmd.expected.scalar = Some(v);
             break;
         }

@@ -196,9 +196,9 @@ fn alert_life_cycle_with_for_keep_firing_for_and_resolution() {
 /// errors, never panics.
 #[test]
 fn fuzz_rule_files_templates_and_series_never_panic() {
-    use nodewatch_aggregator::rules::file::parse_rules;
-    use nodewatch_aggregator::rules::template::{Template, TemplateData};
+    use nodewatch_aggregator::rules::rulefmt::parse_rules;
     use nodewatch_aggregator::rules::unittest::parse_series_description;
+    use nodewatch_aggregator::template::{Template, TemplateData};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -215,7 +215,7 @@ fn fuzz_rule_files_templates_and_series_never_panic() {
         if q.contains('(') {
             return Err(format!("bad query {q}"));
         }
-        Ok(vec![nodewatch_aggregator::rules::template::QuerySample {
+        Ok(vec![nodewatch_aggregator::template::QuerySample {
             labels: [("a".to_string(), q.to_string())].into(),
             value: 2.5,
         }])

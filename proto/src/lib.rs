@@ -11,10 +11,13 @@
 //! - [`config`]: configuration loading: unknown keys refused, every problem reported with its path.
 //! - [`text`]: Prometheus text exposition pieces shared by the agent's `--once` and `/metrics`.
 //! - [`log`]: log output (text or JSON lines; colour only on a terminal).
+//! - [`gocompat`]: Go's durations, float and time formats, quoting and query
+//!   escaping, as Prometheus writes and reads them.
 
 pub mod blocks;
 pub mod certs;
 pub mod config;
+pub mod gocompat;
 pub mod identity;
 pub mod log;
 pub mod text;

@@ -15,35 +15,16 @@ use promql_parser::parser::token::{
     T_QUANTILE, T_STDDEV, T_STDVAR, T_SUB, T_SUM, T_TOPK,
 };
 use promql_parser::parser::{
-    AggregateExpr, AtModifier, BinaryExpr, Expr, LabelModifier, MatrixSelector, Offset,
+    AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, Offset,
     SubqueryExpr, VectorMatchCardinality, VectorSelector,
 };
 
+use nodewatch_proto::gocompat::format_float;
+
+use super::functions::{self, ArgEval, RangeArg};
 use super::storage::{is_stale_nan, Storage};
-use super::value::{Labels, Sample, Series, Value, METRIC_NAME};
-use super::{functions, EngineOptions, EvalError, Unsupported};
-
-/// An intermediate value; matrices only ever feed range functions.
-#[derive(Debug, Clone)]
-pub(crate) enum Val {
-    Scalar(f64),
-    Str(String),
-    Vector(Vec<Sample>),
-    /// A range selector or subquery outside a range function: only a
-    /// type error.
-    Matrix,
-}
-
-impl Val {
-    pub(crate) fn type_name(&self) -> &'static str {
-        match self {
-            Val::Scalar(_) => "scalar",
-            Val::Str(_) => "string",
-            Val::Vector(_) => "vector",
-            Val::Matrix => "matrix",
-        }
-    }
-}
+use super::value::{check_unique, is_label_name, Labels, Sample, Series, Val, Value, METRIC_NAME};
+use super::{EngineOptions, EvalError, Unsupported};
 
 pub(crate) struct Evaluator<'a> {
     storage: &'a dyn Storage,
@@ -52,16 +33,6 @@ pub(crate) struct Evaluator<'a> {
     /// (both the evaluation time for an instant query).
     start: i64,
     end: i64,
-}
-
-/// A range function's argument: the series of a range selector or of a
-/// subquery, with the window they were read for (`[start, end]`, `start`
-/// being `end` minus the range even where the window is left-open).
-pub(crate) struct RangeArg {
-    pub(crate) series: Vec<Series>,
-    pub(crate) start: i64,
-    pub(crate) end: i64,
-    pub(crate) range_ms: i64,
 }
 
 /// Most evaluation steps one subquery may take (a bound on the work a
@@ -135,31 +106,9 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> Result<(f64, bool), EvalError> {
     })
 }
 
-/// Fails if two samples share a label set (Prometheus checks this after
-/// every step of a function or operator).
-pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
-    if v.len() < 2 {
-        return Ok(());
-    }
-    // Sets that are distinct sets minus one shared metric name are still
-    // distinct: the common case of a function or operator over one metric.
-    // Every vector reaching here had unique label sets before the step.
-    if let Some(name) = v[0].labels.dropped_name() {
-        if v.iter().all(|s| s.labels.dropped_name() == Some(name)) {
-            return Ok(());
-        }
-    }
-    // Results mostly come in label order (as selectors return them): then
-    // one pass shows every set differs from the next.
-    if v.windows(2).all(|w| w[0].labels < w[1].labels) {
-        return Ok(());
-    }
-    let mut seen: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
-    seen.sort();
-    if seen.windows(2).any(|w| w[0] == w[1]) {
-        return Err(EvalError::DuplicateLabelset);
-    }
-    Ok(())
+/// An argument of function or operator `what` of the wrong type.
+fn type_error(what: &str, want: &str, got: &Val) -> EvalError {
+    EvalError::Type(format!("{what}: expected {want}, got {}", got.type_name()))
 }
 
 /// The matching key of `labels`: only the `on` labels, or all labels but
@@ -262,7 +211,7 @@ impl<'a> Evaluator<'a> {
                 Ok(Val::Vector(self.vector_selector(vs, t)))
             }
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Val::Matrix),
-            Expr::Call(c) => functions::call(self, c, t),
+            Expr::Call(c) => self.call(c, t),
             Expr::Aggregate(a) => self.aggregate(a, t),
             Expr::Binary(b) => self.binary(b, t),
             Expr::Extension(_) => Err(Unsupported::Extension.into()),
@@ -277,30 +226,21 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Vec<Sample>, EvalError> {
         match self.eval(expr, t)? {
             Val::Vector(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected vector, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "vector", &other)),
         }
     }
 
     pub(crate) fn eval_scalar(&self, expr: &Expr, t: i64, what: &str) -> Result<f64, EvalError> {
         match self.eval(expr, t)? {
             Val::Scalar(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected scalar, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "scalar", &other)),
         }
     }
 
     pub(crate) fn eval_string(&self, expr: &Expr, t: i64, what: &str) -> Result<String, EvalError> {
         match self.eval(expr, t)? {
             Val::Str(v) => Ok(v),
-            other => Err(EvalError::Type(format!(
-                "{what}: expected string, got {}",
-                other.type_name()
-            ))),
+            other => Err(type_error(what, "string", &other)),
         }
     }
 
@@ -521,149 +461,167 @@ impl<'a> Evaluator<'a> {
             Some(LabelModifier::Exclude(l)) => (true, l.labels.clone()),
             None => (false, Vec::new()),
         };
-        let key_of = |l: &Labels| {
-            if without {
-                l.remove_all(&grouping).without_name()
-            } else {
-                l.keep(&grouping)
-            }
-        };
-        // Groups in order of first appearance, as Prometheus' `orderedResult`.
-        // A sample's group is found by hashing the labels its key would
-        // have, without building them: only a new group's key is built.
-        let in_key = |k: &str| {
-            if without {
-                k != METRIC_NAME && !grouping.iter().any(|g| g == k)
-            } else {
-                grouping.iter().any(|g| g == k)
-            }
-        };
-        let hash_pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
-            let mut h =
-                std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
-            for (k, v) in pairs {
-                std::hash::Hash::hash(k, &mut h);
-                std::hash::Hash::hash(v, &mut h);
-            }
-            std::hash::Hasher::finish(&h)
-        };
-        let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
-        let mut index: foldhash::HashMap<u64, Vec<usize>> = foldhash::HashMap::default();
         let count_values_label = if op == T_COUNT_VALUES {
-            let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
-                func: name.clone(),
-                reason: "missing label parameter".into(),
-            })?;
-            let l = self.eval_string(p, t, &name)?;
-            if !is_label_name(&l) {
-                return Err(EvalError::BadArgument {
-                    func: name.clone(),
-                    reason: format!("invalid label name {l:?}"),
-                });
-            }
-            Some(l)
+            Some(self.count_values_label(a, t, &name)?)
         } else {
             None
         };
-        for s in vec {
-            // count_values' key carries the value as a label: built up front.
-            let built = count_values_label.as_ref().map(|l| {
-                let mut key = key_of(&s.labels);
-                key.set(l.clone(), format_go_float(s.v));
-                key
-            });
-            let h = match &built {
-                Some(k) => hash_pairs(&mut k.iter()),
-                None => hash_pairs(&mut s.labels.iter().filter(|(k, _)| in_key(k))),
-            };
-            let slot = index.entry(h).or_default();
-            let found = slot.iter().copied().find(|&gi| match &built {
-                Some(k) => groups[gi].0 == *k,
-                None => groups[gi]
-                    .0
-                    .iter()
-                    .eq(s.labels.iter().filter(|(k, _)| in_key(k))),
-            });
-            if let Some(gi) = found {
-                groups[gi].1.push(s);
-            } else {
-                let key = built.unwrap_or_else(|| key_of(&s.labels));
-                slot.push(groups.len());
-                groups.push((key, vec![s]));
-            }
-        }
-        let param = match op {
-            T_TOPK | T_BOTTOMK | T_QUANTILE => {
-                let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
-                    func: name.clone(),
-                    reason: "missing parameter".into(),
-                })?;
-                let v = self.eval_scalar(p, t, &name)?;
-                // 3.x refuses a NaN k; 2.x returns nothing.
-                if v.is_nan() && op != T_QUANTILE && self.v3() {
-                    return Err(EvalError::BadArgument {
-                        func: name.clone(),
-                        reason: "Parameter value is NaN".into(),
-                    });
-                }
-                v
-            }
-            _ => 0.0,
-        };
+        let groups = group_samples(vec, without, &grouping, count_values_label.as_deref());
+        let param = self.aggregation_param(a, t, &name)?;
         let mut out = Vec::new();
         for (key, g) in groups {
-            match op {
-                T_TOPK | T_BOTTOMK => {
-                    out.extend(top_k(g, param, op == T_TOPK).into_iter().map(|s| Sample {
-                        labels: s.labels,
-                        t,
-                        v: s.v,
-                    }));
-                    continue;
-                }
-                _ => {}
+            if op == T_TOPK || op == T_BOTTOMK {
+                out.extend(top_k(g, param, op == T_TOPK).into_iter().map(|s| Sample {
+                    labels: s.labels,
+                    t,
+                    v: s.v,
+                }));
+                continue;
             }
-            let v = match op {
-                T_SUM if self.v3() => kahan_sum(g.iter().map(|s| s.v)),
-                T_SUM => g.iter().fold(0.0, |acc, s| acc + s.v),
-                T_AVG if self.v3() => functions::mean_v3(g.iter().map(|s| s.v)),
-                T_AVG => avg(&g),
-                T_COUNT | T_COUNT_VALUES => g.len() as f64,
-                T_GROUP => 1.0,
-                T_MIN => g.iter().skip(1).fold(
-                    g[0].v,
-                    |m, s| {
-                        if m > s.v || m.is_nan() {
-                            s.v
-                        } else {
-                            m
-                        }
-                    },
-                ),
-                T_MAX => g.iter().skip(1).fold(
-                    g[0].v,
-                    |m, s| {
-                        if m < s.v || m.is_nan() {
-                            s.v
-                        } else {
-                            m
-                        }
-                    },
-                ),
-                // 3.x: a group of one NaN or infinity has no deviation.
-                T_STDDEV | T_STDVAR if self.v3() && g.len() == 1 && !g[0].v.is_finite() => f64::NAN,
-                T_STDDEV => stdvar(&g).sqrt(),
-                T_STDVAR => stdvar(&g),
-                T_QUANTILE => {
-                    let mut vals: Vec<f64> = g.iter().map(|s| s.v).collect();
-                    functions::quantile(param, &mut vals)
-                }
-                _ => return Err(Unsupported::Aggregation(name).into()),
-            };
+            let v = aggregate_group(op, &g, param, self.v3())
+                .ok_or_else(|| Unsupported::Aggregation(name.clone()))?;
             out.push(Sample { labels: key, t, v });
         }
         Ok(Val::Vector(out))
     }
+
+    /// `count_values`' label parameter, which must be a valid label name.
+    fn count_values_label(
+        &self,
+        a: &AggregateExpr,
+        t: i64,
+        name: &str,
+    ) -> Result<String, EvalError> {
+        let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
+            func: name.to_string(),
+            reason: "missing label parameter".into(),
+        })?;
+        let l = self.eval_string(p, t, name)?;
+        if !is_label_name(&l) {
+            return Err(EvalError::BadArgument {
+                func: name.to_string(),
+                reason: format!("invalid label name {l:?}"),
+            });
+        }
+        Ok(l)
+    }
+
+    /// The numeric parameter of `topk`, `bottomk` and `quantile` (0 for
+    /// the other aggregations).
+    fn aggregation_param(&self, a: &AggregateExpr, t: i64, name: &str) -> Result<f64, EvalError> {
+        let op = a.op.id();
+        if !matches!(op, T_TOPK | T_BOTTOMK | T_QUANTILE) {
+            return Ok(0.0);
+        }
+        let p = a.param.as_ref().ok_or_else(|| EvalError::BadArgument {
+            func: name.to_string(),
+            reason: "missing parameter".into(),
+        })?;
+        let v = self.eval_scalar(p, t, name)?;
+        // 3.x refuses a NaN k; 2.x returns nothing.
+        if v.is_nan() && op != T_QUANTILE && self.v3() {
+            return Err(EvalError::BadArgument {
+                func: name.to_string(),
+                reason: "Parameter value is NaN".into(),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// Splits `vec` into the aggregation's groups, in order of first
+/// appearance as Prometheus' `orderedResult`. A sample's group is found by
+/// hashing the labels its key would have, without building them: only a
+/// new group's key is built. `count_values` (its label given) keys each
+/// sample by its value too.
+fn group_samples(
+    vec: Vec<Sample>,
+    without: bool,
+    grouping: &[String],
+    count_values_label: Option<&str>,
+) -> Vec<(Labels, Vec<Sample>)> {
+    let key_of = |l: &Labels| {
+        if without {
+            l.remove_all(grouping).without_name()
+        } else {
+            l.keep(grouping)
+        }
+    };
+    let in_key = |k: &str| {
+        if without {
+            k != METRIC_NAME && !grouping.iter().any(|g| g == k)
+        } else {
+            grouping.iter().any(|g| g == k)
+        }
+    };
+    let hash_pairs = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+        let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::default());
+        for (k, v) in pairs {
+            std::hash::Hash::hash(k, &mut h);
+            std::hash::Hash::hash(v, &mut h);
+        }
+        std::hash::Hasher::finish(&h)
+    };
+    let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
+    let mut index: foldhash::HashMap<u64, Vec<usize>> = foldhash::HashMap::default();
+    for s in vec {
+        // count_values' key carries the value as a label: built up front.
+        let built = count_values_label.map(|l| {
+            let mut key = key_of(&s.labels);
+            key.set(l.to_string(), format_float(s.v));
+            key
+        });
+        let h = match &built {
+            Some(k) => hash_pairs(&mut k.iter()),
+            None => hash_pairs(&mut s.labels.iter().filter(|(k, _)| in_key(k))),
+        };
+        let slot = index.entry(h).or_default();
+        let found = slot.iter().copied().find(|&gi| match &built {
+            Some(k) => groups[gi].0 == *k,
+            None => groups[gi]
+                .0
+                .iter()
+                .eq(s.labels.iter().filter(|(k, _)| in_key(k))),
+        });
+        if let Some(gi) = found {
+            groups[gi].1.push(s);
+        } else {
+            let key = built.unwrap_or_else(|| key_of(&s.labels));
+            slot.push(groups.len());
+            groups.push((key, vec![s]));
+        }
+    }
+    groups
+}
+
+/// The value of aggregation `op` over one group (`None`: not one the
+/// evaluator has).
+fn aggregate_group(op: TokenId, g: &[Sample], param: f64, v3: bool) -> Option<f64> {
+    Some(match op {
+        T_SUM if v3 => kahan_sum(g.iter().map(|s| s.v)),
+        T_SUM => g.iter().fold(0.0, |acc, s| acc + s.v),
+        T_AVG if v3 => functions::mean_v3(g.iter().map(|s| s.v)),
+        T_AVG => avg(g),
+        T_COUNT | T_COUNT_VALUES => g.len() as f64,
+        T_GROUP => 1.0,
+        T_MIN => g
+            .iter()
+            .skip(1)
+            .fold(g[0].v, |m, s| if m > s.v || m.is_nan() { s.v } else { m }),
+        T_MAX => g
+            .iter()
+            .skip(1)
+            .fold(g[0].v, |m, s| if m < s.v || m.is_nan() { s.v } else { m }),
+        // 3.x: a group of one NaN or infinity has no deviation.
+        T_STDDEV | T_STDVAR if v3 && g.len() == 1 && !g[0].v.is_finite() => f64::NAN,
+        T_STDDEV => stdvar(g).sqrt(),
+        T_STDVAR => stdvar(g),
+        T_QUANTILE => {
+            let mut vals: Vec<f64> = g.iter().map(|s| s.v).collect();
+            functions::quantile(param, &mut vals)
+        }
+        _ => return None,
+    })
 }
 
 /// Prometheus 2.x `avg`: an incremental mean, which avoids overflow and
@@ -741,24 +699,6 @@ fn top_k(mut g: Vec<Sample>, k: f64, largest: bool) -> Vec<Sample> {
     });
     g.truncate(k);
     g
-}
-
-/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`, used by `count_values`.
-pub(crate) fn format_go_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub(crate) fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `VectorscalarBinop`: the scalar applies to every element; a comparison
@@ -933,4 +873,40 @@ fn vector_binop(
         });
     }
     Ok(out)
+}
+
+impl Evaluator<'_> {
+    /// A function call, through the function table; its vector result
+    /// must have distinct label sets.
+    fn call(&self, c: &Call, t: i64) -> Result<Val, EvalError> {
+        let f = functions::lookup(c.func.name)
+            .ok_or_else(|| Unsupported::Function(c.func.name.to_string()))?;
+        let out = f(self, c, t)?;
+        if let Val::Vector(v) = &out {
+            check_unique(v)?;
+        }
+        Ok(out)
+    }
+}
+
+impl ArgEval for Evaluator<'_> {
+    fn range_arg(&self, e: &Expr, t: i64) -> Result<RangeArg, EvalError> {
+        Evaluator::range_arg(self, e, t)
+    }
+
+    fn eval_vector(&self, e: &Expr, t: i64, what: &str) -> Result<Vec<Sample>, EvalError> {
+        Evaluator::eval_vector(self, e, t, what)
+    }
+
+    fn eval_scalar(&self, e: &Expr, t: i64, what: &str) -> Result<f64, EvalError> {
+        Evaluator::eval_scalar(self, e, t, what)
+    }
+
+    fn eval_string(&self, e: &Expr, t: i64, what: &str) -> Result<String, EvalError> {
+        Evaluator::eval_string(self, e, t, what)
+    }
+
+    fn v3(&self) -> bool {
+        Evaluator::v3(self)
+    }
 }

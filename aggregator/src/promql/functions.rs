@@ -1,17 +1,20 @@
-//! The function library, after `prometheus/promql/functions.go`.
+//! The function library, after `prometheus/promql/functions.go`: one
+//! table, [`FUNCTIONS`], from a function's name to its implementation, from
+//! which the supported-function list comes.
 
 // Functions compare sample values exactly, as functions.go does.
 #![allow(clippy::float_cmp)]
 // Names follow functions.go (`sum_x`, `c_x`, `q`, `t`) so the port can be checked line by line.
 #![allow(clippy::similar_names, clippy::many_single_char_names)]
 
+use nodewatch_proto::gocompat::{civil_from_days, parse_float};
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{Call, Expr};
 use regex::Regex;
 
-use super::eval::{check_unique, is_label_name, Evaluator, Val};
-use super::value::{Labels, Sample, Series, METRIC_NAME};
-use super::{EvalError, Unsupported};
+use super::gomath;
+use super::value::{is_label_name, Labels, Sample, Series, Val, METRIC_NAME};
+use super::EvalError;
 
 fn arg(c: &Call, i: usize) -> Result<&Expr, EvalError> {
     c.args
@@ -427,21 +430,6 @@ fn absent_labels(e: &Expr) -> Labels {
     out
 }
 
-/// Civil date of a day count since 1970-01-01 (H. Hinnant's algorithm,
-/// proleptic Gregorian like Go's `time`).
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
@@ -546,420 +534,534 @@ fn bad(c: &Call, reason: impl Into<String>) -> EvalError {
     }
 }
 
-/// Evaluates a function call.
-#[allow(clippy::too_many_lines)]
-pub(crate) fn call(ev: &Evaluator<'_>, c: &Call, t: i64) -> Result<Val, EvalError> {
-    let name = c.func.name;
-    let out: Vec<Sample> = match name {
-        "time" => return Ok(Val::Scalar(t as f64 / 1000.0)),
-        "rate" | "increase" | "delta" => {
-            let ra = ev.range_arg(arg(c, 0)?, t)?;
-            let range_secs = ra.range_ms as f64 / 1000.0;
-            let is_counter = name != "delta";
-            let is_rate = name == "rate";
-            let v3 = ev.v3();
-            // Extrapolation measures from the nominal range `[t - range, t]`,
-            // whichever boundary convention selects the samples.
-            let (range_start, end) = (ra.start, ra.end);
-            over_time(ra.series, t, false, |p| {
-                extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
-            })
-        }
-        "holt_winters" | "double_exponential_smoothing" => {
-            let ra = ev.range_arg(arg(c, 0)?, t)?;
-            let sf = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            let tf = ev.eval_scalar(arg(c, 2)?, t, name)?;
-            // Checked per series, as functions.go does: no series, no error.
-            if !ra.series.is_empty() {
-                if sf <= 0.0 || sf >= 1.0 || sf.is_nan() {
-                    return Err(bad(
-                        c,
-                        format!("invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"),
-                    ));
-                }
-                if tf <= 0.0 || tf >= 1.0 || tf.is_nan() {
-                    return Err(bad(
-                        c,
-                        format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"),
-                    ));
-                }
-            }
-            over_time(ra.series, t, false, |p| holt_winters(p, sf, tf))
-        }
-        "irate" | "idelta" => {
-            let is_rate = name == "irate";
-            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-                instant_value(p, is_rate)
-            })
-        }
-        "deriv" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
-        }),
-        "predict_linear" => {
-            let series = ev.range_arg(arg(c, 0)?, t)?.series;
-            let dur = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            // The intercept is at the evaluation time even under `@`
-            // (`linearRegression(samples, enh.Ts)`).
-            over_time(series, t, false, |p| {
-                (p.len() >= 2).then(|| {
-                    let (slope, intercept) = linear_regression(p, t);
-                    slope * dur + intercept
-                })
-            })
-        }
-        "changes" | "resets" => {
-            let resets = name == "resets";
-            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-                let mut n = 0_u32;
-                for w in p.windows(2) {
-                    let (prev, cur) = (w[0].1, w[1].1);
-                    #[allow(clippy::float_cmp)]
-                    let hit = if resets {
-                        cur < prev
-                    } else {
-                        !(cur == prev || (cur.is_nan() && prev.is_nan()))
-                    };
-                    if hit {
-                        n += 1;
-                    }
-                }
-                Some(f64::from(n))
-            })
-        }
-        "avg_over_time" => {
-            let v3 = ev.v3();
-            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-                Some(if v3 {
-                    mean_v3(p.iter().map(|x| x.1))
-                } else {
-                    mean_kahan(p)
-                })
-            })
-        }
-        "sum_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            let (mut sum, mut comp) = (0.0, 0.0);
-            for &(_, v) in p {
-                (sum, comp) = kahan_inc(v, sum, comp);
-            }
-            Some(if f64::is_infinite(sum) {
-                sum
-            } else {
-                sum + comp
-            })
-        }),
-        "count_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            Some(p.len() as f64)
-        }),
-        "min_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            Some(p.iter().skip(1).fold(
-                p[0].1,
-                |m, &(_, v)| {
-                    if v < m || m.is_nan() {
-                        v
-                    } else {
-                        m
-                    }
-                },
-            ))
-        }),
-        "max_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            Some(p.iter().skip(1).fold(
-                p[0].1,
-                |m, &(_, v)| {
-                    if v > m || m.is_nan() {
-                        v
-                    } else {
-                        m
-                    }
-                },
-            ))
-        }),
-        "last_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, true, |p| {
-            p.last().map(|x| x.1)
-        }),
-        "present_over_time" => {
-            over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |_| Some(1.0))
-        }
-        "stddev_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            Some(stdvar_over(p).sqrt())
-        }),
-        "stdvar_over_time" => over_time(ev.range_arg(arg(c, 0)?, t)?.series, t, false, |p| {
-            Some(stdvar_over(p))
-        }),
-        "quantile_over_time" => {
-            let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
-            over_time(ev.range_arg(arg(c, 1)?, t)?.series, t, false, |p| {
-                let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
-                Some(quantile(q, &mut vals))
-            })
-        }
-        "absent" => {
-            let e = arg(c, 0)?;
-            if ev.eval_vector(e, t, name)?.is_empty() {
-                vec![Sample {
-                    labels: absent_labels(e),
-                    t,
-                    v: 1.0,
-                }]
-            } else {
-                Vec::new()
-            }
-        }
-        "absent_over_time" => {
-            if ev.range_arg(arg(c, 0)?, t)?.series.is_empty() {
-                vec![Sample {
-                    labels: absent_labels(arg(c, 0)?),
-                    t,
-                    v: 1.0,
-                }]
-            } else {
-                Vec::new()
-            }
-        }
-        "pi" => return Ok(Val::Scalar(std::f64::consts::PI)),
-        "abs" | "ceil" | "floor" | "exp" | "ln" | "log2" | "log10" | "sqrt" | "sgn" | "sin"
-        | "cos" | "tan" | "asin" | "acos" | "atan" | "sinh" | "cosh" | "tanh" | "asinh"
-        | "acosh" | "atanh" | "deg" | "rad" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let f: fn(f64) -> f64 = match name {
-                "sin" => super::gomath::sin,
-                "cos" => super::gomath::cos,
-                "tan" => super::gomath::tan,
-                "asin" => super::gomath::asin,
-                "acos" => super::gomath::acos,
-                "atan" => super::gomath::atan,
-                "sinh" => f64::sinh,
-                "cosh" => f64::cosh,
-                "tanh" => f64::tanh,
-                "asinh" => f64::asinh,
-                "acosh" => f64::acosh,
-                "atanh" => super::gomath::atanh,
-                "deg" => |x: f64| x * 180.0 / std::f64::consts::PI,
-                "rad" => |x: f64| x * std::f64::consts::PI / 180.0,
-                "abs" => f64::abs,
-                "ceil" => f64::ceil,
-                "floor" => f64::floor,
-                "exp" => f64::exp,
-                "ln" => go_log,
-                "log2" => go_log2,
-                "log10" => go_log10,
-                "sqrt" => f64::sqrt,
-                _ => |x: f64| {
-                    if x < 0.0 {
-                        -1.0
-                    } else if x > 0.0 {
-                        1.0
-                    } else {
-                        x
-                    }
-                },
-            };
-            simple(v, t, f)
-        }
-        "round" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let to_nearest = match c.args.args.get(1) {
-                Some(e) => ev.eval_scalar(e, t, name)?,
-                None => 1.0,
-            };
-            // Rounds half up, not to even (`funcRound`).
-            let inv = 1.0 / to_nearest;
-            simple(v, t, |x| (x * inv + 0.5).floor() / inv)
-        }
-        "clamp" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let min = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            let max = ev.eval_scalar(arg(c, 2)?, t, name)?;
-            if max < min {
-                Vec::new()
-            } else {
-                simple(v, t, |x| go_max(min, go_min(max, x)))
-            }
-        }
-        "clamp_min" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let min = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            simple(v, t, |x| go_max(min, x))
-        }
-        "clamp_max" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let max = ev.eval_scalar(arg(c, 1)?, t, name)?;
-            simple(v, t, |x| go_min(max, x))
-        }
-        "scalar" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            return Ok(Val::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }));
-        }
-        "vector" => {
-            let v = ev.eval_scalar(arg(c, 0)?, t, name)?;
-            vec![Sample {
-                labels: Labels::new(),
-                t,
-                v,
-            }]
-        }
-        "timestamp" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            v.into_iter()
-                .map(|s| Sample {
-                    labels: s.labels.without_name(),
-                    t,
-                    v: s.t as f64 / 1000.0,
-                })
-                .collect()
-        }
-        "minute" | "hour" | "day_of_week" | "day_of_month" | "day_of_year" | "days_in_month"
-        | "month" | "year" => {
-            let v = match c.args.args.first() {
-                Some(e) => ev.eval_vector(e, t, name)?,
-                None => vec![Sample {
-                    labels: Labels::new(),
-                    t,
-                    v: t as f64 / 1000.0,
-                }],
-            };
-            simple(v, t, |x| date_part(x, name))
-        }
-        "histogram_quantile" => {
-            let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
-            let v = ev.eval_vector(arg(c, 1)?, t, name)?;
-            // Buckets group by all labels but `le`, the metric name
-            // included; the name is dropped afterwards, so two histograms
-            // differing only in name collide (an error, as in Prometheus).
-            let le = ["le".to_string()];
-            let mut order: Vec<Labels> = Vec::new();
-            let mut groups: std::collections::HashMap<Labels, Vec<(f64, f64)>> =
-                std::collections::HashMap::new();
-            for s in v {
-                // Series without a parsable `le` are ignored.
-                let Some(ub) = s.labels.get("le").and_then(parse_go_float) else {
-                    continue;
-                };
-                let key = s.labels.remove_all(&le);
-                groups
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        order.push(key);
-                        Vec::new()
-                    })
-                    .push((ub, s.v));
-            }
-            order
-                .into_iter()
-                .filter_map(|k| {
-                    let mut b = groups.remove(&k)?;
-                    Some(Sample {
-                        v: bucket_quantile(q, &mut b),
-                        labels: k.without_name(),
-                        t,
-                    })
-                })
-                .collect()
-        }
-        "label_replace" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let dst = ev.eval_string(arg(c, 1)?, t, name)?;
-            let repl = ev.eval_string(arg(c, 2)?, t, name)?;
-            let src = ev.eval_string(arg(c, 3)?, t, name)?;
-            let re_s = ev.eval_string(arg(c, 4)?, t, name)?;
-            let re = Regex::new(&format!("^(?:{re_s})$")).map_err(|_| {
-                bad(
-                    c,
-                    format!("invalid regular expression in label_replace(): {re_s}"),
-                )
-            })?;
-            if !is_label_name(&dst) {
-                return Err(bad(
-                    c,
-                    format!("invalid destination label name in label_replace(): {dst}"),
-                ));
-            }
-            v.into_iter()
-                .map(|s| {
-                    let src_val = s.labels.get(&src).unwrap_or("");
-                    let labels = match re.captures(src_val) {
-                        Some(caps) => {
-                            let mut replaced = String::new();
-                            caps.expand(&repl, &mut replaced);
-                            let mut l = s.labels.clone();
-                            l.set(dst.clone(), replaced);
-                            l
-                        }
-                        None => s.labels.clone(),
-                    };
-                    Sample { labels, t, v: s.v }
-                })
-                .collect()
-        }
-        "label_join" => {
-            let v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let dst = ev.eval_string(arg(c, 1)?, t, name)?;
-            let sep = ev.eval_string(arg(c, 2)?, t, name)?;
-            let mut srcs = Vec::new();
-            for e in c.args.args.iter().skip(3) {
-                let s = ev.eval_string(e, t, name)?;
-                if !is_label_name(&s) {
-                    return Err(bad(
-                        c,
-                        format!("invalid source label name in label_join(): {s}"),
-                    ));
-                }
-                srcs.push(s);
-            }
-            if !is_label_name(&dst) {
-                return Err(bad(
-                    c,
-                    format!("invalid destination label name in label_join(): {dst}"),
-                ));
-            }
-            v.into_iter()
-                .map(|s| {
-                    let joined = srcs
-                        .iter()
-                        .map(|n| s.labels.get(n).unwrap_or(""))
-                        .collect::<Vec<_>>()
-                        .join(&sep);
-                    let mut labels = s.labels;
-                    labels.set(dst.clone(), joined);
-                    Sample { labels, t, v: s.v }
-                })
-                .collect()
-        }
-        "sort" | "sort_desc" => {
-            let mut v = ev.eval_vector(arg(c, 0)?, t, name)?;
-            let desc = name == "sort_desc";
-            v.sort_by(|a, b| {
-                use std::cmp::Ordering;
-                match (a.v.is_nan(), b.v.is_nan()) {
-                    (true, true) => Ordering::Equal,
-                    (true, false) => Ordering::Greater,
-                    (false, true) => Ordering::Less,
-                    (false, false) if desc => b.v.partial_cmp(&a.v).unwrap_or(Ordering::Equal),
-                    (false, false) => a.v.partial_cmp(&b.v).unwrap_or(Ordering::Equal),
-                }
-            });
-            v.into_iter().map(|s| Sample { t, ..s }).collect()
-        }
-        other => return Err(Unsupported::Function(other.to_string()).into()),
-    };
-    check_unique(&out)?;
-    Ok(Val::Vector(out))
+/// What a function needs of the evaluator: its arguments, evaluated as the
+/// kind the function takes.
+pub(crate) trait ArgEval {
+    /// A range selector or subquery argument.
+    fn range_arg(&self, e: &Expr, t: i64) -> Result<RangeArg, EvalError>;
+    /// An instant-vector argument of function `what`.
+    fn eval_vector(&self, e: &Expr, t: i64, what: &str) -> Result<Vec<Sample>, EvalError>;
+    /// A scalar argument of function `what`.
+    fn eval_scalar(&self, e: &Expr, t: i64, what: &str) -> Result<f64, EvalError>;
+    /// A string argument of function `what`.
+    fn eval_string(&self, e: &Expr, t: i64, what: &str) -> Result<String, EvalError>;
+    /// Whether Prometheus 3 semantics apply.
+    fn v3(&self) -> bool;
 }
 
-/// Go's `strconv.ParseFloat` for the forms bucket bounds take
-/// (`+Inf`, `Inf`, `-Inf`, `NaN`, decimal and exponent notation).
-pub(crate) fn parse_go_float(s: &str) -> Option<f64> {
-    let t = s.trim_start_matches('+');
-    match t.to_ascii_lowercase().as_str() {
-        "inf" | "infinity" => Some(if s.starts_with('-') {
-            f64::NEG_INFINITY
-        } else {
-            f64::INFINITY
-        }),
-        "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
-        "nan" => Some(f64::NAN),
-        _ => s.parse().ok(),
+/// A range function's argument: the series of a range selector or of a
+/// subquery, with the window they were read for (`[start, end]`, `start`
+/// being `end` minus the range even where the window is left-open).
+pub(crate) struct RangeArg {
+    pub(crate) series: Vec<Series>,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) range_ms: i64,
+}
+
+/// A function's implementation: its call, evaluated at `t`.
+pub(crate) type FunctionCall = fn(&dyn ArgEval, &Call, i64) -> Result<Val, EvalError>;
+
+/// Every function the evaluator implements, by name, in name order
+/// (`FunctionCalls` in functions.go). The supported-function list is this
+/// table's names.
+const FUNCTIONS: &[(&str, FunctionCall)] = &[
+    ("abs", |ev, c, t| math(ev, c, t, f64::abs)),
+    ("absent", absent),
+    ("absent_over_time", absent_over_time),
+    ("acos", |ev, c, t| math(ev, c, t, gomath::acos)),
+    ("acosh", |ev, c, t| math(ev, c, t, f64::acosh)),
+    ("asin", |ev, c, t| math(ev, c, t, gomath::asin)),
+    ("asinh", |ev, c, t| math(ev, c, t, f64::asinh)),
+    ("atan", |ev, c, t| math(ev, c, t, gomath::atan)),
+    ("atanh", |ev, c, t| math(ev, c, t, gomath::atanh)),
+    ("avg_over_time", avg_over_time),
+    ("ceil", |ev, c, t| math(ev, c, t, f64::ceil)),
+    ("changes", |ev, c, t| changes(ev, c, t, false)),
+    ("clamp", clamp),
+    ("clamp_max", clamp_max),
+    ("clamp_min", clamp_min),
+    ("cos", |ev, c, t| math(ev, c, t, gomath::cos)),
+    ("cosh", |ev, c, t| math(ev, c, t, f64::cosh)),
+    ("count_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(p.len() as f64))
+    }),
+    ("day_of_month", |ev, c, t| date(ev, c, t, "day_of_month")),
+    ("day_of_week", |ev, c, t| date(ev, c, t, "day_of_week")),
+    ("day_of_year", |ev, c, t| date(ev, c, t, "day_of_year")),
+    ("days_in_month", |ev, c, t| date(ev, c, t, "days_in_month")),
+    ("deg", |ev, c, t| {
+        math(ev, c, t, |x| x * 180.0 / std::f64::consts::PI)
+    }),
+    ("delta", |ev, c, t| extrapolated(ev, c, t, false, false)),
+    ("deriv", |ev, c, t| {
+        range_fn(ev, c, t, |p| {
+            (p.len() >= 2).then(|| linear_regression(p, p[0].0).0)
+        })
+    }),
+    ("double_exponential_smoothing", double_exponential_smoothing),
+    ("exp", |ev, c, t| math(ev, c, t, f64::exp)),
+    ("floor", |ev, c, t| math(ev, c, t, f64::floor)),
+    ("histogram_quantile", histogram_quantile),
+    ("holt_winters", double_exponential_smoothing),
+    ("hour", |ev, c, t| date(ev, c, t, "hour")),
+    ("idelta", |ev, c, t| {
+        range_fn(ev, c, t, |p| instant_value(p, false))
+    }),
+    ("increase", |ev, c, t| extrapolated(ev, c, t, true, false)),
+    ("irate", |ev, c, t| {
+        range_fn(ev, c, t, |p| instant_value(p, true))
+    }),
+    ("label_join", label_join),
+    ("label_replace", label_replace),
+    ("last_over_time", last_over_time),
+    ("ln", |ev, c, t| math(ev, c, t, go_log)),
+    ("log10", |ev, c, t| math(ev, c, t, go_log10)),
+    ("log2", |ev, c, t| math(ev, c, t, go_log2)),
+    ("max_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(fold_nan_first(p, |v, m| v > m)))
+    }),
+    ("min_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(fold_nan_first(p, |v, m| v < m)))
+    }),
+    ("minute", |ev, c, t| date(ev, c, t, "minute")),
+    ("month", |ev, c, t| date(ev, c, t, "month")),
+    ("pi", |_, _, _| Ok(Val::Scalar(std::f64::consts::PI))),
+    ("predict_linear", predict_linear),
+    ("present_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |_| Some(1.0))
+    }),
+    ("quantile_over_time", quantile_over_time),
+    ("rad", |ev, c, t| {
+        math(ev, c, t, |x| x * std::f64::consts::PI / 180.0)
+    }),
+    ("rate", |ev, c, t| extrapolated(ev, c, t, true, true)),
+    ("resets", |ev, c, t| changes(ev, c, t, true)),
+    ("round", round),
+    ("scalar", scalar),
+    ("sgn", |ev, c, t| math(ev, c, t, sgn)),
+    ("sin", |ev, c, t| math(ev, c, t, gomath::sin)),
+    ("sinh", |ev, c, t| math(ev, c, t, f64::sinh)),
+    ("sort", |ev, c, t| sort(ev, c, t, false)),
+    ("sort_desc", |ev, c, t| sort(ev, c, t, true)),
+    ("sqrt", |ev, c, t| math(ev, c, t, f64::sqrt)),
+    ("stddev_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(stdvar_over(p).sqrt()))
+    }),
+    ("stdvar_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(stdvar_over(p)))
+    }),
+    ("sum_over_time", |ev, c, t| {
+        range_fn(ev, c, t, |p| Some(sum_kahan(p)))
+    }),
+    ("tan", |ev, c, t| math(ev, c, t, gomath::tan)),
+    ("tanh", |ev, c, t| math(ev, c, t, f64::tanh)),
+    ("time", |_, _, t| Ok(Val::Scalar(t as f64 / 1000.0))),
+    ("timestamp", timestamp),
+    ("vector", vector),
+    ("year", |ev, c, t| date(ev, c, t, "year")),
+];
+
+/// The implementation of function `name`, if the evaluator has one.
+pub(crate) fn lookup(name: &str) -> Option<FunctionCall> {
+    FUNCTIONS
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| FUNCTIONS[i].1)
+}
+
+/// The functions the evaluator implements, in name order.
+pub fn supported_functions() -> impl Iterator<Item = &'static str> {
+    FUNCTIONS.iter().map(|(n, _)| *n)
+}
+
+/// A range function that maps each series' points to a value, dropping
+/// the metric name.
+fn range_fn(
+    ev: &dyn ArgEval,
+    c: &Call,
+    t: i64,
+    f: impl Fn(&[(i64, f64)]) -> Option<f64>,
+) -> Result<Val, EvalError> {
+    let series = ev.range_arg(arg(c, 0)?, t)?.series;
+    Ok(Val::Vector(over_time(series, t, false, f)))
+}
+
+/// A function of each element's value (`simpleFunc`).
+fn math(ev: &dyn ArgEval, c: &Call, t: i64, f: fn(f64) -> f64) -> Result<Val, EvalError> {
+    let v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    Ok(Val::Vector(simple(v, t, f)))
+}
+
+/// `funcSgn`.
+fn sgn(x: f64) -> f64 {
+    if x < 0.0 {
+        -1.0
+    } else if x > 0.0 {
+        1.0
+    } else {
+        x
     }
+}
+
+/// The first value, replaced by each later one that `better` prefers or
+/// when it is NaN (`funcMinOverTime`, `funcMaxOverTime`).
+fn fold_nan_first(p: &[(i64, f64)], better: fn(f64, f64) -> bool) -> f64 {
+    p.iter().skip(1).fold(
+        p[0].1,
+        |m, &(_, v)| if better(v, m) || m.is_nan() { v } else { m },
+    )
+}
+
+/// Kahan-compensated sum of the points' values (`funcSumOverTime`).
+fn sum_kahan(p: &[(i64, f64)]) -> f64 {
+    let (mut sum, mut comp) = (0.0, 0.0);
+    for &(_, v) in p {
+        (sum, comp) = kahan_inc(v, sum, comp);
+    }
+    if f64::is_infinite(sum) {
+        sum
+    } else {
+        sum + comp
+    }
+}
+
+/// `rate`, `increase` and `delta` (`extrapolatedRate`).
+fn extrapolated(
+    ev: &dyn ArgEval,
+    c: &Call,
+    t: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Result<Val, EvalError> {
+    let ra = ev.range_arg(arg(c, 0)?, t)?;
+    let range_secs = ra.range_ms as f64 / 1000.0;
+    let v3 = ev.v3();
+    // Extrapolation measures from the nominal range `[t - range, t]`,
+    // whichever boundary convention selects the samples.
+    let (range_start, end) = (ra.start, ra.end);
+    Ok(Val::Vector(over_time(ra.series, t, false, |p| {
+        extrapolated_rate(p, range_start, end, range_secs, is_counter, is_rate, v3)
+    })))
+}
+
+/// `double_exponential_smoothing`, formerly `holt_winters`.
+fn double_exponential_smoothing(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let ra = ev.range_arg(arg(c, 0)?, t)?;
+    let sf = ev.eval_scalar(arg(c, 1)?, t, name)?;
+    let tf = ev.eval_scalar(arg(c, 2)?, t, name)?;
+    // Checked per series, as functions.go does: no series, no error.
+    if !ra.series.is_empty() {
+        if sf <= 0.0 || sf >= 1.0 || sf.is_nan() {
+            return Err(bad(
+                c,
+                format!("invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"),
+            ));
+        }
+        if tf <= 0.0 || tf >= 1.0 || tf.is_nan() {
+            return Err(bad(
+                c,
+                format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"),
+            ));
+        }
+    }
+    Ok(Val::Vector(over_time(ra.series, t, false, |p| {
+        holt_winters(p, sf, tf)
+    })))
+}
+
+fn predict_linear(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let series = ev.range_arg(arg(c, 0)?, t)?.series;
+    let dur = ev.eval_scalar(arg(c, 1)?, t, c.func.name)?;
+    // The intercept is at the evaluation time even under `@`
+    // (`linearRegression(samples, enh.Ts)`).
+    Ok(Val::Vector(over_time(series, t, false, |p| {
+        (p.len() >= 2).then(|| {
+            let (slope, intercept) = linear_regression(p, t);
+            slope * dur + intercept
+        })
+    })))
+}
+
+/// `changes`, or `resets` with `resets`.
+fn changes(ev: &dyn ArgEval, c: &Call, t: i64, resets: bool) -> Result<Val, EvalError> {
+    range_fn(ev, c, t, |p| {
+        let mut n = 0_u32;
+        for w in p.windows(2) {
+            let (prev, cur) = (w[0].1, w[1].1);
+            let hit = if resets {
+                cur < prev
+            } else {
+                !(cur == prev || (cur.is_nan() && prev.is_nan()))
+            };
+            if hit {
+                n += 1;
+            }
+        }
+        Some(f64::from(n))
+    })
+}
+
+fn avg_over_time(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v3 = ev.v3();
+    range_fn(ev, c, t, |p| {
+        Some(if v3 {
+            mean_v3(p.iter().map(|x| x.1))
+        } else {
+            mean_kahan(p)
+        })
+    })
+}
+
+/// Keeps the metric name, unlike the other range functions.
+fn last_over_time(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let series = ev.range_arg(arg(c, 0)?, t)?.series;
+    Ok(Val::Vector(over_time(series, t, true, |p| {
+        p.last().map(|x| x.1)
+    })))
+}
+
+fn quantile_over_time(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let q = ev.eval_scalar(arg(c, 0)?, t, c.func.name)?;
+    let series = ev.range_arg(arg(c, 1)?, t)?.series;
+    Ok(Val::Vector(over_time(series, t, false, |p| {
+        let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+        Some(quantile(q, &mut vals))
+    })))
+}
+
+/// One sample with the labels of `absent_labels(e)` when `empty`.
+fn absent_sample(empty: bool, e: &Expr, t: i64) -> Val {
+    Val::Vector(if empty {
+        vec![Sample {
+            labels: absent_labels(e),
+            t,
+            v: 1.0,
+        }]
+    } else {
+        Vec::new()
+    })
+}
+
+fn absent(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let e = arg(c, 0)?;
+    let empty = ev.eval_vector(e, t, c.func.name)?.is_empty();
+    Ok(absent_sample(empty, e, t))
+}
+
+fn absent_over_time(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let e = arg(c, 0)?;
+    let empty = ev.range_arg(e, t)?.series.is_empty();
+    Ok(absent_sample(empty, e, t))
+}
+
+fn round(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+    let to_nearest = match c.args.args.get(1) {
+        Some(e) => ev.eval_scalar(e, t, name)?,
+        None => 1.0,
+    };
+    // Rounds half up, not to even (`funcRound`).
+    let inv = 1.0 / to_nearest;
+    Ok(Val::Vector(simple(v, t, |x| (x * inv + 0.5).floor() / inv)))
+}
+
+fn clamp(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+    let min = ev.eval_scalar(arg(c, 1)?, t, name)?;
+    let max = ev.eval_scalar(arg(c, 2)?, t, name)?;
+    Ok(Val::Vector(if max < min {
+        Vec::new()
+    } else {
+        simple(v, t, |x| go_max(min, go_min(max, x)))
+    }))
+}
+
+fn clamp_min(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    let min = ev.eval_scalar(arg(c, 1)?, t, c.func.name)?;
+    Ok(Val::Vector(simple(v, t, |x| go_max(min, x))))
+}
+
+fn clamp_max(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    let max = ev.eval_scalar(arg(c, 1)?, t, c.func.name)?;
+    Ok(Val::Vector(simple(v, t, |x| go_min(max, x))))
+}
+
+fn scalar(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    Ok(Val::Scalar(if v.len() == 1 { v[0].v } else { f64::NAN }))
+}
+
+fn vector(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v = ev.eval_scalar(arg(c, 0)?, t, c.func.name)?;
+    Ok(Val::Vector(vec![Sample {
+        labels: Labels::new(),
+        t,
+        v,
+    }]))
+}
+
+fn timestamp(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    Ok(Val::Vector(
+        v.into_iter()
+            .map(|s| Sample {
+                labels: s.labels.without_name(),
+                t,
+                v: s.t as f64 / 1000.0,
+            })
+            .collect(),
+    ))
+}
+
+/// `minute`, `hour`, … of their argument, or of the evaluation time.
+fn date(ev: &dyn ArgEval, c: &Call, t: i64, part: &str) -> Result<Val, EvalError> {
+    let v = match c.args.args.first() {
+        Some(e) => ev.eval_vector(e, t, c.func.name)?,
+        None => vec![Sample {
+            labels: Labels::new(),
+            t,
+            v: t as f64 / 1000.0,
+        }],
+    };
+    Ok(Val::Vector(simple(v, t, |x| date_part(x, part))))
+}
+
+fn histogram_quantile(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let q = ev.eval_scalar(arg(c, 0)?, t, name)?;
+    let v = ev.eval_vector(arg(c, 1)?, t, name)?;
+    // Buckets group by all labels but `le`, the metric name
+    // included; the name is dropped afterwards, so two histograms
+    // differing only in name collide (an error, as in Prometheus).
+    let le = ["le".to_string()];
+    let mut order: Vec<Labels> = Vec::new();
+    let mut groups: std::collections::HashMap<Labels, Vec<(f64, f64)>> =
+        std::collections::HashMap::new();
+    for s in v {
+        // Series without a parsable `le` are ignored.
+        let Some(ub) = s.labels.get("le").and_then(parse_float) else {
+            continue;
+        };
+        let key = s.labels.remove_all(&le);
+        groups
+            .entry(key.clone())
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push((ub, s.v));
+    }
+    Ok(Val::Vector(
+        order
+            .into_iter()
+            .filter_map(|k| {
+                let mut b = groups.remove(&k)?;
+                Some(Sample {
+                    v: bucket_quantile(q, &mut b),
+                    labels: k.without_name(),
+                    t,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// Refuses a `which` (source, destination) label of `label_replace` or
+/// `label_join` that is not a valid label name.
+fn check_label_name(c: &Call, which: &str, l: &str) -> Result<(), EvalError> {
+    if is_label_name(l) {
+        Ok(())
+    } else {
+        let func = c.func.name;
+        Err(bad(
+            c,
+            format!("invalid {which} label name in {func}(): {l}"),
+        ))
+    }
+}
+
+fn label_replace(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+    let dst = ev.eval_string(arg(c, 1)?, t, name)?;
+    let repl = ev.eval_string(arg(c, 2)?, t, name)?;
+    let src = ev.eval_string(arg(c, 3)?, t, name)?;
+    let re_s = ev.eval_string(arg(c, 4)?, t, name)?;
+    let re = Regex::new(&format!("^(?:{re_s})$")).map_err(|_| {
+        bad(
+            c,
+            format!("invalid regular expression in label_replace(): {re_s}"),
+        )
+    })?;
+    check_label_name(c, "destination", &dst)?;
+    Ok(Val::Vector(
+        v.into_iter()
+            .map(|s| {
+                let src_val = s.labels.get(&src).unwrap_or("");
+                let labels = match re.captures(src_val) {
+                    Some(caps) => {
+                        let mut replaced = String::new();
+                        caps.expand(&repl, &mut replaced);
+                        let mut l = s.labels.clone();
+                        l.set(dst.clone(), replaced);
+                        l
+                    }
+                    None => s.labels.clone(),
+                };
+                Sample { labels, t, v: s.v }
+            })
+            .collect(),
+    ))
+}
+
+fn label_join(ev: &dyn ArgEval, c: &Call, t: i64) -> Result<Val, EvalError> {
+    let name = c.func.name;
+    let v = ev.eval_vector(arg(c, 0)?, t, name)?;
+    let dst = ev.eval_string(arg(c, 1)?, t, name)?;
+    let sep = ev.eval_string(arg(c, 2)?, t, name)?;
+    let mut srcs = Vec::new();
+    for e in c.args.args.iter().skip(3) {
+        let s = ev.eval_string(e, t, name)?;
+        check_label_name(c, "source", &s)?;
+        srcs.push(s);
+    }
+    check_label_name(c, "destination", &dst)?;
+    Ok(Val::Vector(
+        v.into_iter()
+            .map(|s| {
+                let joined = srcs
+                    .iter()
+                    .map(|n| s.labels.get(n).unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(&sep);
+                let mut labels = s.labels;
+                labels.set(dst.clone(), joined);
+                Sample { labels, t, v: s.v }
+            })
+            .collect(),
+    ))
+}
+
+/// `sort`, or `sort_desc` with `desc`: NaN last either way.
+fn sort(ev: &dyn ArgEval, c: &Call, t: i64, desc: bool) -> Result<Val, EvalError> {
+    use std::cmp::Ordering;
+    let mut v = ev.eval_vector(arg(c, 0)?, t, c.func.name)?;
+    v.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        (false, false) if desc => b.v.partial_cmp(&a.v).unwrap_or(Ordering::Equal),
+        (false, false) => a.v.partial_cmp(&b.v).unwrap_or(Ordering::Equal),
+    });
+    Ok(Val::Vector(
+        v.into_iter().map(|s| Sample { t, ..s }).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -981,11 +1083,13 @@ mod tests {
         assert!(go_log(-1.0).is_nan());
     }
 
+    /// `lookup` searches the table by halves: it must be in name order,
+    /// each name once.
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    fn table_is_in_name_order() {
+        assert!(FUNCTIONS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(supported_functions().all(|n| lookup(n).is_some()));
+        assert!(lookup("rat").is_none());
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! `bool`), `and`/`or`/`unless`, with `on`/`ignoring` and
 //! `group_left`/`group_right`; the aggregations `sum avg min max count
 //! count_values stddev stdvar topk bottomk quantile group` with
-//! `by`/`without`; and the functions in [`SUPPORTED_FUNCTIONS`]
+//! `by`/`without`; and the functions in [`supported_functions`]
 //! (`holt_winters` included). Where Go's math library rounds differently
 //! from Rust's, Go's formulas are used (`gomath`), and the sums Prometheus
 //! 2.42 compensates (`sum_over_time`, `avg_over_time`,
@@ -46,12 +46,10 @@ pub mod storage;
 mod support;
 pub mod value;
 
-pub(crate) use functions::civil_from_days;
+pub use functions::supported_functions;
 pub use promql_parser::parser::Expr;
 pub use storage::{is_stale_nan, stale_nan, MemStorage, SeriesData, Storage, STALE_NAN_BITS};
-pub use support::{
-    check_supported, history_needed_ms, selectors, Unsupported, SUPPORTED_FUNCTIONS,
-};
+pub use support::{check_supported, history_needed_ms, selectors, Unsupported};
 pub use value::{Labels, RangeSeries, Sample, Value, METRIC_NAME};
 
 /// How far back an instant selector looks for a sample (Prometheus'
@@ -193,25 +191,47 @@ pub const MAX_EXPR_DEPTH: usize = 128;
 const MAX_LEXICAL_NESTING: usize = 256;
 const MAX_LEXICAL_OPERATORS: usize = 1000;
 
+/// Follows a scan of query text through its string literals.
+#[derive(Default)]
+struct Literals {
+    /// The quote of the literal the scan is in.
+    quote: Option<char>,
+    /// Whether the previous character was a backslash inside a literal.
+    escaped: bool,
+}
+
+impl Literals {
+    /// Takes the next character; true when it belongs to a string literal
+    /// (its quotes included). Backquoted literals have no escapes.
+    fn inside(&mut self, c: char) -> bool {
+        if let Some(q) = self.quote {
+            if self.escaped {
+                self.escaped = false;
+            } else if c == '\\' && q != '`' {
+                self.escaped = true;
+            } else if c == q {
+                self.quote = None;
+            }
+            return true;
+        }
+        if matches!(c, '"' | '\'' | '`') {
+            self.quote = Some(c);
+            return true;
+        }
+        false
+    }
+}
+
 /// Refuses texts that would make the parser recurse too deeply; string
 /// literals are skipped.
 fn check_lexical_depth(query: &str) -> Result<(), ParseError> {
     let (mut depth, mut max_depth, mut operators) = (0_usize, 0_usize, 0_usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut literals = Literals::default();
     for c in query.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q != '`' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
+        if literals.inside(c) {
             continue;
         }
         match c {
-            '"' | '\'' | '`' => quote = Some(c),
             '(' | '[' | '{' => {
                 depth += 1;
                 max_depth = max_depth.max(depth);
@@ -267,24 +287,14 @@ fn rename_holt_winters(query: &str) -> std::borrow::Cow<'_, str> {
     }
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut out = String::with_capacity(query.len() + 16);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut literals = Literals::default();
     let mut i = 0;
     while i < query.len() {
         let Some(c) = query[i..].chars().next() else {
             break;
         };
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q != '`' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-        } else if matches!(c, '"' | '\'' | '`') {
-            quote = Some(c);
-        } else if query[i..].starts_with(OLD)
+        if !literals.inside(c)
+            && query[i..].starts_with(OLD)
             && !query[..i].chars().next_back().is_some_and(ident)
             && !query[i + OLD.len()..].chars().next().is_some_and(ident)
             && query[i + OLD.len()..].trim_start().starts_with('(')
@@ -408,11 +418,4 @@ impl Engine {
         let expr = parse(query)?;
         Ok(self.eval(storage, &expr, t_ms)?)
     }
-}
-
-/// Parses a float the way Go's `strconv.ParseFloat` does for the forms
-/// Prometheus meets (`+Inf`, `-Inf`, `NaN`, decimal, exponent).
-#[must_use]
-pub fn value_parse_float(s: &str) -> Option<f64> {
-    functions::parse_go_float(s.trim())
 }

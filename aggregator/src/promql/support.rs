@@ -5,82 +5,12 @@
 use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
 use promql_parser::parser::Expr;
 
-/// Functions the evaluator implements.
-pub const SUPPORTED_FUNCTIONS: &[&str] = &[
-    "abs",
-    "absent",
-    "absent_over_time",
-    "acos",
-    "acosh",
-    "asin",
-    "asinh",
-    "atan",
-    "atanh",
-    "avg_over_time",
-    "ceil",
-    "changes",
-    "clamp",
-    "clamp_max",
-    "clamp_min",
-    "cos",
-    "cosh",
-    "count_over_time",
-    "day_of_month",
-    "day_of_week",
-    "day_of_year",
-    "days_in_month",
-    "double_exponential_smoothing",
-    "deg",
-    "delta",
-    "deriv",
-    "exp",
-    "floor",
-    "histogram_quantile",
-    "holt_winters",
-    "hour",
-    "idelta",
-    "increase",
-    "irate",
-    "label_join",
-    "label_replace",
-    "last_over_time",
-    "ln",
-    "log10",
-    "log2",
-    "max_over_time",
-    "min_over_time",
-    "minute",
-    "month",
-    "pi",
-    "predict_linear",
-    "present_over_time",
-    "quantile_over_time",
-    "rad",
-    "rate",
-    "resets",
-    "round",
-    "scalar",
-    "sgn",
-    "sin",
-    "sinh",
-    "sort",
-    "sort_desc",
-    "sqrt",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "sum_over_time",
-    "tan",
-    "tanh",
-    "time",
-    "timestamp",
-    "vector",
-    "year",
-];
+use super::functions::lookup;
 
 /// A construct the evaluator refuses, named so the user can find it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
-    /// A function outside [`SUPPORTED_FUNCTIONS`].
+    /// A function outside [`supported_functions`](super::supported_functions).
     #[error("unsupported function \"{0}\"")]
     Function(String),
     /// An aggregation operator such as `limitk`.
@@ -139,7 +69,7 @@ pub fn check_supported(expr: &Expr) -> Result<(), Unsupported> {
             check_supported(&b.rhs)
         }
         Expr::Call(c) => {
-            if !SUPPORTED_FUNCTIONS.contains(&c.func.name) {
+            if lookup(c.func.name).is_none() {
                 return Err(Unsupported::Function(c.func.name.to_string()));
             }
             c.args.args.iter().try_for_each(|a| check_supported(a))

@@ -1,7 +1,11 @@
 //! Label sets, samples and query results.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
+
+use nodewatch_proto::gocompat::quote;
+
+use super::EvalError;
 
 /// The label that holds a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -230,32 +234,10 @@ impl fmt::Display for Labels {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{k}={}", go_quote(v))?;
+            write!(f, "{k}={}", quote(v))?;
         }
         f.write_str("}")
     }
-}
-
-/// Quotes `s` like Go's `strconv.Quote` for the characters labels contain.
-#[must_use]
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// One element of an instant vector.
@@ -299,6 +281,62 @@ pub struct RangeSeries {
 pub(crate) struct Series {
     pub(crate) labels: Labels,
     pub(crate) points: Vec<(i64, f64)>,
+}
+
+/// An intermediate value; matrices only ever feed range functions.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Scalar(f64),
+    Str(String),
+    Vector(Vec<Sample>),
+    /// A range selector or subquery outside a range function: only a
+    /// type error.
+    Matrix,
+}
+
+impl Val {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Val::Scalar(_) => "scalar",
+            Val::Str(_) => "string",
+            Val::Vector(_) => "vector",
+            Val::Matrix => "matrix",
+        }
+    }
+}
+
+/// Fails if two samples share a label set (Prometheus checks this after
+/// every step of a function or operator).
+pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
+    if v.len() < 2 {
+        return Ok(());
+    }
+    // Sets that are distinct sets minus one shared metric name are still
+    // distinct: the common case of a function or operator over one metric.
+    // Every vector reaching here had unique label sets before the step.
+    if let Some(name) = v[0].labels.dropped_name() {
+        if v.iter().all(|s| s.labels.dropped_name() == Some(name)) {
+            return Ok(());
+        }
+    }
+    // Results mostly come in label order (as selectors return them): then
+    // one pass shows every set differs from the next.
+    if v.windows(2).all(|w| w[0].labels < w[1].labels) {
+        return Ok(());
+    }
+    let mut seen: Vec<&Labels> = v.iter().map(|s| &s.labels).collect();
+    seen.sort();
+    if seen.windows(2).any(|w| w[0] == w[1]) {
+        return Err(EvalError::DuplicateLabelset);
+    }
+    Ok(())
+}
+
+/// A valid label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub(crate) fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::file::RuleSpec;
-use super::template::{QueryFn, TemplateData};
+use nodewatch_proto::gocompat::{query_escape, rfc3339_ms};
+
+use super::rulefmt::RuleSpec;
 use super::RuleError;
-use crate::promql::{Labels, Sample, METRIC_NAME};
+use crate::notifier::PostableAlert;
+use crate::promql::{Engine, Labels, Sample, Storage, Value, METRIC_NAME};
+use crate::template::{QueryFn, QuerySample, Template, TemplateData};
 
 /// How long a resolved alert is kept (`resolvedRetention`, 15 minutes):
 /// long enough to re-send the resolution to Alertmanager.
@@ -117,57 +120,7 @@ impl AlertingState {
         ext: &ExternalContext,
         limit: u64,
     ) -> Result<Vec<Sample>, RuleError> {
-        let mut current: HashMap<Labels, ActiveAlert> = HashMap::with_capacity(result.len());
-        for s in result {
-            let data = TemplateData {
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                external_labels: ext.labels.clone(),
-                external_url: ext.url.clone(),
-                value: s.v,
-                time_ms: t,
-                query: Some(query),
-            };
-            // Template errors are shown in place, as Prometheus does.
-            let expand = |tmpl: &super::template::Template| {
-                tmpl.expand(&data)
-                    .unwrap_or_else(|e| format!("<error expanding template: {e}>"))
-            };
-            let mut labels = s.labels.without_name();
-            for (k, _, tmpl) in &rule.labels {
-                labels.set(k.clone(), expand(tmpl));
-            }
-            labels.set("alertname".into(), rule.name.clone());
-            let annotations: BTreeMap<String, String> = rule
-                .annotations
-                .iter()
-                .map(|(k, _, tmpl)| (k.clone(), expand(tmpl)))
-                .collect();
-            if current.contains_key(&labels) {
-                return Err(RuleError::DuplicateLabelset(
-                    "vector contains metrics with the same labelset after applying alert labels",
-                ));
-            }
-            current.insert(
-                labels.clone(),
-                ActiveAlert {
-                    rule: rule.name.clone(),
-                    labels,
-                    annotations,
-                    state: AlertState::Pending,
-                    value: s.v,
-                    active_at_ms: t,
-                    fired_at_ms: None,
-                    resolved_at_ms: None,
-                    keep_firing_since_ms: None,
-                    last_sent_ms: None,
-                    valid_until_ms: None,
-                },
-            );
-        }
+        let current = Self::current(rule, result, (t, query), ext)?;
         for (k, a) in &current {
             match self.active.get_mut(k) {
                 Some(old) if old.state != AlertState::Inactive => {
@@ -238,5 +191,128 @@ impl AlertingState {
             });
         }
         Ok(out)
+    }
+
+    /// The alerts of one evaluation result: each series' labels with the
+    /// rule's (templated) labels and annotations applied.
+    fn current(
+        rule: &RuleSpec,
+        result: Vec<Sample>,
+        (t, query): (i64, &QueryFn<'_>),
+        ext: &ExternalContext,
+    ) -> Result<HashMap<Labels, ActiveAlert>, RuleError> {
+        let mut current: HashMap<Labels, ActiveAlert> = HashMap::with_capacity(result.len());
+        for s in result {
+            let data = TemplateData {
+                labels: s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                external_labels: ext.labels.clone(),
+                external_url: ext.url.clone(),
+                value: s.v,
+                time_ms: t,
+                query: Some(query),
+            };
+            // Template errors are shown in place, as Prometheus does.
+            let expand = |tmpl: &Template| {
+                tmpl.expand(&data)
+                    .unwrap_or_else(|e| format!("<error expanding template: {e}>"))
+            };
+            let mut labels = s.labels.without_name();
+            for (k, _, tmpl) in &rule.labels {
+                labels.set(k.clone(), expand(tmpl));
+            }
+            labels.set("alertname".into(), rule.name.clone());
+            let annotations: BTreeMap<String, String> = rule
+                .annotations
+                .iter()
+                .map(|(k, _, tmpl)| (k.clone(), expand(tmpl)))
+                .collect();
+            if current.contains_key(&labels) {
+                return Err(RuleError::DuplicateLabelset(
+                    "vector contains metrics with the same labelset after applying alert labels",
+                ));
+            }
+            current.insert(
+                labels.clone(),
+                ActiveAlert {
+                    rule: rule.name.clone(),
+                    labels,
+                    annotations,
+                    state: AlertState::Pending,
+                    value: s.v,
+                    active_at_ms: t,
+                    fired_at_ms: None,
+                    resolved_at_ms: None,
+                    keep_firing_since_ms: None,
+                    last_sent_ms: None,
+                    valid_until_ms: None,
+                },
+            );
+        }
+        Ok(current)
+    }
+}
+
+/// The `query` of an alert's templates: it reads what the rule reads, at
+/// the rule's evaluation time.
+pub(crate) fn template_query<'a>(
+    engine: &'a Engine,
+    storage: &'a dyn Storage,
+    t: i64,
+) -> impl Fn(&str) -> Result<Vec<QuerySample>, String> + 'a {
+    move |q: &str| {
+        let sample = |labels: &Labels, value| QuerySample {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        match engine.query(storage, q, t).map_err(|e| e.to_string())? {
+            Value::Vector(v) => Ok(v.iter().map(|s| sample(&s.labels, s.v)).collect()),
+            Value::Scalar(v) => Ok(vec![sample(&Labels::new(), v)]),
+            Value::String(_) | Value::Matrix(_) => {
+                Err("rule result is not a vector or scalar".into())
+            }
+        }
+    }
+}
+
+/// Builds the API v2 form of an alert (`sendAlerts` in Prometheus' main):
+/// `startsAt` is when it fired, `endsAt` its resolution time or else its
+/// validity, `generatorURL` links to the expression's graph.
+#[must_use]
+pub fn to_postable(
+    alert: &ActiveAlert,
+    expr: &str,
+    external_labels: &Labels,
+    external_url: &str,
+) -> PostableAlert {
+    let mut labels: BTreeMap<String, String> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in external_labels.iter() {
+        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    let starts = alert.fired_at_ms.unwrap_or(alert.active_at_ms);
+    let ends = alert
+        .resolved_at_ms
+        .or(alert.valid_until_ms)
+        .unwrap_or(starts);
+    PostableAlert {
+        labels,
+        annotations: alert.annotations.clone(),
+        starts_at: rfc3339_ms(starts),
+        ends_at: rfc3339_ms(ends),
+        generator_url: format!(
+            "{}/graph?g0.expr={}&g0.tab=1",
+            external_url.trim_end_matches('/'),
+            query_escape(expr)
+        ),
     }
 }

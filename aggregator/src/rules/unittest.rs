@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::file::{load_file, parse_duration};
+use super::rulefmt::held::unheld_selectors;
+use super::rulefmt::load_file;
 use super::{ActiveAlert, AlertState, ExternalContext, Group, GroupOptions};
-use crate::promql::value::go_quote;
 use crate::promql::{
     parse, stale_nan, Engine, EngineOptions, Expr, Labels, MemStorage, Value, METRIC_NAME,
 };
+use nodewatch_proto::gocompat::{format_float_e, parse_duration, parse_float, quote};
 
 /// Exit code when every test passed / every file is valid.
 pub const EXIT_SUCCESS: i32 = 0;
@@ -107,20 +108,6 @@ fn go_duration(ms: i64) -> String {
         let _ = write!(s, "{sec}.{}s", f.trim_end_matches('0'));
     }
     s
-}
-
-/// Go's `strconv.FormatFloat(v, 'E', -1, 64)`: `1E+00`, `1.2E+02`.
-fn go_format_e(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf" } else { "-Inf" }.into();
-    }
-    let s = format!("{v:E}");
-    let (m, e) = s.split_once('E').unwrap_or((&s, "0"));
-    let e: i32 = e.parse().unwrap_or(0);
-    format!("{m}E{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,7 +205,7 @@ enum SeqValue {
 fn parse_number(s: &str) -> Option<f64> {
     match s {
         "stale" => Some(stale_nan()),
-        _ => crate::promql::value_parse_float(s),
+        _ => parse_float(s.trim()),
     }
 }
 
@@ -420,7 +407,7 @@ fn samples_string(s: &[(Labels, f64)]) -> String {
         return "nil".into();
     }
     s.iter()
-        .map(|(l, v)| format!("{l} {}", go_format_e(*v)))
+        .map(|(l, v)| format!("{l} {}", format_float_e(*v)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -466,7 +453,6 @@ fn run_file(path: &Path, engine: EngineOptions, warnings: &mut Vec<String>) -> V
     errs
 }
 
-#[allow(clippy::too_many_lines)]
 fn run_group(
     tg: &TestGroup,
     rule_files: &[PathBuf],
@@ -509,37 +495,10 @@ fn run_group(
     // cannot see the future (`@`, negative `offset`) and expression tests
     // see nothing after the last evaluation step.
     let mut storage = MemStorage::new();
-    let mut input: Vec<(i64, usize, f64)> = Vec::new();
-    let mut input_labels: Vec<Labels> = Vec::new();
-    // A series defined twice keeps only its last definition, as promtool's
-    // loader keys definitions by label set.
-    let mut last_def: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
-    let mut parsed = Vec::with_capacity(tg.input_series.len());
-    for (i, s) in tg.input_series.iter().enumerate() {
-        let labels = match parse_metric(&s.series) {
-            Ok(l) => l,
-            Err(e) => return vec![format!("    series {:?}: {e}", s.series)],
-        };
-        last_def.insert(labels.clone(), i);
-        parsed.push(labels);
-    }
-    for (i, s) in tg.input_series.iter().enumerate() {
-        if last_def.get(&parsed[i]) != Some(&i) {
-            continue;
-        }
-        let labels = parsed[i].clone();
-        let values = match expand_values(&s.values) {
-            Ok(v) => v,
-            Err(e) => return vec![format!("    series {:?}: values: {e}", s.series)],
-        };
-        for (i, v) in values.into_iter().enumerate() {
-            if let SeqValue::Value(v) = v {
-                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
-            }
-        }
-        input_labels.push(labels);
-    }
-    input.sort_by_key(|&(t, _, _)| t);
+    let (input, input_labels) = match input_samples(tg, interval) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
     let mut input = input.into_iter().peekable();
 
     let test_name = if tg.name.is_empty() {
@@ -589,53 +548,114 @@ fn run_group(
             && alert_times[curr] < ts + eval_interval
         {
             let t = alert_times[curr];
-            for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.0 == t) {
-                let mut got: Vec<(Labels, Labels)> = groups
-                    .iter()
-                    .flat_map(Group::alerts)
-                    .filter(|a: &ActiveAlert| {
-                        a.rule == tc.alertname && a.state == AlertState::Firing
-                    })
-                    .map(|a| (a.labels, annotations_labels(&a.annotations)))
-                    .collect();
-                let mut exp: Vec<(Labels, Labels)> = tc
-                    .exp_alerts
-                    .iter()
-                    .map(|a| {
-                        let mut l = Labels::from_pairs(
-                            a.exp_labels.iter().map(|(k, v)| (k.clone(), v.clone())),
-                        );
-                        l.set("alertname".into(), tc.alertname.clone());
-                        (l, annotations_labels(&a.exp_annotations))
-                    })
-                    .collect();
-                got.sort();
-                exp.sort();
-                if got != exp {
-                    errs.push(format!(
-                        "{test_name}    alertname: {}, time: {}, \n        exp:{}, \n        got:{}",
-                        tc.alertname,
-                        model_duration(t),
-                        indent_lines(&alerts_string(&exp), "            "),
-                        indent_lines(&alerts_string(&got), "            "),
-                    ));
-                }
-            }
+            check_alerts(tg, &groups, t, &test_name, &mut errs);
             curr += 1;
         }
         ts += eval_interval;
     }
 
-    let engine = Engine::new(engine_opts);
+    errs.extend(check_exprs(
+        tg,
+        &Engine::new(engine_opts),
+        &storage,
+        fuzzy,
+        nan_equal,
+    ));
+    errs
+}
+
+/// Input samples as (time, index of their labels, value), and the labels.
+type InputSamples = (Vec<(i64, usize, f64)>, Vec<Labels>);
+
+/// The group's input series, expanded: each sample as (time, index of its
+/// labels, value) in time order, and the labels.
+fn input_samples(tg: &TestGroup, interval: i64) -> Result<InputSamples, Vec<String>> {
+    let mut input: Vec<(i64, usize, f64)> = Vec::new();
+    let mut input_labels: Vec<Labels> = Vec::new();
+    // A series defined twice keeps only its last definition, as promtool's
+    // loader keys definitions by label set.
+    let mut last_def: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
+    let mut parsed = Vec::with_capacity(tg.input_series.len());
+    for (i, s) in tg.input_series.iter().enumerate() {
+        let labels = match parse_metric(&s.series) {
+            Ok(l) => l,
+            Err(e) => return Err(vec![format!("    series {:?}: {e}", s.series)]),
+        };
+        last_def.insert(labels.clone(), i);
+        parsed.push(labels);
+    }
+    for (i, s) in tg.input_series.iter().enumerate() {
+        if last_def.get(&parsed[i]) != Some(&i) {
+            continue;
+        }
+        let labels = parsed[i].clone();
+        let values = match expand_values(&s.values) {
+            Ok(v) => v,
+            Err(e) => return Err(vec![format!("    series {:?}: values: {e}", s.series)]),
+        };
+        for (i, v) in values.into_iter().enumerate() {
+            if let SeqValue::Value(v) = v {
+                input.push(((i as i64).saturating_mul(interval), input_labels.len(), v));
+            }
+        }
+        input_labels.push(labels);
+    }
+    input.sort_by_key(|&(t, _, _)| t);
+    Ok((input, input_labels))
+}
+
+/// Compares the firing alerts of `groups` with what the alert tests of
+/// `tg` at `t` expect.
+fn check_alerts(tg: &TestGroup, groups: &[Group], t: i64, test_name: &str, errs: &mut Vec<String>) {
+    for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.0 == t) {
+        let mut got: Vec<(Labels, Labels)> = groups
+            .iter()
+            .flat_map(Group::alerts)
+            .filter(|a: &ActiveAlert| a.rule == tc.alertname && a.state == AlertState::Firing)
+            .map(|a| (a.labels, annotations_labels(&a.annotations)))
+            .collect();
+        let mut exp: Vec<(Labels, Labels)> = tc
+            .exp_alerts
+            .iter()
+            .map(|a| {
+                let mut l =
+                    Labels::from_pairs(a.exp_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                l.set("alertname".into(), tc.alertname.clone());
+                (l, annotations_labels(&a.exp_annotations))
+            })
+            .collect();
+        got.sort();
+        exp.sort();
+        if got != exp {
+            errs.push(format!(
+                "{test_name}    alertname: {}, time: {}, \n        exp:{}, \n        got:{}",
+                tc.alertname,
+                model_duration(t),
+                indent_lines(&alerts_string(&exp), "            "),
+                indent_lines(&alerts_string(&got), "            "),
+            ));
+        }
+    }
+}
+
+/// Runs the expression tests of `tg` over what the evaluation stored.
+fn check_exprs(
+    tg: &TestGroup,
+    engine: &Engine,
+    storage: &MemStorage,
+    fuzzy: bool,
+    nan_equal: bool,
+) -> Vec<String> {
+    let mut errs = Vec::new();
     'outer: for tc in &tg.promql_expr_test {
         let t = tc.eval_time.0;
-        let got = match engine.query(&storage, &tc.expr, t) {
+        let got = match engine.query(storage, &tc.expr, t) {
             Ok(Value::Vector(v)) => v.into_iter().map(|s| (s.labels, s.v)).collect::<Vec<_>>(),
             Ok(Value::Scalar(v)) => vec![(Labels::new(), v)],
             Ok(Value::String(_) | Value::Matrix(_)) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: rule result is not a vector or scalar",
-                    go_quote(&tc.expr),
+                    quote(&tc.expr),
                     model_duration(t)
                 ));
                 continue;
@@ -643,7 +663,7 @@ fn run_group(
             Err(e) => {
                 errs.push(format!(
                     "    expr: {}, time: {}, err: {e}",
-                    go_quote(&tc.expr),
+                    quote(&tc.expr),
                     model_duration(t)
                 ));
                 continue;
@@ -656,9 +676,9 @@ fn run_group(
                 Err(e) => {
                     errs.push(format!(
                         "    expr: {}, time: {}, err: labels {}: {e}",
-                        go_quote(&tc.expr),
+                        quote(&tc.expr),
                         model_duration(t),
-                        go_quote(&s.labels)
+                        quote(&s.labels)
                     ));
                     continue 'outer;
                 }
@@ -676,7 +696,7 @@ fn run_group(
         if !same {
             errs.push(format!(
                 "    expr: {}, time: {},\n        exp: {}\n        got: {}",
-                go_quote(&tc.expr),
+                quote(&tc.expr),
                 model_duration(t),
                 samples_string(&exp),
                 samples_string(&got)
@@ -757,7 +777,7 @@ pub fn check_rule_files(paths: &[PathBuf], out: &mut impl Write) -> i32 {
             Ok(groups) => {
                 let n: usize = groups.iter().map(|g| g.rules.len()).sum();
                 let _ = writeln!(out, "  SUCCESS: {n} rules found");
-                for w in super::held::unheld_selectors(&groups) {
+                for w in unheld_selectors(&groups) {
                     let _ = writeln!(out, "  WARNING: {w}");
                 }
             }
@@ -846,9 +866,6 @@ mod tests {
         assert_eq!(go_duration(60_000), "1m0s");
         assert_eq!(go_duration(3_723_000), "1h2m3s");
         assert_eq!(go_duration(500), "500ms");
-        assert_eq!(go_format_e(1.0), "1E+00");
-        assert_eq!(go_format_e(120.0), "1.2E+02");
-        assert_eq!(go_format_e(0.015), "1.5E-02");
     }
 
     #[test]

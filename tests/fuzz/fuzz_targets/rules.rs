@@ -9,8 +9,9 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use nodewatch_aggregator::liveness::parse_known;
-use nodewatch_aggregator::rules::file::{parse_duration, parse_rules};
-use nodewatch_aggregator::rules::held::unheld_selectors;
+use nodewatch_aggregator::rules::rulefmt::held::unheld_selectors;
+use nodewatch_aggregator::rules::rulefmt::parse_rules;
+use nodewatch_proto::gocompat::parse_duration;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

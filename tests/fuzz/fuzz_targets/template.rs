@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodewatch_aggregator::rules::template::{QuerySample, Template, TemplateData};
+use nodewatch_aggregator::template::{QuerySample, Template, TemplateData};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -12,14 +12,20 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::promql::Sample;
-use crate::rules::notifier::Notifier;
-use crate::rules::{
-    load_groups, ActiveAlert, Group, GroupOptions, DEFAULT_FOR_GRACE_PERIOD_MS,
-    DEFAULT_FOR_OUTAGE_TOLERANCE_MS,
-};
+use super::alerting::{to_postable, ActiveAlert, AlertState};
+use super::group::{load_groups, Group, GroupOptions};
+use super::rulefmt::held::unheld_selectors;
+use crate::notifier::Notifier;
+use crate::promql::{EngineOptions, Sample};
 use crate::store::now_ms;
 use crate::store::Store;
+
+/// Prometheus' `--rules.alert.for-outage-tolerance` default: alerts are
+/// only restored if the aggregator was down for less than this.
+pub const DEFAULT_FOR_OUTAGE_TOLERANCE_MS: i64 = 60 * 60 * 1000;
+/// Prometheus' `--rules.alert.for-grace-period` default: the least time an
+/// alert with a long `for` waits after a restart before firing.
+pub const DEFAULT_FOR_GRACE_PERIOD_MS: i64 = 10 * 60 * 1000;
 
 /// The history the store keeps: the configured retention, or more when
 /// the rule files read further back (a `rate(x[1h])` needs an hour). Rules
@@ -34,6 +40,20 @@ pub fn retention_for_rules(patterns: &[String], opts: &GroupOptions, configured_
         .iter()
         .filter_map(Group::history_needed_ms)
         .fold(configured_ms, i64::max)
+}
+
+/// Hands `notifier` what `group` should send after its evaluation at
+/// `t_ms` (`rules.SendAlerts`): firing alerts not sent for the notifier's
+/// resend delay, and alerts resolved since their last send.
+pub fn send_alerts(notifier: &Notifier, group: &Group, t_ms: i64) {
+    let cfg = notifier.config();
+    let resend_ms = i64::try_from(cfg.resend_delay.as_millis()).unwrap_or(i64::MAX);
+    let alerts = group.alerts_to_send(t_ms, resend_ms);
+    notifier.send(
+        alerts
+            .iter()
+            .map(|(a, expr)| to_postable(a, expr, &cfg.external_labels, &cfg.external_url)),
+    );
 }
 
 /// How often rule files are checked for changes.
@@ -119,7 +139,7 @@ impl RuleManager {
         match load_groups(&files, &self.opts) {
             Ok(groups) => {
                 let rules = groups.iter().map(|g| g.rules().len()).sum();
-                let warnings = crate::rules::held::unheld_selectors(groups.iter().map(Group::spec));
+                let warnings = unheld_selectors(groups.iter().map(Group::spec));
                 for w in &warnings {
                     warn!(warning = %w, "Rule reads a series this aggregator never holds.");
                 }
@@ -200,7 +220,7 @@ impl RuleManager {
 
     /// The query engine settings the rules are evaluated with.
     #[must_use]
-    pub fn engine_options(&self) -> crate::promql::EngineOptions {
+    pub fn engine_options(&self) -> EngineOptions {
         self.opts.engine
     }
 
@@ -229,7 +249,7 @@ impl RuleManager {
         let mut out = Vec::new();
         for s in self.slots().iter() {
             for a in s.group.alerts() {
-                if a.state != crate::rules::AlertState::Inactive {
+                if a.state != AlertState::Inactive {
                     out.push((s.group.name().to_string(), a));
                 }
             }
@@ -267,7 +287,7 @@ impl RuleManager {
             );
         }
         if let Some(n) = &self.notifier {
-            n.send_group(&slot.group, t_ms);
+            send_alerts(n, &slot.group, t_ms);
         }
         metrics::counter!("nodewatch_aggregator_rule_group_evaluations_total", "group" => group.clone()).increment(1);
         metrics::histogram!("nodewatch_aggregator_rule_group_duration_seconds", "group" => group)

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 
-use super::file::{GroupSpec, RuleFileError};
+use super::{GroupSpec, RuleFileError};
 use crate::promql::selectors;
 use crate::promql::METRIC_NAME;
 
@@ -137,7 +137,7 @@ mod tests {
     use std::path::Path;
 
     fn warnings(text: &str) -> Vec<String> {
-        let groups = super::super::file::parse_rules(Path::new("r.yml"), text).unwrap();
+        let groups = super::super::parse_rules(Path::new("r.yml"), text).unwrap();
         unheld_selectors(&groups)
             .iter()
             .map(ToString::to_string)
