@@ -177,15 +177,7 @@ fn random_alert_rules_agree_with_promtool() {
                 }
             }
         }
-        let mut input = String::new();
-        for (s, v) in &series {
-            let _ = writeln!(
-                input,
-                "      - series: {}\n        values: {}",
-                common::yaml_quote(s),
-                common::yaml_quote(v)
-            );
-        }
+        let input = common::input_series(series.iter().map(|(s, v)| (s.as_str(), v.as_str())));
         let test_file = format!(
             "rule_files: [random.rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    external_labels:\n      dc: eu1\n    input_series:\n{input}    alert_rule_test:\n{tests}"
         );

@@ -84,27 +84,21 @@ const VECTORS: &[&str] = &[
 ];
 const RANGES: &[&str] = &["1m", "2m", "3m", "5m", "7m", "10m"];
 const RANGE_FUNCS: &[&str] = &common::RANGE_FUNCS;
-const FUNCS: &[&str] = &[
-    "abs",
-    "ceil",
-    "floor",
-    "exp",
-    "sqrt",
-    "ln",
-    "log2",
-    "log10",
-    "sgn",
-    "timestamp",
-    "sort",
-    "sort_desc",
-    "hour",
-    "minute",
-    "day_of_week",
-    "month",
-    "year",
-    "days_in_month",
-    "day_of_month",
-];
+const FUNCS: &[&str] = &common::concat::<19>(&[
+    &common::MATH_FUNCS,
+    &[
+        "timestamp",
+        "sort",
+        "sort_desc",
+        "hour",
+        "minute",
+        "day_of_week",
+        "month",
+        "year",
+        "days_in_month",
+        "day_of_month",
+    ],
+]);
 const AGGS: &[&str] = &[
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "group",
 ];
@@ -365,15 +359,7 @@ fn random_expressions_agree_with_promtool() {
             }
         }
     }
-    let mut input = String::new();
-    for (series, values) in SERIES {
-        let _ = writeln!(
-            input,
-            "      - series: {}\n        values: {}",
-            common::yaml_quote(series),
-            common::yaml_quote(values)
-        );
-    }
+    let input = common::input_series(SERIES.iter().copied());
     let file = format!(
         "evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{input}    promql_expr_test:\n{cases}"
     );

@@ -2,6 +2,7 @@
 //! prometheus (a missing one fails under `CI=true`), YAML quoting for the
 //! rule test files they write, and the names of the range-vector functions.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// `Some(path)` of the program `name` on PATH, or `None`: a failure under
@@ -32,6 +33,21 @@ pub fn yaml_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The `input_series:` items of a `promtool test rules` file, one for each
+/// `(series, values)`, indented for a test at the file's top level.
+pub fn input_series<'a>(series: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut input = String::new();
+    for (s, v) in series {
+        let _ = writeln!(
+            input,
+            "      - series: {}\n        values: {}",
+            yaml_quote(s),
+            yaml_quote(v)
+        );
+    }
+    input
+}
+
 /// The `<f>(v[range])` functions that both Prometheus 2.42 and our engine
 /// evaluate on float samples, `absent_over_time` aside.
 pub const RANGE_FUNCS: [&str; 17] = [
@@ -52,6 +68,12 @@ pub const RANGE_FUNCS: [&str; 17] = [
     "present_over_time",
     "stddev_over_time",
     "stdvar_over_time",
+];
+
+/// The one-argument math functions both differential tests start their
+/// function lists with.
+pub const MATH_FUNCS: [&str; 9] = [
+    "abs", "ceil", "floor", "exp", "sqrt", "ln", "log2", "log10", "sgn",
 ];
 
 /// `parts` one after another, as one array of `N` names (a compile error
