@@ -1,6 +1,5 @@
 //! Alert rules in Prometheus' format evaluated by the real aggregator, alerts
 //! delivered to a real Alertmanager, which calls a webhook in the test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -58,6 +57,7 @@ fn notifications(hook: &Webhook, alertname: &str, status: &str) -> usize {
 
 #[test]
 fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let dir = pki.dir.path();
     let hook = Webhook::start();
@@ -121,16 +121,11 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
     // The CLI shows it firing, and the recording rule's series is queryable.
     let ops = pki.operator("ops");
     let cli = |args: &[&str]| {
-        let out = nodewatch_tests::operator_cli(&ops, &agg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = nodewatch_tests::cli_output(
+            nodewatch_tests::operator_cli(&ops, &agg).args(args),
+            "nodewatch",
         );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(out).unwrap()
     };
     let alerts: serde_json::Value = serde_json::from_str(&cli(&["alerts", "-o", "json"])).unwrap();
     assert_eq!(alerts[0]["state"], "firing");
@@ -153,6 +148,7 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
 
 #[test]
 fn check_rules_and_test_rules_work_like_promtool() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let dir = pki.dir.path();
     let good = dir.join("good.yml");
@@ -208,6 +204,7 @@ fn check_rules_and_test_rules_work_like_promtool() {
 
 #[test]
 fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let rules = pki.path("rules.yml");
     std::fs::write(&rules, "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - record: seen:load1\n        expr: node_load1\n").unwrap();
@@ -252,6 +249,7 @@ fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
 
 #[test]
 fn a_cleared_condition_reaches_the_webhook_as_resolved() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
@@ -296,6 +294,7 @@ fn a_cleared_condition_reaches_the_webhook_as_resolved() {
 
 #[test]
 fn two_aggregators_with_the_same_rule_give_one_notification() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
@@ -338,6 +337,7 @@ fn two_aggregators_with_the_same_rule_give_one_notification() {
 
 #[test]
 fn alerts_reach_an_alertmanager_that_comes_up_late() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let port = free_port();
@@ -388,6 +388,7 @@ fn alerts_reach_an_alertmanager_that_comes_up_late() {
 
 #[test]
 fn alerts_reach_an_alertmanager_behind_basic_auth() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     // bcrypt (cost 4, to start fast) of "nodewatch-test", as Alertmanager's
@@ -439,6 +440,7 @@ fn alerts_reach_an_alertmanager_behind_basic_auth() {
 
 #[test]
 fn alerts_reach_an_alertmanager_over_https_with_a_bearer_token_file_configured() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let d = pki.dir.path().display();
