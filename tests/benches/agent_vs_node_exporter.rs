@@ -66,7 +66,7 @@ fn ebpf_attached(agg: &Aggregator, node: &str) -> usize {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one benchmark run: start peers, load, measure, record"
+    reason = "one benchmark run: peers, load, measure, record"
 )]
 fn main() {
     let Some(ne) =

@@ -101,7 +101,7 @@ fn ms(d: Duration) -> f64 {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one benchmark run: start peers, load, measure, record"
+    reason = "one benchmark run: peers, load, measure, record"
 )]
 fn main() {
     let Some(prometheus) = nodewatch_tests::prometheus::program() else {

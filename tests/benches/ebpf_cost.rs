@@ -276,7 +276,7 @@ fn rates(a: &(Instant, Costs), b: &(Instant, Costs)) -> BTreeMap<String, (f64, f
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one benchmark run: start peers, load, measure, record"
+    reason = "one benchmark run: peers, load, measure, record"
 )]
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {

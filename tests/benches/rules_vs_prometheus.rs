@@ -497,7 +497,7 @@ fn prom_fetch(addr: std::net::SocketAddr, expr: &str, t_s: i64) -> (Duration, us
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one benchmark run: start peers, load, measure, record"
+    reason = "one benchmark run: peers, load, measure, record"
 )]
 fn main() {
     let Some(prometheus) = nodewatch_tests::prometheus::program() else {

@@ -185,7 +185,7 @@ fn best(steps: &[Step]) -> (usize, f64) {
 
 #[allow(
     clippy::too_many_lines,
-    reason = "one benchmark run: start peers, load, measure, record"
+    reason = "one benchmark run: peers, load, measure, record"
 )]
 fn main() {
     let Some(prometheus) = nodewatch_tests::prometheus::program() else {

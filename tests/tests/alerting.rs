@@ -1,11 +1,12 @@
 //! Alert rules in Prometheus' format evaluated by the real aggregator, alerts
 //! delivered to a real Alertmanager, which calls a webhook in the test.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use nodewatch_tests::{
     bin, free_port, http_get, start_agent, start_alertmanager, start_alertmanager_with, wait_for,
-    Aggregator, AlertmanagerOptions, Pki, Webhook,
+    Aggregator, AlertmanagerOptions, Pki, Proc, Webhook,
 };
 
 /// Writes a one-group rule file (1 s interval) with `rules` (YAML list items).
@@ -25,6 +26,21 @@ fn alerting_config(rules: &std::path::Path, alertmanagers: &str) -> String {
         "rule_files: ['{}']\nalerting:\n  alertmanagers: [{alertmanagers}]\n  resend_delay: 1s\n",
         rules.display()
     )
+}
+
+/// A webhook, a real Alertmanager notifying it, and the configuration of an
+/// aggregator evaluating `rules` (a one-group file `name`) and sending to
+/// that Alertmanager, with Alertmanager's address. `None` where Alertmanager is missing.
+fn to_alertmanager(
+    pki: &Pki,
+    name: &str,
+    rules: &str,
+) -> Option<(Webhook, Proc, SocketAddr, String)> {
+    let hook = Webhook::start();
+    let (am, am_addr) = start_alertmanager(pki.dir.path(), &hook)?;
+    let rules = rule_file(pki, name, rules);
+    let cfg = alerting_config(&rules, &format!("'http://{am_addr}'"));
+    Some((hook, am, am_addr, cfg))
 }
 
 /// The alerts of one webhook body: (alertname, status).
@@ -251,22 +267,16 @@ fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
 fn a_cleared_condition_reaches_the_webhook_as_resolved() {
     let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
-    let hook = Webhook::start();
-    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
-        return;
-    };
     // True for the first 5 s of every 10 s: it fires, then clears on its own,
     // with no data to feed and no wall-clock race (both halves come round).
-    let rules = rule_file(
+    let Some((hook, _am, _, cfg)) = to_alertmanager(
         &pki,
         "toggle.yml",
         "      - alert: Toggle\n        expr: vector(1) and on() (vector(time()) % 10 < 5)\n",
-    );
-    let _agg = Aggregator::start(
-        &pki,
-        "agg",
-        &alerting_config(&rules, &format!("'http://{am_addr}'")),
-    );
+    ) else {
+        return;
+    };
+    let _agg = Aggregator::start(&pki, "agg", &cfg);
     let (fired, _) = wait_for(Duration::from_secs(30), "the firing alert", || {
         hook.find_all("Toggle")
             .into_iter()
@@ -296,16 +306,13 @@ fn a_cleared_condition_reaches_the_webhook_as_resolved() {
 fn two_aggregators_with_the_same_rule_give_one_notification() {
     let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
-    let hook = Webhook::start();
-    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
-        return;
-    };
-    let rules = rule_file(
+    let Some((hook, _am, am_addr, cfg)) = to_alertmanager(
         &pki,
         "always.yml",
         "      - alert: BothReplicas\n        expr: vector(1)\n        labels: {severity: info}\n",
-    );
-    let cfg = alerting_config(&rules, &format!("'http://{am_addr}'"));
+    ) else {
+        return;
+    };
     let a = Aggregator::start(&pki, "agg-a", &cfg);
     let b = Aggregator::start(&pki, "agg-b", &cfg);
     // Both replicas send, each every second.

@@ -211,6 +211,12 @@ async fn certificate_from_another_ca_is_refused() {
     assert_refused(&agg, "unknown_ca");
 }
 
+/// `err` is PermissionDenied, with a message saying `says`.
+fn assert_denied(err: &tonic::Status, says: &str) {
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(says), "{}", err.message());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn node_certificate_may_not_query() {
     let _host = nodewatch_tests::host_shared();
@@ -218,8 +224,7 @@ async fn node_certificate_may_not_query() {
     let agg = Aggregator::start(&pki, "agg", "");
     let mut q = QueryClient::new(channel(&agg, &pki.node("n1")));
     let err = q.list_nodes(ListNodesRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("may not Query"), "{}", err.message());
+    assert_denied(&err, "may not Query");
     assert_refused(&agg, "role");
 }
 
@@ -232,12 +237,7 @@ async fn operator_certificate_may_not_ingest() {
         Err(s) => s,
         Ok(mut s) => s.next().await.unwrap_err(),
     };
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains("may not Ingest"),
-        "{}",
-        err.message()
-    );
+    assert_denied(&err, "may not Ingest");
     assert_refused(&agg, "role");
 }
 
