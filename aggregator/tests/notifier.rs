@@ -2,8 +2,6 @@
 //! posted, when alerts are re-sent, retries while it fails, and the bounded
 //! queue.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

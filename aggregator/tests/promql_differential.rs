@@ -12,17 +12,16 @@
 //!
 //! Under `CI=true` a missing `prometheus` or `promtool` fails the test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 // Values are compared exactly first.
 #![allow(clippy::float_cmp)]
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use nodewatch_aggregator::promql::{Engine, Labels, MemStorage, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,21 +32,8 @@ const T0: i64 = 1_700_000_000 - 1_700_000_000 % 7200;
 const POINTS: i64 = 241;
 const STEP_S: i64 = 15;
 
-fn find(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = format!(
-            "{name} not found on PATH (Debian package `prometheus`); skipping the differential test against Prometheus"
-        );
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("{msg}");
-    }
-    found
-}
+/// What a missing program makes this module skip.
+const SKIPPING: &str = "the differential test against Prometheus";
 
 /// One series: labels and `(t_ms, value)` samples.
 struct Def {
@@ -245,54 +231,29 @@ const COUNTERS: &[&str] = &[
 ];
 const GAUGES: &[&str] = &["temperature", r#"temperature{instance="2"}"#, "up"];
 const RANGES: &[&str] = &["1m", "2m", "5m", "10m", "90s"];
-const RANGE_FUNCS: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "idelta",
-    "deriv",
-    "changes",
-    "resets",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "last_over_time",
-    "present_over_time",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "absent_over_time",
-];
-const SIMPLE_FUNCS: &[&str] = &[
-    "abs",
-    "ceil",
-    "floor",
-    "exp",
-    "sqrt",
-    "ln",
-    "log2",
-    "log10",
-    "sgn",
-    "sin",
-    "cos",
-    "tan",
-    "asin",
-    "acos",
-    "atan",
-    "sinh",
-    "cosh",
-    "tanh",
-    "asinh",
-    "acosh",
-    "atanh",
-    "deg",
-    "rad",
-    "timestamp",
-    "sort",
-    "sort_desc",
-];
+const RANGE_FUNCS: &[&str] = &common::concat::<18>(&[&common::RANGE_FUNCS, &["absent_over_time"]]);
+const SIMPLE_FUNCS: &[&str] = &common::concat::<26>(&[
+    &common::MATH_FUNCS,
+    &[
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "sinh",
+        "cosh",
+        "tanh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "deg",
+        "rad",
+        "timestamp",
+        "sort",
+        "sort_desc",
+    ],
+]);
 const DATE_FUNCS: &[&str] = &[
     "minute",
     "hour",
@@ -582,8 +543,8 @@ fn escape(s: &str) -> String {
 }
 
 fn start_prometheus(defs: &[Def], dir: &std::path::Path) -> Option<Prometheus> {
-    let prometheus = find("prometheus")?;
-    let promtool = find("promtool")?;
+    let prometheus = common::find("prometheus", SKIPPING)?;
+    let promtool = common::find("promtool", SKIPPING)?;
     let om = dir.join("data.om");
     std::fs::write(&om, openmetrics(defs)).unwrap();
     let data = dir.join("prom-data");

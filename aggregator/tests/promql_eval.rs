@@ -2,10 +2,10 @@
 //! staleness and window boundaries under both semantics, and a fuzz test
 //! that no input makes parsing or evaluation panic.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 // Expected values are exact.
 #![allow(clippy::float_cmp)]
 
+use crate::common;
 use nodewatch_aggregator::promql::{
     check_supported, parse, stale_nan, Engine, EngineOptions, EvalError, Labels, MemStorage,
     QueryError, Semantics, Unsupported, Value,
@@ -457,50 +457,36 @@ const PIECES: &[&str] = &[
     "a[1s]",
     "one[10m]",
 ];
-const FUNCS1: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "idelta",
-    "deriv",
-    "changes",
-    "resets",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "last_over_time",
-    "present_over_time",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "absent_over_time",
-    "abs",
-    "ceil",
-    "floor",
-    "exp",
-    "ln",
-    "log2",
-    "log10",
-    "sqrt",
-    "sgn",
-    "absent",
-    "scalar",
-    "vector",
-    "timestamp",
-    "sort",
-    "sort_desc",
-    "hour",
-    "month",
-    "year",
-    "minute",
-    "day_of_month",
-    "day_of_week",
-    "days_in_month",
-    "sin",
-    "acosh",
-];
+const FUNCS1: &[&str] = &common::concat::<42>(&[
+    &common::RANGE_FUNCS,
+    &[
+        "absent_over_time",
+        "abs",
+        "ceil",
+        "floor",
+        "exp",
+        "ln",
+        "log2",
+        "log10",
+        "sqrt",
+        "sgn",
+        "absent",
+        "scalar",
+        "vector",
+        "timestamp",
+        "sort",
+        "sort_desc",
+        "hour",
+        "month",
+        "year",
+        "minute",
+        "day_of_month",
+        "day_of_week",
+        "days_in_month",
+        "sin",
+        "acosh",
+    ],
+]);
 const OPS: &[&str] = &[
     "+",
     "-",

@@ -19,7 +19,6 @@
 //! `PROMQL_TESTDATA` may name another directory of scripts in this format.
 //! Under `CI=true` a missing directory fails the test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 // `almostEqual` tests exact equality first.
 #![allow(clippy::float_cmp)]
 

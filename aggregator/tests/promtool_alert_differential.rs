@@ -5,12 +5,10 @@
 //! a `promtool test rules` file, and both promtool and `run_test_files`
 //! must pass it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::Command;
 
+use crate::common;
 use nodewatch_aggregator::promql::MemStorage;
 use nodewatch_aggregator::rules::unittest::{parse_series_description, run_test_files};
 use nodewatch_aggregator::rules::{load_groups, AlertState, GroupOptions};
@@ -19,24 +17,6 @@ use rand::{Rng, SeedableRng};
 
 const STEP_MS: i64 = 60_000;
 const STEPS: i64 = 20;
-
-fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = "promtool not found on PATH (install the `prometheus` package); skipping the alert differential test";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("{msg}");
-    }
-    found
-}
-
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
 
 fn random_values(rng: &mut StdRng, counter: bool) -> String {
     let mut out = Vec::new();
@@ -85,7 +65,9 @@ const ANNOTATIONS: &[&str] = &[
 
 #[test]
 fn random_alert_rules_agree_with_promtool() {
-    let Some(pt) = promtool() else { return };
+    let Some(pt) = common::promtool("the alert differential test") else {
+        return;
+    };
     let seed: u64 = std::env::var("PROMTOOL_DIFF_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -106,11 +88,11 @@ fn random_alert_rules_agree_with_promtool() {
             let _ = write!(
                 rules,
                 "      - alert: {name}\n        expr: {}\n        for: {}\n        keep_firing_for: {}\n        labels:\n          severity: page\n          where: {}\n        annotations:\n          summary: {}\n",
-                q(EXPRS[rng.random_range(0..EXPRS.len())]),
+                common::yaml_quote(EXPRS[rng.random_range(0..EXPRS.len())]),
                 DURS[rng.random_range(0..DURS.len())],
                 DURS[rng.random_range(0..DURS.len())],
-                q("{{ $labels.instance }}-x"),
-                q(ANNOTATIONS[rng.random_range(0..ANNOTATIONS.len())]),
+                common::yaml_quote("{{ $labels.instance }}-x"),
+                common::yaml_quote(ANNOTATIONS[rng.random_range(0..ANNOTATIONS.len())]),
             );
             names.push(name);
         }
@@ -186,19 +168,16 @@ fn random_alert_rules_agree_with_promtool() {
                 for a in mine {
                     tests.push_str("          - exp_labels:\n");
                     for (k, v) in a.labels.iter().filter(|(k, _)| *k != "alertname") {
-                        let _ = writeln!(tests, "              {k}: {}", q(v));
+                        let _ = writeln!(tests, "              {k}: {}", common::yaml_quote(v));
                     }
                     tests.push_str("            exp_annotations:\n");
                     for (k, v) in &a.annotations {
-                        let _ = writeln!(tests, "              {k}: {}", q(v));
+                        let _ = writeln!(tests, "              {k}: {}", common::yaml_quote(v));
                     }
                 }
             }
         }
-        let mut input = String::new();
-        for (s, v) in &series {
-            let _ = writeln!(input, "      - series: {}\n        values: {}", q(s), q(v));
-        }
+        let input = common::input_series(series.iter().map(|(s, v)| (s.as_str(), v.as_str())));
         let test_file = format!(
             "rule_files: [random.rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    external_labels:\n      dc: eu1\n    input_series:\n{input}    alert_rule_test:\n{tests}"
         );

@@ -3,12 +3,14 @@
 //! verdict: files named `*_test.yml` must pass in both, files named
 //! `*_fail.yml` must fail in both.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common;
 use nodewatch_aggregator::rules::unittest::{check_rule_files, run_test_files};
+
+/// What a missing promtool makes this module skip.
+const SKIPPING: &str = "the comparison with real Prometheus";
 
 fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules")
@@ -22,21 +24,6 @@ fn files(suffix: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// `Some(path)` of promtool, or `None` (a failure under `CI=true`).
-fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = "promtool not found on PATH (install the `prometheus` package); skipping the comparison with real Prometheus";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("{msg}");
-    }
-    found
 }
 
 fn ours(path: &Path) -> (i32, String) {
@@ -70,7 +57,7 @@ fn passing_test_files_pass_in_promtool_and_here() {
         "expected rule test files in {}",
         rules_dir().display()
     );
-    let pt = promtool();
+    let pt = common::promtool(SKIPPING);
     let mut problems = Vec::new();
     for f in &passing {
         if let Some(pt) = &pt {
@@ -91,7 +78,7 @@ fn passing_test_files_pass_in_promtool_and_here() {
 fn failing_test_files_fail_in_promtool_and_here() {
     let failing = files("_fail.yml");
     assert!(!failing.is_empty());
-    let pt = promtool();
+    let pt = common::promtool(SKIPPING);
     for f in &failing {
         if let Some(pt) = &pt {
             let (code, out) = theirs(pt, f);
@@ -111,7 +98,7 @@ fn failing_test_files_fail_in_promtool_and_here() {
 #[test]
 fn rule_files_check_like_promtool() {
     let rule_files = files(".rules.yml");
-    let pt = promtool();
+    let pt = common::promtool(SKIPPING);
     for f in &rule_files {
         let mut out = Vec::new();
         let code = check_rule_files(std::slice::from_ref(f), &mut out);
@@ -158,7 +145,9 @@ fn unordered_duplicates(line: &str) -> String {
 /// stderr interleave.
 #[test]
 fn failure_report_matches_promtool() {
-    let Some(pt) = promtool() else { return };
+    let Some(pt) = common::promtool(SKIPPING) else {
+        return;
+    };
     for f in files("_fail.yml") {
         let keep = |s: &str| {
             let mut v: Vec<String> = s

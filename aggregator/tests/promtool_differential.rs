@@ -5,14 +5,13 @@
 //! `real_disagreements`). Expressions whose answer contains NaN (which
 //! promtool 2.x never considers equal) or that fail here are left out.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 // Exact equality first, then a relative tolerance.
 #![allow(clippy::float_cmp)]
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::Command;
 
+use crate::common;
 use nodewatch_aggregator::promql::{Engine, Labels, MemStorage, Value};
 use nodewatch_aggregator::rules::unittest::parse_series_description;
 use rand::rngs::StdRng;
@@ -84,46 +83,22 @@ const VECTORS: &[&str] = &[
     "info",
 ];
 const RANGES: &[&str] = &["1m", "2m", "3m", "5m", "7m", "10m"];
-const RANGE_FUNCS: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "delta",
-    "idelta",
-    "deriv",
-    "changes",
-    "resets",
-    "avg_over_time",
-    "min_over_time",
-    "max_over_time",
-    "sum_over_time",
-    "count_over_time",
-    "last_over_time",
-    "present_over_time",
-    "stddev_over_time",
-    "stdvar_over_time",
-];
-const FUNCS: &[&str] = &[
-    "abs",
-    "ceil",
-    "floor",
-    "exp",
-    "sqrt",
-    "ln",
-    "log2",
-    "log10",
-    "sgn",
-    "timestamp",
-    "sort",
-    "sort_desc",
-    "hour",
-    "minute",
-    "day_of_week",
-    "month",
-    "year",
-    "days_in_month",
-    "day_of_month",
-];
+const RANGE_FUNCS: &[&str] = &common::RANGE_FUNCS;
+const FUNCS: &[&str] = &common::concat::<19>(&[
+    &common::MATH_FUNCS,
+    &[
+        "timestamp",
+        "sort",
+        "sort_desc",
+        "hour",
+        "minute",
+        "day_of_week",
+        "month",
+        "year",
+        "days_in_month",
+        "day_of_month",
+    ],
+]);
 const AGGS: &[&str] = &[
     "sum", "avg", "min", "max", "count", "stddev", "stdvar", "group",
 ];
@@ -308,27 +283,11 @@ fn yaml_float(v: f64) -> String {
     }
 }
 
-fn yaml_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let msg = "promtool not found on PATH (install the `prometheus` package); skipping the differential test";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
-        eprintln!("{msg}");
-    }
-    found
-}
-
 #[test]
 fn random_expressions_agree_with_promtool() {
-    let Some(pt) = promtool() else { return };
+    let Some(pt) = common::promtool("the differential test") else {
+        return;
+    };
     let mut storage = MemStorage::new();
     for (series, values) in SERIES {
         let (labels, vals) = parse_series_description(series, values).unwrap();
@@ -382,7 +341,7 @@ fn random_expressions_agree_with_promtool() {
         let _ = writeln!(
             cases,
             "      - expr: {}\n        eval_time: {}ms",
-            yaml_quote(&expr),
+            common::yaml_quote(&expr),
             t_ms
         );
         if v.is_empty() {
@@ -394,21 +353,13 @@ fn random_expressions_agree_with_promtool() {
                 let _ = writeln!(
                     cases,
                     "          - labels: {}\n            value: {}",
-                    yaml_quote(&l.to_string()),
+                    common::yaml_quote(&l.to_string()),
                     yaml_float(s.v)
                 );
             }
         }
     }
-    let mut input = String::new();
-    for (series, values) in SERIES {
-        let _ = writeln!(
-            input,
-            "      - series: {}\n        values: {}",
-            yaml_quote(series),
-            yaml_quote(values)
-        );
-    }
+    let input = common::input_series(SERIES.iter().copied());
     let file = format!(
         "evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{input}    promql_expr_test:\n{cases}"
     );

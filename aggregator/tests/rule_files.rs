@@ -2,8 +2,6 @@
 //! the file, line, group, rule and field; and the group evaluator's alert
 //! life cycle as the notifier sees it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write as _;
 use std::path::PathBuf;
 

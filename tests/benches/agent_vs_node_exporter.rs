@@ -64,6 +64,10 @@ fn ebpf_attached(agg: &Aggregator, node: &str) -> usize {
         .count()
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run: peers, load, measure, record"
+)]
 fn main() {
     let Some(ne) =
         find_program("prometheus-node-exporter").or_else(|| find_program("node_exporter"))

@@ -24,8 +24,8 @@ use nodewatch_proto::v1::{
     agent_frame, event, AgentFrame, Batch, Event, Hello, Label, OomKill, Sample, SeriesDef,
 };
 use nodewatch_tests::{
-    channel, find_program, free_port, http_get, missing, peer_name, spawn, start_alertmanager_with,
-    wait_for, Aggregator, AlertmanagerOptions, BenchResult, Better, Pki, Webhook,
+    channel, peer_name, prometheus, start_alertmanager_with, Aggregator, AlertmanagerOptions,
+    BenchResult, Better, Pki, Webhook,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -99,9 +99,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run: peers, load, measure, record"
+)]
 fn main() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let Some(prometheus) = nodewatch_tests::prometheus::program() else {
+        return;
     };
     let pki = Pki::new();
     let dir = pki.dir.path().to_path_buf();
@@ -138,33 +142,20 @@ fn main() {
         "groups:\n  - name: bench\n    rules:\n      - alert: ProbeProm\n        expr: bench_probe == 1\n",
     )
     .unwrap();
-    let prom_cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &prom_cfg,
-        format!(
-            "global: {{scrape_interval: 15s, evaluation_interval: 15s}}\nrule_files: ['{}']\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am_addr}']}}]\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    static_configs: [{{targets: ['{}']}}]\n",
-            prom_rules.display(),
-            agg.http
-        ),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let _prom = spawn(
-        &prometheus,
-        &[
-            &format!("--config.file={}", prom_cfg.display()),
-            &format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
-            &format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-        &dir,
-        "prometheus",
+    let prom_cfg = format!(
+        "global: {{scrape_interval: 15s, evaluation_interval: 15s}}\nrule_files: ['{}']\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am_addr}']}}]\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    static_configs: [{{targets: ['{}']}}]\n",
+        prom_rules.display(),
+        agg.http
     );
-    let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
-    wait_for(Duration::from_mins(1), "prometheus ready", || {
-        http_get(prom_addr, "/-/ready")
-            .ok()
-            .filter(|(s, _)| *s == 200)
-    });
+    let (_prom, _) = prometheus::start(
+        &prometheus,
+        &dir,
+        &prometheus::Options {
+            name: "prometheus",
+            config: &prom_cfg,
+            ..Default::default()
+        },
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let files = pki.node("bench");

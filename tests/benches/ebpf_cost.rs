@@ -274,6 +274,10 @@ fn rates(a: &(Instant, Costs), b: &(Instant, Costs)) -> BTreeMap<String, (f64, f
         .collect()
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run: peers, load, measure, record"
+)]
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
         return missing("root (BPF, loop devices)");

@@ -45,7 +45,7 @@ use nodewatch_proto::v1::{
     agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, QueryRequest, Sample, SeriesDef,
 };
 use nodewatch_tests::{
-    channel, find_program, free_port, http_get, missing, peer_name, spawn, victoria, wait_for,
+    channel, find_program, http_get, missing, peer_name, prometheus, victoria, wait_for,
     Aggregator, BenchResult, Better, Pki,
 };
 
@@ -165,6 +165,10 @@ fn frac(seed: u64) -> f64 {
 }
 
 /// The ~300 series of one node.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the table of series one simulated node exports, an entry each"
+)]
 fn node_series(node: usize) -> Vec<SeriesSpec> {
     let mut out = Vec::new();
     let n = node as u64;
@@ -491,9 +495,13 @@ fn prom_fetch(addr: std::net::SocketAddr, expr: &str, t_s: i64) -> (Duration, us
     (took, v["data"]["result"].as_array().map_or(1, Vec::len))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run: peers, load, measure, record"
+)]
 fn main() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let Some(prometheus) = nodewatch_tests::prometheus::program() else {
+        return;
     };
     let Some(promtool) = find_program("promtool") else {
         return missing("promtool (Debian package `prometheus`)");
@@ -547,24 +555,17 @@ fn main() {
     );
     std::fs::remove_file(&om).unwrap();
     eprintln!("promtool blocks: {:?}", t0.elapsed());
-    let port = free_port();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(&cfg, "global: {}\n").unwrap();
-    let _prom = spawn(
+    let (_prom, paddr) = prometheus::start(
         &prometheus,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", data.display()),
-            "--storage.tsdb.retention.time=1d",
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
         &dir,
-        "prometheus",
+        &prometheus::Options {
+            name: "prometheus",
+            config: "global: {}\n",
+            data: Some(&data),
+            args: &["--storage.tsdb.retention.time=1d"],
+            ..Default::default()
+        },
     );
-    let paddr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for(Duration::from_mins(2), "prometheus ready", || {
-        http_get(paddr, "/-/ready").ok().filter(|(s, _)| *s == 200)
-    });
 
     // VictoriaMetrics: the same samples through its import API.
     let t0 = Instant::now();

@@ -39,8 +39,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, find_program, free_port, http_get, missing, peer_name, spawn, victoria, wait_for,
-    Aggregator, BenchResult, Better, Pki, Proc,
+    bin, find_program, http_get, missing, peer_name, prometheus, victoria, Aggregator, BenchResult,
+    Better, Pki, Proc,
 };
 
 const SERIES_PER_NODE: usize = 1500;
@@ -103,29 +103,18 @@ fn metric(body: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// A Prometheus receiving remote write, its files named after `tag`.
 fn start_prometheus(bin: &std::path::Path, dir: &std::path::Path, tag: &str) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let cfg = dir.join(format!("prometheus-{tag}.yml"));
-    std::fs::write(&cfg, "global:\n  evaluation_interval: 1m\n").unwrap();
-    let p = spawn(
+    prometheus::start(
         bin,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!(
-                "--storage.tsdb.path={}",
-                dir.join(format!("tsdb-{tag}")).display()
-            ),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-            "--web.enable-remote-write-receiver",
-        ],
         dir,
-        &format!("prometheus-{tag}"),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for(Duration::from_secs(30), "prometheus ready", || {
-        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
-    });
-    (p, addr)
+        &prometheus::Options {
+            name: &format!("prometheus-{tag}"),
+            config: "global:\n  evaluation_interval: 1m\n",
+            args: &["--web.enable-remote-write-receiver"],
+            ..Default::default()
+        },
+    )
 }
 
 fn held(r: &serde_json::Value) -> bool {
@@ -194,9 +183,13 @@ fn best(steps: &[Step]) -> (usize, f64) {
         .unwrap_or((0, 0.0))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run: peers, load, measure, record"
+)]
 fn main() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let Some(prometheus) = nodewatch_tests::prometheus::program() else {
+        return;
     };
     let Some(vm_bin) = find_program(victoria::PROGRAM) else {
         return missing("victoria-metrics (Debian package `victoria-metrics`)");

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{free_port, http_get, spawn, wait_for, Proc};
+use crate::{free_port, http_get, parse_response, spawn, wait_for, Proc};
 
 /// The program's name on Debian.
 pub const PROGRAM: &str = "victoria-metrics";
@@ -79,16 +79,7 @@ pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> std::io::Result<(u16, 
     s.write_all(body)?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok(parse_response(&raw))
 }
 
 /// Makes everything imported so far searchable (`/internal/force_flush`).

@@ -1,12 +1,12 @@
 //! Alert rules in Prometheus' format evaluated by the real aggregator, alerts
 //! delivered to a real Alertmanager, which calls a webhook in the test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use nodewatch_tests::{
     bin, free_port, http_get, start_agent, start_alertmanager, start_alertmanager_with, wait_for,
-    Aggregator, AlertmanagerOptions, Pki, Webhook,
+    Aggregator, AlertmanagerOptions, Pki, Proc, Webhook,
 };
 
 /// Writes a one-group rule file (1 s interval) with `rules` (YAML list items).
@@ -26,6 +26,21 @@ fn alerting_config(rules: &std::path::Path, alertmanagers: &str) -> String {
         "rule_files: ['{}']\nalerting:\n  alertmanagers: [{alertmanagers}]\n  resend_delay: 1s\n",
         rules.display()
     )
+}
+
+/// A webhook, a real Alertmanager notifying it, and the configuration of an
+/// aggregator evaluating `rules` (a one-group file `name`) and sending to
+/// that Alertmanager, with Alertmanager's address. `None` where Alertmanager is missing.
+fn to_alertmanager(
+    pki: &Pki,
+    name: &str,
+    rules: &str,
+) -> Option<(Webhook, Proc, SocketAddr, String)> {
+    let hook = Webhook::start();
+    let (am, am_addr) = start_alertmanager(pki.dir.path(), &hook)?;
+    let rules = rule_file(pki, name, rules);
+    let cfg = alerting_config(&rules, &format!("'http://{am_addr}'"));
+    Some((hook, am, am_addr, cfg))
 }
 
 /// The alerts of one webhook body: (alertname, status).
@@ -58,6 +73,7 @@ fn notifications(hook: &Webhook, alertname: &str, status: &str) -> usize {
 
 #[test]
 fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let dir = pki.dir.path();
     let hook = Webhook::start();
@@ -121,16 +137,11 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
     // The CLI shows it firing, and the recording rule's series is queryable.
     let ops = pki.operator("ops");
     let cli = |args: &[&str]| {
-        let out = nodewatch_tests::operator_cli(&ops, &agg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = nodewatch_tests::cli_output(
+            nodewatch_tests::operator_cli(&ops, &agg).args(args),
+            "nodewatch",
         );
-        String::from_utf8(out.stdout).unwrap()
+        String::from_utf8(out).unwrap()
     };
     let alerts: serde_json::Value = serde_json::from_str(&cli(&["alerts", "-o", "json"])).unwrap();
     assert_eq!(alerts[0]["state"], "firing");
@@ -153,6 +164,7 @@ fn alerts_reach_a_real_alertmanager_with_labels_and_annotations() {
 
 #[test]
 fn check_rules_and_test_rules_work_like_promtool() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let dir = pki.dir.path();
     let good = dir.join("good.yml");
@@ -208,6 +220,7 @@ fn check_rules_and_test_rules_work_like_promtool() {
 
 #[test]
 fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let rules = pki.path("rules.yml");
     std::fs::write(&rules, "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - record: seen:load1\n        expr: node_load1\n").unwrap();
@@ -252,23 +265,18 @@ fn a_bad_rule_file_on_reload_keeps_the_old_rules() {
 
 #[test]
 fn a_cleared_condition_reaches_the_webhook_as_resolved() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
-    let hook = Webhook::start();
-    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
-        return;
-    };
     // True for the first 5 s of every 10 s: it fires, then clears on its own,
     // with no data to feed and no wall-clock race (both halves come round).
-    let rules = rule_file(
+    let Some((hook, _am, _, cfg)) = to_alertmanager(
         &pki,
         "toggle.yml",
         "      - alert: Toggle\n        expr: vector(1) and on() (vector(time()) % 10 < 5)\n",
-    );
-    let _agg = Aggregator::start(
-        &pki,
-        "agg",
-        &alerting_config(&rules, &format!("'http://{am_addr}'")),
-    );
+    ) else {
+        return;
+    };
+    let _agg = Aggregator::start(&pki, "agg", &cfg);
     let (fired, _) = wait_for(Duration::from_secs(30), "the firing alert", || {
         hook.find_all("Toggle")
             .into_iter()
@@ -296,17 +304,15 @@ fn a_cleared_condition_reaches_the_webhook_as_resolved() {
 
 #[test]
 fn two_aggregators_with_the_same_rule_give_one_notification() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
-    let hook = Webhook::start();
-    let Some((_am, am_addr)) = start_alertmanager(pki.dir.path(), &hook) else {
-        return;
-    };
-    let rules = rule_file(
+    let Some((hook, _am, am_addr, cfg)) = to_alertmanager(
         &pki,
         "always.yml",
         "      - alert: BothReplicas\n        expr: vector(1)\n        labels: {severity: info}\n",
-    );
-    let cfg = alerting_config(&rules, &format!("'http://{am_addr}'"));
+    ) else {
+        return;
+    };
     let a = Aggregator::start(&pki, "agg-a", &cfg);
     let b = Aggregator::start(&pki, "agg-b", &cfg);
     // Both replicas send, each every second.
@@ -338,6 +344,7 @@ fn two_aggregators_with_the_same_rule_give_one_notification() {
 
 #[test]
 fn alerts_reach_an_alertmanager_that_comes_up_late() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let port = free_port();
@@ -388,6 +395,7 @@ fn alerts_reach_an_alertmanager_that_comes_up_late() {
 
 #[test]
 fn alerts_reach_an_alertmanager_behind_basic_auth() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     // bcrypt (cost 4, to start fast) of "nodewatch-test", as Alertmanager's
@@ -439,6 +447,7 @@ fn alerts_reach_an_alertmanager_behind_basic_auth() {
 
 #[test]
 fn alerts_reach_an_alertmanager_over_https_with_a_bearer_token_file_configured() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let hook = Webhook::start();
     let d = pki.dir.path().display();

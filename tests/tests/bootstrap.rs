@@ -7,9 +7,8 @@
 //! so a small stand-in answers `TokenReview`, `GET pod` and `GET
 //! serviceaccount` exactly as the real one does (shapes from
 //! authentication.k8s.io/v1 and core/v1).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::Duration;
@@ -103,31 +102,7 @@ fn fake_api() -> SocketAddr {
         for conn in l.incoming() {
             let Ok(mut c) = conn else { continue };
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let Ok(n) = c.read(&mut chunk) else {
-                    break (String::new(), String::new());
-                };
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((h, b)) = text.split_once("\r\n\r\n") {
-                    let len = h
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if b.len() >= len {
-                        break (h.to_string(), b[..len].to_string());
-                    }
-                }
-            };
+            let (head, body) = nodewatch_tests::read_request(&mut c).unwrap_or_default();
             let authorized = head.lines().any(|l| {
                 l.eq_ignore_ascii_case(&format!("authorization: Bearer {AGGREGATOR_SA_TOKEN}"))
             });
@@ -178,6 +153,7 @@ fn bootstrap_aggregator(pki: &Pki) -> Aggregator {
 
 #[test]
 fn an_agent_gets_the_certificate_of_the_node_its_pod_runs_on() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = bootstrap_aggregator(&pki);
     let token = pki.path("projected-token");
@@ -221,10 +197,18 @@ fn an_agent_gets_the_certificate_of_the_node_its_pod_runs_on() {
     assert_eq!(mode & 0o777, 0o600, "the key is private");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn no_token_gets_another_nodes_identity() {
-    let pki = Pki::new();
-    let agg = bootstrap_aggregator(&pki);
+/// A Bootstrap client without a certificate (all a pod has before its
+/// first certificate), the channel it uses, and the request for a
+/// certificate naming `node` with a fresh key, given a token.
+fn anonymous_bootstrap(
+    pki: &Pki,
+    agg: &Aggregator,
+    node: &str,
+) -> (
+    BootstrapClient<tonic::transport::Channel>,
+    tonic::transport::Channel,
+    impl Fn(&str) -> IssueRequest,
+) {
     let anon = tls::anonymous_client_config(&pki.path("ca.crt")).unwrap();
     let channel = tls::channel(
         &agg.target(),
@@ -233,22 +217,22 @@ async fn no_token_gets_another_nodes_identity() {
         Duration::from_secs(5),
     )
     .unwrap();
-    let mut client = BootstrapClient::new(channel.clone());
-    let (_key, csr) =
-        nodewatch_proto::certs::key_and_csr(&NodeName::new("node-b").unwrap()).unwrap();
-    let ask = |token: &str| IssueRequest {
+    let (_key, csr) = nodewatch_proto::certs::key_and_csr(&NodeName::new(node).unwrap()).unwrap();
+    let ask = move |token: &str| IssueRequest {
         token: token.into(),
         csr_pem: csr.clone(),
     };
-    // A request naming node-b with node-a's token still gets node-a: the name comes from the API server.
-    let ok = client.issue(ask("tok-a")).await.unwrap().into_inner();
-    assert_eq!(ok.node, "node-a");
-    for (token, want) in [
-        ("tok-lies", "runs on \"node-b\""),
-        ("tok-other-sa", "may not bootstrap"),
-        ("tok-other-aud", "audience"),
-        ("garbage", "invalid bearer token"),
-    ] {
+    (BootstrapClient::new(channel.clone()), channel, ask)
+}
+
+/// Each `(token, why)`: the request is refused as PermissionDenied with a
+/// message saying `why`.
+async fn assert_refused(
+    client: &mut BootstrapClient<tonic::transport::Channel>,
+    ask: &impl Fn(&str) -> IssueRequest,
+    cases: &[(&str, &str)],
+) {
+    for (token, want) in cases {
         let err = client.issue(ask(token)).await.unwrap_err();
         assert_eq!(
             err.code(),
@@ -257,6 +241,28 @@ async fn no_token_gets_another_nodes_identity() {
         );
         assert!(err.message().contains(want), "{token}: {}", err.message());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_gets_another_nodes_identity() {
+    let _host = nodewatch_tests::host_shared();
+    let pki = Pki::new();
+    let agg = bootstrap_aggregator(&pki);
+    let (mut client, channel, ask) = anonymous_bootstrap(&pki, &agg, "node-b");
+    // A request naming node-b with node-a's token still gets node-a: the name comes from the API server.
+    let ok = client.issue(ask("tok-a")).await.unwrap().into_inner();
+    assert_eq!(ok.node, "node-a");
+    assert_refused(
+        &mut client,
+        &ask,
+        &[
+            ("tok-lies", "runs on \"node-b\""),
+            ("tok-other-sa", "may not bootstrap"),
+            ("tok-other-aud", "audience"),
+            ("garbage", "invalid bearer token"),
+        ],
+    )
+    .await;
     // Connecting without a certificate is for Bootstrap only.
     let err = QueryClient::new(channel)
         .list_nodes(ListNodesRequest {})
@@ -319,6 +325,7 @@ fn counter(metrics: &str, series: &str) -> u64 {
 /// firewall connected after its first certificate has expired.
 #[test]
 fn the_firewall_gets_its_identity_from_its_service_account_and_renews() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let node_ca = node_ca(&pki);
     let mut agg = split_aggregator(&pki, "30s");
@@ -407,6 +414,7 @@ fn opnsense(file: &str) -> std::path::PathBuf {
 /// the same files.
 #[test]
 fn the_opnsense_readme_sample_and_rc_script_name_the_same_files() {
+    let _host = nodewatch_tests::host_shared();
     let sample = std::fs::read_to_string(opnsense("nodewatch-agent.yaml.sample")).unwrap();
     let readme = std::fs::read_to_string(opnsense("README.md")).unwrap();
     let rc = std::fs::read_to_string(opnsense("rc.d/nodewatch_agent")).unwrap();
@@ -451,40 +459,24 @@ fn now_secs() -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_account_without_the_node_annotation_is_refused_and_counted() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let _ = node_ca(&pki);
     let agg = split_aggregator(&pki, "1h");
-    let anon = tls::anonymous_client_config(&pki.path("ca.crt")).unwrap();
-    let channel = tls::channel(
-        &agg.target(),
-        Reloadable::new(anon),
-        Some("localhost".into()),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let mut client = BootstrapClient::new(channel);
-    let (_key, csr) =
-        nodewatch_proto::certs::key_and_csr(&NodeName::new("talos-1").unwrap()).unwrap();
-    let ask = |token: &str| IssueRequest {
-        token: token.into(),
-        csr_pem: csr.clone(),
-    };
+    let (mut client, _, ask) = anonymous_bootstrap(&pki, &agg, "talos-1");
     // The request's name (talos-1) is ignored: the annotation says opnsense.
     let ok = client.issue(ask("tok-fw")).await.unwrap().into_inner();
     assert_eq!(ok.node, "opnsense");
-    for (token, want) in [
-        ("tok-bare", "no nodewatch.io/node-name annotation"),
-        ("tok-fw-old", "the token was issued to uid-fw-deleted"),
-        ("tok-agent-unbound", "names no node"),
-    ] {
-        let err = client.issue(ask(token)).await.unwrap_err();
-        assert_eq!(
-            err.code(),
-            tonic::Code::PermissionDenied,
-            "{token}: {err:?}"
-        );
-        assert!(err.message().contains(want), "{token}: {}", err.message());
-    }
+    assert_refused(
+        &mut client,
+        &ask,
+        &[
+            ("tok-bare", "no nodewatch.io/node-name annotation"),
+            ("tok-fw-old", "the token was issued to uid-fw-deleted"),
+            ("tok-agent-unbound", "names no node"),
+        ],
+    )
+    .await;
     let metrics = agg.metrics();
     assert_eq!(
         counter(
@@ -509,6 +501,7 @@ async fn a_service_account_without_the_node_annotation_is_refused_and_counted() 
 /// CA's nodes are accepted.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_issuing_key_cannot_make_an_operator() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let node_ca = node_ca(&pki);
     let agg = split_aggregator(&pki, "1h");

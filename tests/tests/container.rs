@@ -168,6 +168,10 @@ struct PodSpec {
     capabilities: Vec<String>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the pod spec as the manifests write it, field by field"
+)]
 fn agent_pod(without: Option<&str>, node: &str, volumes: &BTreeMap<String, PathBuf>) -> PodSpec {
     let ds = yaml_docs("deploy/kubernetes/agent-daemonset.yaml")
         .into_iter()
@@ -496,6 +500,10 @@ const NOT_NEEDED_HERE: [(&str, &str); 2] = [
 
 const BINARIES: [&str; 3] = ["nodewatch-agent", "nodewatch-aggregator", "nodewatch"];
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the image's checks, one per property the manifests rely on"
+)]
 fn check_image(u: &Unpacked, arch: &str) {
     let expected: BTreeMap<&str, &str> = [
         ("etc", "drwxr-xr-x 0/0"),
@@ -696,6 +704,7 @@ fn start_agent(
     (name, health, keep, spec)
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn image_runs_as_the_manifests_describe() {
     if let Err(what) = container_prerequisites() {

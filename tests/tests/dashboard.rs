@@ -8,11 +8,9 @@
 //! FreeBSD's; pool health needs a ZFS pool) is checked against the agent's
 //! own source instead: the collector that emits the name must exist. Their
 //! values are tested on captured output in the collectors' unit tests.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nodewatch_proto::certs::Leaf;
@@ -129,6 +127,7 @@ const PLATFORM_ONLY: &[(&str, &str)] = &[
 
 #[test]
 fn every_dashboard_metric_is_exposed() {
+    let _host = nodewatch_tests::host_exclusive();
     if !nix::unistd::Uid::effective().is_root() {
         return missing("root (eBPF programs and a memory cgroup)");
     }
@@ -191,16 +190,7 @@ fn every_dashboard_metric_is_exposed() {
     let Some(cg) = MemCgroup::new("dashboard", 32 << 20) else {
         return missing("a memory cgroup");
     };
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec tail /dev/zero",
-            cg.dir.join("cgroup.procs").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = cg.hog().wait().unwrap();
     assert!(!status.success(), "tail was not killed");
 
     let mut last_missing = Vec::new();

@@ -5,7 +5,6 @@
 //! with the real `promtool`, the agent and aggregator configs with the
 //! binaries' own config types, and the invariants the design demands of the
 //! `DaemonSet`, the aggregators and the bootstrap trust chain.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -183,6 +182,7 @@ fn set_images(docs: &mut [Doc], images: &[Value]) {
 /// digest in one place.
 #[test]
 fn image_is_named_once_at_the_workspace_version() {
+    let _host = nodewatch_tests::host_shared();
     let dir = deploy("kubernetes");
     let k = &load_docs(&dir.join("kustomization.yaml"))[0].value;
     let images = seq(&k["images"]);
@@ -258,6 +258,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 
 #[test]
 fn base_renders_every_file_with_namespaced_objects() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let mut seen = BTreeSet::new();
     for d in &docs {
@@ -311,6 +312,7 @@ fn base_renders_every_file_with_namespaced_objects() {
 
 #[test]
 fn builtin_objects_validate_against_kubernetes_1_33() {
+    let _host = nodewatch_tests::host_shared();
     // The console script, or the module where pip put no script on PATH.
     let validator = find_program("kubernetes-validate")
         .map(|p| (p, vec![]))
@@ -405,6 +407,7 @@ sys.exit(1 if bad else 0)
 
 #[test]
 fn custom_resources_validate_against_their_crds() {
+    let _host = nodewatch_tests::host_shared();
     let mut docs: Vec<Doc> = render().into_iter().filter(Doc::is_custom).collect();
     docs.extend(flux_docs());
     // Required fields, checked here whatever is installed.
@@ -474,6 +477,7 @@ fn custom_resources_validate_against_their_crds() {
 
 #[test]
 fn rule_pack_passes_promtool_and_matches_the_prometheus_rule() {
+    let _host = nodewatch_tests::host_shared();
     let rules_file = deploy("rules/nodewatch.rules.yml");
     let rules = &load_docs(&rules_file)[0].value;
     let docs = render();
@@ -543,6 +547,7 @@ fn rule_pack_passes_promtool_and_matches_the_prometheus_rule() {
 
 #[test]
 fn dashboard_is_embedded_and_its_queries_parse() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let cm = find(&docs, "ConfigMap", "nodewatch-dashboard");
     assert_eq!(
@@ -638,8 +643,10 @@ fn mounted(c: &Value, file: &str) -> bool {
     })
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn agent_daemonset_meets_the_design() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let ds = find(&docs, "DaemonSet", "nodewatch-agent");
     let spec = &ds["spec"];
@@ -753,6 +760,7 @@ fn agent_daemonset_meets_the_design() {
 
 #[test]
 fn aggregator_is_restricted_redundant_and_scraped() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let sts = find(&docs, "StatefulSet", "nodewatch-aggregator");
     let spec = &sts["spec"];
@@ -867,8 +875,10 @@ fn covers(pattern: &str, host: &str) -> bool {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn configs_parse_with_the_binaries_own_types_and_match_the_pods() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
 
     // Agent.
@@ -1015,8 +1025,10 @@ fn configs_parse_with_the_binaries_own_types_and_match_the_pods() {
         .ends_with(&format!(":{}", port_of("http-metrics"))));
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn bootstrap_trust_chain_is_wired() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let ds_pod = &find(&docs, "DaemonSet", "nodewatch-agent")["spec"]["template"]["spec"];
     assert_eq!(
@@ -1185,6 +1197,7 @@ fn bootstrap_trust_chain_is_wired() {
 
 #[test]
 fn flux_kustomization_points_at_the_base() {
+    let _host = nodewatch_tests::host_shared();
     let docs = flux_docs();
     let ks = find(&docs, "Kustomization", "nodewatch");
     let s = &ks["spec"];
@@ -1231,6 +1244,7 @@ fn flux_kustomization_points_at_the_base() {
 #[test]
 fn rule_pack_passes_the_aggregators_own_engine() {
     use nodewatch_aggregator::rules::unittest::{check_rule_files, run_test_files};
+    let _host = nodewatch_tests::host_shared();
     let mut out = Vec::new();
     let code = check_rule_files(&[deploy("rules/nodewatch.rules.yml")], &mut out);
     let text = String::from_utf8_lossy(&out);
@@ -1330,6 +1344,23 @@ fn kustomize() -> Option<(PathBuf, PathBuf)> {
 fn relative(from: &Path, to: &Path) -> String {
     let up = "../".repeat(from.components().count() - 1);
     format!("{up}{}", to.strip_prefix("/").unwrap().display())
+}
+
+/// [`kustomize`] where it can run; `None` after [`missing`] otherwise.
+fn kustomize_or_missing() -> Option<(PathBuf, PathBuf)> {
+    let found = kustomize();
+    if found.is_none() {
+        missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    }
+    found
+}
+
+/// `components` built by kustomize, with Flux's substitutions made.
+fn build_substituted(python: &Path, lib: &Path, components: &[&str]) -> Vec<Doc> {
+    kustomize_build(python, lib, components)
+        .iter()
+        .map(flux_substitute)
+        .collect()
 }
 
 /// Builds the base with `components` through kustomize, as an overlay (or
@@ -1447,6 +1478,7 @@ fn python_check(python: &Path, script: &str, args: &[&Path], docs: &[&Doc]) {
 /// holds `${` at all.
 #[test]
 fn objects_with_dollar_braces_are_flux_safe() {
+    let _host = nodewatch_tests::host_shared();
     let docs = render();
     let mut disabled = 0;
     for d in &docs {
@@ -1471,6 +1503,7 @@ fn objects_with_dollar_braces_are_flux_safe() {
 
 #[test]
 fn components_are_kustomize_components_that_kustomize_builds() {
+    let _host = nodewatch_tests::host_shared();
     let dir = deploy("kubernetes/components");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -1501,8 +1534,8 @@ fn components_are_kustomize_components_that_kustomize_builds() {
             }
         }
     }
-    let Some((python, lib)) = kustomize() else {
-        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    let Some((python, lib)) = kustomize_or_missing() else {
+        return;
     };
     // kustomize builds the base exactly as this file's renderer does.
     let built = kustomize_build(&python, &lib, &[]);
@@ -1524,13 +1557,11 @@ fn components_are_kustomize_components_that_kustomize_builds() {
 /// object valid against Kubernetes 1.33 and cert-manager's CRD.
 #[test]
 fn firewall_component_builds_and_validates() {
-    let Some((python, lib)) = kustomize() else {
-        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    let _host = nodewatch_tests::host_shared();
+    let Some((python, lib)) = kustomize_or_missing() else {
+        return;
     };
-    let docs: Vec<Doc> = kustomize_build(&python, &lib, &["firewall"])
-        .iter()
-        .map(flux_substitute)
-        .collect();
+    let docs: Vec<Doc> = build_substituted(&python, &lib, &["firewall"]);
     assert!(
         !docs
             .iter()
@@ -1629,13 +1660,11 @@ fn firewall_component_builds_and_validates() {
 
 #[test]
 fn network_policy_components_admit_only_agents_prometheus_and_operators() {
-    let Some((python, lib)) = kustomize() else {
-        return missing(&format!("kustomize's library ({KUSTOMIZE_INSTALL})"));
+    let _host = nodewatch_tests::host_shared();
+    let Some((python, lib)) = kustomize_or_missing() else {
+        return;
     };
-    let plain: Vec<Doc> = kustomize_build(&python, &lib, &["network-policy"])
-        .iter()
-        .map(flux_substitute)
-        .collect();
+    let plain: Vec<Doc> = build_substituted(&python, &lib, &["network-policy"]);
     let np = find(&plain, "NetworkPolicy", "nodewatch-aggregator");
     assert_eq!(
         np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
@@ -1671,10 +1700,7 @@ fn network_policy_components_admit_only_agents_prometheus_and_operators() {
     );
     assert_eq!(ports(&rules[2]), [9464]);
 
-    let cilium: Vec<Doc> = kustomize_build(&python, &lib, &["cilium-network-policy"])
-        .iter()
-        .map(flux_substitute)
-        .collect();
+    let cilium: Vec<Doc> = build_substituted(&python, &lib, &["cilium-network-policy"]);
     let cnp = find(&cilium, "CiliumNetworkPolicy", "nodewatch-aggregator");
     let rules = seq(&cnp["spec"]["ingress"]);
     let ports = |r: &Value| -> Vec<String> {

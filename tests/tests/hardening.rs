@@ -3,7 +3,6 @@
 //! anonymous Bootstrap flood, nodes sending names reserved to the aggregator
 //! and to Prometheus, key file modes, listen defaults and the CLI's words for
 //! a refused certificate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,8 +92,10 @@ fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 /// everything arrives. Then a short ENOSPC (another file takes the space)
 /// with the aggregator stopped, space returning, and an agent `kill -9`:
 /// nothing lost, nothing stored twice, no seq handed out twice.
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn full_disk_loses_nothing_and_reuses_no_seq() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let Some(fs) = Tmpfs::mount(&pki.path("spool-tmpfs"), "2m") else {
         missing("a tmpfs mount (needs root)");
@@ -276,6 +277,7 @@ async fn half_open_flood(
 /// reconnects promptly, and an operator's CLI call gets through.
 #[test]
 fn a_half_open_flood_does_not_keep_agents_or_operators_out() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let mut agent = start_agent_env(&pki, "n1", &pki.node("n1"), &[&agg], "", &[]);
@@ -446,6 +448,7 @@ async fn hostile_stream(
 /// back when the streams close.
 #[test]
 fn a_node_opening_many_streams_cannot_inflate_the_aggregator() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let pid = agg.proc.child.id();
@@ -511,6 +514,7 @@ fn a_node_opening_many_streams_cannot_inflate_the_aggregator() {
 /// Issue 16, finding 7: a node sending series named `ALERTS`, `up`,
 /// `scrape_*`, `nodewatch_aggregator_*` or what a recording rule writes
 /// gets each refused by name and counted; its other series are stored.
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn names_reserved_to_prometheus_and_the_aggregator_are_refused_per_series() {
     use nodewatch_proto::v1::ingest_client::IngestClient;
@@ -518,6 +522,7 @@ fn names_reserved_to_prometheus_and_the_aggregator_are_refused_per_series() {
         agent_frame, aggregator_frame, AgentFrame, Batch, Hello, Label, Sample, SeriesDef,
     };
     use tokio_stream::StreamExt;
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let rules = pki.path("rules.yaml");
     std::fs::write(
@@ -685,6 +690,7 @@ while select.select([fd], [], [], 3.0)[0]:
 #[test]
 fn key_files_are_private_from_their_creation() {
     use std::io::BufRead;
+    let _host = nodewatch_tests::host_exclusive();
     let Some(python) = nodewatch_tests::find_program("python3") else {
         missing("python3 (to watch with inotify)");
         return;
@@ -754,6 +760,7 @@ fn key_files_are_private_from_their_creation() {
 /// loopback only; the Kubernetes manifest says `0.0.0.0` itself.
 #[test]
 fn the_aggregator_listens_on_loopback_unless_told_otherwise() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let d = pki.dir.path().display();
     let path = pki.path("no-listen.yaml");
@@ -844,6 +851,7 @@ fn an_anonymous_bootstrap_flood_is_not_amplified() {
     use nodewatch_proto::v1::bootstrap_client::BootstrapClient;
     use nodewatch_proto::v1::IssueRequest;
     use std::sync::atomic::Ordering;
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let (api, reviews, largest) = counting_api();
     let token_file = pki.path("aggregator-sa-token");
@@ -942,6 +950,7 @@ fn an_anonymous_bootstrap_flood_is_not_amplified() {
 /// cancelled".
 #[test]
 fn the_cli_says_when_the_aggregator_refused_its_certificate() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let other = Pki::new();

@@ -1,7 +1,7 @@
 //! Real aggregator and agent processes over mutual TLS with certificates made
 //! at test time: data arrives with the node label; every wrong identity is
 //! refused; bad frames get clear errors and hurt nobody else.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+#![allow(clippy::missing_panics_doc)]
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -117,6 +117,7 @@ async fn query(agg: &Aggregator, pki: &Pki, expr: &str) -> Vec<nodewatch_proto::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_series_arrive_with_node_label_and_nodes_lists_it() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let _agent = start_agent(&pki, "n1", &[&agg], "");
@@ -180,6 +181,7 @@ async fn agent_series_arrive_with_node_label_and_nodes_lists_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_from_another_ca_is_refused() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let other = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
@@ -209,36 +211,39 @@ async fn certificate_from_another_ca_is_refused() {
     assert_refused(&agg, "unknown_ca");
 }
 
+/// `err` is PermissionDenied, with a message saying `says`.
+fn assert_denied(err: &tonic::Status, says: &str) {
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(says), "{}", err.message());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn node_certificate_may_not_query() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let mut q = QueryClient::new(channel(&agg, &pki.node("n1")));
     let err = q.list_nodes(ListNodesRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("may not Query"), "{}", err.message());
+    assert_denied(&err, "may not Query");
     assert_refused(&agg, "role");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_certificate_may_not_ingest() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let err = match RawStream::open(&agg, &pki.operator("ops"), hello("ops")).await {
         Err(s) => s,
         Ok(mut s) => s.next().await.unwrap_err(),
     };
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains("may not Ingest"),
-        "{}",
-        err.message()
-    );
+    assert_denied(&err, "may not Ingest");
     assert_refused(&agg, "role");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hello_naming_another_node_is_refused() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     // The refusal arrives as an error frame then a PermissionDenied status, or
@@ -294,6 +299,7 @@ fn check_identity_status(status: &tonic::Status) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_client_is_refused() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))
@@ -346,6 +352,7 @@ fn assert_refused(agg: &Aggregator, reason: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_not_yet_valid_is_refused() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let now = nodewatch_proto::certs::OffsetDateTime::now_utc();
@@ -363,6 +370,7 @@ async fn a_certificate_not_yet_valid_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls12_only_client_is_refused() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let ops = pki.operator("old-client");
@@ -397,8 +405,10 @@ async fn a_tls12_only_client_is_refused() {
     assert_refused(&agg, "protocol_version");
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_frames_get_clear_errors_and_hurt_nobody() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "limits:\n  max_frame_bytes: 65536\n");
     // A well-behaved node streams alongside.
@@ -538,6 +548,7 @@ async fn bad_frames_get_clear_errors_and_hurt_nobody() {
 
 #[test]
 fn unknown_config_keys_are_named() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let cfg = pki.path("bad.yaml");
     std::fs::write(&cfg, "listen:\n  grpc: 127.0.0.1:0\n  htp: 127.0.0.1:0\n").unwrap();
@@ -577,18 +588,15 @@ fn unknown_config_keys_are_named() {
 
 #[test]
 fn the_opnsense_sample_config_is_accepted_by_the_agent() {
+    let _host = nodewatch_tests::host_shared();
     let sample = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/opnsense/nodewatch-agent.yaml.sample"
     );
-    let out = std::process::Command::new(nodewatch_tests::bin("nodewatch-agent"))
-        .args(["--config", sample, "--once"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = nodewatch_tests::cli_output(
+        std::process::Command::new(nodewatch_tests::bin("nodewatch-agent"))
+            .args(["--config", sample, "--once"]),
+        "nodewatch-agent",
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("node_load1"));
+    assert!(String::from_utf8_lossy(&out).contains("node_load1"));
 }

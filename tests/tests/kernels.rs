@@ -552,6 +552,10 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one guest kernel's checks in the order the guest reports them"
+)]
 fn guest_kernel(k: &GuestKernel) {
     if !selected(k.name) {
         eprintln!("SKIP: kernel {} not in NODEWATCH_KERNELS", k.name);

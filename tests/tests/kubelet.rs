@@ -10,7 +10,6 @@
 //! `GET /api/v1/nodes/<node>` with the fixtures in
 //! `tests/fixtures/kubernetes/` and refuse the fallback pod list with 403,
 //! as an API server does for a ServiceAccount without `list pods`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -72,8 +71,10 @@ fn close(a: Option<f64>, b: f64) -> bool {
     a.is_some_and(|a| (a - b).abs() < 1e-9 * b.abs().max(1.0))
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn kubelet_and_node_figures_reach_the_aggregator_and_outlive_the_kubelet() {
+    let _host = nodewatch_tests::host_shared();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
 

@@ -8,10 +8,9 @@
 //! `libcap2-bin`) or, failing that, `setpriv` (`util-linux`); root's
 //! permitted set after `exec` is the bounding set, so the agent starts
 //! without them.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{bin, find_program, missing, spawn, wait_for, Aggregator, MemCgroup, Pki};
@@ -88,6 +87,7 @@ fn effective_caps(pid: u32) -> Option<u64> {
 
 #[test]
 fn agent_without_bpf_capabilities_keeps_procfs_series() {
+    let _host = nodewatch_tests::host_exclusive();
     if !nix::unistd::Uid::effective().is_root() {
         return missing("root (to drop capabilities the agent would otherwise have)");
     }
@@ -149,16 +149,7 @@ fn agent_without_bpf_capabilities_keeps_procfs_series() {
     let Some(cg) = MemCgroup::new("nobpf", 32 << 20) else {
         return missing("a memory cgroup controller (v1 memory or v2 with memory)");
     };
-    let mut hog = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec tail /dev/zero",
-            cg.dir.join("cgroup.procs").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut hog = cg.hog();
     let pid = hog.id();
     assert!(!hog.wait().unwrap().success(), "the hog was not killed");
     let killed_at = Instant::now();

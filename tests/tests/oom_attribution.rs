@@ -11,7 +11,6 @@
 //! carries the namespace, pod and container names of the pod list, for both
 //! kubelet cgroup drivers' path shapes, and a kubelet that stops answering
 //! neither delays the next event nor takes the names away.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nodewatch_proto::tls::TlsFiles;
 use nodewatch_tests::{
-    missing, operator_cli, start_agent, wait_for, Aggregator, FakeServer, Pki, Proc,
+    cli_output, missing, operator_cli, start_agent, wait_for, Aggregator, FakeServer, Pki, Proc,
 };
 
 /// The memory limit of the container cgroup: small enough that `tail
@@ -305,16 +304,11 @@ fn kill_a_second_process(cg: &PodCgroup) -> (Reaped, u32, Instant) {
 
 /// The stored event of `pid`, as `nodewatch events -o json` prints it.
 fn stored_event(ops: &TlsFiles, agg: &Aggregator, pid: u32) -> serde_json::Value {
-    let out = operator_cli(ops, agg)
-        .args(["events", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nodewatch events: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = cli_output(
+        operator_cli(ops, agg).args(["events", "-o", "json"]),
+        "nodewatch events",
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(out).unwrap();
     let ev = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -350,6 +344,7 @@ fn wait_kill_count(agg: &Aggregator, labels: &[(&str, &str)], at_least: f64) {
 
 #[test]
 fn oom_kill_of_a_second_process_names_pod_and_container() {
+    let _host = nodewatch_tests::host_exclusive();
     if !can_run() {
         return;
     }
@@ -505,6 +500,7 @@ impl HungKubelet {
 
 #[test]
 fn oom_kill_carries_namespace_pod_and_container_names_from_the_kubelet() {
+    let _host = nodewatch_tests::host_exclusive();
     if !can_run() {
         return;
     }

@@ -1,18 +1,31 @@
 //! End to end with a real Prometheus: it scrapes the aggregator's /metrics
 //! (`honor_labels: true`) and its HTTP API returns the nodes' series.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use nodewatch_tests::{
-    find_program, free_port, http_get, missing, spawn, start_agent, wait_for, Aggregator, Pki,
-};
+use nodewatch_tests::{http_get, prometheus, start_agent, wait_for, Aggregator, Pki, Proc};
+
+/// A Prometheus with `config` (scraping the aggregator), ready.
+fn start_scraping(program: &Path, dir: &Path, config: &str) -> (Proc, SocketAddr) {
+    prometheus::start(
+        program,
+        dir,
+        &prometheus::Options {
+            name: "prometheus",
+            config,
+            ..Default::default()
+        },
+    )
+}
 
 #[test]
 fn prometheus_scrapes_node_series_from_the_aggregator() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let _host = nodewatch_tests::host_shared();
+    let Some(prometheus) = prometheus::program() else {
+        return;
     };
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
@@ -21,28 +34,11 @@ fn prometheus_scrapes_node_series_from_the_aggregator() {
         agg.metrics().contains("node=\"n1\"").then_some(())
     });
 
-    let port = free_port();
-    let dir = pki.dir.path();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
-            agg.http
-        ),
-    )
-    .unwrap();
-    let _prom = spawn(
-        &prometheus,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
-        dir,
-        "prometheus",
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
+        agg.http
     );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_prom, addr) = start_scraping(&prometheus, pki.dir.path(), &config);
     let query = "/api/v1/query?query=node_memory_MemAvailable_bytes%7Bnode%3D%22n1%22%7D";
     let body = wait_for(
         Duration::from_mins(1),
@@ -71,8 +67,9 @@ fn prometheus_scrapes_node_series_from_the_aggregator() {
 /// Prometheus configured with `authorization: {credentials_file}` scrapes it.
 #[test]
 fn metrics_behind_a_bearer_token_are_scraped_by_prometheus_with_it() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let _host = nodewatch_tests::host_shared();
+    let Some(prometheus) = prometheus::program() else {
+        return;
     };
     let pki = Pki::new();
     let dir = pki.dir.path();
@@ -121,28 +118,12 @@ fn metrics_behind_a_bearer_token_are_scraped_by_prometheus_with_it() {
         "refusals are counted"
     );
 
-    let port = free_port();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{}']\n",
-            token.display(),
-            agg.http
-        ),
-    )
-    .unwrap();
-    let _prom = spawn(
-        &prometheus,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
-        dir,
-        "prometheus",
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: nodewatch\n    honor_labels: true\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{}']\n",
+        token.display(),
+        agg.http
     );
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_prom, addr) = start_scraping(&prometheus, dir, &config);
     let query = "/api/v1/query?query=node_memory_MemAvailable_bytes%7Bnode%3D%22n1%22%7D";
     wait_for(
         Duration::from_mins(1),

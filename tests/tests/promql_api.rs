@@ -3,7 +3,6 @@
 //! those of `nodewatch query` (the gRPC path) for the same expressions and
 //! times. Also the API's error shapes: bad query, unknown function, too
 //! many points.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 // Values are compared to the bit.
 #![allow(clippy::float_cmp)]
 
@@ -71,8 +70,10 @@ fn cli_at(pki: &Pki, agg: &Aggregator, expr: &str, t_s: i64) -> Samples {
     samples(&v["result"])
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn promtool_reads_the_aggregator_like_nodewatch_query() {
+    let _host = nodewatch_tests::host_shared();
     if find_program("promtool").is_none() {
         return missing("promtool (Debian package `prometheus`)");
     }
@@ -168,8 +169,8 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
 
     // `nodewatch query --range` answers as promtool's range query does.
     let ops = pki.operator("cli");
-    let out = nodewatch_tests::operator_cli(&ops, &agg)
-        .args([
+    let out = nodewatch_tests::cli_output(
+        nodewatch_tests::operator_cli(&ops, &agg).args([
             "query",
             "-o",
             "json",
@@ -180,15 +181,10 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
             "--step",
             "1s",
             "rate(nw_api:demo[3s])",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "nodewatch",
     );
-    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let points = |v: &serde_json::Value| -> Vec<(String, Vec<(i64, u64)>)> {
         let mut out: Vec<(String, Vec<(i64, u64)>)> = v
             .as_array()
@@ -320,6 +316,7 @@ fn promtool_reads_the_aggregator_like_nodewatch_query() {
 /// `/metrics` and `/healthz` stay open.
 #[test]
 fn the_query_api_can_require_a_bearer_token() {
+    let _host = nodewatch_tests::host_shared();
     if find_program("promtool").is_none() {
         return missing("promtool (Debian package `prometheus`)");
     }

@@ -24,18 +24,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nodewatch_tests::{
-    bin, find_program, free_port, http_get, in_ci, missing, operator_cli, query_scalar, spawn,
-    start_alertmanager, wait_for, write_agent_config, Aggregator, MemCgroup, Pki, Proc, Webhook,
+    bin, find_program, free_port, host_exclusive, host_shared, http_get, in_ci, missing,
+    operator_cli, query_scalar, spawn, start_alertmanager, wait_for, write_agent_config,
+    Aggregator, MemCgroup, Netns, Pki, Proc, Webhook,
 };
 use serde_yaml_ng::Value;
-
-/// Tests that change what every agent on this host reads (the kernel's OOM
-/// counter) hold this for writing; every other cluster holds it for reading.
-static HOST: RwLock<()> = RwLock::new(());
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -100,33 +97,9 @@ fn shipped_aggregator_config(am: SocketAddr, state: &Path) -> String {
 /// network namespace reach it through their veth), HTTP on loopback.
 fn start_aggregator(pki: &Pki, name: &str, extra: &str) -> Aggregator {
     let port = free_port();
+    let listen: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
     let grpc: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = pki.path(&format!("{name}.yaml"));
-    let d = pki.dir.path().display();
-    std::fs::write(
-        &config,
-        format!("listen:\n  grpc: 0.0.0.0:{port}\n  http: {http}\ntls:\n  ca: {d}/ca.crt\n  cert: {d}/aggregator.crt\n  key: {d}/aggregator.key\n{extra}"),
-    )
-    .unwrap();
-    let proc = spawn(
-        &bin("nodewatch-aggregator"),
-        &["--config", config.to_str().unwrap()],
-        pki.dir.path(),
-        name,
-    );
-    wait_for(Duration::from_secs(20), "aggregator /healthz", || {
-        http_get(http, "/healthz")
-            .ok()
-            .filter(|(s, _)| *s == 200)
-            .map(|_| ())
-    });
-    Aggregator {
-        proc,
-        grpc,
-        http,
-        config,
-    }
+    Aggregator::start_at(pki, name, listen, grpc, extra)
 }
 
 /// One alert as the webhook received it.
@@ -320,7 +293,7 @@ impl Cluster {
         let mut got = self.firing();
         // The three agents share this host's kernel: an OOM kill anywhere on
         // it moves every node's `node_vmstat_oom_kill`. Within this test
-        // binary only the OOM test causes one (alone, see HOST), and CI runs
+        // binary only the OOM test causes one (alone, see `host_exclusive`), and CI runs
         // test binaries one after another; on a shared machine another
         // program's OOM kill is not this test's failure.
         if self.foreign_oom() && !want.iter().any(|w| w.starts_with("NodeOOMKillDetected")) {
@@ -375,16 +348,11 @@ impl Cluster {
     /// without the filesystem alerts the host earns itself.
     fn alerts_on(&self, i: usize) -> Vec<(String, String, String)> {
         let ops = self.pki.operator("ops");
-        let out = operator_cli(&ops, &self.aggs[i])
-            .args(["alerts", "-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = nodewatch_tests::cli_output(
+            operator_cli(&ops, &self.aggs[i]).args(["alerts", "-o", "json"]),
+            "nodewatch",
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         v.as_array()
             .map(|a| {
                 a.iter()
@@ -450,9 +418,7 @@ fn quiet_window() -> Duration {
 
 #[test]
 fn a_healthy_cluster_sends_only_the_watchdog() {
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let Some(c) = Cluster::start(all_agents) else {
         return;
     };
@@ -481,9 +447,7 @@ fn a_healthy_cluster_sends_only_the_watchdog() {
 
 #[test]
 fn a_stopped_agent_fires_node_down_once() {
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let Some(mut c) = Cluster::start(all_agents) else {
         return;
     };
@@ -521,9 +485,7 @@ fn a_stopped_agent_fires_node_down_once() {
 
 #[test]
 fn a_node_lost_across_aggregator_restarts_still_fires() {
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let Some(mut c) = Cluster::start(all_agents) else {
         return;
     };
@@ -573,103 +535,37 @@ fn a_node_lost_across_aggregator_restarts_still_fires() {
     }
 }
 
-/// A network namespace for one agent joined to the host by a veth pair,
-/// removed on drop (with its veth and firewall rules).
-struct Netns {
-    name: String,
-    host_if: String,
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Netns {
-    /// Returns the namespace and the host's address on its veth; `k` (0 or
-    /// 1) tells apart two namespaces of one test process.
-    fn create(k: u32) -> Result<(Self, String), String> {
-        let tag = (std::process::id() % 5_000) * 2 + k;
-        let name = format!("nwalerts{tag}");
-        let host_if = format!("nwalh{tag}");
-        let ns_if = format!("nwala{tag}");
-        let net = format!("10.{}.{}", 214 + k, tag % 250);
-        let _ = run("ip", &["netns", "del", &name]);
-        let _ = run("ip", &["link", "del", &host_if]);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self {
-            name: name.clone(),
-            host_if: host_if.clone(),
-        };
-        run(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-            ],
-        )?;
-        run("ip", &["link", "set", &ns_if, "netns", &name])?;
-        run(
-            "ip",
-            &["addr", "add", &format!("{net}.1/24"), "dev", &host_if],
-        )?;
-        run("ip", &["link", "set", &host_if, "up"])?;
-        ns.exec(&["ip", "addr", "add", &format!("{net}.2/24"), "dev", &ns_if])?;
-        ns.exec(&["ip", "link", "set", &ns_if, "up"])?;
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok((ns, format!("{net}.1")))
-    }
-
-    fn exec(&self, args: &[&str]) -> Result<(), String> {
-        let mut a = vec!["netns", "exec", self.name.as_str()];
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
-        let _ = run("ip", &["link", "del", &self.host_if]);
-    }
+/// A cluster whose agent `node` lives in a network namespace of its own
+/// (its TCP counters are that namespace's), streaming to the aggregators
+/// over its veth; healthy, with only the Watchdog firing. `k` (0 or 1) tells
+/// apart two namespaces of one test process. `None`: skipped (see
+/// [`Netns::for_test`] and [`Cluster::start`]).
+fn cluster_with_node_in_netns(k: u32, node: &str) -> Option<(Netns, Cluster)> {
+    let tag = (std::process::id() % 5_000) * 2 + k;
+    let ns = Netns::for_test(
+        &format!("nwalerts{tag}"),
+        &format!("nwalh{tag}"),
+        &format!("nwala{tag}"),
+        &format!("10.{}.{}", 214 + k, tag % 250),
+    )?;
+    let mut c = Cluster::start(|n| (n != node).then(String::new))?;
+    let addrs: Vec<String> = c
+        .aggs
+        .iter()
+        .map(|a| format!("{}:{}", ns.host_ip, a.grpc.port()))
+        .collect();
+    c.start_agent(node, &addrs, "", Some(&ns.name));
+    c.wait_healthy(&["n1", "n2", "n3"]);
+    c.assert_exactly(&["Watchdog"]);
+    Some((ns, c))
 }
 
 #[test]
 fn a_cut_stream_fires_node_down_once() {
-    if find_program("ip").is_none() || find_program("iptables").is_none() {
-        return missing("ip and iptables (Debian packages `iproute2`, `iptables`)");
-    }
-    if !need_root("network namespaces and iptables") {
-        return;
-    }
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (ns, host_ip) = match Netns::create(0) {
-        Ok(v) => v,
-        Err(e) => return missing(&format!("network namespaces with veth: {e}")),
-    };
-    let Some(mut c) = Cluster::start(|n| (n != "n3").then(String::new)) else {
+    let _host = host_shared();
+    let Some((ns, mut c)) = cluster_with_node_in_netns(0, "n3") else {
         return;
     };
-    let addrs: Vec<String> = c
-        .aggs
-        .iter()
-        .map(|a| format!("{host_ip}:{}", a.grpc.port()))
-        .collect();
-    c.start_agent("n3", &addrs, "", Some(&ns.name));
-    c.wait_healthy(&["n1", "n2", "n3"]);
-    c.assert_exactly(&["Watchdog"]);
     // Every packet in and out of n3's namespace dropped: no reset, no FIN,
     // the streams just go silent, as a real partition looks.
     ns.exec(&["iptables", "-A", "INPUT", "-j", "DROP"]).unwrap();
@@ -706,9 +602,7 @@ fn an_oom_kill_fires_its_alerts_once() {
     }
     // Every agent on this host sees the kernel's OOM counter move: nothing
     // else runs meanwhile, and only n1 reads it (the three share a kernel).
-    let _host = HOST
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_exclusive();
     let Some(c) = Cluster::start(|n| {
         Some(if n == "n1" {
             "collectors: {ebpf: true}\n".to_string()
@@ -733,16 +627,7 @@ fn an_oom_kill_fires_its_alerts_once() {
     let Some(cg) = MemCgroup::new("alerts", 32 << 20) else {
         return missing("a memory cgroup controller (v1 memory or v2 with memory)");
     };
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec tail /dev/zero",
-            cg.dir.join("cgroup.procs").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cg.hog();
     assert!(!child.wait().unwrap().success(), "the hog was not killed");
     c.wait_firing("NodewatchOOMKill", "n1", Duration::from_secs(30));
     // The procfs counter follows at n1's next collection.
@@ -755,6 +640,7 @@ fn an_oom_kill_fires_its_alerts_once() {
     drop(cg);
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn a_full_filesystem_fires_filesystem_full_once() {
     if !need_root("loop devices, mount and PID namespaces") {
@@ -763,9 +649,7 @@ fn a_full_filesystem_fires_filesystem_full_once() {
     let (Some(mkfs), Some(unshare)) = (find_program("mkfs.ext4"), find_program("unshare")) else {
         return missing("mkfs.ext4 and unshare (Debian packages `e2fsprogs`, `util-linux`)");
     };
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let Some(mut c) = Cluster::start(|n| (n != "n1").then(String::new)) else {
         return;
     };
@@ -907,32 +791,10 @@ fn lossy_traffic(ns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()>
 // beside it instead of after it.
 #[test]
 fn a_bad_link_fires_the_tcp_retransmit_alert_once() {
-    if find_program("ip").is_none() || find_program("iptables").is_none() {
-        return missing("ip and iptables (Debian packages `iproute2`, `iptables`)");
-    }
-    if !need_root("network namespaces and iptables") {
-        return;
-    }
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (ns, host_ip) = match Netns::create(1) {
-        Ok(v) => v,
-        Err(e) => return missing(&format!("network namespaces with veth: {e}")),
-    };
-    let Some(mut c) = Cluster::start(|n| (n != "n1").then(String::new)) else {
+    let _host = host_shared();
+    let Some((ns, c)) = cluster_with_node_in_netns(1, "n1") else {
         return;
     };
-    // n1 lives in its own network namespace (its TCP counters are that
-    // namespace's), streaming to the aggregators over its veth.
-    let addrs: Vec<String> = c
-        .aggs
-        .iter()
-        .map(|a| format!("{host_ip}:{}", a.grpc.port()))
-        .collect();
-    c.start_agent("n1", &addrs, "", Some(&ns.name));
-    c.wait_healthy(&["n1", "n2", "n3"]);
-    c.assert_exactly(&["Watchdog"]);
     ns.exec(&[
         "iptables",
         "-A",
@@ -993,6 +855,19 @@ fn check_rules_output(text: &str) -> BTreeMap<String, (usize, Vec<String>)> {
         }
     }
     out
+}
+
+/// The report of a rule checker (`cmd` given the rule `files`), which must
+/// succeed.
+fn checked_rules(cmd: &mut Command, files: &[PathBuf]) -> String {
+    let out = cmd.args(files).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// The split pack loads the same groups and rules in Prometheus' checker
@@ -1056,16 +931,9 @@ fn the_rule_split_loads_the_same_groups_in_promtool_and_check_rules() {
     }
 
     // The aggregator's checker, the real binary.
-    let out = Command::new(bin("nodewatch-aggregator"))
-        .arg("check-rules")
-        .args(&files)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = checked_rules(
+        Command::new(bin("nodewatch-aggregator")).arg("check-rules"),
+        &files,
     );
     let ours_check = check_rules_output(&text);
     let count = |g: &[(String, Vec<String>)]| g.iter().map(|(_, r)| r.len()).sum::<usize>();
@@ -1097,18 +965,7 @@ fn the_rule_split_loads_the_same_groups_in_promtool_and_check_rules() {
     let Some(promtool) = find_program("promtool") else {
         return missing("promtool (Debian package `prometheus`)");
     };
-    let out = Command::new(promtool)
-        .arg("check")
-        .arg("rules")
-        .args(&files)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = checked_rules(Command::new(promtool).args(["check", "rules"]), &files);
     let prom = check_rules_output(&text);
     for (file, (n, _)) in &ours_check {
         assert_eq!(prom[file].0, *n, "{file}: promtool {text}");
@@ -1119,9 +976,7 @@ fn the_rule_split_loads_the_same_groups_in_promtool_and_check_rules() {
 /// machine `nodewatch alerts` shows the Watchdog firing and nothing else.
 #[test]
 fn the_demo_shows_only_the_watchdog_after_a_minute() {
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("demo.log");
     let out = std::fs::File::create(&log).unwrap();
@@ -1142,18 +997,14 @@ fn the_demo_shows_only_the_watchdog_after_a_minute() {
     });
     let ready = Instant::now();
     let alerts = || -> Vec<(String, String)> {
-        let out = Command::new(bin("nodewatch"))
-            .env("NODEWATCH_CONFIG", &cli_config)
-            .current_dir(dir.path().join("demo"))
-            .args(["alerts", "-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = nodewatch_tests::cli_output(
+            Command::new(bin("nodewatch"))
+                .env("NODEWATCH_CONFIG", &cli_config)
+                .current_dir(dir.path().join("demo"))
+                .args(["alerts", "-o", "json"]),
+            "nodewatch",
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         v.as_array()
             .unwrap()
             .iter()
@@ -1229,12 +1080,10 @@ fn prom_by_node(addr: SocketAddr, expr: &str) -> BTreeMap<String, f64> {
 /// aggregator target, 1 while the agent streams, 0 once it stops.
 #[test]
 fn prometheus_scrapes_the_same_node_liveness() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let Some(prometheus) = nodewatch_tests::prometheus::program() else {
+        return;
     };
-    let _host = HOST
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _host = host_shared();
     let pki = Pki::new();
     let dir = pki.dir.path().to_path_buf();
     let agg = start_aggregator(&pki, "agg", "");
@@ -1251,27 +1100,19 @@ fn prometheus_scrapes_the_same_node_liveness() {
             )
         })
         .collect();
-    let port = free_port();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodewatch-aggregator\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
-            agg.http
-        ),
-    )
-    .unwrap();
-    let _prom = spawn(
-        &prometheus,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
-        &dir,
-        "prometheus",
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nodewatch-aggregator\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
+        agg.http
     );
-    let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_prom, prom) = nodewatch_tests::prometheus::start(
+        &prometheus,
+        &dir,
+        &nodewatch_tests::prometheus::Options {
+            name: "prometheus",
+            config: &config,
+            ..Default::default()
+        },
+    );
     let live = "up{job=\"nodewatch-agent\"}";
     let ours = |expr: &str| -> BTreeMap<String, f64> {
         ["n1", "n2"]

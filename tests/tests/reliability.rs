@@ -1,7 +1,6 @@
 //! Nothing lost, nobody let in: aggregator restarts and `kill -9`, agent
 //! restarts, two aggregators, certificate rotation and expiry, per-node
 //! limits, SIGTERM, health endpoints, and version skew on the wire.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,7 @@ fn collections(pki: &Pki, agg: &Aggregator, node: &str) -> f64 {
 
 #[test]
 fn aggregator_kill9_and_agent_kill9_lose_nothing_and_store_nothing_twice() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let mut agg = Aggregator::start(&pki, "agg", "");
     let mut agent = start_agent(&pki, "n1", &[&agg], "");
@@ -82,6 +82,7 @@ fn aggregator_kill9_and_agent_kill9_lose_nothing_and_store_nothing_twice() {
 
 #[test]
 fn two_aggregators_one_down_does_not_slow_the_other() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let a = Aggregator::start(&pki, "agg-a", "");
     let mut b = Aggregator::start(&pki, "agg-b", "");
@@ -110,6 +111,7 @@ fn two_aggregators_one_down_does_not_slow_the_other() {
 
 #[test]
 fn rotated_certificates_are_picked_up_without_dropping_streams() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let _agent = start_agent(&pki, "n1", &[&agg], "");
@@ -170,6 +172,7 @@ fn rotated_certificates_are_picked_up_without_dropping_streams() {
 
 #[test]
 fn an_expired_certificate_is_refused_with_a_clear_log_line_on_both_sides() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let now = OffsetDateTime::now_utc();
@@ -193,6 +196,7 @@ fn time_days(d: i64) -> nodewatch_proto::certs::TimeDuration {
 
 #[test]
 fn a_node_over_its_limits_gets_an_error_and_a_metric_and_others_are_fine() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "limits:\n  max_series_per_node: 50\n");
     let greedy = start_agent(&pki, "greedy", &[&agg], "");
@@ -229,6 +233,7 @@ fn a_node_over_its_limits_gets_an_error_and_a_metric_and_others_are_fine() {
 
 #[test]
 fn sigterm_stops_the_agent_quickly_even_with_the_aggregator_gone_and_health_never_depends_on_it() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let mut agg = Aggregator::start(&pki, "agg", "");
     let port = free_port();
@@ -326,9 +331,11 @@ mod future {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_from_another_version_still_streams() {
     use nodewatch_proto::v1::{aggregator_frame, AggregatorFrame};
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let files = pki.node("skew");
@@ -507,6 +514,7 @@ const ONLY_TESTSEQ: &str = "collectors: {ebpf: false, testseq: true, stat: false
 
 #[test]
 fn twenty_aggregator_kill9s_at_random_moments_lose_no_sample_and_no_event() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let mut agg = Aggregator::start(&pki, "agg", "");
     let _agent = start_agent(
@@ -587,6 +595,7 @@ fn tear_newest_segment(dir: &std::path::Path) {
 
 #[test]
 fn agent_kill9s_while_writing_its_spool_store_nothing_twice() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let agg = Aggregator::start(&pki, "agg", "");
     let extra = "interval: 100ms\n";
@@ -670,6 +679,7 @@ fn agent_kill9s_while_writing_its_spool_store_nothing_twice() {
 
 #[test]
 fn a_full_spool_keeps_events_drops_oldest_samples_and_counts_them() {
+    let _host = nodewatch_tests::host_exclusive();
     let pki = Pki::new();
     let mut agg = Aggregator::start(
         &pki,

@@ -4,14 +4,13 @@
 //! after the aggregator has been queueing for a while: the queue retries and
 //! every sample the aggregator stored arrives, none dropped.
 // Sample counts are whole numbers carried as f64: exact comparison is the check.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::float_cmp)]
+#![allow(clippy::float_cmp)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use nodewatch_tests::{
-    cli_query, find_program, free_port, http_get, missing, scalar_of, spawn, start_agent, wait_for,
-    Aggregator, Pki, Proc,
+    cli_query, free_port, http_get, prometheus, scalar_of, start_agent, wait_for, Aggregator, Pki,
 };
 
 /// Sum of a counter or gauge family over all its label sets in a `/metrics` body.
@@ -25,27 +24,6 @@ fn metric_sum(body: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn start_prometheus(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> (Proc, SocketAddr) {
-    let cfg = dir.join("prometheus-rw.yml");
-    std::fs::write(&cfg, "global:\n  evaluation_interval: 1s\n").unwrap();
-    let p = spawn(
-        bin,
-        &[
-            &format!("--config.file={}", cfg.display()),
-            &format!("--storage.tsdb.path={}", dir.join("tsdb-rw").display()),
-            &format!("--web.listen-address=127.0.0.1:{port}"),
-            "--web.enable-remote-write-receiver",
-        ],
-        dir,
-        "prometheus",
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for(Duration::from_secs(30), "prometheus ready", || {
-        http_get(addr, "/-/ready").ok().filter(|(s, _)| *s == 200)
-    });
-    (p, addr)
-}
-
 fn prom_scalar(addr: SocketAddr, expr_urlencoded: &str) -> Option<f64> {
     let (status, body) = http_get(addr, &format!("/api/v1/query?query={expr_urlencoded}")).ok()?;
     if status != 200 {
@@ -57,8 +35,9 @@ fn prom_scalar(addr: SocketAddr, expr_urlencoded: &str) -> Option<f64> {
 
 #[test]
 fn every_stored_sample_reaches_prometheus_even_when_it_starts_late() {
-    let Some(prometheus) = find_program("prometheus") else {
-        return missing("prometheus (Debian package `prometheus`)");
+    let _host = nodewatch_tests::host_shared();
+    let Some(prometheus) = prometheus::program() else {
+        return;
     };
     let pki = Pki::new();
     let port = free_port();
@@ -86,7 +65,17 @@ fn every_stored_sample_reaches_prometheus_even_when_it_starts_late() {
     );
 
     let dir = pki.dir.path();
-    let (_prom, addr) = start_prometheus(&prometheus, dir, port);
+    let (_prom, addr) = prometheus::start(
+        &prometheus,
+        dir,
+        &prometheus::Options {
+            name: "prometheus",
+            config: "global:\n  evaluation_interval: 1s\n",
+            port: Some(port),
+            args: &["--web.enable-remote-write-receiver"],
+            ..Default::default()
+        },
+    );
     let q = "node_memory_MemAvailable_bytes%7Bnode%3D%22n1%22%7D";
     let body = wait_for(
         Duration::from_mins(1),

@@ -192,6 +192,10 @@ fn main() -> Result<()> {
     rt.block_on(run(args))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the fleet set up from the flags, run and summed up in one place"
+)]
 async fn run(args: Args) -> Result<()> {
     let texts = if args.template.is_empty() {
         vec![agent_once()?]
@@ -464,6 +468,10 @@ impl NodeSim {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one simulated agent's stream in protocol order: hello, batches, acks, reconnects"
+)]
 async fn stream_node(
     mut sim: NodeSim,
     families: &[Family],
