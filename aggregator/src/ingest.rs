@@ -936,14 +936,7 @@ async fn await_hello(
             frame: Some(agent_frame::Frame::Hello(h)),
         }))) => Some(h),
         Ok(Some(Ok(_))) => {
-            let _ = tx
-                .send(error_frame(
-                    ErrorCode::BadFrame,
-                    "the first frame must be Hello".into(),
-                    0,
-                    true,
-                ))
-                .await;
+            close_with(tx, "the first frame must be Hello").await;
             None
         }
         Ok(Some(Err(status))) => {
@@ -1009,13 +1002,17 @@ async fn close_replaced(node: &NodeName, peer: &str, tx: &mpsc::Sender<Reply>) {
     if let Some(suppressed) = crate::throttle::warnings().check("stream_replaced") {
         warn!(%node, %peer, suppressed, "Stream replaced by a newer one from the same node; closed.");
     }
+    close_with(
+        tx,
+        "replaced by a newer stream from this node; closed (one live stream per node)",
+    )
+    .await;
+}
+
+/// Sends the fatal error frame that ends a stream.
+async fn close_with(tx: &mpsc::Sender<Reply>, message: &str) {
     let _ = tx
-        .send(error_frame(
-            ErrorCode::BadFrame,
-            "replaced by a newer stream from this node; closed (one live stream per node)".into(),
-            0,
-            true,
-        ))
+        .send(error_frame(ErrorCode::BadFrame, message.into(), 0, true))
         .await;
 }
 
