@@ -648,25 +648,7 @@ impl BootstrapService {
 pub fn api_tls(
     ca: &std::path::Path,
 ) -> Result<Arc<rustls::ClientConfig>, nodewatch_proto::tls::TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in nodewatch_proto::tls::load_certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|source| nodewatch_proto::tls::TlsError::BadCa {
-                path: ca.to_path_buf(),
-                source,
-            })?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|source| nodewatch_proto::tls::TlsError::Rustls {
-        what: "TLS versions",
-        source,
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = nodewatch_proto::tls::foreign_client_trusting(ca)?.with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 

@@ -102,7 +102,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates in the PEM file at `path`, as trust anchors.
+pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(path)? {
         store.add(cert).map_err(|source| TlsError::BadCa {
@@ -298,6 +299,18 @@ fn client_trusting(
     Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_error("TLS 1.3"))?
+        .with_root_certificates(roots(ca)?))
+}
+
+/// A client configuration being built for a server outside nodewatch
+/// (the Kubernetes API server, an Alertmanager): TLS 1.2 and 1.3, as such
+/// servers speak both, trusting the CAs in `ca`.
+pub fn foreign_client_trusting(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_error("TLS versions"))?
         .with_root_certificates(roots(ca)?))
 }
 
