@@ -173,6 +173,31 @@ fn https_base(s: &str) -> Result<http::Uri, String> {
     Ok(u)
 }
 
+/// `value` as a duration of at least `min`; `default` when unset or (a
+/// problem named under `key`) not such a duration.
+fn duration_at_least(
+    value: Option<&str>,
+    key: &str,
+    min: Duration,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    let Some(s) = value else {
+        return default;
+    };
+    match config::parse_duration(s) {
+        Ok(d) if d >= min => d,
+        Ok(_) => {
+            p.add(key, format!("{s:?} is shorter than the minimum of {min:?}"));
+            default
+        }
+        Err(e) => {
+            p.add(key, e);
+            default
+        }
+    }
+}
+
 impl KubernetesConfig {
     /// Validates the section, reading `${…}` and the in-cluster variables
     /// through `env` (the process environment outside tests).
@@ -189,22 +214,7 @@ impl KubernetesConfig {
         };
         let api_server = match self.api_server.as_deref() {
             Some(v) if !v.is_empty() => url("api_server", v, p),
-            _ => match (
-                env("KUBERNETES_SERVICE_HOST"),
-                env("KUBERNETES_SERVICE_PORT"),
-            ) {
-                (Some(host), port) if !host.is_empty() => {
-                    // An IPv6 service address needs brackets in a URL.
-                    let host = if host.contains(':') {
-                        format!("[{host}]")
-                    } else {
-                        host
-                    };
-                    let port = port.filter(|p| !p.is_empty()).unwrap_or("443".into());
-                    url("api_server", &format!("https://{host}:{port}"), p)
-                }
-                _ => None,
-            },
+            _ => in_cluster_api_server(env).and_then(|v| url("api_server", &v, p)),
         };
         let token_file = match &self.token_file {
             Some(t) => {
@@ -220,23 +230,13 @@ impl KubernetesConfig {
             }
             None => Some(PathBuf::from(IN_CLUSTER_CA)).filter(|c| c.is_file()),
         };
-        let refresh = match &self.refresh {
-            None => DEFAULT_KUBE_REFRESH,
-            Some(s) => match config::parse_duration(s) {
-                Ok(d) if d >= MIN_KUBE_REFRESH => d,
-                Ok(_) => {
-                    p.add(
-                        "kubernetes.refresh",
-                        format!("{s:?} is shorter than the minimum of {MIN_KUBE_REFRESH:?}"),
-                    );
-                    DEFAULT_KUBE_REFRESH
-                }
-                Err(e) => {
-                    p.add("kubernetes.refresh", e);
-                    DEFAULT_KUBE_REFRESH
-                }
-            },
-        };
+        let refresh = duration_at_least(
+            self.refresh.as_deref(),
+            "kubernetes.refresh",
+            MIN_KUBE_REFRESH,
+            DEFAULT_KUBE_REFRESH,
+            p,
+        );
         let node_name = match self.node_name.as_deref() {
             None | Some("") => None,
             Some(n) => match expand_env(n, env) {
@@ -256,6 +256,27 @@ impl KubernetesConfig {
             refresh,
             node_name,
         }
+    }
+}
+
+/// The API server as the in-cluster variables give it, as client-go's
+/// `rest.InClusterConfig` builds it.
+fn in_cluster_api_server(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    match (
+        env("KUBERNETES_SERVICE_HOST"),
+        env("KUBERNETES_SERVICE_PORT"),
+    ) {
+        (Some(host), port) if !host.is_empty() => {
+            // An IPv6 service address needs brackets in a URL.
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let port = port.filter(|p| !p.is_empty()).unwrap_or("443".into());
+            Some(format!("https://{host}:{port}"))
+        }
+        _ => None,
     }
 }
 
@@ -472,61 +493,19 @@ impl File {
         streaming: bool,
     ) -> Result<Config, ConfigError> {
         let mut p = Problems::new(source);
-        let mut aggregators = Vec::new();
-        if streaming && self.aggregators.is_empty() {
-            p.add(
-                "aggregators",
-                "at least one aggregator address (host:port) is required",
-            );
-        }
-        for (i, a) in self.aggregators.iter().enumerate() {
-            match Target::parse(a) {
-                Ok(t) => aggregators.push(t),
-                Err(e) => p.add(format!("aggregators[{i}]"), e),
-            }
-        }
-        let tls = if !streaming {
-            None
-        } else if let Some(b) = &self.bootstrap {
-            // The certificate and key are written by the bootstrap: they need not exist yet.
-            p.file("bootstrap.token", &b.token);
-            if let Some(r) = b.renew_at {
-                if !(0.1..=0.95).contains(&r) {
-                    p.add("bootstrap.renew_at", format!("{r} is outside 0.1..=0.95"));
-                }
-            }
-            if let (Some(ca), Some(cert), Some(key)) = (&self.tls.ca, &self.tls.cert, &self.tls.key)
-            {
-                p.file("tls.ca", ca);
-                Some(TlsFiles {
-                    ca: ca.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                })
-            } else {
-                p.add("tls", "with bootstrap, tls.ca must exist and tls.cert/tls.key name where the issued certificate goes");
-                None
-            }
+        let aggregators = self.validate_aggregators(streaming, &mut p);
+        let tls = if streaming {
+            self.validate_tls(&mut p)
         } else {
-            self.tls.validate("tls", &mut p)
+            None
         };
-        let interval = match &self.interval {
-            None => DEFAULT_INTERVAL,
-            Some(s) => match config::parse_duration(s) {
-                Ok(d) if d >= MIN_INTERVAL => d,
-                Ok(_) => {
-                    p.add(
-                        "interval",
-                        format!("{s:?} is shorter than the minimum of {MIN_INTERVAL:?}"),
-                    );
-                    DEFAULT_INTERVAL
-                }
-                Err(e) => {
-                    p.add("interval", e);
-                    DEFAULT_INTERVAL
-                }
-            },
-        };
+        let interval = duration_at_least(
+            self.interval.as_deref(),
+            "interval",
+            MIN_INTERVAL,
+            DEFAULT_INTERVAL,
+            &mut p,
+        );
         let (collectors, collector_options) =
             validate_collectors(&self.collectors, known_collectors, &mut p);
         if let Some(n) = &self.node_name {
@@ -540,7 +519,90 @@ impl File {
             sysfs: self.paths.sysfs.clone().unwrap_or(d.sysfs),
             rootfs: self.paths.rootfs.clone().unwrap_or(d.rootfs),
         };
-        let max_bytes = match &self.spool.max_size {
+        let spool = self.spool.validate(&mut p);
+        let health_listen = self.validate_health_listen(&mut p);
+        let env = |k: &str| std::env::var(k).ok();
+        let kubernetes = self.kubernetes.as_ref().map(|k| k.validate(&env, &mut p));
+        p.into_result()?;
+        Ok(Config {
+            kubernetes,
+            bootstrap: self.bootstrap.clone(),
+            health_listen,
+            ebpf_measure_cost: self.ebpf_measure_cost.unwrap_or(false),
+            spool,
+            node_name: self.node_name.clone(),
+            aggregators,
+            server_name: self.server_name.clone(),
+            tls,
+            interval,
+            collectors,
+            collector_options,
+            paths,
+        })
+    }
+
+    /// The aggregators to stream to; at least one when streaming.
+    fn validate_aggregators(&self, streaming: bool, p: &mut Problems) -> Vec<Target> {
+        let mut aggregators = Vec::new();
+        if streaming && self.aggregators.is_empty() {
+            p.add(
+                "aggregators",
+                "at least one aggregator address (host:port) is required",
+            );
+        }
+        for (i, a) in self.aggregators.iter().enumerate() {
+            match Target::parse(a) {
+                Ok(t) => aggregators.push(t),
+                Err(e) => p.add(format!("aggregators[{i}]"), e),
+            }
+        }
+        aggregators
+    }
+
+    /// The client certificate files, given or to be written by the bootstrap.
+    fn validate_tls(&self, p: &mut Problems) -> Option<TlsFiles> {
+        let Some(b) = &self.bootstrap else {
+            return self.tls.validate("tls", p);
+        };
+        // The certificate and key are written by the bootstrap: they need not exist yet.
+        p.file("bootstrap.token", &b.token);
+        if let Some(r) = b.renew_at {
+            if !(0.1..=0.95).contains(&r) {
+                p.add("bootstrap.renew_at", format!("{r} is outside 0.1..=0.95"));
+            }
+        }
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls.ca, &self.tls.cert, &self.tls.key) {
+            p.file("tls.ca", ca);
+            Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+        } else {
+            p.add("tls", "with bootstrap, tls.ca must exist and tls.cert/tls.key name where the issued certificate goes");
+            None
+        }
+    }
+
+    /// The health endpoints' address; `""` turns them off.
+    fn validate_health_listen(&self, p: &mut Problems) -> Option<std::net::SocketAddr> {
+        match self
+            .health_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_LISTEN)
+        {
+            "" => None,
+            a => a
+                .parse()
+                .map_err(|e| p.add("health_listen", format!("{a:?}: {e}")))
+                .ok(),
+        }
+    }
+}
+
+impl SpoolConfig {
+    fn validate(&self, p: &mut Problems) -> Spool {
+        let max_bytes = match &self.max_size {
             None => crate::spool::DEFAULT_CAP_BYTES,
             Some(v) => parse_size(v)
                 .map_err(|e| p.add("spool.max_size", e))
@@ -555,50 +617,22 @@ impl File {
                 ),
             );
         }
-        let retain_acked = match &self.spool.retain_acked {
+        let retain_acked = match &self.retain_acked {
             None => crate::spool::DEFAULT_RETAIN_ACKED,
             Some(v) => config::parse_duration(v)
                 .map_err(|e| p.add("spool.retain_acked", e))
                 .unwrap_or_default(),
         };
-        let dir = match &self.spool.dir {
+        let dir = match &self.dir {
             None => Some(PathBuf::from(crate::spool::DEFAULT_DIR)),
             Some(d) if d.as_os_str().is_empty() => None,
             Some(d) => Some(d.clone()),
         };
-        let health_listen = match self
-            .health_listen
-            .as_deref()
-            .unwrap_or(DEFAULT_HEALTH_LISTEN)
-        {
-            "" => None,
-            a => a
-                .parse()
-                .map_err(|e| p.add("health_listen", format!("{a:?}: {e}")))
-                .ok(),
-        };
-        let env = |k: &str| std::env::var(k).ok();
-        let kubernetes = self.kubernetes.as_ref().map(|k| k.validate(&env, &mut p));
-        p.into_result()?;
-        Ok(Config {
-            kubernetes,
-            bootstrap: self.bootstrap.clone(),
-            health_listen,
-            ebpf_measure_cost: self.ebpf_measure_cost.unwrap_or(false),
-            spool: Spool {
-                dir,
-                max_bytes,
-                retain_acked,
-            },
-            node_name: self.node_name.clone(),
-            aggregators,
-            server_name: self.server_name.clone(),
-            tls,
-            interval,
-            collectors,
-            collector_options,
-            paths,
-        })
+        Spool {
+            dir,
+            max_bytes,
+            retain_acked,
+        }
     }
 }
 

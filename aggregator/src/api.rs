@@ -226,6 +226,21 @@ impl Params {
     }
 }
 
+/// The parameters of a GET or a form POST, extracted as the handler's
+/// argument: the URL's query, the headers, then the body.
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let query = req.uri().query().map(str::to_string);
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self::new(query.as_deref(), &headers, &body))
+    }
+}
+
 /// Prometheus' `parseTime`: Unix seconds with a fraction, or RFC 3339.
 fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(f) = s.parse::<f64>() {
@@ -399,13 +414,7 @@ fn parse_query(p: &Params) -> Result<Expr, ApiError> {
     Ok(expr)
 }
 
-async fn query(
-    State(st): State<ApiState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let p = Params::new(q.as_deref(), &headers, &body);
+async fn query(State(st): State<ApiState>, p: Params) -> Result<Response, ApiError> {
     let t = match p.get("time") {
         Some(s) => {
             parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"time\": {e}")))?
@@ -442,13 +451,7 @@ async fn query(
     }))
 }
 
-async fn query_range(
-    State(st): State<ApiState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let p = Params::new(q.as_deref(), &headers, &body);
+async fn query_range(State(st): State<ApiState>, p: Params) -> Result<Response, ApiError> {
     let param = |name: &str| {
         p.get(name).ok_or_else(|| {
             bad_data(format!(
@@ -561,40 +564,35 @@ fn is_label_name(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
-async fn series(
-    State(st): State<ApiState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let p = Params::new(q.as_deref(), &headers, &body);
-    let (sel, start, end) = selection(&p, true)?;
-    let store = Arc::clone(&st.store);
-    let found = tokio::task::spawn_blocking(move || matching_series(&store, &sel, start, end))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(success(Json::Array(
-        found.iter().map(labels_json).collect(),
-    )))
+async fn series(State(st): State<ApiState>, p: Params) -> Result<Response, ApiError> {
+    let found = on_matching_series(&st, selection(&p, true)?, |found| {
+        found.iter().map(labels_json).collect()
+    })
+    .await?;
+    Ok(success(Json::Array(found)))
 }
 
-async fn labels(
-    State(st): State<ApiState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let p = Params::new(q.as_deref(), &headers, &body);
-    let (sel, start, end) = selection(&p, false)?;
+/// `f` of the series a selection matches, run where blocking is fine:
+/// reading them takes the store's lock.
+async fn on_matching_series<T: Send + 'static>(
+    st: &ApiState,
+    (sel, start, end): (Vec<Expr>, i64, i64),
+    f: impl FnOnce(BTreeSet<Labels>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let store = Arc::clone(&st.store);
-    let names = tokio::task::spawn_blocking(move || {
-        matching_series(&store, &sel, start, end)
+    tokio::task::spawn_blocking(move || f(matching_series(&store, &sel, start, end)))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+async fn labels(State(st): State<ApiState>, p: Params) -> Result<Response, ApiError> {
+    let names = on_matching_series(&st, selection(&p, false)?, |found| {
+        found
             .iter()
             .flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
             .collect::<BTreeSet<String>>()
     })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .await?;
     Ok(success(json!(names)))
 }
 
@@ -607,16 +605,13 @@ async fn label_values(
         return Err(bad_data(format!("invalid label name: {name:?}")));
     }
     let p = Params::new(q.as_deref(), &HeaderMap::new(), &[]);
-    let (sel, start, end) = selection(&p, false)?;
-    let store = Arc::clone(&st.store);
-    let values = tokio::task::spawn_blocking(move || {
-        matching_series(&store, &sel, start, end)
+    let values = on_matching_series(&st, selection(&p, false)?, move |found| {
+        found
             .iter()
             .filter_map(|l| l.get(&name).map(str::to_string))
             .collect::<BTreeSet<String>>()
     })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .await?;
     Ok(success(json!(values)))
 }
 

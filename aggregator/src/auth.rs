@@ -24,22 +24,30 @@ fn peer<T>(req: &Request<T>) -> Result<&PeerInfo, Status> {
         .ok_or_else(|| Status::unauthenticated("no TLS peer information on this connection"))
 }
 
+/// Refuses a certificate of the other role for `rpc` (`ingest`, `query`).
+fn wrong_role(p: &PeerInfo, rpc: &'static str, message: String) -> Status {
+    metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => rpc).increment(1);
+    refuse(p, AuthFailure::Role, Status::permission_denied(message))
+}
+
+/// Refuses a certificate that names no nodewatch identity.
+fn no_identity(p: &PeerInfo, e: &impl std::fmt::Display) -> Status {
+    refuse(
+        p,
+        AuthFailure::NoIdentity,
+        Status::permission_denied(format!("client certificate has no nodewatch identity: {e}")),
+    )
+}
+
 /// The node an Ingest caller speaks for.
 pub fn require_node<T>(req: &Request<T>) -> Result<(NodeName, PeerInfo), Status> {
     let p = peer(req)?;
     match &p.identity {
         Ok(Identity::Node(n)) => Ok((n.clone(), p.clone())),
-        Ok(Identity::Operator(who)) => {
-            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "ingest").increment(1);
-            Err(refuse(p, AuthFailure::Role, Status::permission_denied(format!(
-                "operator certificate ({who}) may not Ingest: only spiffe://nodewatch/node/<name> certificates may"
-            ))))
-        }
-        Err(e) => Err(refuse(
-            p,
-            AuthFailure::NoIdentity,
-            Status::permission_denied(format!("client certificate has no nodewatch identity: {e}")),
-        )),
+        Ok(Identity::Operator(who)) => Err(wrong_role(p, "ingest", format!(
+            "operator certificate ({who}) may not Ingest: only spiffe://nodewatch/node/<name> certificates may"
+        ))),
+        Err(e) => Err(no_identity(p, e)),
     }
 }
 
@@ -48,16 +56,9 @@ pub fn require_operator<T>(req: &Request<T>) -> Result<String, Status> {
     let p = peer(req)?;
     match &p.identity {
         Ok(Identity::Operator(who)) => Ok(who.clone()),
-        Ok(Identity::Node(n)) => {
-            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "query").increment(1);
-            Err(refuse(p, AuthFailure::Role, Status::permission_denied(format!(
-                "node certificate ({n}) may not Query: only spiffe://nodewatch/operator/<who> certificates may"
-            ))))
-        }
-        Err(e) => Err(refuse(
-            p,
-            AuthFailure::NoIdentity,
-            Status::permission_denied(format!("client certificate has no nodewatch identity: {e}")),
-        )),
+        Ok(Identity::Node(n)) => Err(wrong_role(p, "query", format!(
+            "node certificate ({n}) may not Query: only spiffe://nodewatch/operator/<who> certificates may"
+        ))),
+        Err(e) => Err(no_identity(p, e)),
     }
 }

@@ -140,6 +140,11 @@ fn first_extra(user: &Value, key: &str) -> Option<String> {
 }
 
 impl KubeApi {
+    /// `GET path`, its JSON answer.
+    async fn get(&self, path: &str) -> Result<Value, KubeError> {
+        self.call(Method::GET, path, None).await
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -266,11 +271,9 @@ impl KubeApi {
         name: &str,
     ) -> Result<ServiceAccountInfo, KubeError> {
         let v = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}"),
-                None,
-            )
+            .get(&format!(
+                "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
+            ))
             .await?;
         Ok(ServiceAccountInfo {
             uid: v["metadata"]["uid"]
@@ -286,11 +289,7 @@ impl KubeApi {
     /// The node a pod is scheduled on and its uid.
     pub async fn pod(&self, namespace: &str, name: &str) -> Result<(String, String), KubeError> {
         let v = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
-                None,
-            )
+            .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
             .await?;
         let node = v["spec"]["nodeName"]
             .as_str()
@@ -565,20 +564,9 @@ impl Bootstrap for BootstrapService {
             ));
         }
         let node = NodeName::new(pod_node).map_err(|e| refuse("node", e.to_string()))?;
-        let pem = self
-            .ca
-            .sign_request(&r.csr_pem, &Identity::Node(node.clone()), self.validity)
-            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-        metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "issued")
-            .increment(1);
+        let issued = self.sign(&r.csr_pem, &node)?;
         info!(%node, pod = %review.pod, "Issued a node certificate.");
-        let not_after_ms = crate::store::now_ms() + self.validity.as_millis() as i64;
-        Ok(Response::new(IssueResponse {
-            cert_pem: pem.cert,
-            ca_pem: self.ca.pem().cert.clone(),
-            not_after_ms,
-            node: node.to_string(),
-        }))
+        Ok(Response::new(issued))
     }
 }
 
@@ -633,20 +621,26 @@ impl BootstrapService {
                 format!("ServiceAccount {namespace}/{name}: {NODE_ANNOTATION}: {e}"),
             )
         })?;
+        let issued = self.sign(csr_pem, &node)?;
+        info!(%node, service_account = %user.username, "Issued a node certificate.");
+        Ok(Response::new(issued))
+    }
+
+    /// Signs the request as `node`'s certificate, counting it issued.
+    fn sign(&self, csr_pem: &str, node: &NodeName) -> Result<IssueResponse, Status> {
         let pem = self
             .ca
             .sign_request(csr_pem, &Identity::Node(node.clone()), self.validity)
             .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
         metrics::counter!("nodewatch_aggregator_bootstrap_total", "result" => "issued")
             .increment(1);
-        info!(%node, service_account = %user.username, "Issued a node certificate.");
         let not_after_ms = crate::store::now_ms() + self.validity.as_millis() as i64;
-        Ok(Response::new(IssueResponse {
+        Ok(IssueResponse {
             cert_pem: pem.cert,
             ca_pem: self.ca.pem().cert.clone(),
             not_after_ms,
             node: node.to_string(),
-        }))
+        })
     }
 }
 
@@ -654,25 +648,7 @@ impl BootstrapService {
 pub fn api_tls(
     ca: &std::path::Path,
 ) -> Result<Arc<rustls::ClientConfig>, nodewatch_proto::tls::TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in nodewatch_proto::tls::load_certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|source| nodewatch_proto::tls::TlsError::BadCa {
-                path: ca.to_path_buf(),
-                source,
-            })?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|source| nodewatch_proto::tls::TlsError::Rustls {
-        what: "TLS versions",
-        source,
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = nodewatch_proto::tls::foreign_client_trusting(ca)?.with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 

@@ -188,6 +188,22 @@ fn read_token(file: &Path, key: &str, p: &mut Problems) -> Option<String> {
     }
 }
 
+/// `value` as a duration, `default` when unset or (a problem named under
+/// `key`) not a duration.
+fn optional_duration(
+    value: Option<&str>,
+    key: &str,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) => config::parse_duration(v)
+            .map_err(|e| p.add(key, e))
+            .unwrap_or(default),
+    }
+}
+
 /// Validated `query_api:`.
 #[derive(Clone, Debug)]
 pub struct QueryApi {
@@ -199,12 +215,12 @@ pub struct QueryApi {
 
 impl QueryApiFile {
     fn validate(&self, p: &mut Problems) -> QueryApi {
-        let timeout = match &self.timeout {
-            None => Duration::from_secs(120),
-            Some(v) => config::parse_duration(v)
-                .map_err(|e| p.add("query_api.timeout", e))
-                .unwrap_or(Duration::from_secs(120)),
-        };
+        let timeout = optional_duration(
+            self.timeout.as_deref(),
+            "query_api.timeout",
+            Duration::from_secs(120),
+            p,
+        );
         let bearer_token = self
             .bearer_token_file
             .as_ref()
@@ -248,6 +264,25 @@ pub struct Alerting {
     /// How often firing alerts are re-sent (default `1m`, as Prometheus).
     #[serde(default)]
     pub resend_delay: Option<String>,
+}
+
+impl Alerting {
+    /// The Alertmanagers that are sound, and the resend delay.
+    fn validate(&self, p: &mut Problems) -> (Vec<AlertmanagerConfig>, Duration) {
+        let resend_delay = optional_duration(
+            self.resend_delay.as_deref(),
+            "alerting.resend_delay",
+            DEFAULT_RESEND_DELAY,
+            p,
+        );
+        let alertmanagers = self
+            .alertmanagers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.validate(&format!("alerting.alertmanagers[{i}]"), p))
+            .collect();
+        (alertmanagers, resend_delay)
+    }
 }
 
 /// One `alerting.alertmanagers` entry: a URL, or `{url, basic_auth,
@@ -356,7 +391,6 @@ pub struct AlertmanagerTlsFiles {
 impl AlertmanagerEntry {
     /// Checks the entry, recording problems under `key`.
     fn validate(&self, key: &str, problems: &mut Problems) -> Option<AlertmanagerConfig> {
-        use crate::notifier::Authorization;
         let mut probs = Counted { p: problems, n: 0 };
         let spec = match self {
             Self::Url(u) => AlertmanagerSpec {
@@ -367,26 +401,65 @@ impl AlertmanagerEntry {
             },
             Self::Full(s) => s.clone(),
         };
-        // Keys name the object's fields only where there is an object.
-        let field = |f: &str| match self {
-            Self::Url(_) => key.to_string(),
-            Self::Full(_) => format!("{key}.{f}"),
-        };
         let url = &spec.url;
         let https = url.starts_with("https://");
-        if url.starts_with("http://") || https {
+        self.check_url(url, key, &mut probs);
+        let auth = spec.authorization(key, &mut probs);
+        let tls = match (&spec.tls, https) {
+            (Some(_), false) => {
+                probs.add(format!("{key}.tls"), "only used with an https:// URL");
+                None
+            }
+            (None, true) => {
+                // No system trust store is bundled: the CA is always explicit.
+                probs.add(self.field(key, "tls.ca"), "required for an https:// URL");
+                None
+            }
+            (None, false) => None,
+            (Some(t), true) => t.validate(key, &mut probs),
+        };
+        (probs.n == 0).then(|| AlertmanagerConfig {
+            url: url.trim_end_matches('/').to_string(),
+            auth,
+            tls,
+        })
+    }
+
+    /// The key of field `f` under `key`: keys name the object's fields only
+    /// where there is an object.
+    fn field(&self, key: &str, f: &str) -> String {
+        match self {
+            Self::Url(_) => key.to_string(),
+            Self::Full(_) => format!("{key}.{f}"),
+        }
+    }
+
+    /// An `http://` or `https://` URL with a host.
+    fn check_url(&self, url: &str, key: &str, probs: &mut Counted<'_>) {
+        if url.starts_with("http://") || url.starts_with("https://") {
             match url.parse::<http::Uri>() {
                 Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {}
-                Ok(_) => probs.add(field("url"), format!("{url:?}: no host")),
-                Err(e) => probs.add(field("url"), format!("{url:?}: {e}")),
+                Ok(_) => probs.add(self.field(key, "url"), format!("{url:?}: no host")),
+                Err(e) => probs.add(self.field(key, "url"), format!("{url:?}: {e}")),
             }
         } else {
             probs.add(
-                field("url"),
+                self.field(key, "url"),
                 format!("{url:?}: expected an http:// or https:// URL"),
             );
         }
-        let auth = match (&spec.basic_auth, &spec.bearer_token_file) {
+    }
+}
+
+impl AlertmanagerSpec {
+    /// Basic authentication or a bearer token, at most one.
+    fn authorization(
+        &self,
+        key: &str,
+        probs: &mut Counted<'_>,
+    ) -> Option<crate::notifier::Authorization> {
+        use crate::notifier::Authorization;
+        match (&self.basic_auth, &self.bearer_token_file) {
             (Some(_), Some(_)) => {
                 probs.add(
                     key,
@@ -411,59 +484,46 @@ impl AlertmanagerEntry {
                 })
             }
             (None, None) => None,
-        };
-        let tls = match (&spec.tls, https) {
-            (Some(_), false) => {
-                probs.add(format!("{key}.tls"), "only used with an https:// URL");
+        }
+    }
+}
+
+impl AlertmanagerTls {
+    /// The `tls` block of an `https://` Alertmanager.
+    fn validate(&self, key: &str, probs: &mut Counted<'_>) -> Option<AlertmanagerTlsFiles> {
+        let ca = self.ca.clone();
+        match &ca {
+            Some(ca) => probs.file(&format!("{key}.tls.ca"), ca),
+            None => probs.add(format!("{key}.tls.ca"), "required for an https:// URL"),
+        }
+        let cert_key = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                probs.file(&format!("{key}.tls.cert"), c);
+                probs.file(&format!("{key}.tls.key"), k);
+                Some((c.clone(), k.clone()))
+            }
+            (Some(_), None) => {
+                probs.add(format!("{key}.tls.key"), "required with tls.cert");
                 None
             }
-            (None, true) => {
-                // No system trust store is bundled: the CA is always explicit.
-                probs.add(field("tls.ca"), "required for an https:// URL");
+            (None, Some(_)) => {
+                probs.add(format!("{key}.tls.cert"), "required with tls.key");
                 None
             }
-            (None, false) => None,
-            (Some(t), true) => {
-                let ca = t.ca.clone();
-                match &ca {
-                    Some(ca) => probs.file(&format!("{key}.tls.ca"), ca),
-                    None => probs.add(format!("{key}.tls.ca"), "required for an https:// URL"),
-                }
-                let cert_key = match (&t.cert, &t.key) {
-                    (Some(c), Some(k)) => {
-                        probs.file(&format!("{key}.tls.cert"), c);
-                        probs.file(&format!("{key}.tls.key"), k);
-                        Some((c.clone(), k.clone()))
-                    }
-                    (Some(_), None) => {
-                        probs.add(format!("{key}.tls.key"), "required with tls.cert");
-                        None
-                    }
-                    (None, Some(_)) => {
-                        probs.add(format!("{key}.tls.cert"), "required with tls.key");
-                        None
-                    }
-                    (None, None) => None,
-                };
-                if let Some(n) = &t.server_name {
-                    if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
-                        probs.add(
-                            format!("{key}.tls.server_name"),
-                            format!("{n:?}: not a DNS name or IP address"),
-                        );
-                    }
-                }
-                ca.map(|ca| AlertmanagerTlsFiles {
-                    ca,
-                    cert_key,
-                    server_name: t.server_name.clone(),
-                })
-            }
+            (None, None) => None,
         };
-        (probs.n == 0).then(|| AlertmanagerConfig {
-            url: url.trim_end_matches('/').to_string(),
-            auth,
-            tls,
+        if let Some(n) = &self.server_name {
+            if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                probs.add(
+                    format!("{key}.tls.server_name"),
+                    format!("{n:?}: not a DNS name or IP address"),
+                );
+            }
+        }
+        ca.map(|ca| AlertmanagerTlsFiles {
+            ca,
+            cert_key,
+            server_name: self.server_name.clone(),
         })
     }
 }
@@ -534,6 +594,29 @@ pub struct LivenessFile {
     pub forget_after: Option<String>,
 }
 
+impl LivenessFile {
+    fn validate(&self, p: &mut Problems) -> crate::liveness::Options {
+        let forget_after = match &self.forget_after {
+            None => crate::liveness::DEFAULT_FORGET_AFTER,
+            Some(v) => match config::parse_duration(v) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    p.add("liveness.forget_after", "must be more than 0");
+                    crate::liveness::DEFAULT_FORGET_AFTER
+                }
+                Err(e) => {
+                    p.add("liveness.forget_after", e);
+                    crate::liveness::DEFAULT_FORGET_AFTER
+                }
+            },
+        };
+        crate::liveness::Options {
+            state_file: self.state_file.clone(),
+            forget_after,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -585,6 +668,17 @@ fn default_max_frame() -> usize {
     DEFAULT_MAX_FRAME_BYTES
 }
 
+impl Limits {
+    fn validate(&self, p: &mut Problems) {
+        if self.max_series_per_node == 0 {
+            p.add("limits.max_series_per_node", "must be at least 1");
+        }
+        if self.max_frame_bytes < 4096 {
+            p.add("limits.max_frame_bytes", "must be at least 4096");
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -628,60 +722,20 @@ impl File {
     /// Checks everything, reporting every problem at once.
     pub fn validate(&self, source: Option<&Path>) -> Result<Config, ConfigError> {
         let mut p = Problems::new(source);
-        let grpc_listen = self
-            .listen
-            .grpc
-            .parse()
-            .map_err(|e| p.add("listen.grpc", format!("{:?}: {e}", self.listen.grpc)))
-            .ok();
-        let http_listen = self
-            .listen
-            .http
-            .parse()
-            .map_err(|e| p.add("listen.http", format!("{:?}: {e}", self.listen.http)))
-            .ok();
+        let (grpc_listen, http_listen) = self.validate_listen(&mut p);
         let tls = self.tls.validate("tls", &mut p);
         let retention = config::parse_duration(&self.store.retention)
             .map_err(|e| p.add("store.retention", e))
             .ok();
-        if self.limits.max_series_per_node == 0 {
-            p.add("limits.max_series_per_node", "must be at least 1");
-        }
-        if self.limits.max_frame_bytes < 4096 {
-            p.add("limits.max_frame_bytes", "must be at least 4096");
-        }
-        let evaluation_interval = match &self.evaluation_interval {
-            None => DEFAULT_EVALUATION_INTERVAL,
-            Some(v) => config::parse_duration(v)
-                .map_err(|e| p.add("evaluation_interval", e))
-                .unwrap_or(DEFAULT_EVALUATION_INTERVAL),
-        };
-        let resend_delay = match &self.alerting.resend_delay {
-            None => DEFAULT_RESEND_DELAY,
-            Some(v) => config::parse_duration(v)
-                .map_err(|e| p.add("alerting.resend_delay", e))
-                .unwrap_or(DEFAULT_RESEND_DELAY),
-        };
-        let alertmanagers: Vec<AlertmanagerConfig> = self
-            .alerting
-            .alertmanagers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| a.validate(&format!("alerting.alertmanagers[{i}]"), &mut p))
-            .collect();
-        for (i, g) in self.rule_files.iter().enumerate() {
-            if let Err(e) = glob::Pattern::new(g) {
-                p.add(format!("rule_files[{i}]"), format!("{g:?}: {e}"));
-            }
-        }
-        for k in self.external_labels.keys() {
-            if k.is_empty()
-                || k.starts_with("__")
-                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                p.add(format!("external_labels.{k}"), "not a valid label name");
-            }
-        }
+        self.limits.validate(&mut p);
+        let evaluation_interval = optional_duration(
+            self.evaluation_interval.as_deref(),
+            "evaluation_interval",
+            DEFAULT_EVALUATION_INTERVAL,
+            &mut p,
+        );
+        let (alertmanagers, resend_delay) = self.alerting.validate(&mut p);
+        self.validate_rule_settings(&mut p);
         let bootstrap = self
             .bootstrap
             .as_ref()
@@ -695,23 +749,7 @@ impl File {
                 .as_ref()
                 .and_then(|f| read_token(f, "metrics.bearer_token_file", &mut p)),
         };
-        let liveness = crate::liveness::Options {
-            state_file: self.liveness.state_file.clone(),
-            forget_after: match &self.liveness.forget_after {
-                None => crate::liveness::DEFAULT_FORGET_AFTER,
-                Some(v) => match config::parse_duration(v) {
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => {
-                        p.add("liveness.forget_after", "must be more than 0");
-                        crate::liveness::DEFAULT_FORGET_AFTER
-                    }
-                    Err(e) => {
-                        p.add("liveness.forget_after", e);
-                        crate::liveness::DEFAULT_FORGET_AFTER
-                    }
-                },
-            },
-        };
+        let liveness = self.liveness.validate(&mut p);
         p.into_result()?;
         match (grpc_listen, http_listen, tls, retention) {
             (Some(grpc_listen), Some(http_listen), Some(tls), Some(retention)) => Ok(Config {
@@ -736,6 +774,37 @@ impl File {
                 liveness,
             }),
             _ => Err(ConfigError::Invalid(Problems::new(source))),
+        }
+    }
+
+    /// The gRPC and HTTP listen addresses.
+    fn validate_listen(&self, p: &mut Problems) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let address = |key: &str, value: &str, p: &mut Problems| {
+            value
+                .parse()
+                .map_err(|e| p.add(key, format!("{value:?}: {e}")))
+                .ok()
+        };
+        (
+            address("listen.grpc", &self.listen.grpc, p),
+            address("listen.http", &self.listen.http, p),
+        )
+    }
+
+    /// Rule file globs and the external labels of alerts.
+    fn validate_rule_settings(&self, p: &mut Problems) {
+        for (i, g) in self.rule_files.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(g) {
+                p.add(format!("rule_files[{i}]"), format!("{g:?}: {e}"));
+            }
+        }
+        for k in self.external_labels.keys() {
+            if k.is_empty()
+                || k.starts_with("__")
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                p.add(format!("external_labels.{k}"), "not a valid label name");
+            }
         }
     }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use nodewatch_proto::blocks::BlockDecoder;
+use nodewatch_proto::blocks::{BlockDecoder, BlockError};
 use nodewatch_proto::v1::ingest_server::Ingest;
 use nodewatch_proto::v1::{
     agent_frame, aggregator_frame, Ack, AgentFrame, AggregatorFrame, Batch, ErrorCode, Event,
-    Hello, StreamError, Welcome,
+    Hello, MetricMetadata, Sample, SeriesDef, StreamError, Welcome,
 };
 use nodewatch_proto::NodeName;
 use tokio::sync::mpsc;
@@ -165,18 +165,48 @@ fn valid_label_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Why a node may not send series named `name`, if it may not: the name
+/// Who owns a metric name a node may not send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// `ALERTS`, `ALERTS_FOR_STATE`, `up`, `scrape_*`.
+    Prometheus,
+    /// The aggregator's own metrics.
+    Aggregator,
+    /// What the aggregator's recording rules write.
+    RecordingRule,
+}
+
+impl Owner {
+    /// The `reason` label of `nodewatch_aggregator_reserved_names_refused_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Owner::Prometheus => "prometheus",
+            Owner::Aggregator => "aggregator",
+            Owner::RecordingRule => "recording_rule",
+        }
+    }
+
+    /// As the error frame names the owner.
+    fn said(self) -> &'static str {
+        match self {
+            Owner::Prometheus => "Prometheus",
+            Owner::Aggregator | Owner::RecordingRule => "the aggregator",
+        }
+    }
+}
+
+/// Who owns `name`, if a node may not send series by that name: the name
 /// belongs to Prometheus (`ALERTS`, `ALERTS_FOR_STATE`, `up`, `scrape_*`)
 /// or to the aggregator (its own metrics and what its recording rules
 /// write). With `honorLabels: true` such a series would reach Prometheus
 /// beside the real one.
-fn reserved(name: &str, rules: Option<&crate::rules::RuleManager>) -> Option<&'static str> {
+fn reserved(name: &str, rules: Option<&crate::rules::RuleManager>) -> Option<Owner> {
     if matches!(name, "ALERTS" | "ALERTS_FOR_STATE" | "up") || name.starts_with("scrape_") {
-        Some("prometheus")
+        Some(Owner::Prometheus)
     } else if name.starts_with("nodewatch_aggregator_") {
-        Some("aggregator")
+        Some(Owner::Aggregator)
     } else if rules.is_some_and(|r| r.records(name)) {
-        Some("recording_rule")
+        Some(Owner::RecordingRule)
     } else {
         None
     }
@@ -220,73 +250,365 @@ struct Session {
 /// blocks carrying several timestamps of a series.
 const BLOCK_SAMPLES_PER_SERIES_LIMIT: usize = 4;
 
+/// What is sent back for one frame: errors first, then the ack.
+type Reply = Result<AggregatorFrame, Status>;
+
+/// Why none of a batch is stored: found before anything of it is applied.
+#[derive(Debug)]
+enum Refused {
+    /// `blocks[index]` did not decode. The stream's block state no longer
+    /// matches the agent's encoder, so the stream ends.
+    Block { index: usize, error: BlockError },
+    /// Seqs start at 1.
+    SeqZero,
+    /// The seq is not after the last one seen on this stream.
+    SeqBackwards { last: u64 },
+    /// Stored already (the ack was lost, or a resend after a reconnect):
+    /// acked again, nothing stored.
+    Duplicate,
+}
+
+impl Refused {
+    /// The error frame's code and text, and whether it ends the stream;
+    /// `None` for a duplicate, which is acked.
+    fn error(&self, seq: u64) -> Option<(ErrorCode, String, bool)> {
+        match self {
+            Refused::Block { index, error } => Some((
+                ErrorCode::BlockDecode,
+                format!(
+                    "batch {seq}: blocks[{index}].{error}; nothing of this batch stored, stream closed (block state lost)"
+                ),
+                true,
+            )),
+            Refused::SeqZero => Some((
+                ErrorCode::BadFrame,
+                "batch seq must start at 1".into(),
+                false,
+            )),
+            Refused::SeqBackwards { last } => Some((
+                ErrorCode::BadFrame,
+                format!(
+                    "batch seq {seq} is not after the previous batch's seq {last} on this stream; batch ignored"
+                ),
+                false,
+            )),
+            Refused::Duplicate => None,
+        }
+    }
+
+    /// The frame answering a refused batch `seq`.
+    fn reply(&self, seq: u64) -> Reply {
+        match self.error(seq) {
+            Some((code, message, fatal)) => error_frame(code, message, seq, fatal),
+            None => frame(aggregator_frame::Frame::Ack(Ack { seq })),
+        }
+    }
+
+    /// Counts (and for a bad block, logs) a batch refused whole.
+    fn count(&self, node: &NodeName, seq: u64) {
+        match self {
+            Refused::Block { .. } => {
+                metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "block_decode").increment(1);
+                if let Some(suppressed) = crate::throttle::warnings().check("block_decode") {
+                    let msg = self.error(seq).map(|(_, msg, _)| msg).unwrap_or_default();
+                    warn!(%node, seq, error = %msg, suppressed, "Sample block refused.");
+                }
+            }
+            Refused::SeqZero => {}
+            Refused::SeqBackwards { .. } => {
+                metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "seq_backwards").increment(1);
+            }
+            Refused::Duplicate => {
+                metrics::counter!("nodewatch_aggregator_duplicate_batches_total", "node" => node.to_string())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// Why a series definition's labels are refused.
+#[derive(Debug)]
+enum LabelProblem {
+    /// Not a label name, or one of the `__` names Prometheus keeps for itself.
+    BadName(String),
+    /// `node`, which the aggregator sets from the client certificate.
+    Node,
+    /// Given twice.
+    Duplicate(String),
+}
+
+impl std::fmt::Display for LabelProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelProblem::BadName(name) => write!(f, "bad label name {name:?}"),
+            LabelProblem::Node => f.write_str(
+                "label \"node\" is reserved: the aggregator sets it from the certificate",
+            ),
+            LabelProblem::Duplicate(name) => write!(f, "duplicate label {name:?}"),
+        }
+    }
+}
+
+/// One thing wrong in a batch whose other contents are stored; named in the
+/// batch's error frame.
+#[derive(Debug)]
+enum Problem {
+    /// A metadata entry's metric name is not a metric name.
+    MetadataName { name: String },
+    /// `series_defs[index]`'s metric name is not a metric name.
+    SeriesName {
+        index: usize,
+        r#ref: u64,
+        name: String,
+    },
+    /// `series_defs[index]` uses a name someone else owns.
+    Reserved {
+        index: usize,
+        r#ref: u64,
+        name: String,
+        owner: Owner,
+    },
+    /// `series_defs[index]`'s labels are refused.
+    Labels {
+        index: usize,
+        r#ref: u64,
+        name: String,
+        why: LabelProblem,
+    },
+    /// `series_defs[index]` would be a series past the node's limit.
+    SeriesLimit {
+        index: usize,
+        name: String,
+        limit: usize,
+    },
+    /// The first sample too far ahead of the aggregator's clock.
+    Future { t_ms: i64, r#ref: u64 },
+    /// The first sample whose ref no series definition on this stream gave.
+    UnknownRef { r#ref: u64 },
+    /// How many samples had unknown refs, when more than one had.
+    UnknownRefs { count: usize },
+    /// The node is over its sample rate: the batch's samples are dropped.
+    SampleRate { limit: u64, dropped: usize },
+}
+
+impl Problem {
+    /// Whether this is a node's limit rather than a malformed frame.
+    fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Problem::SeriesLimit { .. } | Problem::SampleRate { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::MetadataName { name } => write!(f, "metadata: bad metric name {name:?}"),
+            Problem::SeriesName { index, r#ref, name } => {
+                write!(f, "series_defs[{index}] (ref {ref}): bad metric name {name:?}")
+            }
+            Problem::Reserved {
+                index,
+                r#ref,
+                name,
+                owner,
+            } => write!(
+                f,
+                "series_defs[{index}] (ref {ref}): name {name:?} is reserved to {}; refused",
+                owner.said()
+            ),
+            Problem::Labels {
+                index,
+                r#ref,
+                name,
+                why,
+            } => write!(f, "series_defs[{index}] (ref {ref}, {name}): {why}"),
+            Problem::SeriesLimit { index, name, limit } => write!(
+                f,
+                "series_defs[{index}] ({name}): node is at its limit of {limit} series"
+            ),
+            Problem::Future { t_ms, r#ref } => write!(
+                f,
+                "samples: timestamp {t_ms} ms is more than 10 minutes in the future (ref {ref})"
+            ),
+            Problem::UnknownRef { r#ref } => write!(
+                f,
+                "samples: unknown series ref {ref} (not defined on this stream)"
+            ),
+            Problem::UnknownRefs { count } => write!(
+                f,
+                "samples: {count} samples with unknown series refs in all"
+            ),
+            Problem::SampleRate { limit, dropped } => write!(
+                f,
+                "node is over its limit of {limit} samples per second; {dropped} samples of this batch dropped"
+            ),
+        }
+    }
+}
+
+/// A batch's problems: all counted, the first few kept to be named.
+#[derive(Default)]
+struct Problems {
+    listed: Vec<Problem>,
+    count: usize,
+    /// Some problem is a limit: the error frame's code is `Limit`.
+    limit: bool,
+    /// Some series was refused for the node's series limit.
+    series_limit: bool,
+}
+
+impl Problems {
+    fn push(&mut self, p: Problem) {
+        self.count += 1;
+        self.limit |= p.is_limit();
+        self.series_limit |= matches!(p, Problem::SeriesLimit { .. });
+        if self.listed.len() < MAX_PROBLEMS_LISTED {
+            self.listed.push(p);
+        }
+    }
+
+    /// The error frame's text: `batch SEQ: ` and the problems listed.
+    fn message(&self, seq: u64) -> String {
+        let mut msg = format!("batch {seq}: ");
+        for (i, p) in self.listed.iter().enumerate() {
+            if i > 0 {
+                msg.push_str("; ");
+            }
+            let _ = write!(msg, "{p}");
+        }
+        let more = self.count.saturating_sub(self.listed.len());
+        if more > 0 {
+            let _ = write!(msg, "; and {more} more");
+        }
+        msg
+    }
+
+    /// Counts and logs a batch's problems; the error frame naming them, if any.
+    fn report(&self, node: &NodeName, seq: u64) -> Option<Reply> {
+        if self.count == 0 {
+            return None;
+        }
+        let kind = if self.limit { "limit" } else { "bad_frame" };
+        metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(self.count as u64);
+        if self.series_limit {
+            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "series").increment(1);
+        }
+        let msg = self.message(seq);
+        // Rate-limited: a node resending a bad batch must not fill the log.
+        if let Some(suppressed) = crate::throttle::warnings().check("batch_refused") {
+            warn!(%node, seq, error = %msg, suppressed, "Batch partly refused.");
+        }
+        let code = if self.limit {
+            ErrorCode::Limit
+        } else {
+            ErrorCode::BadFrame
+        };
+        Some(error_frame(code, msg, seq, false))
+    }
+}
+
+/// A series definition's labels with `__name__` and `node` added, sorted;
+/// or, when some label is refused, why the last refused one was.
+fn series_labels(def: &SeriesDef, node: &str) -> Result<Labels, LabelProblem> {
+    let mut labels: Vec<(String, String)> = Vec::with_capacity(def.labels.len() + 2);
+    let mut bad = None;
+    for l in &def.labels {
+        if !valid_label_name(&l.name) || l.name.starts_with("__") {
+            bad = Some(LabelProblem::BadName(l.name.clone()));
+        } else if l.name == "node" {
+            bad = Some(LabelProblem::Node);
+        } else if labels.iter().any(|(k, _)| *k == l.name) {
+            bad = Some(LabelProblem::Duplicate(l.name.clone()));
+        }
+        labels.push((l.name.clone(), l.value.clone()));
+    }
+    if let Some(why) = bad {
+        return Err(why);
+    }
+    labels.push(("__name__".into(), def.name.clone()));
+    labels.push(("node".into(), node.to_string()));
+    labels.sort_unstable();
+    Ok(labels.into())
+}
+
 impl IngestService {
-    /// Applies one batch. Returns the frames to send back (errors, then the ack).
-    fn apply(&self, s: &mut Session, batch: Batch) -> Vec<Result<AggregatorFrame, Status>> {
-        let node = s.node.as_str().to_string();
+    /// Applies one batch: decode its blocks, check its seq, admit its
+    /// series, resolve its samples, record. Returns the frames to send back
+    /// (errors, then the ack).
+    fn apply(&self, s: &mut Session, batch: Batch) -> Vec<Reply> {
         // Counted in the store (crate::liveness), not the recorder, so the
         // aggregator's own rules read it.
         self.nodes.received(&s.node, now_ms());
-        let mut out = Vec::new();
         let seq = batch.seq;
-        // Blocks first, whatever happens to the batch next (a duplicate, a
-        // bad seq): each is encoded against the ones before it, so skipping
-        // one would put every later block out of step.
+        let checked = self.decode_blocks(s, &batch).and_then(|decoded| {
+            self.check_seq(s, seq)?;
+            Ok(decoded)
+        });
+        match checked {
+            Ok(decoded) => self.store_batch(s, batch, &decoded),
+            Err(refused) => {
+                refused.count(&s.node, seq);
+                vec![refused.reply(seq)]
+            }
+        }
+    }
+
+    /// Stores what is valid in a batch whose blocks decoded and whose seq
+    /// is new; the error frame naming the rest, then the ack.
+    fn store_batch(&self, s: &mut Session, batch: Batch, decoded: &[Sample]) -> Vec<Reply> {
+        let seq = batch.seq;
+        let mut problems = Problems::default();
+        self.admit_metadata(&batch.metadata, &mut problems);
+        self.admit_series(s, &batch.series_defs, &mut problems);
+        let samples = self.resolve_samples(s, &batch.samples, decoded, &mut problems);
+        self.record(s, seq, &samples, batch.events);
+        let mut out: Vec<Reply> = problems.report(&s.node, seq).into_iter().collect();
+        // Ack even a partly refused batch: resending it would fail the same way,
+        // and everything valid in it is stored.
+        out.push(frame(aggregator_frame::Frame::Ack(Ack { seq })));
+        out
+    }
+
+    /// Decodes the batch's sample blocks. Blocks come first, whatever
+    /// happens to the batch next (a duplicate, a bad seq): each is encoded
+    /// against the ones before it, so skipping one would put every later
+    /// block out of step.
+    fn decode_blocks(&self, s: &mut Session, batch: &Batch) -> Result<Vec<Sample>, Refused> {
         let mut decoded = Vec::new();
         let budget = self
             .max_series_per_node
             .saturating_mul(BLOCK_SAMPLES_PER_SERIES_LIMIT);
-        for (i, block) in batch.blocks.iter().enumerate() {
+        for (index, block) in batch.blocks.iter().enumerate() {
             let left = budget.saturating_sub(decoded.len());
-            if let Err(e) = s.blocks.decode(block, &mut decoded, left) {
-                metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => "block_decode").increment(1);
-                let msg = format!(
-                    "batch {seq}: blocks[{i}].{e}; nothing of this batch stored, stream closed (block state lost)"
-                );
-                if let Some(suppressed) = crate::throttle::warnings().check("block_decode") {
-                    warn!(node = %s.node, seq, error = %msg, suppressed, "Sample block refused.");
-                }
-                return vec![error_frame(ErrorCode::BlockDecode, msg, seq, true)];
-            }
+            s.blocks
+                .decode(block, &mut decoded, left)
+                .map_err(|error| Refused::Block { index, error })?;
         }
+        Ok(decoded)
+    }
+
+    /// Checks that `seq` moves forward on this stream and is not stored yet.
+    fn check_seq(&self, s: &mut Session, seq: u64) -> Result<(), Refused> {
         if seq == 0 {
-            return vec![error_frame(
-                ErrorCode::BadFrame,
-                "batch seq must start at 1".into(),
-                seq,
-                false,
-            )];
+            return Err(Refused::SeqZero);
         }
         if s.last_seq != 0 && seq <= s.last_seq {
-            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => "seq_backwards").increment(1);
-            return vec![error_frame(
-                ErrorCode::BadFrame,
-                format!("batch seq {seq} is not after the previous batch's seq {} on this stream; batch ignored", s.last_seq),
-                seq,
-                false,
-            )];
+            return Err(Refused::SeqBackwards { last: s.last_seq });
         }
         s.last_seq = seq;
-        let cursor = self.nodes.cursor(&s.node, &s.hello);
-        if seq <= cursor {
-            // Already stored (the ack was lost, or a resend after reconnect): ack again, store nothing.
-            metrics::counter!("nodewatch_aggregator_duplicate_batches_total", "node" => node)
-                .increment(1);
-            return vec![frame(aggregator_frame::Frame::Ack(Ack { seq }))];
+        if seq <= self.nodes.cursor(&s.node, &s.hello) {
+            return Err(Refused::Duplicate);
         }
+        Ok(())
+    }
 
-        let mut problems: Vec<String> = Vec::new();
-        let mut problem_count = 0usize;
-        let mut problem = |msg: String| {
-            problem_count += 1;
-            if problems.len() < MAX_PROBLEMS_LISTED {
-                problems.push(msg);
-            }
-        };
-        let mut limit_hit = false;
-        for meta in &batch.metadata {
+    /// Sets the families' metadata. Metadata for reserved names is skipped
+    /// without a word: their series are refused (and counted) on their own.
+    fn admit_metadata(&self, metadata: &[MetricMetadata], problems: &mut Problems) {
+        for meta in metadata {
             if reserved(&meta.name, self.rules.as_deref()).is_some() {
-                // Refused (and counted) with its series below.
                 continue;
             }
             if valid_metric_name(&meta.name) {
@@ -298,117 +620,126 @@ impl IngestService {
                     },
                 );
             } else {
-                problem(format!("metadata: bad metric name {:?}", meta.name));
+                problems.push(Problem::MetadataName {
+                    name: meta.name.clone(),
+                });
             }
         }
-        let mut wanted: Vec<(usize, Labels)> = Vec::with_capacity(batch.series_defs.len());
-        for (i, def) in batch.series_defs.iter().enumerate() {
+    }
+
+    /// Checks the series definitions, then gives each one the node may
+    /// have its store series in the stream's symbol table. The node's series
+    /// limit is applied before any series is created, and the store is
+    /// locked once for the whole batch, not per series.
+    fn admit_series(&self, s: &mut Session, defs: &[SeriesDef], problems: &mut Problems) {
+        let wanted = self.wanted_series(s, defs, problems);
+        if wanted.is_empty() {
+            return;
+        }
+        let (at, labels): (Vec<usize>, Vec<Labels>) = wanted.into_iter().unzip();
+        let resolved = self.store.resolve(labels);
+        let existing: Vec<Option<SeriesId>> = resolved.iter().map(|(_, id)| *id).collect();
+        let admitted = self
+            .nodes
+            .admit(&s.node, &existing, self.max_series_per_node);
+        let mut refused = Vec::new();
+        let (mut create, mut create_at) = (Vec::new(), Vec::new());
+        for ((i, (labels, id)), ok) in at.into_iter().zip(resolved).zip(admitted) {
+            match (ok, id) {
+                (false, _) => refused.push(i),
+                (true, Some(id)) => {
+                    s.refs.insert(defs[i].r#ref, id);
+                }
+                (true, None) => {
+                    create.push(labels);
+                    create_at.push(i);
+                }
+            }
+        }
+        if !create.is_empty() {
+            let ids = self.store.create(create);
+            let added = self
+                .nodes
+                .add_created(&s.node, &ids, self.max_series_per_node);
+            for ((i, id), ok) in create_at.into_iter().zip(ids).zip(added) {
+                if ok {
+                    s.refs.insert(defs[i].r#ref, id);
+                } else {
+                    refused.push(i);
+                }
+            }
+        }
+        refused.sort_unstable();
+        for index in refused {
+            problems.push(Problem::SeriesLimit {
+                index,
+                name: defs[index].name.clone(),
+                limit: self.max_series_per_node,
+            });
+        }
+    }
+
+    /// The series definitions that are acceptable, by index, with their
+    /// full label sets; the others are problems.
+    fn wanted_series(
+        &self,
+        s: &Session,
+        defs: &[SeriesDef],
+        problems: &mut Problems,
+    ) -> Vec<(usize, Labels)> {
+        let mut wanted = Vec::with_capacity(defs.len());
+        for (index, def) in defs.iter().enumerate() {
+            let (r#ref, name) = (def.r#ref, def.name.clone());
             if !valid_metric_name(&def.name) {
-                problem(format!(
-                    "series_defs[{i}] (ref {}): bad metric name {:?}",
-                    def.r#ref, def.name
-                ));
+                problems.push(Problem::SeriesName { index, r#ref, name });
                 continue;
             }
             if let Some(owner) = reserved(&def.name, self.rules.as_deref()) {
-                metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.clone(), "reason" => owner).increment(1);
-                problem(format!(
-                    "series_defs[{i}] (ref {}): name {:?} is reserved to {}; refused",
-                    def.r#ref,
-                    def.name,
-                    if owner == "prometheus" {
-                        "Prometheus"
-                    } else {
-                        "the aggregator"
-                    }
-                ));
+                metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => s.node.to_string(), "reason" => owner.as_str()).increment(1);
+                problems.push(Problem::Reserved {
+                    index,
+                    r#ref,
+                    name,
+                    owner,
+                });
                 continue;
             }
-            let mut labels: Vec<(String, String)> = Vec::with_capacity(def.labels.len() + 2);
-            let mut bad = None;
-            for l in &def.labels {
-                if !valid_label_name(&l.name) || l.name.starts_with("__") {
-                    bad = Some(format!("bad label name {:?}", l.name));
-                } else if l.name == "node" {
-                    bad = Some(
-                        "label \"node\" is reserved: the aggregator sets it from the certificate"
-                            .to_string(),
-                    );
-                } else if labels.iter().any(|(k, _)| *k == l.name) {
-                    bad = Some(format!("duplicate label {:?}", l.name));
-                }
-                labels.push((l.name.clone(), l.value.clone()));
-            }
-            if let Some(why) = bad {
-                problem(format!(
-                    "series_defs[{i}] (ref {}, {}): {why}",
-                    def.r#ref, def.name
-                ));
-                continue;
-            }
-            labels.push(("__name__".into(), def.name.clone()));
-            labels.push(("node".into(), node.clone()));
-            labels.sort_unstable();
-            wanted.push((i, labels.into()));
-        }
-        // The node's series limit is applied before any series is created,
-        // and the store is locked once for the whole batch, not per series.
-        if !wanted.is_empty() {
-            let (at, labels): (Vec<usize>, Vec<Labels>) = wanted.into_iter().unzip();
-            let resolved = self.store.resolve(labels);
-            let existing: Vec<Option<SeriesId>> = resolved.iter().map(|(_, id)| *id).collect();
-            let admitted = self
-                .nodes
-                .admit(&s.node, &existing, self.max_series_per_node);
-            let mut refused = Vec::new();
-            let (mut create, mut create_at) = (Vec::new(), Vec::new());
-            for ((i, (labels, id)), ok) in at.into_iter().zip(resolved).zip(admitted) {
-                match (ok, id) {
-                    (false, _) => refused.push(i),
-                    (true, Some(id)) => {
-                        s.refs.insert(batch.series_defs[i].r#ref, id);
-                    }
-                    (true, None) => {
-                        create.push(labels);
-                        create_at.push(i);
-                    }
-                }
-            }
-            if !create.is_empty() {
-                let ids = self.store.create(create);
-                let added = self
-                    .nodes
-                    .add_created(&s.node, &ids, self.max_series_per_node);
-                for ((i, id), ok) in create_at.into_iter().zip(ids).zip(added) {
-                    if ok {
-                        s.refs.insert(batch.series_defs[i].r#ref, id);
-                    } else {
-                        refused.push(i);
-                    }
-                }
-            }
-            refused.sort_unstable();
-            for i in refused {
-                limit_hit = true;
-                problem(format!(
-                    "series_defs[{i}] ({}): node is at its limit of {} series",
-                    batch.series_defs[i].name, self.max_series_per_node
-                ));
+            match series_labels(def, s.node.as_str()) {
+                Ok(labels) => wanted.push((index, labels)),
+                Err(why) => problems.push(Problem::Labels {
+                    index,
+                    r#ref,
+                    name,
+                    why,
+                }),
             }
         }
-        let mut samples = Vec::with_capacity(batch.samples.len() + decoded.len());
+        wanted
+    }
+
+    /// The batch's samples (plain, then decoded from blocks) as store
+    /// series, leaving out those too far in the future or with unknown
+    /// refs, and all of them when the node is over its sample rate.
+    fn resolve_samples(
+        &self,
+        s: &Session,
+        plain: &[Sample],
+        decoded: &[Sample],
+        problems: &mut Problems,
+    ) -> Vec<(SeriesId, i64, f64)> {
+        let mut samples = Vec::with_capacity(plain.len() + decoded.len());
         let mut unknown = 0usize;
         let mut future = 0usize;
         let newest_allowed = now_ms() + MAX_FUTURE_MS;
-        for smp in batch.samples.iter().chain(&decoded) {
+        for smp in plain.iter().chain(decoded) {
             if smp.t_ms > newest_allowed {
                 // A clock far ahead would push the node's own history out of retention.
                 future += 1;
                 if future == 1 {
-                    problem(format!(
-                        "samples: timestamp {} ms is more than 10 minutes in the future (ref {})",
-                        smp.t_ms, smp.r#ref
-                    ));
+                    problems.push(Problem::Future {
+                        t_ms: smp.t_ms,
+                        r#ref: smp.r#ref,
+                    });
                 }
                 continue;
             }
@@ -417,17 +748,12 @@ impl IngestService {
             } else {
                 unknown += 1;
                 if unknown == 1 {
-                    problem(format!(
-                        "samples: unknown series ref {} (not defined on this stream)",
-                        smp.r#ref
-                    ));
+                    problems.push(Problem::UnknownRef { r#ref: smp.r#ref });
                 }
             }
         }
         if unknown > 1 {
-            problem(format!(
-                "samples: {unknown} samples with unknown series refs in all"
-            ));
+            problems.push(Problem::UnknownRefs { count: unknown });
         }
         if !samples.is_empty()
             && !self.nodes.take_samples(
@@ -437,21 +763,25 @@ impl IngestService {
                 now_ms(),
             )
         {
-            limit_hit = true;
-            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.clone(), "limit" => "samples_per_second").increment(1);
-            problem(format!(
-                "node is over its limit of {} samples per second; {} samples of this batch dropped",
-                self.max_samples_per_second,
-                samples.len()
-            ));
+            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => s.node.to_string(), "limit" => "samples_per_second").increment(1);
+            problems.push(Problem::SampleRate {
+                limit: self.max_samples_per_second,
+                dropped: samples.len(),
+            });
             samples.clear();
         }
-        let appended = self.store.append(&samples);
+        samples
+    }
+
+    /// Stores the samples and events and moves the node's cursor to `seq`.
+    fn record(&self, s: &Session, seq: u64, samples: &[(SeriesId, i64, f64)], events: Vec<Event>) {
+        let node = s.node.to_string();
+        let appended = self.store.append(samples);
         metrics::counter!("nodewatch_aggregator_samples_total", "node" => node.clone())
             .increment(appended as u64);
         let now = now_ms();
-        let had_events = !batch.events.is_empty();
-        for mut e in batch.events {
+        let had_events = !events.is_empty();
+        for mut e in events {
             e.node.clone_from(&node);
             metrics::counter!("nodewatch_aggregator_events_total", "node" => node.clone(), "kind" => kind_name(&e)).increment(1);
             self.events.push(e);
@@ -462,35 +792,6 @@ impl IngestService {
                 m.trigger();
             }
         }
-        if !problems.is_empty() {
-            let kind = if limit_hit { "limit" } else { "bad_frame" };
-            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.clone(), "kind" => kind).increment(problem_count as u64);
-            if problems
-                .iter()
-                .any(|p| p.contains("series_defs") && p.contains("limit"))
-            {
-                metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.clone(), "limit" => "series").increment(1);
-            }
-            let more = problem_count.saturating_sub(problems.len());
-            let mut msg = format!("batch {seq}: {}", problems.join("; "));
-            if more > 0 {
-                let _ = write!(msg, "; and {more} more");
-            }
-            // Rate-limited: a node resending a bad batch must not fill the log.
-            if let Some(suppressed) = crate::throttle::warnings().check("batch_refused") {
-                warn!(node = %s.node, seq, error = %msg, suppressed, "Batch partly refused.");
-            }
-            let code = if limit_hit {
-                ErrorCode::Limit
-            } else {
-                ErrorCode::BadFrame
-            };
-            out.push(error_frame(code, msg, seq, false));
-        }
-        // Ack even a partly refused batch: resending it would fail the same way,
-        // and everything valid in it is stored.
-        out.push(frame(aggregator_frame::Frame::Ack(Ack { seq })));
-        out
     }
 
     async fn run(
@@ -498,78 +799,19 @@ impl IngestService {
         node: NodeName,
         peer: String,
         mut inbound: Streaming<AgentFrame>,
-        tx: mpsc::Sender<Result<AggregatorFrame, Status>>,
+        tx: mpsc::Sender<Reply>,
     ) {
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
-            Ok(Some(Ok(AgentFrame {
-                frame: Some(agent_frame::Frame::Hello(h)),
-            }))) => h,
-            Ok(Some(Ok(_))) => {
-                let _ = tx
-                    .send(error_frame(
-                        ErrorCode::BadFrame,
-                        "the first frame must be Hello".into(),
-                        0,
-                        true,
-                    ))
-                    .await;
-                return;
-            }
-            Ok(Some(Err(status))) => {
-                if let Some(suppressed) = crate::throttle::warnings().check("before_hello") {
-                    warn!(%node, error = %status, suppressed, "Stream failed before Hello.");
-                }
-                return;
-            }
-            Ok(None) => return,
-            Err(_) => {
-                let _ = tx
-                    .send(Err(Status::deadline_exceeded("no Hello within 30 s")))
-                    .await;
-                return;
-            }
+        let Some(hello) = await_hello(&node, &mut inbound, &tx).await else {
+            return;
         };
         if !hello.node.is_empty() && hello.node != node.as_str() {
-            metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "hello_identity")
-                .increment(1);
-            nodewatch_proto::tls::count_auth_failure(
-                nodewatch_proto::tls::AuthFailure::HelloIdentity.as_str(),
-            );
-            let msg = format!(
-                "Hello names node {:?} but the client certificate is for node {:?}; refused",
-                hello.node,
-                node.as_str()
-            );
-            if let Some(suppressed) = crate::throttle::warnings().check("hello_identity") {
-                warn!(%node, claimed = %hello.node, reason = "hello_identity", suppressed, "Hello names another node; stream refused.");
-            }
-            let _ = tx
-                .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
-                .await;
-            let _ = tx.send(Err(Status::permission_denied(msg))).await;
+            refuse_hello_identity(&node, &hello, &tx).await;
             return;
         }
         let (stream_id, replaced) = self.live.open(&node);
         let acked = self.nodes.connect(&node, &hello, peer.clone(), now_ms());
         metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
-        // A node's trouble counters exist at 0 from its first stream on, so
-        // an alert on their increase sees the first error.
-        for kind in [
-            "decode",
-            "bad_frame",
-            "limit",
-            "block_decode",
-            "seq_backwards",
-            "replaced",
-        ] {
-            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(0);
-        }
-        for reason in ["prometheus", "aggregator", "recording_rule"] {
-            metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.to_string(), "reason" => reason).increment(0);
-        }
-        for limit in ["frame_bytes", "series", "samples_per_second"] {
-            metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => limit).increment(0);
-        }
+        zero_node_counters(&node);
         info!(%node, %peer, agent_version = %hello.agent_version, acked, "Agent connected.");
         let welcome = Welcome {
             node: node.to_string(),
@@ -577,114 +819,22 @@ impl IngestService {
             acked_seq: acked,
             sample_blocks: nodewatch_proto::blocks::VERSION,
         };
-        // The session's state (symbol table, decoder) ends with this block.
+        let session = Session {
+            node: node.clone(),
+            hello,
+            refs: HashMap::new(),
+            last_seq: 0,
+            // Decoder state inside the node's series limit.
+            blocks: BlockDecoder::with_max_series(self.max_series_per_node),
+        };
+        if tx
+            .send(frame(aggregator_frame::Frame::Welcome(welcome)))
+            .await
+            .is_ok()
         {
-            let mut session = Session {
-                node: node.clone(),
-                hello,
-                refs: HashMap::new(),
-                last_seq: 0,
-                // Decoder state inside the node's series limit.
-                blocks: BlockDecoder::with_max_series(self.max_series_per_node),
-            };
-            if tx
-                .send(frame(aggregator_frame::Frame::Welcome(welcome)))
-                .await
-                .is_ok()
-            {
-                loop {
-                    let msg = tokio::select! {
-                        m = inbound.next() => match m {
-                            Some(m) => m,
-                            None => break,
-                        },
-                        () = replaced.notified() => {
-                            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "replaced").increment(1);
-                            if let Some(suppressed) = crate::throttle::warnings().check("stream_replaced") {
-                                warn!(%node, %peer, suppressed, "Stream replaced by a newer one from the same node; closed.");
-                            }
-                            let _ = tx
-                                .send(error_frame(
-                                    ErrorCode::BadFrame,
-                                    "replaced by a newer stream from this node; closed (one live stream per node)".into(),
-                                    0,
-                                    true,
-                                ))
-                                .await;
-                            break;
-                        }
-                    };
-                    let replies = match msg {
-                        Ok(AgentFrame {
-                            frame: Some(agent_frame::Frame::Batch(b)),
-                        }) => {
-                            let this = Arc::clone(&self);
-                            // Applying takes the store's write lock; keep it off the async workers.
-                            match tokio::task::spawn_blocking(move || {
-                                let r = this.apply(&mut session, b);
-                                (session, r)
-                            })
-                            .await
-                            {
-                                Ok((s, r)) => {
-                                    session = s;
-                                    r
-                                }
-                                Err(e) => {
-                                    warn!(%node, error = %e, "Batch handling panicked; closing the stream.");
-                                    break;
-                                }
-                            }
-                        }
-                        Ok(AgentFrame {
-                            frame: Some(agent_frame::Frame::Hello(_)),
-                        }) => {
-                            vec![error_frame(
-                                ErrorCode::BadFrame,
-                                "Hello may only be the first frame; ignored".into(),
-                                0,
-                                false,
-                            )]
-                        }
-                        Ok(AgentFrame { frame: None }) => {
-                            vec![error_frame(
-                                ErrorCode::BadFrame,
-                                "empty frame (no Hello or Batch); ignored".into(),
-                                0,
-                                false,
-                            )]
-                        }
-                        Err(status) => {
-                            // Decoding errors (oversized or malformed frames) end up here.
-                            metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
-                            if status.message().contains("too large") {
-                                metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
-                            }
-                            if let Some(suppressed) =
-                                crate::throttle::warnings().check("stream_error")
-                            {
-                                warn!(%node, error = %status, suppressed, "Stream ended with an error.");
-                            }
-                            let msg = format!("frame refused: {}", status.message());
-                            let _ = tx.send(Err(Status::new(status.code(), msg))).await;
-                            break;
-                        }
-                    };
-                    let fatal = replies.iter().any(|r| {
-                        matches!(r, Ok(AggregatorFrame {
-                        frame: Some(aggregator_frame::Frame::Error(e)),
-                    }) if e.fatal)
-                    });
-                    for r in replies {
-                        if tx.send(r).await.is_err() {
-                            break;
-                        }
-                    }
-                    if fatal {
-                        break;
-                    }
-                }
-            }
+            // The session's state (symbol table, decoder) ends with this call.
+            self.serve(session, &peer, &mut inbound, &tx, &replaced)
+                .await;
         }
         self.live.close(&node, stream_id);
         release_memory();
@@ -692,6 +842,231 @@ impl IngestService {
         metrics::gauge!("nodewatch_aggregator_nodes_connected").set(self.nodes.connected() as f64);
         info!(%node, "Agent disconnected.");
     }
+
+    /// Answers the stream's frames after Welcome until it ends, fails, is
+    /// replaced, or a fatal error is sent.
+    async fn serve(
+        self: &Arc<Self>,
+        mut session: Session,
+        peer: &str,
+        inbound: &mut Streaming<AgentFrame>,
+        tx: &mpsc::Sender<Reply>,
+        replaced: &tokio::sync::Notify,
+    ) {
+        let node = session.node.clone();
+        loop {
+            let msg = tokio::select! {
+                m = inbound.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                () = replaced.notified() => {
+                    close_replaced(&node, peer, tx).await;
+                    break;
+                }
+            };
+            let replies = match msg {
+                Ok(AgentFrame {
+                    frame: Some(agent_frame::Frame::Batch(b)),
+                }) => match self.apply_off_workers(session, b).await {
+                    Some((s, r)) => {
+                        session = s;
+                        r
+                    }
+                    None => break,
+                },
+                Ok(AgentFrame {
+                    frame: Some(agent_frame::Frame::Hello(_)),
+                }) => vec![error_frame(
+                    ErrorCode::BadFrame,
+                    "Hello may only be the first frame; ignored".into(),
+                    0,
+                    false,
+                )],
+                Ok(AgentFrame { frame: None }) => vec![error_frame(
+                    ErrorCode::BadFrame,
+                    "empty frame (no Hello or Batch); ignored".into(),
+                    0,
+                    false,
+                )],
+                Err(status) => {
+                    end_failed_stream(&node, &status, tx).await;
+                    break;
+                }
+            };
+            if send_replies(tx, replies).await {
+                break;
+            }
+        }
+    }
+
+    /// Applies a batch on a blocking thread, as applying takes the store's
+    /// write lock; `None` when that panicked and the stream must close.
+    async fn apply_off_workers(
+        self: &Arc<Self>,
+        mut session: Session,
+        batch: Batch,
+    ) -> Option<(Session, Vec<Reply>)> {
+        let this = Arc::clone(self);
+        let node = session.node.clone();
+        match tokio::task::spawn_blocking(move || {
+            let r = this.apply(&mut session, batch);
+            (session, r)
+        })
+        .await
+        {
+            Ok(done) => Some(done),
+            Err(e) => {
+                warn!(%node, error = %e, "Batch handling panicked; closing the stream.");
+                None
+            }
+        }
+    }
+}
+
+/// Waits for the stream's first frame, which must be Hello; on anything
+/// else the stream ends (with an error frame or status where one helps).
+async fn await_hello(
+    node: &NodeName,
+    inbound: &mut Streaming<AgentFrame>,
+    tx: &mpsc::Sender<Reply>,
+) -> Option<Hello> {
+    match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+        Ok(Some(Ok(AgentFrame {
+            frame: Some(agent_frame::Frame::Hello(h)),
+        }))) => Some(h),
+        Ok(Some(Ok(_))) => {
+            close_with(tx, "the first frame must be Hello").await;
+            None
+        }
+        Ok(Some(Err(status))) => {
+            if let Some(suppressed) = crate::throttle::warnings().check("before_hello") {
+                warn!(%node, error = %status, suppressed, "Stream failed before Hello.");
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(_) => {
+            let _ = tx
+                .send(Err(Status::deadline_exceeded("no Hello within 30 s")))
+                .await;
+            None
+        }
+    }
+}
+
+/// Refuses a Hello that names another node than the client certificate.
+async fn refuse_hello_identity(node: &NodeName, hello: &Hello, tx: &mpsc::Sender<Reply>) {
+    metrics::counter!("nodewatch_aggregator_denied_total", "rpc" => "hello_identity").increment(1);
+    nodewatch_proto::tls::count_auth_failure(
+        nodewatch_proto::tls::AuthFailure::HelloIdentity.as_str(),
+    );
+    let msg = format!(
+        "Hello names node {:?} but the client certificate is for node {:?}; refused",
+        hello.node,
+        node.as_str()
+    );
+    if let Some(suppressed) = crate::throttle::warnings().check("hello_identity") {
+        warn!(%node, claimed = %hello.node, reason = "hello_identity", suppressed, "Hello names another node; stream refused.");
+    }
+    let _ = tx
+        .send(error_frame(ErrorCode::Identity, msg.clone(), 0, true))
+        .await;
+    let _ = tx.send(Err(Status::permission_denied(msg))).await;
+}
+
+/// A node's trouble counters exist at 0 from its first stream on, so an
+/// alert on their increase sees the first error.
+fn zero_node_counters(node: &NodeName) {
+    for kind in [
+        "decode",
+        "bad_frame",
+        "limit",
+        "block_decode",
+        "seq_backwards",
+        "replaced",
+    ] {
+        metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => kind).increment(0);
+    }
+    for owner in [Owner::Prometheus, Owner::Aggregator, Owner::RecordingRule] {
+        metrics::counter!("nodewatch_aggregator_reserved_names_refused_total", "node" => node.to_string(), "reason" => owner.as_str()).increment(0);
+    }
+    for limit in ["frame_bytes", "series", "samples_per_second"] {
+        metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => limit).increment(0);
+    }
+}
+
+/// Ends a stream that a newer one from the same node replaced.
+async fn close_replaced(node: &NodeName, peer: &str, tx: &mpsc::Sender<Reply>) {
+    metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "replaced").increment(1);
+    if let Some(suppressed) = crate::throttle::warnings().check("stream_replaced") {
+        warn!(%node, %peer, suppressed, "Stream replaced by a newer one from the same node; closed.");
+    }
+    close_with(
+        tx,
+        "replaced by a newer stream from this node; closed (one live stream per node)",
+    )
+    .await;
+}
+
+/// Sends the fatal error frame that ends a stream.
+async fn close_with(tx: &mpsc::Sender<Reply>, message: &str) {
+    let _ = tx
+        .send(error_frame(ErrorCode::BadFrame, message.into(), 0, true))
+        .await;
+}
+
+/// Why an inbound frame failed to arrive, as far as the node's counters care.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamFailure {
+    /// Over the gRPC message size limit: a node limit hit (`frame_bytes`).
+    FrameTooLarge,
+    /// Malformed, cut off, or the connection failed.
+    Other,
+}
+
+impl StreamFailure {
+    /// tonic reports a message over the size limit only as a status with
+    /// `OutOfRange` and the words "message length too large"; this is the
+    /// one place that reads them.
+    fn of(status: &Status) -> Self {
+        if status.message().contains("too large") {
+            StreamFailure::FrameTooLarge
+        } else {
+            StreamFailure::Other
+        }
+    }
+}
+
+/// Counts and logs a stream that failed while reading a frame (decoding
+/// errors, oversized or malformed frames, end up here) and ends it with the
+/// reason.
+async fn end_failed_stream(node: &NodeName, status: &Status, tx: &mpsc::Sender<Reply>) {
+    metrics::counter!("nodewatch_aggregator_frame_errors_total", "node" => node.to_string(), "kind" => "decode").increment(1);
+    if StreamFailure::of(status) == StreamFailure::FrameTooLarge {
+        metrics::counter!("nodewatch_aggregator_node_limit_hits_total", "node" => node.to_string(), "limit" => "frame_bytes").increment(1);
+    }
+    if let Some(suppressed) = crate::throttle::warnings().check("stream_error") {
+        warn!(%node, error = %status, suppressed, "Stream ended with an error.");
+    }
+    let msg = format!("frame refused: {}", status.message());
+    let _ = tx.send(Err(Status::new(status.code(), msg))).await;
+}
+
+/// Sends the replies to one frame; whether one of them was fatal, which
+/// ends the stream.
+async fn send_replies(tx: &mpsc::Sender<Reply>, replies: Vec<Reply>) -> bool {
+    let fatal = replies.iter().any(|r| {
+        matches!(r, Ok(AggregatorFrame {
+            frame: Some(aggregator_frame::Frame::Error(e)),
+        }) if e.fatal)
+    });
+    for r in replies {
+        if tx.send(r).await.is_err() {
+            break;
+        }
+    }
+    fatal
 }
 
 /// The tonic service; `Arc` so each stream's task can hold it.
@@ -960,6 +1335,94 @@ mod tests {
         assert!(
             svc.nodes.series_count(&s.node) <= 64,
             "series limit not enforced"
+        );
+    }
+
+    /// The words of every problem, as agents and logs have always read them.
+    #[test]
+    fn problems_read_as_agents_know_them() {
+        let mut p = Problems::default();
+        for problem in [
+            Problem::MetadataName { name: "1m".into() },
+            Problem::SeriesName {
+                index: 0,
+                r#ref: 7,
+                name: "1m".into(),
+            },
+            Problem::Reserved {
+                index: 1,
+                r#ref: 8,
+                name: "up".into(),
+                owner: Owner::Prometheus,
+            },
+            Problem::Reserved {
+                index: 2,
+                r#ref: 9,
+                name: "x".into(),
+                owner: Owner::RecordingRule,
+            },
+            Problem::Labels {
+                index: 3,
+                r#ref: 10,
+                name: "m".into(),
+                why: LabelProblem::Node,
+            },
+            Problem::SeriesLimit {
+                index: 4,
+                name: "m".into(),
+                limit: 64,
+            },
+        ] {
+            p.push(problem);
+        }
+        assert!(p.limit && p.series_limit);
+        assert_eq!(
+            p.message(3),
+            "batch 3: metadata: bad metric name \"1m\"; \
+             series_defs[0] (ref 7): bad metric name \"1m\"; \
+             series_defs[1] (ref 8): name \"up\" is reserved to Prometheus; refused; \
+             series_defs[2] (ref 9): name \"x\" is reserved to the aggregator; refused; \
+             series_defs[3] (ref 10, m): label \"node\" is reserved: the aggregator sets it from the certificate; \
+             and 1 more"
+        );
+        let mut q = Problems::default();
+        for problem in [
+            Problem::Labels {
+                index: 0,
+                r#ref: 1,
+                name: "m".into(),
+                why: LabelProblem::BadName("limit".into()),
+            },
+            Problem::Labels {
+                index: 1,
+                r#ref: 2,
+                name: "m".into(),
+                why: LabelProblem::Duplicate("a".into()),
+            },
+            Problem::Future { t_ms: 5, r#ref: 1 },
+            Problem::UnknownRef { r#ref: 3 },
+            Problem::UnknownRefs { count: 2 },
+        ] {
+            q.push(problem);
+        }
+        // A label named "limit" is no limit hit.
+        assert!(!q.limit && !q.series_limit);
+        assert_eq!(
+            q.message(4),
+            "batch 4: series_defs[0] (ref 1, m): bad label name \"limit\"; \
+             series_defs[1] (ref 2, m): duplicate label \"a\"; \
+             samples: timestamp 5 ms is more than 10 minutes in the future (ref 1); \
+             samples: unknown series ref 3 (not defined on this stream); \
+             samples: 2 samples with unknown series refs in all"
+        );
+        let rate = Problem::SampleRate {
+            limit: 10,
+            dropped: 20,
+        };
+        assert!(rate.is_limit());
+        assert_eq!(
+            rate.to_string(),
+            "node is over its limit of 10 samples per second; 20 samples of this batch dropped"
         );
     }
 

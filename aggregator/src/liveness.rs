@@ -278,7 +278,6 @@ pub async fn run(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use nodewatch_proto::v1::Hello;

@@ -57,14 +57,7 @@ pub fn instant_with(
             resp.vector = v
                 .into_iter()
                 .map(|s| SeriesValue {
-                    labels: s
-                        .labels
-                        .iter()
-                        .map(|(k, v)| Label {
-                            name: k.to_string(),
-                            value: v.to_string(),
-                        })
-                        .collect(),
+                    labels: proto_labels(s.labels.iter()),
                     t_ms: s.t,
                     value: s.v,
                 })
@@ -85,6 +78,16 @@ pub fn instant_with(
         }
     }
     Ok(resp)
+}
+
+/// Name-value pairs as the wire's labels.
+fn proto_labels<K: ToString, V: ToString>(pairs: impl Iterator<Item = (K, V)>) -> Vec<Label> {
+    pairs
+        .map(|(k, v)| Label {
+            name: k.to_string(),
+            value: v.to_string(),
+        })
+        .collect()
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
@@ -130,22 +133,8 @@ impl Query for QueryService {
             .unwrap_or_default()
             .into_iter()
             .map(|(group, a)| Alert {
-                labels: a
-                    .labels
-                    .iter()
-                    .map(|(k, v)| Label {
-                        name: k.to_string(),
-                        value: v.to_string(),
-                    })
-                    .collect(),
-                annotations: a
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| Label {
-                        name: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                labels: proto_labels(a.labels.iter()),
+                annotations: proto_labels(a.annotations.iter()),
                 state: a.state.as_str().to_string(),
                 active_since_ms: a.active_at_ms,
                 value: a.value,

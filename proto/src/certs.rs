@@ -104,6 +104,24 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 
+/// A nodewatch CA's parameters: its name, how many CA levels may stand
+/// below it, and its lifetime from now.
+fn ca_params(common_name: &str, levels_below: u8, lifetime: Duration) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "nodewatch");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(levels_below));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, lifetime);
+    params
+}
+
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
@@ -112,28 +130,22 @@ impl Ca {
     /// Makes a new self-signed CA.
     pub fn generate(common_name: &str, lifetime: Duration) -> Result<Self, CertError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        dn.push(DnType::OrganizationName, "nodewatch");
-        params.distinguished_name = dn;
         // One level below: the node-issuing CA ([`Ca::issue_node_ca`]).
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut params, lifetime);
+        let params = ca_params(common_name, 1, lifetime);
         let cert = params.self_signed(&key)?;
+        Ok(Self::made(params, key, &cert))
+    }
+
+    /// The CA just made from `params`, `key` and its certificate.
+    fn made(params: CertificateParams, key: KeyPair, cert: &rcgen::Certificate) -> Self {
         let pem = Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
         };
-        Ok(Self {
+        Self {
             issuer: Issuer::new(params, key),
             pem,
-        })
+        }
     }
 
     /// Loads a CA from its PEM certificate and key.
@@ -177,28 +189,10 @@ impl Ca {
     /// certificates and nothing else. It may sign leaves only (path length 0).
     pub fn issue_node_ca(&self, common_name: &str, lifetime: Duration) -> Result<Self, CertError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        dn.push(DnType::OrganizationName, "nodewatch");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(common_name, 0, lifetime);
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
-        let pem = Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        };
-        Ok(Self {
-            issuer: Issuer::new(params, key),
-            pem,
-        })
+        Ok(Self::made(params, key, &cert))
     }
 
     /// Signs a new leaf certificate with a fresh key, valid from five minutes ago for `lifetime`.

@@ -102,7 +102,8 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates in the PEM file at `path`, as trust anchors.
+pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(path)? {
         store.add(cert).map_err(|source| TlsError::BadCa {
@@ -115,6 +116,11 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Turns a rustls error about `what` into ours.
+fn rustls_error(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
+    move |source| TlsError::Rustls { what, source }
 }
 
 /// Server side: TLS 1.3 only, a client certificate chaining to `files.ca` is required.
@@ -130,28 +136,38 @@ pub fn server_config_with(
     files: &TlsFiles,
     allow_anonymous: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let roots = Arc::new(roots(&files.ca)?);
-    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    server_config_verified_by(files, client_verifier(&files.ca, allow_anonymous)?)
+}
+
+/// Checks client certificates against the CAs in `ca`; with
+/// `allow_anonymous` a client may also present none.
+fn client_verifier(
+    ca: &Path,
+    allow_anonymous: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
     let builder = if allow_anonymous {
         builder.allow_unauthenticated()
     } else {
         builder
     };
-    let verifier = builder
+    builder
         .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+/// The server configuration: TLS 1.3 only, HTTP/2, `files`' certificate and
+/// key, client certificates checked by `verifier`.
+fn server_config_verified_by(
+    files: &TlsFiles,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3",
-            source,
-        })?
+        .map_err(rustls_error("TLS 1.3"))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .map_err(|source| TlsError::Rustls {
-            what: "server certificate and key",
-            source,
-        })?;
+        .map_err(rustls_error("server certificate and key"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -175,20 +191,7 @@ pub fn server_config_split(
         return server_config_with(files, allow_anonymous);
     };
     let verifier = Arc::new(SplitVerifier::new(&files.ca, node_ca, allow_anonymous)?);
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3",
-            source,
-        })?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .map_err(|source| TlsError::Rustls {
-            what: "server certificate and key",
-            source,
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    server_config_verified_by(files, verifier)
 }
 
 /// The client certificate verifier of [`server_config_split`]: one webpki
@@ -205,17 +208,8 @@ struct SplitVerifier {
 
 impl SplitVerifier {
     fn new(ca: &Path, node_ca: &Path, allow_anonymous: bool) -> Result<Self, TlsError> {
-        let build = |path: &Path| {
-            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(path)?), provider());
-            let b = if allow_anonymous {
-                b.allow_unauthenticated()
-            } else {
-                b
-            };
-            b.build().map_err(|e| TlsError::Verifier(e.to_string()))
-        };
-        let others = build(ca)?;
-        let nodes = build(node_ca)?;
+        let others = client_verifier(ca, allow_anonymous)?;
+        let nodes = client_verifier(node_ca, allow_anonymous)?;
         let mut hints = others.root_hint_subjects().to_vec();
         hints.extend_from_slice(nodes.root_hint_subjects());
         Ok(Self {
@@ -283,34 +277,41 @@ impl rustls::server::danger::ClientCertVerifier for SplitVerifier {
 
 /// Client side: TLS 1.3 only, presents `files.cert`, trusts servers chaining to `files.ca`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3",
-            source,
-        })?
-        .with_root_certificates(roots(&files.ca)?)
+    let mut config = client_trusting(&files.ca)?
         .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .map_err(|source| TlsError::Rustls {
-            what: "client certificate and key",
-            source,
-        })?;
+        .map_err(rustls_error("client certificate and key"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// Client side without a certificate of its own (an agent bootstrapping its identity).
 pub fn anonymous_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            what: "TLS 1.3",
-            source,
-        })?
-        .with_root_certificates(roots(ca)?)
-        .with_no_client_auth();
+    let mut config = client_trusting(ca)?.with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client configuration being built: TLS 1.3 only, trusting servers
+/// chaining to `ca`.
+fn client_trusting(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_error("TLS 1.3"))?
+        .with_root_certificates(roots(ca)?))
+}
+
+/// A client configuration being built for a server outside nodewatch
+/// (the Kubernetes API server, an Alertmanager): TLS 1.2 and 1.3, as such
+/// servers speak both, trusting the CAs in `ca`.
+pub fn foreign_client_trusting(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rustls_error("TLS versions"))?
+        .with_root_certificates(roots(ca)?))
 }
 
 /// A configuration that can be swapped while connections use the old one.
@@ -694,38 +695,43 @@ mod tests {
     fn handshake_failures_are_classified() {
         let wrap = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
         let cert = |c| wrap(rustls::Error::InvalidCertificate(c));
-        assert_eq!(
-            handshake_failure_reason(Some(b'G'), &wrap(rustls::Error::General(String::new()))),
-            "plaintext"
-        );
-        assert_eq!(
-            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::UnknownIssuer)),
-            "unknown_ca"
-        );
-        assert_eq!(
-            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::Expired)),
-            "expired"
-        );
-        assert_eq!(
-            handshake_failure_reason(Some(0x16), &cert(rustls::CertificateError::NotValidYet)),
-            "not_yet_valid"
-        );
-        assert_eq!(
-            handshake_failure_reason(Some(0x16), &wrap(rustls::Error::NoCertificatesPresented)),
-            "no_client_cert"
-        );
-        assert_eq!(
-            handshake_failure_reason(
-                Some(0x16),
-                &wrap(rustls::Error::PeerIncompatible(
-                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired
-                ))
+        let tls = Some(0x16);
+        for (first, error, reason) in [
+            (
+                Some(b'G'),
+                wrap(rustls::Error::General(String::new())),
+                "plaintext",
             ),
-            "protocol_version"
-        );
-        assert_eq!(
-            handshake_failure_reason(None, &io::Error::from(io::ErrorKind::UnexpectedEof)),
-            "disconnected"
-        );
+            (
+                tls,
+                cert(rustls::CertificateError::UnknownIssuer),
+                "unknown_ca",
+            ),
+            (tls, cert(rustls::CertificateError::Expired), "expired"),
+            (
+                tls,
+                cert(rustls::CertificateError::NotValidYet),
+                "not_yet_valid",
+            ),
+            (
+                tls,
+                wrap(rustls::Error::NoCertificatesPresented),
+                "no_client_cert",
+            ),
+            (
+                tls,
+                wrap(rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+                )),
+                "protocol_version",
+            ),
+            (
+                None,
+                io::Error::from(io::ErrorKind::UnexpectedEof),
+                "disconnected",
+            ),
+        ] {
+            assert_eq!(handshake_failure_reason(first, &error), reason, "{error}");
+        }
     }
 }
