@@ -422,7 +422,8 @@ async fn hostile_stream(
     }
     // Read until the aggregator closes the stream or goes quiet.
     let mut last = String::from("open");
-    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+    // A loaded machine decodes a million refs slowly: quiet means 30 s.
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
         match f {
             Ok(f) => {
                 if let Some(aggregator_frame::Frame::Error(e)) = f.frame {
@@ -491,12 +492,25 @@ fn a_node_opening_many_streams_cannot_inflate_the_aggregator() {
     for e in &ends {
         println!("  {e}");
     }
-    // Each stream ended at the node's series limit or was replaced by a newer one.
+    // Each stream ended at the node's series limit or was replaced by a
+    // newer one. A replaced stream's connection can close while its client
+    // is still writing: that end reads as a broken pipe or a reset, from
+    // the aggregator's side of it.
+    let limit = |e: &String| {
+        e.contains("more than 50000 series") || e.contains("more than 100000 refs in all shapes")
+    };
+    let closed = |e: &String| {
+        let e = e.to_ascii_lowercase();
+        e.contains("broken pipe") || e.contains("connection reset") || e.contains("stream closed")
+    };
     assert!(
-        ends.iter().all(|e| e.contains("more than 50000 series")
-            || e.contains("more than 100000 refs in all shapes")
-            || e.contains("replaced by a newer stream")),
+        ends.iter()
+            .all(|e| limit(e) || e.contains("replaced by a newer stream") || closed(e)),
         "{ends:#?}"
+    );
+    assert!(
+        ends.iter().any(limit),
+        "no stream met the series limit: {ends:#?}"
     );
     let m = agg.metrics();
     assert!(

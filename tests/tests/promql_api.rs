@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use nodewatch_tests::{cli_query, find_program, http_get, missing, wait_for, Aggregator, Pki};
 
+/// Kind "a" never drops below 10, so a filter such as `* 2 > 10` always
+/// keeps a series (an empty answer on both sides would compare nothing);
+/// kind "b" passes it only part of the time.
 const RULES: &str = r#"groups:
   - name: api
     interval: 1s
     rules:
       - record: nw_api:demo
-        expr: label_replace(vector(time() % 97), "kind", "a", "", "")
+        expr: label_replace(vector(time() % 97 + 10), "kind", "a", "", "")
       - record: nw_api:demo
         expr: label_replace(vector(time() % 13 * 2.5), "kind", "b", "", "")
 "#;
