@@ -322,6 +322,26 @@ pub fn parse_segment(data: &[u8]) -> (Vec<(u64, u32, SpoolRecord)>, u64) {
     (out, off as u64)
 }
 
+/// The segment files in `dir`, oldest first (named by their first seq).
+fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
+    let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let p = e.path();
+            let first = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
+            Some((first, p))
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir`; `None` keeps everything in
     /// memory (lost on restart). `aggregators` is the number of cursors.
@@ -352,83 +372,11 @@ impl Spool {
         let mut rec = Recovered::default();
         let Some(dir) = dir else { return Ok((s, rec)) };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let id_path = dir.join("instance");
-        match std::fs::read_to_string(&id_path) {
-            Ok(id) if !id.trim().is_empty() => s.instance_id = id.trim().to_string(),
-            _ => std::fs::write(&id_path, &s.instance_id).map_err(io(&id_path))?,
+        s.load_instance_id(dir)?;
+        for (first, path) in segment_files(dir)? {
+            s.recover_segment(first, path, &mut rec)?;
         }
-        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let p = e.path();
-                let first = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".seg")?
-                    .parse()
-                    .ok()?;
-                Some((first, p))
-            })
-            .collect();
-        names.sort();
-        for (first, path) in names {
-            let data = std::fs::read(&path).map_err(io(&path))?;
-            let (records, valid) = parse_segment(&data);
-            if valid < data.len() as u64 {
-                let cut = data.len() as u64 - valid;
-                warn!(path = %path.display(), cut_bytes = cut, "Spool segment has a torn or corrupt tail; cut.");
-                rec.cut_bytes += cut;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                f.set_len(valid).map_err(io(&path))?;
-                f.sync_all().map_err(io(&path))?;
-            }
-            for (offset, len, r) in records {
-                s.next_seq = s.next_seq.max(r.seq + 1);
-                // A later copy of the same seq (events carried forward) wins.
-                s.index.insert(
-                    r.seq,
-                    Entry {
-                        body: Body::Disk {
-                            seg: first,
-                            offset,
-                            len,
-                        },
-                        t_ms: r.t_ms,
-                        samples: r.samples.len() as u32,
-                        events: r.events.len() as u32,
-                    },
-                );
-                rec.records += 1;
-            }
-            s.segments.insert(
-                first,
-                Segment {
-                    path,
-                    bytes: valid,
-                    sealed: false,
-                },
-            );
-        }
-        let seq_path = dir.join("seq");
-        if let Some(stored) = std::fs::read_to_string(&seq_path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-        {
-            s.next_seq = s.next_seq.max(stored);
-        }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&seq_path)
-            .map_err(io(&seq_path))?;
-        s.seq_file = Some(f);
-        s.persist_seq(s.next_seq).map_err(io(&seq_path))?;
+        s.open_seq_file(dir)?;
         if rec.records > 0 {
             info!(
                 records = rec.records,
@@ -437,6 +385,86 @@ impl Spool {
             );
         }
         Ok((s, rec))
+    }
+
+    /// Keeps the instance id of an earlier run in `dir`, or saves this one's.
+    fn load_instance_id(&mut self, dir: &Path) -> Result<(), SpoolError> {
+        let id_path = dir.join("instance");
+        match std::fs::read_to_string(&id_path) {
+            Ok(id) if !id.trim().is_empty() => self.instance_id = id.trim().to_string(),
+            _ => std::fs::write(&id_path, &self.instance_id).map_err(io(&id_path))?,
+        }
+        Ok(())
+    }
+
+    /// Reads one segment back into the index, cutting a torn or corrupt tail.
+    fn recover_segment(
+        &mut self,
+        first: u64,
+        path: PathBuf,
+        rec: &mut Recovered,
+    ) -> Result<(), SpoolError> {
+        let data = std::fs::read(&path).map_err(io(&path))?;
+        let (records, valid) = parse_segment(&data);
+        if valid < data.len() as u64 {
+            let cut = data.len() as u64 - valid;
+            warn!(path = %path.display(), cut_bytes = cut, "Spool segment has a torn or corrupt tail; cut.");
+            rec.cut_bytes += cut;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            f.set_len(valid).map_err(io(&path))?;
+            f.sync_all().map_err(io(&path))?;
+        }
+        for (offset, len, r) in records {
+            self.next_seq = self.next_seq.max(r.seq + 1);
+            // A later copy of the same seq (events carried forward) wins.
+            self.index.insert(
+                r.seq,
+                Entry {
+                    body: Body::Disk {
+                        seg: first,
+                        offset,
+                        len,
+                    },
+                    t_ms: r.t_ms,
+                    samples: r.samples.len() as u32,
+                    events: r.events.len() as u32,
+                },
+            );
+            rec.records += 1;
+        }
+        self.segments.insert(
+            first,
+            Segment {
+                path,
+                bytes: valid,
+                sealed: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Numbering never goes back: the seq file holds the next seq even when
+    /// every segment that carried the last ones is gone.
+    fn open_seq_file(&mut self, dir: &Path) -> Result<(), SpoolError> {
+        let seq_path = dir.join("seq");
+        if let Some(stored) = std::fs::read_to_string(&seq_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            self.next_seq = self.next_seq.max(stored);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&seq_path)
+            .map_err(io(&seq_path))?;
+        self.seq_file = Some(f);
+        self.persist_seq(self.next_seq).map_err(io(&seq_path))
     }
 
     #[must_use]

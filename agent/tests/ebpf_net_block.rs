@@ -103,6 +103,7 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn tcp_retransmits_resets_and_drop_reasons_are_counted() {
     if !support::require("ebpf_net", &["ip", "iptables"]) {

@@ -266,6 +266,10 @@ fn matches_any(patterns: &[(&str, &str)], name: &str) -> bool {
         .any(|(p, _)| Regex::new(p).unwrap().is_match(name))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one comparison, family by family, read top to bottom"
+)]
 #[test]
 fn agrees_with_node_exporter_on_this_host() {
     let Some(bin) = find_binary() else {

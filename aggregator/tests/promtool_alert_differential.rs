@@ -63,6 +63,7 @@ const ANNOTATIONS: &[&str] = &[
     "{{ range query \"m > 2\" | sortByLabel \"instance\" }}{{ .Labels.instance }}={{ printf \"%.1f\" .Value }} {{ end }}",
 ];
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 #[test]
 fn random_alert_rules_agree_with_promtool() {
     let Some(pt) = common::promtool("the alert differential test") else {

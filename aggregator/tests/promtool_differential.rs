@@ -122,6 +122,10 @@ fn scalar(rng: &mut StdRng) -> String {
 /// A random instant-vector expression; the arguments of `topk`/`bottomk`
 /// are collected in `ranked`, since Prometheus breaks ties among them in
 /// an unspecified order.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per expression form of the grammar"
+)]
 fn vector(rng: &mut StdRng, depth: u32, ranked: &mut Vec<String>) -> String {
     if depth == 0 {
         return match rng.random_range(0..3) {

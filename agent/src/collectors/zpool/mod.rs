@@ -560,6 +560,10 @@ mod tests {
     /// error state (their Ok/DataErrors; no `errors:` line = unknown), the
     /// number of devices below the pool root, and the one non-zero error
     /// counter among all of them (07: `mirror-0/12345678901234567890` CKSUM 100980).
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one fixture table checked row by row"
+    )]
     #[test]
     fn zse_all_against_upstream_expected() {
         use ScanFunction as F;
