@@ -20,7 +20,6 @@
 //! - [`rules`]: Prometheus rule files, alert state, `promtool test rules` compatibility.
 //! - [`manager`]: runs rule groups on their intervals and at once on events; reloads rule files.
 //! - [`server`]: wiring and shutdown.
-//! - [`cli`]: the `nodewatch` command-line tool.
 //! - [`throttle`]: rate-limited repeated warnings.
 
 pub mod accept;
@@ -28,7 +27,6 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod chunk;
-pub mod cli;
 pub mod config;
 pub mod events;
 pub mod expose;

@@ -1,8 +1,10 @@
-//! The `nodewatch` command-line tool: nodes, instant queries, events,
-//! certificates, and the local demo.
+//! The `nodewatch` command-line tool: nodes, instant and range queries,
+//! alerts, events, certificates, and the local demo. It speaks to an
+//! aggregator only through the gRPC API in `nodewatch-proto`.
 //!
 //! # Layout
 //! - [`client`]: finding the aggregator and the operator certificate (flags, env, config file).
+//! - [`range`]: `nodewatch query --range`, one instant query per step, as a table, JSON or chart.
 //! - [`output`]: tables and JSON.
 //! - [`certs`]: `nodewatch certs …`, a small CA for homelabs.
 //! - [`demo`]: `nodewatch demo`, aggregator + agent on this machine with throwaway certificates.
@@ -45,7 +47,7 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Evaluate an instant query, e.g. '`node_memory_MemAvailable_bytes{node="x`"}'.
+    /// Evaluate an instant query, e.g. 'node_memory_MemAvailable_bytes{node="x"}'.
     Query {
         expr: String,
         /// Evaluation time (RFC 3339 or Unix seconds; default now); the

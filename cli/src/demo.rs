@@ -15,7 +15,7 @@ use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDIT
 use nodewatch_proto::{Identity, NodeName};
 
 /// The default rule pack the aggregators load (deploy/rules), as shipped.
-pub const DEFAULT_RULES: &str = include_str!("../../../deploy/rules/nodewatch.rules.yml");
+pub const DEFAULT_RULES: &str = include_str!("../../deploy/rules/nodewatch.rules.yml");
 
 /// How long the demo waits for the first samples to show up on /metrics.
 const READY_TIMEOUT: Duration = Duration::from_mins(1);

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nodewatch_aggregator::cli::{self, Cli};
+use nodewatch_cli::{self as cli, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,10 +32,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             if let Some(status) = e.downcast_ref::<tonic::Status>() {
-                eprintln!(
-                    "nodewatch: {}",
-                    nodewatch_aggregator::cli::client::explain(status)
-                );
+                eprintln!("nodewatch: {}", cli::client::explain(status));
             } else {
                 eprintln!("nodewatch: {e:#}");
             }
