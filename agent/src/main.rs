@@ -97,13 +97,8 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            nodewatch_proto::shutdown_signal().await;
-            tracing::info!("Shutdown requested.");
-            let _ = stop_tx.send(true);
-        });
-        match runtime::run(cfg, specs, stop_rx).await {
+        let shutdown = nodewatch_proto::lifecycle::Shutdown::on_signal("Shutdown requested.");
+        match runtime::run(cfg, specs, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nodewatch-agent: {e}");

@@ -9,11 +9,13 @@
 //! - [`certs`]: a small CA for homelabs and tests (rcgen).
 //! - [`blocks`]: the compact `SampleBlock` encoding of a stream's samples.
 //! - [`log`]: log output (text or JSON lines; colour only on a terminal).
+//! - [`lifecycle`]: the shutdown signal and the tasks that end with it.
 
 pub mod blocks;
 pub mod certs;
 pub mod config;
 pub mod identity;
+pub mod lifecycle;
 pub mod log;
 pub mod text;
 pub mod tls;
