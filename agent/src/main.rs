@@ -85,16 +85,8 @@ fn main() -> ExitCode {
         print!("{}", sink.render_text());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nodewatch-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = nodewatch_proto::lifecycle::runtime("nodewatch-agent", Some(2)) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let shutdown = nodewatch_proto::lifecycle::Shutdown::on_signal("Shutdown requested.");

@@ -13,6 +13,8 @@
 //!   [`Lifecycle::stop`] requests shutdown and waits for the first kind,
 //!   within a grace period if one is given, cutting what is left after it.
 //!
+//! [`runtime`] builds the tokio runtime all of this runs on.
+//!
 //! The signal is tokio-util's `CancellationToken`, so a lifecycle can sit
 //! inside another ([`Lifecycle::within`]): the agent's follows the one its
 //! `main` ends on SIGTERM.
@@ -22,6 +24,24 @@ use std::time::Duration;
 
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+
+/// The multi-threaded runtime a binary runs on, with `workers` threads
+/// (tokio's default, one per core, when `None`). Where it cannot be built it
+/// says so on stderr, named after `program`, and returns `None`.
+#[must_use]
+pub fn runtime(program: &str, workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("{program}: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
 
 /// The listening side of a shutdown signal; cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -156,16 +176,10 @@ mod tests {
     use std::sync::Arc;
 
     /// A task that sets `done` after seeing shutdown and working `for_` more.
-    fn flusher(
-        shutdown: Shutdown,
-        for_: Duration,
-        done: Arc<AtomicBool>,
-    ) -> impl Future<Output = ()> {
-        async move {
-            shutdown.requested().await;
-            tokio::time::sleep(for_).await;
-            done.store(true, Ordering::SeqCst);
-        }
+    async fn flusher(shutdown: Shutdown, for_: Duration, done: Arc<AtomicBool>) {
+        shutdown.requested().await;
+        tokio::time::sleep(for_).await;
+        done.store(true, Ordering::SeqCst);
     }
 
     #[tokio::test]

@@ -112,15 +112,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nodewatch-aggregator: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = nodewatch_proto::lifecycle::runtime("nodewatch-aggregator", None) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let running = match server::start(cfg).await {
