@@ -326,7 +326,7 @@ fn start_streamers(
             hello: hello.clone(),
             spool: Arc::clone(spool),
             index,
-            welcomed: std::sync::atomic::AtomicBool::new(false),
+            welcomed: AtomicBool::new(false),
         };
         lifecycle.spawn(s.run(lifecycle.shutdown(), FLUSH_GRACE));
     }
