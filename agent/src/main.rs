@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodewatch_agent::{collectors, config, runtime};
-use nodewatch_proto::log::LogFormat;
+use nodewatch_proto::log::{self, LogFormat};
+
+/// The name errors on stderr start with.
+const PROGRAM: &str = "nodewatch-agent";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,20 +48,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let file = config::File::load(args.config.as_deref());
-    // The file names the log format, so it is read first; its own errors
-    // go to stderr plainly.
-    let format = args
-        .log_format
-        .or(file.as_ref().ok().and_then(|f| f.log.format))
-        .unwrap_or_default();
-    nodewatch_proto::log::init(&args.log, format);
-    let mut file = match file {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("nodewatch-agent: {e}");
-            return ExitCode::from(2);
-        }
+    let loaded = config::File::load(args.config.as_deref());
+    let logged = log::init_with_file(PROGRAM, &args.log, args.log_format, loaded, |f| {
+        f.log.format
+    });
+    let Some(mut file) = logged else {
+        return ExitCode::from(2);
     };
     if !args.aggregators.is_empty() {
         file.aggregators = args.aggregators;
@@ -85,25 +80,12 @@ fn main() -> ExitCode {
         print!("{}", sink.render_text());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nodewatch-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = nodewatch_proto::lifecycle::runtime("nodewatch-agent", Some(2)) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            nodewatch_proto::shutdown_signal().await;
-            tracing::info!("Shutdown requested.");
-            let _ = stop_tx.send(true);
-        });
-        match runtime::run(cfg, specs, stop_rx).await {
+        let shutdown = nodewatch_proto::lifecycle::Shutdown::on_signal("Shutdown requested.");
+        match runtime::run(cfg, specs, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nodewatch-agent: {e}");

@@ -2,12 +2,14 @@
 //! source fires), number the collection, queue it for every aggregator.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodewatch_proto::lifecycle::{Lifecycle, Shutdown};
 use nodewatch_proto::tls::{self, Reloadable, TlsFiles};
-use nodewatch_proto::v1::Event;
-use tokio::sync::{mpsc, watch};
+use nodewatch_proto::v1::{Event, Hello};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::batch::Collection;
@@ -246,20 +248,21 @@ fn start_linux(
     node: &str,
     events: mpsc::Sender<Event>,
     collectors: &mut Vec<Running>,
-    shutdown: &watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+    lifecycle: &mut Lifecycle,
+) {
     let pods = crate::containers::pods::SharedPods::default();
     start_ebpf(cfg, events, collectors, pods.clone());
-    let k = cfg.kubernetes.as_ref()?;
-    match crate::kube::start(k, node, Some(pods), shutdown.clone()) {
+    let Some(k) = cfg.kubernetes.as_ref() else {
+        return;
+    };
+    match crate::kube::start(k, node, Some(pods), lifecycle.shutdown()) {
         Ok((collector, task)) => {
             info!(kubelet = ?k.kubelet.as_ref().map(ToString::to_string), api_server = ?k.api_server.as_ref().map(ToString::to_string), refresh = ?k.refresh, "Kubernetes signals on.");
             collectors.push(Running::new(Box::new(collector)));
-            Some(task)
+            lifecycle.adopt_background(task);
         }
         Err(reason) => {
             info!(%reason, "Kubernetes signals off.");
-            None
         }
     }
 }
@@ -270,110 +273,143 @@ fn start_linux(
     _node: &str,
     _events: mpsc::Sender<Event>,
     _collectors: &mut [Running],
-    _shutdown: &watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+    _lifecycle: &mut Lifecycle,
+) {
     if cfg.kubernetes.is_some() {
         info!("Kubernetes signals off: they are read on Linux nodes only.");
     }
-    None
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(
-    cfg: Config,
-    specs: Vec<CollectorSpec>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    let (events_tx, mut events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let Some(tls_files) = cfg.tls.clone() else {
-        return Err(AgentError::Identity {
-            path: "tls".into(),
-            msg: "no certificates configured".into(),
-        });
+/// With bootstrap, the certificate comes from an aggregator: gets it before
+/// anything else, retrying until one answers, and keeps it renewed in the
+/// background. `false` if shutdown came first.
+async fn certificate(cfg: &Config, tls_files: &TlsFiles, lifecycle: &mut Lifecycle) -> bool {
+    let Some(bs) = cfg.bootstrap.clone() else {
+        return true;
     };
-    // With bootstrap, the certificate comes from an aggregator: get it before
-    // anything else, retrying until one answers.
-    let renewal = if let Some(bs) = cfg.bootstrap.clone() {
-        let mut delay = Duration::from_secs(1);
-        loop {
-            match crate::bootstrap::ensure(&cfg, &tls_files, &bs).await {
-                Ok(_) => break,
-                Err(error) => {
-                    warn!(%error, retry_in = ?delay, "Could not get a node certificate yet.");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|v| *v) => return Ok(()),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(30));
+    let shutdown = lifecycle.shutdown();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match crate::bootstrap::ensure(cfg, tls_files, &bs).await {
+            Ok(_) => break,
+            Err(error) => {
+                warn!(%error, retry_in = ?delay, "Could not get a node certificate yet.");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.requested() => return false,
                 }
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
-        Some(crate::bootstrap::spawn_renewal(
-            cfg.clone(),
-            tls_files.clone(),
-            bs,
-        ))
-    } else {
-        None
-    };
-    let node = node_name(&cfg, &tls_files)?;
-    warn_if_expired(&tls_files);
-    let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
-    let reloader = tls::spawn_reloader(tls_files, Arc::clone(&client_tls), tls::client_config);
+    }
+    lifecycle.adopt_background(crate::bootstrap::spawn_renewal(
+        cfg.clone(),
+        tls_files.clone(),
+        bs,
+    ));
+    true
+}
 
-    let mut collectors =
-        build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
-    let kube = start_linux(&cfg, &node, events_tx, &mut collectors, &shutdown);
-    let names: Vec<String> = collectors
-        .iter()
-        .map(|c| c.collector.name().to_string())
-        .collect();
-    info!(%node, collectors = ?names, interval = ?cfg.interval, "Agent starting.");
-    let mut hello =
-        crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);
-
-    let spool = open_spool(&cfg)?;
-    hello.instance_id = spool.lock().instance_id().to_string();
-    let mut streamers = Vec::new();
+/// One streamer per aggregator, each flushing for [`FLUSH_GRACE`] at shutdown.
+fn start_streamers(
+    cfg: &Config,
+    hello: &Hello,
+    spool: &Arc<Shared>,
+    client_tls: &Arc<Reloadable<rustls::ClientConfig>>,
+    lifecycle: &mut Lifecycle,
+) {
     for (index, target) in cfg.aggregators.iter().enumerate() {
         let s = Streamer {
             target: target.clone(),
             server_name: cfg.server_name.clone(),
-            tls: Arc::clone(&client_tls),
+            tls: Arc::clone(client_tls),
             hello: hello.clone(),
-            spool: Arc::clone(&spool),
+            spool: Arc::clone(spool),
             index,
-            welcomed: std::sync::atomic::AtomicBool::new(false),
+            welcomed: AtomicBool::new(false),
         };
-        streamers.push(tokio::spawn(s.run(shutdown.clone(), FLUSH_GRACE)));
+        lifecycle.spawn(s.run(lifecycle.shutdown(), FLUSH_GRACE));
+    }
+}
+
+/// `/healthz` and `/readyz` on `health_listen`, if set and free.
+async fn start_health(
+    cfg: &Config,
+    ready: &Arc<AtomicBool>,
+    spool: &Arc<Shared>,
+    lifecycle: &mut Lifecycle,
+) {
+    let Some(addr) = cfg.health_listen else {
+        return;
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => lifecycle.spawn_background(serve_health(
+            l,
+            Arc::clone(ready),
+            Arc::clone(spool),
+            lifecycle.shutdown(),
+        )),
+        Err(error) => warn!(%addr, %error, "Health endpoints unavailable."),
+    }
+}
+
+/// The collecting side of the main loop: collectors in, numbered
+/// collections out to the spool.
+struct Collecting {
+    cfg: Config,
+    specs: Vec<CollectorSpec>,
+    collectors: Vec<Running>,
+    spool: Arc<Shared>,
+    /// Readiness means "collecting", never "connected": an aggregator outage
+    /// must not make Kubernetes restart every agent.
+    ready: Arc<AtomicBool>,
+}
+
+impl Collecting {
+    /// Runs every collector once, adds `events` and the agent's own
+    /// delivery metrics, and appends the collection to the spool.
+    async fn collect(&mut self, mut events: Vec<Event>) {
+        let t_ms = now_ms();
+        let mut cs = std::mem::take(&mut self.collectors);
+        // Collectors read files and may block (a dead NFS mount): keep them off the async workers.
+        let (cs, mut sink) = match tokio::task::spawn_blocking(move || {
+            let sink = collect_once(&mut cs);
+            (cs, sink)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "Collection panicked; collectors rebuilt.");
+                let cfg = &self.cfg;
+                let rebuilt = build_collectors(
+                    &self.specs,
+                    &cfg.collectors,
+                    &cfg.paths,
+                    &cfg.collector_options,
+                );
+                (rebuilt, Sink::new())
+            }
+        };
+        self.collectors = cs;
+        spool_metrics(&self.spool, &self.cfg, &mut sink);
+        events.extend(sink.events.drain(..).map(|kind| Event {
+            t_ms,
+            kind: Some(kind),
+            node: String::new(),
+        }));
+        self.enqueue(t_ms, Arc::new(sink.families), sink.samples, events);
+        self.ready.store(true, Ordering::Relaxed);
     }
 
-    // Readiness means "collecting", never "connected": an aggregator outage
-    // must not make Kubernetes restart every agent.
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let health = match cfg.health_listen {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(tokio::spawn(serve_health(
-                l,
-                Arc::clone(&ready),
-                Arc::clone(&spool),
-                shutdown.clone(),
-            ))),
-            Err(error) => {
-                warn!(%addr, %error, "Health endpoints unavailable.");
-                None
-            }
-        },
-        None => None,
-    };
-
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let enqueue = |t_ms: i64,
-                   families: Arc<BTreeMap<String, Family>>,
-                   samples: Vec<Sample>,
-                   events: Vec<Event>| {
-        let r = spool.lock().append(|seq| Collection {
+    fn enqueue(
+        &self,
+        t_ms: i64,
+        families: Arc<BTreeMap<String, Family>>,
+        samples: Vec<Sample>,
+        events: Vec<Event>,
+    ) {
+        let r = self.spool.lock().append(|seq| Collection {
             seq,
             t_ms,
             families,
@@ -385,69 +421,99 @@ pub async fn run(
         if let Err(error) = r {
             tracing::debug!(%error, "Collection kept in memory: the spool cannot write.");
         }
-        spool.wake_all();
-    };
-    loop {
-        tokio::select! {
-            first = async {
-                tokio::select! {
-                    _ = tick.tick() => None,
-                    Some(e) = events_rx.recv() => Some(e),
-                }
-            } => {
-                // An event (an OOM kill) triggers a collection at once, so the
-                // counters that move with it (nodewatch_oom_kills_total,
-                // node_vmstat_oom_kill) reach the aggregator in the same batch
-                // and its rules fire within milliseconds.
-                let mut events: Vec<Event> = first.into_iter().collect();
-                while let Ok(e) = events_rx.try_recv() {
-                    events.push(e);
-                }
-                let t_ms = now_ms();
-                let mut cs = std::mem::take(&mut collectors);
-                // Collectors read files and may block (a dead NFS mount): keep them off the async workers.
-                let (cs, mut sink) = match tokio::task::spawn_blocking(move || {
-                    let sink = collect_once(&mut cs);
-                    (cs, sink)
-                }).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(error = %e, "Collection panicked; collectors rebuilt.");
-                        (build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options), Sink::new())
-                    }
-                };
-                collectors = cs;
-                spool_metrics(&spool, &cfg, &mut sink);
-                events.extend(sink.events.drain(..).map(|kind| Event { t_ms, kind: Some(kind), node: String::new() }));
-                enqueue(t_ms, Arc::new(sink.families), sink.samples, events);
-                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.spool.wake_all();
+    }
+
+    /// Collects on every tick, and at once when an event arrives, until
+    /// shutdown.
+    async fn run(&mut self, mut events_rx: mpsc::Receiver<Event>, shutdown: &Shutdown) {
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                _ = tick.tick() => None,
+                Some(e) = events_rx.recv() => Some(e),
+                () = shutdown.requested() => return,
+            };
+            // An event (an OOM kill) triggers a collection at once, so the
+            // counters that move with it (nodewatch_oom_kills_total,
+            // node_vmstat_oom_kill) reach the aggregator in the same batch
+            // and its rules fire within milliseconds.
+            let mut events: Vec<Event> = first.into_iter().collect();
+            while let Ok(e) = events_rx.try_recv() {
+                events.push(e);
             }
-            _ = shutdown.wait_for(|v| *v) => break,
+            self.collect(events).await;
         }
     }
+}
+
+/// Runs the agent until `shutdown` is requested, then flushes what the
+/// aggregators have not acknowledged (for up to [`FLUSH_GRACE`]).
+pub async fn run(
+    cfg: Config,
+    specs: Vec<CollectorSpec>,
+    shutdown: Shutdown,
+) -> Result<(), AgentError> {
+    let (events_tx, events_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let Some(tls_files) = cfg.tls.clone() else {
+        return Err(AgentError::Identity {
+            path: "tls".into(),
+            msg: "no certificates configured".into(),
+        });
+    };
+    let mut lifecycle = Lifecycle::within(&shutdown);
+    if !certificate(&cfg, &tls_files, &mut lifecycle).await {
+        lifecycle.stop(None).await;
+        return Ok(());
+    }
+    let node = node_name(&cfg, &tls_files)?;
+    warn_if_expired(&tls_files);
+    let client_tls = Reloadable::new(tls::client_config(&tls_files)?);
+    lifecycle.adopt_background(tls::spawn_reloader(
+        tls_files,
+        Arc::clone(&client_tls),
+        tls::client_config,
+    ));
+
+    let mut collectors =
+        build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
+    start_linux(&cfg, &node, events_tx, &mut collectors, &mut lifecycle);
+    let names: Vec<String> = collectors
+        .iter()
+        .map(|c| c.collector.name().to_string())
+        .collect();
+    info!(%node, collectors = ?names, interval = ?cfg.interval, "Agent starting.");
+    let mut hello =
+        crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);
+
+    let spool = open_spool(&cfg)?;
+    hello.instance_id = spool.lock().instance_id().to_string();
+    start_streamers(&cfg, &hello, &spool, &client_tls, &mut lifecycle);
+    let ready = Arc::new(AtomicBool::new(false));
+    start_health(&cfg, &ready, &spool, &mut lifecycle).await;
+
+    let mut collecting = Collecting {
+        cfg,
+        specs,
+        collectors,
+        spool: Arc::clone(&spool),
+        ready,
+    };
+    collecting.run(events_rx, &lifecycle.shutdown()).await;
     info!("Stopping: flushing unacknowledged data.");
-    for s in streamers {
-        let _ = s.await;
-    }
+    // The streamers end once flushed or after FLUSH_GRACE; the file
+    // watchers, renewal, Kubernetes reader and health endpoints are cut.
+    lifecycle.stop(None).await;
     spool.lock().sync();
-    if let Some(h) = health {
-        h.abort();
-    }
-    reloader.abort();
-    if let Some(r) = renewal {
-        r.abort();
-    }
-    if let Some(k) = kube {
-        k.abort();
-    }
     Ok(())
 }
 
 async fn serve_health(
     listener: tokio::net::TcpListener,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    ready: Arc<AtomicBool>,
     spool: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -462,7 +528,7 @@ async fn serve_health(
                     // A spool that cannot write is not ready: nothing is lost
                     // yet (collections stay in memory), but it will be.
                     let write_error = spool.lock().write_error().map(str::to_string);
-                    if !ready.load(std::sync::atomic::Ordering::Relaxed) {
+                    if !ready.load(Ordering::Relaxed) {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
                             "not collecting yet\n".to_string(),
@@ -478,11 +544,8 @@ async fn serve_health(
                 }
             }),
         );
-    let stop = async move {
-        let _ = shutdown.wait_for(|v| *v).await;
-    };
     if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
+        .with_graceful_shutdown(shutdown.requested_owned())
         .await
     {
         warn!(%error, "Health endpoints stopped.");

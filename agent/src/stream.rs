@@ -1,15 +1,20 @@
-//! Streaming to one aggregator: a queue of collections not yet acked, and a
-//! connection loop that (re)connects with jittered exponential backoff,
-//! resends everything after the last ack, and drops what is acked.
+//! Streaming to one aggregator: a connection loop that (re)connects with
+//! jittered exponential backoff, resends from the spool everything after the
+//! aggregator's last ack, and moves this stream's cursor in the spool as acks
+//! come. A session is connect → start streaming → send what is pending →
+//! wait for the next collection, an ack or shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodewatch_proto::lifecycle::Shutdown;
 use nodewatch_proto::tls::{self, Reloadable, Target};
 use nodewatch_proto::v1::ingest_client::IngestClient;
-use nodewatch_proto::v1::{agent_frame, aggregator_frame, AgentFrame, ErrorCode, Hello};
+use nodewatch_proto::v1::{
+    agent_frame, aggregator_frame, AgentFrame, AggregatorFrame, ErrorCode, Hello, Welcome,
+};
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
@@ -59,6 +64,12 @@ fn describe(status: &tonic::Status) -> String {
     msg
 }
 
+/// An open stream: the frames towards the aggregator and its answers.
+struct Open {
+    tx: mpsc::Sender<AgentFrame>,
+    inbound: tonic::Streaming<AggregatorFrame>,
+}
+
 enum End {
     /// Reconnect after a backoff.
     Retry(String),
@@ -70,12 +81,12 @@ enum End {
 }
 
 impl Streamer {
-    /// Runs until `shutdown` turns true, then tries to flush for `grace`.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    /// Runs until `shutdown` is requested, then tries to flush for `grace`.
+    pub async fn run(self, shutdown: Shutdown, grace: Duration) {
         let mut backoff = BACKOFF_MIN;
         let mut plain = false;
         loop {
-            let why = match self.session(&mut shutdown, grace, plain).await {
+            let why = match self.session(&shutdown, grace, plain).await {
                 End::Shutdown => return,
                 End::Retry(why) => why,
                 End::BlocksRefused(why) => {
@@ -88,10 +99,10 @@ impl Streamer {
             warn!(aggregator = %self.target, error = %why, retry_in = ?delay, "Stream to aggregator lost.");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|v| *v) => return,
+                () = shutdown.requested() => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 return;
             }
             // A session that got as far as Welcome resets the backoff; one
@@ -108,21 +119,51 @@ impl Streamer {
 
     /// One stream; `plain` keeps it to plain samples even where the
     /// aggregator reads blocks (it failed to decode one of ours before).
-    async fn session(
-        &self,
-        shutdown: &mut watch::Receiver<bool>,
-        grace: Duration,
-        plain: bool,
-    ) -> End {
-        let channel = match tls::channel(
+    async fn session(&self, shutdown: &Shutdown, grace: Duration, plain: bool) -> End {
+        let (mut open, welcome) = match self.connect().await {
+            Ok(r) => r,
+            Err(end) => return end,
+        };
+        let mut encoder = self.start_streaming(&welcome, plain);
+        let mut sent = welcome.acked_seq;
+        let mut stopping: Option<tokio::time::Instant> = None;
+        loop {
+            if let Err(end) = self.send_pending(&mut open, &mut encoder, &mut sent).await {
+                return end;
+            }
+            if let Some(deadline) = stopping {
+                let empty = self.spool.lock().pending(self.index) == 0;
+                if empty || tokio::time::Instant::now() >= deadline {
+                    return End::Shutdown;
+                }
+            }
+            let deadline =
+                stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_hours(1));
+            tokio::select! {
+                () = self.spool.notify[self.index].notified() => {}
+                f = open.inbound.next() => {
+                    if let Some(end) = self.handle(f) {
+                        return end;
+                    }
+                }
+                () = shutdown.requested(), if stopping.is_none() => {
+                    stopping = Some(tokio::time::Instant::now() + grace);
+                }
+                () = tokio::time::sleep_until(deadline), if stopping.is_some() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Connects, says Hello (resuming after this stream's last ack) and
+    /// waits for the Welcome, all within [`CONNECT_TIMEOUT`].
+    async fn connect(&self) -> Result<(Open, Welcome), End> {
+        let channel = tls::channel(
             &self.target,
             Arc::clone(&self.tls),
             self.server_name.clone(),
             CONNECT_TIMEOUT,
-        ) {
-            Ok(c) => c,
-            Err(e) => return End::Retry(format!("bad endpoint: {e}")),
-        };
+        )
+        .map_err(|e| End::Retry(format!("bad endpoint: {e}")))?;
         let mut client = IngestClient::new(channel);
         let (tx, rx) = mpsc::channel::<AgentFrame>(OUTBOUND_FRAMES);
         let mut hello = self.hello.clone();
@@ -134,29 +175,34 @@ impl Streamer {
             .await
             .is_err()
         {
-            return End::Retry("stream closed before Hello".into());
+            return Err(End::Retry("stream closed before Hello".into()));
         }
         let response =
             match tokio::time::timeout(CONNECT_TIMEOUT, client.stream(ReceiverStream::new(rx)))
                 .await
             {
                 Ok(Ok(r)) => r,
-                Ok(Err(status)) => return End::Retry(describe(&status)),
-                Err(_) => return End::Retry("connect timed out".into()),
+                Ok(Err(status)) => return Err(End::Retry(describe(&status))),
+                Err(_) => return Err(End::Retry("connect timed out".into())),
             };
         let mut inbound = response.into_inner();
         let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, inbound.next()).await {
             Ok(Some(Ok(f))) => match f.frame {
                 Some(aggregator_frame::Frame::Welcome(w)) => w,
                 Some(aggregator_frame::Frame::Error(e)) => {
-                    return End::Retry(format!("refused: {}", e.message))
+                    return Err(End::Retry(format!("refused: {}", e.message)))
                 }
-                _ => return End::Retry("expected Welcome".into()),
+                _ => return Err(End::Retry("expected Welcome".into())),
             },
-            Ok(Some(Err(status))) => return End::Retry(describe(&status)),
-            Ok(None) => return End::Retry("stream closed before Welcome".into()),
-            Err(_) => return End::Retry("no Welcome in time".into()),
+            Ok(Some(Err(status))) => return Err(End::Retry(describe(&status))),
+            Ok(None) => return Err(End::Retry("stream closed before Welcome".into())),
+            Err(_) => return Err(End::Retry("no Welcome in time".into())),
         };
+        Ok((Open { tx, inbound }, welcome))
+    }
+
+    /// Takes the Welcome's cursor into the spool and picks the encoding.
+    fn start_streaming(&self, welcome: &Welcome, plain: bool) -> Encoder {
         // An aggregator that restarted knows nothing (acked 0): it gets the
         // spool's whole retained past again, its backfill. One that knows
         // more than the spool remembers (its seq file lost) moves the
@@ -171,69 +217,52 @@ impl Streamer {
         info!(aggregator = %self.target, node = %welcome.node, acked = welcome.acked_seq, "Streaming to aggregator.");
         // Blocks only to an aggregator that says it reads them: an older one
         // would skip the unknown field and ack samples it never stored.
-        let mut encoder = if welcome.sample_blocks >= nodewatch_proto::blocks::VERSION && !plain {
+        if welcome.sample_blocks >= nodewatch_proto::blocks::VERSION && !plain {
             Encoder::compact()
         } else {
             Encoder::new()
-        };
-        let mut sent = welcome.acked_seq;
-        let mut stopping: Option<tokio::time::Instant> = None;
+        }
+    }
+
+    /// Sends everything queued that this stream has not carried yet,
+    /// handling the aggregator's frames meanwhile; `sent` is the last seq
+    /// handed to the stream.
+    async fn send_pending(
+        &self,
+        open: &mut Open,
+        encoder: &mut Encoder,
+        sent: &mut u64,
+    ) -> Result<(), End> {
+        // A slot in the outbound queue is reserved before the next
+        // collection is taken and encoded: if an ack wins the race
+        // instead, nothing was taken, so nothing is skipped (a cancelled
+        // `send` would drop its batch after `sent` had moved past it,
+        // and the encoder would believe its series defined).
         loop {
-            // Send everything queued that this stream has not carried yet.
-            // A slot in the outbound queue is reserved before the next
-            // collection is taken and encoded: if an ack wins the race
-            // instead, nothing was taken, so nothing is skipped (a cancelled
-            // `send` would drop its batch after `sent` had moved past it,
-            // and the encoder would believe its series defined).
-            loop {
-                let permit = tokio::select! {
-                    p = tx.reserve() => match p {
-                        Ok(p) => p,
-                        Err(_) => return End::Retry("stream closed while sending".into()),
-                    },
-                    f = inbound.next() => {
-                        if let Some(end) = self.handle(f) {
-                            return end;
-                        }
-                        continue;
-                    }
-                };
-                let next = self.spool.lock().next_after(sent);
-                let Some(c) = next else { break };
-                let batch = encoder.encode(&c);
-                sent = c.seq;
-                permit.send(AgentFrame {
-                    frame: Some(agent_frame::Frame::Batch(batch)),
-                });
-            }
-            if let Some(deadline) = stopping {
-                let empty = self.spool.lock().pending(self.index) == 0;
-                if empty || tokio::time::Instant::now() >= deadline {
-                    return End::Shutdown;
-                }
-            }
-            let deadline =
-                stopping.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_hours(1));
-            tokio::select! {
-                () = self.spool.notify[self.index].notified() => {}
-                f = inbound.next() => {
+            let permit = tokio::select! {
+                p = open.tx.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Err(End::Retry("stream closed while sending".into())),
+                },
+                f = open.inbound.next() => {
                     if let Some(end) = self.handle(f) {
-                        return end;
+                        return Err(end);
                     }
+                    continue;
                 }
-                _ = shutdown.wait_for(|v| *v), if stopping.is_none() => {
-                    stopping = Some(tokio::time::Instant::now() + grace);
-                }
-                () = tokio::time::sleep_until(deadline), if stopping.is_some() => return End::Shutdown,
-            }
+            };
+            let next = self.spool.lock().next_after(*sent);
+            let Some(c) = next else { return Ok(()) };
+            let batch = encoder.encode(&c);
+            *sent = c.seq;
+            permit.send(AgentFrame {
+                frame: Some(agent_frame::Frame::Batch(batch)),
+            });
         }
     }
 
     /// Handles one frame from the aggregator; `Some` ends the session.
-    fn handle(
-        &self,
-        f: Option<Result<nodewatch_proto::v1::AggregatorFrame, tonic::Status>>,
-    ) -> Option<End> {
+    fn handle(&self, f: Option<Result<AggregatorFrame, tonic::Status>>) -> Option<End> {
         match f {
             Some(Ok(frame)) => match frame.frame {
                 Some(aggregator_frame::Frame::Ack(a)) => {

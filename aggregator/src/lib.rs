@@ -24,7 +24,6 @@
 //! - [`template`]: Go templates of alert labels and annotations.
 //! - [`notifier`]: sends alerts to Alertmanager.
 //! - [`server`]: wiring and shutdown.
-//! - [`cli`]: the `nodewatch` command-line tool.
 //! - [`throttle`]: rate-limited repeated warnings.
 
 pub mod accept;
@@ -32,7 +31,6 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod chunk;
-pub mod cli;
 pub mod config;
 pub mod events;
 pub mod expose;

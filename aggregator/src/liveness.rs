@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nodewatch_proto::lifecycle::Shutdown;
 use nodewatch_proto::NodeName;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::nodes::{Liveness, Nodes};
@@ -232,13 +232,8 @@ pub fn declare(store: &Store) {
 }
 
 /// Writes liveness every [`WRITE_EVERY`] and keeps the known-nodes file,
-/// until `shutdown` turns true.
-pub async fn run(
-    store: Arc<Store>,
-    nodes: Arc<Nodes>,
-    opts: Options,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// until `shutdown` is requested.
+pub async fn run(store: Arc<Store>, nodes: Arc<Nodes>, opts: Options, shutdown: Shutdown) {
     declare(&store);
     let forget_ms = i64::try_from(opts.forget_after.as_millis()).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(WRITE_EVERY);
@@ -260,7 +255,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.wait_for(|v| *v) => {
+            () = shutdown.requested() => {
                 save_if_changed(&nodes.liveness(now_ms(), forget_ms), &mut saved);
                 return;
             }

@@ -130,7 +130,7 @@ dir="${CARGO_TARGET_DIR:-$PWD/target}/container"
 case "$profile" in dev) pdir=debug ;; *) pdir=$profile ;; esac
 echo "building nodewatch $version ($profile) for ${archs[*]}"
 cargo zigbuild --locked --profile "$profile" --config "profile.$profile.strip=\"debuginfo\"" \
-  --target-dir "$dir" "${target_args[@]}" -p nodewatch-agent -p nodewatch-aggregator --bins
+  --target-dir "$dir" "${target_args[@]}" -p nodewatch-agent -p nodewatch-aggregator -p nodewatch-cli --bins
 
 # One root file system per architecture: the Containerfile copies
 # <context>/$TARGETARCH/.

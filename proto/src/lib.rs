@@ -13,12 +13,14 @@
 //! - [`log`]: log output (text or JSON lines; colour only on a terminal).
 //! - [`gocompat`]: Go's durations, float and time formats, quoting and query
 //!   escaping, as Prometheus writes and reads them.
+//! - [`lifecycle`]: the shutdown signal and the tasks that end with it.
 
 pub mod blocks;
 pub mod certs;
 pub mod config;
 pub mod gocompat;
 pub mod identity;
+pub mod lifecycle;
 pub mod log;
 pub mod text;
 pub mod tls;

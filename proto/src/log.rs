@@ -79,6 +79,24 @@ pub fn init(filter: &str, format: LogFormat) {
     };
 }
 
+/// Starts logging for a binary whose configuration file may name the log
+/// format: the one `flag` names wins, then the file's (`format_of`), then
+/// text. The file is read first, so its own errors cannot be logged: they
+/// go to stderr plainly, named after `program` (and the binary exits with 2).
+pub fn init_with_file<F, E: fmt::Display>(
+    program: &str,
+    filter: &str,
+    flag: Option<LogFormat>,
+    file: Result<F, E>,
+    format_of: impl Fn(&F) -> Option<LogFormat>,
+) -> Option<F> {
+    let format = flag
+        .or(file.as_ref().ok().and_then(format_of))
+        .unwrap_or_default();
+    init(filter, format);
+    file.map_err(|e| eprintln!("{program}: {e}")).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,8 @@ pub mod resources;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use nodewatch_proto::lifecycle::Shutdown;
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::collector::{now_ms, CollectError, Collector, Sink};
@@ -173,7 +173,7 @@ pub fn start(
     cfg: &Kubernetes,
     node: &str,
     pods: Option<SharedPods>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(KubeCollector, tokio::task::JoinHandle<()>), String> {
     let node = cfg.node_name.clone().unwrap_or_else(|| node.to_string());
     if !is_dns_subdomain(&node) {
@@ -231,11 +231,11 @@ pub fn start(
         loop {
             tokio::select! {
                 () = reader.refresh() => {}
-                _ = shutdown.wait_for(|v| *v) => return,
+                () = shutdown.requested() => return,
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
-                _ = shutdown.wait_for(|v| *v) => return,
+                () = shutdown.requested() => return,
             }
         }
     });

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodewatch_aggregator::{config, server};
-use nodewatch_proto::log::LogFormat;
+use nodewatch_proto::log::{self, LogFormat};
+
+/// The name errors on stderr start with.
+const PROGRAM: &str = "nodewatch-aggregator";
 
 #[derive(clap::Subcommand, Debug)]
 enum Tool {
@@ -75,20 +78,12 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let file = config::File::load(args.config.as_deref());
-    // The file names the log format, so it is read first; its own errors
-    // go to stderr plainly.
-    let format = args
-        .log_format
-        .or(file.as_ref().ok().and_then(|f| f.log.format))
-        .unwrap_or_default();
-    nodewatch_proto::log::init(&args.log, format);
-    let mut file = match file {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("nodewatch-aggregator: {e}");
-            return ExitCode::from(2);
-        }
+    let loaded = config::File::load(args.config.as_deref());
+    let logged = log::init_with_file(PROGRAM, &args.log, args.log_format, loaded, |f| {
+        f.log.format
+    });
+    let Some(mut file) = logged else {
+        return ExitCode::from(2);
     };
     if let Some(v) = args.grpc_listen {
         file.listen.grpc = v;
@@ -112,15 +107,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nodewatch-aggregator: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = nodewatch_proto::lifecycle::runtime("nodewatch-aggregator", None) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let running = match server::start(cfg).await {

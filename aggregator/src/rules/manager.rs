@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{watch, Notify};
+use nodewatch_proto::lifecycle::Shutdown;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::alerting::{to_postable, ActiveAlert, AlertState};
@@ -308,8 +309,8 @@ impl RuleManager {
         self.store.append(&batch);
     }
 
-    /// Evaluates groups until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Evaluates groups until `shutdown` is requested.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let mut poll = tokio::time::interval(RELOAD_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -360,7 +361,7 @@ impl RuleManager {
                         let _ = self.reload();
                     }
                 }
-                _ = shutdown.wait_for(|v| *v) => return,
+                () = shutdown.requested() => return,
             }
         }
     }

@@ -15,7 +15,7 @@ use nodewatch_proto::certs::{Ca, Leaf, DEFAULT_CA_VALIDITY, DEFAULT_LEAF_VALIDIT
 use nodewatch_proto::{Identity, NodeName};
 
 /// The default rule pack the aggregators load (deploy/rules), as shipped.
-pub const DEFAULT_RULES: &str = include_str!("../../../deploy/rules/nodewatch.rules.yml");
+pub const DEFAULT_RULES: &str = include_str!("../../deploy/rules/nodewatch.rules.yml");
 
 /// How long the demo waits for the first samples to show up on /metrics.
 const READY_TIMEOUT: Duration = Duration::from_mins(1);
@@ -124,6 +124,58 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Throwaway PKI: CA, aggregator (server), this node's agent, and an operator for the CLI.
+fn write_pki(dir: &Path, node: &str) -> anyhow::Result<()> {
+    let ca = Ca::generate("nodewatch demo CA", DEFAULT_CA_VALIDITY)?;
+    // Only the CA's certificate is written: its key signs every identity and
+    // the demo needs it for nothing after this, so it is never on disk.
+    write(&dir.join("ca.crt"), &ca.pem().cert)?;
+    ca.issue(
+        &Leaf::Server {
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        },
+        DEFAULT_LEAF_VALIDITY,
+    )?
+    .write(dir, "aggregator")?;
+    ca.issue(
+        &Leaf::Client(Identity::Node(NodeName::new(node.to_string())?)),
+        DEFAULT_LEAF_VALIDITY,
+    )?
+    .write(dir, "agent")?;
+    ca.issue(
+        &Leaf::Client(Identity::Operator("demo".into())),
+        DEFAULT_LEAF_VALIDITY,
+    )?
+    .write(dir, "operator")?;
+    Ok(())
+}
+
+/// Waits for the first samples of `node` on `/metrics`, failing early when
+/// a child exits.
+async fn wait_ready(http: SocketAddr, node: &str, children: &mut Children) -> anyhow::Result<()> {
+    let want = format!("node=\"{node}\"");
+    let start = Instant::now();
+    loop {
+        if let Ok(body) = http_get(http, "/metrics") {
+            if body.contains(&want) {
+                return Ok(());
+            }
+        }
+        for (name, c) in &mut children.0 {
+            if let Ok(Some(st)) = c.try_wait() {
+                anyhow::bail!("{name} exited early ({st}); see its log above");
+            }
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            anyhow::bail!(
+                "no samples from the agent on http://{http}/metrics after {READY_TIMEOUT:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `nodewatch demo` until Ctrl-C, then stops both children.
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let aggregator_bin = sibling("nodewatch-aggregator")?;
     let agent_bin = sibling("nodewatch-agent")?;
@@ -139,28 +191,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let node = this_node();
 
-    // Throwaway PKI: CA, aggregator (server), this node's agent, and an operator for the CLI.
-    let ca = Ca::generate("nodewatch demo CA", DEFAULT_CA_VALIDITY)?;
-    // Only the CA's certificate is written: its key signs every identity and
-    // the demo needs it for nothing after this, so it is never on disk.
-    write(&dir.join("ca.crt"), &ca.pem().cert)?;
-    ca.issue(
-        &Leaf::Server {
-            names: vec!["localhost".into(), "127.0.0.1".into()],
-        },
-        DEFAULT_LEAF_VALIDITY,
-    )?
-    .write(&dir, "aggregator")?;
-    ca.issue(
-        &Leaf::Client(Identity::Node(NodeName::new(node.clone())?)),
-        DEFAULT_LEAF_VALIDITY,
-    )?
-    .write(&dir, "agent")?;
-    ca.issue(
-        &Leaf::Client(Identity::Operator("demo".into())),
-        DEFAULT_LEAF_VALIDITY,
-    )?
-    .write(&dir, "operator")?;
+    write_pki(&dir, &node)?;
 
     let grpc = format!("127.0.0.1:{}", free_port()?);
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -194,27 +225,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         spawn(&agent_bin, &dir.join("agent.yaml"))?,
     ));
 
-    // Wait for the first samples of this node on /metrics.
-    let want = format!("node=\"{node}\"");
-    let start = Instant::now();
-    loop {
-        if let Ok(body) = http_get(http, "/metrics") {
-            if body.contains(&want) {
-                break;
-            }
-        }
-        for (name, c) in &mut children.0 {
-            if let Ok(Some(st)) = c.try_wait() {
-                anyhow::bail!("{name} exited early ({st}); see its log above");
-            }
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            anyhow::bail!(
-                "no samples from the agent on http://{http}/metrics after {READY_TIMEOUT:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(http, &node, &mut children).await?;
     let me = std::env::current_exe()?;
     println!();
     println!("metrics: http://{http}/metrics");

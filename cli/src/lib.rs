@@ -1,8 +1,10 @@
-//! The `nodewatch` command-line tool: nodes, instant queries, events,
-//! certificates, and the local demo.
+//! The `nodewatch` command-line tool: nodes, instant and range queries,
+//! alerts, events, certificates, and the local demo. It speaks to an
+//! aggregator only through the gRPC API in `nodewatch-proto`.
 //!
 //! # Layout
 //! - [`client`]: finding the aggregator and the operator certificate (flags, env, config file).
+//! - [`range`]: `nodewatch query --range`, one instant query per step, as a table, JSON or chart.
 //! - [`output`]: tables and JSON.
 //! - [`certs`]: `nodewatch certs …`, a small CA for homelabs.
 //! - [`demo`]: `nodewatch demo`, aggregator + agent on this machine with throwaway certificates.
@@ -45,7 +47,7 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Evaluate an instant query, e.g. '`node_memory_MemAvailable_bytes{node="x`"}'.
+    /// Evaluate an instant query, e.g. 'node_memory_MemAvailable_bytes{node="x"}'.
     Query {
         expr: String,
         /// Evaluation time (RFC 3339 or Unix seconds; default now); the
@@ -83,7 +85,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Runs the CLI; returns the process exit code.
+/// Runs the CLI's command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -92,60 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes { output } => {
             let mut q = QueryClient::new(client::connect(&cli.connect)?);
             let nodes = q.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
-            match output {
-                Format::Json => {
-                    let v: Vec<Value> = nodes
-                        .iter()
-                        .map(|n| {
-                            json!({
-                                "name": n.name, "os": n.os, "osPretty": n.os_pretty, "kernel": n.kernel, "arch": n.arch,
-                                "agentVersion": n.agent_version, "connected": n.connected,
-                                "connectedSince": output::rfc3339(n.connected_since_ms),
-                                "lastBatch": output::rfc3339(n.last_batch_ms), "series": n.series,
-                                "lastSeq": n.last_seq, "bootId": n.boot_id, "collectors": n.collectors,
-                                "peer": n.peer, "intervalSeconds": n.interval_ms as f64 / 1000.0,
-                            })
-                        })
-                        .collect();
-                    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-                }
-                Format::Table => {
-                    let rows: Vec<Vec<String>> = nodes
-                        .iter()
-                        .map(|n| {
-                            vec![
-                                n.name.clone(),
-                                if n.connected {
-                                    "connected".into()
-                                } else {
-                                    "gone".into()
-                                },
-                                n.os.clone(),
-                                n.kernel.clone(),
-                                n.agent_version.clone(),
-                                output::rfc3339(n.connected_since_ms),
-                                output::ago(n.last_batch_ms),
-                                n.series.to_string(),
-                            ]
-                        })
-                        .collect();
-                    output::table(
-                        &mut out,
-                        &[
-                            "NAME",
-                            "STATUS",
-                            "OS",
-                            "KERNEL",
-                            "AGENT",
-                            "CONNECTED SINCE",
-                            "LAST BATCH",
-                            "SERIES",
-                        ],
-                        &rows,
-                    )?;
-                }
-            }
-            Ok(())
+            print_nodes(&mut out, &nodes, output)
         }
         Command::Query {
             expr,
@@ -168,8 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut q = QueryClient::new(client::connect(&cli.connect)?);
             let m = range::query(&mut q, &expr, &times).await?;
             let chart = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            range::print(&mut out, &m, &times, output, chart)?;
-            Ok(())
+            range::print(&mut out, &m, &times, output, chart)
         }
         Command::Query {
             expr, time, output, ..
@@ -216,6 +164,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `nodewatch nodes`: one row (or JSON object) per node.
+fn print_nodes(
+    out: &mut impl Write,
+    nodes: &[nodewatch_proto::v1::NodeInfo],
+    output: Format,
+) -> anyhow::Result<()> {
+    match output {
+        Format::Json => {
+            let v: Vec<Value> = nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "name": n.name, "os": n.os, "osPretty": n.os_pretty, "kernel": n.kernel, "arch": n.arch,
+                        "agentVersion": n.agent_version, "connected": n.connected,
+                        "connectedSince": output::rfc3339(n.connected_since_ms),
+                        "lastBatch": output::rfc3339(n.last_batch_ms), "series": n.series,
+                        "lastSeq": n.last_seq, "bootId": n.boot_id, "collectors": n.collectors,
+                        "peer": n.peer, "intervalSeconds": n.interval_ms as f64 / 1000.0,
+                    })
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        if n.connected {
+                            "connected".into()
+                        } else {
+                            "gone".into()
+                        },
+                        n.os.clone(),
+                        n.kernel.clone(),
+                        n.agent_version.clone(),
+                        output::rfc3339(n.connected_since_ms),
+                        output::ago(n.last_batch_ms),
+                        n.series.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(
+                out,
+                &[
+                    "NAME",
+                    "STATUS",
+                    "OS",
+                    "KERNEL",
+                    "AGENT",
+                    "CONNECTED SINCE",
+                    "LAST BATCH",
+                    "SERIES",
+                ],
+                &rows,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_time(t: &str) -> anyhow::Result<i64> {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nodewatch_aggregator::cli::{self, Cli};
+use nodewatch_cli::{self as cli, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,16 +11,8 @@ fn main() -> ExitCode {
         &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         nodewatch_proto::log::LogFormat::Text,
     );
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nodewatch: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = nodewatch_proto::lifecycle::runtime("nodewatch", Some(2)) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,10 +24,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             if let Some(status) = e.downcast_ref::<tonic::Status>() {
-                eprintln!(
-                    "nodewatch: {}",
-                    nodewatch_aggregator::cli::client::explain(status)
-                );
+                eprintln!("nodewatch: {}", cli::client::explain(status));
             } else {
                 eprintln!("nodewatch: {e:#}");
             }
