@@ -133,8 +133,10 @@ pub fn read_file(path: &Path) -> Result<String, CollectError> {
 ///
 /// `collect` runs on a blocking thread once per collection interval. "No data
 /// on this host" is not an error: return `Ok(())` having written nothing.
+///
+/// Its name (the `collector` label, the log's `collector` field) is the one
+/// it is registered under: [`CollectorSpec::name`], given to [`Running::new`].
 pub trait Collector: Send {
-    fn name(&self) -> &'static str;
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError>;
     /// Applies the configuration's options (called once, right after `build`);
     /// collectors without options keep the default, which accepts anything.
@@ -158,18 +160,13 @@ pub struct CollectorOptions {
     pub textfile_directory: Option<PathBuf>,
 }
 
-/// A collector that keeps nothing between collections: its name and what
-/// one collection does.
+/// A collector that keeps nothing between collections: what one collection
+/// does.
 pub struct Stateless {
-    pub name: &'static str,
     pub collect: fn(&mut Sink) -> Result<(), CollectError>,
 }
 
 impl Collector for Stateless {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         (self.collect)(sink)
     }
@@ -182,7 +179,6 @@ pub type WriteFile = fn(&Path, &str, &mut Sink) -> Result<(), CollectError>;
 /// A collector that reads one procfs or sysfs file each collection and hands
 /// its text to its module's writer.
 pub struct FileCollector {
-    name: &'static str,
     path: PathBuf,
     /// An absent file is no data (a kernel feature not built or not loaded).
     optional: bool,
@@ -192,24 +188,18 @@ pub struct FileCollector {
 impl FileCollector {
     /// A file that must be there: its absence is an error.
     #[must_use]
-    pub fn required(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
-        Self::boxed(name, path, false, write)
+    pub fn required(path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(path, false, write)
     }
 
     /// A file whose absence means no data.
     #[must_use]
-    pub fn optional(name: &'static str, path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
-        Self::boxed(name, path, true, write)
+    pub fn optional(path: PathBuf, write: WriteFile) -> Box<dyn Collector> {
+        Self::boxed(path, true, write)
     }
 
-    fn boxed(
-        name: &'static str,
-        path: PathBuf,
-        optional: bool,
-        write: WriteFile,
-    ) -> Box<dyn Collector> {
+    fn boxed(path: PathBuf, optional: bool, write: WriteFile) -> Box<dyn Collector> {
         Box::new(Self {
-            name,
             path,
             optional,
             write,
@@ -218,10 +208,6 @@ impl FileCollector {
 }
 
 impl Collector for FileCollector {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = if self.optional {
             let Some(text) = crate::collectors::read_optional(&self.path)? else {
@@ -249,12 +235,7 @@ macro_rules! stateless_spec {
             build: |_: &$crate::collector::Paths| -> Result<
                 Box<dyn $crate::collector::Collector>,
                 $crate::collector::Unavailable,
-            > {
-                Ok(Box::new($crate::collector::Stateless {
-                    name: $name,
-                    collect: $collect,
-                }))
-            },
+            > { Ok(Box::new($crate::collector::Stateless { collect: $collect })) },
         }
     };
 }
@@ -448,6 +429,8 @@ impl Sink {
 
 /// A built collector with its bookkeeping.
 pub struct Running {
+    /// The name it is registered under: the `collector` label of its metrics.
+    pub name: &'static str,
     pub collector: Box<dyn Collector>,
     /// Set after the first failure is logged, so a persistent failure is said once per change.
     last_error: Option<String>,
@@ -455,8 +438,9 @@ pub struct Running {
 
 impl Running {
     #[must_use]
-    pub fn new(collector: Box<dyn Collector>) -> Self {
+    pub fn new(name: &'static str, collector: Box<dyn Collector>) -> Self {
         Self {
+            name,
             collector,
             last_error: None,
         }
@@ -467,7 +451,7 @@ impl Running {
     /// samples for that collector: what it wrote before failing is discarded,
     /// so a half-parsed file never produces wrong values.
     pub fn run(&mut self, sink: &mut Sink) {
-        let name = self.collector.name();
+        let name = self.name;
         let mark = sink.samples.len();
         let start = Instant::now();
         let result = self.collector.collect(sink);
@@ -524,9 +508,6 @@ mod tests {
 
     struct Failing;
     impl Collector for Failing {
-        fn name(&self) -> &'static str {
-            "failing"
-        }
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             sink.gauge("half_written", "x", &[], 1.0);
             Err(CollectError::Other("boom".into()))
@@ -536,7 +517,7 @@ mod tests {
     #[test]
     fn failure_discards_partial_samples_and_is_reported() {
         let mut sink = Sink::new();
-        let mut r = Running::new(Box::new(Failing));
+        let mut r = Running::new("failing", Box::new(Failing));
         r.run(&mut sink);
         assert!(sink.samples.iter().all(|s| s.name != "half_written"));
         let success = sink

@@ -139,7 +139,7 @@ pub fn build_collectors(
             continue;
         }
         match (spec.build)(paths).and_then(|mut c| c.configure(options).map(|()| c)) {
-            Ok(c) => out.push(Running::new(c)),
+            Ok(c) => out.push(Running::new(spec.name, c)),
             Err(why) => {
                 info!(collector = spec.name, reason = %why, "Collector unavailable on this host; it stays off.");
             }
@@ -227,11 +227,11 @@ fn start_ebpf(
         ..crate::ebpf::EbpfConfig::default()
     };
     match crate::ebpf::Ebpf::start_with(&cfg.paths, events.clone(), &ebpf_cfg) {
-        Ok(e) => collectors.push(Running::new(Box::new(e))),
+        Ok(e) => collectors.push(Running::new("ebpf", Box::new(e))),
         Err(why) => match crate::oom::kmsg::KmsgOom::start(&cfg.paths, events, pods) {
             Ok(k) => {
                 info!(reason = %why, fallback = crate::oom::kmsg::KMSG_PATH, "eBPF signals off on this host; procfs collectors keep running, OOM kills come from the kernel log.");
-                collectors.push(Running::new(Box::new(k)));
+                collectors.push(Running::new("kmsg_oom", Box::new(k)));
             }
             Err(kmsg) => {
                 info!(reason = %why, fallback = %kmsg, "eBPF signals off on this host; procfs collectors keep running, no OOM kill events.");
@@ -258,7 +258,7 @@ fn start_linux(
     match crate::kube::start(k, node, Some(pods), lifecycle.shutdown()) {
         Ok((collector, task)) => {
             info!(kubelet = ?k.kubelet.as_ref().map(ToString::to_string), api_server = ?k.api_server.as_ref().map(ToString::to_string), refresh = ?k.refresh, "Kubernetes signals on.");
-            collectors.push(Running::new(Box::new(collector)));
+            collectors.push(Running::new("kubernetes", Box::new(collector)));
             lifecycle.adopt_background(task);
         }
         Err(reason) => {
@@ -479,10 +479,7 @@ pub async fn run(
     let mut collectors =
         build_collectors(&specs, &cfg.collectors, &cfg.paths, &cfg.collector_options);
     start_linux(&cfg, &node, events_tx, &mut collectors, &mut lifecycle);
-    let names: Vec<String> = collectors
-        .iter()
-        .map(|c| c.collector.name().to_string())
-        .collect();
+    let names: Vec<String> = collectors.iter().map(|c| c.name.to_string()).collect();
     info!(%node, collectors = ?names, interval = ?cfg.interval, "Agent starting.");
     let mut hello =
         crate::hostinfo::hello(&cfg.paths, &node, names, cfg.interval.as_millis() as u64);

@@ -15,11 +15,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::optional(
-        SPEC.name,
-        paths.proc("net/arp"),
-        write,
-    ))
+    Ok(FileCollector::optional(paths.proc("net/arp"), write))
 }
 
 /// Entries per device: the sixth column of every line after the header.

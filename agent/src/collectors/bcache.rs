@@ -84,10 +84,6 @@ fn human(p: &Path) -> Option<f64> {
 }
 
 impl Collector for BcacheCollector {
-    fn name(&self) -> &'static str {
-        "bcache"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for uuid in list_dir(&self.dir)? {
             let base = self.dir.join(&uuid);

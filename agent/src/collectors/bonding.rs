@@ -43,10 +43,6 @@ impl BondingCollector {
 }
 
 impl Collector for BondingCollector {
-    fn name(&self) -> &'static str {
-        "bonding"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // No bonding driver loaded: no file.
         let Some(masters) = read_optional(&self.net.join("bonding_masters"))? else {

@@ -67,10 +67,6 @@ fn uint(p: &Path) -> Option<u64> {
 }
 
 impl Collector for BtrfsCollector {
-    fn name(&self) -> &'static str {
-        "btrfs"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for uuid in list_dir(&self.dir)? {
             let base = self.dir.join(&uuid);

@@ -84,10 +84,6 @@ pub struct ConntrackCollector {
 }
 
 impl Collector for ConntrackCollector {
-    fn name(&self) -> &'static str {
-        "conntrack"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let Some(count) = read_optional(&self.count)? else {
             return Ok(());

@@ -50,10 +50,6 @@ fn uint(p: &Path) -> Option<u64> {
 }
 
 impl Collector for CpuSysfsCollector {
-    fn name(&self) -> &'static str {
-        "cpu_sysfs"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut packages: BTreeMap<String, u64> = BTreeMap::new();
         let mut cores: BTreeMap<(String, String), u64> = BTreeMap::new();

@@ -63,10 +63,6 @@ const FREQS: &[(&str, &str, &str)] = &[
 ];
 
 impl Collector for CpufreqCollector {
-    fn name(&self) -> &'static str {
-        "cpufreq"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for cpu in list_dir(&self.dir)? {
             let Some(n) = cpu

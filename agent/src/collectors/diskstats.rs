@@ -297,10 +297,6 @@ fn columns(s: &DiskStat) -> [Column; 17] {
 }
 
 impl Collector for DiskstatsCollector {
-    fn name(&self) -> &'static str {
-        "diskstats"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = read_file(&self.path)?;
         let have_udev = self.udev.is_dir();

@@ -47,10 +47,6 @@ pub struct DmiCollector {
 }
 
 impl Collector for DmiCollector {
-    fn name(&self) -> &'static str {
-        "dmi"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // VMs without SMBIOS, and most ARM boards, have no DMI.
         if !self.dir.is_dir() {

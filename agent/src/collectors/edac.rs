@@ -37,10 +37,6 @@ fn count(p: &Path) -> Result<f64, CollectError> {
 }
 
 impl Collector for EdacCollector {
-    fn name(&self) -> &'static str {
-        "edac"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for mc in list_dir(&self.dir)? {
             let Some(c) = numbered(&mc, "mc") else {

@@ -33,10 +33,6 @@ pub struct EntropyCollector {
 }
 
 impl Collector for EntropyCollector {
-    fn name(&self) -> &'static str {
-        "entropy"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let avail = parse(&self.avail, &read_file(&self.avail)?)?;
         sink.gauge(

@@ -15,11 +15,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(
-        SPEC.name,
-        paths.proc("sys/fs/file-nr"),
-        write,
-    ))
+    Ok(FileCollector::required(paths.proc("sys/fs/file-nr"), write))
 }
 
 /// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.

@@ -390,10 +390,6 @@ fn base_name(dir: &Path) -> Option<String> {
 }
 
 impl Collector for HwmonCollector {
-    fn name(&self) -> &'static str {
-        "hwmon"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // (directory, base name, `name` file)
         let mut chips = Vec::new();

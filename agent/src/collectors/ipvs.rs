@@ -112,10 +112,6 @@ pub struct IpvsCollector {
 }
 
 impl Collector for IpvsCollector {
-    fn name(&self) -> &'static str {
-        "ipvs"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // No ip_vs module loaded: no file.
         let Some(text) = read_optional(&self.stats)? else {

@@ -151,10 +151,6 @@ pub struct MdadmCollector {
 }
 
 impl Collector for MdadmCollector {
-    fn name(&self) -> &'static str {
-        "mdadm"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // No md driver loaded: no file, no data.
         let Some(text) = read_optional(&self.mdstat)? else {

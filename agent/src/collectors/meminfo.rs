@@ -20,11 +20,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(
-        SPEC.name,
-        paths.proc("meminfo"),
-        write,
-    ))
+    Ok(FileCollector::required(paths.proc("meminfo"), write))
 }
 
 /// Parses `/proc/meminfo` into `(metric suffix, value)` pairs in file order,

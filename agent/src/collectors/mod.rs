@@ -342,7 +342,7 @@ mod tests {
             super::schedstat::SPEC,
             super::xfs::SPEC,
         ] {
-            Running::new((spec.build)(&paths).unwrap()).run(&mut sink);
+            Running::new(spec.name, (spec.build)(&paths).unwrap()).run(&mut sink);
         }
         let success = |c: &str| {
             sink.samples

@@ -130,10 +130,6 @@ fn read_iface(dir: &Path) -> BTreeMap<String, String> {
 }
 
 impl Collector for NetclassCollector {
-    fn name(&self) -> &'static str {
-        "netclass"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,

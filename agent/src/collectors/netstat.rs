@@ -118,10 +118,6 @@ pub struct NetstatCollector {
 }
 
 impl Collector for NetstatCollector {
-    fn name(&self) -> &'static str {
-        "netstat"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut stats = parse_pairs(&self.netstat, &read_file(&self.netstat)?)?;
         stats.extend(parse_pairs(&self.snmp, &read_file(&self.snmp)?)?);

@@ -411,14 +411,6 @@ impl NfsCollector {
 }
 
 impl Collector for NfsCollector {
-    fn name(&self) -> &'static str {
-        if self.server {
-            "nfsd"
-        } else {
-            "nfs"
-        }
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // No NFS module loaded: no file.
         let Some(text) = read_optional(&self.path)? else {

@@ -23,10 +23,6 @@ pub struct NvmeCollector {
 }
 
 impl Collector for NvmeCollector {
-    fn name(&self) -> &'static str {
-        "nvme"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for dev in list_dir(&self.dir)? {
             let base = self.dir.join(&dev);

@@ -83,10 +83,6 @@ pub struct OsCollector {
 }
 
 impl Collector for OsCollector {
-    fn name(&self) -> &'static str {
-        "os"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let mut text = None;
         for f in &self.files {

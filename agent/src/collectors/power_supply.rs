@@ -107,10 +107,6 @@ fn text(p: &Path) -> Option<String> {
 }
 
 impl Collector for PowerSupplyCollector {
-    fn name(&self) -> &'static str {
-        "powersupplyclass"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for ps in list_dir(&self.dir)? {
             let base = self.dir.join(&ps);

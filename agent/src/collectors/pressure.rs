@@ -63,10 +63,6 @@ pub struct PressureCollector {
 }
 
 impl Collector for PressureCollector {
-    fn name(&self) -> &'static str {
-        "pressure"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for res in ["cpu", "io", "memory", "irq"] {
             let path = self.dir.join(res);

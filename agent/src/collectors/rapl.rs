@@ -52,10 +52,6 @@ fn sanitize(s: &str) -> String {
 }
 
 impl Collector for RaplCollector {
-    fn name(&self) -> &'static str {
-        "rapl"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for zone in list_dir(&self.dir)? {
             if !zone.contains(':') {

@@ -16,11 +16,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     // Kernels without CONFIG_SCHEDSTATS have no file.
-    Ok(FileCollector::optional(
-        SPEC.name,
-        paths.proc("schedstat"),
-        write,
-    ))
+    Ok(FileCollector::optional(paths.proc("schedstat"), write))
 }
 
 /// `(cpu, running ns, waiting ns, timeslices)` from the `cpuN` lines

@@ -41,10 +41,6 @@ pub fn config_mode(text: &str) -> f64 {
 }
 
 impl Collector for SelinuxCollector {
-    fn name(&self) -> &'static str {
-        "selinux"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let Some(enforce) = read_trimmed(&self.enforce)? else {
             sink.gauge(

@@ -97,10 +97,6 @@ pub struct SockstatCollector {
 }
 
 impl Collector for SockstatCollector {
-    fn name(&self) -> &'static str {
-        "sockstat"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for (path, ipv6) in [(&self.v4, false), (&self.v6, true)] {
             let Some(text) = read_optional(path)? else {

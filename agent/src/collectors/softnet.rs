@@ -15,7 +15,6 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(FileCollector::required(
-        SPEC.name,
         paths.proc("net/softnet_stat"),
         write,
     ))

@@ -56,10 +56,6 @@ impl TestSeqCollector {
 }
 
 impl Collector for TestSeqCollector {
-    fn name(&self) -> &'static str {
-        "testseq"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         self.n += 1;
         let n = self.n;

@@ -375,10 +375,6 @@ impl TextfileCollector {
 }
 
 impl Collector for TextfileCollector {
-    fn name(&self) -> &'static str {
-        "textfile"
-    }
-
     fn configure(&mut self, options: &CollectorOptions) -> Result<(), Unavailable> {
         self.directory.clone_from(&options.textfile_directory);
         Ok(())

@@ -29,10 +29,6 @@ fn int(path: &Path) -> Option<i64> {
 }
 
 impl Collector for ThermalCollector {
-    fn name(&self) -> &'static str {
-        "thermal_zone"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for entry in list_dir(&self.dir)? {
             let base = self.dir.join(&entry);

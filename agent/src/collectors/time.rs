@@ -70,10 +70,6 @@ pub fn zone() -> (String, i32) {
 }
 
 impl Collector for TimeCollector {
-    fn name(&self) -> &'static str {
-        "time"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

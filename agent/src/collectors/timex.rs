@@ -208,10 +208,6 @@ fn pps_rows(t: &Timex) -> [Row; 9] {
 pub struct TimexCollector;
 
 impl Collector for TimexCollector {
-    fn name(&self) -> &'static str {
-        "timex"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         match read() {
             Ok(t) => {

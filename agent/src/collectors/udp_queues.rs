@@ -48,10 +48,6 @@ pub struct UdpQueuesCollector {
 }
 
 impl Collector for UdpQueuesCollector {
-    fn name(&self) -> &'static str {
-        "udp_queues"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for (path, ip) in [(&self.v4, "v4"), (&self.v6, "v6")] {
             // No IPv6 in the kernel: no v6 series, as node_exporter.

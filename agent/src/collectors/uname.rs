@@ -32,10 +32,6 @@ fn attr(dir: &Path, name: &str) -> Result<String, CollectError> {
 }
 
 impl Collector for UnameCollector {
-    fn name(&self) -> &'static str {
-        "uname"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let sysname = attr(&self.dir, "ostype")?;
         let release = attr(&self.dir, "osrelease")?;

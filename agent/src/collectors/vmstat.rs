@@ -56,10 +56,6 @@ pub struct VmstatCollector {
 }
 
 impl Collector for VmstatCollector {
-    fn name(&self) -> &'static str {
-        "vmstat"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = read_file(&self.path)?;
         for (name, value) in parse(&self.path, &text)? {

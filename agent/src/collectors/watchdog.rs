@@ -62,10 +62,6 @@ const VALUES: &[(&str, &str, &str)] = &[
 ];
 
 impl Collector for WatchdogCollector {
-    fn name(&self) -> &'static str {
-        "watchdog"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for wd in list_dir(&self.dir)? {
             let base = self.dir.join(&wd);

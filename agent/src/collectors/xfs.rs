@@ -96,10 +96,6 @@ pub struct XfsCollector {
 }
 
 impl Collector for XfsCollector {
-    fn name(&self) -> &'static str {
-        "xfs"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for dev in list_dir(&self.dir)? {
             let path = self.dir.join(&dev).join("stats/stats");

@@ -265,10 +265,6 @@ fn pool_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, CollectError> {
 }
 
 impl Collector for ZfsCollector {
-    fn name(&self) -> &'static str {
-        "zfs"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         if !self.dir.is_dir() {
             // The module was unloaded since start-up: no data, not an error.

@@ -439,10 +439,6 @@ impl Ebpf {
 }
 
 impl Collector for Ebpf {
-    fn name(&self) -> &'static str {
-        "ebpf"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for (spec, st) in &self.programs {
             for state in ["attached", "failed", "skipped"] {

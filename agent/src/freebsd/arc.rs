@@ -254,10 +254,7 @@ mod imp {
                 "no kstat.zfs.misc.arcstats sysctls (zfs.ko not loaded)".into(),
             ));
         }
-        Ok(Box::new(Stateless {
-            name: SPEC.name,
-            collect,
-        }))
+        Ok(Box::new(Stateless { collect }))
     }
 
     /// Reads the ARC sysctls once per collection.

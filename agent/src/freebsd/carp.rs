@@ -101,10 +101,6 @@ impl CarpCollector {
 }
 
 impl Collector for CarpCollector {
-    fn name(&self) -> &'static str {
-        "carp"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let out = self
             .runner

@@ -263,10 +263,7 @@ mod imp {
         let version = sysctl::read_u64("kern.devstat.version")
             .map_err(|e| Unavailable(format!("kern.devstat.version: {e}")))?;
         super::check_version(version).map_err(|e| Unavailable(e.to_string()))?;
-        Ok(Box::new(Stateless {
-            name: SPEC.name,
-            collect,
-        }))
+        Ok(Box::new(Stateless { collect }))
     }
 
     /// Reads `kern.devstat.all` each collection.

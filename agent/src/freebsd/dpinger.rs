@@ -136,10 +136,6 @@ impl DpingerCollector {
 
 #[cfg(unix)]
 impl Collector for DpingerCollector {
-    fn name(&self) -> &'static str {
-        "dpinger"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,

@@ -173,10 +173,6 @@ impl PfCollector {
 }
 
 impl Collector for PfCollector {
-    fn name(&self) -> &'static str {
-        "pf"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let other = |e: crate::sys::command::CommandError| CollectError::Other(e.to_string());
         // No pfctl (not a firewall host): no data.

@@ -248,10 +248,6 @@ pub struct KubeCollector {
 }
 
 impl Collector for KubeCollector {
-    fn name(&self) -> &'static str {
-        "kubernetes"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let s = lock(&self.state);
         write_state(&s, sink);

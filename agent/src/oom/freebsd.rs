@@ -106,10 +106,6 @@ fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
 
 #[cfg(unix)]
 impl Collector for KernelLogCollector {
-    fn name(&self) -> &'static str {
-        "oomlog"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let Some(path) = self.candidates.iter().find(|p| p.is_file()).cloned() else {
             return Ok(());

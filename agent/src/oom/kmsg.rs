@@ -356,10 +356,6 @@ fn run(mut file: std::fs::File, path: &Path, cx: &Context, stop: &AtomicBool) {
 }
 
 impl Collector for KmsgOom {
-    fn name(&self) -> &'static str {
-        "kmsg_oom"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         self.state.export_kills(sink);
         sink.counter(

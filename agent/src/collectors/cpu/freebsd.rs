@@ -79,10 +79,6 @@ mod imp {
     }
 
     impl Collector for CpuCollector {
-        fn name(&self) -> &'static str {
-            "cpu"
-        }
-
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let times = sysctl::read_long_array("kern.cp_times")
                 .map_err(|e| CollectError::other("kern.cp_times", e))?;

@@ -173,10 +173,6 @@ impl StatCollector {
 }
 
 impl Collector for StatCollector {
-    fn name(&self) -> &'static str {
-        "stat"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         let text = crate::collector::read_file(&self.path)?;
         let stat = parse(&self.path, &text)?;

@@ -164,10 +164,6 @@ mod imp {
     }
 
     impl Collector for FilesystemCollector {
-        fn name(&self) -> &'static str {
-            "filesystem"
-        }
-
         fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
             let mut mounts: Vec<MountEntry> = sysctl::mounts()
                 .map_err(|e| CollectError::other("getfsstat", e))?

@@ -206,10 +206,6 @@ impl FilesystemCollector {
 }
 
 impl Collector for FilesystemCollector {
-    fn name(&self) -> &'static str {
-        "filesystem"
-    }
-
     fn configure(&mut self, options: &CollectorOptions) -> Result<(), Unavailable> {
         let re = |key: &str, p: &str| {
             Regex::new(p).map_err(|e| Unavailable(format!("collectors.filesystem.{key}: {e}")))

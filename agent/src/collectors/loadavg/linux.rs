@@ -17,11 +17,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(
-        SPEC.name,
-        paths.proc("loadavg"),
-        write,
-    ))
+    Ok(FileCollector::required(paths.proc("loadavg"), write))
 }
 
 /// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.

@@ -26,11 +26,7 @@ pub const SPEC: CollectorSpec = CollectorSpec {
 };
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(
-        SPEC.name,
-        paths.proc("net/dev"),
-        write,
-    ))
+    Ok(FileCollector::required(paths.proc("net/dev"), write))
 }
 
 /// Metric stems of the 16 `/proc/net/dev` columns, in file order.

@@ -386,10 +386,6 @@ pub fn write_list(sink: &mut Sink, p: &PoolList) {
 }
 
 impl Collector for ZpoolCollector {
-    fn name(&self) -> &'static str {
-        "zpool"
-    }
-
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         // No `zpool` binary: ZFS is not installed, nothing to say.
         let Some(pools) = self.status()? else {
