@@ -245,6 +245,36 @@ macro_rules! stateless_spec {
 )]
 pub(crate) use stateless_spec;
 
+/// The [`CollectorSpec`] of a [`FileCollector`] on a procfs file, enabled by
+/// default: `file_spec!("name", required, "net/dev", write)` (or `optional`
+/// where an absent file means no data).
+#[cfg_attr(
+    target_os = "freebsd",
+    allow(unused_macros, reason = "used by the Linux collectors")
+)]
+macro_rules! file_spec {
+    ($name:literal, $presence:ident, $proc_path:literal, $write:expr) => {
+        $crate::collector::CollectorSpec {
+            name: $name,
+            default_enabled: true,
+            build: |paths: &$crate::collector::Paths| -> Result<
+                Box<dyn $crate::collector::Collector>,
+                $crate::collector::Unavailable,
+            > {
+                Ok($crate::collector::FileCollector::$presence(
+                    paths.proc($proc_path),
+                    $write,
+                ))
+            },
+        }
+    };
+}
+#[cfg_attr(
+    target_os = "freebsd",
+    allow(unused_imports, reason = "used by the Linux collectors")
+)]
+pub(crate) use file_spec;
+
 /// A collector that cannot run on this host, and why (said once at start-up).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

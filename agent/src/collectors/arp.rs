@@ -4,19 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "arp",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::optional(paths.proc("net/arp"), write))
-}
+pub const SPEC: CollectorSpec = file_spec!("arp", optional, "net/arp", write);
 
 /// Entries per device: the sixth column of every line after the header.
 pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, u64>, CollectError> {

@@ -3,20 +3,10 @@
 
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "filefd",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(paths.proc("sys/fs/file-nr"), write))
-}
+pub const SPEC: CollectorSpec = file_spec!("filefd", required, "sys/fs/file-nr", write);
 
 /// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.
 pub fn parse(path: &Path, text: &str) -> Result<(f64, f64), CollectError> {

@@ -8,20 +8,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "meminfo",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(paths.proc("meminfo"), write))
-}
+pub const SPEC: CollectorSpec = file_spec!("meminfo", required, "meminfo", write);
 
 /// Parses `/proc/meminfo` into `(metric suffix, value)` pairs in file order,
 /// e.g. `("MemTotal_bytes", 16_042_172_416.0)`. A repeated field keeps its

@@ -3,21 +3,11 @@
 
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "schedstat",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    // Kernels without CONFIG_SCHEDSTATS have no file.
-    Ok(FileCollector::optional(paths.proc("schedstat"), write))
-}
+// Kernels without CONFIG_SCHEDSTATS have no file.
+pub const SPEC: CollectorSpec = file_spec!("schedstat", optional, "schedstat", write);
 
 /// `(cpu, running ns, waiting ns, timeslices)` from the `cpuN` lines
 /// (columns 7, 8 and 9 after the name).

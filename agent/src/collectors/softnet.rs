@@ -3,22 +3,9 @@
 
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "softnet",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(
-        paths.proc("net/softnet_stat"),
-        write,
-    ))
-}
+pub const SPEC: CollectorSpec = file_spec!("softnet", required, "net/softnet_stat", write);
 
 /// One CPU's line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -5,20 +5,10 @@
 
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "loadavg",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(paths.proc("loadavg"), write))
-}
+pub const SPEC: CollectorSpec = file_spec!("loadavg", required, "loadavg", write);
 
 /// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.
 pub fn parse(path: &Path, text: &str) -> Result<[f64; 3], CollectError> {

@@ -14,20 +14,10 @@
 
 use std::path::Path;
 
-use crate::collector::{
-    CollectError, Collector, CollectorSpec, FileCollector, Paths, Sink, Unavailable,
-};
+use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "netdev",
-    default_enabled: true,
-    build,
-};
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(FileCollector::required(paths.proc("net/dev"), write))
-}
+pub const SPEC: CollectorSpec = file_spec!("netdev", required, "net/dev", write);
 
 /// Metric stems of the 16 `/proc/net/dev` columns, in file order.
 pub const COLUMNS: [&str; 16] = [
