@@ -229,14 +229,9 @@ impl Collector for FileCollector {
 )]
 macro_rules! stateless_spec {
     ($name:literal, $collect:expr) => {
-        $crate::collector::CollectorSpec {
-            name: $name,
-            default_enabled: true,
-            build: |_: &$crate::collector::Paths| -> Result<
-                Box<dyn $crate::collector::Collector>,
-                $crate::collector::Unavailable,
-            > { Ok(Box::new($crate::collector::Stateless { collect: $collect })) },
-        }
+        $crate::collector::CollectorSpec::new($name, |_| {
+            Ok(Box::new($crate::collector::Stateless { collect: $collect }))
+        })
     };
 }
 #[cfg_attr(
@@ -254,19 +249,12 @@ pub(crate) use stateless_spec;
 )]
 macro_rules! file_spec {
     ($name:literal, $presence:ident, $proc_path:literal, $write:expr) => {
-        $crate::collector::CollectorSpec {
-            name: $name,
-            default_enabled: true,
-            build: |paths: &$crate::collector::Paths| -> Result<
-                Box<dyn $crate::collector::Collector>,
-                $crate::collector::Unavailable,
-            > {
-                Ok($crate::collector::FileCollector::$presence(
-                    paths.proc($proc_path),
-                    $write,
-                ))
-            },
-        }
+        $crate::collector::CollectorSpec::new($name, |paths| {
+            Ok($crate::collector::FileCollector::$presence(
+                paths.proc($proc_path),
+                $write,
+            ))
+        })
     };
 }
 #[cfg_attr(
@@ -286,6 +274,21 @@ pub struct CollectorSpec {
     /// Enabled unless the configuration says otherwise.
     pub default_enabled: bool,
     pub build: fn(&Paths) -> Result<Box<dyn Collector>, Unavailable>,
+}
+
+impl CollectorSpec {
+    /// A collector enabled by default, named `name` and made by `build`.
+    #[must_use]
+    pub const fn new(
+        name: &'static str,
+        build: fn(&Paths) -> Result<Box<dyn Collector>, Unavailable>,
+    ) -> Self {
+        Self {
+            name,
+            default_enabled: true,
+            build,
+        }
+    }
 }
 
 /// One sample as a collector wrote it.

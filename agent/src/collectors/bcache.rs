@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "bcache",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("bcache", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(BcacheCollector {

@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{parse_field, read_optional};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "conntrack",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("conntrack", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(ConntrackCollector {

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "cpufreq",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("cpufreq", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(CpufreqCollector {

@@ -23,11 +23,7 @@ use crate::collector::{
     read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
 };
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "diskstats",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("diskstats", build);
 
 /// `node_exporter`'s default `--collector.diskstats.device-exclude`: partitions
 /// of whole disks already counted, RAM disks, loop devices and floppies.

@@ -6,11 +6,7 @@ use std::path::PathBuf;
 
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "dmi",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("dmi", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(DmiCollector {

@@ -8,11 +8,7 @@ use crate::collector::{
 };
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "entropy",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("entropy", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(EntropyCollector {

@@ -15,11 +15,7 @@ use crate::collector::{
 };
 use crate::collectors::list_dir;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "hwmon",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("hwmon", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(HwmonCollector {

@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{list_dir, read_optional, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "mdadm",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("mdadm", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(MdadmCollector {

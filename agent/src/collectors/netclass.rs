@@ -12,11 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "netclass",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("netclass", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(NetclassCollector {

@@ -17,11 +17,7 @@ use crate::collector::{
 };
 use crate::collectors::{parse_field, read_optional};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "netstat",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("netstat", build);
 
 /// `node_exporter`'s default `--collector.netstat.fields` (v1.9+: with
 /// `TCPOFOQueue` and `TCPRcvQDrop`).

@@ -8,27 +8,21 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Sink, Unavailable};
 use crate::collectors::read_optional;
 
-pub const NFS: CollectorSpec = CollectorSpec {
-    name: "nfs",
-    default_enabled: true,
-    build: |p| -> Result<Box<dyn Collector>, Unavailable> {
+pub const NFS: CollectorSpec =
+    CollectorSpec::new("nfs", |p| -> Result<Box<dyn Collector>, Unavailable> {
         Ok(Box::new(NfsCollector {
             path: p.proc("net/rpc/nfs"),
             server: false,
         }))
-    },
-};
+    });
 
-pub const NFSD: CollectorSpec = CollectorSpec {
-    name: "nfsd",
-    default_enabled: true,
-    build: |p| -> Result<Box<dyn Collector>, Unavailable> {
+pub const NFSD: CollectorSpec =
+    CollectorSpec::new("nfsd", |p| -> Result<Box<dyn Collector>, Unavailable> {
         Ok(Box::new(NfsCollector {
             path: p.proc("net/rpc/nfsd"),
             server: true,
         }))
-    },
-};
+    });
 
 /// NFSv2 procedures, in `proc2` order.
 const V2: &[&str] = &[

@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "nvme",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("nvme", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(NvmeCollector {

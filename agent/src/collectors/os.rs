@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::read_optional;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "os",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("os", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(OsCollector {

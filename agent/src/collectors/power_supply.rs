@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::list_dir;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "powersupplyclass",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("powersupplyclass", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(PowerSupplyCollector {

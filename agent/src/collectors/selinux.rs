@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{read_optional, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "selinux",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("selinux", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(SelinuxCollector {

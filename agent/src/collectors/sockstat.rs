@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::{parse_field, read_optional};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "sockstat",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("sockstat", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(SockstatCollector {

@@ -17,11 +17,7 @@ use crate::collector::{
     CollectError, Collector, CollectorOptions, CollectorSpec, MetricKind, Paths, Sink, Unavailable,
 };
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "textfile",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("textfile", build);
 
 pub fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(TextfileCollector { directory: None }))

@@ -5,11 +5,7 @@
 
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "timex",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("timex", build);
 
 pub fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(TimexCollector))

@@ -9,11 +9,7 @@ use crate::collector::{
     read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
 };
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "uname",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("uname", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(UnameCollector {

@@ -24,18 +24,16 @@ fn off(paths: &Paths, class: &str, what: &str, upstream: &str) -> Unavailable {
     })
 }
 
-pub const INFINIBAND: CollectorSpec = CollectorSpec {
-    name: "infiniband",
-    default_enabled: true,
-    build: |p| -> Result<Box<dyn Collector>, Unavailable> {
+pub const INFINIBAND: CollectorSpec = CollectorSpec::new(
+    "infiniband",
+    |p| -> Result<Box<dyn Collector>, Unavailable> {
         Err(off(p, "infiniband", "InfiniBand adapter", "infiniband"))
     },
-};
+);
 
-pub const FIBRECHANNEL: CollectorSpec = CollectorSpec {
-    name: "fibrechannel",
-    default_enabled: true,
-    build: |p| -> Result<Box<dyn Collector>, Unavailable> {
+pub const FIBRECHANNEL: CollectorSpec = CollectorSpec::new(
+    "fibrechannel",
+    |p| -> Result<Box<dyn Collector>, Unavailable> {
         Err(off(
             p,
             "fc_host",
@@ -43,15 +41,14 @@ pub const FIBRECHANNEL: CollectorSpec = CollectorSpec {
             "fibrechannel",
         ))
     },
-};
+);
 
-pub const TAPESTATS: CollectorSpec = CollectorSpec {
-    name: "tapestats",
-    default_enabled: true,
-    build: |p| -> Result<Box<dyn Collector>, Unavailable> {
+pub const TAPESTATS: CollectorSpec = CollectorSpec::new(
+    "tapestats",
+    |p| -> Result<Box<dyn Collector>, Unavailable> {
         Err(off(p, "scsi_tape", "SCSI tape drive", "tapestats"))
     },
-};
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,11 +13,7 @@ use crate::collector::{
 };
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "vmstat",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("vmstat", build);
 
 /// `node_exporter`'s default `--collector.vmstat.fields` (unanchored at the end, as there).
 pub const DEFAULT_FIELDS: &str = r"^(oom_kill|pgpg|pswp|pg.*fault).*";

@@ -9,11 +9,7 @@ use crate::collector::{
 };
 use crate::collectors::{list_dir, parse_field};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "xfs",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("xfs", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(XfsCollector {

@@ -62,11 +62,7 @@ const KSTAT_DATA_INT64: &str = "3";
 const KSTAT_DATA_UINT64: &str = "4";
 
 /// Registry entry.
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "zfs",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("zfs", build);
 
 fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     let dir = paths.proc(KSTAT_DIR);

@@ -241,11 +241,7 @@ mod imp {
     };
     use crate::freebsd::sysctl;
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "zfs_arc",
-        default_enabled: true,
-        build,
-    };
+    pub const SPEC: CollectorSpec = CollectorSpec::new("zfs_arc", build);
 
     fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
         // The kstat tree exists once zfs.ko is loaded.

@@ -114,15 +114,12 @@ impl Collector for CarpCollector {
 }
 
 #[cfg(target_os = "freebsd")]
-pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpec {
-    name: "carp",
-    default_enabled: true,
-    build: |_| {
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::CollectorSpec::new("carp", |_| {
         Ok(Box::new(CarpCollector::new(Box::new(
             crate::sys::command::SystemRunner::default(),
         ))))
-    },
-};
+    });
 
 #[cfg(test)]
 mod tests {

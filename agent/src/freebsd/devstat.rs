@@ -252,11 +252,7 @@ mod imp {
         assert!(size_of::<libc::c_long>() == super::GENERATION_SIZE);
     };
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "devstat",
-        default_enabled: true,
-        build,
-    };
+    pub const SPEC: CollectorSpec = CollectorSpec::new("devstat", build);
 
     fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
         // The layout does not change while the kernel runs; check it once.

@@ -170,11 +170,10 @@ impl Collector for DpingerCollector {
 }
 
 #[cfg(target_os = "freebsd")]
-pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpec {
-    name: "dpinger",
-    default_enabled: true,
-    build: |paths| Ok(Box::new(DpingerCollector::new(paths.root(SOCKET_DIR)))),
-};
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::CollectorSpec::new("dpinger", |paths| {
+        Ok(Box::new(DpingerCollector::new(paths.root(SOCKET_DIR))))
+    });
 
 #[cfg(test)]
 mod tests {

@@ -190,10 +190,8 @@ impl Collector for PfCollector {
 }
 
 #[cfg(target_os = "freebsd")]
-pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpec {
-    name: "pf",
-    default_enabled: true,
-    build: |paths| {
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::CollectorSpec::new("pf", |paths| {
         // pfctl needs /dev/pf, which exists once pf.ko is loaded.
         if !paths.root("/dev/pf").exists() {
             return Err(crate::collector::Unavailable(
@@ -203,8 +201,7 @@ pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpe
         Ok(Box::new(PfCollector::new(Box::new(
             crate::sys::command::SystemRunner::default(),
         ))))
-    },
-};
+    });
 
 #[cfg(test)]
 mod tests {

@@ -148,16 +148,13 @@ impl Collector for KernelLogCollector {
 }
 
 #[cfg(target_os = "freebsd")]
-pub const SPEC: crate::collector::CollectorSpec = crate::collector::CollectorSpec {
-    name: "oomlog",
-    default_enabled: true,
-    build: |paths| {
+pub const SPEC: crate::collector::CollectorSpec =
+    crate::collector::CollectorSpec::new("oomlog", |paths| {
         Ok(Box::new(KernelLogCollector::new(
             LOG_PATHS.iter().map(|p| paths.root(p)).collect(),
             parse_freebsd_line,
         )))
-    },
-};
+    });
 
 #[cfg(test)]
 mod tests {

@@ -57,11 +57,7 @@ mod imp {
     use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
     use crate::freebsd::sysctl;
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "cpu",
-        default_enabled: true,
-        build,
-    };
+    pub const SPEC: CollectorSpec = CollectorSpec::new("cpu", build);
 
     fn build(_: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
         // stathz does not change at run time; read it once.

@@ -12,11 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "stat",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("stat", build);
 
 pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     Ok(Box::new(StatCollector::new(paths)))

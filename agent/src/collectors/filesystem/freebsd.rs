@@ -133,15 +133,14 @@ mod imp {
         assert!(super::MNT_IGNORE == libc::MNT_IGNORE);
     };
 
-    pub const SPEC: CollectorSpec = CollectorSpec {
-        name: "filesystem",
-        default_enabled: true,
-        build: |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
+    pub const SPEC: CollectorSpec = CollectorSpec::new(
+        "filesystem",
+        |_: &Paths| -> Result<Box<dyn Collector>, Unavailable> {
             Ok(Box::new(FilesystemCollector {
                 refresh: StatfsPool::new(refresh, MOUNT_TIMEOUT, STAT_WORKERS),
             }))
         },
-    };
+    );
 
     /// What a fresh `statfs(2)` says about one mount (the figures only).
     fn refresh(path: &Path) -> Result<Statfs, String> {

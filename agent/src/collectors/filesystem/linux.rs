@@ -26,11 +26,7 @@ use crate::collector::{
 use crate::collectors::parse_field;
 use crate::sys::statfs_pool::{Answer, StatfsPool};
 
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "filesystem",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("filesystem", build);
 
 /// `node_exporter`'s default `--collector.filesystem.mount-points-exclude`.
 pub const UPSTREAM_MOUNT_POINTS_EXCLUDE: &str =

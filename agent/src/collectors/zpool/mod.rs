@@ -166,11 +166,7 @@ pub struct PoolList {
 }
 
 /// Registry entry.
-pub const SPEC: CollectorSpec = CollectorSpec {
-    name: "zpool",
-    default_enabled: true,
-    build,
-};
+pub const SPEC: CollectorSpec = CollectorSpec::new("zpool", build);
 
 fn build(_paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
     let program = find_program("zpool", ZPOOL_DIRS).ok_or_else(|| {
