@@ -32,6 +32,19 @@ fn count(p: &Path) -> Result<f64, CollectError> {
         .map_err(|_| CollectError::parse(p, 1, format!("not a count: {s:?}")))
 }
 
+/// The two kinds of error, with their files' prefix.
+const KINDS: [(&str, &str); 2] = [("correctable", "ce"), ("uncorrectable", "ue")];
+
+/// `node_edac_csrow_<kind>_errors_total` of one csrow of controller `c`.
+fn csrow(sink: &mut Sink, kind: &str, c: &str, row: &str, value: f64) {
+    sink.counter(
+        &format!("node_edac_csrow_{kind}_errors_total"),
+        &format!("Total {kind} memory errors for this csrow."),
+        &[("controller", c), ("csrow", row)],
+        value,
+    );
+}
+
 impl Collector for EdacCollector {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
         for mc in list_dir(&self.dir)? {
@@ -39,47 +52,29 @@ impl Collector for EdacCollector {
                 continue;
             };
             let base = self.dir.join(&mc);
-            sink.counter(
-                "node_edac_correctable_errors_total",
-                "Total correctable memory errors.",
-                &[("controller", c)],
-                count(&base.join("ce_count"))?,
-            );
-            sink.counter(
-                "node_edac_csrow_correctable_errors_total",
-                "Total correctable memory errors for this csrow.",
-                &[("controller", c), ("csrow", "unknown")],
-                count(&base.join("ce_noinfo_count"))?,
-            );
-            sink.counter(
-                "node_edac_uncorrectable_errors_total",
-                "Total uncorrectable memory errors.",
-                &[("controller", c)],
-                count(&base.join("ue_count"))?,
-            );
-            sink.counter(
-                "node_edac_csrow_uncorrectable_errors_total",
-                "Total uncorrectable memory errors for this csrow.",
-                &[("controller", c), ("csrow", "unknown")],
-                count(&base.join("ue_noinfo_count"))?,
-            );
+            for (kind, file) in KINDS {
+                sink.counter(
+                    &format!("node_edac_{kind}_errors_total"),
+                    &format!("Total {kind} memory errors."),
+                    &[("controller", c)],
+                    count(&base.join(format!("{file}_count")))?,
+                );
+                csrow(
+                    sink,
+                    kind,
+                    c,
+                    "unknown",
+                    count(&base.join(format!("{file}_noinfo_count")))?,
+                );
+            }
             for row in list_dir(&base)? {
                 let Some(r) = numbered(&row, "csrow") else {
                     continue;
                 };
                 let rb = base.join(&row);
-                sink.counter(
-                    "node_edac_csrow_correctable_errors_total",
-                    "Total correctable memory errors for this csrow.",
-                    &[("controller", c), ("csrow", r)],
-                    count(&rb.join("ce_count"))?,
-                );
-                sink.counter(
-                    "node_edac_csrow_uncorrectable_errors_total",
-                    "Total uncorrectable memory errors for this csrow.",
-                    &[("controller", c), ("csrow", r)],
-                    count(&rb.join("ue_count"))?,
-                );
+                for (kind, file) in KINDS {
+                    csrow(sink, kind, c, r, count(&rb.join(format!("{file}_count")))?);
+                }
                 for f in list_dir(&rb)? {
                     let Some(ch) = f
                         .strip_prefix("ch")

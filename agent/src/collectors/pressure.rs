@@ -54,13 +54,39 @@ fn seconds(us: u64) -> f64 {
     us as f64 / 1000.0 / 1000.0
 }
 
+/// Per PSI file, the HELP of `node_pressure_<file>_waiting_seconds_total`
+/// (from `some`) and of `node_pressure_<file>_stalled_seconds_total` (from
+/// `full`), where `node_exporter` writes them.
+const RESOURCES: [(&str, Option<&str>, Option<&str>); 4] = [
+    (
+        "cpu",
+        Some("Total time in seconds that processes have waited for CPU time"),
+        None,
+    ),
+    (
+        "io",
+        Some("Total time in seconds that processes have waited due to IO congestion"),
+        Some("Total time in seconds no process could make progress due to IO congestion"),
+    ),
+    (
+        "memory",
+        Some("Total time in seconds that processes have waited for memory"),
+        Some("Total time in seconds no process could make progress due to memory congestion"),
+    ),
+    (
+        "irq",
+        None,
+        Some("Total time in seconds no process could make progress due to IRQ congestion"),
+    ),
+];
+
 pub struct PressureCollector {
     dir: PathBuf,
 }
 
 impl Collector for PressureCollector {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for res in ["cpu", "io", "memory", "irq"] {
+        for (res, waiting, stalled) in RESOURCES {
             let path = self.dir.join(res);
             let text = match crate::collector::read_cached(&path) {
                 Ok(t) => t,
@@ -73,57 +99,19 @@ impl Collector for PressureCollector {
             let psi = parse(&path, &text)?;
             // node_exporter treats a missing `some` (or `full`, where it reads
             // it) as no data and stops there.
-            match res {
-                "cpu" => {
-                    let Some(some) = psi.some else { return Ok(()) };
+            if waiting.is_some() && psi.some.is_none() || stalled.is_some() && psi.full.is_none() {
+                return Ok(());
+            }
+            for (kind, help, us) in [
+                ("waiting", waiting, psi.some),
+                ("stalled", stalled, psi.full),
+            ] {
+                if let (Some(help), Some(us)) = (help, us) {
                     sink.counter(
-                        "node_pressure_cpu_waiting_seconds_total",
-                        "Total time in seconds that processes have waited for CPU time",
+                        &format!("node_pressure_{res}_{kind}_seconds_total"),
+                        help,
                         &[],
-                        seconds(some),
-                    );
-                }
-                "io" => {
-                    let (Some(some), Some(full)) = (psi.some, psi.full) else {
-                        return Ok(());
-                    };
-                    sink.counter(
-                        "node_pressure_io_waiting_seconds_total",
-                        "Total time in seconds that processes have waited due to IO congestion",
-                        &[],
-                        seconds(some),
-                    );
-                    sink.counter(
-                        "node_pressure_io_stalled_seconds_total",
-                        "Total time in seconds no process could make progress due to IO congestion",
-                        &[],
-                        seconds(full),
-                    );
-                }
-                "memory" => {
-                    let (Some(some), Some(full)) = (psi.some, psi.full) else {
-                        return Ok(());
-                    };
-                    sink.counter(
-                        "node_pressure_memory_waiting_seconds_total",
-                        "Total time in seconds that processes have waited for memory",
-                        &[],
-                        seconds(some),
-                    );
-                    sink.counter(
-                        "node_pressure_memory_stalled_seconds_total",
-                        "Total time in seconds no process could make progress due to memory congestion",
-                        &[],
-                        seconds(full),
-                    );
-                }
-                _ => {
-                    let Some(full) = psi.full else { return Ok(()) };
-                    sink.counter(
-                        "node_pressure_irq_stalled_seconds_total",
-                        "Total time in seconds no process could make progress due to IRQ congestion",
-                        &[],
-                        seconds(full),
+                        seconds(us),
                     );
                 }
             }
