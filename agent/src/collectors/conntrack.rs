@@ -81,24 +81,24 @@ pub struct ConntrackCollector {
 
 impl Collector for ConntrackCollector {
     fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let Some(count) = read_optional(&self.count)? else {
-            return Ok(());
-        };
-        sink.gauge(
-            "node_nf_conntrack_entries",
-            "Number of currently allocated flow entries for connection tracking.",
-            &[],
-            parse_number(&self.count, &count)? as f64,
-        );
-        let Some(max) = read_optional(&self.max)? else {
-            return Ok(());
-        };
-        sink.gauge(
-            "node_nf_conntrack_entries_limit",
-            "Maximum size of connection tracking table.",
-            &[],
-            parse_number(&self.max, &max)? as f64,
-        );
+        // An absent file (module not loaded): no data from there on.
+        for (path, name, help) in [
+            (
+                &self.count,
+                "node_nf_conntrack_entries",
+                "Number of currently allocated flow entries for connection tracking.",
+            ),
+            (
+                &self.max,
+                "node_nf_conntrack_entries_limit",
+                "Maximum size of connection tracking table.",
+            ),
+        ] {
+            let Some(text) = read_optional(path)? else {
+                return Ok(());
+            };
+            sink.gauge(name, help, &[], parse_number(path, &text)? as f64);
+        }
         let Some(stat) = read_optional(&self.stat)? else {
             return Ok(());
         };
