@@ -221,6 +221,28 @@ impl Collector for FileCollector {
     }
 }
 
+/// What a [`DirCollector`] does each collection with its directory.
+pub type CollectDir = fn(&Path, &mut Sink) -> Result<(), CollectError>;
+
+/// A collector that keeps nothing but the procfs or sysfs directory it reads.
+pub struct DirCollector {
+    dir: PathBuf,
+    collect: CollectDir,
+}
+
+impl DirCollector {
+    #[must_use]
+    pub fn boxed(dir: PathBuf, collect: CollectDir) -> Box<dyn Collector> {
+        Box::new(Self { dir, collect })
+    }
+}
+
+impl Collector for DirCollector {
+    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
+        (self.collect)(&self.dir, sink)
+    }
+}
+
 /// The [`CollectorSpec`] of a [`Stateless`] collector, enabled by default:
 /// `stateless_spec!("name", collect_fn)`.
 #[cfg_attr(
@@ -240,28 +262,25 @@ macro_rules! stateless_spec {
 )]
 pub(crate) use stateless_spec;
 
-/// The [`CollectorSpec`] of a [`FileCollector`] on a procfs file, enabled by
-/// default: `file_spec!("name", required, "net/dev", write)` (or `optional`
-/// where an absent file means no data).
+/// The [`CollectorSpec`] of a collector that keeps only a path below `/proc`
+/// or `/sys`, enabled by default:
+/// `path_spec!("arp", FileCollector::optional, proc, "net/arp", write)` (one
+/// file), `path_spec!("nvme", DirCollector::boxed, sys, "class/nvme", collect)`
+/// (a directory).
 #[cfg_attr(
     target_os = "freebsd",
     allow(unused_macros, reason = "used by the Linux collectors")
 )]
-macro_rules! file_spec {
-    ($name:literal, $presence:ident, $proc_path:literal, $write:expr) => {
-        $crate::collector::CollectorSpec::new($name, |paths| {
-            Ok($crate::collector::FileCollector::$presence(
-                paths.proc($proc_path),
-                $write,
-            ))
-        })
+macro_rules! path_spec {
+    ($name:literal, $make:expr, $root:ident, $rel:literal, $with:expr) => {
+        $crate::collector::CollectorSpec::new($name, |paths| Ok($make(paths.$root($rel), $with)))
     };
 }
 #[cfg_attr(
     target_os = "freebsd",
     allow(unused_imports, reason = "used by the Linux collectors")
 )]
-pub(crate) use file_spec;
+pub(crate) use path_spec;
 
 /// A collector that cannot run on this host, and why (said once at start-up).
 #[derive(Debug, thiserror::Error)]

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 
-pub const SPEC: CollectorSpec = file_spec!("arp", optional, "net/arp", write);
+pub const SPEC: CollectorSpec = path_spec!("arp", FileCollector::optional, proc, "net/arp", write);
 
 /// Entries per device: the sixth column of every line after the header.
 pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, u64>, CollectError> {

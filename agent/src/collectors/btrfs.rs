@@ -5,18 +5,12 @@
 //! (its per-device error counters need an ioctl on the mount point and are
 //! not read).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("btrfs", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(BtrfsCollector {
-        dir: paths.sys("fs/btrfs"),
-    }))
-}
+pub const SPEC: CollectorSpec = path_spec!("btrfs", DirCollector::boxed, sys, "fs/btrfs", collect);
 
 /// How many bytes of disk one byte of data takes under a RAID profile on `n` devices.
 #[must_use]
@@ -54,78 +48,72 @@ pub fn commit_stats(text: &str) -> [u64; 4] {
     out
 }
 
-pub struct BtrfsCollector {
-    dir: PathBuf,
-}
-
 fn uint(p: &Path) -> Option<u64> {
     read_trimmed(p).ok().flatten()?.parse().ok()
 }
 
-impl Collector for BtrfsCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for uuid in list_dir(&self.dir)? {
-            let base = self.dir.join(&uuid);
-            // `features` and friends are not filesystems.
-            if !base.join("allocation").is_dir() {
-                continue;
-            }
-            let label = read_trimmed(&base.join("label"))?.unwrap_or_default();
-            sink.gauge(
-                "node_btrfs_info",
-                "Filesystem information",
-                &[("label", &label), ("uuid", &uuid)],
-                1.0,
-            );
-            let devices = list_dir(&base.join("devices"))?;
-            for dev in &devices {
-                if let Some(sectors) = uint(&base.join("devices").join(dev).join("size")) {
-                    sink.gauge(
-                        "node_btrfs_device_size_bytes",
-                        "Size of a device that is part of the filesystem.",
-                        &[("device", dev), ("uuid", &uuid)],
-                        (sectors * 512) as f64,
-                    );
-                }
-            }
-            if let Some(v) = uint(&base.join("allocation/global_rsv_size")) {
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for uuid in list_dir(dir)? {
+        let base = dir.join(&uuid);
+        // `features` and friends are not filesystems.
+        if !base.join("allocation").is_dir() {
+            continue;
+        }
+        let label = read_trimmed(&base.join("label"))?.unwrap_or_default();
+        sink.gauge(
+            "node_btrfs_info",
+            "Filesystem information",
+            &[("label", &label), ("uuid", &uuid)],
+            1.0,
+        );
+        let devices = list_dir(&base.join("devices"))?;
+        for dev in &devices {
+            if let Some(sectors) = uint(&base.join("devices").join(dev).join("size")) {
                 sink.gauge(
-                    "node_btrfs_global_rsv_size_bytes",
-                    "Size of global reserve.",
-                    &[("uuid", &uuid)],
-                    v as f64,
+                    "node_btrfs_device_size_bytes",
+                    "Size of a device that is part of the filesystem.",
+                    &[("device", dev), ("uuid", &uuid)],
+                    (sectors * 512) as f64,
                 );
             }
-            write_allocation(sink, &base, &uuid, devices.len())?;
-            let c = read_trimmed(&base.join("commit_stats"))?.map_or([0; 4], |t| commit_stats(&t));
-            let u = [("uuid", uuid.as_str())];
-            sink.counter(
-                "node_btrfs_commits_total",
-                "The total number of commits that have occurred.",
-                &u,
-                c[0] as f64,
-            );
+        }
+        if let Some(v) = uint(&base.join("allocation/global_rsv_size")) {
             sink.gauge(
-                "node_btrfs_last_commit_seconds",
-                "Duration of the most recent commit, in seconds.",
-                &u,
-                c[1] as f64 / 1000.0,
-            );
-            sink.gauge(
-                "node_btrfs_max_commit_seconds",
-                "Duration of the slowest commit, in seconds.",
-                &u,
-                c[2] as f64 / 1000.0,
-            );
-            sink.counter(
-                "node_btrfs_commit_seconds_total",
-                "Sum of the duration of all commits, in seconds.",
-                &u,
-                c[3] as f64 / 1000.0,
+                "node_btrfs_global_rsv_size_bytes",
+                "Size of global reserve.",
+                &[("uuid", &uuid)],
+                v as f64,
             );
         }
-        Ok(())
+        write_allocation(sink, &base, &uuid, devices.len())?;
+        let c = read_trimmed(&base.join("commit_stats"))?.map_or([0; 4], |t| commit_stats(&t));
+        let u = [("uuid", uuid.as_str())];
+        sink.counter(
+            "node_btrfs_commits_total",
+            "The total number of commits that have occurred.",
+            &u,
+            c[0] as f64,
+        );
+        sink.gauge(
+            "node_btrfs_last_commit_seconds",
+            "Duration of the most recent commit, in seconds.",
+            &u,
+            c[1] as f64 / 1000.0,
+        );
+        sink.gauge(
+            "node_btrfs_max_commit_seconds",
+            "Duration of the slowest commit, in seconds.",
+            &u,
+            c[2] as f64 / 1000.0,
+        );
+        sink.counter(
+            "node_btrfs_commit_seconds_total",
+            "Sum of the duration of all commits, in seconds.",
+            &u,
+            c[3] as f64 / 1000.0,
+        );
     }
+    Ok(())
 }
 
 /// Space per block group type (`data`, `metadata`, `system`) and profile.

@@ -2,22 +2,18 @@
 //! (hardware), `node_cpu_scaling_frequency_{,min_,max_}hertz` and
 //! `node_cpu_scaling_governor{cpu,governor}`, as `node_exporter`'s `cpufreq` collector.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("cpufreq", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(CpufreqCollector {
-        dir: paths.sys("devices/system/cpu"),
-    }))
-}
-
-pub struct CpufreqCollector {
-    dir: PathBuf,
-}
+pub const SPEC: CollectorSpec = path_spec!(
+    "cpufreq",
+    DirCollector::boxed,
+    sys,
+    "devices/system/cpu",
+    collect
+);
 
 /// (file in kHz, metric, HELP)
 const FREQS: &[(&str, &str, &str)] = &[
@@ -58,49 +54,47 @@ const FREQS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-impl Collector for CpufreqCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for cpu in list_dir(&self.dir)? {
-            let Some(n) = cpu
-                .strip_prefix("cpu")
-                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let base = self.dir.join(&cpu).join("cpufreq");
-            if !base.is_dir() {
-                continue;
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for cpu in list_dir(dir)? {
+        let Some(n) = cpu
+            .strip_prefix("cpu")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let base = dir.join(&cpu).join("cpufreq");
+        if !base.is_dir() {
+            continue;
+        }
+        for (file, name, help) in FREQS {
+            // cpuinfo_cur_freq is readable by root only; unreadable or garbled costs that value.
+            if let Some(khz) = read_trimmed(&base.join(file))
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                sink.gauge(name, help, &[("cpu", n)], khz as f64 * 1000.0);
             }
-            for (file, name, help) in FREQS {
-                // cpuinfo_cur_freq is readable by root only; unreadable or garbled costs that value.
-                if let Some(khz) = read_trimmed(&base.join(file))
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    sink.gauge(name, help, &[("cpu", n)], khz as f64 * 1000.0);
-                }
-            }
-            let governor = read_trimmed(&base.join("scaling_governor"))
+        }
+        let governor = read_trimmed(&base.join("scaling_governor"))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !governor.is_empty() {
+            let avail = read_trimmed(&base.join("scaling_available_governors"))
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            if !governor.is_empty() {
-                let avail = read_trimmed(&base.join("scaling_available_governors"))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                for g in avail.split(' ') {
-                    let v = if g == governor { 1.0 } else { 0.0 };
-                    sink.gauge(
-                        "node_cpu_scaling_governor",
-                        "Current enabled CPU frequency governor.",
-                        &[("cpu", n), ("governor", g)],
-                        v,
-                    );
-                }
+            for g in avail.split(' ') {
+                let v = if g == governor { 1.0 } else { 0.0 };
+                sink.gauge(
+                    "node_cpu_scaling_governor",
+                    "Current enabled CPU frequency governor.",
+                    &[("cpu", n), ("governor", g)],
+                    v,
+                );
             }
         }
-        Ok(())
     }
+    Ok(())
 }

@@ -2,17 +2,12 @@
 //! as `node_exporter`'s `dmi` collector (files root cannot read, such as
 //! serial numbers for other users, are left out).
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("dmi", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(DmiCollector {
-        dir: paths.sys("class/dmi/id"),
-    }))
-}
+pub const SPEC: CollectorSpec =
+    path_spec!("dmi", DirCollector::boxed, sys, "class/dmi/id", collect);
 
 /// (file, label)
 const FIELDS: &[(&str, &str)] = &[
@@ -38,31 +33,29 @@ const FIELDS: &[(&str, &str)] = &[
     ("sys_vendor", "system_vendor"),
 ];
 
-pub struct DmiCollector {
-    dir: PathBuf,
-}
-
-impl Collector for DmiCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        // VMs without SMBIOS, and most ARM boards, have no DMI.
-        if !self.dir.is_dir() {
-            return Ok(());
-        }
-        let mut values = Vec::new();
-        for (file, label) in FIELDS {
-            // Firmware strings are not always UTF-8.
-            if let Ok(b) = std::fs::read(self.dir.join(file)) {
-                let s = String::from_utf8_lossy(&b);
-                values.push((*label, s.trim_end_matches('\n').trim().to_string()));
-            }
-        }
-        let labels: Vec<(&str, &str)> = values.iter().map(|(l, v)| (*l, v.as_str())).collect();
-        sink.gauge(
-            "node_dmi_info",
-            "A metric with a constant '1' value labeled by bios_date, bios_release, bios_vendor, bios_version, board_asset_tag, board_name, board_serial, board_vendor, board_version, chassis_asset_tag, chassis_serial, chassis_vendor, chassis_version, product_family, product_name, product_serial, product_sku, product_uuid, product_version, system_vendor if provided by DMI.",
-            &labels,
-            1.0,
-        );
-        Ok(())
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "the signature every DirCollector's collect has"
+)]
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    // VMs without SMBIOS, and most ARM boards, have no DMI.
+    if !dir.is_dir() {
+        return Ok(());
     }
+    let mut values = Vec::new();
+    for (file, label) in FIELDS {
+        // Firmware strings are not always UTF-8.
+        if let Ok(b) = std::fs::read(dir.join(file)) {
+            let s = String::from_utf8_lossy(&b);
+            values.push((*label, s.trim_end_matches('\n').trim().to_string()));
+        }
+    }
+    let labels: Vec<(&str, &str)> = values.iter().map(|(l, v)| (*l, v.as_str())).collect();
+    sink.gauge(
+        "node_dmi_info",
+        "A metric with a constant '1' value labeled by bios_date, bios_release, bios_vendor, bios_version, board_asset_tag, board_name, board_serial, board_vendor, board_version, chassis_asset_tag, chassis_serial, chassis_vendor, chassis_version, product_family, product_name, product_serial, product_sku, product_uuid, product_version, system_vendor if provided by DMI.",
+        &labels,
+        1.0,
+    );
+    Ok(())
 }

@@ -3,10 +3,16 @@
 
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = file_spec!("filefd", required, "sys/fs/file-nr", write);
+pub const SPEC: CollectorSpec = path_spec!(
+    "filefd",
+    FileCollector::required,
+    proc,
+    "sys/fs/file-nr",
+    write
+);
 
 /// `allocated unused maximum`, tab-separated: returns `(allocated, maximum)`.
 pub fn parse(path: &Path, text: &str) -> Result<(f64, f64), CollectError> {

@@ -8,20 +8,13 @@
 //! `{sensor → {property → text}}` into samples; the IO part lists and reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{
-    read_cached, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
-};
+use crate::collector::{path_spec, read_cached, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::list_dir;
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("hwmon", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(HwmonCollector {
-        dir: paths.sys("class/hwmon"),
-    }))
-}
+pub const SPEC: CollectorSpec =
+    path_spec!("hwmon", DirCollector::boxed, sys, "class/hwmon", collect);
 
 /// Sensor types whose files are read (others, e.g. `name`, `uevent`, are not).
 const SENSOR_TYPES: &[&str] = &[
@@ -332,10 +325,6 @@ fn write_element(sink: &mut Sink, s: &Element<'_>, e: &str, v: f64) {
     }
 }
 
-pub struct HwmonCollector {
-    dir: PathBuf,
-}
-
 /// A value file as `node_exporter` reads it (one read of at most 128 bytes);
 /// `None` when unreadable (a sleeping sensor answers EIO or EAGAIN).
 fn value(path: &Path) -> Option<String> {
@@ -385,64 +374,62 @@ fn base_name(dir: &Path) -> Option<String> {
     (!c.is_empty()).then_some(c)
 }
 
-impl Collector for HwmonCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        // (directory, base name, `name` file)
-        let mut chips = Vec::new();
-        let mut base_counts: HashMap<String, usize> = HashMap::new();
-        let mut name_counts: HashMap<(String, String), usize> = HashMap::new();
-        for entry in list_dir(&self.dir)? {
-            let dir = self.dir.join(&entry);
-            if !dir.is_dir() {
-                continue;
-            }
-            let Some(base) = base_name(&dir) else {
-                continue;
-            };
-            let name_file = std::fs::read_to_string(dir.join("name"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            *base_counts.entry(base.clone()).or_default() += 1;
-            *name_counts
-                .entry((base.clone(), name_file.clone()))
-                .or_default() += 1;
-            chips.push((dir, entry, base, name_file));
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    // (directory, base name, `name` file)
+    let mut chips = Vec::new();
+    let mut base_counts: HashMap<String, usize> = HashMap::new();
+    let mut name_counts: HashMap<(String, String), usize> = HashMap::new();
+    for entry in list_dir(dir)? {
+        let dir = dir.join(&entry);
+        if !dir.is_dir() {
+            continue;
         }
-        for (dir, entry, base, name_file) in chips {
-            // Two chips on one device (amdgpu, nvme) are told apart by their
-            // `name`, or by the hwmonN directory when that is the same too.
-            let chip = if base_counts[&base] > 1 {
-                let mut suffix = clean(&name_file);
-                if suffix.is_empty() || name_counts[&(base.clone(), name_file.clone())] > 1 {
-                    suffix = clean(&entry);
-                }
-                format!("{base}_{suffix}")
-            } else {
-                base
-            };
-            let mut data = ChipData::new();
-            read_chip(&dir, &mut data);
-            let device = dir.join("device");
-            if device.is_dir() {
-                read_chip(&device, &mut data);
-            }
-            if !name_file.is_empty() || dir.join("name").exists() {
-                if let Ok(n) = std::fs::read_to_string(dir.join("name")) {
-                    let c = clean(&n);
-                    if !c.is_empty() {
-                        sink.gauge(
-                            "node_hwmon_chip_names",
-                            "Annotation metric for human-readable chip names",
-                            &[("chip", &chip), ("chip_name", &c)],
-                            1.0,
-                        );
-                    }
-                }
-            }
-            samples(&chip, &data, sink);
-        }
-        Ok(())
+        let Some(base) = base_name(&dir) else {
+            continue;
+        };
+        let name_file = std::fs::read_to_string(dir.join("name"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        *base_counts.entry(base.clone()).or_default() += 1;
+        *name_counts
+            .entry((base.clone(), name_file.clone()))
+            .or_default() += 1;
+        chips.push((dir, entry, base, name_file));
     }
+    for (dir, entry, base, name_file) in chips {
+        // Two chips on one device (amdgpu, nvme) are told apart by their
+        // `name`, or by the hwmonN directory when that is the same too.
+        let chip = if base_counts[&base] > 1 {
+            let mut suffix = clean(&name_file);
+            if suffix.is_empty() || name_counts[&(base.clone(), name_file.clone())] > 1 {
+                suffix = clean(&entry);
+            }
+            format!("{base}_{suffix}")
+        } else {
+            base
+        };
+        let mut data = ChipData::new();
+        read_chip(&dir, &mut data);
+        let device = dir.join("device");
+        if device.is_dir() {
+            read_chip(&device, &mut data);
+        }
+        if !name_file.is_empty() || dir.join("name").exists() {
+            if let Ok(n) = std::fs::read_to_string(dir.join("name")) {
+                let c = clean(&n);
+                if !c.is_empty() {
+                    sink.gauge(
+                        "node_hwmon_chip_names",
+                        "Annotation metric for human-readable chip names",
+                        &[("chip", &chip), ("chip_name", &c)],
+                        1.0,
+                    );
+                }
+            }
+        }
+        samples(&chip, &data, sink);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = file_spec!("meminfo", required, "meminfo", write);
+pub const SPEC: CollectorSpec =
+    path_spec!("meminfo", FileCollector::required, proc, "meminfo", write);
 
 /// Parses `/proc/meminfo` into `(metric suffix, value)` pairs in file order,
 /// e.g. `("MemTotal_bytes", 16_042_172_416.0)`. A repeated field keeps its

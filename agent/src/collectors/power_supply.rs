@@ -3,18 +3,18 @@
 //! `node_exporter`'s `powersupplyclass` collector (µV, µA, µWh, µW to base
 //! units; tenths of °C to °C).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::list_dir;
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("powersupplyclass", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(PowerSupplyCollector {
-        dir: paths.sys("class/power_supply"),
-    }))
-}
+pub const SPEC: CollectorSpec = path_spec!(
+    "powersupplyclass",
+    DirCollector::boxed,
+    sys,
+    "class/power_supply",
+    collect
+);
 
 /// (file, metric suffix, divisor)
 const NUMBERS: &[(&str, &str, f64)] = &[
@@ -92,48 +92,42 @@ const TEXTS: &[&str] = &[
     "scope",
 ];
 
-pub struct PowerSupplyCollector {
-    dir: PathBuf,
-}
-
 /// An attribute's text (firmware strings need not be UTF-8); `None` if unreadable.
 fn text(p: &Path) -> Option<String> {
     let b = std::fs::read(p).ok()?;
     Some(String::from_utf8_lossy(&b).trim().to_string())
 }
 
-impl Collector for PowerSupplyCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for ps in list_dir(&self.dir)? {
-            let base = self.dir.join(&ps);
-            for (file, name, div) in NUMBERS {
-                // Some drivers answer ENODATA for an attribute they list: that value is skipped.
-                if let Some(v) = text(&base.join(file)).and_then(|s| s.parse::<i64>().ok()) {
-                    sink.gauge(
-                        &format!("node_power_supply_{name}"),
-                        &format!("{name} value of /sys/class/power_supply/<power_supply>."),
-                        &[("power_supply", &ps)],
-                        v as f64 / div,
-                    );
-                }
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for ps in list_dir(dir)? {
+        let base = dir.join(&ps);
+        for (file, name, div) in NUMBERS {
+            // Some drivers answer ENODATA for an attribute they list: that value is skipped.
+            if let Some(v) = text(&base.join(file)).and_then(|s| s.parse::<i64>().ok()) {
+                sink.gauge(
+                    &format!("node_power_supply_{name}"),
+                    &format!("{name} value of /sys/class/power_supply/<power_supply>."),
+                    &[("power_supply", &ps)],
+                    v as f64 / div,
+                );
             }
-            let values: Vec<(&str, String)> = TEXTS
-                .iter()
-                .filter_map(|t| {
-                    text(&base.join(t))
-                        .filter(|v| !v.is_empty())
-                        .map(|v| (*t, v))
-                })
-                .collect();
-            let mut labels: Vec<(&str, &str)> = vec![("power_supply", ps.as_str())];
-            labels.extend(values.iter().map(|(k, v)| (*k, v.as_str())));
-            sink.gauge(
-                "node_power_supply_info",
-                "info of /sys/class/power_supply/<power_supply>.",
-                &labels,
-                1.0,
-            );
         }
-        Ok(())
+        let values: Vec<(&str, String)> = TEXTS
+            .iter()
+            .filter_map(|t| {
+                text(&base.join(t))
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*t, v))
+            })
+            .collect();
+        let mut labels: Vec<(&str, &str)> = vec![("power_supply", ps.as_str())];
+        labels.extend(values.iter().map(|(k, v)| (*k, v.as_str())));
+        sink.gauge(
+            "node_power_supply_info",
+            "info of /sys/class/power_supply/<power_supply>.",
+            &labels,
+            1.0,
+        );
     }
+    Ok(())
 }

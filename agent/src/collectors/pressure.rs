@@ -6,18 +6,13 @@
 //! Hand-parsed: `procfs_core::pressure::parse_pressure_record` slices the
 //! line at a fixed offset and panics on a short line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("pressure", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(PressureCollector {
-        dir: paths.proc("pressure"),
-    }))
-}
+pub const SPEC: CollectorSpec =
+    path_spec!("pressure", DirCollector::boxed, proc, "pressure", collect);
 
 /// The `total=` of the `some` and `full` lines, in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,44 +75,38 @@ const RESOURCES: [(&str, Option<&str>, Option<&str>); 4] = [
     ),
 ];
 
-pub struct PressureCollector {
-    dir: PathBuf,
-}
-
-impl Collector for PressureCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for (res, waiting, stalled) in RESOURCES {
-            let path = self.dir.join(res);
-            let text = match crate::collector::read_cached(&path) {
-                Ok(t) => t,
-                // No PSI in this kernel (< 4.20, or < 6.1 for irq, or CONFIG_PSI=n): no data.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                // Built in but disabled (`psi=0`): reading fails with EOPNOTSUPP.
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
-                Err(e) => return Err(CollectError::io(&path, e)),
-            };
-            let psi = parse(&path, &text)?;
-            // node_exporter treats a missing `some` (or `full`, where it reads
-            // it) as no data and stops there.
-            if waiting.is_some() && psi.some.is_none() || stalled.is_some() && psi.full.is_none() {
-                return Ok(());
-            }
-            for (kind, help, us) in [
-                ("waiting", waiting, psi.some),
-                ("stalled", stalled, psi.full),
-            ] {
-                if let (Some(help), Some(us)) = (help, us) {
-                    sink.counter(
-                        &format!("node_pressure_{res}_{kind}_seconds_total"),
-                        help,
-                        &[],
-                        seconds(us),
-                    );
-                }
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for (res, waiting, stalled) in RESOURCES {
+        let path = dir.join(res);
+        let text = match crate::collector::read_cached(&path) {
+            Ok(t) => t,
+            // No PSI in this kernel (< 4.20, or < 6.1 for irq, or CONFIG_PSI=n): no data.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Built in but disabled (`psi=0`): reading fails with EOPNOTSUPP.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(CollectError::io(&path, e)),
+        };
+        let psi = parse(&path, &text)?;
+        // node_exporter treats a missing `some` (or `full`, where it reads
+        // it) as no data and stops there.
+        if waiting.is_some() && psi.some.is_none() || stalled.is_some() && psi.full.is_none() {
+            return Ok(());
+        }
+        for (kind, help, us) in [
+            ("waiting", waiting, psi.some),
+            ("stalled", stalled, psi.full),
+        ] {
+            if let (Some(help), Some(us)) = (help, us) {
+                sink.counter(
+                    &format!("node_pressure_{res}_{kind}_seconds_total"),
+                    help,
+                    &[],
+                    seconds(us),
+                );
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

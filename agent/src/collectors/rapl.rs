@@ -1,22 +1,13 @@
 //! Intel/AMD RAPL energy counters from `/sys/class/powercap/<zone>/energy_uj`:
 //! `node_rapl_<zone>_joules_total{index,path}`, as `node_exporter`'s `rapl` collector.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("rapl", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(RaplCollector {
-        dir: paths.sys("class/powercap"),
-    }))
-}
-
-pub struct RaplCollector {
-    dir: PathBuf,
-}
+pub const SPEC: CollectorSpec =
+    path_spec!("rapl", DirCollector::boxed, sys, "class/powercap", collect);
 
 /// `package-0` → (`package`, 0); `core` in zone `intel-rapl:0:0` → (`core`, 0).
 #[must_use]
@@ -47,35 +38,33 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-impl Collector for RaplCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for zone in list_dir(&self.dir)? {
-            if !zone.contains(':') {
-                continue;
-            }
-            let base = self.dir.join(&zone);
-            let Some(name) = read_trimmed(&base.join("name"))? else {
-                continue;
-            };
-            // energy_uj is root-only since 5.10 (CVE-2020-8694): without it, no data.
-            let Some(uj) = read_trimmed(&base.join("energy_uj"))
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let (kind, index) = zone_name(&name, &zone);
-            sink.counter(
-                &format!("node_rapl_{}_joules_total", sanitize(&kind)),
-                &format!("Current RAPL {kind} value in joules"),
-                &[
-                    ("index", &index.to_string()),
-                    ("path", &base.to_string_lossy()),
-                ],
-                uj as f64 / 1e6,
-            );
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for zone in list_dir(dir)? {
+        if !zone.contains(':') {
+            continue;
         }
-        Ok(())
+        let base = dir.join(&zone);
+        let Some(name) = read_trimmed(&base.join("name"))? else {
+            continue;
+        };
+        // energy_uj is root-only since 5.10 (CVE-2020-8694): without it, no data.
+        let Some(uj) = read_trimmed(&base.join("energy_uj"))
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let (kind, index) = zone_name(&name, &zone);
+        sink.counter(
+            &format!("node_rapl_{}_joules_total", sanitize(&kind)),
+            &format!("Current RAPL {kind} value in joules"),
+            &[
+                ("index", &index.to_string()),
+                ("path", &base.to_string_lossy()),
+            ],
+            uj as f64 / 1e6,
+        );
     }
+    Ok(())
 }

@@ -3,11 +3,17 @@
 
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 use crate::collectors::parse_field;
 
 // Kernels without CONFIG_SCHEDSTATS have no file.
-pub const SPEC: CollectorSpec = file_spec!("schedstat", optional, "schedstat", write);
+pub const SPEC: CollectorSpec = path_spec!(
+    "schedstat",
+    FileCollector::optional,
+    proc,
+    "schedstat",
+    write
+);
 
 /// `(cpu, running ns, waiting ns, timeslices)` from the `cpuN` lines
 /// (columns 7, 8 and 9 after the name).

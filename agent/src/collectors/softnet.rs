@@ -3,9 +3,15 @@
 
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 
-pub const SPEC: CollectorSpec = file_spec!("softnet", required, "net/softnet_stat", write);
+pub const SPEC: CollectorSpec = path_spec!(
+    "softnet",
+    FileCollector::required,
+    proc,
+    "net/softnet_stat",
+    write
+);
 
 /// One CPU's line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -3,23 +3,12 @@
 //! version,hostname,domainname}` (the same kernel strings, for the reader's
 //! UTS namespace) and the build's architecture.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
-};
+use crate::collector::{path_spec, read_file, CollectError, CollectorSpec, DirCollector, Sink};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("uname", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(UnameCollector {
-        dir: paths.proc("sys/kernel"),
-    }))
-}
-
-pub struct UnameCollector {
-    dir: PathBuf,
-}
+pub const SPEC: CollectorSpec =
+    path_spec!("uname", DirCollector::boxed, proc, "sys/kernel", collect);
 
 /// One attribute, without its trailing newline (inner spaces are kept).
 fn attr(dir: &Path, name: &str) -> Result<String, CollectError> {
@@ -27,26 +16,24 @@ fn attr(dir: &Path, name: &str) -> Result<String, CollectError> {
     Ok(t.trim_end_matches('\n').to_string())
 }
 
-impl Collector for UnameCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        let sysname = attr(&self.dir, "ostype")?;
-        let release = attr(&self.dir, "osrelease")?;
-        let version = attr(&self.dir, "version")?;
-        let nodename = attr(&self.dir, "hostname")?;
-        let domainname = attr(&self.dir, "domainname")?;
-        sink.gauge(
-            "node_uname_info",
-            "Labeled system information as provided by the uname system call.",
-            &[
-                ("sysname", &sysname),
-                ("release", &release),
-                ("version", &version),
-                ("machine", std::env::consts::ARCH),
-                ("nodename", &nodename),
-                ("domainname", &domainname),
-            ],
-            1.0,
-        );
-        Ok(())
-    }
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    let sysname = attr(dir, "ostype")?;
+    let release = attr(dir, "osrelease")?;
+    let version = attr(dir, "version")?;
+    let nodename = attr(dir, "hostname")?;
+    let domainname = attr(dir, "domainname")?;
+    sink.gauge(
+        "node_uname_info",
+        "Labeled system information as provided by the uname system call.",
+        &[
+            ("sysname", &sysname),
+            ("release", &release),
+            ("version", &version),
+            ("machine", std::env::consts::ARCH),
+            ("nodename", &nodename),
+            ("domainname", &domainname),
+        ],
+        1.0,
+    );
+    Ok(())
 }

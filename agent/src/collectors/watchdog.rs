@@ -1,22 +1,18 @@
 //! `/sys/class/watchdog/<watchdog>/*`: `node_watchdog_*{name}` and
 //! `node_watchdog_info{name,options,identity,state,status,pretimeout_governor}`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use crate::collector::{CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable};
+use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::{list_dir, read_trimmed};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("watchdog", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(WatchdogCollector {
-        dir: paths.sys("class/watchdog"),
-    }))
-}
-
-pub struct WatchdogCollector {
-    dir: PathBuf,
-}
+pub const SPEC: CollectorSpec = path_spec!(
+    "watchdog",
+    DirCollector::boxed,
+    sys,
+    "class/watchdog",
+    collect
+);
 
 /// (file, metric, HELP)
 const VALUES: &[(&str, &str, &str)] = &[
@@ -57,39 +53,37 @@ const VALUES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-impl Collector for WatchdogCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for wd in list_dir(&self.dir)? {
-            let base = self.dir.join(&wd);
-            let text = |f: &str| {
-                read_trimmed(&base.join(f))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-            };
-            for (file, name, help) in VALUES {
-                if let Some(v) = read_trimmed(&base.join(file))
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.parse::<i64>().ok())
-                {
-                    sink.gauge(name, help, &[("name", &wd)], v as f64);
-                }
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for wd in list_dir(dir)? {
+        let base = dir.join(&wd);
+        let text = |f: &str| {
+            read_trimmed(&base.join(f))
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        for (file, name, help) in VALUES {
+            if let Some(v) = read_trimmed(&base.join(file))
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                sink.gauge(name, help, &[("name", &wd)], v as f64);
             }
-            sink.gauge(
-                "node_watchdog_info",
-                "Info of /sys/class/watchdog/<watchdog>",
-                &[
-                    ("name", &wd),
-                    ("options", &text("options")),
-                    ("identity", &text("identity")),
-                    ("state", &text("state")),
-                    ("status", &text("status")),
-                    ("pretimeout_governor", &text("pretimeout_governor")),
-                ],
-                1.0,
-            );
         }
-        Ok(())
+        sink.gauge(
+            "node_watchdog_info",
+            "Info of /sys/class/watchdog/<watchdog>",
+            &[
+                ("name", &wd),
+                ("options", &text("options")),
+                ("identity", &text("identity")),
+                ("state", &text("state")),
+                ("status", &text("status")),
+                ("pretimeout_governor", &text("pretimeout_governor")),
+            ],
+            1.0,
+        );
     }
+    Ok(())
 }

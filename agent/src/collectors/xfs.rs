@@ -2,20 +2,12 @@
 //! `node_xfs_*{device}`, as `node_exporter`'s `xfs` collector (Talos' EPHEMERAL
 //! partition is XFS).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::collector::{
-    read_file, CollectError, Collector, CollectorSpec, Paths, Sink, Unavailable,
-};
+use crate::collector::{path_spec, read_file, CollectError, CollectorSpec, DirCollector, Sink};
 use crate::collectors::{list_dir, parse_field};
 
-pub const SPEC: CollectorSpec = CollectorSpec::new("xfs", build);
-
-pub fn build(paths: &Paths) -> Result<Box<dyn Collector>, Unavailable> {
-    Ok(Box::new(XfsCollector {
-        dir: paths.sys("fs/xfs"),
-    }))
-}
+pub const SPEC: CollectorSpec = path_spec!("xfs", DirCollector::boxed, sys, "fs/xfs", collect);
 
 /// Exported values: (stats line, column, metric name without `node_xfs_`, HELP).
 const FIELDS: &[(&str, usize, &str, &str)] = &[
@@ -87,30 +79,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<u64>, CollectError> {
     Ok(out)
 }
 
-pub struct XfsCollector {
-    dir: PathBuf,
-}
-
-impl Collector for XfsCollector {
-    fn collect(&mut self, sink: &mut Sink) -> Result<(), CollectError> {
-        for dev in list_dir(&self.dir)? {
-            let path = self.dir.join(&dev).join("stats/stats");
-            // `/sys/fs/xfs/stats` is the sum over all; devices have their own folder.
-            if dev == "stats" || !path.is_file() {
-                continue;
-            }
-            let vals = parse(&path, &read_file(&path)?)?;
-            for ((_, _, name, help), v) in FIELDS.iter().zip(vals) {
-                sink.counter(
-                    &format!("node_xfs_{name}"),
-                    help,
-                    &[("device", &dev)],
-                    v as f64,
-                );
-            }
+fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
+    for dev in list_dir(dir)? {
+        let path = dir.join(&dev).join("stats/stats");
+        // `/sys/fs/xfs/stats` is the sum over all; devices have their own folder.
+        if dev == "stats" || !path.is_file() {
+            continue;
         }
-        Ok(())
+        let vals = parse(&path, &read_file(&path)?)?;
+        for ((_, _, name, help), v) in FIELDS.iter().zip(vals) {
+            sink.counter(
+                &format!("node_xfs_{name}"),
+                help,
+                &[("device", &dev)],
+                v as f64,
+            );
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

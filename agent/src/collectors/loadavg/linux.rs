@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = file_spec!("loadavg", required, "loadavg", write);
+pub const SPEC: CollectorSpec =
+    path_spec!("loadavg", FileCollector::required, proc, "loadavg", write);
 
 /// Parses the first three fields (1, 5 and 15 minute averages), as `node_exporter`'s `parseLoad`.
 pub fn parse(path: &Path, text: &str) -> Result<[f64; 3], CollectError> {

@@ -14,10 +14,11 @@
 
 use std::path::Path;
 
-use crate::collector::{file_spec, CollectError, CollectorSpec, Sink};
+use crate::collector::{path_spec, CollectError, CollectorSpec, FileCollector, Sink};
 use crate::collectors::parse_field;
 
-pub const SPEC: CollectorSpec = file_spec!("netdev", required, "net/dev", write);
+pub const SPEC: CollectorSpec =
+    path_spec!("netdev", FileCollector::required, proc, "net/dev", write);
 
 /// Metric stems of the 16 `/proc/net/dev` columns, in file order.
 pub const COLUMNS: [&str; 16] = [
