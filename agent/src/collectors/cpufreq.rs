@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
-use crate::collectors::{list_dir, read_trimmed};
+use crate::collectors::{list_dir, read_or_empty, read_trimmed};
 
 pub const SPEC: CollectorSpec = path_spec!(
     "cpufreq",
@@ -76,15 +76,9 @@ fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
                 sink.gauge(name, help, &[("cpu", n)], khz as f64 * 1000.0);
             }
         }
-        let governor = read_trimmed(&base.join("scaling_governor"))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let governor = read_or_empty(&base.join("scaling_governor"));
         if !governor.is_empty() {
-            let avail = read_trimmed(&base.join("scaling_available_governors"))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let avail = read_or_empty(&base.join("scaling_available_governors"));
             for g in avail.split(' ') {
                 let v = if g == governor { 1.0 } else { 0.0 };
                 sink.gauge(

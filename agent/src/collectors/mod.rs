@@ -289,6 +289,16 @@ pub(crate) fn read_trimmed(path: &Path) -> Result<Option<String>, CollectError> 
     not(target_os = "linux"),
     allow(dead_code, reason = "used by the Linux collectors")
 )]
+/// A sysfs attribute for a label, trimmed; empty when it is absent or cannot
+/// be read.
+pub(crate) fn read_or_empty(path: &Path) -> String {
+    read_trimmed(path).ok().flatten().unwrap_or_default()
+}
+
+#[cfg_attr(
+    not(target_os = "linux"),
+    allow(dead_code, reason = "used by the Linux collectors")
+)]
 /// The names in a directory, sorted; empty when the directory is absent
 /// (the kernel feature is not there), an error when it cannot be read.
 pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, CollectError> {

@@ -4,19 +4,14 @@
 use std::path::Path;
 
 use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
-use crate::collectors::{list_dir, read_trimmed};
+use crate::collectors::{list_dir, read_or_empty, read_trimmed};
 
 pub const SPEC: CollectorSpec = path_spec!("nvme", DirCollector::boxed, sys, "class/nvme", collect);
 
 fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
     for dev in list_dir(dir)? {
         let base = dir.join(&dev);
-        let text = |f: &str| {
-            read_trimmed(&base.join(f))
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        };
+        let text = |f: &str| read_or_empty(&base.join(f));
         sink.gauge(
             "node_nvme_info",
             "Non-numeric data from /sys/class/nvme/<device>, value is always 1.",
@@ -49,10 +44,7 @@ fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
             let (Some(size), Some(lbs)) = (num("size"), num("queue/logical_block_size")) else {
                 continue;
             };
-            let ana = read_trimmed(&nb.join("ana_state"))
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let ana = read_or_empty(&nb.join("ana_state"));
             let l = [("device", dev.as_str()), ("nsid", nsid)];
             sink.gauge(
                 "node_nvme_namespace_info",

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
-use crate::collectors::{list_dir, read_trimmed};
+use crate::collectors::{list_dir, read_or_empty, read_trimmed};
 
 pub const SPEC: CollectorSpec = path_spec!(
     "thermal_zone",
@@ -23,10 +23,7 @@ fn int(path: &Path) -> Option<i64> {
 fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
     for entry in list_dir(dir)? {
         let base = dir.join(&entry);
-        let kind = read_trimmed(&base.join("type"))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let kind = read_or_empty(&base.join("type"));
         if let Some(zone) = entry.strip_prefix("thermal_zone") {
             if let Some(t) = int(&base.join("temp")) {
                 sink.gauge(

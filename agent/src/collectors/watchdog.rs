@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::collector::{path_spec, CollectError, CollectorSpec, DirCollector, Sink};
-use crate::collectors::{list_dir, read_trimmed};
+use crate::collectors::{list_dir, read_or_empty, read_trimmed};
 
 pub const SPEC: CollectorSpec = path_spec!(
     "watchdog",
@@ -56,12 +56,7 @@ const VALUES: &[(&str, &str, &str)] = &[
 fn collect(dir: &Path, sink: &mut Sink) -> Result<(), CollectError> {
     for wd in list_dir(dir)? {
         let base = dir.join(&wd);
-        let text = |f: &str| {
-            read_trimmed(&base.join(f))
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        };
+        let text = |f: &str| read_or_empty(&base.join(f));
         for (file, name, help) in VALUES {
             if let Some(v) = read_trimmed(&base.join(file))
                 .ok()
