@@ -14,17 +14,41 @@ use nodewatch_tests::{
 
 /// Every collection of agent `node` since it started is stored exactly once:
 /// `nodewatch_agent_collections_total` carries the collection's seq, so the
-/// count of stored samples must equal the span of their values.
+/// count of stored samples must equal the span of their values. The three
+/// are read in one query, at one evaluation time; a collection landing
+/// between two reads is allowed to settle (a real gap never does).
 fn assert_complete(pki: &Pki, agg: &Aggregator, node: &str) -> (f64, f64) {
     let sel = format!("nodewatch_agent_collections_total{{node=\"{node}\"}}[15m]");
-    let count = scalar_of(&cli_query(pki, agg, &format!("count_over_time({sel})"))).unwrap();
-    let max = scalar_of(&cli_query(pki, agg, &format!("max_over_time({sel})"))).unwrap();
-    let min = scalar_of(&cli_query(pki, agg, &format!("min_over_time({sel})"))).unwrap();
-    assert!(
-        (count - (max - min + 1.0)).abs() < 0.5,
-        "stored {count} collections for seqs {min}..={max}: something was lost"
+    let expr = format!(
+        "label_replace(count_over_time({sel}), \"v\", \"count\", \"\", \"\") \
+         or label_replace(max_over_time({sel}), \"v\", \"max\", \"\", \"\") \
+         or label_replace(min_over_time({sel}), \"v\", \"min\", \"\", \"\")"
     );
-    (count, max)
+    let read = || -> Option<(f64, f64, f64)> {
+        let r = cli_query(pki, agg, &expr);
+        let get = |which: &str| {
+            r["result"]
+                .as_array()?
+                .iter()
+                .find(|s| s["metric"]["v"] == which)?["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        };
+        Some((get("count")?, get("min")?, get("max")?))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (count, min, max) = read().unwrap_or((0.0, 0.0, f64::NAN));
+        if (count - (max - min + 1.0)).abs() < 0.5 {
+            return (count, max);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {count} collections for seqs {min}..={max}: something was lost"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn collections(pki: &Pki, agg: &Aggregator, node: &str) -> f64 {
