@@ -139,6 +139,15 @@ fn host_earns_filesystem_alert(alertname: &str, mountpoint: &str) -> bool {
     let Some((_, under)) = FILESYSTEM_ALERTS.iter().find(|(n, _)| *n == alertname) else {
         return false;
     };
+    // Only a mount of this namespace: a test's own mount in an agent's
+    // namespace is a plain directory here, on whatever disk holds it.
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m == mountpoint))
+    });
+    if !mounted {
+        return false;
+    }
     let Ok(st) = nix::sys::statvfs::statvfs(mountpoint) else {
         return false;
     };
