@@ -18,25 +18,8 @@ use nodewatch_tests::{
 /// are read in one query, at one evaluation time; a collection landing
 /// between two reads is allowed to settle (a real gap never does).
 fn assert_complete(pki: &Pki, agg: &Aggregator, node: &str) -> (f64, f64) {
-    let sel = format!("nodewatch_agent_collections_total{{node=\"{node}\"}}[15m]");
-    let expr = format!(
-        "label_replace(count_over_time({sel}), \"v\", \"count\", \"\", \"\") \
-         or label_replace(max_over_time({sel}), \"v\", \"max\", \"\", \"\") \
-         or label_replace(min_over_time({sel}), \"v\", \"min\", \"\", \"\")"
-    );
-    let read = || -> Option<(f64, f64, f64)> {
-        let r = cli_query(pki, agg, &expr);
-        let get = |which: &str| {
-            r["result"]
-                .as_array()?
-                .iter()
-                .find(|s| s["metric"]["v"] == which)?["value"][1]
-                .as_str()?
-                .parse::<f64>()
-                .ok()
-        };
-        Some((get("count")?, get("min")?, get("max")?))
-    };
+    let series = format!("nodewatch_agent_collections_total{{node=\"{node}\"}}");
+    let read = || span(pki, agg, &series);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (count, min, max) = read().unwrap_or((0.0, 0.0, f64::NAN));
@@ -467,14 +450,27 @@ async fn an_agent_from_another_version_still_streams() {
     );
 }
 
-/// `count`, `min` and `max` of `series` over the last 15 minutes.
+/// `count`, `min` and `max` of `series` over the last 15 minutes, read in
+/// one query (one evaluation time), so a sample landing between reads
+/// cannot make them disagree.
 fn span(pki: &Pki, agg: &Aggregator, series: &str) -> Option<(f64, f64, f64)> {
     let sel = format!("{series}[15m]");
-    Some((
-        query_scalar(pki, agg, &format!("count_over_time({sel})"))?,
-        query_scalar(pki, agg, &format!("min_over_time({sel})"))?,
-        query_scalar(pki, agg, &format!("max_over_time({sel})"))?,
-    ))
+    let expr = format!(
+        "label_replace(count_over_time({sel}), \"v\", \"count\", \"\", \"\") \
+         or label_replace(max_over_time({sel}), \"v\", \"max\", \"\", \"\") \
+         or label_replace(min_over_time({sel}), \"v\", \"min\", \"\", \"\")"
+    );
+    let r = cli_query(pki, agg, &expr);
+    let get = |which: &str| {
+        r["result"]
+            .as_array()?
+            .iter()
+            .find(|s| s["metric"]["v"] == which)?["value"][1]
+            .as_str()?
+            .parse::<f64>()
+            .ok()
+    };
+    Some((get("count")?, get("min")?, get("max")?))
 }
 
 /// Waits until agent `node` has nothing pending and `series` has no gap
